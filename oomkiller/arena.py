@@ -1,0 +1,211 @@
+"""Arenas: cgroups made for tests and benchmarks, with a small memory limit.
+
+An arena lives under the calling process's own cgroup, holds only processes it
+started, and removes itself (killing those processes by pid) on close. Nothing
+outside it is ever pressured, signalled or touched.
+
+On a hybrid host (v1 memory controller, cgroup2 without controllers) an arena
+and each of its jobs exist twice: a v1 memory cgroup, which carries the limit,
+and a v2 cgroup at the same relative path, which gives the job a cgroup v2 id
+(what ``bpf_get_current_cgroup_id()`` returns), ``memory.pressure`` and
+``cgroup.kill``. On a pure v2 host the one v2 cgroup does both.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .cgroupfs import Layout, detect_layout, own_cgroup_paths
+
+
+# A hog: touches a page of every chunk so the memory is really committed.
+# argv: chunk bytes, pause seconds between chunks, optional cap bytes.
+HOG_SOURCE = r"""
+import sys, time
+chunk = int(sys.argv[1]); pause = float(sys.argv[2]); cap = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+held = []
+print("ready", flush=True)
+while not cap or len(held) * chunk < cap:
+    held.append(b"\x5a" * chunk)
+    if pause:
+        time.sleep(pause)
+sys.stdout.write("capped\n"); sys.stdout.flush()
+time.sleep(3600)
+"""
+
+# A process that allocates a little and then sleeps: a "service" that must live.
+IDLE_SOURCE = r"""
+import sys, time
+held = b"\x33" * int(sys.argv[1])
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+@dataclass
+class ArenaJob:
+    name: str
+    path: str              # the cgroup that carries the memory accounting (v1 or v2)
+    v2_path: str           # the v2 cgroup (same as path on pure v2)
+
+    @property
+    def v2_id(self) -> int:
+        return os.stat(self.v2_path).st_ino
+
+
+@dataclass
+class Arena:
+    """A cgroup with a memory limit under our own cgroup, removed on close."""
+
+    name: str
+    limit_bytes: int
+    cgroup_root: str = "/sys/fs/cgroup"
+    layout: Layout = field(init=False)
+    path: str = field(init=False, default="")
+    v2_path: str = field(init=False, default="")
+    procs: list = field(init=False, default_factory=list)
+    _dirs: list = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.layout = detect_layout(self.cgroup_root)
+        if self.layout.memory_root is None:
+            raise RuntimeError(f"no memory controller under {self.cgroup_root}: cannot make an arena")
+        own_mem, own_v2 = own_cgroup_paths("self", self.layout)
+        self.path = os.path.join(self.layout.memory_root + own_mem, self.name)
+        self.v2_path = (os.path.join(self.layout.unified_root + own_v2, self.name)
+                        if self.layout.unified_root else "")
+        if self.layout.memory_v1 and not os.path.exists(os.path.join(os.path.dirname(self.path), "memory.limit_in_bytes")):
+            raise RuntimeError(f"{self.path}: parent is not a v1 memory cgroup")
+
+    # -- lifetime -------------------------------------------------------
+    def __enter__(self) -> "Arena":
+        self.create()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _mkdir(self, path: str) -> None:
+        os.mkdir(path)
+        self._dirs.append(path)
+
+    def create(self) -> None:
+        self._mkdir(self.path)
+        if self.layout.memory_v1:
+            _write(os.path.join(self.path, "memory.limit_in_bytes"), str(self.limit_bytes))
+            if self.v2_path and self.v2_path != self.path:
+                self._mkdir(self.v2_path)
+        else:
+            _write(os.path.join(self.path, "memory.max"), str(self.limit_bytes))
+            _write(os.path.join(self.path, "memory.swap.max"), "0", missing_ok=True)
+            _write(os.path.join(self.path, "cgroup.subtree_control"), "+memory")
+
+    def job(self, name: str) -> ArenaJob:
+        path = os.path.join(self.path, name)
+        self._mkdir(path)
+        v2 = path
+        if self.layout.memory_v1 and self.v2_path:
+            v2 = os.path.join(self.v2_path, name)
+            self._mkdir(v2)
+        return ArenaJob(name=name, path=path, v2_path=v2)
+
+    def spawn(self, job: ArenaJob, argv: list[str], **popen) -> subprocess.Popen:
+        """Start ``argv`` inside ``job`` (both hierarchies) before it runs a line."""
+        targets = [os.path.join(job.path, "cgroup.procs")]
+        if job.v2_path != job.path:
+            targets.append(os.path.join(job.v2_path, "cgroup.procs"))
+
+        def enter() -> None:
+            for t in targets:
+                with open(t, "w") as f:
+                    f.write("0")
+        p = subprocess.Popen(argv, preexec_fn=enter, **popen)
+        self.procs.append(p)
+        return p
+
+    def spawn_hog(self, job: ArenaJob, chunk_bytes: int = 4 << 20, pause_s: float = 0.0,
+                  cap_bytes: int = 0) -> subprocess.Popen:
+        p = self.spawn(job, [sys.executable, "-c", HOG_SOURCE, str(chunk_bytes), str(pause_s), str(cap_bytes)],
+                       stdout=subprocess.PIPE, text=True)
+        _wait_ready(p)
+        return p
+
+    def spawn_idle(self, job: ArenaJob, hold_bytes: int = 8 << 20) -> subprocess.Popen:
+        p = self.spawn(job, [sys.executable, "-c", IDLE_SOURCE, str(hold_bytes)],
+                       stdout=subprocess.PIPE, text=True)
+        _wait_ready(p)
+        return p
+
+    def kernel_oom_kills(self) -> int:
+        """OOM kills the kernel made anywhere in the arena.
+
+        v1 counts a victim only in the memcg it belonged to, so sum the subtree;
+        v2's ``memory.events`` is hierarchical already.
+        """
+        if not self.layout.memory_v1:
+            return _read_keyed(os.path.join(self.path, "memory.events")).get("oom_kill", 0)
+        total = 0
+        for dirpath, _dirs, _files in os.walk(self.path):
+            total += _read_keyed(os.path.join(dirpath, "memory.oom_control")).get("oom_kill", 0)
+        return total
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            for stream in (p.stdout, p.stderr, p.stdin):
+                if stream:
+                    stream.close()
+        for d in reversed(self._dirs):
+            _rmdir_retry(d)
+        self._dirs.clear()
+
+
+def _wait_ready(p: subprocess.Popen) -> None:
+    line = p.stdout.readline()
+    if line.strip() != "ready":
+        raise RuntimeError(f"arena process {p.pid} did not start: {line!r}")
+
+
+def _write(path: str, value: str, missing_ok: bool = False) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+def _read_keyed(path: str) -> dict[str, int]:
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.partition(" ")
+                if v.strip().lstrip("-").isdigit():
+                    out[k] = int(v)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _rmdir_retry(path: str) -> None:
+    # A cgroup whose last task has just exited may still be busy for a few ms.
+    for _ in range(200):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+    os.rmdir(path)

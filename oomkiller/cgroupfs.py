@@ -1,0 +1,238 @@
+"""cgroup trees: where memory is accounted, which cgroups are jobs, who is in them.
+
+Three layouts are handled:
+
+* pure v2 (production hosts): one tree at the root, memory controller in it;
+* hybrid (this project's machines): v1 controllers under ``<root>/<ctrl>`` and
+  cgroup2 without controllers at ``<root>/unified``; memory lives in v1;
+* legacy: v1 only.
+
+A job is always a cgroup of the tree that accounts memory. On hybrid hosts its
+processes may also share a v2 cgroup; that one gives the job a v2 id (what BPF
+sees) and a ``cgroup.kill``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from .model import Job, Proc
+from .procfs import Procfs
+
+# v1 reports "no limit" as the largest page-aligned long.
+V1_UNLIMITED = 1 << 62
+
+XATTRS = ("user.oomd_omit", "user.oomd_avoid", "user.oomd_prefer")
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: str
+    unified_root: str | None     # where cgroup2 is mounted
+    memory_root: str | None      # the tree that accounts memory
+    memory_v1: bool
+
+    @property
+    def jobs_root(self) -> str:
+        return self.memory_root or self.unified_root or self.root
+
+
+def detect_layout(root: str = "/sys/fs/cgroup") -> Layout:
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        with open(os.path.join(root, "cgroup.controllers")) as f:
+            ctrls = f.read().split()
+        return Layout(root, root, root if "memory" in ctrls else None, False)
+    unified = os.path.join(root, "unified")
+    memory = os.path.join(root, "memory")
+    return Layout(root,
+                  unified if os.path.exists(os.path.join(unified, "cgroup.controllers")) else None,
+                  memory if os.path.exists(os.path.join(memory, "memory.limit_in_bytes")) else None,
+                  True)
+
+
+def own_cgroup_paths(pid: int | str, layout: Layout, procfs: Procfs | None = None) -> tuple[str, str]:
+    """(memory path, v2 path) of a process, relative to each tree's root."""
+    groups = (procfs or Procfs()).cgroups(pid)  # type: ignore[arg-type]
+    v2 = groups.get("", "/")
+    mem = groups.get("memory", v2) if layout.memory_v1 else v2
+    return mem.rstrip("/"), v2.rstrip("/")
+
+
+def glob_match(name: str, pattern: str) -> bool:
+    """Match a job name against a glob the way pathlib does, right-anchored:
+    ``*.service`` matches a service at any depth; a leading ``/`` anchors the
+    pattern at the domain (``/system.slice/*``)."""
+    return PurePosixPath("/" + name).match(pattern)
+
+
+def read_int_file(path: str) -> int | None:
+    """An integer file such as ``memory.max``; None for ``max`` (no limit)."""
+    with open(path) as f:
+        text = f.read().strip()
+    return None if text == "max" else int(text)
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+                out[parts[0]] = int(parts[1])
+    return out
+
+
+class Cgroupfs:
+    """One cgroup hierarchy; ``root`` is ``/sys/fs/cgroup`` except in tests."""
+
+    def __init__(self, root: str = "/sys/fs/cgroup", procfs: Procfs | None = None) -> None:
+        self.root = root
+        self.layout = detect_layout(root)
+        self.procfs = procfs or Procfs()
+
+    # -- paths ------------------------------------------------------------
+    def resolve(self, spec: str) -> str:
+        """A domain or job spec to an absolute cgroup folder of the memory tree."""
+        base = self.layout.jobs_root
+        if spec == "host":
+            return base
+        path = spec if os.path.isabs(spec) and os.path.isdir(spec) else os.path.join(base, spec.lstrip("/"))
+        path = os.path.normpath(path)
+        if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "cgroup.procs")):
+            raise FileNotFoundError(f"{spec}: not a cgroup folder")
+        return path
+
+    def relative(self, path: str) -> str:
+        """A cgroup path as ``/proc/PID/cgroup`` shows it."""
+        rel = os.path.relpath(path, self.layout.jobs_root)
+        return "/" if rel == "." else "/" + rel
+
+    # -- membership ----------------------------------------------------------
+    def subtree_pids(self, path: str) -> list[int]:
+        """Every process of the cgroup and its descendants.
+
+        Raises FileNotFoundError if the cgroup itself is gone; descendants
+        that vanish while being read are skipped.
+        """
+        pids = _read_pids(os.path.join(path, "cgroup.procs"))
+        for dirpath, dirnames, _ in os.walk(path):
+            for d in dirnames:
+                try:
+                    pids.extend(_read_pids(os.path.join(dirpath, d, "cgroup.procs")))
+                except FileNotFoundError:
+                    pass
+        return sorted(set(pids))
+
+    def descendants(self, path: str) -> int:
+        return sum(len(dirs) for _, dirs, _ in os.walk(path))
+
+    def xattrs(self, path: str) -> tuple[tuple[str, str], ...]:
+        out = []
+        for name in XATTRS:
+            try:
+                out.append((name, os.getxattr(path, name).decode(errors="replace")))
+            except OSError:
+                pass        # not set, or xattrs unsupported on this cgroupfs
+        return tuple(out)
+
+    def oom_group(self, path: str) -> bool:
+        try:
+            with open(os.path.join(path, "memory.oom.group")) as f:
+                return f.read().strip() == "1"
+        except FileNotFoundError:
+            return False
+
+    def v2_mirror(self, procs: tuple[Proc, ...], path: str) -> str | None:
+        """The v2 cgroup a job's processes share, on hybrid hosts; the job
+        itself on pure v2. None when they share none (or only the root)."""
+        if not self.layout.memory_v1:
+            return path
+        if not self.layout.unified_root or not procs:
+            return None
+        paths = {self.procfs.cgroups(p.pid).get("") for p in procs}
+        paths.discard(None)
+        if len(paths) != 1:
+            return None
+        rel = paths.pop().strip("/")
+        return os.path.join(self.layout.unified_root, rel) if rel else None
+
+    # -- jobs -------------------------------------------------------------
+    def job_paths(self, domain_path: str, globs: tuple[str, ...]) -> list[str]:
+        """The domain's job cgroups: the shallowest ones matching a glob, or
+        with ``memory.oom.group`` set (the kernel kills those as one unit)."""
+        found = []
+        for dirpath, dirnames, _ in os.walk(domain_path):
+            keep = []
+            for d in sorted(dirnames):
+                full = os.path.join(dirpath, d)
+                name = os.path.relpath(full, domain_path)
+                if any(glob_match(name, g) for g in globs) or self.oom_group(full):
+                    found.append(full)
+                else:
+                    keep.append(d)
+            dirnames[:] = keep
+        return found
+
+    def job(self, path: str, domain_path: str) -> Job:
+        """Read one job; raises FileNotFoundError if its cgroup is gone."""
+        procs = []
+        for pid in self.subtree_pids(path):
+            p = self.procfs.proc(pid)
+            if p is not None:
+                procs.append(p)
+        procs_t = tuple(procs)
+        v2 = self.v2_mirror(procs_t, path)
+        v2_id = 0
+        if v2:
+            try:
+                v2_id = os.stat(v2).st_ino
+            except FileNotFoundError:
+                pass
+        return Job(name=os.path.relpath(path, domain_path), path=path, inode=os.stat(path).st_ino,
+                   procs=procs_t, descendants=self.descendants(path), xattrs=self.xattrs(path),
+                   oom_group=self.oom_group(path), v2_id=v2_id)
+
+    def jobs(self, domain_path: str, globs: tuple[str, ...]) -> list[Job]:
+        out = []
+        for path in self.job_paths(domain_path, globs):
+            try:
+                out.append(self.job(path, domain_path))
+            except FileNotFoundError:
+                continue    # removed between the walk and the read: not a job any more
+        return out
+
+    # -- memory -------------------------------------------------------------
+    def memory(self, path: str) -> tuple[int | None, int, dict[str, int]]:
+        """(limit or None, usage, stat) of a memory cgroup, hierarchically."""
+        if self.layout.memory_v1:
+            stat = read_keyed(os.path.join(path, "memory.stat"))
+            usage = read_int_file(os.path.join(path, "memory.usage_in_bytes")) or 0
+            limit = stat.get("hierarchical_memory_limit")
+            if limit is None:
+                limit = read_int_file(os.path.join(path, "memory.limit_in_bytes"))
+            if limit is not None and limit >= V1_UNLIMITED:
+                limit = None
+            # v1 keeps subtree totals under total_*; use those names unprefixed.
+            stat = {k[len("total_"):]: v for k, v in stat.items() if k.startswith("total_")} or stat
+            return limit, usage, stat
+        stat = read_keyed(os.path.join(path, "memory.stat"))
+        usage = read_int_file(os.path.join(path, "memory.current")) or 0
+        limit = None
+        p = path
+        while True:     # the tightest memory.max on the way up is what binds
+            try:
+                m = read_int_file(os.path.join(p, "memory.max"))
+            except FileNotFoundError:
+                break
+            if m is not None:
+                limit = m if limit is None else min(limit, m)
+            if os.path.normpath(p) == os.path.normpath(self.layout.jobs_root):
+                break
+            p = os.path.dirname(p)
+        return limit, usage, {"dirty": stat.get("file_dirty", 0), "writeback": stat.get("file_writeback", 0), **stat}
+
+
+def _read_pids(path: str) -> list[int]:
+    with open(path) as f:
+        return [int(x) for x in f.read().split()]

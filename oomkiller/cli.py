@@ -1,0 +1,153 @@
+"""``oomkiller``: the daemon and its control commands.
+
+Exit codes: 0 ok; 1 run-time failure; 2 bad command line, config file,
+environment or kernel flag; 3 no daemon answers on the control socket;
+4 the daemon refused the command (only root may change it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from . import config as cfg
+from .control import ControlError, request
+
+log = logging.getLogger("oomkiller")
+
+CONTROL_COMMANDS = ("info", "start", "stop", "print", "lowmem")
+
+
+def _policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file (also $OOMKILLER_CONFIG)")
+    p.add_argument("--domain", metavar="host|CGROUP_DIR", help="what free/total memory means (default host)")
+    p.add_argument("--jobs", metavar="GLOB", action="append", help="which cgroups are jobs (default: the domain's children)")
+    p.add_argument("--protect", metavar="GLOB", action="append", help="never kill jobs matching GLOB")
+    p.add_argument("--avoid", metavar="GLOB", action="append", help="kill jobs matching GLOB last")
+    p.add_argument("--prefer", metavar="GLOB", action="append", help="kill jobs matching GLOB first")
+    p.add_argument("--cgroup-root", metavar="DIR", help=argparse.SUPPRESS)
+    p.add_argument("--proc-root", metavar="DIR", help=argparse.SUPPRESS)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="oomkiller", description="A low-latency OOM killer for Linux cgroups.")
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon")
+    _policy_args(run)
+    run.add_argument("--redline", metavar="SIZE|PCT%", help="kill when free memory is below this (default 5%%)")
+    run.add_argument("--sleep-ms", type=int, metavar="N", help="redline check period (default 1000)")
+    run.add_argument("--post-kill-delay-ms", type=int, metavar="N", help="pause after a kill (default 500)")
+    run.add_argument("--dry-run", action="store_true", default=None, help="decide and log, kill nothing")
+    run.add_argument("--no-autostart", dest="autostart", action="store_false", default=None,
+                     help="start stopped; `oomkiller start` starts it")
+    run.add_argument("--print", dest="print_", action="store_true", default=None,
+                     help="print free/total memory on every wake")
+    run.add_argument("--control", metavar="SOCKET", help="control socket (default /run/oomkiller.sock)")
+    run.add_argument("--json-log", metavar="FILE", help="where decision records go ('-' = stdout)")
+    run.add_argument("-v", "--verbose", action="store_true", help="per-wake detail")
+    for name in CONTROL_COMMANDS:
+        c = sub.add_parser(name, help=f"{name} (talks to the running daemon)")
+        c.add_argument("--control", metavar="SOCKET", default=None)
+        c.add_argument("--json", action="store_true", help="print the reply as JSON")
+    rk = sub.add_parser("rank", help="print the walk a kill would take now, without killing")
+    _policy_args(rk)
+    rk.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    return top
+
+
+def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
+    keys = {"domain": "domain", "redline": "redline", "sleep_ms": "sleep_ms", "autostart": "autostart",
+            "print_": "print", "dry_run": "dry_run", "post_kill_delay_ms": "post_kill_delay_ms",
+            "control": "control_socket", "jobs": "jobs", "protect": "protect", "avoid": "avoid",
+            "prefer": "prefer", "json_log": "json_log", "cgroup_root": "cgroup_root", "proc_root": "proc_root"}
+    return {key: getattr(a, attr) for attr, key in keys.items() if getattr(a, attr, None) is not None}
+
+
+def load_config(a: argparse.Namespace) -> cfg.Config:
+    try:
+        with open("/proc/cmdline") as f:
+            cmdline = f.read()
+    except OSError:
+        cmdline = ""
+    return cfg.load(cli=_cli_values(a), config_file=getattr(a, "config", None),
+                    environ=os.environ, cmdline=cmdline)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        if a.command in CONTROL_COMMANDS:
+            return control_command(a)
+        conf = load_config(a)
+        if a.command == "rank":
+            return rank_command(conf, a.json)
+        return run_command(conf, a.verbose)
+    except cfg.ConfigError as e:
+        print(f"oomkiller: config error: {e}", file=sys.stderr)
+        return cfg.EXIT_CONFIG
+    except ControlError as e:
+        print(f"oomkiller: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def control_command(a: argparse.Namespace) -> int:
+    path = a.control or os.environ.get("OOMKILLER_CONTROL_SOCKET") or cfg.Config.control_socket
+    reply = request(path, a.command)
+    if a.json:
+        print(json.dumps(reply.get("data", {}), indent=2, sort_keys=True))
+    else:
+        print(reply.get("text", ""))
+    return cfg.EXIT_OK
+
+
+def _domain(conf: cfg.Config):
+    from .cgroupfs import Cgroupfs
+    from .domain import Domain
+    from .procfs import Procfs
+    procfs = Procfs(conf.proc_root)
+    cg = Cgroupfs(conf.cgroup_root, procfs)
+    try:
+        return Domain(conf.domain, procfs, cg)
+    except FileNotFoundError as e:
+        raise cfg.ConfigError(f"bad value for 'domain': {e}") from None
+
+
+def rank_command(conf: cfg.Config, as_json: bool) -> int:
+    import time
+    from . import log as oomlog
+    from .daemon import format_ranking
+    from .rank import Policy, rank
+    dom = _domain(conf)
+    snap = dom.snapshot(time.monotonic_ns() // 1000)
+    ranking = rank(dom.cgroupfs.jobs(dom.path, conf.jobs),
+                   Policy(conf.protect, conf.avoid, conf.prefer, os.getpid()), snap.total_bytes)
+    if as_json:
+        print(json.dumps([oomlog.candidate_record(c) for c in ranking.candidates], indent=2))
+    else:
+        print(format_ranking(ranking))
+    return cfg.EXIT_OK
+
+
+def run_command(conf: cfg.Config, verbose: bool) -> int:
+    from . import log as oomlog
+    from .daemon import Daemon, protect_self, setup_logging
+    setup_logging(verbose)
+    _domain(conf)       # a bad domain is a config error, before anything starts
+    log.info("OOM: effective config %s", oomlog.json_line(conf.describe()))
+    if os.geteuid() == 0:
+        for problem in protect_self():
+            log.warning("OOM: %s", problem)
+    json_out = sys.stdout if conf.json_log == "-" else open(conf.json_log, "a", buffering=1)
+    try:
+        Daemon(conf, json_out=json_out).run()
+    except RuntimeError as e:
+        log.error("OOM: %s", e)
+        return cfg.EXIT_FAILURE
+    return cfg.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

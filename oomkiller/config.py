@@ -1,0 +1,234 @@
+"""One frozen config from defaults, the kernel command line, a TOML file, the
+environment and the command line, in that order of precedence (later wins).
+
+* kernel command line: ``oomkiller.redline=``, ``oomkiller.sleep_ms=`` and
+  ``oomkiller.autostart=`` (the seed's ``kernel.oom.*`` flags); hyphens are
+  accepted for underscores.
+* TOML file: flat top-level keys named as in ``Config`` (see
+  ``deploy/oomkiller.toml``, which lists every default).
+* environment: ``OOMKILLER_<KEY>``, lists comma-separated.
+* CLI flags.
+
+Every value is validated once, here; a bad one raises ``ConfigError`` naming
+where it came from and the key. The CLI turns that into exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+EXIT_OK = 0
+EXIT_FAILURE = 1        # the daemon failed at run time
+EXIT_CONFIG = 2         # bad command line, config file, environment or kernel flag
+EXIT_UNREACHABLE = 3    # control command: no daemon answers on the socket
+EXIT_DENIED = 4         # control command: the daemon refused it (not root)
+
+KERNEL_CMDLINE_KEYS = ("redline", "sleep_ms", "autostart")
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([BKMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names its origin and key."""
+
+
+def parse_size(text: str | int) -> int:
+    """``"50M"`` -> 52428800. K, M, G, T suffixes are powers of 1024."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"negative size: {text}")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use bytes or a K, M, G suffix)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+@dataclass(frozen=True)
+class Redline:
+    """The line free memory must stay above: bytes, or permyriad of the domain."""
+
+    bytes_: int = 0
+    permyriad: int = 0
+
+    @classmethod
+    def parse(cls, text: str | int) -> "Redline":
+        if isinstance(text, str):
+            m = _PERCENT_RE.match(text)
+            if m:
+                pm = round(float(m.group(1)) * 100)
+                if not 0 < pm < 10000:
+                    raise ValueError(f"percent out of range: {text!r}")
+                return cls(permyriad=pm)
+        return cls(bytes_=parse_size(text))
+
+    def resolve_bytes(self, total_bytes: int) -> int:
+        if self.permyriad:
+            return total_bytes * self.permyriad // 10000
+        return self.bytes_
+
+    def __str__(self) -> str:
+        if self.permyriad:
+            return f"{self.permyriad / 100:g}%"
+        return str(self.bytes_)
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {v!r}")
+
+
+def _int(lo: int, hi: int):
+    def conv(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"not an integer: {v!r}")
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"not an integer: {v!r}") from None
+        if not lo <= n <= hi:
+            raise ValueError(f"{n} is outside {lo}..{hi}")
+        return n
+    return conv
+
+
+def _globs(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [s for s in (x.strip() for x in v.split(",")) if s]
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError(f"not a list of globs: {v!r}")
+    return tuple(v)
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"not a non-empty string: {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration. Units are in the names."""
+
+    domain: str = "host"
+    # The seed's 50M is below this kind of host's own min watermarks (66 MiB on
+    # a 24 GiB VM): by the time MemAvailable reaches it the kernel is already in
+    # direct reclaim. 5% is earlyoom's SIGKILL line.
+    redline: Redline = field(default_factory=lambda: Redline(permyriad=500))
+    sleep_ms: int = 1000
+    autostart: bool = True
+    print_: bool = False
+    dry_run: bool = False
+    # Memory figures are read fresh, but the kernel frees a victim's memory
+    # over a few ms after the cgroup empties and page cache refills; half a
+    # second keeps one kill from being followed by a second on stale numbers.
+    post_kill_delay_ms: int = 500
+    kill_timeout_ms: int = 5000
+    control_socket: str = "/run/oomkiller.sock"
+    jobs: tuple[str, ...] = ("*",)
+    protect: tuple[str, ...] = ()
+    avoid: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()
+    json_log: str = "-"
+    cgroup_root: str = "/sys/fs/cgroup"
+    proc_root: str = "/proc"
+
+    def describe(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name.rstrip("_")] = str(v) if isinstance(v, Redline) else list(v) if isinstance(v, tuple) else v
+        return out
+
+
+# key -> (field name, converter)
+_KEYS: dict[str, tuple[str, Any]] = {
+    "domain": ("domain", _str),
+    "redline": ("redline", Redline.parse),
+    "sleep_ms": ("sleep_ms", _int(1, 3_600_000)),
+    "autostart": ("autostart", _bool),
+    "print": ("print_", _bool),
+    "dry_run": ("dry_run", _bool),
+    "post_kill_delay_ms": ("post_kill_delay_ms", _int(0, 3_600_000)),
+    "kill_timeout_ms": ("kill_timeout_ms", _int(1, 600_000)),
+    "control_socket": ("control_socket", _str),
+    "jobs": ("jobs", _globs),
+    "protect": ("protect", _globs),
+    "avoid": ("avoid", _globs),
+    "prefer": ("prefer", _globs),
+    "json_log": ("json_log", _str),
+    "cgroup_root": ("cgroup_root", _str),
+    "proc_root": ("proc_root", _str),
+}
+
+
+def _apply(values: dict[str, Any], raw: Mapping[str, Any], origin: str) -> None:
+    for key, value in raw.items():
+        norm = key.replace("-", "_")
+        if norm not in _KEYS:
+            raise ConfigError(f"{origin}: unknown key '{key}' (known: {', '.join(sorted(_KEYS))})")
+        name, conv = _KEYS[norm]
+        try:
+            values[name] = conv(value)
+        except ValueError as e:
+            raise ConfigError(f"{origin}: bad value for '{key}': {e}") from None
+
+
+def kernel_cmdline_values(cmdline: str) -> dict[str, str]:
+    out = {}
+    for word in cmdline.split():
+        if word == "--":
+            break   # what follows is init's arguments, not the kernel's
+        if word.startswith("oomkiller.") and "=" in word:
+            key, _, value = word[len("oomkiller."):].partition("=")
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for k, v in environ.items():
+        if k.startswith("OOMKILLER_") and k != "OOMKILLER_CONFIG":
+            out[k[len("OOMKILLER_"):].lower()] = v
+    return out
+
+
+def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None,
+         environ: Mapping[str, str] | None = None, cmdline: str | None = None) -> Config:
+    """Build the effective config; see the module docstring for precedence."""
+    values: dict[str, Any] = {}
+    if cmdline:
+        kv = kernel_cmdline_values(cmdline)
+        unknown = sorted(set(kv) - set(KERNEL_CMDLINE_KEYS))
+        if unknown:
+            raise ConfigError(f"kernel command line: unknown key 'oomkiller.{unknown[0]}' "
+                              f"(known: {', '.join('oomkiller.' + k for k in KERNEL_CMDLINE_KEYS)})")
+        _apply(values, kv, "kernel command line")
+    environ = environ if environ is not None else {}
+    config_file = config_file or environ.get("OOMKILLER_CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{config_file}: no such config file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{config_file}: not valid TOML: {e}") from None
+        _apply(values, raw, config_file)
+    _apply(values, env_values(environ), "environment")
+    _apply(values, {k: v for k, v in (cli or {}).items() if v is not None}, "command line")
+    return Config(**values)

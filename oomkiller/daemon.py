@@ -1,0 +1,309 @@
+"""The daemon: one event loop around the pure core.
+
+Sources (the redline timer, the control socket, and any pluggable source with
+``fds()`` / ``drain()``) only wake the core. Every wake takes a fresh snapshot
+of the domain; when it is below the redline (or a lowmem was asked for), the
+core lists the jobs, ranks them, re-checks the domain, and the killer walks
+the ranking. Each decision is logged as the seed's lines and one JSON record.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+from typing import Any, Callable, Protocol, TextIO
+
+from . import log as oomlog
+from .cgroupfs import Cgroupfs
+from .config import Config
+from .control import ControlServer
+from .decide import decide
+from .detect import detect
+from .domain import Domain
+from .killer import Killer
+from .model import PressureEvent, Ranking
+from .procfs import Procfs
+from .rank import Policy, rank
+
+log = logging.getLogger("oomkiller")
+
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+
+class Source(Protocol):
+    """What the loop needs of an event source besides the timer."""
+
+    name: str
+
+    def fds(self) -> list[int]: ...
+    def drain(self) -> list[PressureEvent]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class Daemon:
+    def __init__(self, config: Config, *, procfs: Procfs | None = None, cgroupfs: Cgroupfs | None = None,
+                 json_out: TextIO | None = None, sources: list[Source] | None = None,
+                 unavailable: dict[str, str] | None = None,
+                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self.config = config
+        self.procfs = procfs or Procfs(config.proc_root)
+        self.cgroupfs = cgroupfs or Cgroupfs(config.cgroup_root, self.procfs)
+        self.domain = Domain(config.domain, self.procfs, self.cgroupfs)
+        self.clock = clock
+        self.self_pid = os.getpid()
+        self.policy = Policy(config.protect, config.avoid, config.prefer, self.self_pid)
+        self.killer = Killer(self.cgroupfs, dry_run=config.dry_run, self_pid=self.self_pid,
+                             timeout_usec=config.kill_timeout_ms * 1000, clock=clock)
+        self.json_out = json_out
+        self.sources = list(sources or [])
+        self.unavailable = dict(unavailable or {})
+        # state the seed's `k oom info` shows
+        self.running = config.autostart
+        self.printing = config.print_
+        self.simulate_lowmem = False
+        self.kills = 0
+        self.kernel_kills_seen = 0
+        self.prev_free: int | None = None
+        self.last_kill_usec: int | None = None
+        self.last_snapshot = None
+        self._quit = False
+        self.control: ControlServer | None = None
+
+    def now_usec(self) -> int:
+        return self.clock() // 1000
+
+    # -- one wake of the core ----------------------------------------------------
+    def wake(self, events: list[PressureEvent]) -> dict[str, Any] | None:
+        """Snapshot, detect, and if low, rank, re-check and kill. Returns the
+        decision record when a walk happened (or was held back)."""
+        t0 = self.now_usec()
+        snap = self.domain.snapshot(t0)
+        self.last_snapshot = snap
+        redline = self.config.redline.resolve_bytes(snap.total_bytes)
+        det = detect(snap, redline, self.prev_free, self.simulate_lowmem)
+        self.prev_free = snap.free_bytes
+        if self.printing:
+            log.info(oomlog.free_line(snap, det.delta_bytes))
+        else:
+            log.debug(oomlog.free_line(snap, det.delta_bytes))
+        for ev in events:
+            if ev.kind == "kernel_oom_victim":
+                self.kernel_kills_seen += 1
+        if not det.low:
+            return None
+        self.simulate_lowmem = False
+        t_detect = self.now_usec()
+        dec = decide(det, t_detect, self.last_kill_usec, self.config.post_kill_delay_ms * 1000)
+        record: dict[str, Any] = {
+            "event": "oom_decision", "domain": snap.domain,
+            "woken_by": [dataclasses.asdict(e) for e in events[:8]], "events": len(events),
+            "snapshot": dataclasses.asdict(snap), "redline_bytes": redline,
+            "shortfall_bytes": det.shortfall_bytes, "simulated": det.simulated,
+            "decision": dec.reason, "dry_run": self.config.dry_run,
+        }
+        if not dec.act:
+            log.debug("OOM: holding back: %s", dec.reason)
+            record.update(result="held", timings_usec={"snapshot": t_detect - t0})
+            return record
+
+        jobs = self.cgroupfs.jobs(self.domain.path, self.config.jobs)
+        ranking = rank(jobs, self.policy, snap.total_bytes)
+        t_rank = self.now_usec()
+        for line in oomlog.lowmem_lines(det.shortfall_bytes, (p for j in jobs for p in j.procs)):
+            log.info(line)
+        record["ranking"] = [oomlog.candidate_record(c) for c in ranking.candidates[:16]]
+
+        # Re-check just before acting: ranking took time and the pressure may be gone.
+        again = self.domain.snapshot(self.now_usec())
+        if not det.simulated and again.free_bytes >= redline:
+            log.info("OOM: %s free again: no kill", oomlog.format_mib(again.free_bytes))
+            record.update(result="recovered", free_at_recheck_bytes=again.free_bytes,
+                          timings_usec={"snapshot": t_detect - t0, "rank": t_rank - t_detect})
+            self._emit(record)
+            return record
+        t_act = self.now_usec()
+        attempts = self.killer.walk(ranking)
+        t_done = self.now_usec()
+        after = self.domain.snapshot(t_done)
+        attempts = [(c, dataclasses.replace(r, freed_bytes=max(0, again.used_bytes - after.used_bytes)))
+                    if r.ok and not r.dry_run else (c, r) for c, r in attempts]
+        for line in oomlog.walk_lines(ranking, attempts):
+            log.info(line)
+        victim = next(((c, r) for c, r in attempts if r.ok), None)
+        if victim:
+            c, r = victim
+            if not r.dry_run:
+                self.kills += 1
+                self.last_kill_usec = t_done
+            log.info(oomlog.outcome_line(c, r, t_done - (events[0].timestamp_usec or t0) if events else t_done - t0))
+            record["victim"] = oomlog.candidate_record(c)
+            record["freed_bytes"] = r.freed_bytes
+        record.update(
+            result="killed" if victim and not victim[1].dry_run else "dry_run" if victim else "no_victim",
+            attempts=[oomlog.result_record(r) for _, r in attempts],
+            timings_usec={"snapshot": t_detect - t0, "rank": t_rank - t_detect, "recheck": t_act - t_rank,
+                          "kill": t_done - t_act, "total": t_done - t0})
+        self._emit(record)
+        return record
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self.json_out:
+            record = {"ts_usec": self.now_usec(), **record}
+            self.json_out.write(oomlog.json_line(record) + "\n")
+            self.json_out.flush()
+
+    # -- control -----------------------------------------------------------------
+    def info(self) -> tuple[str, dict[str, Any]]:
+        red = self.config.redline
+        total = self.last_snapshot.total_bytes if self.last_snapshot else self.domain.snapshot(self.now_usec()).total_bytes
+        red_b = red.resolve_bytes(total)
+        sources = {"timer": {"state": "live", "sleep_ms": self.config.sleep_ms}}
+        sources.update({s.name: {"state": "live", **s.stats()} for s in self.sources})
+        sources.update({name: {"state": "unavailable", "why": why} for name, why in self.unavailable.items()})
+        data = {"running": self.running, "printing": self.printing, "simulating_lowmem": self.simulate_lowmem,
+                "sleep_ms": self.config.sleep_ms, "redline": str(red), "redline_bytes": red_b,
+                "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
+                "kills": self.kills, "kernel_kills_seen": self.kernel_kills_seen, "sources": sources,
+                "pid": self.self_pid}
+        red_txt = f"{red} = {oomlog.format_size(red_b)}" if red.permyriad else oomlog.format_size(red_b)
+        lines = ["OOM info:",
+                 f"  running: {str(self.running).lower()}",
+                 f"  printing: {str(self.printing).lower()}",
+                 f"  simulating lowmem: {str(self.simulate_lowmem).lower()}",
+                 f"  sleep duration: {self.config.sleep_ms}ms",
+                 f"  redline: {red_txt} ({red_b} bytes)",
+                 f"  domain: {self.domain.name} ({self.domain.path})",
+                 f"  dry run: {str(self.config.dry_run).lower()}",
+                 f"  kills: {self.kills}",
+                 "  sources:"]
+        for name, s in sources.items():
+            extra = ", ".join(f"{k}={v}" for k, v in s.items() if k != "state")
+            lines.append(f"    {name}: {s['state']}" + (f" ({extra})" if extra else ""))
+        return "\n".join(lines), data
+
+    def handle(self, cmd: str) -> tuple[bool, str, dict[str, Any]]:
+        if cmd == "info":
+            text, data = self.info()
+            return True, text, data
+        if cmd == "rank":
+            snap = self.domain.snapshot(self.now_usec())
+            ranking = rank(self.cgroupfs.jobs(self.domain.path, self.config.jobs), self.policy, snap.total_bytes)
+            return True, format_ranking(ranking), {"ranking": [oomlog.candidate_record(c) for c in ranking.candidates]}
+        if cmd == "start":
+            self.running = True
+        elif cmd == "stop":
+            self.running = False
+        elif cmd == "print":
+            self.printing = not self.printing
+        elif cmd == "lowmem":
+            self.simulate_lowmem = True
+        return True, f"OOM: {cmd}: done", {"running": self.running, "printing": self.printing,
+                                           "simulating_lowmem": self.simulate_lowmem}
+
+    # -- the loop -----------------------------------------------------------------
+    def run(self) -> None:
+        sel = selectors.DefaultSelector()
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wfd)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.control = ControlServer(self.config.control_socket, self.handle)
+        sel.register(rfd, selectors.EVENT_READ, "signal")
+        sel.register(self.control.fileno(), selectors.EVENT_READ, "control")
+        for src in self.sources:
+            for fd in src.fds():
+                sel.register(fd, selectors.EVENT_READ, src)
+        log.info("OOM: oomkiller %s watching %s, redline %s, sleep %d ms%s", _version(), self.domain.name,
+                 self.config.redline, self.config.sleep_ms, ", dry run" if self.config.dry_run else "")
+        deadline = self.now_usec()
+        try:
+            while not self._quit:
+                timeout = max(0.0, (deadline - self.now_usec()) / 1e6)
+                ready = sel.select(timeout)
+                events: list[PressureEvent] = []
+                for key, _ in ready:
+                    if key.data == "signal":
+                        _drain_pipe(rfd)
+                    elif key.data == "control":
+                        cmd = self.control.accept_one()
+                        if cmd == "lowmem" and self.running:
+                            events.append(PressureEvent("control", "lowmem", timestamp_usec=self.now_usec()))
+                    else:
+                        events.extend(key.data.drain())
+                now = self.now_usec()
+                if now >= deadline:
+                    events.append(PressureEvent("timer", "tick", timestamp_usec=now))
+                    deadline = now + self.config.sleep_ms * 1000
+                if events and self.running and not self._quit:
+                    try:
+                        self.wake(events)
+                    except OSError as e:
+                        # A domain or job read that failed (a cgroup removed
+                        # under us): log it, keep watching.
+                        log.error("OOM: wake failed: %s", e)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            sel.close()
+            os.close(rfd)
+            os.close(wfd)
+            self.control.close()
+            for src in self.sources:
+                src.close()
+            log.info("OOM: oomkiller stopped after %d kills", self.kills)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._quit = True
+
+
+def format_ranking(ranking: Ranking) -> str:
+    lines = []
+    for i, c in enumerate(ranking.candidates, 1):
+        tag = "kill" if c.killable else "skip"
+        lines.append(f"{i:3d}. ({tag}) job {c.job.inode:6d} '{c.job.name}' {c.importance.name.lower()} "
+                     f"score {oomlog.format_size(c.score_bytes)}: {'; '.join(c.reasons)}")
+    return "\n".join(lines) if lines else "no jobs in the domain"
+
+
+def protect_self() -> list[str]:
+    """Keep the kernel OOM killer off us and our pages resident; returns what failed."""
+    problems = []
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("-1000")
+    except OSError as e:
+        problems.append(f"cannot set oom_score_adj -1000: {e.strerror}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    # MCL_ONFAULT locks what is touched, not every mapped page: the resident
+    # set stays as small as it is, it just cannot be paged out.
+    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+        problems.append(f"cannot lock memory: {os.strerror(ctypes.get_errno())}")
+    return problems
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def setup_logging(verbose: bool = False, stream: TextIO = sys.stderr) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("oomkiller")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False

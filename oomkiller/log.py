@@ -1,0 +1,121 @@
+"""The seed's log lines, byte for byte where they apply, and the JSON record.
+
+Lines not in the seed (a failed kill, a dry run, the outcome) keep its shape.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from .model import Candidate, KillResult, MemorySnapshot, Proc, Ranking
+
+_UNITS = "BKMGT"
+MIB = 1 << 20
+
+# The process list shows the largest few: on a host with hundreds of processes
+# the rest is noise beside the jobs walk.
+PROC_LIST_MAX = 32
+PROC_LIST_MIN_BYTES = 1 << 20
+
+
+def format_size(n: int) -> str:
+    """Zircon's format_size: the largest unit below 1024, one decimal unless exact."""
+    n = abs(n)
+    i = 0
+    while i < len(_UNITS) - 1 and n >= 1024 ** (i + 1):
+        i += 1
+    unit = 1024 ** i
+    if n % unit == 0:
+        return f"{n // unit}{_UNITS[i]}"
+    return f"{n / unit:.1f}{_UNITS[i]}"
+
+
+def format_signed(n: int) -> str:
+    return ("-" if n < 0 else "+") + format_size(n)
+
+
+def format_mib(n: int) -> str:
+    return f"{n / MIB:.1f}M"
+
+
+def state_word(state: str) -> str:
+    return {"Z": "dead", "X": "dead", "T": "stop", "t": "stop"}.get(state, "run")
+
+
+def free_line(snap: MemorySnapshot, delta_bytes: int) -> str:
+    return f"OOM: {format_mib(snap.free_bytes)} free ({format_signed(delta_bytes)}) / {format_mib(snap.total_bytes)} total"
+
+
+def lowmem_lines(shortfall_bytes: int, procs: Iterable[Proc]) -> list[str]:
+    big = sorted((p for p in procs if p.committed_bytes >= PROC_LIST_MIN_BYTES),
+                 key=lambda p: -p.committed_bytes)[:PROC_LIST_MAX]
+    lines = [f"OOM: oom_lowmem(shortfall_bytes={shortfall_bytes}) called",
+             "OOM: Process mapped committed bytes:"]
+    lines += [f"OOM:   proc {p.pid:5d} {p.committed_bytes // MIB:4d}M '{p.name}'"
+              for p in sorted(big, key=lambda p: p.pid)]
+    lines.append("OOM: Finding a job to kill...")
+    return lines
+
+
+def job_line(tag: str, c: Candidate) -> str:
+    return f"OOM:   {tag} job {c.job.inode:6d} '{c.job.name}'"
+
+
+def kill_lines(c: Candidate, res: KillResult, procs: tuple[Proc, ...]) -> list[str]:
+    lines = [job_line("*KILL*", c)]
+    lines += [f"OOM:        + proc {p.pid:5d} {state_word(p.state):>4s} '{p.name}'" for p in procs]
+    running = sum(1 for p in procs if state_word(p.state) == "run")
+    lines.append(f"OOM:        = {running} running procs ({len(procs)} total), {c.job.descendants} jobs")
+    return lines
+
+
+def walk_lines(ranking: Ranking, attempts: list[tuple[Candidate, KillResult]], next_count: int = 3) -> list[str]:
+    """The walk as the seed prints it: skips met on the way, failed attempts,
+    the kill with its processes, then the next ``next_count`` candidates."""
+    tried = {id(c): r for c, r in attempts}
+    lines: list[str] = []
+    killed_at = None
+    for i, c in enumerate(ranking.candidates):
+        if killed_at is not None:
+            break
+        if id(c) in tried:
+            r = tried[id(c)]
+            if r.ok:
+                lines += kill_lines(c, r, c.job.procs)
+                if r.dry_run:
+                    lines.append("OOM:        (dry run: nothing was killed)")
+                killed_at = i
+            else:
+                lines.append(job_line("(fail)", c) + f": {r.error}")
+        elif not c.killable:
+            lines.append(job_line("(skip)", c))
+    if killed_at is not None:
+        nxt = [c for c in ranking.candidates[killed_at + 1:] if c.killable][:next_count]
+        lines += [job_line("(next)", c) for c in nxt]
+    else:
+        lines.append("OOM: no killable job found")
+    return lines
+
+
+def outcome_line(c: Candidate, res: KillResult, decision_usec: int) -> str:
+    if res.dry_run:
+        return (f"OOM: would kill job '{c.job.name}' ({len(res.signalled_pids)} procs, "
+                f"{format_size(c.job.committed_bytes)} committed); dry run")
+    return (f"OOM: killed job '{c.job.name}' by {res.method}: {len(res.signalled_pids)} procs, "
+            f"{format_size(res.freed_bytes)} freed, empty {res.signal_to_empty_usec / 1000:.1f} ms "
+            f"after the signal, {decision_usec / 1000:.1f} ms after the wake")
+
+
+def candidate_record(c: Candidate) -> dict[str, Any]:
+    return {"job": c.job.name, "inode": c.job.inode, "class": c.importance.name.lower(),
+            "score_bytes": c.score_bytes, "killable": c.killable, "reasons": list(c.reasons)}
+
+
+def result_record(res: KillResult) -> dict[str, Any]:
+    return {"job": res.job.name, "inode": res.job.inode, "ok": res.ok, "dry_run": res.dry_run,
+            "method": res.method, "pids": list(res.signalled_pids), "error": res.error,
+            "signal_to_empty_usec": res.signal_to_empty_usec, "freed_bytes": res.freed_bytes}
+
+
+def json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,142 @@
+"""Core types: frozen values with units in their names.
+
+Everything the policy core (detect, rank, decide) sees is one of these: plain,
+immutable, and free of file handles, clocks and kernel objects, so the core can
+be tested on hand-built values.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Importance(enum.IntEnum):
+    """A job's importance class; the walk goes from PREFER to AVOID.
+
+    PROTECT jobs are never killed: they appear in the walk as ``(skip)``.
+    """
+
+    PREFER = 0
+    NORMAL = 1
+    AVOID = 2
+    PROTECT = 3
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """Free and total memory of the domain at one instant.
+
+    ``free_bytes`` is what the domain can still hand out without the kernel
+    running out: ``MemAvailable`` for the host, for a cgroup its limit minus
+    what it cannot give back (see ``domain.py``).
+    """
+
+    domain: str
+    total_bytes: int
+    free_bytes: int
+    used_bytes: int
+    reclaimable_bytes: int
+    taken_usec: int
+
+
+@dataclass(frozen=True)
+class PressureEvent:
+    """Evidence that memory may be short: it wakes the core, it is not the truth."""
+
+    source: str            # "ebpf", "psi", "timer", "control", "memcg"
+    kind: str              # e.g. "memcg_reclaim", "psi_some", "tick", "lowmem"
+    cgroup_id: int = 0     # cgroup v2 id (inode) where the pressure was seen, 0 if unknown
+    pid: int = 0
+    stall_usec: int = 0
+    timestamp_usec: int = 0   # CLOCK_MONOTONIC
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One process of a job, as read from procfs."""
+
+    pid: int
+    name: str
+    committed_bytes: int    # RssAnon + RssShmem + VmSwap: what reclaim cannot drop
+    oom_score_adj: int
+    state: str              # one-letter state from /proc/PID/stat
+    start_ticks: int        # start time in clock ticks since boot: with pid, a stable identity
+    kernel_thread: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """A cgroup and the processes of its whole subtree.
+
+    A job is identified by its cgroup inode *and* path, since paths are reused.
+    """
+
+    name: str               # path relative to the domain's cgroup (host: to the root)
+    path: str               # absolute path of the cgroup folder
+    inode: int
+    procs: tuple[Proc, ...] = ()
+    descendants: int = 0    # number of cgroups below this one
+    xattrs: tuple[tuple[str, str], ...] = ()
+    oom_group: bool = False
+    v2_id: int = 0          # cgroup v2 id of the job (same as inode on pure v2 hosts)
+
+    @property
+    def committed_bytes(self) -> int:
+        return sum(p.committed_bytes for p in self.procs)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A job in the ranked walk, with its place and the reasons for it."""
+
+    job: Job
+    importance: Importance
+    score_bytes: int
+    killable: bool
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The ordered walk: killable candidates first to last, skipped ones where they fall."""
+
+    candidates: tuple[Candidate, ...] = ()
+
+    def killable(self) -> tuple[Candidate, ...]:
+        return tuple(c for c in self.candidates if c.killable)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What ``detect`` concluded from one snapshot."""
+
+    low: bool
+    shortfall_bytes: int
+    free_bytes: int
+    delta_bytes: int
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
+class KillDecision:
+    """Whether to walk the ranking now, and why (not)."""
+
+    act: bool
+    reason: str
+    shortfall_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class KillResult:
+    """What happened when the killer acted on one candidate."""
+
+    job: Job
+    ok: bool
+    dry_run: bool
+    method: str                         # "cgroup.kill", "signal", "freezer+signal", "none"
+    signalled_pids: tuple[int, ...] = ()
+    error: str = ""
+    signal_to_empty_usec: int = 0
+    freed_bytes: int = 0
+    skipped_pids: tuple[int, ...] = field(default=())  # pids we refused to signal (self, pid 1, kthreads)

@@ -1,0 +1,90 @@
+"""Process and host memory data from procfs.
+
+psutil covers most process data, but not the split of resident memory into
+anonymous, shmem and file pages that ``/proc/PID/status`` gives in one read;
+that split is what "committed" means here, so the status file is read by key.
+"""
+from __future__ import annotations
+
+import os
+
+from .model import Proc
+
+PF_KTHREAD = 0x00200000     # include/linux/sched.h
+
+# "Mapped committed bytes" of the seed, on Linux: memory the process owns that
+# reclaim cannot drop when there is no swap to spill it to.
+COMMITTED_KEYS = ("RssAnon", "RssShmem", "VmSwap")
+
+
+class Procfs:
+    """Reads one procfs tree; ``root`` is ``/proc`` except in tests."""
+
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root
+
+    def meminfo(self) -> dict[str, int]:
+        """``/proc/meminfo`` in bytes, keyed by field name."""
+        out = {}
+        with open(os.path.join(self.root, "meminfo")) as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if not parts:
+                    continue
+                n = int(parts[0])
+                out[key] = n * 1024 if len(parts) > 1 and parts[1] == "kB" else n
+        return out
+
+    def proc(self, pid: int) -> Proc | None:
+        """One process, or None if it is gone (or turned out to be another)."""
+        base = os.path.join(self.root, str(pid))
+        try:
+            with open(os.path.join(base, "stat")) as f:
+                stat = f.read()
+            status = _keyed_kb(os.path.join(base, "status"))
+            with open(os.path.join(base, "oom_score_adj")) as f:
+                adj = int(f.read().strip() or 0)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        # comm may hold spaces and parentheses: it ends at the last ')'.
+        lpar, rpar = stat.index("("), stat.rindex(")")
+        name = stat[lpar + 1:rpar]
+        fields = stat[rpar + 2:].split()
+        # fields[0] is field 3 (state) of proc(5); flags is field 9, starttime 22.
+        state, flags, start = fields[0], int(fields[6]), int(fields[19])
+        committed = sum(status.get(k, 0) for k in COMMITTED_KEYS)
+        return Proc(pid=pid, name=name, committed_bytes=committed, oom_score_adj=adj,
+                    state=state, start_ticks=start, kernel_thread=bool(flags & PF_KTHREAD))
+
+    def start_ticks(self, pid: int) -> int | None:
+        try:
+            with open(os.path.join(self.root, str(pid), "stat")) as f:
+                stat = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+
+    def cgroups(self, pid: int) -> dict[str, str]:
+        """``/proc/PID/cgroup`` as controller -> path; the v2 entry is under ``""``."""
+        out = {}
+        try:
+            with open(os.path.join(self.root, str(pid), "cgroup")) as f:
+                for line in f:
+                    _hid, ctrls, path = line.rstrip("\n").split(":", 2)
+                    for c in (ctrls.split(",") if ctrls else [""]):
+                        out[c] = path
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        return out
+
+
+def _keyed_kb(path: str) -> dict[str, int]:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[key] = int(parts[0]) * 1024
+    return out

@@ -1,0 +1,99 @@
+"""The ranker (the seed's OOM-ranker): the ordered walk a kill would take.
+
+Order: importance class first (prefer, normal, avoid; protect is never
+killed), then a score, largest first. The class comes from, in this order:
+
+1. holding PID 1 or oomkiller itself: protect, always;
+2. the config's globs (protect, then avoid, then prefer; first match wins):
+   the operator said so explicitly;
+3. the cgroup's systemd-oomd xattrs: ``user.oomd_omit`` (protect),
+   ``user.oomd_avoid``, ``user.oomd_prefer``;
+4. otherwise normal.
+
+The score is the job's committed memory (anon + shmem + swap of its whole
+subtree), plus the kernel's own ``oom_score_adj`` bias taken from the job's
+highest adjustment among killable processes: ``adj * domain_total / 1000``, as
+``oom_badness()`` does, so existing per-process settings keep meaning what
+they mean to the kernel. A job with ``memory.oom.group`` set is kept whole
+(see cgroupfs) and says so in its reasons.
+
+A job is skipped when it has no killable process: it is empty, or every process
+has ``oom_score_adj=-1000``, is a kernel thread or a zombie.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cgroupfs import glob_match
+from .model import Candidate, Importance, Job, Proc, Ranking
+
+OOM_SCORE_ADJ_MIN = -1000
+OOM_SCORE_ADJ_MAX = 1000
+
+_XATTR_CLASS = (
+    ("user.oomd_omit", Importance.PROTECT),
+    ("user.oomd_avoid", Importance.AVOID),
+    ("user.oomd_prefer", Importance.PREFER),
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    protect: tuple[str, ...] = ()
+    avoid: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()
+    self_pid: int = 0
+
+
+def killable_proc(p: Proc, self_pid: int) -> bool:
+    return (p.pid != 1 and p.pid != self_pid and not p.kernel_thread
+            and p.oom_score_adj > OOM_SCORE_ADJ_MIN and p.state not in ("Z", "X"))
+
+
+def classify(job: Job, policy: Policy) -> tuple[Importance, str]:
+    pids = {p.pid for p in job.procs}
+    if 1 in pids:
+        return Importance.PROTECT, "holds PID 1"
+    if policy.self_pid and policy.self_pid in pids:
+        return Importance.PROTECT, "holds oomkiller itself"
+    for globs, imp in ((policy.protect, Importance.PROTECT), (policy.avoid, Importance.AVOID),
+                       (policy.prefer, Importance.PREFER)):
+        for g in globs:
+            if glob_match(job.name, g):
+                return imp, f"{imp.name.lower()}: glob '{g}'"
+    xattrs = dict(job.xattrs)
+    for name, imp in _XATTR_CLASS:
+        if xattrs.get(name, "").strip() not in ("", "0"):
+            return imp, f"{imp.name.lower()}: xattr {name}"
+    return Importance.NORMAL, "normal"
+
+
+def score(job: Job, killable: list[Proc], total_bytes: int) -> tuple[int, list[str]]:
+    committed = sum(p.committed_bytes for p in job.procs)
+    reasons = [f"committed {committed} bytes in {len(job.procs)} procs"]
+    s = committed
+    if killable:
+        adj = max(p.oom_score_adj for p in killable)
+        if adj:
+            bias = adj * total_bytes // OOM_SCORE_ADJ_MAX
+            s += bias
+            reasons.append(f"oom_score_adj {adj:+d}: {bias:+d} bytes")
+    if job.oom_group:
+        reasons.append("memory.oom.group: killed as one unit")
+    return max(s, 0), reasons
+
+
+def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
+    """Order every job; skipped ones stay in the list, marked not killable."""
+    cands = []
+    for job in jobs:
+        imp, why = classify(job, policy)
+        killable = [p for p in job.procs if killable_proc(p, policy.self_pid)]
+        s, reasons = score(job, killable, total_bytes)
+        ok = imp is not Importance.PROTECT and bool(killable)
+        if imp is not Importance.PROTECT and not killable:
+            reasons.append("empty" if not job.procs else "no killable process")
+        cands.append(Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
+                               reasons=(why, *reasons)))
+    cands.sort(key=lambda c: (c.importance, -c.score_bytes, c.job.name))
+    return Ranking(tuple(cands))
