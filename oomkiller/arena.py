@@ -157,6 +157,13 @@ class Arena:
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
+        # Children our processes forked live only in the arena's cgroups.
+        for d in self._dirs:
+            for pid in _read_pids(os.path.join(d, "cgroup.procs")):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         for p in self.procs:
             try:
                 p.wait(timeout=10)
@@ -196,6 +203,14 @@ def _read_keyed(path: str) -> dict[str, int]:
     except FileNotFoundError:
         pass
     return out
+
+
+def _read_pids(path: str) -> list[int]:
+    try:
+        with open(path) as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
 
 
 def _rmdir_retry(path: str) -> None:

@@ -1,0 +1,53 @@
+"""Running the daemon as a subprocess in tests, and waiting on conditions."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+class DaemonProc:
+    """``oomkiller run`` in a subprocess, with its control socket and output."""
+
+    def __init__(self, tmp_path, *args: str) -> None:
+        self.sock = str(tmp_path / "oomkiller.sock")
+        self.json_path = tmp_path / "decisions.jsonl"
+        self.err_path = tmp_path / "daemon.err"
+        self.err = open(self.err_path, "w")
+        self.p = subprocess.Popen([sys.executable, "-m", "oomkiller", "run", "--control", self.sock,
+                                   "--json-log", str(self.json_path), *args],
+                                  stdout=subprocess.DEVNULL, stderr=self.err)
+        wait_for(lambda: os.path.exists(self.sock) or self.p.poll() is not None, 20, "control socket")
+        assert self.p.poll() is None, self.stderr()
+
+    def ctl(self, cmd: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "oomkiller", cmd, "--control", self.sock, *extra],
+                              capture_output=True, text=True, timeout=30)
+
+    def records(self) -> list[dict]:
+        if not self.json_path.exists():
+            return []
+        return [json.loads(line) for line in self.json_path.read_text().splitlines() if line]
+
+    def stderr(self) -> str:
+        self.err.flush()
+        return self.err_path.read_text()
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.terminate()
+        rc = self.p.wait(timeout=20)
+        self.err.close()
+        return rc
+
+
+def wait_for(cond, timeout_s: float, what: str, step_s: float = 0.01):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

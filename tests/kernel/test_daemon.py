@@ -1,0 +1,146 @@
+"""The daemon end to end on real cgroups: it kills real jobs, and only them."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from kproc import wait_for
+
+from oomkiller.cgroupfs import Cgroupfs
+from oomkiller.killer import Killer
+from oomkiller.rank import Policy, rank
+
+FORKER = r"""
+import os, sys, time
+print("ready", flush=True)
+kids = 0
+while True:
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(3600)
+        os._exit(0)
+    kids += 1
+    if kids > 400:
+        time.sleep(3600)
+"""
+
+
+def test_redline_kills_the_growing_job_before_the_kernel(arena, daemon):
+    svc, hog = arena.job("svc"), arena.job("hog")
+    service = arena.spawn_idle(svc, 32 << 20)
+    d = daemon("--domain", arena.path, "--redline", "64M", "--sleep-ms", "100", "--protect", "svc")
+    grower = arena.spawn_hog(hog, 8 << 20, 0.05)
+    assert grower.wait(timeout=60) == -signal.SIGKILL
+    assert service.poll() is None, "the protected job was killed"
+    assert arena.kernel_oom_kills() == 0, "the kernel OOM killer acted first"
+    wait_for(d.records, 5, "a decision record")
+    (rec,) = [r for r in d.records() if r["result"] == "killed"]
+    assert rec["victim"]["job"] == "hog" and rec["attempts"][0]["pids"] == [grower.pid]
+    assert rec["attempts"][0]["signal_to_empty_usec"] > 0 and rec["freed_bytes"] > 64 << 20
+    assert [c["job"] for c in rec["ranking"]] == ["hog", "svc"] and rec["ranking"][1]["killable"] is False
+    err = d.stderr()
+    assert "OOM: Finding a job to kill..." in err
+    assert f"OOM:   *KILL* job {os.stat(hog.path).st_ino:6d} 'hog'" in err
+    assert f"OOM:        + proc {grower.pid:5d}  run 'python" in err
+    assert "OOM:        = 1 running procs (1 total), 0 jobs" in err
+    assert d.stop() == 0
+
+
+def test_control_commands_and_lowmem_walk(arena, daemon):
+    big, small = arena.job("big"), arena.job("small")
+    b = arena.spawn_idle(big, 40 << 20)
+    s = arena.spawn_idle(small, 20 << 20)
+    d = daemon("--domain", arena.path, "--redline", "1M", "--sleep-ms", "1000")
+    info = d.ctl("info")
+    assert info.returncode == 0
+    assert "OOM info:\n  running: true\n  printing: false\n  simulating lowmem: false\n" \
+           "  sleep duration: 1000ms\n  redline: 1M (1048576 bytes)\n" in info.stdout
+    assert "timer: live" in info.stdout and "kills: 0" in info.stdout
+    assert d.ctl("stop").returncode == 0
+    assert json.loads(d.ctl("info", "--json").stdout)["running"] is False
+    assert d.ctl("print").returncode == 0 and d.ctl("start").returncode == 0
+    data = json.loads(d.ctl("info", "--json").stdout)
+    assert data["running"] is True and data["printing"] is True
+    assert d.ctl("lowmem").returncode == 0
+    assert b.wait(timeout=10) == -signal.SIGKILL
+    assert s.poll() is None, "only one job is killed per walk"
+    wait_for(lambda: "OOM:   (next) job" in d.stderr(), 5, "the walk in the log")
+    err = d.stderr()
+    assert "OOM: oom_lowmem(shortfall_bytes=524288) called" in err
+    assert f"OOM:   (next) job {os.stat(small.path).st_ino:6d} 'small'" in err
+    assert " free (" in err and " total" in err
+    assert json.loads(d.ctl("info", "--json").stdout)["kills"] == 1
+
+
+def test_a_job_that_forks_during_the_kill_is_emptied(arena, daemon):
+    job = arena.job("forker")
+    p = arena.spawn(job, [sys.executable, "-c", FORKER], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    wait_for(lambda: len(Cgroupfs().subtree_pids(job.path)) > 20, 10, "the forker to fork")
+    d = daemon("--domain", arena.path, "--redline", "1M")
+    assert d.ctl("lowmem").returncode == 0
+    assert p.wait(timeout=20) == -signal.SIGKILL
+    wait_for(lambda: d.records(), 10, "a decision record")
+    rec = d.records()[-1]
+    assert rec["result"] == "killed" and rec["attempts"][0]["error"] == ""
+    assert len(rec["attempts"][0]["pids"]) > 20
+    assert Cgroupfs().subtree_pids(job.path) == []
+
+
+def test_dry_run_kills_nothing(arena, daemon):
+    job = arena.job("victim")
+    v = arena.spawn_idle(job, 30 << 20)
+    d = daemon("--domain", arena.path, "--redline", "1M", "--dry-run")
+    assert d.ctl("lowmem").returncode == 0
+    wait_for(d.records, 10, "a decision record")
+    rec = d.records()[-1]
+    assert rec["result"] == "dry_run" and rec["victim"]["job"] == "victim" and rec["dry_run"]
+    assert v.poll() is None
+    assert "OOM:        (dry run: nothing was killed)" in d.stderr()
+    assert json.loads(d.ctl("info", "--json").stdout)["kills"] == 0
+
+
+def test_a_job_that_vanishes_mid_kill_is_passed_over(arena):
+    gone, nxt = arena.job("gone"), arena.job("next")
+    g = arena.spawn_idle(gone, 60 << 20)
+    n = arena.spawn_idle(nxt, 20 << 20)
+    cg = Cgroupfs()
+    ranking = rank(cg.jobs(arena.path, ("*",)), Policy(self_pid=os.getpid()), 256 << 20)
+    assert [c.job.name for c in ranking.killable()] == ["gone", "next"]
+    # the job ends and its cgroup is removed between the ranking and the kill
+    g.kill()
+    g.wait()
+    wait_for(lambda: not cg.subtree_pids(gone.path), 5, "the cgroup to empty")
+    os.rmdir(gone.path)
+    os.rmdir(gone.v2_path)
+    arena._dirs.remove(gone.path)
+    arena._dirs.remove(gone.v2_path)
+    attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=5_000_000).walk(ranking)
+    assert [(c.job.name, r.ok, r.error) for c, r in attempts] == [
+        ("gone", False, "cgroup vanished before the kill"), ("next", True, "")]
+    assert n.wait(timeout=5) == -signal.SIGKILL
+
+
+def test_a_reused_pid_is_not_signalled(arena):
+    job = arena.job("j")
+    arena.spawn_idle(job, 1 << 20)
+    killer = Killer(Cgroupfs(), dry_run=False, self_pid=0, timeout_usec=1_000_000)
+    pidfds = {}
+    # our own pid is not in the job: as if the job's pid had been reused by us
+    assert killer._open(job.path, os.getpid(), pidfds) is None and pidfds == {}
+
+
+def test_rank_command_prints_the_walk_without_killing(arena):
+    a, b = arena.job("aaa"), arena.job("bbb")
+    pa = arena.spawn_idle(a, 10 << 20)
+    pb = arena.spawn_idle(b, 30 << 20)
+    out = subprocess.run([sys.executable, "-m", "oomkiller", "rank", "--domain", arena.path, "--avoid", "bbb"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "(kill)" in lines[0] and "'aaa' normal" in lines[0]
+    assert "'bbb' avoid" in lines[1] and "avoid: glob 'bbb'" in lines[1]
+    assert pa.poll() is None and pb.poll() is None

@@ -1,0 +1,55 @@
+from oomkiller.cgroupfs import Cgroupfs, detect_layout, glob_match
+from oomkiller.procfs import Procfs
+
+from trees import CgroupTree
+
+
+def test_glob_match_right_anchored():
+    assert glob_match("system.slice/foo.service", "*.service")
+    assert glob_match("foo.service", "*.service")
+    assert glob_match("system.slice/foo.service", "/system.slice/*")
+    assert not glob_match("user.slice/system.slice/foo.service", "/system.slice/*")
+    assert not glob_match("foo.scope", "*.service")
+
+
+def test_layouts(tmp_path):
+    v1 = CgroupTree(tmp_path / "one", v2=False)
+    (tmp_path / "one" / "unified").mkdir()
+    (tmp_path / "one" / "unified" / "cgroup.controllers").write_text("")
+    l1 = detect_layout(str(v1.root))
+    assert l1.memory_v1 and l1.memory_root == str(v1.mem) and l1.unified_root == str(v1.root / "unified")
+    assert l1.jobs_root == str(v1.mem)
+    v2 = CgroupTree(tmp_path / "two", v2=True)
+    l2 = detect_layout(str(v2.root))
+    assert not l2.memory_v1 and l2.memory_root == l2.unified_root == str(v2.root)
+
+
+def test_jobs_children_globs_and_oom_group(proc_tree, v2_tree):
+    proc_tree.proc(101, "a", anon_kb=10, shmem_kb=1, swap_kb=0)
+    proc_tree.proc(102, "b", anon_kb=20, shmem_kb=2, swap_kb=0)
+    proc_tree.proc(103, "c", anon_kb=40, shmem_kb=4, swap_kb=0)
+    proc_tree.proc(104, "d", anon_kb=80, shmem_kb=8, swap_kb=0)
+    v2_tree.cgroup("system.slice")
+    v2_tree.cgroup("system.slice/web.service", (101,))
+    v2_tree.cgroup("system.slice/web.service/worker", (102,))
+    v2_tree.cgroup("system.slice/db.service", (103,), memory__oom__group="1\n")
+    v2_tree.cgroup("user.slice/grp", memory__oom__group="1\n")
+    v2_tree.cgroup("user.slice/grp/x.scope", (104,))
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    dom = fs.resolve("host")
+    assert [j.name for j in fs.jobs(dom, ("*",))] == ["system.slice", "user.slice"]
+    jobs = {j.name: j for j in fs.jobs(dom, ("*.service", "*.scope"))}
+    assert sorted(jobs) == ["system.slice/db.service", "system.slice/web.service", "user.slice/grp"]
+    web = jobs["system.slice/web.service"]
+    assert [p.pid for p in web.procs] == [101, 102] and web.descendants == 1
+    assert web.committed_bytes == (10 + 1 + 20 + 2) * 1024
+    assert jobs["system.slice/db.service"].oom_group and not web.oom_group
+    assert [p.pid for p in jobs["user.slice/grp"].procs] == [104]
+
+
+def test_vanished_pid_is_dropped(proc_tree, v2_tree):
+    proc_tree.proc(201, "here", anon_kb=5, shmem_kb=0, swap_kb=0)
+    v2_tree.cgroup("j", (201, 202))
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert [p.pid for p in job.procs] == [201]

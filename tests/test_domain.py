@@ -1,0 +1,66 @@
+import pytest
+
+from oomkiller.cgroupfs import Cgroupfs
+from oomkiller.domain import Domain, reclaimable_bytes
+from oomkiller.procfs import Procfs
+
+MiB = 1 << 20
+
+
+def _domain(proc_tree, tree, spec):
+    procfs = Procfs(str(proc_tree.root))
+    return Domain(spec, procfs, Cgroupfs(str(tree.root), procfs))
+
+
+def test_reclaimable_counts_clean_file_cache():
+    # all of inactive_file, half of active_file, less dirty and writeback
+    assert reclaimable_bytes({"inactive_file": 1000, "active_file": 600, "dirty": 70, "writeback": 30}) == 1200
+    assert reclaimable_bytes({"inactive_file": 10, "dirty": 50}) == 0
+    assert reclaimable_bytes({"anon": 12345}) == 0
+
+
+def test_host_domain(proc_tree, v2_tree):
+    proc_tree.meminfo(total_kb=8265625, available_kb=6057779)
+    s = _domain(proc_tree, v2_tree, "host").snapshot(17)
+    assert (s.domain, s.total_bytes, s.free_bytes, s.taken_usec) == ("host", 8265625 * 1024, 6057779 * 1024, 17)
+    assert s.used_bytes == (8265625 - 6057779) * 1024
+
+
+def test_v1_cgroup_domain(proc_tree, v1_tree):
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    v1_tree.cgroup("arena", memory__limit_in_bytes=f"{256 * MiB}\n",
+                   memory__usage_in_bytes=f"{200 * MiB}\n",
+                   memory__stat=(f"cache 999\ninactive_file 1\nhierarchical_memory_limit {256 * MiB}\n"
+                                 f"total_inactive_file {30 * MiB}\ntotal_active_file {20 * MiB}\n"
+                                 f"total_dirty {3 * MiB}\ntotal_writeback {2 * MiB}\ntotal_rss {150 * MiB}\n"))
+    s = _domain(proc_tree, v1_tree, "arena").snapshot(5)
+    rec = (30 + 10 - 3 - 2) * MiB
+    assert (s.total_bytes, s.used_bytes, s.reclaimable_bytes) == (256 * MiB, 200 * MiB, rec)
+    assert s.free_bytes == 256 * MiB - (200 * MiB - rec)
+    assert s.domain == "/arena"
+
+
+def test_v1_unlimited_cgroup_uses_memtotal(proc_tree, v1_tree):
+    proc_tree.meminfo(total_kb=4 << 20, available_kb=3 << 20)
+    v1_tree.cgroup("free", memory__limit_in_bytes=f"{(1 << 63) - 4096}\n", memory__usage_in_bytes=f"{MiB}\n",
+                   memory__stat=f"hierarchical_memory_limit {(1 << 63) - 4096}\ntotal_inactive_file 0\n")
+    s = _domain(proc_tree, v1_tree, "free").snapshot(0)
+    assert s.total_bytes == 4 << 30
+    assert s.free_bytes == 3 << 30      # capped by the host's MemAvailable
+
+
+def test_v2_cgroup_domain_tightest_limit(proc_tree, v2_tree):
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    v2_tree.cgroup("outer", memory__max=f"{512 * MiB}\n", memory__current=f"{300 * MiB}\n", memory__stat="")
+    v2_tree.cgroup("outer/inner", memory__max="max\n", memory__current=f"{100 * MiB}\n",
+                   memory__stat=(f"anon {80 * MiB}\nfile {20 * MiB}\ninactive_file {12 * MiB}\n"
+                                 f"active_file {6 * MiB}\nfile_dirty {MiB}\nfile_writeback 0\n"))
+    s = _domain(proc_tree, v2_tree, "outer/inner").snapshot(0)
+    rec = (12 + 3 - 1) * MiB
+    assert (s.total_bytes, s.used_bytes, s.reclaimable_bytes) == (512 * MiB, 100 * MiB, rec)
+    assert s.free_bytes == 512 * MiB - (100 * MiB - rec)
+
+
+def test_domain_must_be_a_cgroup(proc_tree, v2_tree):
+    with pytest.raises(FileNotFoundError, match="not a cgroup folder"):
+        _domain(proc_tree, v2_tree, "nope")

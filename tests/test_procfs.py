@@ -1,0 +1,34 @@
+from oomkiller.procfs import Procfs
+
+
+def test_meminfo_bytes(proc_tree):
+    proc_tree.meminfo(total_kb=8265625, available_kb=6057779, free_kb=5123)
+    mi = Procfs(str(proc_tree.root)).meminfo()
+    assert mi["MemTotal"] == 8265625 * 1024
+    assert mi["MemAvailable"] == 6057779 * 1024
+    assert mi["MemFree"] == 5123 * 1024
+    assert mi["HugePages_Total"] == 7
+
+
+def test_proc_fields(proc_tree):
+    proc_tree.proc(4157, "flutter:user (x) y", anon_kb=1001, shmem_kb=203, swap_kb=37, file_kb=999,
+                   adj=250, state="R", start=55555)
+    p = Procfs(str(proc_tree.root)).proc(4157)
+    assert p.pid == 4157 and p.name == "flutter:user (x) y"
+    assert p.committed_bytes == (1001 + 203 + 37) * 1024
+    assert (p.oom_score_adj, p.state, p.start_ticks, p.kernel_thread) == (250, "R", 55555, False)
+
+
+def test_kernel_thread_and_missing(proc_tree):
+    proc_tree.proc(2, "kthreadd", anon_kb=0, shmem_kb=0, swap_kb=0, flags=0x208040, kernel=True)
+    fs = Procfs(str(proc_tree.root))
+    p = fs.proc(2)
+    assert p.kernel_thread and p.committed_bytes == 0
+    assert fs.proc(99999) is None
+
+
+def test_cgroups_hybrid(proc_tree):
+    proc_tree.proc(31, "x", anon_kb=1, shmem_kb=2, swap_kb=3,
+                   cgroup="9:name=systemd:/\n4:memory:/a/b\n2:cpu,cpuacct:/c\n0::/d/e\n")
+    g = Procfs(str(proc_tree.root)).cgroups(31)
+    assert g == {"name=systemd": "/", "memory": "/a/b", "cpu": "/c", "cpuacct": "/c", "": "/d/e"}

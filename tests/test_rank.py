@@ -1,0 +1,67 @@
+from oomkiller.model import Importance, Job, Proc
+from oomkiller.rank import Policy, rank
+
+GiB = 1 << 30
+
+
+def proc(pid, mb, adj=0, state="S", kernel=False):
+    return Proc(pid=pid, name=f"p{pid}", committed_bytes=mb << 20, oom_score_adj=adj, state=state,
+                start_ticks=pid * 7, kernel_thread=kernel)
+
+
+def job(name, *procs, xattrs=(), inode=None, oom_group=False):
+    return Job(name=name, path="/x/" + name, inode=inode or hash(name) % 90000 + 10, procs=procs,
+               xattrs=xattrs, oom_group=oom_group)
+
+
+def order(ranking):
+    return [(c.job.name, c.killable) for c in ranking.candidates]
+
+
+def test_memory_orders_within_a_class():
+    r = rank([job("small", proc(10, 30)), job("big", proc(11, 300)), job("mid", proc(12, 90), proc(13, 90))],
+             Policy(), 8 * GiB)
+    assert order(r) == [("big", True), ("mid", True), ("small", True)]
+    assert r.candidates[1].score_bytes == 180 << 20
+    assert "committed 188743680 bytes in 2 procs" in r.candidates[1].reasons
+
+
+def test_classes_from_globs_beat_xattrs_and_protect_wins():
+    jobs = [job("a.service", proc(20, 500)),
+            job("b.service", proc(21, 400), xattrs=(("user.oomd_prefer", "1"),)),
+            job("c.scope", proc(22, 300), xattrs=(("user.oomd_avoid", "1"),)),
+            job("d.scope", proc(23, 200), xattrs=(("user.oomd_omit", "1"),)),
+            job("e.scope", proc(24, 100), xattrs=(("user.oomd_prefer", "1"),)),
+            job("f.slice", proc(25, 50))]
+    r = rank(jobs, Policy(protect=("a.*",), avoid=("e.*",), prefer=("f.*",)), 8 * GiB)
+    assert order(r) == [("b.service", True), ("f.slice", True), ("c.scope", True), ("e.scope", True),
+                        ("a.service", False), ("d.scope", False)]
+    classes = {c.job.name: (c.importance, c.reasons[0]) for c in r.candidates}
+    assert classes["a.service"] == (Importance.PROTECT, "protect: glob 'a.*'")
+    assert classes["b.service"] == (Importance.PREFER, "prefer: xattr user.oomd_prefer")
+    assert classes["d.scope"] == (Importance.PROTECT, "protect: xattr user.oomd_omit")
+    assert classes["e.scope"] == (Importance.AVOID, "avoid: glob 'e.*'")
+
+
+def test_skips_empty_unkillable_init_and_self():
+    jobs = [job("empty"), job("pinned", proc(30, 900, adj=-1000)), job("zombie", proc(31, 0, state="Z")),
+            job("init", proc(1, 50)), job("me", proc(4242, 60)), job("victim", proc(32, 10))]
+    r = rank(jobs, Policy(self_pid=4242), 8 * GiB)
+    assert [c.job.name for c in r.killable()] == ["victim"]
+    why = {c.job.name: c.reasons for c in r.candidates}
+    assert why["init"][0] == "holds PID 1" and why["me"][0] == "holds oomkiller itself"
+    assert "empty" in why["empty"] and "no killable process" in why["pinned"]
+
+
+def test_oom_score_adj_bias_like_the_kernel():
+    r = rank([job("big", proc(40, 400)), job("adj", proc(41, 100, adj=500), proc(42, 5, adj=-1000))],
+             Policy(), 1 * GiB)
+    assert order(r)[0] == ("adj", True)
+    top = r.candidates[0]
+    assert top.score_bytes == (105 << 20) + 500 * GiB // 1000
+    assert f"oom_score_adj +500: +{500 * GiB // 1000} bytes" in top.reasons
+
+
+def test_oom_group_reason():
+    r = rank([job("g", proc(50, 10), oom_group=True)], Policy(), GiB)
+    assert "memory.oom.group: killed as one unit" in r.candidates[0].reasons

@@ -1,0 +1,67 @@
+"""Fixture trees: a fake procfs and cgroupfs where every value differs, so a
+parser that swaps two fields fails."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ProcTree:
+    """Builds a fake ``/proc``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def meminfo(self, total_kb: int, available_kb: int, free_kb: int = 0) -> None:
+        (self.root / "meminfo").write_text(
+            f"MemTotal:       {total_kb} kB\nMemFree:        {free_kb} kB\n"
+            f"MemAvailable:   {available_kb} kB\nBuffers:          1231 kB\nHugePages_Total:       7\n")
+
+    def proc(self, pid: int, comm: str, *, anon_kb: int, shmem_kb: int, swap_kb: int, file_kb: int = 0,
+             adj: int = 0, state: str = "S", flags: int = 0x400100, start: int = 0,
+             cgroup: str = "0::/\n", kernel: bool = False) -> None:
+        d = self.root / str(pid)
+        d.mkdir()
+        start = start or 1000 + pid
+        # fields 3..22 of proc(5): state ppid pgrp session tty tpgid flags ... starttime
+        rest = [state, "1", str(pid), str(pid), "0", "-1", str(flags)] + [str(90 + i) for i in range(12)] + [str(start)]
+        (d / "stat").write_text(f"{pid} ({comm}) {' '.join(rest)} 4096 77 18446744073709551615\n")
+        status = f"Name:\t{comm}\nState:\t{state} (sleeping)\nPid:\t{pid}\n"
+        if not kernel:
+            status += (f"VmRSS:\t{anon_kb + shmem_kb + file_kb} kB\nRssAnon:\t{anon_kb} kB\n"
+                       f"RssFile:\t{file_kb} kB\nRssShmem:\t{shmem_kb} kB\nVmSwap:\t{swap_kb} kB\n")
+        (d / "status").write_text(status)
+        (d / "oom_score_adj").write_text(f"{adj}\n")
+        (d / "cgroup").write_text(cgroup)
+
+
+class CgroupTree:
+    """Builds a fake cgroup v2 (``v2=True``) or v1 memory tree."""
+
+    def __init__(self, root: Path, v2: bool) -> None:
+        self.root = root
+        self.v2 = v2
+        if v2:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "cgroup.controllers").write_text("cpu io memory pids\n")
+            (root / "cgroup.procs").write_text("")
+            self.mem = root
+        else:
+            self.mem = root / "memory"
+            self.mem.mkdir(parents=True, exist_ok=True)
+            (self.mem / "memory.limit_in_bytes").write_text(f"{(1 << 63) - 4096}\n")
+            (self.mem / "cgroup.procs").write_text("")
+
+    def cgroup(self, rel: str, pids: tuple[int, ...] = (), **files: str) -> Path:
+        d = self.mem / rel
+        d.mkdir(parents=True, exist_ok=True)
+        for parent in d.relative_to(self.mem).parents:
+            procs = self.mem / parent / "cgroup.procs"
+            if not procs.exists():
+                procs.write_text("")
+        (d / "cgroup.procs").write_text("".join(f"{p}\n" for p in pids))
+        for name, text in files.items():
+            (d / name.replace("__", ".")).write_text(text)
+        return d
+
+
