@@ -93,10 +93,17 @@ class Cgroupfs:
 
     # -- paths ------------------------------------------------------------
     def resolve(self, spec: str) -> str:
-        """A domain or job spec to an absolute cgroup folder of the memory tree."""
+        """A domain spec to an absolute cgroup folder of the memory tree:
+        ``host``, ``parent`` (the cgroup above the daemon's own), or a path."""
         base = self.layout.jobs_root
         if spec == "host":
             return base
+        if spec == "parent":
+            # The cgroup above our own: the pod, for a sidecar container.
+            mem, _ = own_cgroup_paths(os.getpid(), self.layout, self.procfs)
+            spec = os.path.dirname(mem) or "/"
+            if spec == "/":
+                return base
         path = spec if os.path.isabs(spec) and os.path.isdir(spec) else os.path.join(base, spec.lstrip("/"))
         path = os.path.normpath(path)
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "cgroup.procs")):

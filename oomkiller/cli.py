@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
                      help="start stopped; `oomkiller start` starts it")
     run.add_argument("--print", dest="print_", action="store_true", default=None,
                      help="print free/total memory on every wake")
-    run.add_argument("--control", metavar="SOCKET", help="control socket (default /run/oomkiller.sock)")
+    run.add_argument("--control", metavar="SOCKET", help="control socket (default /run/oomkiller/control.sock)")
     run.add_argument("--json-log", metavar="FILE", help="where decision records go ('-' = stdout)")
     run.add_argument("-v", "--verbose", action="store_true", help="per-wake detail")
     for name in CONTROL_COMMANDS:

@@ -138,7 +138,7 @@ class Config:
     # second keeps one kill from being followed by a second on stale numbers.
     post_kill_delay_ms: int = 500
     kill_timeout_ms: int = 5000
-    control_socket: str = "/run/oomkiller.sock"
+    control_socket: str = "/run/oomkiller/control.sock"
     jobs: tuple[str, ...] = ("*",)
     protect: tuple[str, ...] = ()
     avoid: tuple[str, ...] = ()

@@ -75,3 +75,13 @@ def test_bad_env_and_cmdline_values():
         cfg.load(cmdline="oomkiller.domain=/x")
     with pytest.raises(cfg.ConfigError, match="no such config file"):
         cfg.load(config_file="/nonexistent/oomkiller.toml")
+
+
+def test_shipped_example_lists_every_default():
+    import os
+    import tomllib
+    path = os.path.join(os.path.dirname(__file__), "..", "deploy", "oomkiller.toml")
+    with open(path, "rb") as f:
+        keys = set(tomllib.load(f))
+    assert keys == set(cfg._KEYS)
+    assert cfg.load(config_file=path) == cfg.Config()
