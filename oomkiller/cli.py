@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
                      help="start stopped; `oomkiller start` starts it")
     run.add_argument("--print", dest="print_", action="store_true", default=None,
                      help="print free/total memory on every wake")
+    run.add_argument("--sources", metavar="LIST",
+                     help="event sources to use, comma-separated: ebpf,prearm,psi,memcg,timer "
+                          "(default all; the timer always runs)")
     run.add_argument("--control", metavar="SOCKET", help="control socket (default /run/oomkiller/control.sock)")
     run.add_argument("--json-log", metavar="FILE", help="where decision records go ('-' = stdout)")
     run.add_argument("-v", "--verbose", action="store_true", help="per-wake detail")
@@ -52,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=f"{name} (talks to the running daemon)")
         c.add_argument("--control", metavar="SOCKET", default=None)
         c.add_argument("--json", action="store_true", help="print the reply as JSON")
+    bench = sub.add_parser("bench", help="run the benchmark harness (see `oomkiller bench --help`)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     rk = sub.add_parser("rank", help="print the walk a kill would take now, without killing")
     _policy_args(rk)
     rk.add_argument("--json", action="store_true", help="print the ranking as JSON")
@@ -62,7 +67,7 @@ def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
     keys = {"domain": "domain", "redline": "redline", "sleep_ms": "sleep_ms", "autostart": "autostart",
             "print_": "print", "dry_run": "dry_run", "post_kill_delay_ms": "post_kill_delay_ms",
             "control": "control_socket", "jobs": "jobs", "protect": "protect", "avoid": "avoid",
-            "prefer": "prefer", "json_log": "json_log", "cgroup_root": "cgroup_root", "proc_root": "proc_root"}
+            "prefer": "prefer", "json_log": "json_log", "sources": "sources", "cgroup_root": "cgroup_root", "proc_root": "proc_root"}
     return {key: getattr(a, attr) for attr, key in keys.items() if getattr(a, attr, None) is not None}
 
 
@@ -77,6 +82,10 @@ def load_config(a: argparse.Namespace) -> cfg.Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     a = parser().parse_args(argv)
     try:
         if a.command in CONTROL_COMMANDS:

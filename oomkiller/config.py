@@ -114,6 +114,17 @@ def _globs(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+SOURCES = ("ebpf", "prearm", "psi", "memcg", "timer")
+
+
+def _sources(v: Any) -> tuple[str, ...]:
+    names = _globs(v)
+    bad = [n for n in names if n not in SOURCES]
+    if bad:
+        raise ValueError(f"unknown source {bad[0]!r} (known: {', '.join(SOURCES)})")
+    return names
+
+
 def _str(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError(f"not a non-empty string: {v!r}")
@@ -144,6 +155,8 @@ class Config:
     avoid: tuple[str, ...] = ()
     prefer: tuple[str, ...] = ()
     json_log: str = "-"
+    # Event sources besides the redline timer, which always runs.
+    sources: tuple[str, ...] = SOURCES
     cgroup_root: str = "/sys/fs/cgroup"
     proc_root: str = "/proc"
 
@@ -171,6 +184,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "avoid": ("avoid", _globs),
     "prefer": ("prefer", _globs),
     "json_log": ("json_log", _str),
+    "sources": ("sources", _sources),
     "cgroup_root": ("cgroup_root", _str),
     "proc_root": ("proc_root", _str),
 }
