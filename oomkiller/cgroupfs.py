@@ -164,6 +164,27 @@ class Cgroupfs:
         rel = paths.pop().strip("/")
         return os.path.join(self.layout.unified_root, rel) if rel else None
 
+    def v2_counterpart(self, path: str) -> str | None:
+        """The v2 cgroup standing for a memory cgroup: itself on pure v2; on
+        hybrid hosts the deepest v2 cgroup holding all its processes (None if
+        that is the root, which would stand for the whole host)."""
+        if not self.layout.memory_v1:
+            return path
+        if not self.layout.unified_root:
+            return None
+        try:
+            pids = self.subtree_pids(path)
+        except FileNotFoundError:
+            return None
+        paths = [self.procfs.cgroups(pid).get("") for pid in pids]
+        parts = [p.strip("/").split("/") for p in paths if p is not None]
+        if not parts:
+            return None
+        common = os.path.commonprefix(parts)
+        if not common or common == [""]:
+            return None
+        return os.path.join(self.layout.unified_root, *common)
+
     # -- jobs -------------------------------------------------------------
     def job_paths(self, domain_path: str, globs: tuple[str, ...]) -> list[str]:
         """The domain's job cgroups: the shallowest ones matching a glob, or

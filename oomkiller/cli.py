@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--control", metavar="SOCKET", help="control socket (default /run/oomkiller/control.sock)")
     run.add_argument("--json-log", metavar="FILE", help="where decision records go ('-' = stdout)")
     run.add_argument("-v", "--verbose", action="store_true", help="per-wake detail")
+    run.add_argument("--print-bpf", action="store_true", help="print the BPF program as it would be compiled, and exit")
     for name in CONTROL_COMMANDS:
         c = sub.add_parser(name, help=f"{name} (talks to the running daemon)")
         c.add_argument("--control", metavar="SOCKET", default=None)
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.command in CONTROL_COMMANDS:
             return control_command(a)
+        if a.command == "run" and a.print_bpf:
+            return print_bpf()
         conf = load_config(a)
         if a.command == "rank":
             return rank_command(conf, a.json)
@@ -143,18 +146,27 @@ def rank_command(conf: cfg.Config, as_json: bool) -> int:
 def run_command(conf: cfg.Config, verbose: bool) -> int:
     from . import log as oomlog
     from .daemon import Daemon, protect_self, setup_logging
+    from .sources.build import build_sources
     setup_logging(verbose)
     _domain(conf)       # a bad domain is a config error, before anything starts
     log.info("OOM: effective config %s", oomlog.json_line(conf.describe()))
-    if os.geteuid() == 0:
-        for problem in protect_self():
-            log.warning("OOM: %s", problem)
     json_out = sys.stdout if conf.json_log == "-" else open(conf.json_log, "a", buffering=1)
     try:
-        Daemon(conf, json_out=json_out).run()
+        daemon = Daemon(conf, json_out=json_out)
+        daemon.sources, daemon.unavailable, daemon.arm = build_sources(conf, daemon.domain)
+        if conf.protect_self and os.geteuid() == 0:
+            for problem in protect_self():
+                log.warning("OOM: %s", problem)
+        daemon.run()
     except RuntimeError as e:
         log.error("OOM: %s", e)
         return cfg.EXIT_FAILURE
+    return cfg.EXIT_OK
+
+
+def print_bpf() -> int:
+    from .sources.bpf import BpfSource
+    print(BpfSource().program_text())
     return cfg.EXIT_OK
 
 

@@ -14,7 +14,6 @@ where it came from and the key. The CLI turns that into exit code 2.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import tomllib
@@ -125,6 +124,19 @@ def _sources(v: Any) -> tuple[str, ...]:
     return names
 
 
+def _percent(v: Any) -> int:
+    """``"60%"`` -> 6000 permyriad; 0 or ``"0%"`` turns the check off."""
+    if v == 0 or v == "0":
+        return 0
+    m = _PERCENT_RE.match(str(v))
+    if not m:
+        raise ValueError(f"not a percentage: {v!r} (write it like \"60%\")")
+    pm = round(float(m.group(1)) * 100)
+    if not 0 <= pm <= 10000:
+        raise ValueError(f"percent out of range: {v!r}")
+    return pm
+
+
 def _str(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError(f"not a non-empty string: {v!r}")
@@ -157,14 +169,39 @@ class Config:
     json_log: str = "-"
     # Event sources besides the redline timer, which always runs.
     sources: tuple[str, ...] = SOURCES
+    # Also low when every task of the domain was stalled on memory this share
+    # of the time ("full" PSI) over the last few seconds: thrashing, where file
+    # cache keeps "free" looking fine. systemd-oomd's default limit is 60%.
+    pressure_limit_permyriad: int = 6000
+    # PSI trigger: wake when "some" stall exceeds psi_stall_ms per psi_window_ms
+    # (10%). Unprivileged processes get windows rounded up to 2 s.
+    psi_stall_ms: int = 100
+    psi_window_ms: int = 1000
+    # While free memory is below this line (and above the redline), the top
+    # victim is armed in the kernel: a task of it whose reclaim fails is killed
+    # on the spot. Never lower than the redline.
+    arm_redline: Redline = field(default_factory=lambda: Redline(permyriad=2000))
+    # Set the domain's memory.high just above limit minus redline, so a runaway
+    # job is throttled while the core decides (cgroup v2 only; off by default:
+    # it changes the domain's own settings).
+    memory_high_brake: bool = False
+    # mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT) and oom_score_adj -1000.
+    protect_self: bool = True
     cgroup_root: str = "/sys/fs/cgroup"
     proc_root: str = "/proc"
 
     def describe(self) -> dict[str, Any]:
+        """The effective config by config-file key."""
         out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name.rstrip("_")] = str(v) if isinstance(v, Redline) else list(v) if isinstance(v, tuple) else v
+        for key, (name, _conv) in _KEYS.items():
+            v = getattr(self, name)
+            if isinstance(v, Redline):
+                v = str(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            elif name == "pressure_limit_permyriad":
+                v = f"{v / 100:g}%"
+            out[key] = v
         return out
 
 
@@ -185,6 +222,12 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "prefer": ("prefer", _globs),
     "json_log": ("json_log", _str),
     "sources": ("sources", _sources),
+    "pressure_limit": ("pressure_limit_permyriad", _percent),
+    "psi_stall_ms": ("psi_stall_ms", _int(1, 60_000)),
+    "psi_window_ms": ("psi_window_ms", _int(500, 60_000)),
+    "arm_redline": ("arm_redline", Redline.parse),
+    "memory_high_brake": ("memory_high_brake", _bool),
+    "protect_self": ("protect_self", _bool),
     "cgroup_root": ("cgroup_root", _str),
     "proc_root": ("proc_root", _str),
 }

@@ -1,4 +1,13 @@
-"""Is memory short? A pure function of one snapshot and the previous one."""
+"""Is memory short? A pure function of plain values.
+
+Two lines, either of which makes the domain low:
+
+* the redline: free memory below it (the seed's check);
+* the pressure limit: the share of time every task of the domain was stalled
+  on memory ("full" PSI) since a reference snapshot at least
+  ``MIN_PRESSURE_SPAN_USEC`` old. This catches thrashing, where file cache
+  keeps "free" looking healthy while nothing gets done.
+"""
 from __future__ import annotations
 
 from .model import Detection, MemorySnapshot
@@ -8,12 +17,33 @@ from .model import Detection, MemorySnapshot
 # with plenty free.
 SIMULATED_SHORTFALL_BYTES = 512 * 1024
 
+# A stall share over less than half a second is noise: one long reclaim.
+MIN_PRESSURE_SPAN_USEC = 500_000
+
+
+def stall_permyriad(snap: MemorySnapshot, ref: MemorySnapshot | None) -> int | None:
+    """Full-stall share of wall time between ``ref`` and ``snap``, or None."""
+    if ref is None or snap.full_stall_usec < 0 or ref.full_stall_usec < 0:
+        return None
+    span = snap.taken_usec - ref.taken_usec
+    if span < MIN_PRESSURE_SPAN_USEC:
+        return None
+    return max(0, snap.full_stall_usec - ref.full_stall_usec) * 10000 // span
+
 
 def detect(snap: MemorySnapshot, redline_bytes: int, prev_free_bytes: int | None,
-           simulate_lowmem: bool = False) -> Detection:
+           simulate_lowmem: bool = False, *, pressure_ref: MemorySnapshot | None = None,
+           pressure_limit_permyriad: int = 0) -> Detection:
     delta = 0 if prev_free_bytes is None else snap.free_bytes - prev_free_bytes
     if snap.free_bytes < redline_bytes:
-        return Detection(True, redline_bytes - snap.free_bytes, snap.free_bytes, delta)
+        return Detection(True, redline_bytes - snap.free_bytes, snap.free_bytes, delta,
+                         reason="free below redline")
+    if pressure_limit_permyriad:
+        share = stall_permyriad(snap, pressure_ref)
+        if share is not None and share >= pressure_limit_permyriad:
+            return Detection(True, 0, snap.free_bytes, delta,
+                             reason=f"memory stall {share / 100:.1f}% >= {pressure_limit_permyriad / 100:g}%")
     if simulate_lowmem:
-        return Detection(True, SIMULATED_SHORTFALL_BYTES, snap.free_bytes, delta, simulated=True)
+        return Detection(True, SIMULATED_SHORTFALL_BYTES, snap.free_bytes, delta, simulated=True,
+                         reason="simulated lowmem")
     return Detection(False, 0, snap.free_bytes, delta)

@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import os
+
 from .cgroupfs import Cgroupfs
 from .model import MemorySnapshot
 from .procfs import Procfs
@@ -35,6 +37,32 @@ class Domain:
         self.cgroupfs = cgroupfs
         self.path = cgroupfs.resolve(spec)
         self.is_host = spec == "host"
+        self.pressure_path: str | None = None
+        self.find_pressure()
+
+    def find_pressure(self) -> str | None:
+        """Where the domain's memory stall is read: ``/proc/pressure/memory``
+        for the host, ``memory.pressure`` of the domain's v2 cgroup otherwise
+        (on hybrid hosts, the v2 cgroup its processes share)."""
+        if self.is_host:
+            cand = os.path.join(self.procfs.root, "pressure", "memory")
+        else:
+            v2 = self.cgroupfs.v2_counterpart(self.path)
+            cand = os.path.join(v2, "memory.pressure") if v2 else None
+        self.pressure_path = cand if cand and os.path.exists(cand) else None
+        return self.pressure_path
+
+    def full_stall_usec(self) -> int:
+        if not self.pressure_path:
+            return -1
+        try:
+            with open(self.pressure_path) as f:
+                for line in f:
+                    if line.startswith("full "):
+                        return int(line.rsplit("total=", 1)[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return -1
 
     @property
     def name(self) -> str:
@@ -43,10 +71,11 @@ class Domain:
     def snapshot(self, now_usec: int) -> MemorySnapshot:
         mi = self.procfs.meminfo()
         total, avail = mi["MemTotal"], mi.get("MemAvailable", mi.get("MemFree", 0))
+        stall = self.full_stall_usec()
         if self.is_host:
-            return MemorySnapshot(self.name, total, avail, total - avail, 0, now_usec)
+            return MemorySnapshot(self.name, total, avail, total - avail, 0, now_usec, stall)
         limit, usage, stat = self.cgroupfs.memory(self.path)
         limit = min(limit, total) if limit is not None else total
         rec = min(reclaimable_bytes(stat), usage)
         free = min(cgroup_free_bytes(limit, usage, rec), avail)
-        return MemorySnapshot(self.name, limit, free, usage, rec, now_usec)
+        return MemorySnapshot(self.name, limit, free, usage, rec, now_usec, stall)

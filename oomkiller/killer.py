@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import signal
 import time
 from typing import Callable
@@ -25,9 +26,9 @@ from .model import Candidate, KillResult, Ranking
 
 SYS_PROCESS_MRELEASE = 448      # x86_64 and the generic syscall table
 
-# How long to sleep between sweeps of cgroup.procs while waiting for a job to
-# empty: exits take well under a millisecond each, so polling faster is waste.
-SWEEP_PAUSE_S = 0.001
+# How long to wait for exits between sweeps of cgroup.procs while a job
+# empties: exits take well under a millisecond each, so sweeping faster is waste.
+SWEEP_PAUSE_MS = 1
 
 
 class Killer:
@@ -40,6 +41,9 @@ class Killer:
         self.clock = clock
         self._libc = ctypes.CDLL(None, use_errno=True)
         self.mrelease_ok = True
+        self._poller = select.poll()
+        self._fd_pid: dict[int, int] = {}
+        self._exits: dict[int, int] = {}
 
     def now_usec(self) -> int:
         return self.clock() // 1000
@@ -73,6 +77,8 @@ class Killer:
 
         start = self.now_usec()
         pidfds: dict[int, int] = {}
+        self._exits = {}
+        self._poller = select.poll()
         method = "signal"
         try:
             kill_file = self._kill_file(job.path, pids)
@@ -91,19 +97,23 @@ class Killer:
             finally:
                 if freezer:
                     _write(freezer, "THAWED")
+            took = self.now_usec() - start
+            self._wait_exits(0)
         finally:
             for fd in pidfds.values():
                 os.close(fd)
-        took = self.now_usec() - start
+            self._fd_pid.clear()
         signalled = tuple(sorted(pidfds))
+        exit_usec = max(self._exits.values(), default=start) - start
         if remaining is None:
             return KillResult(job, True, False, method, signalled, "cgroup vanished during the kill (empty)",
-                              signal_to_empty_usec=took)
+                              signal_to_empty_usec=took, signal_to_exit_usec=exit_usec)
         if remaining:
             return KillResult(job, bool(signalled), False, method, signalled,
                               f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}",
                               signal_to_empty_usec=0)
-        return KillResult(job, True, False, method, signalled, signal_to_empty_usec=took)
+        return KillResult(job, True, False, method, signalled, signal_to_empty_usec=took,
+                          signal_to_exit_usec=exit_usec)
 
     # -- pieces -----------------------------------------------------------------
     def _kill_file(self, path: str, pids: list[int]) -> str | None:
@@ -159,6 +169,8 @@ class Killer:
             os.close(fd)
             return None
         pidfds[pid] = fd
+        self._poller.register(fd, select.POLLIN)
+        self._fd_pid[fd] = pid
         return fd
 
     def _signal(self, pid: int, fd: int) -> None:
@@ -193,7 +205,13 @@ class Killer:
             for pid in pids:
                 self._open(job_path, pid, pidfds)
             if len(pidfds) == before:
-                time.sleep(SWEEP_PAUSE_S)
+                self._wait_exits(SWEEP_PAUSE_MS)
+
+    def _wait_exits(self, timeout_ms: int) -> None:
+        """Wait for victims to exit: a pidfd polls readable once its process has."""
+        for fd, _ in self._poller.poll(timeout_ms):
+            self._poller.unregister(fd)
+            self._exits[self._fd_pid.get(fd, fd)] = self.now_usec()
 
 
 def _write(path: str, value: str) -> None:

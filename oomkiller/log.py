@@ -114,7 +114,8 @@ def candidate_record(c: Candidate) -> dict[str, Any]:
 def result_record(res: KillResult) -> dict[str, Any]:
     return {"job": res.job.name, "inode": res.job.inode, "ok": res.ok, "dry_run": res.dry_run,
             "method": res.method, "pids": list(res.signalled_pids), "error": res.error,
-            "signal_to_empty_usec": res.signal_to_empty_usec, "freed_bytes": res.freed_bytes}
+            "signal_to_empty_usec": res.signal_to_empty_usec, "signal_to_exit_usec": res.signal_to_exit_usec,
+            "freed_bytes": res.freed_bytes}
 
 
 def json_line(record: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ class MemorySnapshot:
     used_bytes: int
     reclaimable_bytes: int
     taken_usec: int
+    full_stall_usec: int = -1   # cumulative "full" memory stall of the domain (PSI total=), -1 if unknown
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Detection:
     free_bytes: int
     delta_bytes: int
     simulated: bool = False
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,5 +140,6 @@ class KillResult:
     signalled_pids: tuple[int, ...] = ()
     error: str = ""
     signal_to_empty_usec: int = 0
+    signal_to_exit_usec: int = 0        # until the last signalled process exited (its pidfd polled)
     freed_bytes: int = 0
     skipped_pids: tuple[int, ...] = field(default=())  # pids we refused to signal (self, pid 1, kthreads)

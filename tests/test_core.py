@@ -29,3 +29,21 @@ def test_decide_holds_after_a_kill():
     assert decide(low, 1_600_000, 1_000_000, 500_000).act is True
     sim = detect(snap(900), 350, None, simulate_lowmem=True)
     assert decide(sim, 1_100_000, 1_000_000, 500_000).reason == "simulated lowmem"
+    assert decide(low, 1_600_000, None, 0).reason == "free below redline"
+
+
+def stalled(free, taken, stall):
+    return MemorySnapshot("d", 1000, free, 1000 - free, 0, taken, stall)
+
+
+def test_pressure_limit_catches_thrashing_with_free_memory():
+    ref = stalled(900, 1_000_000, 5_000_000)
+    now = stalled(900, 3_000_000, 6_300_000)       # 1.3 s stalled of 2 s: 65%
+    d = detect(now, 350, 900, pressure_ref=ref, pressure_limit_permyriad=6000)
+    assert (d.low, d.shortfall_bytes, d.reason) == (True, 0, "memory stall 65.0% >= 60%")
+    assert not detect(now, 350, 900, pressure_ref=ref, pressure_limit_permyriad=7000).low
+    assert not detect(now, 350, 900, pressure_ref=ref, pressure_limit_permyriad=0).low
+    too_close = stalled(900, 1_400_000, 5_300_000)
+    assert not detect(too_close, 350, 900, pressure_ref=ref, pressure_limit_permyriad=10).low
+    unknown = stalled(900, 3_000_000, -1)
+    assert not detect(unknown, 350, 900, pressure_ref=ref, pressure_limit_permyriad=10).low

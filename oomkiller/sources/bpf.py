@@ -1,0 +1,479 @@
+"""eBPF source: reclaim and OOM tracepoints, through bcc, as PressureEvents.
+
+The C program (``bpf/oomkiller.bpf.c``) sums reclaim stall per cgroup, sends
+one ``struct oom_event`` (``bpf/oomkiller.h``) per cgroup per rate-limit
+interval through a perf buffer, and can SIGKILL a task of a pre-armed cgroup
+at its first reclaim. ``Event`` below mirrors the struct; ``layout_check_source``
+turns the mirror into static asserts that fail to compile if the two drift.
+
+bcc is imported only in ``start()``: importing it alone costs about 60 MB of
+RSS, and a daemon without BPF should not pay for it.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import sys
+import tempfile
+import time
+
+from ..model import PressureEvent
+from . import SourceUnavailable
+
+# Event kinds: the OOMK_KIND_* values of bpf/oomkiller.h and their names.
+KIND_MEMCG_RECLAIM = 1
+KIND_DIRECT_RECLAIM = 2
+KIND_STALL = 3
+KIND_KSWAPD = 4
+KIND_RECLAIM_RETRY = 5
+KIND_COMPACT_RETRY = 6
+KIND_KERNEL_OOM_VICTIM = 7
+KIND_ARMED_KILL = 8
+
+KIND_NAMES = {
+    KIND_MEMCG_RECLAIM: "memcg_reclaim",
+    KIND_DIRECT_RECLAIM: "direct_reclaim",
+    KIND_STALL: "stall",
+    KIND_KSWAPD: "kswapd",
+    KIND_RECLAIM_RETRY: "reclaim_retry",
+    KIND_COMPACT_RETRY: "compact_retry",
+    KIND_KERNEL_OOM_VICTIM: "kernel_oom_victim",
+    KIND_ARMED_KILL: "armed_kill",
+}
+_HEADER_KINDS = {
+    "OOMK_KIND_MEMCG_RECLAIM": KIND_MEMCG_RECLAIM,
+    "OOMK_KIND_DIRECT_RECLAIM": KIND_DIRECT_RECLAIM,
+    "OOMK_KIND_STALL": KIND_STALL,
+    "OOMK_KIND_KSWAPD": KIND_KSWAPD,
+    "OOMK_KIND_RECLAIM_RETRY": KIND_RECLAIM_RETRY,
+    "OOMK_KIND_COMPACT_RETRY": KIND_COMPACT_RETRY,
+    "OOMK_KIND_KERNEL_OOM_VICTIM": KIND_KERNEL_OOM_VICTIM,
+    "OOMK_KIND_ARMED_KILL": KIND_ARMED_KILL,
+}
+
+# Indexes of the per-cpu ``counters`` array (OOMK_COUNTER_*).
+COUNTER_RATE_LIMITED = 0
+COUNTER_SIGNAL_FAILED = 1
+COUNTER_STATE_FULL = 2
+_HEADER_COUNTERS = {
+    "OOMK_COUNTER_RATE_LIMITED": COUNTER_RATE_LIMITED,
+    "OOMK_COUNTER_SIGNAL_FAILED": COUNTER_SIGNAL_FAILED,
+    "OOMK_COUNTER_STATE_FULL": COUNTER_STATE_FULL,
+    "OOMK_COUNTERS": 3,
+}
+
+COMM_LEN = 16
+PAGE_SIZE_BYTES = mmap.PAGESIZE
+
+DEFAULT_BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf")
+PROGRAM_FILE = "oomkiller.bpf.c"
+HEADER_FILE = "oomkiller.h"
+
+# Per-cpu perf ring size in pages. An event is 120 bytes plus an 8-byte
+# header; with the per-cgroup rate limit 16 pages hold far more than arrive
+# between two polls of the event loop.
+PERF_PAGES = 16
+
+# A reclaim that brought back no page at all has failed: the charge path
+# retries a few times and then calls the OOM killer.
+ARM_MIN_RECLAIMED_PAGES = 1
+
+# -D flag -> tracepoints it needs. A tracepoint missing on some kernel (e.g.
+# oom:compact_retry without CONFIG_COMPACTION) leaves its probe out.
+TRACEPOINT_FLAGS = {
+    "HAVE_TP_MEMCG_RECLAIM": ("vmscan/mm_vmscan_memcg_reclaim_begin", "vmscan/mm_vmscan_memcg_reclaim_end"),
+    "HAVE_TP_DIRECT_RECLAIM": ("vmscan/mm_vmscan_direct_reclaim_begin", "vmscan/mm_vmscan_direct_reclaim_end"),
+    "HAVE_TP_WAKEUP_KSWAPD": ("vmscan/mm_vmscan_wakeup_kswapd",),
+    "HAVE_TP_RECLAIM_RETRY_ZONE": ("oom/reclaim_retry_zone",),
+    "HAVE_TP_COMPACT_RETRY": ("oom/compact_retry",),
+    "HAVE_TP_MARK_VICTIM": ("oom/mark_victim",),
+}
+# oom:mark_victim of older kernels carries only the pid; newer ones (and
+# Debian's 6.1) add the victim's comm, sizes in kB, uid and oom_score_adj.
+_MARK_VICTIM_RSS_FIELDS = ("total_vm;", "anon_rss;", "file_rss;", "shmem_rss;", "uid;", "pgtables;", "oom_score_adj;")
+_MARK_VICTIM_COMM_FIELD = "__data_loc char[] comm;"
+
+
+class Event(ctypes.Structure):
+    """Mirror of ``struct oom_event`` in bpf/oomkiller.h."""
+
+    _fields_ = [
+        ("timestamp_ns", ctypes.c_uint64),
+        ("cgroup_id", ctypes.c_uint64),
+        ("stall_ns", ctypes.c_uint64),
+        ("gfp_flags", ctypes.c_uint64),
+        ("val", ctypes.c_uint64 * 5),
+        ("kind", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("order", ctypes.c_int32),
+        ("arg", ctypes.c_int32 * 4),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+EVENT_SIZE = ctypes.sizeof(Event)
+
+
+def layout_check_source(event_size: int = EVENT_SIZE) -> str:
+    """C that compiles only if the header matches ``Event`` and the constants here.
+
+    ``event_size`` exists so a test can show that a wrong size fails.
+    """
+    lines = [f'#include "{HEADER_FILE}"',
+             f'_Static_assert(sizeof(struct oom_event) == {event_size}, "sizeof(struct oom_event)");']
+    for name, ctype in Event._fields_:
+        offset = getattr(Event, name).offset
+        lines.append(f'_Static_assert(__builtin_offsetof(struct oom_event, {name}) == {offset}, "offset of {name}");')
+        lines.append(f'_Static_assert(sizeof(((struct oom_event *)0)->{name}) == {ctypes.sizeof(ctype)}, "size of {name}");')
+    for macro, value in {**_HEADER_KINDS, **_HEADER_COUNTERS, "OOMK_COMM_LEN": COMM_LEN}.items():
+        lines.append(f'_Static_assert({macro} == {value}, "{macro}");')
+    return "\n".join(lines) + "\n"
+
+
+def _hex(value: int) -> str:
+    return f"{value:#x}"
+
+
+def decode(raw: bytes, page_size_bytes: int = PAGE_SIZE_BYTES) -> PressureEvent:
+    """One perf-buffer payload -> PressureEvent.
+
+    ``detail`` is space-separated ``key=value`` pairs, the kind-specific fields
+    of the header's table, with page and kB counts turned into bytes.
+    """
+    if len(raw) < EVENT_SIZE:
+        raise ValueError(f"event payload of {len(raw)} bytes, expected {EVENT_SIZE}")
+    ev = Event.from_buffer_copy(raw[:EVENT_SIZE])
+    kind = KIND_NAMES.get(ev.kind, f"unknown_{ev.kind}")
+    comm = ev.comm.decode("utf-8", "replace")
+    val, arg = list(ev.val), list(ev.arg)
+    pid = ev.pid
+    fields: list[tuple[str, object]] = []
+    if comm:
+        fields.append(("comm", comm))
+    if ev.kind == KIND_KERNEL_OOM_VICTIM:
+        fields += [("oom_invoker_pid", arg[0]), ("uid", arg[1]), ("oom_score_adj", arg[2]),
+                   ("anon_rss_bytes", val[0] * 1024), ("file_rss_bytes", val[1] * 1024),
+                   ("shmem_rss_bytes", val[2] * 1024), ("total_vm_bytes", val[3] * 1024),
+                   ("pgtables_bytes", val[4] * 1024)]
+    else:
+        fields.append(("tid", ev.tid))
+    if ev.kind in (KIND_MEMCG_RECLAIM, KIND_DIRECT_RECLAIM):
+        fields += [("order", ev.order), ("gfp", _hex(ev.gfp_flags))]
+    elif ev.kind == KIND_STALL:
+        fields += [("reclaim", KIND_NAMES.get(arg[0], str(arg[0]))), ("reclaimed_bytes", val[0] * page_size_bytes),
+                   ("window_usec", val[1] // 1000), ("reclaims", arg[1])]
+    elif ev.kind == KIND_KSWAPD:
+        fields += [("node", arg[0]), ("zone", arg[1]), ("order", ev.order), ("gfp", _hex(ev.gfp_flags))]
+    elif ev.kind == KIND_RECLAIM_RETRY:
+        fields += [("node", arg[0]), ("zone", arg[1]), ("order", ev.order),
+                   ("reclaimable_bytes", val[0] * page_size_bytes), ("available_bytes", val[1] * page_size_bytes),
+                   ("min_wmark_bytes", val[2] * page_size_bytes), ("no_progress_loops", arg[2]),
+                   ("wmark_check", arg[3])]
+    elif ev.kind == KIND_COMPACT_RETRY:
+        fields += [("order", ev.order), ("priority", arg[0]), ("result", arg[1]), ("retries", arg[2]),
+                   ("max_retries", arg[3]), ("retry", val[0])]
+    elif ev.kind == KIND_ARMED_KILL:
+        fields += [("reclaim", KIND_NAMES.get(arg[0], str(arg[0]))), ("signal_rc", arg[1]),
+                   ("reclaimed_bytes", val[0] * page_size_bytes)]
+    return PressureEvent(
+        source=BpfSource.name,
+        kind=kind,
+        cgroup_id=ev.cgroup_id,
+        pid=pid,
+        stall_usec=ev.stall_ns // 1000,
+        timestamp_usec=ev.timestamp_ns // 1000,
+        detail=" ".join(f"{k}={v}" for k, v in fields),
+    )
+
+
+def tracepoint_flags(tracefs: str) -> dict[str, bool]:
+    """Which optional parts of the program this kernel's tracepoints allow."""
+    flags = {}
+    for flag, tps in TRACEPOINT_FLAGS.items():
+        flags[flag] = all(os.path.exists(os.path.join(tracefs, "events", tp, "format")) for tp in tps)
+    fmt = ""
+    if flags["HAVE_TP_MARK_VICTIM"]:
+        try:
+            with open(os.path.join(tracefs, "events", "oom", "mark_victim", "format")) as f:
+                fmt = f.read()
+        except OSError:
+            pass
+    flags["MARK_VICTIM_RSS"] = all(field in fmt for field in _MARK_VICTIM_RSS_FIELDS)
+    flags["MARK_VICTIM_COMM"] = _MARK_VICTIM_COMM_FIELD in fmt
+    return flags
+
+
+class BpfSource:
+    """Reclaim and OOM tracepoint events from a bcc program.
+
+    ``start()`` compiles, loads and attaches; ``fds()`` go into the daemon's
+    selector; ``drain()`` returns the events that arrived, without blocking.
+    ``arm(cgroup_id)`` makes the kernel SIGKILL any task of that cgroup v2 at
+    its next reclaim begin (memcg or direct) and report it as ``armed_kill``.
+    """
+
+    name = "ebpf"
+
+    def __init__(self, *, stall_threshold_usec: int = 2000, window_usec: int = 100_000,
+                 rate_limit_usec: int = 50_000, quiet_usec: int | None = None,
+                 bpf_dir: str | None = None, tracefs: str = "/sys/kernel/tracing",
+                 modules_dir: str = "/lib/modules", perf_pages: int = PERF_PAGES,
+                 arm_min_reclaimed_pages: int = ARM_MIN_RECLAIMED_PAGES) -> None:
+        for key, value in (("stall_threshold_usec", stall_threshold_usec), ("window_usec", window_usec),
+                           ("rate_limit_usec", rate_limit_usec)):
+            if value < 0:
+                raise ValueError(f"{key} must be >= 0, got {value}")
+        self.stall_threshold_usec = stall_threshold_usec
+        self.window_usec = window_usec
+        self.rate_limit_usec = rate_limit_usec
+        self.arm_min_reclaimed_pages = arm_min_reclaimed_pages
+        # A cgroup that has not begun reclaim for a window's length is news again.
+        self.quiet_usec = window_usec if quiet_usec is None else quiet_usec
+        self.bpf_dir = bpf_dir or DEFAULT_BPF_DIR
+        self.tracefs = tracefs
+        self.modules_dir = modules_dir
+        self.perf_pages = perf_pages
+        self.lost_perf = 0
+        self.events_total = 0
+        self.events_by_kind: dict[str, int] = {}
+        self.load_usec = 0
+        self._bpf = None
+        self._armed = 0
+        self._pending: list[PressureEvent] = []
+        self._flags: dict[str, bool] = {}
+
+    # -- program ----------------------------------------------------------
+    def cflags(self) -> list[str]:
+        """The compiler flags: parameters and the kernel's tracepoint features."""
+        flags = self._flags or tracepoint_flags(self.tracefs)
+        out = [
+            f"-I{self.bpf_dir}",
+            f"-DSTALL_THRESHOLD_NS={self.stall_threshold_usec * 1000}ULL",
+            f"-DWINDOW_NS={self.window_usec * 1000}ULL",
+            f"-DQUIET_NS={self.quiet_usec * 1000}ULL",
+            f"-DRATE_LIMIT_NS={self.rate_limit_usec * 1000}ULL",
+            f"-DARM_MIN_RECLAIMED={self.arm_min_reclaimed_pages}ULL",
+            f"-DEVENT_SIZE={EVENT_SIZE}",
+        ]
+        out += [f"-D{flag}" for flag, on in flags.items() if on]
+        return out
+
+    def program_text(self) -> str:
+        """The program as compiled: its cflags, the header and the C file."""
+        parts = ["// cflags: " + " ".join(self.cflags())]
+        for name in (HEADER_FILE, PROGRAM_FILE):
+            path = os.path.join(self.bpf_dir, name)
+            with open(path) as f:
+                parts.append(f"// ---- {path}\n{f.read()}")
+        return "\n".join(parts)
+
+    # -- lifetime ---------------------------------------------------------
+    def start(self) -> None:
+        """Compile, load and attach; raise SourceUnavailable with the reason if that cannot be done."""
+        if self._bpf is not None:
+            return
+        self._ensure_tracefs()
+        try:
+            import bcc  # Debian's python3-bpfcc
+        except ImportError as e:
+            raise SourceUnavailable(
+                f"python module bcc not importable ({e}): install Debian's python3-bpfcc and run "
+                "with /usr/bin/python3 or a venv made with --system-site-packages "
+                "(the PyPI package named bcc is unrelated)") from None
+        self._check_headers()
+        self._flags = tracepoint_flags(self.tracefs)
+        if not (self._flags["HAVE_TP_MEMCG_RECLAIM"] or self._flags["HAVE_TP_DIRECT_RECLAIM"]):
+            raise SourceUnavailable(
+                f"no vmscan reclaim tracepoints under {self.tracefs}/events: "
+                "the kernel needs CONFIG_TRACEPOINTS and tracefs must be readable (run as root)")
+        src = os.path.join(self.bpf_dir, PROGRAM_FILE)
+        if not os.path.exists(src):
+            raise SourceUnavailable(f"{src} not found: pass bpf_dir= the folder holding {PROGRAM_FILE}")
+        started = time.monotonic()
+        try:
+            bpf = _with_captured_stderr(lambda: bcc.BPF(src_file=src.encode(), cflags=self.cflags()))
+        except _CapturedError as e:
+            raise SourceUnavailable(self._explain(e)) from None
+        self._bpf = bpf
+        try:
+            bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages, lost_cb=self._on_lost)
+            self._write_armed(0)
+        except Exception as e:
+            self.close()
+            raise SourceUnavailable(f"BPF program loaded but its maps could not be opened: {e}") from None
+        self.load_usec = int((time.monotonic() - started) * 1e6)
+
+    def close(self) -> None:
+        """Detach the probes and free the maps (and with them any armed kill)."""
+        bpf, self._bpf = self._bpf, None
+        self._armed = 0
+        if bpf is not None:
+            bpf.cleanup()
+
+    @property
+    def live(self) -> bool:
+        return self._bpf is not None
+
+    def _ensure_tracefs(self) -> None:
+        if os.path.isdir(os.path.join(self.tracefs, "events")):
+            return
+        if os.geteuid() != 0:
+            if os.path.ismount(self.tracefs):
+                raise SourceUnavailable(
+                    f"{self.tracefs}/events is not readable: loading BPF on tracepoints needs root "
+                    "(or CAP_BPF and CAP_PERFMON with tracefs readable)")
+            raise SourceUnavailable(
+                f"tracefs is not mounted at {self.tracefs} and only root can mount it: "
+                f"run `mount -t tracefs tracefs {self.tracefs}` as root")
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mount(b"tracefs", self.tracefs.encode(), b"tracefs", 0, None) != 0:
+            err = ctypes.get_errno()
+            raise SourceUnavailable(
+                f"tracefs is not mounted at {self.tracefs} and mounting it failed: {os.strerror(err)}; "
+                f"mount it with `mount -t tracefs tracefs {self.tracefs}`")
+
+    def _check_headers(self) -> None:
+        release = os.uname().release
+        build = os.path.join(self.modules_dir, release, "build")
+        # bcc also takes the headers built into the kernel (CONFIG_IKHEADERS).
+        if os.path.isdir(build) or os.path.exists("/sys/kernel/kheaders.tar.xz"):
+            return
+        raise SourceUnavailable(
+            f"no kernel headers for {release} ({build} missing): install linux-headers-{release}, "
+            f"or link {build} and {os.path.join(self.modules_dir, release, 'source')} to a header tree")
+
+    def _explain(self, e: "_CapturedError") -> str:
+        text = f"{e.error} {e.log}"
+        first = next((ln.strip() for ln in e.log.splitlines() if "error" in ln.lower()), "")
+        if "Operation not permitted" in text or "Permission denied" in text:
+            return (f"BPF not permitted ({e.error}): run as root, or with CAP_BPF, CAP_PERFMON "
+                    "and CAP_SYS_RESOURCE")
+        if "kernel headers" in text.lower():
+            return f"bcc cannot find kernel headers: install linux-headers-{os.uname().release}"
+        if "compile" in str(e.error).lower():
+            return f"BPF program failed to compile: {first or e.error}"
+        return f"BPF program failed to load or attach: {e.error}" + (f" ({first})" if first else "")
+
+    # -- events -----------------------------------------------------------
+    def fds(self) -> list[int]:
+        """File descriptors of the perf-buffer readers, one per CPU, readable when events wait."""
+        if self._bpf is None:
+            return []
+        from bcc.libbcc import lib
+        return [lib.perf_reader_fd(reader) for reader in self._bpf.perf_buffers.values()]
+
+    def drain(self, fd: int | None = None) -> list[PressureEvent]:
+        """The events that arrived since the last call; never blocks."""
+        if self._bpf is not None:
+            # Not perf_buffer_poll(0): the kernel's perf_poll() reports POLLIN
+            # once per wakeup (it swaps rb->poll to 0), so after the daemon's
+            # selector has seen a reader ready a second poll finds nothing and
+            # the events would wait for the next wakeup. Read every ring instead.
+            self._bpf.perf_buffer_consume()
+        out, self._pending = self._pending, []
+        return out
+
+    def _on_event(self, _cpu, data, size) -> None:
+        event = decode(ctypes.string_at(data, size))
+        self.events_total += 1
+        self.events_by_kind[event.kind] = self.events_by_kind.get(event.kind, 0) + 1
+        self._pending.append(event)
+
+    def _on_lost(self, count) -> None:
+        self.lost_perf += count
+
+    # -- pre-armed kill ---------------------------------------------------
+    def arm(self, cgroup_id: int) -> None:
+        """SIGKILL, from the kernel, any task of cgroup v2 ``cgroup_id`` whose reclaim fails."""
+        if self._bpf is None:
+            raise RuntimeError("BpfSource.arm() before start()")
+        if cgroup_id <= 1:
+            raise ValueError(f"refusing to arm cgroup id {cgroup_id}: the root cgroup or none")
+        self._write_armed(cgroup_id)
+
+    def disarm(self) -> None:
+        if self._bpf is not None:
+            self._write_armed(0)
+        self._armed = 0
+
+    @property
+    def armed(self) -> int:
+        """The armed cgroup v2 id, 0 when disarmed."""
+        return self._armed
+
+    def _write_armed(self, cgroup_id: int) -> None:
+        self._bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint64(cgroup_id)
+        self._armed = cgroup_id
+
+    # -- counters ---------------------------------------------------------
+    def _counter(self, index: int) -> int:
+        if self._bpf is None:
+            return 0
+        return int(self._bpf[b"counters"].sum(ctypes.c_int(index)).value)
+
+    @property
+    def rate_limited(self) -> int:
+        """Events the kernel side did not send because of the per-cgroup rate limit."""
+        return self._counter(COUNTER_RATE_LIMITED)
+
+    @property
+    def lost_events(self) -> int:
+        """Perf-buffer samples lost plus rate-limited events."""
+        return self.lost_perf + self.rate_limited
+
+    def stats(self) -> dict:
+        """Numbers for ``oomkiller info``."""
+        return {
+            "source": self.name,
+            "live": self.live,
+            "events": self.events_total,
+            "events_by_kind": dict(self.events_by_kind),
+            "lost_perf": self.lost_perf,
+            "rate_limited": self.rate_limited,
+            "lost_events": self.lost_events,
+            "signal_failed": self._counter(COUNTER_SIGNAL_FAILED),
+            "cgroup_state_full": self._counter(COUNTER_STATE_FULL),
+            "armed_cgroup_id": self.armed,
+            "load_usec": self.load_usec,
+            "attached_tracepoints": self._bpf.num_open_tracepoints() if self._bpf is not None else 0,
+            "tracepoints": sorted(tp for flag, tps in TRACEPOINT_FLAGS.items()
+                                  if self._flags.get(flag) for tp in tps),
+            "stall_threshold_usec": self.stall_threshold_usec,
+            "window_usec": self.window_usec,
+            "quiet_usec": self.quiet_usec,
+            "rate_limit_usec": self.rate_limit_usec,
+        }
+
+
+class _CapturedError(Exception):
+    def __init__(self, error: BaseException, log: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.log = log
+
+
+def _with_captured_stderr(fn):
+    """Run ``fn`` with fd 2 sent to a file: bcc's compiler writes its diagnostics
+    there from C++, and a failure should become one clear line, not a page.
+    Warnings of a successful run are passed on to stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            result = fn()
+            error = None
+        except Exception as e:  # bcc raises plain Exception
+            result, error = None, e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        text = log.read().decode("utf-8", "replace")
+    if error is not None:
+        raise _CapturedError(error, text)
+    if text.strip():
+        sys.stderr.write(text)
+    return result

@@ -1,0 +1,68 @@
+"""Start the configured event sources; each that cannot start is reported
+once, with what is missing, and the daemon runs on the rest."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from ..config import Config
+from ..domain import Domain
+from . import SourceUnavailable
+from .memcg import MemcgSource
+from .psi import PsiSource
+
+log = logging.getLogger("oomkiller")
+
+
+def build_sources(conf: Config, domain: Domain) -> tuple[list, dict[str, str], object | None]:
+    """(live sources, {name: why unavailable}, the pre-arm handle or None)."""
+    sources: list = []
+    unavailable: dict[str, str] = {}
+    wanted = set(conf.sources)
+    snap = domain.snapshot(time.monotonic_ns() // 1000)
+    redline = conf.redline.resolve_bytes(snap.total_bytes)
+    arm_line = max(redline, conf.arm_redline.resolve_bytes(snap.total_bytes))
+
+    def start(name: str, make) -> object | None:
+        try:
+            src = make()
+            src.start()
+        except (SourceUnavailable, OSError) as e:
+            unavailable[name] = str(e)
+            log.warning("OOM: source %s unavailable: %s", name, e)
+            return None
+        sources.append(src)
+        return src
+
+    if "psi" in wanted:
+        paths = [os.path.join(domain.procfs.root, "pressure", "memory")]
+        if not domain.is_host and domain.pressure_path:
+            paths.append(domain.pressure_path)
+        start("psi", lambda: PsiSource(paths, stall_usec=conf.psi_stall_ms * 1000,
+                                       window_usec=conf.psi_window_ms * 1000))
+    if "memcg" in wanted:
+        if domain.is_host:
+            unavailable["memcg"] = "the host domain has no memory cgroup limit to watch (PSI and eBPF cover it)"
+        else:
+            v1 = domain.cgroupfs.layout.memory_v1
+            # usage thresholds at the arm line and the redline (v1 fires on crossing either way)
+            lines = [snap.total_bytes - arm_line, snap.total_bytes - redline]
+            start("memcg", lambda: MemcgSource(domain.path, v1=v1, thresholds_bytes=lines))
+    arm = None
+    if "ebpf" in wanted:
+        from .bpf import BpfSource
+        from .bpf import SourceUnavailable as BpfUnavailable
+        try:
+            bpf = BpfSource()
+            bpf.start()
+        except (BpfUnavailable, SourceUnavailable, OSError) as e:
+            unavailable["ebpf"] = str(e)
+            log.warning("OOM: source ebpf unavailable: %s", e)
+        else:
+            sources.append(bpf)
+            if "prearm" in wanted:
+                arm = bpf
+    if "prearm" in wanted and arm is None:
+        unavailable.setdefault("prearm", "needs the ebpf source")
+    return sources, unavailable, arm

@@ -1,0 +1,89 @@
+"""PSI triggers: the kernel wakes us when memory stall time crosses a line.
+
+A trigger is ``some <stall_us> <window_us>`` written to a pressure file kept
+open; the fd then polls POLLPRI at most once per window while the stall is
+over the line (Documentation/accounting/psi.rst). Without CAP_SYS_RESOURCE the
+kernel only accepts windows that are multiples of 2 s (EINVAL otherwise): we
+ask for the configured window first, then fall back to 2 s and say so.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from ..model import PressureEvent
+from . import SourceUnavailable
+
+# The shortest window an unprivileged trigger may use, and the granularity
+# of such windows (kernel/sched/psi.c: psi_trigger_create, "unprivileged").
+UNPRIVILEGED_WINDOW_USEC = 2_000_000
+
+
+class PsiSource:
+    name = "psi"
+
+    def __init__(self, paths: list[str], *, stall_usec: int = 100_000, window_usec: int = 1_000_000) -> None:
+        self.paths = paths
+        self.stall_usec = stall_usec
+        self.window_usec = window_usec
+        self.effective_window_usec = window_usec
+        self.unprivileged = False
+        self._fds: dict[int, str] = {}
+        self.fired = 0
+        self.failed: dict[str, str] = {}
+
+    def start(self) -> None:
+        for path in self.paths:
+            try:
+                fd = self._arm(path)
+            except OSError as e:
+                self.failed[path] = e.strerror or str(e)
+                continue
+            self._fds[fd] = path
+        if not self._fds:
+            why = "; ".join(f"{p}: {w}" for p, w in self.failed.items()) or "no pressure files"
+            raise SourceUnavailable(f"PSI triggers unavailable ({why}); boot with psi=1 on kernels "
+                                    "built with CONFIG_PSI_DEFAULT_DISABLED")
+
+    def _arm(self, path: str) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            try:
+                os.write(fd, f"some {self.stall_usec} {self.effective_window_usec}\0".encode())
+            except OSError as e:
+                if e.errno != errno.EINVAL or self.effective_window_usec % UNPRIVILEGED_WINDOW_USEC == 0:
+                    raise
+                # Unprivileged: round the window up to a multiple of 2 s and
+                # keep the same stall fraction.
+                win = -(-self.window_usec // UNPRIVILEGED_WINDOW_USEC) * UNPRIVILEGED_WINDOW_USEC
+                self.stall_usec = self.stall_usec * win // self.window_usec
+                self.effective_window_usec = win
+                self.unprivileged = True
+                os.write(fd, f"some {self.stall_usec} {win}\0".encode())
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def fds(self) -> list[int]:
+        return list(self._fds)
+
+    def drain(self, fd: int | None = None) -> list[PressureEvent]:
+        if fd not in self._fds:
+            return []
+        self.fired += 1
+        return [PressureEvent("psi", "psi_some", stall_usec=self.stall_usec,
+                              timestamp_usec=time.monotonic_ns() // 1000, detail=self._fds[fd])]
+
+    def stats(self) -> dict:
+        out = {"trigger": f"some {self.stall_usec}us/{self.effective_window_usec}us",
+               "files": len(self._fds), "fired": self.fired}
+        if self.unprivileged:
+            out["note"] = "unprivileged: window rounded to a multiple of 2 s"
+        return out
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
