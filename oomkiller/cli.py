@@ -145,7 +145,8 @@ def rank_command(conf: cfg.Config, as_json: bool) -> int:
 
 def run_command(conf: cfg.Config, verbose: bool) -> int:
     from . import log as oomlog
-    from .daemon import Daemon, protect_self, setup_logging
+    from .daemon import Daemon, setup_logging
+    from .footprint import protect_self
     from .sources.build import build_sources
     setup_logging(verbose)
     _domain(conf)       # a bad domain is a config error, before anything starts
@@ -155,8 +156,12 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
         daemon = Daemon(conf, json_out=json_out)
         daemon.sources, daemon.unavailable, daemon.arm = build_sources(conf, daemon.domain)
         if conf.protect_self and os.geteuid() == 0:
-            for problem in protect_self():
+            problems, before, after = protect_self()
+            for problem in problems:
                 log.warning("OOM: %s", problem)
+            log.info("OOM: own memory: %s resident before releasing the compiler, %s after, %s locked",
+                     oomlog.format_size(before["VmRSS"]), oomlog.format_size(after["VmRSS"]),
+                     oomlog.format_size(after.get("VmLck", 0)))
         daemon.run()
     except RuntimeError as e:
         log.error("OOM: %s", e)

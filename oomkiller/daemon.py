@@ -9,7 +9,6 @@ the ranking. Each decision is logged as the seed's lines and one JSON record.
 from __future__ import annotations
 
 import collections
-import ctypes
 import dataclasses
 import logging
 import os
@@ -26,14 +25,13 @@ from .control import ControlServer
 from .decide import decide
 from .detect import detect
 from .domain import Domain
+from .footprint import status_bytes
 from .killer import Killer
 from .model import PressureEvent, Ranking
 from .procfs import Procfs
 from .rank import Policy, rank
 
 log = logging.getLogger("oomkiller")
-
-MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 
 # The stall share is measured over at least this long (see detect.py).
 PRESSURE_SPAN_USEC = 2_000_000
@@ -192,12 +190,12 @@ class Daemon:
         ranking = rank(jobs, self.policy, snap.total_bytes)
         t_rank = self.now_usec()
         shortfall = max(0, redline - snap.free_bytes)
+        self._disarm()
         log.info("OOM: armed job killed in the kernel at its reclaim: finishing it")
         for line in oomlog.lowmem_lines(shortfall, (p for j in jobs for p in j.procs)):
             log.info(line)
         record = self._record(events, snap, redline, shortfall, False, "armed kill in the kernel")
         record["ranking"] = [oomlog.candidate_record(c) for c in ranking.candidates]
-        self._disarm()
         if not ranking.killable():
             # The task the kernel killed was the job's last: it is empty already.
             record.update(result="killed", attempts=[], victim={"cgroup_ids": sorted(cgroup_ids)},
@@ -272,6 +270,7 @@ class Daemon:
                 "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
                 "kills": self.kills, "armed_kills": self.armed_kills, "kernel_kills_seen": self.kernel_kills_seen,
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
+                "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
                 "pressure_file": self.domain.pressure_path}
         red_txt = f"{red} = {oomlog.format_size(red_b)}" if red.permyriad else oomlog.format_size(red_b)
         lines = ["OOM info:",
@@ -282,11 +281,13 @@ class Daemon:
                  f"  redline: {red_txt} ({red_b} bytes)",
                  f"  domain: {self.domain.name} ({self.domain.path})",
                  f"  dry run: {str(self.config.dry_run).lower()}",
+                 "  own memory: " + ", ".join(f"{k} {oomlog.format_size(v)}" for k, v in status_bytes().items()),
                  f"  kills: {self.kills} (in the kernel, armed: {self.armed_kills}; "
                  f"by the kernel's own OOM killer: {self.kernel_kills_seen})",
                  "  sources:"]
         for name, s in sources.items():
-            extra = ", ".join(f"{k}={v}" for k, v in s.items() if k != "state")
+            extra = ", ".join(f"{k}={v}" for k, v in s.items()
+                              if k not in ("state", "source", "live") and not isinstance(v, (list, dict)))
             lines.append(f"    {name}: {s['state']}" + (f" ({extra})" if extra else ""))
         return "\n".join(lines), data
 
@@ -324,8 +325,9 @@ class Daemon:
         by_fd: dict[int, Source] = {}
         for src in self.sources:
             for fd in src.fds():
-                # PSI and kernfs files signal with POLLPRI, perf buffers and eventfds with POLLIN.
-                ep.register(fd, select.EPOLLIN | select.EPOLLPRI)
+                # PSI and kernfs files signal with POLLPRI and always poll
+                # readable, so each source says which of the two it means.
+                ep.register(fd, getattr(src, "poll_events", select.EPOLLIN))
                 by_fd[fd] = src
         log.info("OOM: oomkiller %s watching %s, redline %s, sleep %d ms, sources %s%s", _version(),
                  self.domain.name, self.config.redline, self.config.sleep_ms,
@@ -381,22 +383,6 @@ def format_ranking(ranking: Ranking) -> str:
         lines.append(f"{i:3d}. ({tag}) job {c.job.inode:6d} '{c.job.name}' {c.importance.name.lower()} "
                      f"score {oomlog.format_size(c.score_bytes)}: {'; '.join(c.reasons)}")
     return "\n".join(lines) if lines else "no jobs in the domain"
-
-
-def protect_self() -> list[str]:
-    """Keep the kernel OOM killer off us and our pages resident; returns what failed."""
-    problems = []
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("-1000")
-    except OSError as e:
-        problems.append(f"cannot set oom_score_adj -1000: {e.strerror}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    # MCL_ONFAULT locks what is touched, not every mapped page: the resident
-    # set stays as small as it is, it just cannot be paged out.
-    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
-        problems.append(f"cannot lock memory: {os.strerror(ctypes.get_errno())}")
-    return problems
 
 
 def _drain_pipe(fd: int) -> None:

@@ -12,6 +12,7 @@ of it), so the core hears of a fast-growing job while it still has room.
 from __future__ import annotations
 
 import os
+import select
 import time
 
 from ..model import PressureEvent
@@ -28,6 +29,9 @@ class MemcgSource:
         self._fds: dict[int, str] = {}
         self._keep: list[int] = []
         self.fired = 0
+        # eventfds poll readable when they fire; kernfs files always poll
+        # readable and signal a change with POLLPRI.
+        self.poll_events = select.EPOLLIN if v1 else select.EPOLLPRI
 
     def start(self) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import time
 
 from ..model import PressureEvent
@@ -22,6 +23,8 @@ UNPRIVILEGED_WINDOW_USEC = 2_000_000
 
 class PsiSource:
     name = "psi"
+    # A pressure file always polls readable; a trigger firing is POLLPRI.
+    poll_events = select.EPOLLPRI
 
     def __init__(self, paths: list[str], *, stall_usec: int = 100_000, window_usec: int = 1_000_000) -> None:
         self.paths = paths

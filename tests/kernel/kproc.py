@@ -12,6 +12,7 @@ class DaemonProc:
     """``oomkiller run`` in a subprocess, with its control socket and output."""
 
     def __init__(self, tmp_path, *args: str) -> None:
+        os.makedirs(tmp_path, exist_ok=True)
         self.sock = str(tmp_path / "oomkiller.sock")
         self.json_path = tmp_path / "decisions.jsonl"
         self.err_path = tmp_path / "daemon.err"
@@ -32,7 +33,8 @@ class DaemonProc:
         return [json.loads(line) for line in self.json_path.read_text().splitlines() if line]
 
     def stderr(self) -> str:
-        self.err.flush()
+        if not self.err.closed:
+            self.err.flush()
         return self.err_path.read_text()
 
     def stop(self) -> int:

@@ -1,0 +1,101 @@
+"""The daemon's own memory: keep what it needs resident, give back the rest.
+
+The killer must keep working under the pressure it fights, so its pages must
+not be reclaimed: it locks them. But compiling the BPF program pulls bcc's
+compiler in (libLLVM and libclang-cpp: about 80 MB resident on these
+machines) and the program never runs the compiler again once loaded. So,
+after the sources have started:
+
+1. the compiler libraries' pages are paged out (``MADV_PAGEOUT``: they are
+   file-backed, nothing is lost) and the C heap is trimmed;
+2. every other mapping is locked as it is faulted in (``mlock2`` with
+   ``MLOCK_ONFAULT``), and so is every future one
+   (``mlockall(MCL_FUTURE | MCL_ONFAULT)``): the working set stays resident
+   without pre-faulting or pinning what is never touched.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+MCL_FUTURE, MCL_ONFAULT = 2, 4
+MLOCK_ONFAULT = 1
+MADV_PAGEOUT = 21           # Linux 5.4
+SYS_MLOCK2 = 325            # x86_64
+
+# Only bcc's compiler uses these; the loaded program, its maps and perf
+# buffers live in the kernel and in libbcc, which stays locked.
+COMPILER_LIBS = ("libLLVM", "libclang", "libz3", "libxml2", "libicu")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+
+def mappings(maps_path: str = "/proc/self/maps") -> list[tuple[int, int, str]]:
+    out = []
+    with open(maps_path) as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((lo, hi, parts[5].strip() if len(parts) > 5 else ""))
+    return out
+
+
+def is_compiler(name: str) -> bool:
+    return any(os.path.basename(name).startswith(lib) for lib in COMPILER_LIBS)
+
+
+def status_bytes(keys: tuple[str, ...] = ("VmRSS", "RssAnon", "RssFile", "VmLck"),
+                 path: str = "/proc/self/status") -> dict[str, int]:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in keys:
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+def release_compiler() -> int:
+    """Page out the compiler's libraries and trim the heap; returns the
+    number of compiler bytes that were mapped."""
+    mapped = 0
+    for lo, hi, name in mappings():
+        if is_compiler(name):
+            mapped += hi - lo
+            _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_PAGEOUT)
+    _libc.malloc_trim(0)
+    return mapped
+
+
+def lock_resident() -> list[str]:
+    """Lock every mapping but the compiler's, as faulted, now and in future."""
+    problems = []
+    if _libc.mlockall(MCL_FUTURE | MCL_ONFAULT) != 0:
+        problems.append(f"cannot lock future memory: {os.strerror(ctypes.get_errno())}")
+    failed = 0
+    for lo, hi, name in mappings():
+        if is_compiler(name) or name == "[vsyscall]":
+            continue
+        if _libc.syscall(SYS_MLOCK2, ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MLOCK_ONFAULT) != 0:
+            failed += 1
+    if failed:
+        problems.append(f"cannot lock {failed} mappings: {os.strerror(ctypes.get_errno())} "
+                        "(raise LimitMEMLOCK or give CAP_IPC_LOCK)")
+    return problems
+
+
+def protect_self() -> tuple[list[str], dict[str, int], dict[str, int]]:
+    """oom_score_adj -1000, compiler released, the rest locked.
+    Returns (problems, memory before, memory after)."""
+    problems = []
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("-1000")
+    except OSError as e:
+        problems.append(f"cannot set oom_score_adj -1000: {e.strerror} (needs CAP_SYS_RESOURCE)")
+    before = status_bytes()
+    release_compiler()
+    problems += lock_resident()
+    return problems, before, status_bytes()
