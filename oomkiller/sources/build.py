@@ -9,6 +9,7 @@ import time
 from ..config import Config
 from ..domain import Domain
 from . import SourceUnavailable
+from .brake import MemoryHighBrake
 from .memcg import MemcgSource
 from .psi import PsiSource
 
@@ -49,6 +50,13 @@ def build_sources(conf: Config, domain: Domain) -> tuple[list, dict[str, str], o
             # usage thresholds at the arm line and the redline (v1 fires on crossing either way)
             lines = [snap.total_bytes - arm_line, snap.total_bytes - redline]
             start("memcg", lambda: MemcgSource(domain.path, v1=v1, thresholds_bytes=lines))
+    if conf.memory_high_brake:
+        if domain.is_host:
+            unavailable["brake"] = "the host domain has no memory.high: give a cgroup domain"
+        elif domain.cgroupfs.layout.memory_v1:
+            unavailable["brake"] = "cgroup v1 has no memory.high"
+        else:
+            start("brake", lambda: MemoryHighBrake(domain.path, snap.total_bytes - redline // 2))
     arm = None
     if "ebpf" in wanted:
         from .bpf import BpfSource

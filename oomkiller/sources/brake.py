@@ -1,0 +1,50 @@
+"""The memory.high brake (cgroup v2): throttle a runaway job while the core decides.
+
+With ``memory_high_brake = true`` the domain's ``memory.high`` is set to its
+limit minus half the redline: past the redline the core is already walking
+the ranking, and the kernel now makes every allocation in the domain reclaim
+and sleep first, which buys that walk its milliseconds. The original value is
+put back when the daemon stops. It has no events of its own.
+"""
+from __future__ import annotations
+
+import os
+
+from ..model import PressureEvent
+from . import SourceUnavailable
+
+
+class MemoryHighBrake:
+    name = "brake"
+
+    def __init__(self, cgroup_path: str, high_bytes: int) -> None:
+        self.file = os.path.join(cgroup_path, "memory.high")
+        self.high_bytes = high_bytes
+        self.original: str | None = None
+
+    def start(self) -> None:
+        try:
+            with open(self.file) as f:
+                self.original = f.read().strip()
+            with open(self.file, "w") as f:
+                f.write(str(self.high_bytes))
+        except OSError as e:
+            raise SourceUnavailable(f"cannot set {self.file}: {e.strerror or e}") from None
+
+    def fds(self) -> list[int]:
+        return []
+
+    def drain(self, fd: int | None = None) -> list[PressureEvent]:
+        return []
+
+    def stats(self) -> dict:
+        return {"memory_high_bytes": self.high_bytes, "was": self.original}
+
+    def close(self) -> None:
+        if self.original is not None:
+            try:
+                with open(self.file, "w") as f:
+                    f.write(self.original)
+            except OSError:
+                pass        # the cgroup is gone: nothing to restore
+            self.original = None
