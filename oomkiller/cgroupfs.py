@@ -165,9 +165,11 @@ class Cgroupfs:
         return os.path.join(self.layout.unified_root, rel) if rel else None
 
     def v2_counterpart(self, path: str) -> str | None:
-        """The v2 cgroup standing for a memory cgroup: itself on pure v2; on
-        hybrid hosts the deepest v2 cgroup holding all its processes (None if
-        that is the root, which would stand for the whole host)."""
+        """The v2 cgroup standing for a memory cgroup: itself on pure v2. On
+        hybrid hosts, the v2 cgroup at the longest tail of its v1 path that
+        holds all its processes (systemd mirrors the two trees, so that is
+        usually the same path); failing that, the deepest v2 cgroup its
+        processes share. None if that is the root: it would stand for the host."""
         if not self.layout.memory_v1:
             return path
         if not self.layout.unified_root:
@@ -176,11 +178,15 @@ class Cgroupfs:
             pids = self.subtree_pids(path)
         except FileNotFoundError:
             return None
-        paths = [self.procfs.cgroups(pid).get("") for pid in pids]
-        parts = [p.strip("/").split("/") for p in paths if p is not None]
-        if not parts:
-            return None
-        common = os.path.commonprefix(parts)
+        v2_paths = [p for p in (self.procfs.cgroups(pid).get("") for pid in pids) if p is not None]
+        rel = self.relative(path).strip("/").split("/")
+        for k in range(len(rel)):
+            tail = "/".join(rel[k:])
+            cand = os.path.join(self.layout.unified_root, tail)
+            if tail and os.path.isdir(cand) and all((p.rstrip("/") + "/").startswith(f"/{tail}/") for p in v2_paths):
+                return cand
+        parts = [p.strip("/").split("/") for p in v2_paths]
+        common = os.path.commonprefix(parts) if parts else []
         if not common or common == [""]:
             return None
         return os.path.join(self.layout.unified_root, *common)

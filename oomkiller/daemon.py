@@ -103,6 +103,9 @@ class Daemon:
         armed_hits = set()
         for ev in events:
             if ev.kind == "kernel_oom_victim":
+                if not self.domain.holds(ev.pid, ev.cgroup_id):
+                    log.debug("OOM: the kernel OOM killer chose pid %d outside the domain", ev.pid)
+                    continue
                 self.kernel_kills_seen += 1
                 log.warning("OOM: the kernel OOM killer chose pid %d first (%s): a race lost", ev.pid, ev.detail)
                 self._emit({"event": "kernel_oom_kill", "pid": ev.pid, "cgroup_id": ev.cgroup_id,

@@ -52,6 +52,22 @@ class Domain:
         self.pressure_path = cand if cand and os.path.exists(cand) else None
         return self.pressure_path
 
+    def holds(self, pid: int, cgroup_id: int) -> bool:
+        """Whether the kernel's OOM victim ``pid``, chosen by a task of cgroup
+        v2 ``cgroup_id``, is the domain's business: the invoking task is in
+        the domain (a memcg OOM of the domain is always invoked from inside),
+        or the victim still shows as a member."""
+        if self.is_host:
+            return True
+        v2 = self.cgroupfs.v2_counterpart(self.path)
+        if v2 and cgroup_id:
+            for dirpath, _dirs, _files in os.walk(v2):
+                if os.stat(dirpath).st_ino == cgroup_id:
+                    return True
+        where = self.procfs.cgroups(pid).get("memory" if self.cgroupfs.layout.memory_v1 else "")
+        mine = self.cgroupfs.relative(self.path).rstrip("/") + "/"
+        return where is not None and (where.rstrip("/") + "/").startswith(mine)
+
     def full_stall_usec(self) -> int:
         if not self.pressure_path:
             return -1

@@ -51,6 +51,7 @@ def race(tmp_path, sources: str, runs: int) -> dict:
             wait_for(lambda: len([r for r in d.records() if r.get("event") == "oom_decision"]) >= out["daemon"]
                      or True, 2, "records")
             out["decisions"] = [r for r in d.records() if r.get("event") == "oom_decision"]
+            out["kernel_seen"] = len([r for r in d.records() if r.get("event") == "kernel_oom_kill"])
         finally:
             d.stop()
     return out
@@ -92,3 +93,10 @@ def test_each_source_alone_starts_and_is_counted(results):
         r = results[name]
         assert name in r["live"], r
         assert r["daemon"] + r["kernel"] == RUNS_EACH and r["protected_died"] == 0
+
+
+def test_races_lost_to_the_kernel_are_reported(results):
+    # oom:mark_victim reaches the daemon through the BPF program: each kernel
+    # kill in its domain is one kernel_oom_kill record.
+    r = results["ebpf"]
+    assert r["kernel"] >= 1 and r["kernel_seen"] == r["kernel"]
