@@ -64,3 +64,27 @@ def test_v2_cgroup_domain_tightest_limit(proc_tree, v2_tree):
 def test_domain_must_be_a_cgroup(proc_tree, v2_tree):
     with pytest.raises(FileNotFoundError, match="not a cgroup folder"):
         _domain(proc_tree, v2_tree, "nope")
+
+
+def test_hybrid_v2_counterpart_and_pressure(proc_tree, v1_tree):
+    unified = v1_tree.root / "unified"
+    (unified / "arena" / "svc").mkdir(parents=True)
+    (unified / "arena" / "hog").mkdir()
+    (unified / "cgroup.controllers").write_text("")
+    (unified / "arena" / "memory.pressure").write_text(
+        "some avg10=1.00 avg60=0.50 avg300=0.10 total=987654\nfull avg10=0.50 avg60=0.20 avg300=0.05 total=123457\n")
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    proc_tree.proc(501, "svc", anon_kb=10, shmem_kb=0, swap_kb=0,
+                   cgroup="4:memory:/outer/self/arena/svc\n0::/arena/svc\n")
+    v1_tree.cgroup("outer/self/arena", memory__limit_in_bytes=f"{64 * MiB}\n", memory__usage_in_bytes=f"{MiB}\n",
+                   memory__stat=f"hierarchical_memory_limit {64 * MiB}\ntotal_inactive_file 0\n")
+    v1_tree.cgroup("outer/self/arena/svc", (501,))
+    d = _domain(proc_tree, v1_tree, "outer/self/arena")
+    # one job left: its own v2 cgroup is not the domain's; the tail of the v1 path is
+    assert d.cgroupfs.v2_counterpart(d.path) == str(unified / "arena")
+    assert d.pressure_path == str(unified / "arena" / "memory.pressure")
+    assert d.snapshot(1).full_stall_usec == 123457
+    hog_id = (unified / "arena" / "hog").stat().st_ino
+    assert d.holds(9999, hog_id)            # the victim is gone; the invoker's cgroup is ours
+    assert d.holds(501, 0)                  # the victim still shows as a member
+    assert not d.holds(9999, 1)
