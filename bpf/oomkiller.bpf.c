@@ -9,7 +9,14 @@
  *   WINDOW_NS           length of the stall-summing window
  *   QUIET_NS            no reclaim begin for this long: the next one is news
  *   RATE_LIMIT_NS       at most one event per cgroup per interval
- *   ARM_MIN_RECLAIMED   an armed cgroup's reclaim that got fewer pages back has failed
+ *   WITH_PREARM         compile the pre-armed kill (bpf_send_signal: Linux 5.3)
+ *   ARM_MIN_RECLAIMED   an armed job's reclaim that got fewer pages back has failed
+ *   ARM_FAILED_RECLAIMS this many failed reclaims in a row by one thread: the kill
+ *   ARM_MAX_ORDER       larger allocations fall back rather than OOM: never kill for them
+ *   ARM_RECLAIM_KIND    the reclaim that counts: OOMK_KIND_DIRECT_RECLAIM for a host
+ *                       domain, OOMK_KIND_MEMCG_RECLAIM for a cgroup domain
+ *   GFP_NO_OOM          gfp bits of allocations that fail instead of invoking the
+ *                       OOM killer (__GFP_NORETRY | __GFP_RETRY_MAYFAIL on this kernel)
  *   EVENT_SIZE          sizeof the Python mirror of struct oom_event
  *   HAVE_TP_*           the tracepoint exists on this kernel
  *   MARK_VICTIM_RSS, MARK_VICTIM_COMM  oom:mark_victim carries sizes / comm (older kernels: pid only)
@@ -17,8 +24,12 @@
 #include "oomkiller.h"
 
 #if !defined(STALL_THRESHOLD_NS) || !defined(WINDOW_NS) || !defined(QUIET_NS) || \
-    !defined(RATE_LIMIT_NS) || !defined(EVENT_SIZE) || !defined(ARM_MIN_RECLAIMED)
-#error "set STALL_THRESHOLD_NS, WINDOW_NS, QUIET_NS, RATE_LIMIT_NS, ARM_MIN_RECLAIMED and EVENT_SIZE with -D"
+    !defined(RATE_LIMIT_NS) || !defined(EVENT_SIZE)
+#error "set STALL_THRESHOLD_NS, WINDOW_NS, QUIET_NS, RATE_LIMIT_NS and EVENT_SIZE with -D"
+#endif
+#if defined(WITH_PREARM) && (!defined(ARM_MIN_RECLAIMED) || !defined(ARM_FAILED_RECLAIMS) || \
+    !defined(ARM_MAX_ORDER) || !defined(GFP_NO_OOM) || !defined(ARM_RECLAIM_KIND))
+#error "WITH_PREARM needs ARM_MIN_RECLAIMED, ARM_FAILED_RECLAIMS, ARM_MAX_ORDER, ARM_RECLAIM_KIND and GFP_NO_OOM"
 #endif
 
 _Static_assert(sizeof(struct oom_event) == EVENT_SIZE,
@@ -33,10 +44,21 @@ struct cg_state {
 	u64 ends;               /* reclaim ends in the window */
 };
 
+struct reclaim_info {
+	u64 ns;
+	u64 gfp;
+	s32 order;
+	u32 pad;
+};
+
 BPF_PERF_OUTPUT(events);
-BPF_ARRAY(armed, u64, 1);                       /* cgroup v2 id of the victim, 0: disarmed */
 BPF_PERCPU_ARRAY(counters, u64, OOMK_COUNTERS);
-BPF_TABLE("lru_hash", u32, u64, reclaim_start, 10240);       /* tid -> begin ns */
+BPF_TABLE("lru_hash", u32, struct reclaim_info, reclaim_start, 10240);   /* tid -> its reclaim */
+#ifdef WITH_PREARM
+BPF_ARRAY(armed, u64, 1);               /* cgroup v2 id of the armed job, 0: disarmed */
+BPF_CGROUP_ARRAY(armed_cg, 1);          /* the armed job's v2 cgroup: its whole subtree is armed */
+BPF_TABLE("lru_hash", u32, u32, failed_reclaims, 10240);    /* tid -> failed reclaims in a row */
+#endif
 BPF_TABLE("lru_hash", u64, struct cg_state, cgroups, 4096);  /* cgroup v2 id -> state */
 
 static __always_inline void count(u32 idx)
@@ -99,7 +121,9 @@ static __always_inline int reclaim_begin(void *ctx, u32 kind, int order, u64 gfp
 	struct cg_state *st;
 	int fresh;
 
-	reclaim_start.update(&tid, &now);
+	struct reclaim_info rb = {.ns = now, .gfp = gfp, .order = order};
+
+	reclaim_start.update(&tid, &rb);
 	st = state_of(cg, now, &fresh);
 	if (!st)
 		return 0;
@@ -118,52 +142,87 @@ static __always_inline int reclaim_begin(void *ctx, u32 kind, int order, u64 gfp
 	return 0;
 }
 
-/* The pre-armed kill. The core keeps its top victim's cgroup id in `armed`
- * while the domain is critical; a task of that cgroup whose reclaim failed
- * (fewer than ARM_MIN_RECLAIMED pages back) is about to send the kernel into
- * its OOM killer, after its retries: SIGKILL it now. A pending fatal signal
- * makes the charge path bail out (task_is_dying()) instead of invoking the
- * OOM killer. Reclaim that makes progress is left alone: cache is being
- * given back and no one needs to die yet. */
-static __always_inline int armed_kill(void *ctx, u32 kind, u64 cg, u64 now, u64 nr_reclaimed)
+/* The pre-armed kill. While the domain is critical the core keeps its top
+ * victim's cgroup in `armed_cg` (and its id in `armed`). A task anywhere in
+ * that subtree whose reclaims keep failing (ARM_FAILED_RECLAIMS in a row, each
+ * getting fewer than ARM_MIN_RECLAIMED pages back) is on its way to the OOM
+ * killer: SIGKILL it now. A pending fatal signal makes the charge path bail
+ * out (task_is_dying()) instead of invoking the OOM killer. Reclaim that makes
+ * progress, allocations above ARM_MAX_ORDER and __GFP_NORETRY /
+ * __GFP_RETRY_MAYFAIL ones (they fail rather than OOM) are left alone. */
+static __always_inline int armed_kill(void *ctx, u32 kind, u32 tid, u64 cg, u64 now,
+				      struct reclaim_info *rb, u64 nr_reclaimed)
 {
-	u32 zero = 0;
+#ifdef WITH_PREARM
+	u32 zero = 0, one = 1;
 	u64 *victim = armed.lookup(&zero);
+	u32 *fails;
 	struct oom_event ev;
 	long rc;
 
-	if (!victim || !*victim || *victim != cg || nr_reclaimed >= ARM_MIN_RECLAIMED)
+	u64 armed_id;
+
+	/* Only the domain's own shortage counts: a job reclaiming against a
+	 * limit of its own inside the domain is the kernel's business there. */
+	if (kind != ARM_RECLAIM_KIND || !victim || !*victim || !rb)
 		return 0;
+	armed_id = *victim;
+	if (armed_cg.check_current_task(0) != 1)
+		return 0;
+	if (nr_reclaimed >= ARM_MIN_RECLAIMED) {
+		failed_reclaims.delete(&tid);
+		return 0;
+	}
+	if (rb->order > ARM_MAX_ORDER || (rb->gfp & GFP_NO_OOM))
+		return 0;
+	fails = failed_reclaims.lookup(&tid);
+	if (!fails) {
+		failed_reclaims.update(&tid, &one);
+		if (ARM_FAILED_RECLAIMS > 1)
+			return 0;
+	} else if (++(*fails) < ARM_FAILED_RECLAIMS) {
+		return 0;
+	}
+	failed_reclaims.delete(&tid);
+	/* One shot: the core finishes the job and re-arms whom it chooses next.
+	 * The dying task may fail more reclaims on its way out; no second event. */
+	*victim = 0;
 	rc = bpf_send_signal(9);
 	if (rc)
 		count(OOMK_COUNTER_SIGNAL_FAILED);
 	fill(&ev, OOMK_KIND_ARMED_KILL, cg, now);
 	ev.val[0] = nr_reclaimed;
+	ev.val[1] = armed_id;
+	ev.gfp_flags = rb->gfp;
+	ev.order = rb->order;
 	ev.arg[0] = kind;
 	ev.arg[1] = rc;
 	bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
 	events.perf_submit(ctx, &ev, sizeof(ev));
 	return 1;
+#else
+	return 0;
+#endif
 }
 
 static __always_inline int reclaim_end(void *ctx, u32 kind, u64 nr_reclaimed)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	u64 *begin = reclaim_start.lookup(&tid);
+	struct reclaim_info *begin = reclaim_start.lookup(&tid);
 	u64 now = bpf_ktime_get_ns();
 	u64 cg = bpf_get_current_cgroup_id();
 	u64 stall;
 	struct oom_event ev;
 	struct cg_state *st;
 
-	if (armed_kill(ctx, kind, cg, now, nr_reclaimed)) {
+	if (armed_kill(ctx, kind, tid, cg, now, begin, nr_reclaimed)) {
 		if (begin)
 			reclaim_start.delete(&tid);
 		return 0;
 	}
 	if (!begin)
 		return 0;
-	stall = now - *begin;
+	stall = now - begin->ns;
 	reclaim_start.delete(&tid);
 	st = cgroups.lookup(&cg);
 	if (!st)

@@ -21,8 +21,10 @@
  *                                           2 shmem_rss, 3 total_vm,       OOM killer, 1 uid, 2 oom_score_adj
  *                                           4 pgtables (all in kB, as the
  *                                           tracepoint gives them)
- *   ARMED_KILL            -     -     -     0 nr_reclaimed by the failed   0 reclaim kind, 1 bpf_send_signal()
- *                                           reclaim (pages)                return code
+ *   ARMED_KILL            yes   yes   -     0 nr_reclaimed by the failed   0 reclaim kind, 1 bpf_send_signal()
+ *                                           reclaim (pages), 1 the armed   return code
+ *                                           cgroup id (cgroup_id is the
+ *                                           task's own, maybe below it)
  *
  * For KERNEL_OOM_VICTIM, pid and comm are the victim's (comm only on kernels
  * whose oom:mark_victim carries it); cgroup_id and tid are the current task's.

@@ -9,6 +9,14 @@ and each of its jobs exist twice: a v1 memory cgroup, which carries the limit,
 and a v2 cgroup at the same relative path, which gives the job a cgroup v2 id
 (what ``bpf_get_current_cgroup_id()`` returns), ``memory.pressure`` and
 ``cgroup.kill``. On a pure v2 host the one v2 cgroup does both.
+
+On pure v2 a cgroup that holds processes cannot give its children a
+controller (the no-internal-processes rule), and the calling process sits in
+its own cgroup. So the first arena moves the calling process into a leaf
+(``LEAF``) below it and enables the memory controller there; the last arena to
+close moves what is in the leaf back, disables the controller and removes the
+leaf. This needs the calling process to be the only one in its cgroup, and
+that cgroup to be delegated (``systemd-run --scope -p Delegate=yes ...``).
 """
 from __future__ import annotations
 
@@ -38,6 +46,10 @@ time.sleep(3600)
 """
 
 # A process that allocates a little and then sleeps: a "service" that must live.
+# Pure v2: the leaf below its own cgroup that the process making arenas
+# moves into, so that its own cgroup may enable the memory controller.
+LEAF = "oomk-arena-leaf"
+
 IDLE_SOURCE = r"""
 import sys, time
 held = b"\x33" * int(sys.argv[1])
@@ -75,6 +87,9 @@ class Arena:
         if self.layout.memory_root is None:
             raise RuntimeError(f"no memory controller under {self.cgroup_root}: cannot make an arena")
         own_mem, own_v2 = own_cgroup_paths("self", self.layout)
+        if not self.layout.memory_v1 and os.path.basename(own_v2) == LEAF:
+            # an arena of ours is open: we already sit in the leaf
+            own_mem = own_v2 = os.path.dirname(own_v2)
         self.path = os.path.join(self.layout.memory_root + own_mem, self.name)
         self.v2_path = (os.path.join(self.layout.unified_root + own_v2, self.name)
                         if self.layout.unified_root else "")
@@ -94,6 +109,8 @@ class Arena:
         self._dirs.append(path)
 
     def create(self) -> None:
+        if not self.layout.memory_v1:
+            self._enter_leaf()
         self._mkdir(self.path)
         if self.layout.memory_v1:
             _write(os.path.join(self.path, "memory.limit_in_bytes"), str(self.limit_bytes))
@@ -103,6 +120,51 @@ class Arena:
             _write(os.path.join(self.path, "memory.max"), str(self.limit_bytes))
             _write(os.path.join(self.path, "memory.swap.max"), "0", missing_ok=True)
             _write(os.path.join(self.path, "cgroup.subtree_control"), "+memory")
+
+    def _enter_leaf(self) -> None:
+        """Pure v2: give our own cgroup the memory controller for its
+        children, moving this process into ``LEAF`` first (see the module
+        docstring). Nothing to do in the root cgroup, which is exempt from
+        the rule, or when an open arena of ours has done it."""
+        own = os.path.dirname(self.path)
+        if os.path.normpath(own) == os.path.normpath(self.layout.root):
+            return
+        if "memory" in _read_words(os.path.join(own, "cgroup.subtree_control")):
+            return
+        if "memory" not in _read_words(os.path.join(own, "cgroup.controllers")):
+            raise RuntimeError(f"{own}: the memory controller is not available to this cgroup; run under a "
+                               "delegated cgroup (systemd-run --scope -p Delegate=yes ...)")
+        leaf = os.path.join(own, LEAF)
+        os.makedirs(leaf, exist_ok=True)
+        _write(os.path.join(leaf, "cgroup.procs"), "0")
+        try:
+            _write(os.path.join(own, "cgroup.subtree_control"), "+memory")
+        except OSError as e:
+            self._leave_leaf()
+            raise RuntimeError(f"{own}: cannot enable the memory controller for an arena ({e.strerror}): "
+                               "other processes share this process's cgroup; run it as the only process of "
+                               "a delegated cgroup (systemd-run --scope -p Delegate=yes ...)") from None
+
+    def _leave_leaf(self) -> None:
+        """Pure v2, once no arena of ours is left: undo ``_enter_leaf``,
+        moving every process of the leaf (this one and what it started
+        outside arenas) back to our own cgroup."""
+        own = os.path.dirname(self.path)
+        leaf = os.path.join(own, LEAF)
+        if not os.path.isdir(leaf):
+            return
+        if any(d != LEAF and os.path.isdir(os.path.join(own, d)) for d in os.listdir(own)):
+            return      # another arena is still open
+        try:
+            _write(os.path.join(own, "cgroup.subtree_control"), "-memory")
+        except OSError:
+            return      # a child still uses it: keep the leaf
+        for pid in _read_pids(os.path.join(leaf, "cgroup.procs")):
+            try:
+                _write(os.path.join(own, "cgroup.procs"), str(pid))
+            except ProcessLookupError:
+                pass
+        _rmdir_retry(leaf)
 
     def job(self, name: str) -> ArenaJob:
         path = os.path.join(self.path, name)
@@ -175,6 +237,8 @@ class Arena:
         for d in reversed(self._dirs):
             _rmdir_retry(d)
         self._dirs.clear()
+        if not self.layout.memory_v1:
+            self._leave_leaf()
 
 
 def _wait_ready(p: subprocess.Popen) -> None:
@@ -190,6 +254,14 @@ def _write(path: str, value: str, missing_ok: bool = False) -> None:
     except FileNotFoundError:
         if not missing_ok:
             raise
+
+
+def _read_words(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
 
 
 def _read_keyed(path: str) -> dict[str, int]:

@@ -13,11 +13,12 @@ sees) and a ``cgroup.kill``.
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from .model import Job, Proc
+from .model import Job
 from .procfs import Procfs
 
 # v1 reports "no limit" as the largest page-aligned long.
@@ -101,13 +102,16 @@ class Cgroupfs:
         if spec == "parent":
             # The cgroup above our own: the pod, for a sidecar container.
             mem, _ = own_cgroup_paths(os.getpid(), self.layout, self.procfs)
-            spec = os.path.dirname(mem) or "/"
-            if spec == "/":
-                return base
+            if mem in ("", "/"):
+                raise FileNotFoundError("parent: oomkiller's own cgroup is the root (is the cgroup "
+                                        "namespace the host's?): give the pod's cgroup folder")
+            spec = os.path.dirname(mem)
         path = spec if os.path.isabs(spec) and os.path.isdir(spec) else os.path.join(base, spec.lstrip("/"))
         path = os.path.normpath(path)
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "cgroup.procs")):
             raise FileNotFoundError(f"{spec}: not a cgroup folder")
+        if path == os.path.normpath(base):
+            raise FileNotFoundError(f"{spec}: the root cgroup: use 'host'")
         return path
 
     def relative(self, path: str) -> str:
@@ -128,7 +132,12 @@ class Cgroupfs:
                 try:
                     pids.extend(_read_pids(os.path.join(dirpath, d, "cgroup.procs")))
                 except FileNotFoundError:
-                    pass
+                    pass        # removed while we walked
+                except OSError as e:
+                    # A threaded cgroup has no cgroup.procs to read (EOPNOTSUPP):
+                    # its processes show in its domain cgroup above.
+                    if e.errno != errno.EOPNOTSUPP:
+                        raise
         return sorted(set(pids))
 
     def descendants(self, path: str) -> int:
@@ -150,63 +159,107 @@ class Cgroupfs:
         except FileNotFoundError:
             return False
 
-    def v2_mirror(self, procs: tuple[Proc, ...], path: str) -> str | None:
-        """The v2 cgroup a job's processes share, on hybrid hosts; the job
-        itself on pure v2. None when they share none (or only the root)."""
-        if not self.layout.memory_v1:
-            return path
-        if not self.layout.unified_root or not procs:
-            return None
-        paths = {self.procfs.cgroups(p.pid).get("") for p in procs}
-        paths.discard(None)
-        if len(paths) != 1:
-            return None
-        rel = paths.pop().strip("/")
-        return os.path.join(self.layout.unified_root, rel) if rel else None
-
-    def v2_counterpart(self, path: str) -> str | None:
-        """The v2 cgroup standing for a memory cgroup: itself on pure v2. On
-        hybrid hosts, the v2 cgroup at the longest tail of its v1 path that
-        holds all its processes (systemd mirrors the two trees, so that is
-        usually the same path); failing that, the deepest v2 cgroup its
-        processes share. None if that is the root: it would stand for the host."""
-        if not self.layout.memory_v1:
-            return path
-        if not self.layout.unified_root:
-            return None
+    def only_holds(self, path: str, pids: list[int] | set[int]) -> bool:
+        """Whether every process in the cgroup's subtree is one of ``pids``."""
         try:
-            pids = self.subtree_pids(path)
-        except FileNotFoundError:
+            return set(self.subtree_pids(path)) <= set(pids)
+        except OSError:
+            return False
+
+    def v2_of(self, path: str, pids: list[int]) -> str | None:
+        """The v2 cgroup that stands for a memory cgroup holding ``pids``:
+        itself on pure v2. On hybrid hosts, the v2 cgroup at the longest tail
+        of its v1 path (systemd mirrors the two trees), else the deepest one
+        its processes share; either only if it holds none but them, since
+        what is done to it (cgroup.kill, the armed kill) hits all it holds.
+        None if there is none, or only the root, which stands for the host."""
+        if not self.layout.memory_v1:
+            return path
+        if not self.layout.unified_root or not pids:
             return None
         v2_paths = [p for p in (self.procfs.cgroups(pid).get("") for pid in pids) if p is not None]
+        if not v2_paths:
+            return None
         rel = self.relative(path).strip("/").split("/")
         for k in range(len(rel)):
             tail = "/".join(rel[k:])
             cand = os.path.join(self.layout.unified_root, tail)
             if tail and os.path.isdir(cand) and all((p.rstrip("/") + "/").startswith(f"/{tail}/") for p in v2_paths):
-                return cand
-        parts = [p.strip("/").split("/") for p in v2_paths]
-        common = os.path.commonprefix(parts) if parts else []
+                return cand if self.only_holds(cand, pids) else None
+        common = os.path.commonprefix([p.strip("/").split("/") for p in v2_paths])
         if not common or common == [""]:
             return None
-        return os.path.join(self.layout.unified_root, *common)
+        cand = os.path.join(self.layout.unified_root, *common)
+        return cand if self.only_holds(cand, pids) else None
+
+    def v2_counterpart(self, path: str) -> str | None:
+        """The v2 cgroup standing for a memory cgroup (see ``v2_of``)."""
+        try:
+            return self.v2_of(path, self.subtree_pids(path))
+        except OSError:
+            return None
 
     # -- jobs -------------------------------------------------------------
-    def job_paths(self, domain_path: str, globs: tuple[str, ...]) -> list[str]:
+    def job_paths(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[str]:
         """The domain's job cgroups: the shallowest ones matching a glob, or
-        with ``memory.oom.group`` set (the kernel kills those as one unit)."""
+        with ``memory.oom.group`` set (the kernel kills those as one unit).
+
+        A match that holds one of the cgroups in ``keep_out`` (those of PID 1
+        and of oomkiller itself) below it is not a job: its children are
+        looked at instead, so that on a systemd host the services of
+        ``system.slice`` are jobs, and the one running oomkiller is not."""
+        keep_out = tuple(os.path.normpath(k) for k in keep_out)
         found = []
         for dirpath, dirnames, _ in os.walk(domain_path):
             keep = []
             for d in sorted(dirnames):
                 full = os.path.join(dirpath, d)
                 name = os.path.relpath(full, domain_path)
-                if any(glob_match(name, g) for g in globs) or self.oom_group(full):
+                holds_kept = any(k.startswith(full + "/") for k in keep_out)
+                if not holds_kept and (any(glob_match(name, g) for g in globs) or self.oom_group(full)):
                     found.append(full)
                 else:
                     keep.append(d)
             dirnames[:] = keep
-        return found
+        return sorted(found)
+
+    def keep_out(self, pids: tuple[int, ...]) -> tuple[str, ...]:
+        """Absolute memory-tree cgroup folders of some processes."""
+        out = []
+        for pid in pids:
+            groups = self.procfs.cgroups(pid)
+            rel = groups.get("memory" if self.layout.memory_v1 else "")
+            if rel:
+                out.append(os.path.join(self.layout.jobs_root, rel.strip("/")))
+        return tuple(out)
+
+    def charged_bytes(self, path: str) -> int:
+        """What the job's cgroup is charged that reclaim cannot drop: anon +
+        shmem + swap, from the kernel's own accounting. Summing processes
+        would count shared memory once per process that maps it."""
+        try:
+            stat = read_keyed(os.path.join(path, "memory.stat"))
+        except OSError:
+            return 0
+        if self.layout.memory_v1:
+            # total_rss is anonymous memory (THP included) in v1
+            return stat.get("total_rss", 0) + stat.get("total_shmem", 0) + stat.get("total_swap", 0)
+        swap = 0
+        try:
+            swap = read_int_file(os.path.join(path, "memory.swap.current")) or 0
+        except OSError:
+            pass
+        return stat.get("anon", 0) + stat.get("shmem", 0) + swap
+
+    def inner_protection(self, path: str, domain_path: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+        """Descendants that carry oomd xattrs, as (name below the domain, xattrs)."""
+        out = []
+        for dirpath, dirnames, _ in os.walk(path):
+            for d in dirnames:
+                full = os.path.join(dirpath, d)
+                x = self.xattrs(full)
+                out.append((os.path.relpath(full, domain_path), x))
+        return tuple(out)
 
     def job(self, path: str, domain_path: str) -> Job:
         """Read one job; raises FileNotFoundError if its cgroup is gone."""
@@ -216,20 +269,21 @@ class Cgroupfs:
             if p is not None:
                 procs.append(p)
         procs_t = tuple(procs)
-        v2 = self.v2_mirror(procs_t, path)
+        v2 = self.v2_of(path, [p.pid for p in procs_t])
         v2_id = 0
         if v2:
             try:
                 v2_id = os.stat(v2).st_ino
             except FileNotFoundError:
-                pass
+                v2 = None
         return Job(name=os.path.relpath(path, domain_path), path=path, inode=os.stat(path).st_ino,
                    procs=procs_t, descendants=self.descendants(path), xattrs=self.xattrs(path),
-                   oom_group=self.oom_group(path), v2_id=v2_id)
+                   oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
+                   charged_bytes=self.charged_bytes(path), inner=self.inner_protection(path, domain_path))
 
-    def jobs(self, domain_path: str, globs: tuple[str, ...]) -> list[Job]:
+    def jobs(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         out = []
-        for path in self.job_paths(domain_path, globs):
+        for path in self.job_paths(domain_path, globs, keep_out):
             try:
                 out.append(self.job(path, domain_path))
             except FileNotFoundError:

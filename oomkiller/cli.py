@@ -122,9 +122,11 @@ def _domain(conf: cfg.Config):
     procfs = Procfs(conf.proc_root)
     cg = Cgroupfs(conf.cgroup_root, procfs)
     try:
-        return Domain(conf.domain, procfs, cg)
-    except FileNotFoundError as e:
-        raise cfg.ConfigError(f"bad value for 'domain': {e}") from None
+        dom = Domain(conf.domain, procfs, cg)
+        dom.snapshot(0)     # a domain whose memory cannot be read is a bad domain
+    except (OSError, ValueError, KeyError) as e:
+        raise cfg.ConfigError(f"bad value for 'domain': {conf.domain}: {e}") from None
+    return dom
 
 
 def rank_command(conf: cfg.Config, as_json: bool) -> int:
@@ -152,8 +154,9 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
     _domain(conf)       # a bad domain is a config error, before anything starts
     log.info("OOM: effective config %s", oomlog.json_line(conf.describe()))
     json_out = sys.stdout if conf.json_log == "-" else open(conf.json_log, "a", buffering=1)
+    raise_fd_limit()
+    daemon = Daemon(conf, json_out=json_out)
     try:
-        daemon = Daemon(conf, json_out=json_out)
         daemon.sources, daemon.unavailable, daemon.arm = build_sources(conf, daemon.domain)
         if conf.protect_self and os.geteuid() == 0:
             problems, before, after = protect_self()
@@ -166,7 +169,19 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
     except RuntimeError as e:
         log.error("OOM: %s", e)
         return cfg.EXIT_FAILURE
+    finally:
+        # Also when run() never started: the brake's memory.high goes back.
+        for src in daemon.sources:
+            src.close()
     return cfg.EXIT_OK
+
+
+def raise_fd_limit() -> None:
+    """A kill holds a pidfd per victim it times: take the hard limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def print_bpf() -> int:

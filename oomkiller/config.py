@@ -39,8 +39,8 @@ class ConfigError(ValueError):
 
 def parse_size(text: str | int) -> int:
     """``"50M"`` -> 52428800. K, M, G, T suffixes are powers of 1024."""
-    if isinstance(text, bool):
-        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, (bool, float)):
+        raise ValueError(f"not a size: {text!r} (use bytes or a K, M, G suffix, or a percentage as \"5%\")")
     if isinstance(text, int):
         if text < 0:
             raise ValueError(f"negative size: {text}")
@@ -93,7 +93,7 @@ def _bool(v: Any) -> bool:
 
 def _int(lo: int, hi: int):
     def conv(v: Any) -> int:
-        if isinstance(v, bool):
+        if isinstance(v, (bool, float)):
             raise ValueError(f"not an integer: {v!r}")
         try:
             n = int(v)
@@ -224,7 +224,8 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "sources": ("sources", _sources),
     "pressure_limit": ("pressure_limit_permyriad", _percent),
     "psi_stall_ms": ("psi_stall_ms", _int(1, 60_000)),
-    "psi_window_ms": ("psi_window_ms", _int(500, 60_000)),
+    # The kernel takes trigger windows of 500 ms to 10 s (psi.rst).
+    "psi_window_ms": ("psi_window_ms", _int(500, 10_000)),
     "arm_redline": ("arm_redline", Redline.parse),
     "memory_high_brake": ("memory_high_brake", _bool),
     "protect_self": ("protect_self", _bool),
@@ -233,16 +234,17 @@ _KEYS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _apply(values: dict[str, Any], raw: Mapping[str, Any], origin: str) -> None:
+def _apply(values: dict[str, Any], raw: Mapping[str, Any], origin: str, spell=lambda k: k) -> None:
+    """Merge ``raw`` into ``values``; ``spell`` names a key as the user wrote it."""
     for key, value in raw.items():
         norm = key.replace("-", "_")
         if norm not in _KEYS:
-            raise ConfigError(f"{origin}: unknown key '{key}' (known: {', '.join(sorted(_KEYS))})")
+            raise ConfigError(f"{origin}: unknown key '{spell(key)}' (known: {', '.join(sorted(_KEYS))})")
         name, conv = _KEYS[norm]
         try:
             values[name] = conv(value)
         except ValueError as e:
-            raise ConfigError(f"{origin}: bad value for '{key}': {e}") from None
+            raise ConfigError(f"{origin}: bad value for '{spell(key)}': {e}") from None
 
 
 def kernel_cmdline_values(cmdline: str) -> dict[str, str]:
@@ -274,7 +276,7 @@ def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None
         if unknown:
             raise ConfigError(f"kernel command line: unknown key 'oomkiller.{unknown[0]}' "
                               f"(known: {', '.join('oomkiller.' + k for k in KERNEL_CMDLINE_KEYS)})")
-        _apply(values, kv, "kernel command line")
+        _apply(values, kv, "kernel command line", lambda k: f"oomkiller.{k}")
     environ = environ if environ is not None else {}
     config_file = config_file or environ.get("OOMKILLER_CONFIG")
     if config_file:
@@ -286,6 +288,10 @@ def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{config_file}: not valid TOML: {e}") from None
         _apply(values, raw, config_file)
-    _apply(values, env_values(environ), "environment")
+    _apply(values, env_values(environ), "environment", lambda k: f"OOMKILLER_{k.upper()}")
     _apply(values, {k: v for k, v in (cli or {}).items() if v is not None}, "command line")
-    return Config(**values)
+    conf = Config(**values)
+    if conf.psi_stall_ms >= conf.psi_window_ms:
+        raise ConfigError(f"bad value for 'psi_stall_ms': {conf.psi_stall_ms} must be less than "
+                          f"psi_window_ms ({conf.psi_window_ms})")
+    return conf

@@ -67,7 +67,7 @@ class Daemon:
         self.unavailable = dict(unavailable or {})
         # the pre-armed kill: an object with arm(cgroup_id), disarm() and armed
         self.arm = arm
-        self.armed_job = ""
+        self.armed_job = None
         # state the seed's `k oom info` shows
         self.running = config.autostart
         self.printing = config.print_
@@ -77,7 +77,11 @@ class Daemon:
         self.kernel_kills_seen = 0
         self.wakes = 0
         self.prev_free: int | None = None
-        self.last_kill_usec: int | None = None
+        self.last_walk_usec: int | None = None
+        # pids we killed lately: the kernel's mark_victim of one of them is not a kill of its own
+        self.our_victims: collections.deque = collections.deque(maxlen=4096)
+        # PID 1's and our own cgroups are never inside a job (see Cgroupfs.job_paths)
+        self.keep_out = self.cgroupfs.keep_out((1, self.self_pid))
         self.last_snapshot = None
         self._history: collections.deque = collections.deque()
         self._quit = False
@@ -87,6 +91,9 @@ class Daemon:
         return self.clock() // 1000
 
     # -- one wake of the core ----------------------------------------------------
+    def jobs(self) -> list:
+        return self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
+
     def wake(self, events: list[PressureEvent]) -> dict[str, Any] | None:
         """Snapshot, detect, and if low, rank, re-check and kill. Returns the
         decision record when a walk happened (or was held back)."""
@@ -98,75 +105,74 @@ class Daemon:
         det = detect(snap, redline, self.prev_free, self.simulate_lowmem, pressure_ref=self._pressure_ref(snap),
                      pressure_limit_permyriad=self.config.pressure_limit_permyriad)
         self.prev_free = snap.free_bytes
-        line = oomlog.free_line(snap, det.delta_bytes)
-        log.log(logging.INFO if self.printing else logging.DEBUG, line)
-        armed_hits = set()
+        log.log(logging.INFO if self.printing else logging.DEBUG, oomlog.free_line(snap, det.delta_bytes))
+        armed_hit = False
+        for ev in events:
+            if ev.kind == "armed_kill":
+                self.armed_kills += 1
+                self.our_victims.append(ev.pid)
+                armed_hit = True
         for ev in events:
             if ev.kind == "kernel_oom_victim":
-                if not self.domain.holds(ev.pid, ev.cgroup_id):
-                    log.debug("OOM: the kernel OOM killer chose pid %d outside the domain", ev.pid)
-                    continue
-                self.kernel_kills_seen += 1
-                log.warning("OOM: the kernel OOM killer chose pid %d first (%s): a race lost", ev.pid, ev.detail)
-                self._emit({"event": "kernel_oom_kill", "pid": ev.pid, "cgroup_id": ev.cgroup_id,
-                            "detail": ev.detail, "domain": snap.domain})
-            elif ev.kind == "armed_kill":
-                self.armed_kills += 1
-                armed_hits.add(ev.cgroup_id)
-        if armed_hits:
-            return self._finish_armed_kill(armed_hits, events, snap, redline, t0)
+                self._kernel_victim(ev, snap)
+        if armed_hit:
+            return self._finish_armed_kill(events, snap, redline, t0)
         if not det.low:
             self._update_arm(snap, redline)
             return None
         self.simulate_lowmem = False
         t_detect = self.now_usec()
-        dec = decide(det, t_detect, self.last_kill_usec, self.config.post_kill_delay_ms * 1000)
+        dec = decide(det, t_detect, self.last_walk_usec, self.config.post_kill_delay_ms * 1000)
         record = self._record(events, snap, redline, det.shortfall_bytes, det.simulated, dec.reason)
         if not dec.act:
             log.debug("OOM: holding back: %s", dec.reason)
             record.update(result="held", timings_usec={"snapshot": t_detect - t0})
             return record
 
-        jobs = self.cgroupfs.jobs(self.domain.path, self.config.jobs)
+        jobs = self.jobs()
         ranking = rank(jobs, self.policy, snap.total_bytes)
         t_rank = self.now_usec()
-        for line in oomlog.lowmem_lines(det.shortfall_bytes, (p for j in jobs for p in j.procs)):
-            log.info(line)
+        lines = oomlog.lowmem_lines(det.shortfall_bytes, (p for j in jobs for p in j.procs))
         record["ranking"] = [oomlog.candidate_record(c) for c in ranking.candidates[:16]]
 
         # Re-check just before acting: ranking took time and the pressure may be gone.
         again = self.domain.snapshot(self.now_usec())
         if det.reason == "free below redline" and again.free_bytes >= redline:
-            log.info("OOM: %s free again: no kill", oomlog.format_mib(again.free_bytes))
+            self._log(lines + [f"OOM: {oomlog.format_mib(again.free_bytes)} free again: no kill"])
             record.update(result="recovered", free_at_recheck_bytes=again.free_bytes,
                           timings_usec={"snapshot": t_detect - t0, "rank": t_rank - t_detect})
             self._emit(record)
             return record
-        self._arm_top(ranking)
-        return self._kill(ranking, record, again, events, t0, t_detect, t_rank)
+        return self._kill(ranking, lines, record, again, events, t0, t_detect, t_rank)
 
-    def _kill(self, ranking: Ranking, record: dict[str, Any], before: Any, events: list[PressureEvent],
-              t0: int, t_detect: int, t_rank: int) -> dict[str, Any]:
+    def _kill(self, ranking: Ranking, lines: list[str], record: dict[str, Any], before: Any,
+              events: list[PressureEvent], t0: int, t_detect: int, t_rank: int) -> dict[str, Any]:
         t_act = self.now_usec()
         attempts = self.killer.walk(ranking)
         t_done = self.now_usec()
+        # Logging waits until the kill is done: the journal may block under
+        # the very pressure being relieved.
         after = self.domain.snapshot(t_done)
         attempts = [(c, dataclasses.replace(r, freed_bytes=max(0, before.used_bytes - after.used_bytes)))
                     if r.ok and not r.dry_run else (c, r) for c, r in attempts]
-        for line in oomlog.walk_lines(ranking, attempts):
-            log.info(line)
+        lines += oomlog.walk_lines(ranking, attempts)
         victim = next(((c, r) for c, r in attempts if r.ok), None)
         first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
+        # Hold the next walk for the post-kill delay, also when nothing could be
+        # killed: walking again on every wake would only flood the log.
+        self.last_walk_usec = t_done
         if victim:
             c, r = victim
             if not r.dry_run:
                 self.kills += 1
-                self.last_kill_usec = t_done
-                if self.arm and self.arm.armed == c.job.v2_id:
+                self.our_victims.extend(r.signalled_pids)
+                self._history.clear()       # stall figures from before the kill are stale
+                if self.armed_job and self.armed_job.path == c.job.path:
                     self._disarm()
-            log.info(oomlog.outcome_line(c, r, t_done - first_event_usec))
+            lines.append(oomlog.outcome_line(c, r, t_done - first_event_usec))
             record["victim"] = oomlog.candidate_record(c)
             record["freed_bytes"] = r.freed_bytes
+        self._log(lines)
         record.update(
             result="killed" if victim and not victim[1].dry_run else "dry_run" if victim else "no_victim",
             attempts=[oomlog.result_record(r) for _, r in attempts],
@@ -176,6 +182,32 @@ class Daemon:
         self._emit(record)
         return record
 
+    def _log(self, lines: list[str]) -> None:
+        for line in lines:
+            log.info(line)
+
+    def _kernel_victim(self, ev: PressureEvent, snap: Any) -> None:
+        if ev.pid in self.our_victims:
+            # A victim of ours, dying, that failed one more allocation on its
+            # way out: the kernel marks it so it may use reserves. It killed
+            # no one (its oom_kill counters do not move).
+            log.debug("OOM: the kernel marked our dying victim pid %d", ev.pid)
+            return
+        try:
+            ours = self.domain.holds(ev.pid, ev.cgroup_id)
+        except OSError:
+            ours = False
+        if not ours:
+            log.debug("OOM: the kernel OOM killer chose pid %d outside the domain", ev.pid)
+            return
+        self.kernel_kills_seen += 1
+        if self.domain.is_host:
+            log.warning("OOM: the kernel OOM killer chose pid %d (%s)", ev.pid, ev.detail)
+        else:
+            log.warning("OOM: the kernel OOM killer chose pid %d first (%s): a race lost", ev.pid, ev.detail)
+        self._emit({"event": "kernel_oom_kill", "pid": ev.pid, "cgroup_id": ev.cgroup_id,
+                    "detail": ev.detail, "domain": snap.domain})
+
     def _record(self, events: list[PressureEvent], snap: Any, redline: int, shortfall: int, simulated: bool,
                 reason: str) -> dict[str, Any]:
         return {"event": "oom_decision", "domain": snap.domain,
@@ -184,64 +216,72 @@ class Daemon:
                 "shortfall_bytes": shortfall, "simulated": simulated,
                 "decision": reason, "dry_run": self.config.dry_run}
 
-    def _finish_armed_kill(self, cgroup_ids: set[int], events: list[PressureEvent], snap: Any,
-                           redline: int, t0: int) -> dict[str, Any]:
+    def _finish_armed_kill(self, events: list[PressureEvent], snap: Any, redline: int, t0: int) -> dict[str, Any]:
         """The kernel killed a task of the armed job at its failed reclaim:
         kill the rest of that job now, whatever the numbers say."""
         t_detect = self.now_usec()
-        jobs = [j for j in self.cgroupfs.jobs(self.domain.path, self.config.jobs) if j.v2_id in cgroup_ids]
+        armed = self.armed_job
+        self._disarm()
+        jobs = []
+        if armed is not None:
+            try:
+                jobs = [self.cgroupfs.job(armed.path, self.domain.path)]
+            except OSError:
+                jobs = []       # the job is gone with its last task
         ranking = rank(jobs, self.policy, snap.total_bytes)
         t_rank = self.now_usec()
         shortfall = max(0, redline - snap.free_bytes)
-        self._disarm()
-        log.info("OOM: armed job killed in the kernel at its reclaim: finishing it")
-        for line in oomlog.lowmem_lines(shortfall, (p for j in jobs for p in j.procs)):
-            log.info(line)
+        lines = ["OOM: armed job killed in the kernel at its failed reclaim: finishing it"]
+        lines += oomlog.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
         record = self._record(events, snap, redline, shortfall, False, "armed kill in the kernel")
         record["ranking"] = [oomlog.candidate_record(c) for c in ranking.candidates]
         if not ranking.killable():
             # The task the kernel killed was the job's last: it is empty already.
-            record.update(result="killed", attempts=[], victim={"cgroup_ids": sorted(cgroup_ids)},
+            name = armed.name if armed else "?"
+            self._log(lines + [f"OOM: armed job '{name}' is already empty"])
+            record.update(result="killed", attempts=[], victim={"job": name},
                           timings_usec={"snapshot": t_detect - t0, "rank": t_rank - t_detect})
             self.kills += 1
-            self.last_kill_usec = t_rank
-            log.info("OOM: armed job is already empty")
+            self.last_walk_usec = t_rank
+            self._history.clear()
             self._emit(record)
             return record
-        return self._kill(ranking, record, snap, events, t0, t_detect, t_rank)
+        return self._kill(ranking, lines, record, snap, events, t0, t_detect, t_rank)
 
     # -- the pre-armed kill ----------------------------------------------------------
     def _update_arm(self, snap: Any, redline: int) -> None:
         """Keep the top victim armed while free memory is between the redline
-        and the arm line; disarm above it."""
+        and the arm line; disarm above it. Unlike a kill from here, arming is
+        not held by the post-kill delay: the last victim's cgroup was empty
+        before its kill returned, so its memory is back, and the armed kill
+        needs the kernel's own proof (failed reclaims) before it fires."""
         if not self.arm:
             return
         arm_line = max(redline, self.config.arm_redline.resolve_bytes(snap.total_bytes))
-        if snap.free_bytes >= arm_line:
-            if self.arm.armed:
-                self._disarm()
+        if snap.free_bytes >= arm_line or self.config.dry_run:
+            self._disarm()
             return
-        ranking = rank(self.cgroupfs.jobs(self.domain.path, self.config.jobs), self.policy, snap.total_bytes)
-        self._arm_top(ranking)
-
-    def _arm_top(self, ranking: Ranking) -> None:
-        if not self.arm or self.config.dry_run:
-            return
-        top = next((c for c in ranking.killable() if c.job.v2_id), None)
-        if top is None:
+        ranking = rank(self.jobs(), self.policy, snap.total_bytes)
+        top = next(iter(ranking.killable()), None)
+        if top is None or not top.job.v2_path:
+            # The core chooses who: if the top victim cannot be armed, no one is.
             self._disarm()
             return
         if self.arm.armed != top.job.v2_id:
-            self.arm.arm(top.job.v2_id)
-            self.armed_job = top.job.name
+            try:
+                self.arm.arm(top.job.v2_path, top.job.v2_id)
+            except (OSError, ValueError) as e:
+                log.warning("OOM: cannot arm '%s': %s", top.job.name, e)
+                return
+            self.armed_job = top.job
             log.info("OOM: armed job %d '%s' (cgroup id %d) in the kernel", top.job.inode, top.job.name,
                      top.job.v2_id)
 
     def _disarm(self) -> None:
         if self.arm and self.arm.armed:
             self.arm.disarm()
-            log.info("OOM: disarmed '%s'", self.armed_job)
-        self.armed_job = ""
+            log.info("OOM: disarmed '%s'", self.armed_job.name if self.armed_job else "?")
+        self.armed_job = None
 
     def _pressure_ref(self, snap: Any) -> Any:
         """The newest earlier snapshot at least a pressure span old (or the
@@ -266,7 +306,8 @@ class Daemon:
         sources = {"timer": {"state": "live", "sleep_ms": self.config.sleep_ms}}
         sources.update({s.name: {"state": "live", **s.stats()} for s in self.sources})
         if self.arm:
-            sources["prearm"] = {"state": "live", "armed": self.armed_job or "-", "kills": self.armed_kills}
+            sources["prearm"] = {"state": "live", "armed": self.armed_job.name if self.armed_job else "-",
+                                 "kills": self.armed_kills}
         sources.update({name: {"state": "unavailable", "why": why} for name, why in self.unavailable.items()})
         data = {"running": self.running, "printing": self.printing, "simulating_lowmem": self.simulate_lowmem,
                 "sleep_ms": self.config.sleep_ms, "redline": str(red), "redline_bytes": red_b,
@@ -300,7 +341,7 @@ class Daemon:
             return True, text, data
         if cmd == "rank":
             snap = self.domain.snapshot(self.now_usec())
-            ranking = rank(self.cgroupfs.jobs(self.domain.path, self.config.jobs), self.policy, snap.total_bytes)
+            ranking = rank(self.jobs(), self.policy, snap.total_bytes)
             return True, format_ranking(ranking), {"ranking": [oomlog.candidate_record(c) for c in ranking.candidates]}
         if cmd == "start":
             self.running = True
@@ -342,7 +383,7 @@ class Daemon:
                 timeout = max(0.0, (deadline - self.now_usec()) / 1e6)
                 ready = ep.poll(timeout)
                 events: list[PressureEvent] = []
-                for fd, _mask in ready:
+                for fd, mask in ready:
                     if fd == rfd:
                         _drain_pipe(rfd)
                     elif fd == self.control.fileno():
@@ -350,7 +391,7 @@ class Daemon:
                         if cmd == "lowmem" and self.running:
                             events.append(PressureEvent("control", "lowmem", timestamp_usec=self.now_usec()))
                     elif fd in by_fd:
-                        events.extend(by_fd[fd].drain(fd))
+                        events.extend(self._drain(ep, by_fd, fd, mask))
                 now = self.now_usec()
                 if now >= deadline:
                     events.append(PressureEvent("timer", "tick", timestamp_usec=now))
@@ -358,10 +399,11 @@ class Daemon:
                 if events and self.running and not self._quit:
                     try:
                         self.wake(events)
-                    except OSError as e:
-                        # A domain or job read that failed (a cgroup removed
-                        # under us): log it, keep watching.
-                        log.error("OOM: wake failed: %s", e)
+                    except Exception:
+                        # A read that failed (a cgroup removed under us), a map
+                        # update bcc refused: log it and keep watching. The
+                        # next wake starts from a fresh snapshot.
+                        log.exception("OOM: wake failed")
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
@@ -374,6 +416,22 @@ class Daemon:
             for src in self.sources:
                 src.close()
             log.info("OOM: oomkiller stopped after %d kills", self.kills)
+
+    def _drain(self, ep: Any, by_fd: dict[int, Source], fd: int, mask: int) -> list[PressureEvent]:
+        src = by_fd[fd]
+        if mask & (select.EPOLLERR | select.EPOLLHUP) and not mask & select.EPOLLIN:
+            # The watched file is gone (its cgroup was removed): it would
+            # poll ready forever.
+            ep.unregister(fd)
+            del by_fd[fd]
+            self.unavailable[f"{src.name} fd {fd}"] = "the watched file went away"
+            log.warning("OOM: source %s: a watched file went away; no longer polled", src.name)
+            return []
+        try:
+            return src.drain(fd)
+        except Exception:
+            log.exception("OOM: source %s failed to read its events", src.name)
+            return []
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._quit = True

@@ -11,5 +11,5 @@ def decide(det: Detection, now_usec: int, last_kill_usec: int | None,
     if (not det.simulated and last_kill_usec is not None
             and now_usec - last_kill_usec < post_kill_delay_usec):
         wait_ms = (post_kill_delay_usec - (now_usec - last_kill_usec)) // 1000
-        return KillDecision(False, f"post-kill delay: {wait_ms} ms left", det.shortfall_bytes)
-    return KillDecision(True, det.reason or "low", det.shortfall_bytes)
+        return KillDecision(False, f"post-kill delay: {wait_ms} ms left")
+    return KillDecision(True, det.reason or "low")

@@ -9,7 +9,7 @@ after the sources have started:
 1. the compiler libraries' pages are paged out (``MADV_PAGEOUT``: they are
    file-backed, nothing is lost) and the C heap is trimmed;
 2. every other mapping is locked as it is faulted in (``mlock2`` with
-   ``MLOCK_ONFAULT``), and so is every future one
+   ``MLOCK_ONFAULT``), and, if that worked, so is every future one
    (``mlockall(MCL_FUTURE | MCL_ONFAULT)``): the working set stays resident
    without pre-faulting or pinning what is never touched.
 """
@@ -21,7 +21,6 @@ import os
 MCL_FUTURE, MCL_ONFAULT = 2, 4
 MLOCK_ONFAULT = 1
 MADV_PAGEOUT = 21           # Linux 5.4
-SYS_MLOCK2 = 325            # x86_64
 
 # Only bcc's compiler uses these; the loaded program, its maps and perf
 # buffers live in the kernel and in libbcc, which stays locked.
@@ -29,7 +28,7 @@ COMPILER_LIBS = ("libLLVM", "libclang", "libz3", "libxml2", "libicu")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.syscall.restype = ctypes.c_long
+_libc.mlock2.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]    # glibc 2.27
 
 
 def mappings(maps_path: str = "/proc/self/maps") -> list[tuple[int, int, str]]:
@@ -65,31 +64,43 @@ def release_compiler() -> int:
         if is_compiler(name):
             mapped += hi - lo
             _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_PAGEOUT)
-    _libc.malloc_trim(0)
+    if hasattr(_libc, "malloc_trim"):   # glibc
+        _libc.malloc_trim(0)
     return mapped
 
 
 def lock_resident() -> list[str]:
-    """Lock every mapping but the compiler's, as faulted, now and in future."""
-    problems = []
-    if _libc.mlockall(MCL_FUTURE | MCL_ONFAULT) != 0:
-        problems.append(f"cannot lock future memory: {os.strerror(ctypes.get_errno())}")
-    failed = 0
+    """Lock every mapping but the compiler's, as faulted, and (only if that
+    all worked) every future one: with a memlock limit too small, locking
+    future mappings would make later allocations fail."""
+    failed, err = 0, 0
     for lo, hi, name in mappings():
         if is_compiler(name) or name == "[vsyscall]":
             continue
-        if _libc.syscall(SYS_MLOCK2, ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MLOCK_ONFAULT) != 0:
-            failed += 1
+        if _libc.mlock2(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MLOCK_ONFAULT) != 0:
+            failed, err = failed + 1, ctypes.get_errno()
     if failed:
-        problems.append(f"cannot lock {failed} mappings: {os.strerror(ctypes.get_errno())} "
-                        "(raise LimitMEMLOCK or give CAP_IPC_LOCK)")
-    return problems
+        return [f"cannot lock {failed} mappings: {os.strerror(err)} "
+                "(raise LimitMEMLOCK or give CAP_IPC_LOCK); future memory left unlocked"]
+    if _libc.mlockall(MCL_FUTURE | MCL_ONFAULT) != 0:
+        return [f"cannot lock future memory: {os.strerror(ctypes.get_errno())}"]
+    return []
+
+
+# The killer must get the CPU before the workloads it judges (the systemd
+# unit sets the same Nice=).
+OWN_NICE = -10
 
 
 def protect_self() -> tuple[list[str], dict[str, int], dict[str, int]]:
-    """oom_score_adj -1000, compiler released, the rest locked.
+    """oom_score_adj -1000, nice -10, compiler released, the rest locked.
     Returns (problems, memory before, memory after)."""
     problems = []
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > OWN_NICE:
+            os.setpriority(os.PRIO_PROCESS, 0, OWN_NICE)
+    except OSError as e:
+        problems.append(f"cannot set nice {OWN_NICE}: {e.strerror} (needs CAP_SYS_NICE)")
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("-1000")

@@ -1,15 +1,20 @@
 """Killing a job: every process of a cgroup subtree, forks included.
 
-* v2 (or a v1 job whose processes share a v2 cgroup of their own, as on hybrid
-  hosts): ``cgroup.kill``, atomic and fork-proof; then a signal sweep.
-* v1: freeze through a freezer cgroup at the same path if one exists, SIGKILL
-  every member by pidfd, thaw, and repeat until the subtree is empty: a fork
-  racing the signal shows up on the next read of ``cgroup.procs``.
+* v2, or a v1 job whose processes have a v2 cgroup holding them and no one
+  else (hybrid hosts): ``cgroup.kill``, atomic and fork-proof, written before
+  anything else; then a sweep that waits for the subtree to empty.
+* v1: freeze through a freezer cgroup at the same path if there is one,
+  SIGKILL every member by pidfd, thaw (v1 frozen tasks act on SIGKILL only
+  once thawed), and sweep: re-read ``cgroup.procs`` and signal what a racing
+  fork added, until the subtree is empty.
 
-Each victim gets ``process_mrelease`` (Linux 5.15+) so its memory comes back
-without waiting for its exit to finish. The killer never signals PID 1, itself
-or a process that turned out not to belong to the job (a reused pid).
-Choosing is the ranker's; dry-run lives here.
+Processes with ``oom_score_adj=-1000`` are spared as the kernel's
+``memory.oom.group`` spares them: a job holding one is killed by signals, not
+``cgroup.kill``, and is done when only those are left. Kernel threads, PID 1
+and oomkiller itself are never signalled, nor a pid that turned out not to
+belong to the job (reused). Each victim gets ``process_mrelease`` (Linux
+5.15+) so its memory comes back before its exit finishes, and its exit is
+timed through its pidfd. Choosing is the ranker's; dry-run lives here.
 """
 from __future__ import annotations
 
@@ -23,12 +28,18 @@ from typing import Callable
 
 from .cgroupfs import Cgroupfs
 from .model import Candidate, KillResult, Ranking
+from .rank import OOM_SCORE_ADJ_MIN
 
 SYS_PROCESS_MRELEASE = 448      # x86_64 and the generic syscall table
 
 # How long to wait for exits between sweeps of cgroup.procs while a job
 # empties: exits take well under a millisecond each, so sweeping faster is waste.
 SWEEP_PAUSE_MS = 1
+
+# Pidfds kept open per kill to time exits. Beyond this the pidfd is closed
+# right after its signal: a job of thousands of processes must not run the
+# daemon out of file descriptors.
+MAX_TRACKED_PIDFDS = 256
 
 
 class Killer:
@@ -41,9 +52,6 @@ class Killer:
         self.clock = clock
         self._libc = ctypes.CDLL(None, use_errno=True)
         self.mrelease_ok = True
-        self._poller = select.poll()
-        self._fd_pid: dict[int, int] = {}
-        self._exits: dict[int, int] = {}
 
     def now_usec(self) -> int:
         return self.clock() // 1000
@@ -65,153 +73,162 @@ class Killer:
             return KillResult(job, ok=True, dry_run=True, method="none",
                               signalled_pids=tuple(p.pid for p in job.procs))
         try:
-            if os.stat(job.path).st_ino != job.inode:
-                return KillResult(job, False, False, "none", error="cgroup was replaced since it was ranked")
-            pids = self.cg.subtree_pids(job.path)
+            return _Kill(self, c).run()
         except FileNotFoundError:
             return KillResult(job, False, False, "none", error="cgroup vanished before the kill")
-        if 1 in pids or self.self_pid in pids:
-            return KillResult(job, False, False, "none", error="holds PID 1 or oomkiller: refused")
-        if not pids:
-            return KillResult(job, False, False, "none", error="empty when the kill began")
+        except OSError as e:
+            return KillResult(job, False, False, "none", error=f"kill failed: {e}")
 
-        start = self.now_usec()
-        pidfds: dict[int, int] = {}
-        self._exits = {}
-        self._poller = select.poll()
+    def process_mrelease(self, pidfd: int) -> None:
+        if self.mrelease_ok and self._libc.syscall(SYS_PROCESS_MRELEASE, pidfd, 0) != 0:
+            if ctypes.get_errno() == errno.ENOSYS:
+                self.mrelease_ok = False
+
+
+class _Kill:
+    """One kill of one job."""
+
+    def __init__(self, killer: Killer, c: Candidate) -> None:
+        self.k = killer
+        self.cg = killer.cg
+        self.job = c.job
+        self.rel = os.path.relpath(c.job.path, self.cg.layout.jobs_root).strip("/") + "/"
+        self.exempt = {p.pid for p in c.job.procs if p.oom_score_adj <= OOM_SCORE_ADJ_MIN}
+        self.pidfds: dict[int, int] = {}        # tracked: open until the end
+        self.signalled: list[int] = []
+        self.taken: set[int] = set()
+        self.exits: dict[int, int] = {}
+        self.poller = select.poll()
+        self.fd_pid: dict[int, int] = {}
+        self.start = 0
+
+    def run(self) -> KillResult:
+        job = self.job
+        if os.stat(job.path).st_ino != job.inode:
+            return KillResult(job, False, False, "none", error="cgroup was replaced since it was ranked")
+        pids = self.cg.subtree_pids(job.path)
+        if 1 in pids or self.k.self_pid in pids:
+            return KillResult(job, False, False, "none", error="holds PID 1 or oomkiller: refused")
+        if not set(pids) - self.exempt:
+            return KillResult(job, False, False, "none", error="no killable process when the kill began")
+
+        self.start = self.k.now_usec()
         method = "signal"
         try:
-            kill_file = self._kill_file(job.path, pids)
-            for pid in pids:
-                self._open(job.path, pid, pidfds)
+            kill_file = None if self.exempt else self._kill_file(pids)
+            freezer = None
             if kill_file:
                 with open(kill_file, "w") as f:
                     f.write("1")
                 method = "cgroup.kill"
-            freezer = None if kill_file else self._freezer(job.path)
+                self.signalled += pids
+            else:
+                freezer = self._freezer()
             if freezer:
                 method = "freezer+signal"
                 _write(freezer, "FROZEN")
-            try:
-                remaining = self._sweep(job.path, pidfds, start)
-            finally:
-                if freezer:
+                try:
+                    for pid in self.cg.subtree_pids(job.path):
+                        self._take(pid)
+                finally:
                     _write(freezer, "THAWED")
-            took = self.now_usec() - start
+            remaining = self._sweep()
+            took = self.k.now_usec() - self.start
             self._wait_exits(0)
         finally:
-            for fd in pidfds.values():
+            for fd in self.pidfds.values():
                 os.close(fd)
-            self._fd_pid.clear()
-        signalled = tuple(sorted(pidfds))
-        exit_usec = max(self._exits.values(), default=start) - start
+        signalled = tuple(sorted(self.signalled))
+        exit_usec = max(self.exits.values(), default=self.start) - self.start
         if remaining is None:
             return KillResult(job, True, False, method, signalled, "cgroup vanished during the kill (empty)",
                               signal_to_empty_usec=took, signal_to_exit_usec=exit_usec)
         if remaining:
-            return KillResult(job, bool(signalled), False, method, signalled,
-                              f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}",
-                              signal_to_empty_usec=0)
+            return KillResult(job, bool(signalled) or method == "cgroup.kill", False, method, signalled,
+                              f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}")
         return KillResult(job, True, False, method, signalled, signal_to_empty_usec=took,
                           signal_to_exit_usec=exit_usec)
 
-    # -- pieces -----------------------------------------------------------------
-    def _kill_file(self, path: str, pids: list[int]) -> str | None:
+    def _kill_file(self, pids: list[int]) -> str | None:
         """``cgroup.kill`` to write, if the job has one that holds only its own."""
         if not self.cg.layout.memory_v1:
-            f = os.path.join(path, "cgroup.kill")
+            f = os.path.join(self.job.path, "cgroup.kill")
             return f if os.path.exists(f) else None
-        rel = None
-        for pid in pids:
-            v2 = self.cg.procfs.cgroups(pid).get("")
-            if v2 is None:
-                continue
-            if rel is None:
-                rel = v2
-            elif v2 != rel and not v2.startswith(rel.rstrip("/") + "/"):
-                return None
-        if not rel or rel == "/" or not self.cg.layout.unified_root:
+        if not self.job.v2_path:
             return None
-        mirror = os.path.join(self.cg.layout.unified_root, rel.strip("/"))
-        f = os.path.join(mirror, "cgroup.kill")
-        try:
-            if not os.path.exists(f) or not set(self.cg.subtree_pids(mirror)) <= set(pids):
-                return None     # the v2 cgroup holds someone else too: not ours to kill
-        except FileNotFoundError:
-            return None
-        return f
+        f = os.path.join(self.job.v2_path, "cgroup.kill")
+        # Checked again now: what is written there kills all the v2 cgroup holds.
+        if os.path.exists(f) and self.cg.only_holds(self.job.v2_path, pids):
+            return f
+        return None
 
-    def _freezer(self, path: str) -> str | None:
+    def _freezer(self) -> str | None:
         if not self.cg.layout.memory_v1:
             return None
-        rel = os.path.relpath(path, self.cg.layout.jobs_root)
-        f = os.path.join(self.cg.root, "freezer", rel, "freezer.state")
+        f = os.path.join(self.cg.root, "freezer", self.rel, "freezer.state")
         return f if os.path.exists(f) else None
 
-    def _belongs(self, job_path: str, pid: int) -> bool:
-        rel = os.path.relpath(job_path, self.cg.layout.jobs_root)
-        groups = self.cg.procfs.cgroups(pid)
-        where = groups.get("memory" if self.cg.layout.memory_v1 else "")
-        return where is not None and (where.strip("/") + "/").startswith(rel.strip("/") + "/")
-
-    def _open(self, job_path: str, pid: int, pidfds: dict[int, int]) -> int | None:
-        if pid in pidfds:
-            return pidfds[pid]
-        if pid in (1, self.self_pid):
-            return None
+    def _take(self, pid: int) -> None:
+        """Signal one member through a pidfd opened after checking it is one."""
+        if pid in self.taken or pid in self.exempt or pid in (1, self.k.self_pid):
+            return
+        self.taken.add(pid)
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
-            return None
-        # The pid was read from cgroup.procs before the pidfd was opened: if
-        # it exited and was reused in between, the pidfd is someone else's.
-        if not self._belongs(job_path, pid):
+            return
+        proc = self.cg.procfs.proc(pid)
+        where = self.cg.procfs.cgroups(pid).get("memory" if self.cg.layout.memory_v1 else "")
+        # A pid read from cgroup.procs before its pidfd was opened may have
+        # exited and been reused: the pidfd would then be someone else's.
+        if proc is None or where is None or not (where.strip("/") + "/").startswith(self.rel):
             os.close(fd)
-            return None
-        pidfds[pid] = fd
-        self._poller.register(fd, select.POLLIN)
-        self._fd_pid[fd] = pid
-        return fd
-
-    def _signal(self, pid: int, fd: int) -> None:
+            return
+        if proc.kernel_thread or proc.oom_score_adj <= OOM_SCORE_ADJ_MIN:
+            self.exempt.add(pid)
+            os.close(fd)
+            return
         try:
             signal.pidfd_send_signal(fd, signal.SIGKILL)
         except ProcessLookupError:
+            os.close(fd)
             return
-        if self.mrelease_ok:
-            if self._libc.syscall(SYS_PROCESS_MRELEASE, fd, 0) != 0:
-                if ctypes.get_errno() == errno.ENOSYS:
-                    self.mrelease_ok = False
+        if pid not in self.signalled:
+            self.signalled.append(pid)
+        self.k.process_mrelease(fd)
+        if len(self.pidfds) < MAX_TRACKED_PIDFDS:
+            self.pidfds[pid] = fd
+            self.fd_pid[fd] = pid
+            self.poller.register(fd, select.POLLIN)
+        else:
+            os.close(fd)
 
-    def _sweep(self, job_path: str, pidfds: dict[int, int], start_usec: int) -> list[int] | None:
-        """Signal every member, re-reading the subtree until it is empty (a
-        fork that raced the signal shows up on the next read). Returns the
-        pids still there at the timeout, [] once empty, None if it vanished."""
-        signalled: set[int] = set()
+    def _sweep(self) -> list[int] | None:
+        """Until the subtree holds no one but the exempt: re-read it and
+        signal whoever is new (a fork that raced the signal shows up on the
+        next read). Returns the pids left at the timeout, [] once done, None
+        if the cgroup vanished."""
         while True:
-            for pid, fd in list(pidfds.items()):
-                if pid not in signalled:
-                    self._signal(pid, fd)
-                    signalled.add(pid)
             try:
-                pids = self.cg.subtree_pids(job_path)
+                pids = self.cg.subtree_pids(self.job.path)
             except FileNotFoundError:
                 return None
-            if not pids:
+            left = [p for p in pids if p not in self.exempt]
+            if not left:
                 return []
-            if self.now_usec() - start_usec > self.timeout_usec:
-                return pids
-            before = len(pidfds)
-            for pid in pids:
-                self._open(job_path, pid, pidfds)
-            if len(pidfds) == before:
+            if self.k.now_usec() - self.start > self.k.timeout_usec:
+                return left
+            before = len(self.taken)
+            for pid in left:
+                self._take(pid)
+            if len(self.taken) == before:
                 self._wait_exits(SWEEP_PAUSE_MS)
 
     def _wait_exits(self, timeout_ms: int) -> None:
         """Wait for victims to exit: a pidfd polls readable once its process has."""
-        for fd, _ in self._poller.poll(timeout_ms):
-            self._poller.unregister(fd)
-            self._exits[self._fd_pid.get(fd, fd)] = self.now_usec()
+        for fd, _ in self.poller.poll(timeout_ms):
+            self.poller.unregister(fd)
+            self.exits[self.fd_pid.get(fd, fd)] = self.k.now_usec()
 
 
 def _write(path: str, value: str) -> None:

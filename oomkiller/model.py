@@ -7,7 +7,7 @@ be tested on hand-built values.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Importance(enum.IntEnum):
@@ -81,10 +81,15 @@ class Job:
     xattrs: tuple[tuple[str, str], ...] = ()
     oom_group: bool = False
     v2_id: int = 0          # cgroup v2 id of the job (same as inode on pure v2 hosts)
+    v2_path: str = ""       # the v2 cgroup holding the job and nothing else, if any
+    charged_bytes: int = 0  # anon + shmem + swap charged to the cgroup (memory.stat), 0 if unknown
+    inner: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()   # descendants' names and xattrs
 
     @property
     def committed_bytes(self) -> int:
-        return sum(p.committed_bytes for p in self.procs)
+        """The cgroup's own charge where the kernel gives it, else the sum of
+        its processes (which counts shared memory once per process)."""
+        return self.charged_bytes or sum(p.committed_bytes for p in self.procs)
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,6 @@ class KillDecision:
 
     act: bool
     reason: str
-    shortfall_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -142,4 +146,3 @@ class KillResult:
     signal_to_empty_usec: int = 0
     signal_to_exit_usec: int = 0        # until the last signalled process exited (its pidfd polled)
     freed_bytes: int = 0
-    skipped_pids: tuple[int, ...] = field(default=())  # pids we refused to signal (self, pid 1, kthreads)

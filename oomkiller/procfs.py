@@ -57,14 +57,6 @@ class Procfs:
         return Proc(pid=pid, name=name, committed_bytes=committed, oom_score_adj=adj,
                     state=state, start_ticks=start, kernel_thread=bool(flags & PF_KTHREAD))
 
-    def start_ticks(self, pid: int) -> int | None:
-        try:
-            with open(os.path.join(self.root, str(pid), "stat")) as f:
-                stat = f.read()
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        return int(stat[stat.rindex(")") + 2:].split()[19])
-
     def cgroups(self, pid: int) -> dict[str, str]:
         """``/proc/PID/cgroup`` as controller -> path; the v2 entry is under ``""``."""
         out = {}

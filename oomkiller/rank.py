@@ -3,15 +3,16 @@
 Order: importance class first (prefer, normal, avoid; protect is never
 killed), then a score, largest first. The class comes from, in this order:
 
-1. holding PID 1 or oomkiller itself: protect, always;
+1. holding PID 1 or oomkiller itself, or a protected cgroup below it (by
+   glob or ``user.oomd_omit``): protect, always;
 2. the config's globs (protect, then avoid, then prefer; first match wins):
    the operator said so explicitly;
 3. the cgroup's systemd-oomd xattrs: ``user.oomd_omit`` (protect),
    ``user.oomd_avoid``, ``user.oomd_prefer``;
 4. otherwise normal.
 
-The score is the job's committed memory (anon + shmem + swap of its whole
-subtree), plus the kernel's own ``oom_score_adj`` bias taken from the job's
+The score is the job's committed memory (anon + shmem + swap charged to its
+cgroup, which counts shared memory once), plus the kernel's own ``oom_score_adj`` bias taken from the job's
 highest adjustment among killable processes: ``adj * domain_total / 1000``, as
 ``oom_badness()`` does, so existing per-process settings keep meaning what
 they mean to the kernel. A job with ``memory.oom.group`` set is kept whole
@@ -56,6 +57,13 @@ def classify(job: Job, policy: Policy) -> tuple[Importance, str]:
         return Importance.PROTECT, "holds PID 1"
     if policy.self_pid and policy.self_pid in pids:
         return Importance.PROTECT, "holds oomkiller itself"
+    # Killing a job kills its whole subtree: a protected cgroup inside it
+    # protects the job.
+    for name, xattrs in job.inner:
+        if any(glob_match(name, g) for g in policy.protect):
+            return Importance.PROTECT, f"holds protected '{name}'"
+        if dict(xattrs).get("user.oomd_omit", "").strip() not in ("", "0"):
+            return Importance.PROTECT, f"holds protected '{name}' (xattr user.oomd_omit)"
     for globs, imp in ((policy.protect, Importance.PROTECT), (policy.avoid, Importance.AVOID),
                        (policy.prefer, Importance.PREFER)):
         for g in globs:
@@ -69,7 +77,7 @@ def classify(job: Job, policy: Policy) -> tuple[Importance, str]:
 
 
 def score(job: Job, killable: list[Proc], total_bytes: int) -> tuple[int, list[str]]:
-    committed = sum(p.committed_bytes for p in job.procs)
+    committed = job.committed_bytes
     reasons = [f"committed {committed} bytes in {len(job.procs)} procs"]
     s = committed
     if killable:

@@ -129,13 +129,14 @@ ARMED_KILL = payload(
     "3dae6e802f080000",  # timestamp_ns 9000111222333
     "1118000000000000",  # cgroup_id 6161
     "0000000000000000",  # stall_ns
-    "0000000000000000",  # gfp_flags
+    "ca0c100000000000",  # gfp_flags 0x100cca
     "0300000000000000",  # val[0] nr_reclaimed 3 pages
-    "0000000000000000" * 4,  # val[1..4]
+    "1018000000000000",  # val[1] armed cgroup id 6160 (the task's own, 6161, is below it)
+    "0000000000000000" * 3,  # val[2..4]
     "08000000",          # kind ARMED_KILL
     "b90b0000",          # pid 3001
     "ba0b0000",          # tid 3002
-    "00000000",          # order
+    "02000000",          # order 2
     "01000000",          # arg[0] reclaim kind MEMCG_RECLAIM
     "fdffffff",          # arg[1] bpf_send_signal() -3
     "00000000" * 2,      # arg[2], arg[3]
@@ -168,7 +169,8 @@ CASES = [
     (ARMED_KILL, PressureEvent(
         source="ebpf", kind="armed_kill", cgroup_id=6161, pid=3001, stall_usec=0,
         timestamp_usec=9000111222,
-        detail="comm=victim tid=3002 reclaim=memcg_reclaim signal_rc=-3 reclaimed_bytes=12288")),
+        detail="comm=victim tid=3002 reclaim=memcg_reclaim signal_rc=-3 reclaimed_bytes=12288 "
+               "armed_cgroup_id=6160 order=2 gfp=0x100cca")),
 ]
 
 
@@ -255,7 +257,11 @@ def test_cflags_carry_parameters_in_ns(tmp_path):
                         quiet_usec=30_000, bpf_dir=str(tmp_path), tracefs=str(tmp_path),
                         arm_min_reclaimed_pages=7)
     flags = src.cflags()
-    assert "-DARM_MIN_RECLAIMED=7ULL" in flags
+    assert "-DWITH_PREARM" in flags and "-DARM_MIN_RECLAIMED=7ULL" in flags
+    # no tracefs format to read the gfp bits from: Linux 6.x values
+    assert "-DGFP_NO_OOM=0x14000ULL" in flags and "-DARM_RECLAIM_KIND=OOMK_KIND_MEMCG_RECLAIM" in flags
+    assert not [f for f in bpf.BpfSource(bpf_dir=str(tmp_path), tracefs=str(tmp_path), prearm=False).cflags()
+                if "ARM" in f]
     assert f"-I{tmp_path}" in flags
     assert "-DSTALL_THRESHOLD_NS=1500000ULL" in flags
     assert "-DWINDOW_NS=80000000ULL" in flags
@@ -288,4 +294,17 @@ def test_tracepoint_flags_from_a_fixture_tracefs(tmp_path):
 
 def test_arm_before_start_is_an_error():
     with pytest.raises(RuntimeError):
-        bpf.BpfSource().arm(1234)
+        bpf.BpfSource().arm("/sys/fs/cgroup/unified", 1234)
+
+
+def test_gfp_bits_are_read_from_the_tracepoint_format(tmp_path):
+    d = tmp_path / "events" / "vmscan" / "mm_vmscan_direct_reclaim_begin"
+    d.mkdir(parents=True)
+    (d / "format").write_text(
+        'print fmt: "order=%d gfp_flags=%s", REC->order, (REC->gfp_flags) ? __print_flags(REC->gfp_flags, "|", '
+        '{( unsigned long)(( gfp_t)((((1UL))) << (13))), "__GFP_NOWARN"}, '
+        '{( unsigned long)(( gfp_t)((((1UL))) << (12))), "__GFP_RETRY_MAYFAIL"}, '
+        '{(unsigned long)0x800u, "__GFP_NORETRY"}, { 0, ((void *)0) } ) : "none"\n')
+    assert bpf.gfp_bit(str(tmp_path), "__GFP_RETRY_MAYFAIL", 1) == 1 << 12
+    assert bpf.gfp_bit(str(tmp_path), "__GFP_NORETRY", 1) == 0x800
+    assert bpf.gfp_bit(str(tmp_path), "__GFP_NOFAIL", 77) == 77

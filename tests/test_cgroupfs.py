@@ -53,3 +53,30 @@ def test_vanished_pid_is_dropped(proc_tree, v2_tree):
     fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
     (job,) = fs.jobs(fs.resolve("host"), ("*",))
     assert [p.pid for p in job.procs] == [201]
+
+
+def test_a_match_holding_init_or_oomkiller_is_split_into_its_children(proc_tree, v2_tree):
+    for pid in (1, 300, 301, 302):
+        proc_tree.proc(pid, f"p{pid}", anon_kb=pid, shmem_kb=1, swap_kb=0)
+    v2_tree.cgroup("init.scope", (1,))
+    v2_tree.cgroup("system.slice/oomkiller.service", (300,))
+    v2_tree.cgroup("system.slice/web.service", (301,))
+    v2_tree.cgroup("user.slice/user-1000.slice", (302,))
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    dom = fs.resolve("host")
+    keep = (str(v2_tree.root / "init.scope"), str(v2_tree.root / "system.slice/oomkiller.service"))
+    names = [j.name for j in fs.jobs(dom, ("*",), keep)]
+    assert names == ["init.scope", "system.slice/oomkiller.service", "system.slice/web.service", "user.slice"]
+
+
+def test_job_charge_from_memory_stat(proc_tree, v1_tree, v2_tree):
+    v2_tree.cgroup("j2", memory__stat="anon 1000\nfile 999999\nshmem 20\n", memory__swap__current="3\n")
+    fs2 = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    assert fs2.charged_bytes(str(v2_tree.mem / "j2")) == 1023
+
+
+def test_job_charge_v1(proc_tree, tmp_path):
+    v1 = CgroupTree(tmp_path / "v1", v2=False)
+    v1.cgroup("j1", memory__stat="rss 5\ntotal_rss 4000\ntotal_cache 77777\ntotal_shmem 300\ntotal_swap 20\n")
+    fs = Cgroupfs(str(v1.root), Procfs(str(proc_tree.root)))
+    assert fs.charged_bytes(str(v1.mem / "j1")) == 4320

@@ -57,6 +57,9 @@ def test_config_file_from_environment(tmp_path):
     ('redline = "lots"\n', "'redline'"),
     ("protect = [1, 2]\n", "'protect'"),
     ("dry_run = 3\n", "'dry_run'"),
+    ("redline = 0.05\n", "'redline'"),
+    ("sleep_ms = 1.9\n", "'sleep_ms'"),
+    ("psi_window_ms = 20000\n", "'psi_window_ms'"),
     ("bogus = 1\n", "unknown key 'bogus'"),
     ("redline = \n", "not valid TOML"),
 ])
@@ -69,10 +72,14 @@ def test_bad_file_values_name_the_key(tmp_path, text, needle):
 
 
 def test_bad_env_and_cmdline_values():
-    with pytest.raises(cfg.ConfigError, match="environment: bad value for 'sleep_ms'"):
+    with pytest.raises(cfg.ConfigError, match="environment: bad value for 'OOMKILLER_SLEEP_MS'"):
         cfg.load(environ={"OOMKILLER_SLEEP_MS": "x"})
     with pytest.raises(cfg.ConfigError, match="kernel command line: unknown key 'oomkiller.domain'"):
         cfg.load(cmdline="oomkiller.domain=/x")
+    with pytest.raises(cfg.ConfigError, match="bad value for 'psi_stall_ms': 900 must be less than psi_window_ms"):
+        cfg.load(cli={"psi_stall_ms": 900, "psi_window_ms": 800})
+    with pytest.raises(cfg.ConfigError, match="kernel command line: bad value for 'oomkiller.sleep_ms'"):
+        cfg.load(cmdline="oomkiller.sleep_ms=soon")
     with pytest.raises(cfg.ConfigError, match="no such config file"):
         cfg.load(config_file="/nonexistent/oomkiller.toml")
 

@@ -50,6 +50,21 @@ def test_changes_need_root(server):
     assert reply["denied"] and "only root" in reply["error"] and cmd is None
     reply, cmd = srv._reply(b'{"cmd": "info"}\n', 1000)
     assert reply["ok"] and cmd == "info"
+    reply, cmd = srv._reply(b'{"cmd": "rank"}\n', 1000)
+    assert reply["denied"] and cmd is None
+
+
+def test_a_silent_client_does_not_hold_the_loop(server):
+    import socket
+    import time
+    srv, seen = server
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(srv.path)
+    s.sendall(b'{"cmd": ')         # and then nothing
+    t = time.monotonic()
+    assert request(srv.path, "info")["ok"]
+    assert time.monotonic() - t < 2
+    s.close()
 
 
 def test_no_daemon(tmp_path):

@@ -71,6 +71,8 @@ def test_hybrid_v2_counterpart_and_pressure(proc_tree, v1_tree):
     (unified / "arena" / "svc").mkdir(parents=True)
     (unified / "arena" / "hog").mkdir()
     (unified / "cgroup.controllers").write_text("")
+    for rel, procs in (("arena", ""), ("arena/svc", "501\n"), ("arena/hog", "")):
+        (unified / rel / "cgroup.procs").write_text(procs)
     (unified / "arena" / "memory.pressure").write_text(
         "some avg10=1.00 avg60=0.50 avg300=0.10 total=987654\nfull avg10=0.50 avg60=0.20 avg300=0.05 total=123457\n")
     proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
@@ -88,3 +90,19 @@ def test_hybrid_v2_counterpart_and_pressure(proc_tree, v1_tree):
     assert d.holds(9999, hog_id)            # the victim is gone; the invoker's cgroup is ours
     assert d.holds(501, 0)                  # the victim still shows as a member
     assert not d.holds(9999, 1)
+
+
+def test_hybrid_v2_cgroup_holding_others_is_not_the_jobs(proc_tree, v1_tree):
+    # Slurm-like: every task of two v1 jobs sits in one v2 service cgroup
+    unified = v1_tree.root / "unified"
+    (unified / "slurmd.service").mkdir(parents=True)
+    (unified / "cgroup.controllers").write_text("")
+    (unified / "slurmd.service" / "cgroup.procs").write_text("601\n602\n603\n")
+    for pid in (601, 602, 603):
+        proc_tree.proc(pid, f"t{pid}", anon_kb=pid, shmem_kb=0, swap_kb=0,
+                       cgroup=f"4:memory:/slurm/job_{pid}\n0::/slurmd.service\n")
+    v1_tree.cgroup("slurm/job_601", (601,))
+    v1_tree.cgroup("slurm/job_602", (602,))
+    fs = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
+    assert fs.v2_of(str(v1_tree.mem / "slurm/job_601"), [601]) is None
+    assert fs.v2_of(str(v1_tree.mem / "slurm"), [601, 602, 603]) == str(unified / "slurmd.service")

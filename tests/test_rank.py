@@ -65,3 +65,25 @@ def test_oom_score_adj_bias_like_the_kernel():
 def test_oom_group_reason():
     r = rank([job("g", proc(50, 10), oom_group=True)], Policy(), GiB)
     assert "memory.oom.group: killed as one unit" in r.candidates[0].reasons
+
+
+def test_a_protected_cgroup_inside_protects_the_job():
+    inner_glob = Job(name="web", path="/x/web", inode=71, procs=(proc(60, 500),),
+                     inner=(("web/db", ()), ("web/cache", ())))
+    inner_xattr = Job(name="api", path="/x/api", inode=72, procs=(proc(61, 400),),
+                      inner=(("api/keep", (("user.oomd_omit", "1"),)),))
+    free = Job(name="batch", path="/x/batch", inode=73, procs=(proc(62, 10),), inner=(("batch/a", ()),))
+    r = rank([inner_glob, inner_xattr, free], Policy(protect=("*/db",)), GiB)
+    assert [c.job.name for c in r.killable()] == ["batch"]
+    why = {c.job.name: c.reasons[0] for c in r.candidates}
+    assert why["web"] == "holds protected 'web/db'"
+    assert why["api"] == "holds protected 'api/keep' (xattr user.oomd_omit)"
+
+
+def test_score_uses_the_cgroup_charge_when_known():
+    shared = Job(name="pg", path="/x/pg", inode=80, charged_bytes=300 << 20,
+                 procs=(proc(70, 250), proc(71, 250), proc(72, 250)))   # each maps the same shmem
+    hog = Job(name="hog", path="/x/hog", inode=81, charged_bytes=500 << 20, procs=(proc(73, 500),))
+    r = rank([shared, hog], Policy(), 8 * GiB)
+    assert [c.job.name for c in r.candidates] == ["hog", "pg"]
+    assert r.candidates[1].score_bytes == 300 << 20

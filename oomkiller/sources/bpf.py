@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import re
 import sys
 import tempfile
 import time
@@ -176,7 +177,8 @@ def decode(raw: bytes, page_size_bytes: int = PAGE_SIZE_BYTES) -> PressureEvent:
                    ("max_retries", arg[3]), ("retry", val[0])]
     elif ev.kind == KIND_ARMED_KILL:
         fields += [("reclaim", KIND_NAMES.get(arg[0], str(arg[0]))), ("signal_rc", arg[1]),
-                   ("reclaimed_bytes", val[0] * page_size_bytes)]
+                   ("reclaimed_bytes", val[0] * page_size_bytes), ("armed_cgroup_id", val[1]),
+                   ("order", ev.order), ("gfp", _hex(ev.gfp_flags))]
     return PressureEvent(
         source=BpfSource.name,
         kind=kind,
@@ -186,6 +188,37 @@ def decode(raw: bytes, page_size_bytes: int = PAGE_SIZE_BYTES) -> PressureEvent:
         timestamp_usec=ev.timestamp_ns // 1000,
         detail=" ".join(f"{k}={v}" for k, v in fields),
     )
+
+
+# Linux 6.x values, for kernels whose tracepoint formats do not spell them out.
+GFP_NORETRY_DEFAULT = 1 << 16
+GFP_RETRY_MAYFAIL_DEFAULT = 1 << 14
+# Allocations above this order are "costly": the allocator gives up on them
+# rather than invoke the OOM killer (PAGE_ALLOC_COSTLY_ORDER).
+ARM_MAX_ORDER = 3
+# Failed reclaims in a row by one thread before the armed kill: the charge
+# path retries MAX_RECLAIM_RETRIES (16) times before its OOM killer, so two
+# leave a wide margin and keep one unlucky reclaim from killing.
+ARM_FAILED_RECLAIMS = 2
+
+
+def gfp_bit(tracefs: str, name: str, default: int) -> int:
+    """A __GFP_* flag's value as this kernel's reclaim tracepoint prints it:
+    the bits moved between kernel versions, so they are read, not assumed."""
+    try:
+        with open(os.path.join(tracefs, "events", "vmscan", "mm_vmscan_direct_reclaim_begin", "format")) as f:
+            fmt = f.read()
+    except OSError:
+        return default
+    m = re.search(r'\{([^{}]*)\}?\s*,\s*"' + re.escape(name) + '"', fmt)
+    if not m:
+        return default
+    expr = m.group(1)
+    shift = re.search(r"<<\s*\(?\s*(\d+)", expr)
+    if shift:
+        return 1 << int(shift.group(1))
+    num = re.search(r"0x[0-9a-fA-F]+|\b\d+\b", expr)
+    return int(num.group(0), 0) if num else default
 
 
 def tracepoint_flags(tracefs: str) -> dict[str, bool]:
@@ -210,8 +243,10 @@ class BpfSource:
 
     ``start()`` compiles, loads and attaches; ``fds()`` go into the daemon's
     selector; ``drain()`` returns the events that arrived, without blocking.
-    ``arm(cgroup_id)`` makes the kernel SIGKILL any task of that cgroup v2 at
-    its next reclaim begin (memcg or direct) and report it as ``armed_kill``.
+    ``arm(path, cgroup_id)`` makes the kernel SIGKILL a task anywhere in that
+    v2 cgroup's subtree whose reclaims keep failing, and report it as
+    ``armed_kill``. With ``prearm=False`` (or a kernel without
+    ``bpf_send_signal``) the program only collects.
     """
 
     name = "ebpf"
@@ -220,7 +255,8 @@ class BpfSource:
                  rate_limit_usec: int = 50_000, quiet_usec: int | None = None,
                  bpf_dir: str | None = None, tracefs: str = "/sys/kernel/tracing",
                  modules_dir: str = "/lib/modules", perf_pages: int = PERF_PAGES,
-                 arm_min_reclaimed_pages: int = ARM_MIN_RECLAIMED_PAGES) -> None:
+                 arm_min_reclaimed_pages: int = ARM_MIN_RECLAIMED_PAGES, prearm: bool = True,
+                 arm_reclaim: str = "memcg") -> None:
         for key, value in (("stall_threshold_usec", stall_threshold_usec), ("window_usec", window_usec),
                            ("rate_limit_usec", rate_limit_usec)):
             if value < 0:
@@ -229,6 +265,12 @@ class BpfSource:
         self.window_usec = window_usec
         self.rate_limit_usec = rate_limit_usec
         self.arm_min_reclaimed_pages = arm_min_reclaimed_pages
+        self.prearm = prearm
+        self.prearm_error = ""
+        if arm_reclaim not in ("memcg", "direct"):
+            raise ValueError(f"arm_reclaim must be 'memcg' or 'direct', got {arm_reclaim!r}")
+        # A cgroup domain runs short in memcg reclaim, the host in direct reclaim.
+        self.arm_reclaim = arm_reclaim
         # A cgroup that has not begun reclaim for a window's length is news again.
         self.quiet_usec = window_usec if quiet_usec is None else quiet_usec
         self.bpf_dir = bpf_dir or DEFAULT_BPF_DIR
@@ -254,10 +296,17 @@ class BpfSource:
             f"-DWINDOW_NS={self.window_usec * 1000}ULL",
             f"-DQUIET_NS={self.quiet_usec * 1000}ULL",
             f"-DRATE_LIMIT_NS={self.rate_limit_usec * 1000}ULL",
-            f"-DARM_MIN_RECLAIMED={self.arm_min_reclaimed_pages}ULL",
             f"-DEVENT_SIZE={EVENT_SIZE}",
         ]
         out += [f"-D{flag}" for flag, on in flags.items() if on]
+        if self.prearm:
+            no_oom = (gfp_bit(self.tracefs, "__GFP_NORETRY", GFP_NORETRY_DEFAULT)
+                      | gfp_bit(self.tracefs, "__GFP_RETRY_MAYFAIL", GFP_RETRY_MAYFAIL_DEFAULT))
+            out += ["-DWITH_PREARM", f"-DARM_MIN_RECLAIMED={self.arm_min_reclaimed_pages}ULL",
+                    f"-DARM_FAILED_RECLAIMS={ARM_FAILED_RECLAIMS}", f"-DARM_MAX_ORDER={ARM_MAX_ORDER}",
+                    "-DARM_RECLAIM_KIND=" + ("OOMK_KIND_MEMCG_RECLAIM" if self.arm_reclaim == "memcg"
+                                             else "OOMK_KIND_DIRECT_RECLAIM"),
+                    f"-DGFP_NO_OOM={no_oom:#x}ULL"]
         return out
 
     def program_text(self) -> str:
@@ -299,7 +348,6 @@ class BpfSource:
         self._bpf = bpf
         try:
             bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages, lost_cb=self._on_lost)
-            self._write_armed(0)
         except Exception as e:
             self.close()
             raise SourceUnavailable(f"BPF program loaded but its maps could not be opened: {e}") from None
@@ -377,6 +425,8 @@ class BpfSource:
 
     def _on_event(self, _cpu, data, size) -> None:
         event = decode(ctypes.string_at(data, size))
+        if event.kind == "armed_kill":
+            self._armed = 0     # the program disarmed itself: the arm is one shot
         self.events_total += 1
         self.events_by_kind[event.kind] = self.events_by_kind.get(event.kind, 0) + 1
         self._pending.append(event)
@@ -385,27 +435,34 @@ class BpfSource:
         self.lost_perf += count
 
     # -- pre-armed kill ---------------------------------------------------
-    def arm(self, cgroup_id: int) -> None:
-        """SIGKILL, from the kernel, any task of cgroup v2 ``cgroup_id`` whose reclaim fails."""
-        if self._bpf is None:
-            raise RuntimeError("BpfSource.arm() before start()")
+    def arm(self, cgroup_path: str, cgroup_id: int) -> None:
+        """SIGKILL, from the kernel, a task anywhere under the v2 cgroup
+        ``cgroup_path`` (id ``cgroup_id``) whose reclaims keep failing."""
+        if self._bpf is None or not self.prearm:
+            raise RuntimeError("BpfSource.arm() without a loaded pre-arm program")
         if cgroup_id <= 1:
             raise ValueError(f"refusing to arm cgroup id {cgroup_id}: the root cgroup or none")
-        self._write_armed(cgroup_id)
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._bpf[b"armed_cg"][0] = fd
+        finally:
+            os.close(fd)        # the map holds its own reference to the cgroup
+        self._bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint64(cgroup_id)
+        self._armed = cgroup_id
 
     def disarm(self) -> None:
-        if self._bpf is not None:
-            self._write_armed(0)
+        if self._bpf is not None and self.prearm:
+            self._bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint64(0)
+            try:
+                del self._bpf[b"armed_cg"][0]
+            except Exception:
+                pass        # already empty
         self._armed = 0
 
     @property
     def armed(self) -> int:
         """The armed cgroup v2 id, 0 when disarmed."""
         return self._armed
-
-    def _write_armed(self, cgroup_id: int) -> None:
-        self._bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint64(cgroup_id)
-        self._armed = cgroup_id
 
     # -- counters ---------------------------------------------------------
     def _counter(self, index: int) -> int:
@@ -436,6 +493,7 @@ class BpfSource:
             "signal_failed": self._counter(COUNTER_SIGNAL_FAILED),
             "cgroup_state_full": self._counter(COUNTER_STATE_FULL),
             "armed_cgroup_id": self.armed,
+            "prearm": self.prearm,
             "load_usec": self.load_usec,
             "attached_tracepoints": self._bpf.num_open_tracepoints() if self._bpf is not None else 0,
             "tracepoints": sorted(tp for flag, tps in TRACEPOINT_FLAGS.items()

@@ -60,17 +60,18 @@ def build_sources(conf: Config, domain: Domain) -> tuple[list, dict[str, str], o
     arm = None
     if "ebpf" in wanted:
         from .bpf import BpfSource
-        from .bpf import SourceUnavailable as BpfUnavailable
         try:
-            bpf = BpfSource()
+            bpf = BpfSource(prearm="prearm" in wanted, arm_reclaim="direct" if domain.is_host else "memcg")
             bpf.start()
-        except (BpfUnavailable, SourceUnavailable, OSError) as e:
+        except (SourceUnavailable, OSError) as e:
             unavailable["ebpf"] = str(e)
             log.warning("OOM: source ebpf unavailable: %s", e)
         else:
             sources.append(bpf)
-            if "prearm" in wanted:
+            if bpf.prearm:
                 arm = bpf
+            elif "prearm" in wanted:
+                unavailable["prearm"] = f"the kernel refused the armed kill: {bpf.prearm_error}"
     if "prearm" in wanted and arm is None:
         unavailable.setdefault("prearm", "needs the ebpf source")
     return sources, unavailable, arm

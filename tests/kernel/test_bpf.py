@@ -139,12 +139,14 @@ def test_armed_cgroup_dies_at_its_failed_reclaim_before_the_kernel_oom_killer(so
     source.drain()
     with Arena(arena_name("armed"), 128 * MIB) as arena:
         victim, keeper = arena.job("victim"), arena.job("keeper")
-        victim_id = victim.v2_id
+        # the hog runs one cgroup below the armed job: the whole subtree is armed
+        inner = arena.job("victim/inner")
+        victim_id, inner_id = victim.v2_id, inner.v2_id
         idle = arena.spawn_idle(keeper)
-        source.arm(victim_id)
+        source.arm(victim.v2_path, victim_id)
         try:
             assert source.armed == victim_id
-            hog = arena.spawn_hog(victim, chunk_bytes=4 * MIB, cap_bytes=256 * MIB)
+            hog = arena.spawn_hog(inner, chunk_bytes=4 * MIB, cap_bytes=256 * MIB)
             rc = hog.wait(timeout=30)
             got = collect(source, lambda evs: any(e.kind == "armed_kill" and e.pid == hog.pid for e in evs), 5)
         finally:
@@ -157,7 +159,8 @@ def test_armed_cgroup_dies_at_its_failed_reclaim_before_the_kernel_oom_killer(so
     kills = [e for _t, e in got if e.kind == "armed_kill"]
     assert kills, [e for _t, e in got]
     assert kills[0].pid == hog.pid
-    assert kills[0].cgroup_id == victim_id
+    assert kills[0].cgroup_id == inner_id
+    assert f"armed_cgroup_id={victim_id}" in kills[0].detail
     assert "reclaim=memcg_reclaim" in kills[0].detail and "signal_rc=0" in kills[0].detail
     assert source.stats()["signal_failed"] == 0
 

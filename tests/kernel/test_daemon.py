@@ -10,7 +10,7 @@ import sys
 from kproc import wait_for
 
 from oomkiller.cgroupfs import Cgroupfs
-from oomkiller.killer import Killer
+from oomkiller.killer import Killer, _Kill
 from oomkiller.rank import Policy, rank
 
 FORKER = r"""
@@ -127,10 +127,12 @@ def test_a_job_that_vanishes_mid_kill_is_passed_over(arena):
 def test_a_reused_pid_is_not_signalled(arena):
     job = arena.job("j")
     arena.spawn_idle(job, 1 << 20)
-    killer = Killer(Cgroupfs(), dry_run=False, self_pid=0, timeout_usec=1_000_000)
-    pidfds = {}
+    cg = Cgroupfs()
+    (c,) = rank(cg.jobs(arena.path, ("*",)), Policy(), 1 << 30).candidates
+    kill = _Kill(Killer(cg, dry_run=False, self_pid=0, timeout_usec=1_000_000), c)
     # our own pid is not in the job: as if the job's pid had been reused by us
-    assert killer._open(job.path, os.getpid(), pidfds) is None and pidfds == {}
+    kill._take(os.getpid())
+    assert kill.signalled == [] and kill.pidfds == {}
 
 
 def test_rank_command_prints_the_walk_without_killing(arena):
