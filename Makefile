@@ -24,3 +24,18 @@ test-kernel: setup
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
+
+# The VM tier: builds the guest image (deploy/vm/build-image.sh, cached in
+# /var/cache/oomkiller-vm) or reuses it, boots it once under QEMU and runs the
+# guest tier (tests/guest/) inside: systemd on pure cgroup v2. Results, the
+# guest's journal and console land in build/vm/.
+.PHONY: test-vm
+test-vm: setup
+	$(PY) -m pytest -q -ra tests/vm
+
+# The benchmark in its short mode (a few minutes): every contender on every
+# scenario, in arenas; JSON, Markdown and PNGs in bench-out/. `--full` runs
+# the whole matrix (about 50 minutes).
+.PHONY: bench
+bench: setup
+	$(PY) -m oomkiller bench --short --out bench-out

@@ -6,7 +6,8 @@
 #     an unrelated project), kernel headers bcc can compile against, tracefs;
 #   - the contenders and load tools the benchmark uses;
 #   - .venv: Debian's /usr/bin/python3 (bcc is built for it) with the system
-#     site-packages visible, plus psutil, pyroute2 and pytest from PyPI.
+#     site-packages visible, plus psutil, pyroute2, pytest and matplotlib
+#     (the benchmark's plots) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,7 +58,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c "import oomkiller, psutil, pyroute2, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import oomkiller, psutil, pyroute2, pytest, matplotlib" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 fi
 .venv/bin/python -c "import bcc" 2>/dev/null || echo "setup: bcc does not import in .venv: eBPF sources will be unavailable" >&2

@@ -1,0 +1,352 @@
+"""``oomkiller bench``: scenarios, contenders side by side, and a report.
+
+Every scenario runs in an arena (a memory cgroup with a small limit under the
+harness's own cgroup); each contender in turn faces it, round after round, so
+the kernel-only and timer-only baselines are measured in the same run as the
+rest. Output: one progress line per run, ``results.json`` (every measurement),
+``results.md`` (tables) and PNG plots in ``--out``.
+
+Exit codes: 0 done; 1 a run failed or cgroups were left behind; 2 bad command
+line or not root; 130 interrupted (what was measured is still written).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from . import contenders as cmod
+from . import report, runner, scenarios
+from .measure import BpfStats
+
+MODES = {
+    # mode: (runs per cell, baseline window s, idle window s). The idle window
+    # is a whole number of the slowest timer's periods (1 s).
+    "ci": (1, 0.5, 2.0),
+    "short": (1, 1.0, 3.0),
+    "full": (5, 1.0, 10.0),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="oomkiller bench",
+        description="Run OOM killers side by side on the same memory-pressure scenarios, each inside a "
+                    "small memory cgroup, and write results.json, results.md and PNG plots.",
+        epilog="Exit codes: 0 done; 1 a run failed or cgroups were left behind; 2 bad command line or not root; "
+               "130 interrupted (what was measured is still written).")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--ci", dest="mode", action="store_const", const="ci",
+                      help="tiny: two scenarios, three contenders, one run (the test suite; about 35 s)")
+    mode.add_argument("--short", dest="mode", action="store_const", const="short",
+                      help="every scenario once against every contender (10 and 1000 jobs: three of them); "
+                           "the default, `make bench`; about 6 min")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full",
+                      help="the full matrix: three hog rates, 10/100/1000 jobs against every contender, longer "
+                           "windows, 5 runs per cell; about 50 min")
+    p.add_argument("--out", default="bench-out", metavar="DIR", help="where results go (default bench-out)")
+    p.add_argument("--runs", type=int, metavar="N", help="runs per cell (default: 1 for --ci/--short, 5 for --full)")
+    p.add_argument("--scenarios", metavar="LIST",
+                   help="only these cells or scenarios, comma-separated (see --list)")
+    p.add_argument("--contenders", metavar="LIST", help="only these contenders, comma-separated (see --list)")
+    p.add_argument("--baseline-s", type=float, metavar="S", help="baseline window before the victim starts")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--list", action="store_true", help="print the cells and contenders of the mode and exit")
+    p.add_argument("--rerender", metavar="RESULTS_JSON",
+                   help="write results.md and the plots again from a results.json into --out, and exit")
+    p.set_defaults(mode="short")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    a = parser().parse_args(argv)
+    if a.rerender:
+        return rerender(a.rerender, a.out, not a.no_plots)
+    runs, baseline_s, idle_s = MODES[a.mode]
+    runs = a.runs or runs
+    baseline_s = a.baseline_s or baseline_s
+    cells = scenarios.cells(a.mode)
+    if a.scenarios:
+        want = {s.strip() for s in a.scenarios.split(",") if s.strip()}
+        cells = [c for c in cells if c.key in want or c.scenario in want]
+        if not cells:
+            print(f"oomkiller bench: no cell matches {a.scenarios!r}", file=sys.stderr)
+            return 2
+    known = cmod.contenders()
+    chosen = cmod.CI_CONTENDERS if a.mode == "ci" else cmod.DEFAULT_CONTENDERS
+    if a.contenders:
+        chosen = tuple(s.strip() for s in a.contenders.split(",") if s.strip())
+        bad = [c for c in chosen if c not in known]
+        if bad:
+            print(f"oomkiller bench: unknown contender(s) {', '.join(bad)} (known: {', '.join(known)})",
+                  file=sys.stderr)
+            return 2
+    if a.list:
+        for c in cells:
+            print(f"cell {c.key:18s} {c.title}: {c.describe()}")
+        for k in chosen:
+            print(f"contender {k:16s} {known[k].describe()}")
+        return 0
+    if os.geteuid() != 0:
+        print("oomkiller bench: needs root (makes cgroups, starts killers, loads BPF)", file=sys.stderr)
+        return 2
+    return Bench(a, cells, [known[k] for k in chosen], runs, baseline_s, idle_s).run()
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace, cells, conts, runs: int, baseline_s: float, idle_s: float) -> None:
+        self.a = a
+        self.idle_s = idle_s
+        self.cells = cells
+        self.conts = conts
+        self.runs = runs
+        self.baseline_s = baseline_s
+        self.out = os.path.abspath(a.out)
+        self.records: list[dict[str, Any]] = []
+        self.idle: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+
+    def run(self) -> int:
+        os.makedirs(self.out, exist_ok=True)
+        tmpdir = tempfile.mkdtemp(prefix="oomk-bench-", dir="/var/tmp")
+        host = cmod.Host(tmpdir)
+        started = time.time()
+        t0 = time.monotonic()
+        interrupted = False
+        unavailable = cmod.unavailable_elsewhere(host)
+        live: list[cmod.Contender] = []
+        for c in self.conts:
+            why = c.unavailable(host)
+            if why:
+                unavailable[c.key] = why
+            else:
+                live.append(c)
+        print(f"oomkiller bench --{self.a.mode}: {len(self.cells)} cells x {len(live)} contenders x {self.runs} "
+              f"run(s) -> {self.out}", flush=True)
+        for name, why in unavailable.items():
+            print(f"  not run: {name}: {why}", flush=True)
+        try:
+            with BpfStats() as bpf:
+                if not bpf.enabled:
+                    self.notes.append(f"BPF statistics unavailable: {bpf.why}")
+                lxcfs = host.ensure_lxcfs() if any(c.kind in ("earlyoom", "nohang") for c in live) else None
+                files = self._files(tmpdir)
+                total = self.runs * sum(1 for cell in self.cells for c in live
+                                        if cell.contenders is None or c.key in cell.contenders)
+                for c in live:
+                    if c.kind == "kernel":
+                        continue
+                    rec = runner.idle_run(c, files, tmpdir, lxcfs, self.idle_s)
+                    self.idle.append(rec)
+                    print(idle_line(rec), flush=True)
+                n = 0
+                for rnd in range(self.runs):
+                    for cell in self.cells:
+                        first = True
+                        for c in live:
+                            if cell.contenders is not None and c.key not in cell.contenders:
+                                continue
+                            n += 1
+                            rec = runner.Run(cell, c, rnd, files, tmpdir, lxcfs, self.baseline_s,
+                                             rank_probe=cell.measure_rank and first).execute()
+                            first = False
+                            self.records.append(rec)
+                            print(progress_line(n, total, rec), flush=True)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("oomkiller bench: interrupted; writing what was measured", file=sys.stderr)
+        finally:
+            host.close()
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        leftovers = find_leftovers()
+        meta = self._meta(started, time.monotonic() - t0, unavailable, live, leftovers)
+        self._write(meta, live)
+        if leftovers:
+            print(f"oomkiller bench: cgroups left behind: {', '.join(leftovers)}", file=sys.stderr)
+        failed = [r for r in self.records + self.idle if r.get("error")]
+        for r in failed:
+            print(f"oomkiller bench: {r.get('cell', 'idle')} / {r['contender']} run {r.get('run', 0)}: {r['error']}",
+                  file=sys.stderr)
+        if interrupted:
+            return 130
+        return 1 if failed or leftovers else 0
+
+    def _files(self, tmpdir: str) -> runner.Files:
+        svc = os.path.join(tmpdir, "service.dat")
+        runner.make_file(svc, scenarios.SERVICE_FILE_BYTES)
+        thrash = None
+        sizes = [c.params["file_bytes"] for c in self.cells if c.needs_thrash_file]
+        if sizes:
+            thrash = os.path.join(tmpdir, "thrash.dat")
+            runner.make_file(thrash, max(sizes))
+        return runner.Files(svc, thrash)
+
+    def _meta(self, started: float, duration_s: float, unavailable: dict[str, str], live, leftovers) -> dict:
+        from ..cgroupfs import detect_layout
+        lay = detect_layout()
+        cg = ("v2" if not lay.memory_v1 else "hybrid (v1 memory, cgroup2 without controllers)"
+              if lay.unified_root else "v1")
+        with open("/proc/meminfo") as f:
+            mem_kb = int(f.readline().split()[1])
+        meta = {
+            "mode": self.a.mode, "runs": self.runs, "baseline_s": self.baseline_s, "idle_s": self.idle_s,
+            "pid": os.getpid(),
+            "command": "oomkiller bench " + " ".join(self.a_argv()),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+            "duration_s": round(duration_s, 1),
+            "redline_percent": scenarios.REDLINE_PERCENT,
+            "host": {"kernel": f"Linux {platform.release()}", "cpus": os.cpu_count(),
+                     "mem_gib": round(mem_kb / (1 << 20), 1), "cgroups": cg, "python": platform.python_version(),
+                     "versions": tool_versions()},
+            "unavailable": unavailable, "leftover_cgroups": leftovers, "notes": list(self.notes),
+            "bpf_unavailable": {},
+        }
+        for c in live:
+            if c.kind != "oomkiller":
+                continue
+            rs = [r for r in self.records if r["contender"] == c.key and not r.get("error")]
+            requested = set(c.sources.split(","))
+            live_src = {s for r in rs for s in (r.get("contender_info") or {}).get("sources_live", [])}
+            missing = sorted(requested - live_src)
+            if rs and missing:
+                why = {}
+                for r in rs:
+                    for name, s in ((r.get("contender_info") or {}).get("sources") or {}).items():
+                        if name in missing and s.get("state") != "live":
+                            why.setdefault(name, s.get("why") or s.get("state") or "not listed by the daemon")
+                for m in missing:
+                    why.setdefault(m, "not listed by the daemon")
+                meta["notes"].append(f"{c.key}: requested sources not live: "
+                                     + "; ".join(f"{k} ({v})" for k, v in sorted(why.items())))
+            if not any(r.get("bpf") for r in rs):
+                meta["bpf_unavailable"][c.key] = ("not available: the ebpf source was not live"
+                                                  if requested & {"ebpf", "prearm"} else "—")
+        return meta
+
+    def a_argv(self) -> list[str]:
+        out = [f"--{self.a.mode}", "--out", self.a.out]
+        for flag in ("runs", "scenarios", "contenders", "baseline_s"):
+            v = getattr(self.a, flag)
+            if v:
+                out += [f"--{flag.replace('_', '-')}", str(v)]
+        return out
+
+    def _write(self, meta: dict, live) -> None:
+        summary = report.summarize(self.records)
+        cells = []
+        for c in self.cells:
+            rs = [r for r in self.records if r["cell"] == c.key]
+            if not rs:
+                continue
+            rates = [r["victim_alloc_mb_s"] for r in rs if r.get("victim_alloc_mb_s")]
+            cells.append({"key": c.key, "scenario": c.scenario, "title": c.title, "description": c.describe(),
+                          "limit_bytes": c.limit_bytes, "redline_bytes": c.redline_bytes, "window_s": c.window_s,
+                          "victim_job": c.victim_job, "params": c.params,
+                          "victim_alloc_mb_s": statistics.median(rates) if rates else None})
+        conts = [{"key": c.key, "label": c.label, "kind": c.kind, "describe": c.describe()} for c in live]
+        plots: list[str] = []
+        if not self.a.no_plots and self.records:
+            try:
+                plots = report.plots(self.out, self.records, summary, cells, [c["key"] for c in conts])
+            except ImportError as e:
+                meta["notes"].append(f"no plots: {e} (install matplotlib)")
+        with open(os.path.join(self.out, "results.json"), "w") as f:
+            json.dump({"meta": meta, "cells": cells, "contenders": conts, "summary": summary,
+                       "idle": self.idle, "runs": self.records}, f, indent=1, sort_keys=True)
+        with open(os.path.join(self.out, "results.md"), "w") as f:
+            f.write(report.markdown(meta, summary, cells, conts, plots, self.idle))
+        print(f"oomkiller bench: wrote {os.path.join(self.out, 'results.json')}, results.md"
+              + (", " + ", ".join(os.path.basename(p) for p in plots) if plots else ""), flush=True)
+
+
+def rerender(path: str, out: str, with_plots: bool) -> int:
+    with open(path) as f:
+        data = json.load(f)
+    os.makedirs(out, exist_ok=True)
+    plots = []
+    if with_plots:
+        plots = report.plots(out, data["runs"], data["summary"], data["cells"], [c["key"] for c in data["contenders"]])
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(report.markdown(data["meta"], data["summary"], data["cells"], data["contenders"], plots,
+                                data.get("idle", [])))
+    print(f"oomkiller bench: wrote {os.path.join(out, 'results.md')}"
+          + (", " + ", ".join(os.path.basename(p) for p in plots) if plots else ""))
+    return 0
+
+
+def idle_line(r: dict[str, Any]) -> str:
+    head = f"[idle] {r['contender']:16s} {r['idle_s']:g} s"
+    if r.get("error"):
+        return f"{head}  FAILED: {r['error']}"
+    bpf = r.get("bpf")
+    return (f"{head}  cpu {r.get('cpu_ms', 0):.1f} ms ({r.get('cpu_pct', 0):.3f}%)  rss {r.get('rss_mb')} MB"
+            + (f"  bpf: {bpf['programs']} programs, {bpf['runs']} runs" if bpf else ""))
+
+
+def progress_line(n: int, total: int, r: dict[str, Any]) -> str:
+    head = f"[{n:3d}/{total:3d}] {r['cell']:16s} {r['contender']:16s} #{r['run'] + 1}"
+    if r.get("error"):
+        return f"{head}  FAILED: {r['error']}"
+    died = r.get("contender_exit")
+    died = f" ({r['contender']} exited {died} during the run)" if died is not None else ""
+    first = r["kills"][0] if r.get("kills") else None
+    who = r["killed_by"] + (f" ({first['job']})" if first and first.get("job") else "")
+    mark = "" if r.get("right_victim") in (True, None) else " WRONG JOB"
+    coll = f" collateral: {','.join(r['collateral'])}" if r.get("collateral") else ""
+
+    def ms(v):
+        return "-" if v is None else f"{v:.1f} ms"
+    svc = (r.get("service") or {}).get("ratio")
+    cpu = (r.get("killer") or {}).get("cpu_ms")
+    early = " (before the onset)" if r.get("killed_before_onset") else ""
+    return (f"{head}  killed by {who}{mark}{coll}{early}  onset->decision {ms(r.get('onset_to_decision_ms'))}"
+            f"  ->empty {ms(r.get('signal_to_empty_ms'))}  stall {ms((r.get('psi_ms') or {}).get('some'))}"
+            f"  svc {'-' if svc is None else f'{100 * svc:.0f}%'}"
+            + (f"  cpu {cpu:.1f} ms" if cpu is not None else "") + f"  [{r.get('wall_s', 0):.1f} s]{died}")
+
+
+def tool_versions() -> dict[str, str]:
+    out = {}
+    for name, argv in (("earlyoom", ["earlyoom", "-v"]), ("nohang", ["nohang", "--version"]),
+                       ("lxcfs", ["lxcfs", "--version"])):
+        if shutil.which(argv[0]):
+            try:
+                p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                text = (p.stdout or p.stderr).strip().splitlines()
+                out[name] = next((line for line in text if "Warning" not in line and "sre_constants" not in line), "")
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    from .. import __version__
+    out["oomkiller"] = __version__
+    return out
+
+
+def find_leftovers() -> list[str]:
+    """Arena cgroups of this process still present (there should be none)."""
+    from ..arena import LEAF
+    from ..cgroupfs import detect_layout, own_cgroup_paths
+    lay = detect_layout()
+    mem, v2 = own_cgroup_paths("self", lay)
+    if not lay.memory_v1 and os.path.basename(v2) == LEAF:
+        mem = v2 = os.path.dirname(v2)
+    roots = []
+    if lay.memory_root:
+        roots.append(lay.memory_root + mem)
+    if lay.unified_root:
+        roots.append(lay.unified_root + v2)
+    prefix = f"oomk-bench-{os.getpid()}-"
+    out = []
+    for r in roots:
+        try:
+            out += [os.path.join(r, d) for d in os.listdir(r) if d.startswith(prefix)]
+        except OSError:
+            pass
+    return out

@@ -1,0 +1,173 @@
+"""The scenarios: what runs in the arena, and which job should be killed.
+
+Each *cell* is one scenario with its parameters (a hog's rate, a number of
+jobs). Every cell has a protected service job ``svc`` (the one that must keep
+working) and one victim job (the one a good killer picks). A run lasts a fixed
+window from the moment the victim starts, whoever kills and whenever, so the
+stall and service measures of different contenders cover the same span.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from typing import Callable
+
+MIB = 1 << 20
+
+# The redline every contender gets, as a share of the arena's limit: the
+# daemon's --redline, earlyoom's -m and nohang's min_mem thresholds.
+REDLINE_PERCENT = 10
+
+SERVICE_HOLD_BYTES = 32 * MIB
+SERVICE_FILE_BYTES = 16 * MIB
+
+# Process names the workloads give themselves; contenders' logs name processes.
+COMM = {"hog": "oomk-hog", "svc": "oomk-svc", "thrash": "oomk-thrash", "storm": "oomk-storm",
+        "child": "oomk-child", "fleet": "oomk-fleet", "sleep": "sleep"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str                    # e.g. "fast-hog-max": unique in a run
+    scenario: str               # fast-hog, thrash, slow-leak, fork-storm, many-jobs, noisy-neighbour
+    title: str
+    limit_bytes: int
+    window_s: float
+    victim_job: str
+    params: dict = field(default_factory=dict)
+    service_hold_bytes: int = SERVICE_HOLD_BYTES
+    contenders: tuple[str, ...] | None = None   # None: every contender of the mode
+    measure_rank: bool = False
+    needs_thrash_file: bool = False
+    # The service reads its file around the page cache (O_DIRECT) unless the
+    # scenario is about the page cache: then the arena's charged memory is
+    # what nobody can reclaim, and the onset threshold means the same for
+    # every contender whatever it counts as reclaimable.
+    service_direct: bool = True
+
+    @property
+    def redline_bytes(self) -> int:
+        return self.limit_bytes * REDLINE_PERCENT // 100
+
+    def describe(self) -> str:
+        p = self.params
+        s = self.scenario
+        if s == "fast-hog":
+            rate = f"{p['rate']} MB/s" if p["rate"] else "as fast as it can"
+            return f"one job allocates anonymous memory {rate} beside the protected service"
+        if s == "slow-leak":
+            return (f"one job allocates up to {p['lead_mib']} MiB below the redline at once, "
+                    f"then leaks {p['rate']} MB/s")
+        if s == "thrash":
+            return (f"one job reads 4 KiB at random offsets of a {p['file_bytes'] // MIB} MiB file in "
+                    f"{p['threads']} threads (through the page cache, no read-ahead) in a "
+                    f"{self.limit_bytes // MIB} MiB arena; the service reads its file through the cache too")
+        if s == "fork-storm":
+            return (f"one job forks a child every {p['interval_ms']} ms, each holding "
+                    f"{p['child_bytes'] // MIB} MiB, up to {p['max_children']} children")
+        if s == "many-jobs":
+            return (f"{p['jobs']} idle jobs (one sleep each) beside the service; one more job leaks "
+                    f"{p['rate']} MB/s from {p['lead_mib']} MiB below the redline")
+        if s == "noisy-neighbour":
+            return (f"a service holding {self.service_hold_bytes // MIB} MiB works while a neighbour "
+                    f"grows {p['rate']} MB/s from {p['lead_mib']} MiB below the redline")
+        return s
+
+
+def cells(mode: str) -> list[Cell]:
+    """The matrix of a mode: ``ci`` (tiny), ``short`` (``make bench``) or ``full``."""
+    full = mode == "full"
+    limit = 512 * MIB
+    small = 256 * MIB
+    out: list[Cell] = []
+    for r in ((300, 1000, 0) if full else (0,)):
+        out.append(Cell(f"fast-hog-{r or 'max'}", "fast-hog", f"fast hog, {r} MB/s" if r else "fast hog, max rate",
+                        limit, 2.0, "hog", {"rate": r}))
+    # The leak starts lead_mib below the redline; at the limit the kernel
+    # acts: (lead + redline) / rate seconds later, well inside the window.
+    out.append(Cell("slow-leak", "slow-leak", "slow leak", small, {"ci": 4.0, "short": 4.0, "full": 10.0}[mode],
+                    "hog", {"rate": {"ci": 24, "short": 16, "full": 8}[mode], "lead_mib": 16}))
+    if mode == "ci":
+        return out
+    out.append(Cell("thrash", "thrash", "thrash (file-backed working set 1.5x the arena)", small,
+                    12.0 if full else 6.0, "thrash", {"file_bytes": small * 3 // 2, "threads": 4},
+                    needs_thrash_file=True, service_direct=False))
+    out.append(Cell("fork-storm", "fork-storm", "fork storm", limit, 2.5, "storm",
+                    {"child_bytes": 8 * MIB, "interval_ms": 10, "max_children": 2 * limit // (8 * MIB)}))
+    out.append(Cell("noisy-neighbour", "noisy-neighbour", "noisy neighbour", limit, 5.0 if full else 3.5,
+                    "hog", {"rate": 100, "lead_mib": 64}, service_hold_bytes=64 * MIB))
+    # --short runs every contender on 100 jobs only; 10 and 1000 jobs there
+    # show how the cost grows, for the kernel and two oomkillers.
+    for n in (10, 100, 1000):
+        out.append(Cell(f"many-jobs-{n}", "many-jobs", f"many jobs ({n})", limit if n < 1000 else 1024 * MIB,
+                        3.0, "hog", {"jobs": n, "rate": 100, "lead_mib": 48},
+                        contenders=None if (full or n == 100) else ("kernel", "oomk-timer-100", "oomk-prearm"),
+                        measure_rank=True))
+    return out
+
+
+# -- starting the processes of a cell ---------------------------------------------
+
+@dataclass
+class Launch:
+    """What a scenario needs from the run: start a workload in a job."""
+
+    spawn: Callable[..., subprocess.Popen]     # spawn(job_name, role_argv) -> Popen (stdout piped)
+    usage_bytes: Callable[[], int]             # the arena's charged memory now
+    service_file: str
+    thrash_file: str
+    tmpdir: str
+
+
+def job_names(cell: Cell) -> list[str]:
+    names = ["svc", cell.victim_job]
+    if cell.scenario == "many-jobs":
+        names.append("fleet")
+        names += [f"idle-{i:04d}" for i in range(cell.params["jobs"])]
+    return names
+
+
+def service_argv(cell: Cell, launch: Launch) -> list[str]:
+    return (["service", "--hold", str(cell.service_hold_bytes), "--file", launch.service_file, "--name", COMM["svc"]]
+            + (["--direct"] if cell.service_direct else []))
+
+
+def fleet_file(cell: Cell, jobs: dict, launch: Launch) -> str:
+    """The fleet's list of cgroups: per child, its memory cgroup and v2 mirror."""
+    path = os.path.join(launch.tmpdir, f"fleet-{cell.key}.txt")
+    with open(path, "w") as f:
+        for i in range(cell.params["jobs"]):
+            j = jobs[f"idle-{i:04d}"]
+            f.write(" ".join(dict.fromkeys([j.path, j.v2_path])) + "\n")
+    return path
+
+
+def victim_argv(cell: Cell, launch: Launch) -> list[str]:
+    """The victim's command, decided when it starts (a lead-in depends on what
+    the arena holds by then)."""
+    p = cell.params
+    if cell.scenario == "fast-hog":
+        return ["hog", "--rate", str(p["rate"]), "--cap", str(2 * cell.limit_bytes), "--name", COMM["hog"]]
+    if cell.scenario in ("slow-leak", "many-jobs", "noisy-neighbour"):
+        onset = cell.limit_bytes - cell.redline_bytes
+        prefill = max(0, onset - launch.usage_bytes() - p["lead_mib"] * MIB)
+        return ["hog", "--prefill", str(prefill), "--rate", str(p["rate"]), "--cap", str(2 * cell.limit_bytes),
+                "--name", COMM["hog"]]
+    if cell.scenario == "thrash":
+        return ["thrash", "--file", launch.thrash_file, "--threads", str(p["threads"]), "--name", COMM["thrash"]]
+    if cell.scenario == "fork-storm":
+        return ["storm", "--child-bytes", str(p["child_bytes"]), "--interval-ms", str(p["interval_ms"]),
+                "--max-children", str(p["max_children"]), "--name", COMM["storm"], "--child-name", COMM["child"]]
+    raise ValueError(cell.scenario)
+
+
+def job_of_comm(cell: Cell, comm: str) -> str | None:
+    """The job a process named ``comm`` belongs to, in this cell."""
+    if comm in (COMM["hog"], COMM["thrash"], COMM["storm"], COMM["child"]):
+        return cell.victim_job
+    if comm == COMM["svc"]:
+        return "svc"
+    if comm in (COMM["sleep"], COMM["fleet"]):
+        return "fleet" if comm == COMM["fleet"] else "idle-*"
+    return None

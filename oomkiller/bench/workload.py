@@ -1,0 +1,261 @@
+"""The processes the benchmark runs inside an arena.
+
+Run as a script (``python -S workload.py ROLE ...``): it imports nothing but the
+standard library, so it starts fast and holds little besides what it is told to
+hold. Every role names itself (``/proc/PID/comm``) so that a contender's log,
+which names processes, can be mapped back to the job. Every role prints
+``ready`` once set up; the roles that do work print ``ops N T`` every report
+period: N operations completed so far at CLOCK_MONOTONIC microsecond T.
+
+Roles:
+
+``hog``      allocates anonymous memory and touches every page: first
+             ``--prefill`` bytes as fast as it can, then ``--rate`` MB/s
+             (0 = as fast as it can) up to ``--cap`` bytes, then holds it.
+             Prints ``alloc BYTES T`` after the prefill and every 32 MiB.
+``service``  holds ``--hold`` bytes and serves one operation at a time: a 4 KiB
+             read at a random offset of its own file (through the page cache,
+             or with ``--direct`` around it), one byte read from each of 16
+             pages of its memory, then a 1 ms pause. What it completes is its
+             work.
+``thrash``   reads 4 KiB at random offsets of a file without pause (no
+             read-ahead), in ``--threads`` threads: with the file larger than
+             the arena, its working set never fits and the page cache thrashes.
+``storm``    forks a child every ``--interval-ms``; each child allocates
+             ``--child-bytes`` and holds it. Stops after ``--max-children``.
+``fleet``    forks one ``sleep`` into each of the given cgroups (the many-jobs
+             scenario): each child enters its cgroup, then execs ``sleep``.
+"""
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import random
+import sys
+import threading
+import time
+
+PAGE = 4096
+OP_READ_BYTES = 4096
+OP_SUM_BYTES = 64 << 10
+# The service's pace: one operation per millisecond keeps it well under a
+# core (the machines have two) while any stall of a few ms shows in its count.
+SERVICE_PAUSE_S = 0.001
+HOG_CHUNK_BYTES = 4 << 20
+# The hog says how far it got every this many bytes: enough to tell the rate
+# it reached near the limit without flooding the pipe.
+HOG_REPORT_BYTES = 32 << 20
+
+
+def now_usec() -> int:
+    return time.monotonic_ns() // 1000
+
+
+def set_name(name: str) -> None:
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
+def say(line: str) -> None:
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os._exit(0)     # nobody listens any more: the benchmark is gone
+
+
+def hold_forever() -> None:
+    while True:
+        time.sleep(3600)
+
+
+def hog(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    held = []
+    done = 0
+    say("ready")
+    while done < a.prefill:
+        n = min(HOG_CHUNK_BYTES, a.prefill - done)
+        held.append(b"\x5a" * n)
+        done += n
+    say(f"alloc {done} {now_usec()}")
+    t0 = time.monotonic()
+    base = done
+    while not a.cap or done < a.cap:
+        n = HOG_CHUNK_BYTES if not a.cap else min(HOG_CHUNK_BYTES, a.cap - done)
+        if a.rate:
+            # Each chunk is due when the rate says it is complete.
+            delay = t0 + (done - base + n) / (a.rate * 1e6) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        held.append(b"\x5a" * n)
+        done += n
+        if (done - base) % HOG_REPORT_BYTES < n:
+            say(f"alloc {done} {now_usec()}")
+    say(f"capped {done} {now_usec()}")
+    hold_forever()
+
+
+def service(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    mem = bytearray(b"\x33" * a.hold)
+    view = memoryview(mem)
+    size = os.stat(a.file).st_size
+    if a.direct:
+        # O_DIRECT: the reads leave no page cache in the arena, so its charged
+        # memory is what nobody can reclaim (the buffer must be page aligned).
+        fd = os.open(a.file, os.O_RDONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, OP_READ_BYTES)
+
+        def read(off: int) -> None:
+            os.preadv(fd, [buf], off)
+    else:
+        fd = os.open(a.file, os.O_RDONLY)
+        # Read the whole file once so it starts cached, charged to this job.
+        off = 0
+        while off < size:
+            off += len(os.pread(fd, 1 << 20, off)) or size
+
+        def read(off: int) -> None:
+            os.pread(fd, OP_READ_BYTES, off)
+    rng = random.Random(1)
+    ops = 0
+    period = a.report_ms / 1000
+    next_report = time.monotonic() + period
+    say("ready")
+    say(f"ops 0 {now_usec()}")
+    while True:
+        read(rng.randrange(0, max(1, size - OP_READ_BYTES)) & ~(PAGE - 1))
+        i = rng.randrange(0, max(1, a.hold - OP_SUM_BYTES))
+        sum(view[i:i + OP_SUM_BYTES:PAGE])
+        ops += 1
+        t = time.monotonic()
+        if t >= next_report:
+            say(f"ops {ops} {now_usec()}")
+            next_report = t + period
+        time.sleep(SERVICE_PAUSE_S)
+
+
+def thrash(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    fd = os.open(a.file, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    # Without read-ahead every miss is one page: the working set is what the
+    # random offsets touch, not what the kernel guesses around them.
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    pages = size // PAGE
+    counts = [0] * a.threads
+
+    def reader(i: int) -> None:
+        rng = random.Random(2 + i)
+        while True:
+            for _ in range(64):
+                os.pread(fd, OP_READ_BYTES, rng.randrange(pages) * PAGE)
+            counts[i] += 64
+
+    for i in range(1, a.threads):
+        threading.Thread(target=reader, args=(i,), daemon=True).start()
+    say("ready")
+    say(f"ops 0 {now_usec()}")
+
+    def report() -> None:
+        while True:
+            time.sleep(a.report_ms / 1000)
+            say(f"ops {sum(counts)} {now_usec()}")
+    threading.Thread(target=report, daemon=True).start()
+    reader(0)
+
+
+def storm(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    say("ready")
+    forked = 0
+    while forked < a.max_children:
+        pid = os.fork()
+        if pid == 0:
+            set_name(a.child_name)
+            held = b"\x5a" * a.child_bytes  # noqa: F841 (held until killed)
+            hold_forever()
+        forked += 1
+        if forked % 8 == 0:
+            say(f"forked {forked} {now_usec()}")
+        time.sleep(a.interval_ms / 1000)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+    say(f"forked {forked} {now_usec()}")
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            time.sleep(1)
+
+
+def fleet(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    sleep = "/bin/sleep" if os.path.exists("/bin/sleep") else "/usr/bin/sleep"
+    with open(a.cgroups) as f:
+        groups = [line.split() for line in f if line.strip()]
+    for targets in groups:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for t in targets:
+                    fd = os.open(os.path.join(t, "cgroup.procs"), os.O_WRONLY)
+                    os.write(fd, b"0")
+                    os.close(fd)
+                os.execv(sleep, ["sleep", "3600"])
+            finally:
+                os._exit(127)
+    say("ready")
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            time.sleep(1)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="workload")
+    sub = top.add_subparsers(dest="role", required=True)
+    h = sub.add_parser("hog")
+    h.add_argument("--prefill", type=int, default=0)
+    h.add_argument("--rate", type=float, default=0.0, help="MB/s after the prefill; 0 = as fast as possible")
+    h.add_argument("--cap", type=int, default=0)
+    h.add_argument("--name", default="oomk-hog")
+    s = sub.add_parser("service")
+    s.add_argument("--hold", type=int, required=True)
+    s.add_argument("--file", required=True)
+    s.add_argument("--direct", action="store_true", help="read the file with O_DIRECT (no page cache)")
+    s.add_argument("--report-ms", type=int, default=100)
+    s.add_argument("--name", default="oomk-svc")
+    t = sub.add_parser("thrash")
+    t.add_argument("--file", required=True)
+    t.add_argument("--report-ms", type=int, default=100)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--name", default="oomk-thrash")
+    f = sub.add_parser("storm")
+    f.add_argument("--child-bytes", type=int, required=True)
+    f.add_argument("--interval-ms", type=float, default=10.0)
+    f.add_argument("--max-children", type=int, default=200)
+    f.add_argument("--name", default="oomk-storm")
+    f.add_argument("--child-name", default="oomk-child")
+    fl = sub.add_parser("fleet")
+    fl.add_argument("--cgroups", required=True, help="a file: one line per child, its cgroup folders")
+    fl.add_argument("--name", default="oomk-fleet")
+    return top
+
+
+def main() -> None:
+    a = parser().parse_args()
+    {"hog": hog, "service": service, "thrash": thrash, "storm": storm, "fleet": fleet}[a.role](a)
+
+
+if __name__ == "__main__":
+    main()
