@@ -140,9 +140,6 @@ class Cgroupfs:
                         raise
         return sorted(set(pids))
 
-    def descendants(self, path: str) -> int:
-        return sum(len(dirs) for _, dirs, _ in os.walk(path))
-
     def xattrs(self, path: str) -> tuple[tuple[str, str], ...]:
         out = []
         for name in XATTRS:
@@ -251,25 +248,26 @@ class Cgroupfs:
             pass
         return stat.get("anon", 0) + stat.get("shmem", 0) + swap
 
-    def inner_protection(self, path: str, domain_path: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
-        """Descendants that carry oomd xattrs, as (name below the domain, xattrs)."""
-        out = []
+    def job(self, path: str, domain_path: str) -> Job:
+        """Read one job; raises FileNotFoundError if its cgroup is gone.
+
+        One walk of the subtree gathers its processes, its descendants and
+        their xattrs: with a thousand jobs, every extra walk is felt."""
+        pids = _read_pids(os.path.join(path, "cgroup.procs"))
+        inner = []
         for dirpath, dirnames, _ in os.walk(path):
             for d in dirnames:
                 full = os.path.join(dirpath, d)
-                x = self.xattrs(full)
-                out.append((os.path.relpath(full, domain_path), x))
-        return tuple(out)
-
-    def job(self, path: str, domain_path: str) -> Job:
-        """Read one job; raises FileNotFoundError if its cgroup is gone."""
-        procs = []
-        for pid in self.subtree_pids(path):
-            p = self.procfs.proc(pid)
-            if p is not None:
-                procs.append(p)
-        procs_t = tuple(procs)
-        v2 = self.v2_of(path, [p.pid for p in procs_t])
+                inner.append((os.path.relpath(full, domain_path), self.xattrs(full)))
+                try:
+                    pids.extend(_read_pids(os.path.join(full, "cgroup.procs")))
+                except FileNotFoundError:
+                    pass        # removed while we walked
+                except OSError as e:
+                    if e.errno != errno.EOPNOTSUPP:     # threaded: see subtree_pids
+                        raise
+        procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
+        v2 = self.v2_of(path, [p.pid for p in procs])
         v2_id = 0
         if v2:
             try:
@@ -277,9 +275,9 @@ class Cgroupfs:
             except FileNotFoundError:
                 v2 = None
         return Job(name=os.path.relpath(path, domain_path), path=path, inode=os.stat(path).st_ino,
-                   procs=procs_t, descendants=self.descendants(path), xattrs=self.xattrs(path),
+                   procs=procs, descendants=len(inner), xattrs=self.xattrs(path),
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
-                   charged_bytes=self.charged_bytes(path), inner=self.inner_protection(path, domain_path))
+                   charged_bytes=self.charged_bytes(path), inner=tuple(inner))
 
     def jobs(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         out = []
