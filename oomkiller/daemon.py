@@ -419,9 +419,9 @@ class Daemon:
 
     def _drain(self, ep: Any, by_fd: dict[int, Source], fd: int, mask: int) -> list[PressureEvent]:
         src = by_fd[fd]
-        if mask & (select.EPOLLERR | select.EPOLLHUP) and not mask & select.EPOLLIN:
-            # The watched file is gone (its cgroup was removed): it would
-            # poll ready forever.
+        # kernfs reports a change with EPOLLERR|EPOLLPRI, and a removed file
+        # the same way, forever: only the file being gone tells them apart.
+        if mask & (select.EPOLLERR | select.EPOLLHUP) and not getattr(src, "alive", lambda _fd: True)(fd):
             ep.unregister(fd)
             del by_fd[fd]
             self.unavailable[f"{src.name} fd {fd}"] = "the watched file went away"

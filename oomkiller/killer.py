@@ -211,8 +211,12 @@ class _Kill:
         while True:
             try:
                 pids = self.cg.subtree_pids(self.job.path)
-            except FileNotFoundError:
-                return None
+            except OSError as e:
+                # systemd removes a transient scope as soon as it empties:
+                # gone after the signal means done.
+                if e.errno in (errno.ENOENT, errno.ENODEV):
+                    return None
+                raise
             left = [p for p in pids if p not in self.exempt]
             if not left:
                 return []

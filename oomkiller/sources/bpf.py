@@ -196,10 +196,13 @@ GFP_RETRY_MAYFAIL_DEFAULT = 1 << 14
 # Allocations above this order are "costly": the allocator gives up on them
 # rather than invoke the OOM killer (PAGE_ALLOC_COSTLY_ORDER).
 ARM_MAX_ORDER = 3
-# Failed reclaims in a row by one thread before the armed kill: the charge
-# path retries MAX_RECLAIM_RETRIES (16) times before its OOM killer, so two
-# leave a wide margin and keep one unlucky reclaim from killing.
-ARM_FAILED_RECLAIMS = 2
+# Failed reclaims in a row by one thread before the armed kill. A memcg
+# charge retries MAX_RECLAIM_RETRIES (16) times before its OOM killer, so two
+# leave a wide margin and keep one unlucky reclaim from killing. The page
+# allocator's should_reclaim_retry() gives up at once when what is free and
+# reclaimable cannot meet the watermark (seen in a guest: the kernel killed
+# before a second failure in every run), so there the first failure counts.
+ARM_FAILED_RECLAIMS = {"memcg": 2, "direct": 1}
 
 
 def gfp_bit(tracefs: str, name: str, default: int) -> int:
@@ -303,7 +306,8 @@ class BpfSource:
             no_oom = (gfp_bit(self.tracefs, "__GFP_NORETRY", GFP_NORETRY_DEFAULT)
                       | gfp_bit(self.tracefs, "__GFP_RETRY_MAYFAIL", GFP_RETRY_MAYFAIL_DEFAULT))
             out += ["-DWITH_PREARM", f"-DARM_MIN_RECLAIMED={self.arm_min_reclaimed_pages}ULL",
-                    f"-DARM_FAILED_RECLAIMS={ARM_FAILED_RECLAIMS}", f"-DARM_MAX_ORDER={ARM_MAX_ORDER}",
+                    f"-DARM_FAILED_RECLAIMS={ARM_FAILED_RECLAIMS[self.arm_reclaim]}",
+                    f"-DARM_MAX_ORDER={ARM_MAX_ORDER}",
                     "-DARM_RECLAIM_KIND=" + ("OOMK_KIND_MEMCG_RECLAIM" if self.arm_reclaim == "memcg"
                                              else "OOMK_KIND_DIRECT_RECLAIM"),
                     f"-DGFP_NO_OOM={no_oom:#x}ULL"]

@@ -11,6 +11,7 @@ of it), so the core hears of a fast-growing job while it still has room.
 """
 from __future__ import annotations
 
+import errno
 import os
 import select
 import time
@@ -74,9 +75,17 @@ class MemcgSource:
                 os.read(fd, 4096)
         except BlockingIOError:
             return []
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.ENOENT):
+                return []       # the cgroup is gone; alive() says so on the next poll
+            raise
         self.fired += 1
         return [PressureEvent("memcg", "memcg_threshold" if self.v1 else "memcg_events",
                               timestamp_usec=time.monotonic_ns() // 1000, detail=self._fds[fd])]
+
+    def alive(self, fd: int) -> bool:
+        """Whether the watched cgroup still exists."""
+        return os.path.exists(os.path.join(self.path, "memory.usage_in_bytes" if self.v1 else "memory.events"))
 
     def stats(self) -> dict:
         return {"cgroup": self.path, "thresholds": len(self.thresholds_bytes) if self.v1 else "memory.events",

@@ -79,6 +79,10 @@ class PsiSource:
         return [PressureEvent("psi", "psi_some", stall_usec=self.stall_usec,
                               timestamp_usec=time.monotonic_ns() // 1000, detail=self._fds[fd])]
 
+    def alive(self, fd: int) -> bool:
+        """Whether the pressure file behind ``fd`` still exists."""
+        return os.path.exists(self._fds.get(fd, ""))
+
     def stats(self) -> dict:
         out = {"trigger": f"some {self.stall_usec}us/{self.effective_window_usec}us",
                "files": len(self._fds), "fired": self.fired}

@@ -114,10 +114,9 @@ def test_a_job_that_vanishes_mid_kill_is_passed_over(arena):
     g.kill()
     g.wait()
     wait_for(lambda: not cg.subtree_pids(gone.path), 5, "the cgroup to empty")
-    os.rmdir(gone.path)
-    os.rmdir(gone.v2_path)
-    arena._dirs.remove(gone.path)
-    arena._dirs.remove(gone.v2_path)
+    for d in dict.fromkeys((gone.path, gone.v2_path)):     # one folder on pure v2
+        os.rmdir(d)
+        arena._dirs.remove(d)
     attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=5_000_000).walk(ranking)
     assert [(c.job.name, r.ok, r.error) for c, r in attempts] == [
         ("gone", False, "cgroup vanished before the kill"), ("next", True, "")]
