@@ -33,6 +33,9 @@ from .rank import Policy, rank
 
 log = logging.getLogger("oomkiller")
 
+# PSI triggers on jobs: on the biggest this many.
+JOB_PSI_TRIGGERS = 32
+
 # The stall share is measured over at least this long (see detect.py).
 PRESSURE_SPAN_USEC = 2_000_000
 
@@ -86,13 +89,32 @@ class Daemon:
         self._history: collections.deque = collections.deque()
         self._quit = False
         self.control: ControlServer | None = None
+        self._ep: Any = None
+        self._by_fd: dict[int, Source] = {}
 
     def now_usec(self) -> int:
         return self.clock() // 1000
 
     # -- one wake of the core ----------------------------------------------------
     def jobs(self) -> list:
-        return self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
+        jobs = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
+        self._track_job_pressure(jobs)
+        return jobs
+
+    def _track_job_pressure(self, jobs: list) -> None:
+        """Keep PSI triggers on the biggest jobs' memory.pressure (a trigger
+        costs the kernel a poll worker, so not on a thousand of them)."""
+        psi = next((s for s in self.sources if hasattr(s, "track")), None)
+        if psi is None or self._ep is None:
+            return
+        biggest = sorted(jobs, key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
+        paths = {os.path.join(j.v2_path, "memory.pressure") for j in biggest if j.v2_path}
+        added, closed = psi.track(paths)
+        for fd in closed:
+            self._by_fd.pop(fd, None)       # closing the fd took it out of the epoll set
+        for fd in added:
+            self._ep.register(fd, psi.poll_events)
+            self._by_fd[fd] = psi
 
     def wake(self, events: list[PressureEvent]) -> dict[str, Any] | None:
         """Snapshot, detect, and if low, rank, re-check and kill. Returns the
@@ -359,14 +381,14 @@ class Daemon:
     def run(self) -> None:
         """Wait on the control socket, every source's fds and the timer
         deadline together (one epoll); wake the core on anything."""
-        ep = select.epoll()
+        ep = self._ep = select.epoll()
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wfd)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.control = ControlServer(self.config.control_socket, self.handle)
         ep.register(rfd, select.EPOLLIN)
         ep.register(self.control.fileno(), select.EPOLLIN)
-        by_fd: dict[int, Source] = {}
+        by_fd = self._by_fd
         for src in self.sources:
             for fd in src.fds():
                 # PSI and kernfs files signal with POLLPRI and always poll
@@ -409,6 +431,7 @@ class Daemon:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             ep.close()
+            self._ep = None
             os.close(rfd)
             os.close(wfd)
             self.control.close()

@@ -1,5 +1,9 @@
 """PSI triggers: the kernel wakes us when memory stall time crosses a line.
 
+On the host's and the domain's pressure files, fixed, and on the jobs' (their
+v2 cgroups' ``memory.pressure``), kept in step with the job list each time the
+core reads it: a job thrashing inside a limit of its own wakes the core too.
+
 A trigger is ``some <stall_us> <window_us>`` written to a pressure file kept
 open; the fd then polls POLLPRI at most once per window while the stall is
 over the line (Documentation/accounting/psi.rst). Without CAP_SYS_RESOURCE the
@@ -33,6 +37,7 @@ class PsiSource:
         self.effective_window_usec = window_usec
         self.unprivileged = False
         self._fds: dict[int, str] = {}
+        self._jobs: dict[int, str] = {}      # the jobs' triggers, a subset of _fds
         self.fired = 0
         self.failed: dict[str, str] = {}
 
@@ -72,6 +77,27 @@ class PsiSource:
     def fds(self) -> list[int]:
         return list(self._fds)
 
+    def track(self, paths: set[str]) -> tuple[list[int], list[int]]:
+        """Keep job triggers on exactly ``paths`` (beside the fixed ones):
+        returns (fds added, fds closed) for the caller's poller."""
+        added, closed = [], []
+        for fd, path in list(self._jobs.items()):
+            if path not in paths:
+                del self._jobs[fd]
+                del self._fds[fd]
+                os.close(fd)
+                closed.append(fd)
+        have = set(self._jobs.values())
+        for path in paths - have:
+            try:
+                fd = self._arm(path)
+            except OSError:
+                continue        # the job went away, or has no pressure file
+            self._fds[fd] = path
+            self._jobs[fd] = path
+            added.append(fd)
+        return added, closed
+
     def drain(self, fd: int | None = None) -> list[PressureEvent]:
         if fd not in self._fds:
             return []
@@ -85,7 +111,7 @@ class PsiSource:
 
     def stats(self) -> dict:
         out = {"trigger": f"some {self.stall_usec}us/{self.effective_window_usec}us",
-               "files": len(self._fds), "fired": self.fired}
+               "files": len(self._fds), "job_files": len(self._jobs), "fired": self.fired}
         if self.unprivileged:
             out["note"] = "unprivileged: window rounded to a multiple of 2 s"
         return out
@@ -94,3 +120,4 @@ class PsiSource:
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
+        self._jobs.clear()

@@ -72,7 +72,10 @@ def test_control_commands_and_lowmem_walk(arena, daemon):
     assert "OOM: oom_lowmem(shortfall_bytes=524288) called" in err
     assert f"OOM:   (next) job {os.stat(small.path).st_ino:6d} 'small'" in err
     assert " free (" in err and " total" in err
-    assert json.loads(d.ctl("info", "--json").stdout)["kills"] == 1
+    data = json.loads(d.ctl("info", "--json").stdout)
+    assert data["kills"] == 1
+    # the walk read the job list, and PSI now watches the job that is left
+    assert data["sources"]["psi"]["job_files"] == 1
 
 
 def test_a_job_that_forks_during_the_kill_is_emptied(arena, daemon):

@@ -87,3 +87,20 @@ def test_memcg_threshold_fires_when_usage_crosses_it(arena):
         assert hog.poll() is None
     finally:
         src.close()
+
+
+def test_job_triggers_follow_the_job_list(arena):
+    a, b = arena.job("a"), arena.job("b")
+    src = PsiSource([os.path.join(arena.v2_path, "memory.pressure")])
+    src.start()
+    try:
+        fixed = set(src.fds())
+        pa, pb = os.path.join(a.v2_path, "memory.pressure"), os.path.join(b.v2_path, "memory.pressure")
+        added, closed = src.track({pa, pb})
+        assert len(added) == 2 and closed == [] and src.stats()["job_files"] == 2
+        added2, closed2 = src.track({pb})
+        assert added2 == [] and len(closed2) == 1 and set(src.fds()) == fixed | (set(added) - set(closed2))
+        assert src.track({"/nonexistent/memory.pressure"}) == ([], [f for f in added if f not in closed2])
+        assert set(src.fds()) == fixed
+    finally:
+        src.close()
