@@ -74,8 +74,8 @@ def test_control_commands_and_lowmem_walk(arena, daemon):
     assert " free (" in err and " total" in err
     data = json.loads(d.ctl("info", "--json").stdout)
     assert data["kills"] == 1
-    # the walk read the job list, and PSI now watches the job that is left
-    assert data["sources"]["psi"]["job_files"] == 1
+    # the walk read the job list, and PSI now watches the two jobs it saw
+    assert data["sources"]["psi"]["job_files"] == 2
 
 
 def test_a_job_that_forks_during_the_kill_is_emptied(arena, daemon):
