@@ -233,7 +233,8 @@ class Daemon:
 # The prober: a small process of its own that locks its memory, so what it
 # measures is the daemon's answer, not its own page faults under the pressure.
 PROBE_SOURCE = r"""
-import ctypes, json, signal, socket, sys, time
+import ctypes, json, signal, sys, time
+from oomkiller.control import request
 ctypes.CDLL(None).mlockall(1 | 2)       # MCL_CURRENT | MCL_FUTURE
 path, interval, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 latencies, failures, done = [], [], []
@@ -241,19 +242,7 @@ signal.signal(signal.SIGTERM, lambda *_: done.append(1))
 while not done:
     t0 = time.monotonic()
     try:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect(path)
-        s.sendall(b'{"cmd": "info"}\n')
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        s.close()
-        if not json.loads(data).get("ok"):
-            raise RuntimeError(data[:200])
+        request(path, "info", timeout_s=5)
         latencies.append(time.monotonic() - t0)
     except Exception as e:
         failures.append(f"{time.monotonic():.3f} {e!r}")
