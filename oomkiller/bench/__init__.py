@@ -52,6 +52,11 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="the full matrix: three hog rates, 10/100/1000 jobs against every contender, longer "
                            "windows, 5 runs per cell; about 50 min")
+    p.add_argument("--host-level", action="store_true",
+                   help="run on a whole machine with systemd on pure cgroup v2 (the VM tier's guest): the kernel "
+                        "alone, earlyoom, nohang, systemd-oomd and oomd (shipped defaults and tuned) and "
+                        "oomkiller as the machine's own services, against guest-wide pressure; writes "
+                        "results.json and results.md (see oomkiller/bench/hostlevel.py)")
     p.add_argument("--out", default="bench-out", metavar="DIR", help="where results go (default bench-out)")
     p.add_argument("--runs", type=int, metavar="N", help="runs per cell (default: 1 for --ci/--short, 5 for --full)")
     p.add_argument("--scenarios", metavar="LIST",
@@ -68,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
+    if a.host_level:
+        from . import hostlevel
+        return hostlevel.rerender(a.rerender, a.out) if a.rerender else hostlevel.main(a)
     if a.rerender:
         return rerender(a.rerender, a.out, not a.no_plots)
     runs, baseline_s, idle_s = MODES[a.mode]

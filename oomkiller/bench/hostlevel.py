@@ -1,0 +1,924 @@
+"""``oomkiller bench --host-level``: the contenders as a host's real services.
+
+Meant for a whole machine with systemd on pure cgroup v2 and no swap (the VM
+tier's guest: ``python -m tests.vm.run --cmd 'python -m oomkiller bench
+--host-level --out $OOMK_VM_RESULTS/bench'``). Pressure is machine-wide (the
+host domain: ``MemAvailable`` of ``MemTotal``), jobs are transient systemd
+services in ``system.slice``, and each contender runs as the machine's own
+unit, started with ``systemctl`` and stopped again before the next one:
+
+* ``kernel``: no user-space killer;
+* earlyoom, nohang, systemd-oomd and oomd, each with its shipped defaults and
+  with tuned settings (``describe()`` says which);
+* ``oomkiller``: the project's unit (deploy/oomkiller.service) with the
+  shipped config: ``--domain host``, every source, redline 5%.
+
+Every run starts a protected service (``workload.py service``, marked
+``ManagedOOMPreference=avoid``) and, after a baseline, a hog service. The run
+ends when the hog's cgroup is empty (or at a timeout, when the harness kills
+it). Measures:
+
+* *onset*: the first sample (every 10 ms, from ``/proc/meminfo``) with
+  ``MemAvailable`` below ``ONSET_PERCENT`` of ``MemTotal``;
+* *death*: the first sample with the hog's cgroup empty or gone;
+* *who killed*: the kernel when ``/proc/vmstat`` ``oom_kill`` grew, else the
+  contender when the hog died of a signal (its log line is kept);
+* *right*: the hog died, the protected service, the contender and the
+  system's own services kept their processes;
+* *service work*: the protected service's operations per second from the
+  hog's start to its death, as a share of its rate in the baseline.
+
+Times under emulation are slower than on hardware: the table gives each
+contender's median onset-to-death time as a ratio to the kernel's and to
+oomkiller's in the same machine and the same run of the benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+MIB = 1 << 20
+CGROUP_ROOT = "/sys/fs/cgroup"
+RUN_DIR = "/run/oomk-bench"
+DATA_DIR = "/var/tmp/oomk-bench"
+UNIT_PREFIX = "oomkb-"
+SLICE = "system.slice"
+DROPIN_NAME = "50-oomk-bench.conf"
+
+ONSET_PERCENT = 10
+SAMPLE_S = 0.01
+# A hog never holds more than this share of MemTotal: it cannot fit, so the
+# kernel acts before the cap, and nothing runs away if everything else fails.
+HOG_CAP_SHARE = 1.5
+RUN_TIMEOUT_S = 120
+BASELINE_S = 1.5
+AFTER_S = 1.0
+SERVICE_HOLD_BYTES = 32 * MIB
+SERVICE_FILE_BYTES = 16 * MIB
+SYSTEM_SERVICES = ("systemd-journald.service", "dbus.service", "systemd-logind.service")
+WORKLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workload.py")
+
+
+# -- scenarios ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    rate_mb_s: float          # 0: as fast as it can
+    lead_mib: int = 0         # slow leak: start this far above the onset
+    timeout_s: float = RUN_TIMEOUT_S
+
+    def describe(self) -> str:
+        if not self.lead_mib:
+            return "a service allocates anonymous memory as fast as it can, guest-wide, beside the protected service"
+        return (f"a service fills memory at once to {self.lead_mib} MiB above the onset, then leaks "
+                f"{self.rate_mb_s:g} MB/s, beside the protected service")
+
+    def hog_argv(self, mem_total: int, mem_available: int) -> list[str]:
+        cap = int(mem_total * HOG_CAP_SHARE)
+        prefill = 0
+        if self.lead_mib:
+            prefill = max(0, mem_available - onset_bytes(mem_total) - self.lead_mib * MIB)
+        return ["hog", "--prefill", str(prefill), "--rate", str(self.rate_mb_s), "--cap", str(cap),
+                "--name", "oomk-hog"]
+
+
+SCENARIOS = {s.key: s for s in (
+    Scenario("fast-hog", "fast hog, max rate", 0),
+    Scenario("slow-leak", "slow leak, 16 MB/s", 16, lead_mib=32),
+)}
+
+
+def onset_bytes(mem_total: int) -> int:
+    return mem_total * ONSET_PERCENT // 100
+
+
+# -- small helpers ------------------------------------------------------------------
+
+def sh(*argv: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}): {(p.stderr or p.stdout).strip()[-500:]}")
+    return p
+
+
+def show(unit: str, *props: str) -> dict[str, str]:
+    out = sh("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def vmstat_oom_kills() -> int:
+    with open("/proc/vmstat") as f:
+        for line in f:
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    return 0
+
+
+def write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def wait_for(cond, timeout_s: float, step_s: float = 0.1):
+    end = time.monotonic() + timeout_s
+    while True:
+        v = cond()
+        if v or time.monotonic() >= end:
+            return v
+        time.sleep(step_s)
+
+
+def parse_ops(text: str) -> list[tuple[int, int]]:
+    """The service's ``ops N T`` lines: (T in CLOCK_MONOTONIC us, N)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "ops" and parts[1].isdigit() and parts[2].isdigit():
+            out.append((int(parts[2]), int(parts[1])))
+    return out
+
+
+def ops_rate(ops: list[tuple[int, int]], t0_us: int, t1_us: int) -> float | None:
+    """Operations per second between two instants, from the reports that
+    bracket them most tightly (the first at or after t0, the last at or
+    before t1; a report the service never sent counts as no work)."""
+    inside = [(t, n) for t, n in ops if t0_us <= t <= t1_us]
+    before = [(t, n) for t, n in ops if t < t0_us]
+    start = before[-1] if before else (inside[0] if inside else None)
+    if start is None:
+        return None
+    end = inside[-1] if inside else start
+    span = (t1_us - start[0]) / 1e6
+    return (end[1] - start[1]) / span if span > 0 else None
+
+
+def median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# -- contenders ---------------------------------------------------------------------
+
+@dataclass
+class Contender:
+    key: str
+    label: str
+    kind: str
+    unit: str | None = None                        # None: the kernel alone
+    files: dict[str, str] = field(default_factory=dict)     # written before the start, removed after
+    kill_re: str = r"(?i)\bkill(ed|ing)?\b"
+    settings: str = ""
+    ready_timeout_s: float = 60
+    also_stop: tuple[str, ...] = ()                 # units that could start it again (a socket)
+
+    def describe(self) -> str:
+        return self.settings
+
+    def unavailable(self) -> str | None:
+        if self.unit is None:
+            return None
+        load = show(self.unit, "LoadState").get("LoadState")
+        if load != "loaded":
+            return f"{self.unit} is not installed here ({load or 'no systemd'})"
+        return None
+
+    # The unit's lifetime spans every run of this contender.
+    def start(self) -> dict[str, Any]:
+        if self.unit is None:
+            return {}
+        for path, text in self.files.items():
+            write(path, text)
+        sh("systemctl", "daemon-reload", check=True)
+        sh("systemctl", "reset-failed", self.unit)
+        t0 = time.monotonic()
+        self.since = time.time()
+        p = sh("systemctl", "start", self.unit, timeout=300)
+        if p.returncode != 0:
+            raise RuntimeError(f"systemctl start {self.unit}: {(p.stderr or p.stdout).strip()[-300:]}\n"
+                               + self.journal_text()[-1500:])
+        self.wait_ready()
+        # Up and still up a moment later (Restart=always would hide a crash loop).
+        time.sleep(1.0)
+        st = self.state()
+        if not st["alive"]:
+            raise RuntimeError(f"{self.unit} did not stay up: {st}\n" + self.journal_text()[-1500:])
+        return {"start_s": round(time.monotonic() - t0, 2), "main_pid": st["pid"]}
+
+    def wait_ready(self) -> None:
+        wait_for(lambda: self.state()["alive"], self.ready_timeout_s, 0.2)
+
+    def state(self) -> dict[str, Any]:
+        if self.unit is None:
+            return {"alive": True, "pid": 0, "restarts": 0}
+        s = show(self.unit, "ActiveState", "MainPID", "NRestarts")
+        return {"alive": s.get("ActiveState") == "active" and s.get("MainPID", "0") != "0",
+                "pid": int(s.get("MainPID") or 0), "restarts": int(s.get("NRestarts") or 0)}
+
+    def journal_text(self, since: float | None = None) -> str:
+        if self.unit is None:
+            return ""
+        since = self.since if since is None else since
+        return sh("journalctl", "-u", self.unit, "--no-pager", "-o", "cat", "--since", f"@{int(since)}").stdout
+
+    def kill_lines(self, since: float) -> list[str]:
+        pat = re.compile(self.kill_re)
+        return [line for line in self.journal_text(since).splitlines() if pat.search(line)]
+
+    def stop(self) -> None:
+        if self.unit is None:
+            return
+        sh("systemctl", "stop", self.unit, *self.also_stop, timeout=120)
+        for path in self.files:
+            unlink(path)
+        sh("systemctl", "daemon-reload")
+        sh("systemctl", "reset-failed", self.unit)
+
+
+def dropin(unit: str) -> str:
+    return f"/run/systemd/system/{unit}.d/{DROPIN_NAME}"
+
+
+class Oomkiller(Contender):
+    SOCKET = "/run/oomkiller/control.sock"
+    RECORDS = "/run/oomkiller/decisions.jsonl"
+
+    def __init__(self, redline: str | None = None) -> None:
+        env = f'Environment="OOMKILLER_JSON_LOG={self.RECORDS}"\n'
+        settings = ("deploy/oomkiller.service with the shipped /etc/oomkiller/oomkiller.toml: --domain host, "
+                    "redline 5%, sources ebpf,prearm,psi,memcg,timer, 1 s timer; decision records to a file")
+        key, label = "oomkiller", "oomkiller"
+        if redline:
+            env += f'Environment="OOMKILLER_REDLINE={redline}"\n'
+            settings = settings.replace("redline 5%", f"redline {redline} (OOMKILLER_REDLINE, as the tuned "
+                                        "earlyoom and nohang)")
+            key, label = f"oomkiller-{redline.rstrip('%')}", f"oomkiller (redline {redline})"
+        super().__init__(key, label, "oomkiller", "oomkiller.service",
+                         {dropin("oomkiller.service"): "[Service]\n" + env}, settings=settings,
+                         ready_timeout_s=300)
+
+    def wait_ready(self) -> None:
+        from ..control import ControlError, request
+
+        def answering() -> bool:
+            pid = self.state()["pid"]
+            if not pid:
+                return False
+            try:
+                return request(self.SOCKET, "info", timeout_s=2)["data"]["pid"] == pid
+            except (ControlError, KeyError, OSError):
+                return False
+        if not wait_for(answering, self.ready_timeout_s, 0.25):
+            raise RuntimeError("oomkiller did not answer on its control socket:\n" + self.journal_text()[-1500:])
+        try:
+            info = request(self.SOCKET, "info", timeout_s=5)["data"]
+            self.sources_live = sorted(k for k, v in info.get("sources", {}).items() if v.get("state") == "live")
+        except (ControlError, KeyError, OSError):
+            self.sources_live = []
+
+    def start(self) -> dict[str, Any]:
+        unlink(self.RECORDS)
+        self.seen = 0
+        out = super().start()
+        out["sources_live"] = getattr(self, "sources_live", [])
+        return out
+
+    def stop(self) -> None:
+        # Its runtime folder goes with the unit: keep the decision records.
+        keep = getattr(self, "keep_dir", None)
+        if keep and os.path.exists(self.RECORDS):
+            shutil.copyfile(self.RECORDS, os.path.join(keep, f"{self.key}-decisions.jsonl"))
+        super().stop()
+
+    def kill_lines(self, since: float) -> list[str]:
+        try:
+            with open(self.RECORDS) as f:
+                recs = [json.loads(line) for line in f if line.strip()]
+        except (FileNotFoundError, ValueError):
+            return []
+        # The records' clock is the daemon's monotonic one: take the ones
+        # written since the last run.
+        new, self.seen = recs[getattr(self, "seen", 0):], len(recs)
+        out = []
+        for r in new:
+            if r.get("result") == "killed":
+                woke = ",".join(sorted({w.get("kind") or w.get("source") or "?" for w in r.get("woken_by", [])}))
+                out.append(f"killed {r.get('victim', {}).get('job')} ({r.get('decision')}; woken by {woke})")
+        return out
+
+
+def nohang_tuned_config(base: str) -> str:
+    settings = {"soft_threshold_min_mem": f"{ONSET_PERCENT} %", "hard_threshold_min_mem": f"{ONSET_PERCENT} %",
+                "psi_checking_enabled": "True", "psi_excess_duration": "2"}
+    out = []
+    for line in base.splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and not line.lstrip().startswith("#") and key in settings:
+            out.append(f"{key} = {settings.pop(key)}")
+        else:
+            out.append(line)
+    out += [f"{k} = {v}" for k, v in settings.items()]
+    out.append("@BADNESS_ADJ_RE_NAME -1000 /// ^oomk-svc$")
+    return "\n".join(out) + "\n"
+
+
+NOHANG_UNBUFFERED = '[Service]\nEnvironment="PYTHONUNBUFFERED=1"\n'
+
+OOMD_TUNED = {
+    "rulesets": [{
+        "name": "memory protection",
+        "detectors": [
+            ["system pressure above 10 for 1s",
+             {"name": "pressure_above", "args": {"cgroup": "system.slice", "resource": "memory",
+                                                 "threshold": "10", "duration": "1"}}],
+            ["system.slice above 85% of memory",
+             {"name": "memory_above", "args": {"cgroup": "system.slice", "threshold": "85%", "duration": "1"}}],
+        ],
+        "actions": [{"name": "kill_by_memory_size_or_growth", "args": {"cgroup": "system.slice/*"}}],
+    }]
+}
+
+OOMD_SHIPPED_OPTS = "--interval 1 --config /etc/oomd/oomd.json --cgroup-fs /sys/fs/cgroup/unified"
+
+
+def contenders() -> dict[str, Contender]:
+    nohang_conf = os.path.join(RUN_DIR, "nohang.conf")
+    oomd_conf = os.path.join(RUN_DIR, "oomd.json")
+    try:
+        with open("/etc/nohang/nohang.conf") as f:
+            nohang_base = f.read()
+    except OSError:
+        nohang_base = ""
+    cs = [
+        Contender("kernel", "kernel alone", "kernel", None,
+                  settings="no user-space killer: the kernel's OOM killer"),
+        Oomkiller(),
+        Oomkiller(f"{ONSET_PERCENT}%"),
+        Contender("earlyoom", "earlyoom (defaults)", "earlyoom", "earlyoom.service",
+                  kill_re=r"sending SIG\w+ to process",
+                  settings="earlyoom.service as shipped: /etc/default/earlyoom (-r 3600; SIGTERM below 10% "
+                           "available, SIGKILL below 5%)"),
+        Contender("earlyoom-tuned", "earlyoom (tuned)", "earlyoom", "earlyoom.service",
+                  {dropin("earlyoom.service"):
+                   "[Service]\nExecStart=\nExecStart=/usr/bin/earlyoom -m 10,10 -s 100,100 -r 0 --avoid ^oomk-svc$$\n"},
+                  kill_re=r"sending SIG\w+ to process",
+                  settings="earlyoom -m 10,10 -s 100,100 -r 0 --avoid '^oomk-svc$' (SIGKILL at once below 10%)"),
+        Contender("nohang", "nohang (defaults)", "nohang", "nohang.service",
+                  {dropin("nohang.service"): NOHANG_UNBUFFERED}, kill_re=r"Sending SIG\w+ to ",
+                  settings="nohang.service as shipped: /etc/nohang/nohang.conf (SIGTERM below 5% available, "
+                           "SIGKILL below 2%, PSI off); PYTHONUNBUFFERED=1 so that its log lines come at once"),
+        Contender("nohang-tuned", "nohang (tuned)", "nohang", "nohang.service",
+                  {nohang_conf: nohang_tuned_config(nohang_base),
+                   dropin("nohang.service"): NOHANG_UNBUFFERED
+                   + f"ExecStart=\nExecStart=/usr/sbin/nohang --monitor --config {nohang_conf}\n"},
+                  kill_re=r"Sending SIG\w+ to ",
+                  settings=f"nohang with soft and hard min_mem at {ONSET_PERCENT}% (SIGKILL at once), PSI on "
+                           "(full_avg10 above 90 for 2 s), @BADNESS_ADJ_RE_NAME -1000 /// ^oomk-svc$"),
+        Contender("systemd-oomd", "systemd-oomd (defaults)", "systemd-oomd", "systemd-oomd.service",
+                  kill_re=r"(?i)killed", also_stop=("systemd-oomd.socket",),
+                  settings="systemd-oomd.service as shipped: Debian sets no ManagedOOM*= on any unit, so it "
+                           "watches nothing"),
+        Contender("systemd-oomd-tuned", "systemd-oomd (tuned)", "systemd-oomd", "systemd-oomd.service",
+                  {dropin(SLICE): "[Slice]\nManagedOOMMemoryPressure=kill\nManagedOOMMemoryPressureLimit=10%\n",
+                   f"/run/systemd/oomd.conf.d/{DROPIN_NAME}": "[OOM]\nDefaultMemoryPressureDurationSec=1s\n"},
+                  kill_re=r"(?i)killed", also_stop=("systemd-oomd.socket",),
+                  settings="system.slice: ManagedOOMMemoryPressure=kill, ManagedOOMMemoryPressureLimit=10%; "
+                           "oomd.conf DefaultMemoryPressureDurationSec=1s (no swap: SwapUsedLimit= is moot); "
+                           "the protected service has ManagedOOMPreference=avoid"),
+        Contender("oomd", "oomd (defaults)", "oomd", "oomd.service",
+                  {dropin("oomd.service"):
+                   "[Service]\nExecStart=\nExecStart=/usr/bin/oomd --interval 1 --config /etc/oomd/oomd.json\n"},
+                  settings="oomd with the shipped /etc/oomd/oomd.json (system.slice memory pressure above 80 "
+                           "for 60 s with reclaim), --interval 1; /etc/default/oomd's --cgroup-fs "
+                           "/sys/fs/cgroup/unified dropped, as that file says to on a unified hierarchy"),
+        Contender("oomd-tuned", "oomd (tuned)", "oomd", "oomd.service",
+                  {oomd_conf: json.dumps(OOMD_TUNED, indent=1) + "\n",
+                   dropin("oomd.service"):
+                   f"[Service]\nExecStart=\nExecStart=/usr/bin/oomd --interval 1 --config {oomd_conf}\n"},
+                  settings="oomd --interval 1, one ruleset: system.slice memory pressure above 10 for 1 s, or "
+                           "system.slice above 85% of memory for 1 s -> kill_by_memory_size_or_growth "
+                           "system.slice/*"),
+    ]
+    return {c.key: c for c in cs}
+
+
+# -- one run ---------------------------------------------------------------------------
+
+class Sampler(threading.Thread):
+    """Every SAMPLE_S: MemAvailable (onset) and the hog's cgroup (death)."""
+
+    def __init__(self, mem_total: int, hog_cgroup: str) -> None:
+        super().__init__(daemon=True)
+        self.onset = onset_bytes(mem_total)
+        self.events = os.path.join(hog_cgroup, "cgroup.events")
+        self.t_onset: float | None = None
+        self.t_seen: float | None = None
+        self.t_dead: float | None = None
+        self.min_available: int | None = None
+        self.samples = 0
+        self.done = threading.Event()
+
+    def available(self, fd: int) -> int:
+        os.lseek(fd, 0, os.SEEK_SET)
+        for line in os.read(fd, 4096).split(b"\n"):
+            if line.startswith(b"MemAvailable:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def hog_state(self) -> str:
+        try:
+            with open(self.events) as f:
+                text = f.read()
+        except (FileNotFoundError, OSError):
+            return "gone"
+        return "populated" if "populated 1" in text else "empty"
+
+    def run(self) -> None:
+        fd = os.open("/proc/meminfo", os.O_RDONLY)
+        try:
+            while not self.done.is_set():
+                t = time.monotonic()
+                avail = self.available(fd)
+                self.samples += 1
+                self.min_available = avail if self.min_available is None else min(self.min_available, avail)
+                if self.t_onset is None and avail < self.onset:
+                    self.t_onset = t
+                st = self.hog_state()
+                if st == "populated" and self.t_seen is None:
+                    self.t_seen = t
+                elif st != "populated" and self.t_seen is not None:
+                    self.t_dead = t
+                    return
+                time.sleep(SAMPLE_S)
+        finally:
+            os.close(fd)
+
+
+class HostBench:
+    def __init__(self, a: argparse.Namespace, scens: list[Scenario], conts: list[Contender], runs: int) -> None:
+        self.a = a
+        self.scens = scens
+        self.conts = conts
+        self.runs = runs
+        self.out = os.path.abspath(a.out)
+        self.records: list[dict[str, Any]] = []
+        self.starts: dict[str, dict[str, Any]] = {}
+        self.unavailable: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.n = 0
+        self.idle_available = 0
+        self.mem_total = meminfo()["MemTotal"]
+        self.started = time.time()
+        self.versions = versions()
+
+    # ---- the whole matrix
+    def run(self) -> int:
+        os.makedirs(self.out, exist_ok=True)
+        os.makedirs(RUN_DIR, exist_ok=True)
+        os.makedirs(DATA_DIR, exist_ok=True)
+        lock_self()
+        from .runner import make_file
+        self.service_file = os.path.join(DATA_DIR, "service.dat")
+        make_file(self.service_file, SERVICE_FILE_BYTES)
+        for c in self.conts:
+            c.keep_dir = self.out
+        every = contenders()
+        units = sorted({u for c in every.values() if c.unit for u in (c.unit, *c.also_stop)})
+        for u in units:
+            sh("systemctl", "stop", u)
+        self.notes += oomd_shipped_check()
+        total = len(self.scens) * len(self.conts) * self.runs
+        print(f"oomkiller bench --host-level: {len(self.scens)} scenarios x {len(self.conts)} contenders x "
+              f"{self.runs} run(s), MemTotal {self.mem_total // MIB} MiB, onset at MemAvailable < "
+              f"{ONSET_PERCENT}% -> {self.out}", flush=True)
+        interrupted = False
+        try:
+            for c in self.conts:
+                why = c.unavailable()
+                if why:
+                    self.unavailable[c.key] = why
+                    print(f"  not run: {c.key}: {why}", flush=True)
+                    continue
+                try:
+                    self.starts[c.key] = c.start()
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    self.unavailable[c.key] = f"did not start: {e}"
+                    print(f"  not run: {c.key}: did not start: {str(e)[:2000]}", flush=True)
+                    c.stop()
+                    continue
+                # What the machine has free with this contender up and idle:
+                # each run starts when it is back.
+                self.idle_available = meminfo()["MemAvailable"]
+                self.starts[c.key]["idle_available_mib"] = self.idle_available // MIB
+                print(f"  {c.key}: up in {self.starts[c.key].get('start_s', 0)} s, MemAvailable "
+                      f"{self.idle_available // MIB} MiB", flush=True)
+                try:
+                    for rnd in range(self.runs):
+                        for s in self.scens:
+                            self.n += 1
+                            rec = self.one(c, s, rnd)
+                            self.records.append(rec)
+                            print(f"[{self.n:2d}/{total}] {line(rec)}", flush=True)
+                            self.write()
+                finally:
+                    try:
+                        c.stop()
+                    except subprocess.TimeoutExpired as e:
+                        self.notes.append(f"{c.key}: stopping it timed out ({e})")
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.write()
+            stop_leftover_units()
+        if interrupted:
+            return 130
+        return 1 if any(r.get("error") for r in self.records) else 0
+
+    # ---- one run
+    def one(self, c: Contender, s: Scenario, rnd: int) -> dict[str, Any]:
+        rec: dict[str, Any] = {"scenario": s.key, "contender": c.key, "run": rnd}
+        tag = f"{self.n:02d}"
+        svc = f"{UNIT_PREFIX}svc-{tag}.service"
+        hog = f"{UNIT_PREFIX}hog-{tag}.service"
+        svc_out = os.path.join(RUN_DIR, f"svc-{tag}.out")
+        t_wall0 = time.monotonic()
+        sampler = None
+        try:
+            rec["settle_s"] = round(settle(self.idle_available), 2)
+            unlink(svc_out)
+            sh("systemd-run", "--quiet", f"--unit={svc}", "--property=Restart=no", "--property=Type=exec",
+               "--property=ManagedOOMPreference=avoid", f"--property=StandardOutput=file:{svc_out}",
+               "--", sys.executable, "-S", WORKLOAD, "service", "--hold", str(SERVICE_HOLD_BYTES),
+               "--file", self.service_file, "--direct", "--name", "oomk-svc", check=True)
+            if not wait_for(lambda: "ready" in read(svc_out), 60, 0.1):
+                raise RuntimeError("the protected service did not get ready")
+            time.sleep(BASELINE_S)
+            before = {"oom": vmstat_oom_kills(), "svc": show(svc, "MainPID")["MainPID"], "killer": c.state(),
+                      "system": {u: show(u, "MainPID")["MainPID"] for u in SYSTEM_SERVICES}}
+            m = meminfo()
+            argv = s.hog_argv(self.mem_total, m["MemAvailable"])
+            rec["hog_prefill_mib"] = int(argv[2]) // MIB
+            sampler = Sampler(self.mem_total, f"{CGROUP_ROOT}/{SLICE}/{hog}")
+            since = time.time()
+            t_start = time.monotonic()
+            sampler.start()
+            sh("systemd-run", "--quiet", f"--unit={hog}", "--property=Restart=no", "--property=Type=exec",
+               "--property=StandardOutput=null", "--", sys.executable, "-S", WORKLOAD, *argv, check=True)
+            sampler.join(s.timeout_s)
+            timed_out = sampler.is_alive()
+            if timed_out:
+                sh("systemctl", "kill", "--signal=SIGKILL", hog)
+                sampler.join(10)
+            sampler.done.set()
+            time.sleep(AFTER_S)
+            res = show(hog, "Result", "ExecMainCode", "ExecMainStatus")
+            after_killer = c.state()
+            svc_state = show(svc, "ActiveState", "MainPID")
+            oom = vmstat_oom_kills() - before["oom"]
+            lines = c.kill_lines(since) if c.unit else []
+            rec.update(self.judge(c, res, oom, timed_out, lines, before, after_killer, svc_state))
+            rec["min_available_mib"] = (sampler.min_available or 0) // MIB
+            rec["samples"] = sampler.samples
+            t_dead = sampler.t_dead
+            if t_dead is not None and not timed_out:
+                rec["start_to_death_ms"] = round((t_dead - t_start) * 1000, 1)
+                if sampler.t_onset is not None:
+                    rec["onset_to_death_ms"] = round((t_dead - sampler.t_onset) * 1000, 1)
+                else:
+                    rec["onset_to_death_ms"] = None
+                    rec["died_before_onset"] = True
+            ops = parse_ops(read(svc_out))
+            t0_us = int(t_start * 1e6)
+            base = ops_rate(ops, t0_us - int(BASELINE_S * 1e6), t0_us)
+            during = ops_rate(ops, t0_us, int((t_dead or time.monotonic()) * 1e6))
+            rec["service_ops_s"] = {"baseline": base and round(base, 1), "during": during and round(during, 1)}
+            rec["service_work"] = round(during / base, 3) if base and during is not None else None
+        except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError, OSError) as e:
+            rec["error"] = str(e)[-1000:]
+        finally:
+            if sampler:
+                sampler.done.set()
+            for u in (hog, svc):
+                sh("systemctl", "stop", u)
+                sh("systemctl", "reset-failed", u)
+            unlink(svc_out)
+        rec["wall_s"] = round(time.monotonic() - t_wall0, 1)
+        return rec
+
+    def judge(self, c: Contender, res: dict, oom: int, timed_out: bool, lines: list[str], before: dict,
+              after_killer: dict, svc_state: dict) -> dict[str, Any]:
+        out: dict[str, Any] = {"hog_result": res.get("Result"), "hog_code": res.get("ExecMainCode"),
+                               "hog_status": res.get("ExecMainStatus"), "kernel_oom_kills": oom,
+                               "kill_lines": lines[:5], "timed_out": timed_out}
+        out["killed_by"] = who_killed(c.key if c.unit else None, out)
+        svc_ok = svc_state.get("ActiveState") == "active" and svc_state.get("MainPID") == before["svc"]
+        killer_ok = (after_killer["alive"] and after_killer["pid"] == before["killer"]["pid"]
+                     and after_killer["restarts"] == before["killer"]["restarts"])
+        system = {u: show(u, "MainPID")["MainPID"] for u in SYSTEM_SERVICES}
+        collateral = [u for u in SYSTEM_SERVICES if system[u] != before["system"][u]]
+        if not svc_ok:
+            collateral.insert(0, "protected service")
+        if not killer_ok:
+            collateral.append(f"{c.key} itself")
+        out["collateral"] = collateral
+        out["right"] = not timed_out and not collateral
+        return out
+
+    # ---- output
+    def write(self) -> None:
+        summary = summarize(self.records, [s.key for s in self.scens], [c.key for c in self.conts])
+        meta = {
+            "command": "oomkiller bench --host-level " + " ".join(f"--{k} {v}" for k, v in (
+                ("out", self.a.out), ("runs", self.runs),
+                ("scenarios", ",".join(s.key for s in self.scens)),
+                ("contenders", ",".join(c.key for c in self.conts)))),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started)),
+            "duration_s": round(time.time() - self.started, 1),
+            "kernel": f"Linux {platform.release()}", "cpus": os.cpu_count(),
+            "mem_total_mib": self.mem_total // MIB, "swap_total_mib": meminfo().get("SwapTotal", 0) // MIB,
+            "onset_percent": ONSET_PERCENT, "runs": self.runs, "versions": self.versions,
+            "unavailable": self.unavailable, "notes": self.notes, "contender_starts": self.starts,
+            "emulated": os.environ.get("OOMK_VM_GUEST") == "1",
+        }
+        conts = [{"key": c.key, "label": c.label, "describe": c.describe()} for c in self.conts]
+        scens = [{"key": s.key, "title": s.title, "describe": s.describe()} for s in self.scens]
+        with open(os.path.join(self.out, "results.json"), "w") as f:
+            json.dump({"meta": meta, "scenarios": scens, "contenders": conts, "summary": summary,
+                       "runs": self.records}, f, indent=1, sort_keys=True)
+        with open(os.path.join(self.out, "results.md"), "w") as f:
+            f.write(markdown(meta, scens, conts, summary))
+
+
+def who_killed(contender: str | None, r: dict) -> str:
+    """The kernel if its OOM killer acted; else the contender if the hog died
+    of a signal or the contender logged a kill (the hog never exits on its
+    own). A SIGTERM death is a clean exit to systemd (``Result=success``,
+    and ``systemctl show`` then gives status 0), so the contender's log line
+    decides there."""
+    if r.get("timed_out") or r.get("killed_by") == "nobody (timeout)":
+        return "nobody (timeout)"
+    if r.get("kernel_oom_kills", 0) > 0:
+        return "kernel"
+    by_signal = (r.get("hog_result") == "signal" or r.get("hog_code") == "2"
+                 or str(r.get("hog_status")) in ("9", "15") or bool(r.get("kill_lines")))
+    if by_signal:
+        return contender or "unknown (a signal)"
+    return f"unknown ({r.get('hog_result')})"
+
+
+def rerender(path: str, out: str) -> int:
+    """results.md again from a results.json, with who killed judged again
+    from what each run recorded."""
+    with open(path) as f:
+        data = json.load(f)
+    units = {c["key"]: c["key"] != "kernel" for c in data["contenders"]}
+    for r in data["runs"]:
+        if "error" not in r:
+            r["killed_by"] = who_killed(r["contender"] if units.get(r["contender"]) else None, r)
+    data["summary"] = summarize(data["runs"], [s["key"] for s in data["scenarios"]],
+                                [c["key"] for c in data["contenders"]])
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown(data["meta"], data["scenarios"], data["contenders"], data["summary"]))
+    print(f"oomkiller bench --host-level: wrote {os.path.join(out, 'results.json')}, results.md")
+    return 0
+
+
+def read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def settle(idle_available: int) -> float:
+    """Wait until the machine has its memory back from the last run (what
+    was available when the contender had just started, less 32 MiB)."""
+    t0 = time.monotonic()
+    wait_for(lambda: meminfo()["MemAvailable"] > idle_available - 32 * MIB, 30, 0.2)
+    return time.monotonic() - t0
+
+
+def stop_leftover_units() -> None:
+    out = sh("systemctl", "list-units", "--all", "--plain", "--no-legend", f"{UNIT_PREFIX}*").stdout
+    for ln in out.splitlines():
+        if ln.split():
+            sh("systemctl", "stop", ln.split()[0])
+            sh("systemctl", "reset-failed", ln.split()[0])
+
+
+def lock_self() -> None:
+    """Keep the harness's own pages in memory and itself out of every
+    killer's choice, so its samples are not late because of the pressure."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("-1000")
+    except OSError:
+        pass
+    try:
+        ctypes.CDLL(None, use_errno=True).mlockall(1 | 2 | 4)     # MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT
+    except (OSError, AttributeError):
+        pass
+
+
+def oomd_shipped_check() -> list[str]:
+    """Does oomd start as Debian ships it (/etc/default/oomd) on this machine?"""
+    if not shutil.which("oomd"):
+        return []
+    try:
+        p = subprocess.run(["oomd", *OOMD_SHIPPED_OPTS.split()], capture_output=True, text=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        return ["oomd with /etc/default/oomd's options as shipped (--cgroup-fs /sys/fs/cgroup/unified) "
+                "was still running after 5 s here; both oomd rows run without that option"]
+    text = (p.stderr or p.stdout).strip().splitlines()
+    return [f"oomd with /etc/default/oomd's options as shipped ({OOMD_SHIPPED_OPTS}) exits with status "
+            f"{p.returncode}: {text[-1] if text else ''}; both oomd rows run without --cgroup-fs"]
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("earlyoom", "nohang", "oomd", "systemd-oomd", "systemd"):
+        try:
+            p = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg], capture_output=True, text=True,
+                               timeout=10)
+            if p.returncode == 0:
+                out[pkg] = p.stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    from .. import __version__
+    out["oomkiller"] = __version__
+    return out
+
+
+# -- summary and table ---------------------------------------------------------------
+
+def summarize(records: list[dict], scens: list[str], conts: list[str]) -> dict[str, dict[str, dict]]:
+    """Per scenario and contender: who killed, right runs, medians, and the
+    ratios of the median onset-to-death time to the kernel's and oomkiller's."""
+    out: dict[str, dict[str, dict]] = {}
+    for s in scens:
+        cell: dict[str, dict] = {}
+        for c in conts:
+            rs = [r for r in records if r["scenario"] == s and r["contender"] == c and not r.get("error")]
+            errs = [r for r in records if r["scenario"] == s and r["contender"] == c and r.get("error")]
+            if not rs and not errs:
+                continue
+            who: dict[str, int] = {}
+            for r in rs:
+                who[r["killed_by"]] = who.get(r["killed_by"], 0) + 1
+            cell[c] = {"runs": len(rs), "errors": len(errs), "killed_by": who,
+                       "right": sum(1 for r in rs if r.get("right")),
+                       "before_onset": sum(1 for r in rs if r.get("died_before_onset")),
+                       "onset_to_death_ms": median([r.get("onset_to_death_ms") for r in rs]),
+                       "start_to_death_ms": median([r.get("start_to_death_ms") for r in rs]),
+                       "service_work": median([r.get("service_work") for r in rs]),
+                       "min_available_mib": median([r.get("min_available_mib") for r in rs])}
+        for ref in ("kernel", "oomkiller"):
+            base = (cell.get(ref) or {}).get("onset_to_death_ms")
+            for v in cell.values():
+                t = v["onset_to_death_ms"]
+                v[f"vs_{ref}"] = round(t / base, 3) if t is not None and base else None
+        out[s] = cell
+    return out
+
+
+def markdown(meta: dict, scens: list[dict], conts: list[dict], summary: dict) -> str:
+    labels = {c["key"]: c["label"] for c in conts}
+
+    def ms(v):
+        return "—" if v is None else f"{v:,.0f}"
+
+    def ratio(v):
+        return "—" if v is None else f"{v:.2f}×"
+
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.0f}%"
+    out = ["# Host-level benchmark", "",
+           f"`{meta['command']}` — {meta['kernel']}, {meta['cpus']} CPUs, MemTotal {meta['mem_total_mib']} MiB, "
+           f"swap {meta['swap_total_mib']} MiB, pure cgroup v2 with systemd"
+           + (", emulated (QEMU TCG)" if meta.get("emulated") else "") + f"; {meta['started']}, "
+           f"{meta['duration_s']:.0f} s.", "",
+           f"Onset: the first 10 ms sample with MemAvailable below {meta['onset_percent']}% of MemTotal. "
+           "Death: the first sample with the hog's cgroup empty. Times are medians over the runs; under "
+           "emulation only the ratios between contenders of this same machine mean anything. "
+           "*Right*: the hog died and the protected service, the contender and journald, dbus and logind kept "
+           "their processes. *Service*: the protected service's operations per second while the hog lived, "
+           "as a share of its baseline.", ""]
+    for s in scens:
+        cell = summary.get(s["key"]) or {}
+        if not cell:
+            continue
+        out += [f"## {s['title']}", "", s["describe"] + ".", "",
+                "| contender | killed by | right | onset → death (ms) | ÷ kernel | ÷ oomkiller "
+                "| start → death (ms) | min MemAvailable (MiB) | service |",
+                "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        for k in [c["key"] for c in conts]:
+            v = cell.get(k)
+            if not v:
+                continue
+            who = ", ".join(f"{w} ×{n}" if n > 1 else w for w, n in sorted(v["killed_by"].items())) or "—"
+            if v["errors"]:
+                who += f" ({v['errors']} run(s) failed)"
+            right = f"{v['right']}/{v['runs']}" + (f" ({v['before_onset']} before the onset)"
+                                                   if v["before_onset"] else "")
+            out.append(f"| {labels.get(k, k)} | {who} | {right} | {ms(v['onset_to_death_ms'])} | "
+                       f"{ratio(v['vs_kernel'])} | {ratio(v['vs_oomkiller'])} | {ms(v['start_to_death_ms'])} | "
+                       f"{ms(v['min_available_mib'])} | {pct(v['service_work'])} |")
+        out.append("")
+    out += ["## Contenders", ""]
+    out += [f"* **{c['label']}** (`{c['key']}`): {c['describe']}" for c in conts]
+    if meta.get("unavailable"):
+        out += ["", "Not run:", ""]
+        out += [f"* `{k}`: {v.splitlines()[0][:300]}" for k, v in meta["unavailable"].items()]
+    if meta.get("notes"):
+        out += ["", "Notes:", ""] + [f"* {n}" for n in meta["notes"]]
+    vers = ", ".join(f"{k} {v}" for k, v in sorted(meta.get("versions", {}).items()))
+    out += ["", f"Versions: {vers}.", ""]
+    return "\n".join(out)
+
+
+def line(r: dict) -> str:
+    head = f"{r['scenario']:10s} {r['contender']:18s} #{r['run'] + 1}"
+    if r.get("error"):
+        return f"{head}  FAILED: {r['error']}"
+
+    def ms(v):
+        return "-" if v is None else f"{v:.0f} ms"
+    coll = f" collateral: {', '.join(r['collateral'])}" if r.get("collateral") else ""
+    return (f"{head}  killed by {r['killed_by']}{'' if r.get('right') else ' WRONG'}{coll}"
+            f"  onset->death {ms(r.get('onset_to_death_ms'))}  start->death {ms(r.get('start_to_death_ms'))}"
+            f"  min avail {r.get('min_available_mib')} MiB  svc {r.get('service_work')}"
+            f"  {('| ' + r['kill_lines'][0][:120]) if r.get('kill_lines') else ''}  [{r['wall_s']} s]")
+
+
+# -- entry --------------------------------------------------------------------------
+
+def main(a: argparse.Namespace) -> int:
+    runs = a.runs or 1
+    scens = list(SCENARIOS.values())
+    if a.scenarios:
+        want = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+        bad = [s for s in want if s not in SCENARIOS]
+        if bad:
+            print(f"oomkiller bench --host-level: unknown scenario(s) {', '.join(bad)} "
+                  f"(known: {', '.join(SCENARIOS)})", file=sys.stderr)
+            return 2
+        scens = [SCENARIOS[s] for s in want]
+    known = contenders()
+    chosen = list(known)
+    if a.contenders:
+        chosen = [s.strip() for s in a.contenders.split(",") if s.strip()]
+        bad = [c for c in chosen if c not in known]
+        if bad:
+            print(f"oomkiller bench --host-level: unknown contender(s) {', '.join(bad)} "
+                  f"(known: {', '.join(known)})", file=sys.stderr)
+            return 2
+    if a.list:
+        for s in scens:
+            print(f"scenario {s.key:18s} {s.title}: {s.describe()}")
+        for k in chosen:
+            print(f"contender {k:18s} {known[k].describe()}")
+        return 0
+    if os.geteuid() != 0:
+        print("oomkiller bench --host-level: needs root (starts system services)", file=sys.stderr)
+        return 2
+    if not os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) or not shutil.which("systemctl") \
+            or sh("systemctl", "is-system-running").stdout.strip() in ("", "offline"):
+        print("oomkiller bench --host-level: needs a machine run by systemd on pure cgroup v2 (the VM tier's "
+              "guest: python -m tests.vm.run --cmd 'python -m oomkiller bench --host-level --out "
+              "$OOMK_VM_RESULTS/bench')", file=sys.stderr)
+        return 2
+    return HostBench(a, scens, [known[k] for k in chosen], runs).run()
