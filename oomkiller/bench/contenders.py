@@ -346,6 +346,22 @@ class Earlyoom(Contender):
         return RunningLogKiller(self.key, view, self.argv(env), r"^mem total:", self.KILL_RE, None)
 
 
+
+def nohang_config(base: str, settings: dict[str, str], protected_name: str) -> str:
+    """nohang's config text with ``settings`` set where their keys stand (or
+    appended) and the process named ``protected_name`` never chosen."""
+    settings = dict(settings)
+    out = []
+    for line in base.splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and not line.lstrip().startswith("#") and key in settings:
+            out.append(f"{key} = {settings.pop(key)}")
+        else:
+            out.append(line)
+    out += [f"{k} = {v}" for k, v in settings.items()]
+    out.append(f"@BADNESS_ADJ_RE_NAME -1000 /// ^{protected_name}$")
+    return "\n".join(out) + "\n"
+
 class Nohang(Contender):
     key = "nohang"
     label = "nohang 0.2.0"
@@ -366,16 +382,7 @@ class Nohang(Contender):
         with open(self.CONFIG) as f:
             lines = f.read().splitlines()
         settings = dict(self.SETTINGS, psi_path=os.path.join(env.arena.v2_path, "memory.pressure"))
-        out = []
-        for line in lines:
-            key = line.split("=", 1)[0].strip()
-            if "=" in line and not line.lstrip().startswith("#") and key in settings:
-                out.append(f"{key} = {settings.pop(key)}")
-            else:
-                out.append(line)
-        out += [f"{k} = {v}" for k, v in settings.items()]
-        out.append(f"@BADNESS_ADJ_RE_NAME -1000 /// ^{COMM['svc']}$")
-        return "\n".join(out) + "\n"
+        return nohang_config("\n".join(lines), settings, COMM["svc"])
 
     def describe(self) -> str:
         s = ", ".join(f"{k} = {v}" for k, v in self.SETTINGS.items())

@@ -49,6 +49,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contenders import nohang_config
+
 MIB = 1 << 20
 CGROUP_ROOT = "/sys/fs/cgroup"
 RUN_DIR = "/run/oomk-bench"
@@ -338,18 +340,9 @@ class Oomkiller(Contender):
 
 
 def nohang_tuned_config(base: str) -> str:
-    settings = {"soft_threshold_min_mem": f"{ONSET_PERCENT} %", "hard_threshold_min_mem": f"{ONSET_PERCENT} %",
-                "psi_checking_enabled": "True", "psi_excess_duration": "2"}
-    out = []
-    for line in base.splitlines():
-        key = line.split("=", 1)[0].strip()
-        if "=" in line and not line.lstrip().startswith("#") and key in settings:
-            out.append(f"{key} = {settings.pop(key)}")
-        else:
-            out.append(line)
-    out += [f"{k} = {v}" for k, v in settings.items()]
-    out.append("@BADNESS_ADJ_RE_NAME -1000 /// ^oomk-svc$")
-    return "\n".join(out) + "\n"
+    return nohang_config(base, {"soft_threshold_min_mem": f"{ONSET_PERCENT} %",
+                                "hard_threshold_min_mem": f"{ONSET_PERCENT} %",
+                                "psi_checking_enabled": "True", "psi_excess_duration": "2"}, "oomk-svc")
 
 
 NOHANG_UNBUFFERED = '[Service]\nEnvironment="PYTHONUNBUFFERED=1"\n'
