@@ -71,6 +71,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def pick(csv: str, known, what: str, prog: str) -> tuple[str, ...] | None:
+    """Names from a comma list, or None (after one message) if one is unknown."""
+    names = tuple(n.strip() for n in csv.split(",") if n.strip())
+    bad = [n for n in names if n not in known]
+    if bad:
+        print(f"{prog}: unknown {what}(s) {', '.join(bad)} (known: {', '.join(known)})", file=sys.stderr)
+        return None
+    return names
+
+
 def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
     if a.host_level:
@@ -91,11 +101,8 @@ def main(argv: list[str]) -> int:
     known = cmod.contenders()
     chosen = cmod.CI_CONTENDERS if a.mode == "ci" else cmod.DEFAULT_CONTENDERS
     if a.contenders:
-        chosen = tuple(s.strip() for s in a.contenders.split(",") if s.strip())
-        bad = [c for c in chosen if c not in known]
-        if bad:
-            print(f"oomkiller bench: unknown contender(s) {', '.join(bad)} (known: {', '.join(known)})",
-                  file=sys.stderr)
+        chosen = pick(a.contenders, known, "contender", "oomkiller bench")
+        if chosen is None:
             return 2
     if a.list:
         for c in cells:

@@ -882,22 +882,18 @@ def line(r: dict) -> str:
 def main(a: argparse.Namespace) -> int:
     runs = a.runs or 1
     scens = list(SCENARIOS.values())
+    from . import pick
+    prog = "oomkiller bench --host-level"
     if a.scenarios:
-        want = [s.strip() for s in a.scenarios.split(",") if s.strip()]
-        bad = [s for s in want if s not in SCENARIOS]
-        if bad:
-            print(f"oomkiller bench --host-level: unknown scenario(s) {', '.join(bad)} "
-                  f"(known: {', '.join(SCENARIOS)})", file=sys.stderr)
+        want = pick(a.scenarios, SCENARIOS, "scenario", prog)
+        if want is None:
             return 2
         scens = [SCENARIOS[s] for s in want]
     known = contenders()
     chosen = list(known)
     if a.contenders:
-        chosen = [s.strip() for s in a.contenders.split(",") if s.strip()]
-        bad = [c for c in chosen if c not in known]
-        if bad:
-            print(f"oomkiller bench --host-level: unknown contender(s) {', '.join(bad)} "
-                  f"(known: {', '.join(known)})", file=sys.stderr)
+        chosen = pick(a.contenders, known, "contender", prog)
+        if chosen is None:
             return 2
     if a.list:
         for s in scens:
