@@ -33,8 +33,12 @@ from .rank import Policy, rank
 
 log = logging.getLogger("oomkiller")
 
-# PSI triggers on jobs: on the biggest this many.
+# PSI triggers on jobs: on the biggest this many, refreshed at most this
+# often, and only on a timer tick while the domain is above the arm line.
+# Making a trigger costs the kernel a poll thread and often over 10 ms: never
+# while a job races to the limit (see _refresh_job_triggers).
 JOB_PSI_TRIGGERS = 32
+JOB_PSI_REFRESH_USEC = 10_000_000
 
 # The stall share is measured over at least this long (see detect.py).
 PRESSURE_SPAN_USEC = 2_000_000
@@ -91,23 +95,32 @@ class Daemon:
         self.control: ControlServer | None = None
         self._ep: Any = None
         self._by_fd: dict[int, Source] = {}
+        self._triggers_refreshed_usec = 0
 
     def now_usec(self) -> int:
         return self.clock() // 1000
 
     # -- one wake of the core ----------------------------------------------------
     def jobs(self) -> list:
-        jobs = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
-        self._track_job_pressure(jobs)
-        return jobs
+        return self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
 
-    def _track_job_pressure(self, jobs: list) -> None:
+    def _refresh_job_triggers(self, events: list[PressureEvent], snap: Any, redline: int) -> None:
         """Keep PSI triggers on the biggest jobs' memory.pressure (a trigger
-        costs the kernel a poll worker, so not on a thousand of them)."""
+        costs the kernel a poll worker, so not on a thousand of them).
+
+        Only on a timer tick, at most every JOB_PSI_REFRESH_USEC, and only
+        while free memory is above the arm line: writing a new trigger took
+        10-19 ms here, long enough for a fast hog to go from the arm line to
+        the kernel's OOM killer had it run before the arming."""
         psi = next((s for s in self.sources if hasattr(s, "track")), None)
-        if psi is None or self._ep is None:
+        if psi is None or self._ep is None or not any(e.source == "timer" for e in events):
             return
-        biggest = sorted(jobs, key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
+        if self._triggers_refreshed_usec and snap.taken_usec - self._triggers_refreshed_usec < JOB_PSI_REFRESH_USEC:
+            return
+        if snap.free_bytes < max(redline, self.config.arm_redline.resolve_bytes(snap.total_bytes)):
+            return
+        self._triggers_refreshed_usec = snap.taken_usec
+        biggest = sorted(self.jobs(), key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
         paths = {os.path.join(j.v2_path, "memory.pressure") for j in biggest if j.v2_path}
         added, closed = psi.track(paths)
         for fd in closed:
@@ -140,7 +153,8 @@ class Daemon:
         if armed_hit:
             return self._finish_armed_kill(events, snap, redline, t0)
         if not det.low:
-            self._update_arm(snap, redline)
+            self._update_arm(snap, redline, events, t0)
+            self._refresh_job_triggers(events, snap, redline)
             return None
         self.simulate_lowmem = False
         t_detect = self.now_usec()
@@ -271,7 +285,7 @@ class Daemon:
         return self._kill(ranking, lines, record, snap, events, t0, t_detect, t_rank)
 
     # -- the pre-armed kill ----------------------------------------------------------
-    def _update_arm(self, snap: Any, redline: int) -> None:
+    def _update_arm(self, snap: Any, redline: int, events: list[PressureEvent], t0: int) -> None:
         """Keep the top victim armed while free memory is between the redline
         and the arm line; disarm above it. Unlike a kill from here, arming is
         not held by the post-kill delay: the last victim's cgroup was empty
@@ -296,8 +310,14 @@ class Daemon:
                 log.warning("OOM: cannot arm '%s': %s", top.job.name, e)
                 return
             self.armed_job = top.job
+            t_armed = self.now_usec()
             log.info("OOM: armed job %d '%s' (cgroup id %d) in the kernel", top.job.inode, top.job.name,
                      top.job.v2_id)
+            first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
+            self._emit({"event": "armed", "domain": snap.domain, "job": top.job.name, "cgroup_id": top.job.v2_id,
+                        "free_bytes": snap.free_bytes, "arm_line_bytes": arm_line,
+                        "woken_by": [dataclasses.asdict(e) for e in events[:8]],
+                        "timings_usec": {"event_to_wake": t0 - first_event_usec, "wake_to_armed": t_armed - t0}})
 
     def _disarm(self) -> None:
         if self.arm and self.arm.armed:

@@ -74,7 +74,7 @@ def test_control_commands_and_lowmem_walk(arena, daemon):
     assert " free (" in err and " total" in err
     data = json.loads(d.ctl("info", "--json").stdout)
     assert data["kills"] == 1
-    # the walk read the job list, and PSI now watches the two jobs it saw
+    # the first timer tick listed the jobs, and PSI now watches the two it saw
     assert data["sources"]["psi"]["job_files"] == 2
 
 

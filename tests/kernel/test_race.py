@@ -27,7 +27,8 @@ RUNS_EACH = 5
 
 def race(tmp_path, sources: str, runs: int) -> dict:
     """``runs`` fast hogs, one after another, against one daemon."""
-    out = {"sources": sources, "runs": runs, "daemon": 0, "kernel": 0, "protected_died": 0, "decisions": []}
+    out = {"sources": sources, "runs": runs, "daemon": 0, "kernel": 0, "protected_died": 0, "decisions": [],
+           "lost": []}
     with Arena(f"oomk-race-{uuid.uuid4().hex[:8]}", ARENA_BYTES) as arena:
         svc = arena.job("svc")
         service = arena.spawn_idle(svc, 24 << 20)
@@ -39,10 +40,16 @@ def race(tmp_path, sources: str, runs: int) -> dict:
             for i in range(runs):
                 job = arena.job(f"hog{i}")
                 before = arena.kernel_oom_kills()
+                seen = len(d.records())
                 hog = arena.spawn_hog(job, chunk_bytes=4 << 20, cap_bytes=2 * ARENA_BYTES)
                 assert hog.wait(timeout=30) == -signal.SIGKILL
                 if arena.kernel_oom_kills() > before:
                     out["kernel"] += 1
+                    # what the daemon did in the run it lost, for the failure message
+                    time.sleep(0.2)
+                    out["lost"].append({"run": i, "records": [
+                        {k: r.get(k) for k in ("event", "decision", "result", "free_bytes", "timings_usec", "woken_by")}
+                        for r in d.records()[seen:]]})
                 else:
                     out["daemon"] += 1
                 if service.poll() is not None:
@@ -81,7 +88,7 @@ def test_every_source_together_wins_every_run(results):
     r = results["all"]
     assert {"ebpf", "prearm", "psi", "memcg", "timer"} <= set(r["live"])
     assert r["protected_died"] == 0
-    assert (r["daemon"], r["kernel"]) == (RUNS_ALL, 0), r
+    assert (r["daemon"], r["kernel"]) == (RUNS_ALL, 0), json.dumps(r["lost"], indent=1)
     armed = [d for d in r["decisions"] if d["decision"] == "armed kill in the kernel"]
     assert armed, "no win came from the pre-armed kill"
     for d in r["decisions"]:

@@ -1,0 +1,108 @@
+"""One wake of the daemon's core on fake trees: what a wake does, in which
+order, when no kill is due."""
+from __future__ import annotations
+
+import io
+import json
+import select
+
+from oomkiller.config import Config
+from oomkiller.daemon import JOB_PSI_REFRESH_USEC, Daemon
+from oomkiller.model import PressureEvent
+
+MiB = 1 << 20
+
+
+class FakePsi:
+    """A PSI source that records which job files it was asked to watch."""
+    name = "psi"
+    poll_events = select.EPOLLPRI
+
+    def __init__(self) -> None:
+        self.calls: list[set[str]] = []
+
+    def track(self, paths: set[str]) -> tuple[list[int], list[int]]:
+        self.calls.append(set(paths))
+        return [], []
+
+    def fds(self) -> list[int]:
+        return []
+
+    def drain(self, fd=None):
+        return []
+
+    def stats(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class FakeArm:
+    def __init__(self) -> None:
+        self.armed = 0
+        self.history: list[tuple[str, int]] = []
+
+    def arm(self, path: str, cgroup_id: int) -> None:
+        self.armed = cgroup_id
+        self.history.append((path, cgroup_id))
+
+    def disarm(self) -> None:
+        self.armed = 0
+
+
+def _arena(proc_tree, v2_tree, used_mib: int):
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    proc_tree.proc(4101, "hog", anon_kb=150 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/hog\n")
+    proc_tree.proc(4102, "svc", anon_kb=20 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/svc\n")
+    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{used_mib * MiB}\n",
+                   memory__stat="anon 1\n")
+    v2_tree.cgroup("arena/hog", (4101,), memory__stat=f"anon {150 * MiB}\nshmem 0\n")
+    v2_tree.cgroup("arena/svc", (4102,), memory__stat=f"anon {20 * MiB}\nshmem 0\n")
+
+
+def _daemon(proc_tree, v2_tree, clock):
+    conf = Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root),
+                  protect=("svc",), protect_self=False)
+    psi, arm, out = FakePsi(), FakeArm(), io.StringIO()
+    d = Daemon(conf, json_out=out, sources=[psi], arm=arm, clock=clock)
+    d._ep = object()        # the loop's epoll; FakePsi adds no fds to it
+    return d, psi, arm, out
+
+
+def test_a_wake_below_the_arm_line_arms_before_any_trigger_is_made(proc_tree, v2_tree):
+    # 230 MiB used of 256: 26 MiB free, under the 20% arm line and over the 5% redline
+    _arena(proc_tree, v2_tree, 230)
+    now = [1_000_000_000]
+    d, psi, arm, out = _daemon(proc_tree, v2_tree, lambda: now[0])
+    tick = PressureEvent("timer", "tick", timestamp_usec=now[0] // 1000)
+    assert d.wake([tick]) is None
+    hog = v2_tree.mem / "arena" / "hog"
+    assert arm.history == [(str(hog), hog.stat().st_ino)]
+    # Writing a PSI trigger takes the kernel 10-19 ms: never in a critical wake.
+    assert psi.calls == []
+    rec = json.loads(out.getvalue().splitlines()[-1])
+    assert (rec["event"], rec["job"], rec["free_bytes"]) == ("armed", "hog", 26 * MiB)
+    assert rec["woken_by"][0]["source"] == "timer"
+
+
+def test_job_triggers_are_refreshed_on_calm_timer_ticks_only(proc_tree, v2_tree):
+    _arena(proc_tree, v2_tree, 100)
+    now = [1_000_000_000]
+    d, psi, arm, _out = _daemon(proc_tree, v2_tree, lambda: now[0])
+
+    def wake(source: str) -> None:
+        d.wake([PressureEvent(source, "x", timestamp_usec=now[0] // 1000)])
+
+    wake("memcg")
+    assert psi.calls == []                  # not a timer tick
+    wake("timer")
+    jobs = v2_tree.mem / "arena"
+    assert psi.calls == [{str(jobs / "hog" / "memory.pressure"), str(jobs / "svc" / "memory.pressure")}]
+    now[0] += (JOB_PSI_REFRESH_USEC - 1) * 1000
+    wake("timer")
+    assert len(psi.calls) == 1              # not again before the refresh period
+    now[0] += 2000
+    wake("timer")
+    assert len(psi.calls) == 2
+    assert arm.history == []                # 156 MiB free: above the arm line
