@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     _policy_args(run)
     run.add_argument("--redline", metavar="SIZE|PCT%", help="kill when free memory is below this (default 5%%)")
     run.add_argument("--sleep-ms", type=int, metavar="N", help="redline check period (default 1000)")
+    run.add_argument("--fixed-sleep", dest="adaptive_sleep", action="store_false", default=None,
+                     help="wake only every sleep duration, also while memory falls (adaptive_sleep = false)")
     run.add_argument("--post-kill-delay-ms", type=int, metavar="N", help="pause after a kill (default 500)")
     run.add_argument("--dry-run", action="store_true", default=None, help="decide and log, kill nothing")
     run.add_argument("--no-autostart", dest="autostart", action="store_false", default=None,
@@ -66,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
     keys = {"domain": "domain", "redline": "redline", "sleep_ms": "sleep_ms", "autostart": "autostart",
-            "print_": "print", "dry_run": "dry_run", "post_kill_delay_ms": "post_kill_delay_ms",
+            "adaptive_sleep": "adaptive_sleep", "print_": "print", "dry_run": "dry_run", "post_kill_delay_ms": "post_kill_delay_ms",
             "control": "control_socket", "jobs": "jobs", "protect": "protect", "avoid": "avoid",
             "prefer": "prefer", "json_log": "json_log", "sources": "sources", "cgroup_root": "cgroup_root", "proc_root": "proc_root"}
     return {key: getattr(a, attr) for attr, key in keys.items() if getattr(a, attr, None) is not None}

@@ -153,6 +153,10 @@ class Config:
     # direct reclaim. 5% is earlyoom's SIGKILL line.
     redline: Redline = field(default_factory=lambda: Redline(permyriad=500))
     sleep_ms: int = 1000
+    # While free memory falls, the timer also wakes halfway to the next line
+    # (the arm line, then the redline) at the rate seen between the last two
+    # snapshots, never sooner than MIN_TICK_MS; steady memory keeps sleep_ms.
+    adaptive_sleep: bool = True
     autostart: bool = True
     print_: bool = False
     dry_run: bool = False
@@ -228,6 +232,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "psi_window_ms": ("psi_window_ms", _int(500, 10_000)),
     "arm_redline": ("arm_redline", Redline.parse),
     "memory_high_brake": ("memory_high_brake", _bool),
+    "adaptive_sleep": ("adaptive_sleep", _bool),
     "protect_self": ("protect_self", _bool),
     "cgroup_root": ("cgroup_root", _str),
     "proc_root": ("proc_root", _str),

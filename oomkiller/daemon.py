@@ -40,6 +40,9 @@ log = logging.getLogger("oomkiller")
 JOB_PSI_TRIGGERS = 32
 JOB_PSI_REFRESH_USEC = 10_000_000
 
+# The adaptive timer (config adaptive_sleep) never wakes sooner than this.
+MIN_TICK_USEC = 10_000
+
 # The stall share is measured over at least this long (see detect.py).
 PRESSURE_SPAN_USEC = 2_000_000
 
@@ -284,6 +287,34 @@ class Daemon:
             return record
         return self._kill(ranking, lines, record, snap, events, t0, t_detect, t_rank)
 
+    def next_tick_usec(self) -> int:
+        """How long the timer sleeps from now: sleep_ms, or while free
+        memory falls, half the time to the next line (the arm line while above
+        it, then the redline) at the rate seen over the snapshots of the last
+        PRESSURE_SPAN_USEC, not under MIN_TICK_USEC. The seed's loop samples
+        at a fixed period; a leak crossing the line just after a tick would go
+        unseen for a whole period."""
+        sleep = self.config.sleep_ms * 1000
+        if not self.config.adaptive_sleep or len(self._history) < 2 or not self.running:
+            return sleep
+        # The oldest kept snapshot, not the one before last: a leak that
+        # grows in steps looks steady between two close ticks.
+        ref, last = self._history[0], self._history[-1]
+        dt = last.taken_usec - ref.taken_usec
+        fall = ref.free_bytes - last.free_bytes
+        if dt <= 0 or fall <= 0:
+            return sleep
+        redline = self.config.redline.resolve_bytes(last.total_bytes)
+        line = redline
+        if self.arm is not None:
+            arm_line = max(redline, self.config.arm_redline.resolve_bytes(last.total_bytes))
+            if last.free_bytes > arm_line:
+                line = arm_line
+        headroom = last.free_bytes - line
+        if headroom <= 0:
+            return sleep        # below the redline: the walk and its hold decide
+        return max(MIN_TICK_USEC, min(sleep, headroom * dt // fall // 2))
+
     # -- the pre-armed kill ----------------------------------------------------------
     def _update_arm(self, snap: Any, redline: int, events: list[PressureEvent], t0: int) -> None:
         """Keep the top victim armed while free memory is between the redline
@@ -345,7 +376,9 @@ class Daemon:
         red = self.config.redline
         total = self.last_snapshot.total_bytes if self.last_snapshot else self.domain.snapshot(self.now_usec()).total_bytes
         red_b = red.resolve_bytes(total)
-        sources = {"timer": {"state": "live", "sleep_ms": self.config.sleep_ms}}
+        sources = {"timer": {"state": "live", "sleep_ms": self.config.sleep_ms,
+                             "adaptive": str(self.config.adaptive_sleep).lower(),
+                             "next_ms": round(self.next_tick_usec() / 1000, 1)}}
         sources.update({s.name: {"state": "live", **s.stats()} for s in self.sources})
         if self.arm:
             sources["prearm"] = {"state": "live", "armed": self.armed_job.name if self.armed_job else "-",
@@ -446,6 +479,7 @@ class Daemon:
                         # update bcc refused: log it and keep watching. The
                         # next wake starts from a fresh snapshot.
                         log.exception("OOM: wake failed")
+                    deadline = min(deadline, self.now_usec() + self.next_tick_usec())
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():

@@ -4,7 +4,8 @@
 
 A job leaks 4 MiB every PAUSE_S (default 0.125 s: 32 MiB/s) in a 256 MiB
 arena beside a protected job; the daemon runs with redline 64M and the
-seed's 1000 ms sleep, once on the timer alone and once with every source.
+seed's 1000 ms sleep: on the timer alone with a fixed sleep (the seed's
+loop), on the timer alone with the adaptive sleep, and with every source.
 The crossing is when Domain.snapshot() (the daemon's own view) first shows
 free below the redline, sampled every 0.5 ms.
 """
@@ -30,11 +31,11 @@ LIMIT_BYTES = 256 << 20
 REDLINE_BYTES = 64 << 20
 
 
-def one(tmp: Path, sources: str, pause_s: float) -> tuple[float, int]:
+def one(tmp: Path, sources: str, pause_s: float, *extra: str) -> tuple[float, int]:
     with Arena(f"oomk-leak-{uuid.uuid4().hex[:8]}", LIMIT_BYTES) as arena:
         arena.spawn_idle(arena.job("svc"), 24 << 20)
         d = DaemonProc(tmp / uuid.uuid4().hex[:8], "--domain", arena.path, "--redline", "64M",
-                       "--sleep-ms", "1000", "--protect", "svc", "--sources", sources)
+                       "--sleep-ms", "1000", "--protect", "svc", "--sources", sources, *extra)
         try:
             job = arena.job("leak")
             arena.spawn_hog(job, 4 << 20, pause_s)
@@ -58,10 +59,11 @@ def main() -> None:
     pause_s = float(sys.argv[2]) if len(sys.argv) > 2 else 0.125
     tmp = Path(tempfile.mkdtemp(prefix="oomk-measure-"))
     print(f"leak {4 / pause_s:.0f} MiB/s, arena 256 MiB, redline 64M, sleep 1000 ms, {runs} runs")
-    for sources in ("timer", "ebpf,prearm,psi,memcg,timer"):
-        res = [one(tmp, sources, pause_s) for _ in range(runs)]
+    for sources, extra in (("timer", ("--fixed-sleep",)), ("timer", ()), ("ebpf,prearm,psi,memcg,timer", ())):
+        res = [one(tmp, sources, pause_s, *extra) for _ in range(runs)]
         ms = [r[0] for r in res]
-        print(f"{sources:30s} crossing -> empty: median {statistics.median(ms):.1f} ms, min {min(ms):.1f}, "
+        label = sources + (" (fixed sleep)" if extra else "")
+        print(f"{label:30s} crossing -> empty: median {statistics.median(ms):.1f} ms, min {min(ms):.1f}, "
               f"max {max(ms):.1f}; kernel OOM kills {sum(r[1] for r in res)}")
 
 
