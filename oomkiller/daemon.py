@@ -43,6 +43,11 @@ JOB_PSI_REFRESH_USEC = 10_000_000
 # The adaptive timer (config adaptive_sleep) never wakes sooner than this.
 MIN_TICK_USEC = 10_000
 
+# Below the arm line, the ranking that chooses whom to arm is redone at most
+# this often (and at once after a kill): the timer may wake every 10 ms there,
+# and listing a thousand jobs takes hundreds of ms.
+ARM_RERANK_USEC = 250_000
+
 # The stall share is measured over at least this long (see detect.py).
 PRESSURE_SPAN_USEC = 2_000_000
 
@@ -99,6 +104,7 @@ class Daemon:
         self._ep: Any = None
         self._by_fd: dict[int, Source] = {}
         self._triggers_refreshed_usec = 0
+        self._armed_ranked_usec = 0
 
     def now_usec(self) -> int:
         return self.clock() // 1000
@@ -206,6 +212,7 @@ class Daemon:
                 self.kills += 1
                 self.our_victims.extend(r.signalled_pids)
                 self._history.clear()       # stall figures from before the kill are stale
+                self._armed_ranked_usec = 0     # choose the next one to arm at once
                 if self.armed_job and self.armed_job.path == c.job.path:
                     self._disarm()
             lines.append(oomlog.outcome_line(c, r, t_done - first_event_usec))
@@ -261,6 +268,7 @@ class Daemon:
         t_detect = self.now_usec()
         armed = self.armed_job
         self._disarm()
+        self._armed_ranked_usec = 0
         jobs = []
         if armed is not None:
             try:
@@ -327,7 +335,11 @@ class Daemon:
         arm_line = max(redline, self.config.arm_redline.resolve_bytes(snap.total_bytes))
         if snap.free_bytes >= arm_line or self.config.dry_run:
             self._disarm()
+            self._armed_ranked_usec = 0
             return
+        if self._armed_ranked_usec and snap.taken_usec - self._armed_ranked_usec < ARM_RERANK_USEC:
+            return
+        self._armed_ranked_usec = snap.taken_usec
         ranking = rank(self.jobs(), self.policy, snap.total_bytes)
         top = next(iter(ranking.killable()), None)
         if top is None or not top.job.v2_path:

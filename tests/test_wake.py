@@ -137,3 +137,24 @@ def test_the_timer_wakes_halfway_to_the_next_line_while_memory_falls(proc_tree, 
     d.config = dataclasses.replace(d.config, adaptive_sleep=False)
     d._history = collections.deque([_snap(200, 0), _snap(180, 100_000)])
     assert d.next_tick_usec() == 1_000_000
+
+
+def test_below_the_arm_line_the_ranking_is_redone_at_most_every_250_ms(proc_tree, v2_tree, monkeypatch):
+    _arena(proc_tree, v2_tree, 230)
+    now = [1_000_000_000]
+    d, _psi, arm, _out = _daemon(proc_tree, v2_tree, lambda: now[0])
+    listed = []
+    real_jobs = d.jobs
+    monkeypatch.setattr(d, "jobs", lambda: listed.append(now[0]) or real_jobs())
+
+    def wake_after(ms: int) -> None:
+        now[0] += ms * 1_000_000
+        d.wake([PressureEvent("timer", "tick", timestamp_usec=now[0] // 1000)])
+
+    wake_after(0)
+    assert len(listed) == 1 and arm.armed
+    for _ in range(20):
+        wake_after(10)
+    assert len(listed) == 1             # 200 ms of 10 ms ticks: the armed choice stands
+    wake_after(60)
+    assert len(listed) == 2
