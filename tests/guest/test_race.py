@@ -16,7 +16,6 @@ from guestlib import (DAEMON_UNIT, MIB, Daemon, InfoProbe, kernel_oom_kills, mai
 
 RUNS = 3
 CHUNK_BYTES = 4 * MIB
-# Event kinds of the eBPF source (oomkiller/sources/bpf.py).
 
 
 def total_bytes() -> int:
