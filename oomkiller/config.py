@@ -194,6 +194,10 @@ class Config:
     cgroup_root: str = "/sys/fs/cgroup"
     proc_root: str = "/proc"
 
+    def arm_line_bytes(self, total_bytes: int) -> int:
+        """The arm line in bytes of a domain this big: never under the redline."""
+        return max(self.redline.resolve_bytes(total_bytes), self.arm_redline.resolve_bytes(total_bytes))
+
     def describe(self) -> dict[str, Any]:
         """The effective config by config-file key."""
         out = {}

@@ -113,7 +113,7 @@ class Daemon:
     def jobs(self) -> list:
         return self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
 
-    def _refresh_job_triggers(self, events: list[PressureEvent], snap: Any, redline: int) -> None:
+    def _refresh_job_triggers(self, events: list[PressureEvent], snap: Any) -> None:
         """Keep PSI triggers on the biggest jobs' memory.pressure (a trigger
         costs the kernel a poll worker, so not on a thousand of them).
 
@@ -126,7 +126,7 @@ class Daemon:
             return
         if self._triggers_refreshed_usec and snap.taken_usec - self._triggers_refreshed_usec < JOB_PSI_REFRESH_USEC:
             return
-        if snap.free_bytes < max(redline, self.config.arm_redline.resolve_bytes(snap.total_bytes)):
+        if snap.free_bytes < self.config.arm_line_bytes(snap.total_bytes):
             return
         self._triggers_refreshed_usec = snap.taken_usec
         biggest = sorted(self.jobs(), key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
@@ -163,7 +163,7 @@ class Daemon:
             return self._finish_armed_kill(events, snap, redline, t0)
         if not det.low:
             self._update_arm(snap, redline, events, t0)
-            self._refresh_job_triggers(events, snap, redline)
+            self._refresh_job_triggers(events, snap)
             return None
         self.simulate_lowmem = False
         t_detect = self.now_usec()
@@ -315,7 +315,7 @@ class Daemon:
         redline = self.config.redline.resolve_bytes(last.total_bytes)
         line = redline
         if self.arm is not None:
-            arm_line = max(redline, self.config.arm_redline.resolve_bytes(last.total_bytes))
+            arm_line = self.config.arm_line_bytes(last.total_bytes)
             if last.free_bytes > arm_line:
                 line = arm_line
         headroom = last.free_bytes - line
@@ -332,7 +332,7 @@ class Daemon:
         needs the kernel's own proof (failed reclaims) before it fires."""
         if not self.arm:
             return
-        arm_line = max(redline, self.config.arm_redline.resolve_bytes(snap.total_bytes))
+        arm_line = self.config.arm_line_bytes(snap.total_bytes)
         if snap.free_bytes >= arm_line or self.config.dry_run:
             self._disarm()
             self._armed_ranked_usec = 0

@@ -23,7 +23,7 @@ def build_sources(conf: Config, domain: Domain) -> tuple[list, dict[str, str], o
     wanted = set(conf.sources)
     snap = domain.snapshot(time.monotonic_ns() // 1000)
     redline = conf.redline.resolve_bytes(snap.total_bytes)
-    arm_line = max(redline, conf.arm_redline.resolve_bytes(snap.total_bytes))
+    arm_line = conf.arm_line_bytes(snap.total_bytes)
 
     def start(name: str, make) -> object | None:
         try:
