@@ -1,0 +1,184 @@
+"""Output that never holds up the kill loop.
+
+Log lines and decision records go through bounded queues to writer threads.
+A journal that stalls under the very pressure being relieved, a FIFO whose
+reader stopped reading, a full disk: each only holds up its writer thread,
+and when a queue is full the line is dropped and counted, never waited for.
+``info`` shows the counts.
+
+The record file (``--json-log``) is opened with care: never through a
+symlink (``O_NOFOLLOW``), never into a file another user owns or a hard
+link to one, and a FIFO is opened by its writer thread, so a FIFO with no
+reader does not hang the start.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import stat
+import threading
+from typing import Callable
+
+# Lines waiting for a writer. A decision record is a few KB: this is a few MB
+# at most, and a burst of kills is far fewer records than this.
+QUEUE_LINES = 1024
+
+# The writer threads do nothing but write: they need little stack.
+THREAD_STACK_BYTES = 256 << 10
+
+
+class OutputPathError(ValueError):
+    """A record file that must not be written (the message says why)."""
+
+
+def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread with a small stack (the daemon locks what it faults in)."""
+    old = threading.stack_size(THREAD_STACK_BYTES)
+    try:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+    finally:
+        threading.stack_size(old)
+    return t
+
+
+class LineWriter:
+    """Writes lines to one file descriptor from its own thread.
+
+    ``write()`` never blocks: it queues the line, or drops and counts it when
+    the queue is full. ``opener``, if given, opens the descriptor in the
+    writer thread (and again after the reader of a FIFO went away)."""
+
+    def __init__(self, name: str, fd: int | None = None, opener: Callable[[], int] | None = None,
+                 max_lines: int = QUEUE_LINES) -> None:
+        self.name = name
+        self._fd = fd
+        self._opener = opener
+        self._q: queue.Queue[bytes | None] = queue.Queue(max_lines)
+        self.written = 0
+        self.dropped = 0
+        self.errors = 0
+        self.last_error = ""
+        self._thread = start_thread(self._run, f"oomkiller-{name}")
+
+    def write(self, text: str) -> None:
+        try:
+            self._q.put_nowait(text.encode("utf-8", "replace"))
+        except queue.Full:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        """Nothing to do: lines leave through the writer thread."""
+
+    def stats(self) -> dict[str, int | str]:
+        out: dict[str, int | str] = {"written": self.written, "dropped": self.dropped, "errors": self.errors,
+                                     "queued": self._q.qsize()}
+        if self.last_error:
+            out["last_error"] = self.last_error
+        return out
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Let the queue drain for up to ``timeout_s``, then leave the thread
+        (a daemon thread stuck in a write does not keep the process alive)."""
+        try:
+            self._q.put(None, timeout=timeout_s)
+        except queue.Full:
+            return
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            data = self._q.get()
+            if data is None:
+                break
+            try:
+                if self._fd is None and self._opener is not None:
+                    self._fd = self._opener()
+                if self._fd is None:
+                    raise OSError(errno.EBADF, "no file to write to")
+                _write_all(self._fd, data)
+                self.written += 1
+            except OSError as e:
+                self.errors += 1
+                self.last_error = f"{e.strerror or e}"
+                if e.errno == errno.EPIPE and self._opener is not None:
+                    os.close(self._fd)          # the FIFO's reader left: wait for the next one
+                    self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def open_record_file(path: str) -> LineWriter:
+    """The writer of decision records: ``-`` is stdout, else ``path``.
+
+    Refused, with the reason: a symlink; a file owned by another user, or
+    linked to more than one name; anything but a regular file or a FIFO."""
+    if path == "-":
+        return LineWriter("records", fd=1)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OutputPathError(f"{path}: {e.strerror}") from None
+    if st is not None:
+        _check_existing(path, st)
+        if stat.S_ISFIFO(st.st_mode):
+            return LineWriter("records", opener=lambda: _open_fifo(path))
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o640)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputPathError(f"{path} is a symlink: refused (name the file itself)") from None
+        raise OutputPathError(f"{path}: {e.strerror}") from None
+    try:
+        _check_existing(path, os.fstat(fd))
+    except OutputPathError:
+        os.close(fd)
+        raise
+    os.set_blocking(fd, True)
+    return LineWriter("records", fd=fd)
+
+
+def _check_existing(path: str, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputPathError(f"{path} is a symlink: refused (name the file itself)")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise OutputPathError(f"{path} is not a regular file or a FIFO ('-' writes to stdout)")
+    if st.st_uid != os.geteuid():
+        raise OutputPathError(f"{path} is owned by uid {st.st_uid}, not by this daemon: refused")
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        raise OutputPathError(f"{path} has {st.st_nlink} links: refused (another name may be someone else's)")
+
+
+def _open_fifo(path: str) -> int:
+    """In the writer thread: blocks until the FIFO has a reader."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _check_existing(path, os.fstat(fd))
+    except OutputPathError as e:
+        os.close(fd)
+        raise OSError(errno.EPERM, str(e)) from None
+    return fd
+
+
+class QueueLogHandler(logging.Handler):
+    """A logging handler whose lines go through a LineWriter."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.write(self.format(record) + "\n")
+        except Exception:       # a bad format argument must not reach the loop
+            self.writer.dropped += 1
