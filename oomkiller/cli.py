@@ -149,15 +149,27 @@ def rank_command(conf: cfg.Config, as_json: bool) -> int:
 
 def run_command(conf: cfg.Config, verbose: bool) -> int:
     from . import log as oomlog
+    from .control import ControlServer, SocketPathError
     from .daemon import Daemon, setup_logging
     from .footprint import protect_self
+    from .output import OutputPathError, open_record_file
     from .sources.build import build_sources
-    setup_logging(verbose)
+    log_writer = setup_logging(verbose)
     _domain(conf)       # a bad domain is a config error, before anything starts
     log.info("OOM: effective config %s", oomlog.json_line(conf.describe()))
-    json_out = sys.stdout if conf.json_log == "-" else open(conf.json_log, "a", buffering=1)
+    try:
+        records = open_record_file(conf.json_log)
+    except OutputPathError as e:
+        raise cfg.ConfigError(f"bad value for 'json_log': {e}") from None
     raise_fd_limit()
-    daemon = Daemon(conf, json_out=json_out)
+    daemon = Daemon(conf, json_out=records, log_writer=log_writer)
+    try:
+        daemon.control = ControlServer(conf.control_socket, daemon.handle)
+    except SocketPathError as e:
+        raise cfg.ConfigError(f"bad value for 'control_socket': {e}") from None
+    except RuntimeError as e:
+        log.error("OOM: %s", e)
+        return cfg.EXIT_FAILURE
     try:
         daemon.sources, daemon.unavailable, daemon.arm = build_sources(conf, daemon.domain)
         if conf.protect_self and os.geteuid() == 0:
@@ -175,6 +187,11 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
         # Also when run() never started: the brake's memory.high goes back.
         for src in daemon.sources:
             src.close()
+        if daemon.control is not None:
+            daemon.control.close()
+        records.close()
+        if log_writer is not None:
+            log_writer.close()
     return cfg.EXIT_OK
 
 

@@ -28,6 +28,7 @@ from .domain import Domain
 from .footprint import status_bytes
 from .killer import Killer
 from .model import PressureEvent, Ranking
+from .output import LineWriter, QueueLogHandler
 from .procfs import Procfs
 from .rank import Policy, rank
 
@@ -67,6 +68,7 @@ class Daemon:
     def __init__(self, config: Config, *, procfs: Procfs | None = None, cgroupfs: Cgroupfs | None = None,
                  json_out: TextIO | None = None, sources: list[Source] | None = None,
                  unavailable: dict[str, str] | None = None, arm: Any = None,
+                 log_writer: LineWriter | None = None, control: ControlServer | None = None,
                  clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.config = config
         self.procfs = procfs or Procfs(config.proc_root)
@@ -78,6 +80,7 @@ class Daemon:
         self.killer = Killer(self.cgroupfs, dry_run=config.dry_run, self_pid=self.self_pid,
                              timeout_usec=config.kill_timeout_ms * 1000, clock=clock)
         self.json_out = json_out
+        self.log_writer = log_writer
         self.sources = list(sources or [])
         self.unavailable = dict(unavailable or {})
         # the pre-armed kill: an object with arm(cgroup_id), disarm() and armed
@@ -100,7 +103,9 @@ class Daemon:
         self.last_snapshot = None
         self._history: collections.deque = collections.deque()
         self._quit = False
-        self.control: ControlServer | None = None
+        self.control = control
+        # The control thread sets flags and writes here; the loop does the rest.
+        self._nudge_r, self._nudge_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep: Any = None
         self._by_fd: dict[int, Source] = {}
         self._triggers_refreshed_usec = 0
@@ -378,6 +383,7 @@ class Daemon:
         return hist[0]
 
     def _emit(self, record: dict[str, Any]) -> None:
+        """One JSON line; the daemon's writer queues it and never blocks."""
         if self.json_out:
             record = {"ts_usec": self.now_usec(), **record}
             self.json_out.write(oomlog.json_line(record) + "\n")
@@ -395,14 +401,18 @@ class Daemon:
         if self.arm:
             sources["prearm"] = {"state": "live", "armed": self.armed_job.name if self.armed_job else "-",
                                  "kills": self.armed_kills}
-        sources.update({name: {"state": "unavailable", "why": why} for name, why in self.unavailable.items()})
+        sources.update({name: {"state": "unavailable", "why": why} for name, why in dict(self.unavailable).items()})
+        output = {name: w.stats() for name, w in (("records", self.json_out), ("log", self.log_writer))
+                  if hasattr(w, "stats")}
+        if self.control is not None:
+            output["control"] = self.control.stats()
         data = {"running": self.running, "printing": self.printing, "simulating_lowmem": self.simulate_lowmem,
                 "sleep_ms": self.config.sleep_ms, "redline": str(red), "redline_bytes": red_b,
                 "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
                 "kills": self.kills, "armed_kills": self.armed_kills, "kernel_kills_seen": self.kernel_kills_seen,
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
-                "pressure_file": self.domain.pressure_path}
+                "pressure_file": self.domain.pressure_path, "output": output}
         red_txt = f"{red} = {oomlog.format_size(red_b)}" if red.permyriad else oomlog.format_size(red_b)
         lines = ["OOM info:",
                  f"  running: {str(self.running).lower()}",
@@ -420,11 +430,23 @@ class Daemon:
             extra = ", ".join(f"{k}={v}" for k, v in s.items()
                               if k not in ("state", "source", "live") and not isinstance(v, (list, dict)))
             lines.append(f"    {name}: {s['state']}" + (f" ({extra})" if extra else ""))
+        lines.append("  output:")
+        for name, o in output.items():
+            lines.append(f"    {name}: " + ", ".join(f"{k}={v}" for k, v in o.items()))
         return "\n".join(lines), data
 
     def handle(self, cmd: str) -> tuple[bool, str, dict[str, Any]]:
+        """A control command, in the control server's thread: it reads the
+        loop's state or sets a flag and nudges the loop, never more."""
         if cmd == "info":
-            text, data = self.info()
+            for _ in range(3):
+                try:
+                    text, data = self.info()
+                    break
+                except RuntimeError:     # a dict the loop changed while it was read
+                    continue
+            else:
+                return False, "info: the daemon's state kept changing; try again", {}
             return True, text, data
         if cmd == "rank":
             snap = self.domain.snapshot(self.now_usec())
@@ -433,14 +455,20 @@ class Daemon:
         if cmd == "start":
             self.running = True
         elif cmd == "stop":
-            self.running = False
-            self._disarm()
+            self.running = False        # the loop disarms
         elif cmd == "print":
             self.printing = not self.printing
         elif cmd == "lowmem":
             self.simulate_lowmem = True
+        self._nudge()
         return True, f"OOM: {cmd}: done", {"running": self.running, "printing": self.printing,
                                            "simulating_lowmem": self.simulate_lowmem}
+
+    def _nudge(self) -> None:
+        try:
+            os.write(self._nudge_w, b"x")
+        except BlockingIOError:
+            pass        # the pipe is full: the loop has been nudged already
 
     # -- the loop -----------------------------------------------------------------
     def run(self) -> None:
@@ -450,9 +478,11 @@ class Daemon:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wfd)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        self.control = ControlServer(self.config.control_socket, self.handle)
+        if self.control is None:
+            self.control = ControlServer(self.config.control_socket, self.handle)
         ep.register(rfd, select.EPOLLIN)
-        ep.register(self.control.fileno(), select.EPOLLIN)
+        ep.register(self._nudge_r, select.EPOLLIN)
+        self.control.start()
         by_fd = self._by_fd
         for src in self.sources:
             for fd in src.fds():
@@ -473,9 +503,11 @@ class Daemon:
                 for fd, mask in ready:
                     if fd == rfd:
                         _drain_pipe(rfd)
-                    elif fd == self.control.fileno():
-                        cmd = self.control.accept_one()
-                        if cmd == "lowmem" and self.running:
+                    elif fd == self._nudge_r:
+                        _drain_pipe(fd)
+                        if not self.running:
+                            self._disarm()
+                        elif self.simulate_lowmem:
                             events.append(PressureEvent("control", "lowmem", timestamp_usec=self.now_usec()))
                     elif fd in by_fd:
                         events.extend(self._drain(ep, by_fd, fd, mask))
@@ -501,6 +533,7 @@ class Daemon:
             os.close(rfd)
             os.close(wfd)
             self.control.close()
+            self.control = None
             self._disarm()
             for src in self.sources:
                 src.close()
@@ -548,10 +581,18 @@ def _version() -> str:
     return __version__
 
 
-def setup_logging(verbose: bool = False, stream: TextIO = sys.stderr) -> None:
-    handler = logging.StreamHandler(stream)
+def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> LineWriter | None:
+    """Log lines to ``stream``, or by default to stderr through a writer
+    thread and a bounded queue (a stalled journal must not stall a kill)."""
+    writer = None
+    if stream is None:
+        writer = LineWriter("log", fd=sys.stderr.fileno())
+        handler: logging.Handler = QueueLogHandler(writer)
+    else:
+        handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("oomkiller")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    return writer

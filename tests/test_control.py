@@ -1,9 +1,14 @@
-import threading
+import os
+import socket
+import stat
+import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
+from oomkiller import control
 from oomkiller.config import EXIT_DENIED, EXIT_UNREACHABLE
-from oomkiller.control import ControlError, ControlServer, request
+from oomkiller.control import COMMANDS, ControlError, ControlServer, SocketPathError, parse_request, request
 
 
 @pytest.fixture
@@ -12,20 +17,12 @@ def server(tmp_path):
 
     def handle(cmd):
         seen.append(cmd)
+        if cmd == "rank":
+            raise OSError("a cgroup vanished")
         return True, f"did {cmd}", {"n": len(seen)}
     srv = ControlServer(str(tmp_path / "ctl.sock"), handle)
-    stop = threading.Event()
-
-    def loop():
-        import select
-        while not stop.is_set():
-            if select.select([srv.fileno()], [], [], 0.05)[0]:
-                srv.accept_one()
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
+    srv.start()
     yield srv, seen
-    stop.set()
-    t.join()
     srv.close()
 
 
@@ -36,35 +33,102 @@ def test_round_trip(server):
     assert seen == ["info", "lowmem"]
 
 
+def test_the_socket_is_made_with_its_mode(server):
+    srv, _ = server
+    assert stat.S_IMODE(os.lstat(srv.path).st_mode) == 0o666
+
+
 def test_unknown_command_and_malformed_request(server):
     srv, seen = server
     with pytest.raises(ControlError, match="unknown command 'reboot'"):
         request(srv.path, "reboot")
-    assert srv._reply(b"not json\n", 0)[0]["error"].startswith("malformed request")
+    assert parse_request(b"not json\n", 0)[0]["error"].startswith("malformed request")
     assert seen == []
 
 
-def test_changes_need_root(server):
-    srv, seen = server
-    reply, cmd = srv._reply(b'{"cmd": "stop"}\n', 1000)
-    assert reply["denied"] and "only root" in reply["error"] and cmd is None
-    reply, cmd = srv._reply(b'{"cmd": "info"}\n', 1000)
-    assert reply["ok"] and cmd == "info"
-    reply, cmd = srv._reply(b'{"cmd": "rank"}\n', 1000)
-    assert reply["denied"] and cmd is None
+def test_a_failing_command_is_an_error_reply_and_the_server_goes_on(server):
+    srv, _ = server
+    with pytest.raises(ControlError, match="'rank' failed in the daemon: a cgroup vanished"):
+        request(srv.path, "rank")
+    assert request(srv.path, "info")["ok"]
 
 
-def test_a_silent_client_does_not_hold_the_loop(server):
-    import socket
-    import time
+@pytest.mark.parametrize("payload", [b'{"cmd":[]}\n', b'{"cmd":{}}\n', b"[" * 4000 + b"\n", b"\xff\xfe\n",
+                                     b'{"cmd": "info"', b'"info"\n', b"null\n", b"\n", b"x" * 10000])
+def test_hostile_requests_get_an_error_or_nothing_and_the_server_lives(server, payload):
     srv, seen = server
     s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
     s.connect(srv.path)
-    s.sendall(b'{"cmd": ')         # and then nothing
+    try:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        reply = s.recv(65536)
+    except (BrokenPipeError, ConnectionResetError):
+        reply = b""
+    s.close()
+    assert reply == b"" or b'"ok": false' in reply
+    assert request(srv.path, "info")["ok"] and seen == ["info"]
+
+
+def test_changes_need_root():
+    reply, cmd = parse_request(b'{"cmd": "stop"}\n', 1000)
+    assert reply["denied"] and "only root" in reply["error"] and cmd is None
+    assert parse_request(b'{"cmd": "info"}\n', 1000) == (None, "info")
+    reply, cmd = parse_request(b'{"cmd": "rank"}\n', 1000)
+    assert reply["denied"] and cmd is None
+    assert parse_request(b'{"cmd": "stop"}\n', 0) == (None, "stop")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([0, 1000]))
+def test_any_bytes_give_a_command_or_an_error(data, uid):
+    reply, cmd = parse_request(data, uid)
+    assert (reply is None) != (cmd is None)
+    assert cmd is None or cmd in COMMANDS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=5), kids, max_size=4),
+                    max_leaves=20))
+def test_any_json_gives_a_command_or_an_error(value):
+    import json
+    reply, cmd = parse_request(json.dumps({"cmd": value}).encode() + b"\n", 0)
+    assert (cmd == value) if isinstance(value, str) and value in COMMANDS else (cmd is None and not reply["ok"])
+
+
+def test_silent_and_dribbling_clients_do_not_hold_anyone(server):
+    srv, _ = server
+    held = []
+    for i in range(60):         # more than root may hold: the oldest are closed
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(srv.path)
+        held.append(s)
+        if i % 2:
+            try:
+                s.sendall(b'{"cmd": ')         # and then nothing
+            except BrokenPipeError:
+                pass
     t = time.monotonic()
     assert request(srv.path, "info")["ok"]
-    assert time.monotonic() - t < 2
-    s.close()
+    assert time.monotonic() - t < 1.0
+    for s in held:
+        s.close()
+
+
+def test_a_user_holds_only_a_few_connections(server, monkeypatch):
+    srv, _ = server
+    monkeypatch.setattr(control, "peer_uid", lambda conn: 65534)
+    held = [socket.socket(socket.AF_UNIX) for _ in range(control.PER_UID_CONNECTIONS + 6)]
+    for s in held:
+        s.connect(srv.path)
+    time.sleep(0.05)
+    assert request(srv.path, "info")["ok"]      # the newest is served
+    assert srv.stats()["open"] <= control.PER_UID_CONNECTIONS
+    assert srv.stats()["refused"] >= 6
+    for s in held:
+        s.close()
 
 
 def test_no_daemon(tmp_path):
@@ -78,9 +142,50 @@ def test_stale_socket_is_replaced_but_live_one_is_not(tmp_path, server):
     with pytest.raises(RuntimeError, match="another oomkiller"):
         ControlServer(srv.path, lambda c: (True, "", {}))
     stale = tmp_path / "stale.sock"
-    import socket
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(stale))
     s.close()
     ControlServer(str(stale), lambda c: (True, "", {})).close()
+    assert not stale.exists()
     assert EXIT_DENIED == 4
+
+
+def _make(kind, path, tmp_path):
+    if kind == "file":
+        path.write_text("precious")
+    elif kind == "symlink":
+        (tmp_path / "target").write_text("precious")
+        path.symlink_to(tmp_path / "target")
+    elif kind == "dangling symlink":
+        path.symlink_to(tmp_path / "nowhere")
+    elif kind == "folder":
+        path.mkdir()
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "dangling symlink", "folder"])
+def test_only_a_socket_is_ever_replaced(tmp_path, kind):
+    path = tmp_path / "ctl.sock"
+    _make(kind, path, tmp_path)
+    with pytest.raises(SocketPathError, match="exists and is not a socket"):
+        ControlServer(str(path), lambda c: (True, "", {}))
+    assert os.path.lexists(path)
+    if kind in ("file", "symlink"):
+        assert (tmp_path / ("target" if kind == "symlink" else "ctl.sock")).read_text() == "precious"
+
+
+def test_bad_socket_paths_are_one_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for path, why in [(str(tmp_path / "afile" / "ctl.sock"), "cannot make the folder"),
+                      (str(tmp_path / ("x" * 120)), "longer than 107 bytes"),
+                      (str(tmp_path / "a\0b"), "NUL")]:
+        with pytest.raises(SocketPathError, match=why):
+            ControlServer(path, lambda c: (True, "", {}))
+
+
+def test_a_folder_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(SocketPathError, match="may be written by other users"):
+        ControlServer(str(shared / "ctl.sock"), lambda c: (True, "", {}))
+    assert not (shared / "ctl.sock").exists()

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import shutil
 import signal
 import time
 import uuid
 
+import flood
 import pytest
 from kproc import DaemonProc, wait_for
 
@@ -25,16 +28,20 @@ RUNS_ALL = 20
 RUNS_EACH = 5
 
 
-def race(tmp_path, sources: str, runs: int) -> dict:
-    """``runs`` fast hogs, one after another, against one daemon."""
+def race(tmp_path, sources: str, runs: int, flooded: bool = False) -> dict:
+    """``runs`` fast hogs, one after another, against one daemon; with
+    ``flooded``, while an unprivileged user floods its control socket."""
     out = {"sources": sources, "runs": runs, "daemon": 0, "kernel": 0, "protected_died": 0, "decisions": [],
-           "lost": []}
+           "lost": [], "info_s": []}
     with Arena(f"oomk-race-{uuid.uuid4().hex[:8]}", ARENA_BYTES) as arena:
         svc = arena.job("svc")
         service = arena.spawn_idle(svc, 24 << 20)
         d = DaemonProc(tmp_path / sources.replace(",", "-"), "--domain", arena.path, "--protect", "svc",
                        "--sleep-ms", "1000", "--sources", sources)
+        flooder = flood.start(d.sock, 600) if flooded else None
         try:
+            if flooded:
+                time.sleep(1)       # the flood is in full swing
             info = json.loads(d.ctl("info", "--json").stdout)
             out["live"] = sorted(k for k, v in info["sources"].items() if v["state"] == "live")
             for i in range(runs):
@@ -52,6 +59,10 @@ def race(tmp_path, sources: str, runs: int) -> dict:
                         for r in d.records()[seen:]]})
                 else:
                     out["daemon"] += 1
+                if flooded:
+                    t = time.monotonic()
+                    assert d.ctl("info").returncode == 0, "root's info was not answered during the flood"
+                    out["info_s"].append(time.monotonic() - t)
                 if service.poll() is not None:
                     out["protected_died"] += 1
                     break
@@ -59,7 +70,10 @@ def race(tmp_path, sources: str, runs: int) -> dict:
             time.sleep(0.5)     # the last events reach the daemon and its records
             out["decisions"] = [r for r in d.records() if r.get("event") == "oom_decision"]
             out["kernel_seen"] = len([r for r in d.records() if r.get("event") == "kernel_oom_kill"])
+            out["control"] = json.loads(d.ctl("info", "--json").stdout)["output"]["control"]
         finally:
+            if flooder is not None:
+                out["flood_connections"] = flood.stop(flooder)
             d.stop()
     return out
 
@@ -119,3 +133,28 @@ def test_races_lost_to_the_kernel_are_reported(results):
     assert sum(r["kernel_seen"] for r in runs) >= 1
     for r in [*runs, results["all"]]:
         assert r["kernel_seen"] <= r["kernel"], r
+
+
+@pytest.fixture(scope="module")
+def flooded():
+    # The flooder runs as nobody: the socket's folder must let it in (and,
+    # as the daemon requires, let no one else write there).
+    folder = pathlib.Path(f"/run/oomk-test-{uuid.uuid4().hex[:8]}")
+    folder.mkdir(mode=0o755)
+    try:
+        r = race(folder, "ebpf,prearm,psi,memcg,timer", RUNS_ALL, flooded=True)
+        print(f"\nflooded: daemon {r['daemon']}, kernel {r['kernel']}, flood connections {r['flood_connections']}, "
+              f"control {r['control']}, root's info {max(r['info_s']):.3f} s at most")
+        return r
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_every_run_is_won_while_a_user_floods_the_socket(flooded):
+    r = flooded
+    assert r["flood_connections"] > 1000, "the flood did not flood"
+    assert r["control"]["refused"] + r["control"]["timed_out"] > 100
+    assert r["protected_died"] == 0
+    assert (r["daemon"], r["kernel"]) == (RUNS_ALL, 0), json.dumps(r["lost"], indent=1)
+    # root's info was answered in every run, and promptly
+    assert len(r["info_s"]) == RUNS_ALL and max(r["info_s"]) < 2.0, r["info_s"]
