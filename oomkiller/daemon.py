@@ -49,6 +49,9 @@ MIN_TICK_USEC = 10_000
 # and listing a thousand jobs takes hundreds of ms.
 ARM_RERANK_USEC = 250_000
 
+# The same failure is logged at most this often (with a count of repeats).
+FAILURE_LOG_USEC = 60_000_000
+
 # The stall share is measured over at least this long (see detect.py).
 PRESSURE_SPAN_USEC = 2_000_000
 
@@ -103,6 +106,7 @@ class Daemon:
         self.last_snapshot = None
         self._history: collections.deque = collections.deque()
         self._quit = False
+        self._failures: dict[tuple[str, str, str], list[int]] = {}
         self.control = control
         # The control thread sets flags and writes here; the loop does the rest.
         self._nudge_r, self._nudge_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -522,7 +526,7 @@ class Daemon:
                         # A read that failed (a cgroup removed under us), a map
                         # update bcc refused: log it and keep watching. The
                         # next wake starts from a fresh snapshot.
-                        log.exception("OOM: wake failed")
+                        self._failed("wake failed")
                     deadline = min(deadline, self.now_usec() + self.next_tick_usec())
         finally:
             signal.set_wakeup_fd(old_wakeup)
@@ -546,14 +550,35 @@ class Daemon:
         if mask & (select.EPOLLERR | select.EPOLLHUP) and not getattr(src, "alive", lambda _fd: True)(fd):
             ep.unregister(fd)
             del by_fd[fd]
+            if getattr(src, "forget", lambda _fd: False)(fd):
+                return []       # a job's trigger, gone with its job
             self.unavailable[f"{src.name} fd {fd}"] = "the watched file went away"
             log.warning("OOM: source %s: a watched file went away; no longer polled", src.name)
             return []
         try:
             return src.drain(fd)
         except Exception:
-            log.exception("OOM: source %s failed to read its events", src.name)
+            self._failed(f"source {src.name} failed to read its events")
             return []
+
+    def _failed(self, what: str) -> None:
+        """Log the exception being handled: with its traceback the first
+        time, then the same error at most once a minute with a count, so a
+        fault that repeats on every wake does not flood the journal."""
+        e = sys.exc_info()[1]
+        key = (what, type(e).__name__, str(e))
+        now = self.now_usec()
+        seen = self._failures.get(key)
+        if seen is not None and now - seen[0] < FAILURE_LOG_USEC:
+            seen[1] += 1
+            return
+        if seen is not None:
+            log.error("OOM: %s: %s: %s (%d more times in the last minute)", what, key[1], key[2], seen[1])
+        else:
+            if len(self._failures) >= 64:
+                self._failures.clear()
+            log.exception("OOM: %s", what)
+        self._failures[key] = [now, 0]
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._quit = True

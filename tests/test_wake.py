@@ -158,3 +158,23 @@ def test_below_the_arm_line_the_ranking_is_redone_at_most_every_250_ms(proc_tree
     assert len(listed) == 1             # 200 ms of 10 ms ticks: the armed choice stands
     wake_after(60)
     assert len(listed) == 2
+
+
+def test_a_failure_that_repeats_is_logged_once_a_minute(proc_tree, v2_tree, caplog):
+    _arena(proc_tree, v2_tree, 100)
+    now = [1_000_000_000]
+    d, *_ = _daemon(proc_tree, v2_tree, lambda: now[0])
+    caplog.set_level("DEBUG", logger="oomkiller")
+
+    def fail() -> None:
+        try:
+            raise OSError(19, "No such device")
+        except OSError:
+            d._failed("wake failed")
+    for _ in range(1000):
+        fail()
+        now[0] += 200_000_000          # a wake every 0.2 s, for 200 s
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs[0] == "OOM: wake failed" and caplog.records[0].exc_info
+    assert msgs[1:] == ["OOM: wake failed: OSError: [Errno 19] No such device "
+                        "(299 more times in the last minute)"] * 3, msgs

@@ -57,6 +57,11 @@ def parser() -> argparse.ArgumentParser:
                         "alone, earlyoom, nohang, systemd-oomd and oomd (shipped defaults and tuned) and "
                         "oomkiller as the machine's own services, against guest-wide pressure; writes "
                         "results.json and results.md (see oomkiller/bench/hostlevel.py)")
+    p.add_argument("--soak", type=float, metavar="MINUTES",
+                   help="hogs killed in a loop for MINUTES against one daemon, with its RSS, fds, threads and "
+                        "who killed each hog over time (soak.json, soak.md, soak.png)")
+    p.add_argument("--daemon-args", default="", metavar="ARGS",
+                   help="with --soak: extra arguments for `oomkiller run`, as one shell-quoted string")
     p.add_argument("--out", default="bench-out", metavar="DIR", help="where results go (default bench-out)")
     p.add_argument("--runs", type=int, metavar="N", help="runs per cell (default: 1 for --ci/--short, 5 for --full)")
     p.add_argument("--scenarios", metavar="LIST",
@@ -88,6 +93,13 @@ def main(argv: list[str]) -> int:
         return hostlevel.rerender(a.rerender, a.out) if a.rerender else hostlevel.main(a)
     if a.rerender:
         return rerender(a.rerender, a.out, not a.no_plots)
+    if a.soak is not None:
+        if os.geteuid() != 0:
+            print("oomkiller bench: needs root (makes cgroups, starts killers, loads BPF)", file=sys.stderr)
+            return 2
+        import shlex
+        from . import soak
+        return soak.soak(a.soak, shlex.split(a.daemon_args), a.out, not a.no_plots)
     runs, baseline_s, idle_s = MODES[a.mode]
     runs = a.runs or runs
     baseline_s = a.baseline_s or baseline_s

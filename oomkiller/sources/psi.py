@@ -109,6 +109,16 @@ class PsiSource:
         """Whether the pressure file behind ``fd`` still exists."""
         return os.path.exists(self._fds.get(fd, ""))
 
+    def forget(self, fd: int) -> bool:
+        """Drop a job's trigger whose file went away with its job (normal:
+        jobs end); False for the fixed files, whose loss is news."""
+        if fd not in self._jobs:
+            return False
+        del self._jobs[fd]
+        del self._fds[fd]
+        os.close(fd)
+        return True
+
     def stats(self) -> dict:
         out = {"trigger": f"some {self.stall_usec}us/{self.effective_window_usec}us",
                "files": len(self._fds), "job_files": len(self._jobs), "fired": self.fired}
