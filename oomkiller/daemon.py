@@ -140,9 +140,11 @@ class Daemon:
         self._triggers_refreshed_usec = snap.taken_usec
         biggest = sorted(self.jobs(), key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
         paths = {os.path.join(j.v2_path, "memory.pressure") for j in biggest if j.v2_path}
-        added, closed = psi.track(paths)
-        for fd in closed:
-            self._by_fd.pop(fd, None)       # closing the fd took it out of the epoll set
+        added, dropped = psi.track(paths)
+        for fd in dropped:
+            self._ep.unregister(fd)
+            self._by_fd.pop(fd, None)
+        psi.release(dropped)                # closing a trigger waits on RCU: not here
         for fd in added:
             self._ep.register(fd, psi.poll_events)
             self._by_fd[fd] = psi

@@ -27,6 +27,9 @@ class FakePsi:
         self.calls.append(set(paths))
         return [], []
 
+    def release(self, fds: list[int]) -> None:
+        pass
+
     def fds(self) -> list[int]:
         return []
 

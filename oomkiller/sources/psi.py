@@ -9,15 +9,21 @@ open; the fd then polls POLLPRI at most once per window while the stall is
 over the line (Documentation/accounting/psi.rst). Without CAP_SYS_RESOURCE the
 kernel only accepts windows that are multiples of 2 s (EINVAL otherwise): we
 ask for the configured window first, then fall back to 2 s and say so.
+
+Closing a trigger is slow: the kernel waits for an RCU grace period
+(8-19 ms here). The loop never does it: it takes the fd out of its epoll
+set and ``release()`` hands it to a closer thread.
 """
 from __future__ import annotations
 
 import errno
 import os
+import queue
 import select
 import time
 
 from ..model import PressureEvent
+from ..output import start_thread
 from . import SourceUnavailable
 
 # The shortest window an unprivileged trigger may use, and the granularity
@@ -40,6 +46,8 @@ class PsiSource:
         self._jobs: dict[int, str] = {}      # the jobs' triggers, a subset of _fds
         self.fired = 0
         self.failed: dict[str, str] = {}
+        self._closing: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._closer = None
 
     def start(self) -> None:
         for path in self.paths:
@@ -79,13 +87,13 @@ class PsiSource:
 
     def track(self, paths: set[str]) -> tuple[list[int], list[int]]:
         """Keep job triggers on exactly ``paths`` (beside the fixed ones):
-        returns (fds added, fds closed) for the caller's poller."""
+        returns (fds added, fds dropped) for the caller's poller, which
+        must take the dropped ones out and then ``release()`` them."""
         added, closed = [], []
         for fd, path in list(self._jobs.items()):
             if path not in paths:
                 del self._jobs[fd]
                 del self._fds[fd]
-                os.close(fd)
                 closed.append(fd)
         have = set(self._jobs.values())
         for path in paths - have:
@@ -116,8 +124,24 @@ class PsiSource:
             return False
         del self._jobs[fd]
         del self._fds[fd]
-        os.close(fd)
+        self.release([fd])
         return True
+
+    def release(self, fds: list[int]) -> None:
+        """Close dropped triggers in the closer thread, off the loop."""
+        if not fds:
+            return
+        if self._closer is None:
+            self._closer = start_thread(self._close_released, "oomkiller-psi-closer")
+        for fd in fds:
+            self._closing.put(fd)
+
+    def _close_released(self) -> None:
+        while (fd := self._closing.get()) is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def stats(self) -> dict:
         out = {"trigger": f"some {self.stall_usec}us/{self.effective_window_usec}us",
@@ -131,3 +155,7 @@ class PsiSource:
             os.close(fd)
         self._fds.clear()
         self._jobs.clear()
+        if self._closer is not None:
+            self._closing.put(None)
+            self._closer.join(5)
+            self._closer = None

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+
 import select
 import subprocess
 import sys
 import time
+
+from kproc import wait_for
 
 from oomkiller.sources.memcg import MemcgSource
 from oomkiller.sources.psi import PsiSource
@@ -102,5 +105,9 @@ def test_job_triggers_follow_the_job_list(arena):
         assert added2 == [] and len(closed2) == 1 and set(src.fds()) == fixed | (set(added) - set(closed2))
         assert src.track({"/nonexistent/memory.pressure"}) == ([], [f for f in added if f not in closed2])
         assert set(src.fds()) == fixed
+        # dropped triggers are closed by the closer thread, not the caller
+        assert all(os.path.exists(f"/proc/self/fd/{fd}") for fd in added)
+        src.release(added)
+        wait_for(lambda: not any(os.path.exists(f"/proc/self/fd/{fd}") for fd in added), 5, "the closer")
     finally:
         src.close()
