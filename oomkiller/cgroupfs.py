@@ -278,7 +278,8 @@ class Cgroupfs:
 
     # -- memory -------------------------------------------------------------
     def memory(self, path: str) -> tuple[int | None, int, dict[str, int]]:
-        """(limit or None, usage, stat) of a memory cgroup, hierarchically."""
+        """(limit or None, usage, stat) of a memory cgroup, hierarchically.
+        Raises ``Vanished`` if the cgroup is gone."""
         if self.layout.memory_v1:
             stat = read_keyed(os.path.join(path, "memory.stat"))
             usage = read_int_file(os.path.join(path, "memory.usage_in_bytes")) or 0
@@ -297,8 +298,10 @@ class Cgroupfs:
         while True:     # the tightest memory.max on the way up is what binds
             try:
                 m = read_int_file(os.path.join(p, "memory.max"))
-            except FileNotFoundError:
-                break
+            except Vanished:
+                if p == path:
+                    raise       # the cgroup itself is gone since its memory.stat was read
+                break           # the root has none
             if m is not None:
                 limit = m if limit is None else min(limit, m)
             if os.path.normpath(p) == os.path.normpath(self.layout.jobs_root):
