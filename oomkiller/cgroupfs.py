@@ -28,6 +28,11 @@ V1_UNLIMITED = 1 << 62
 XATTRS = ("user.oomd_omit", "user.oomd_avoid", "user.oomd_prefer")
 
 
+def xattr_set(value: str) -> bool:
+    """Whether an oomd xattr's value turns it on (systemd writes "1")."""
+    return value.strip() not in ("", "0")
+
+
 @dataclass(frozen=True)
 class Layout:
     root: str
@@ -131,6 +136,7 @@ class Cgroupfs:
         return sorted(set(pids))
 
     def xattrs(self, path: str) -> tuple[tuple[str, str], ...]:
+        """The systemd-oomd xattrs set on a cgroup, trusted or not."""
         out = []
         for name in XATTRS:
             try:
@@ -140,6 +146,31 @@ class Cgroupfs:
                 # that is gone has none; its other reads tell it is gone.
                 pass
         return tuple(out)
+
+    def owner_uid(self, path: str) -> int:
+        """Who owns a cgroup's folder; raises ``Vanished`` if it is gone."""
+        with vanishing(path):
+            return os.stat(path).st_uid
+
+    def trusted_xattrs(self, path: str, name: str = "", counted: tuple[str, ...] = XATTRS,
+                       ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+        """(xattrs to honour, why others were not) of a cgroup.
+
+        As systemd-oomd does, xattrs count only on a cgroup owned by root:
+        a delegated subtree (``user@UID.service``) belongs to its user, who
+        could otherwise make their own cgroups unkillable. Each xattr of
+        ``counted`` (those that would matter here) that is set and ignored
+        is named, with ``name`` (the cgroup) if given, so the ranking can
+        say so. Raises ``Vanished`` if the cgroup is gone."""
+        xattrs = self.xattrs(path)
+        if not any(xattr_set(v) for _, v in xattrs):
+            return xattrs, ()
+        uid = self.owner_uid(path)
+        if uid == 0:
+            return xattrs, ()
+        of = f" of '{name}'" if name else ""
+        return (), tuple(f"{k}{of} ignored: cgroup owned by uid {uid}"
+                         for k, v in xattrs if k in counted and xattr_set(v))
 
     def oom_group(self, path: str) -> bool:
         try:
@@ -248,8 +279,16 @@ class Cgroupfs:
         their xattrs: with a thousand jobs, every extra walk is felt."""
         pids = _read_pids(os.path.join(path, "cgroup.procs"))
         inner = []
+        ignored: list[str] = []
         for full, inner_pids in _descendants(path):
-            inner.append((os.path.relpath(full, domain_path), self.xattrs(full)))
+            rel = os.path.relpath(full, domain_path)
+            try:
+                # below the job only user.oomd_omit counts (see rank.classify)
+                xattrs, why = self.trusted_xattrs(full, rel, ("user.oomd_omit",))
+            except Vanished:
+                continue    # removed while we walked
+            inner.append((rel, xattrs))
+            ignored += why
             pids.extend(inner_pids)
         procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
         v2 = self.v2_of(path, [p.pid for p in procs])
@@ -262,10 +301,12 @@ class Cgroupfs:
                 v2 = None
         with vanishing(path):
             inode = os.stat(path).st_ino
+        xattrs, why = self.trusted_xattrs(path)
         return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode,
-                   procs=procs, descendants=len(inner), xattrs=self.xattrs(path),
+                   procs=procs, descendants=len(inner), xattrs=xattrs,
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
-                   charged_bytes=self.charged_bytes(path), inner=tuple(inner))
+                   charged_bytes=self.charged_bytes(path), inner=tuple(inner),
+                   ignored_xattrs=(*why, *ignored))
 
     def jobs(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         out = []

@@ -1,5 +1,5 @@
-"""Cgroups and processes that vanish during a walk, on the real kernel, in
-arenas.
+"""Cgroups and processes that vanish during a walk, and whose xattrs count,
+on the real kernel, in arenas.
 
 The jobs are listed and ranked through the daemon's own code (``Daemon.jobs``
 and its ``rank`` command). A cgroup is removed, or a process reaped, between
@@ -9,7 +9,12 @@ kernel makes it fail: ENODEV for a cgroup's file, ESRCH for a process's.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import sys
+
+import pytest
 
 from kproc import wait_for
 
@@ -127,3 +132,31 @@ def test_an_empty_job_removed_mid_rank_and_a_reaped_process(arena, tmp_path, mon
     by_job = {c["job"]: c for c in ranked}
     assert not by_job["hog"]["killable"] and "empty" in by_job["hog"]["reasons"]
     assert [c["job"] for c in ranked if c["killable"]] == ["parent", "small"]
+
+
+@pytest.mark.parametrize("owner", [65534, 0])
+def test_an_omit_xattr_counts_only_on_a_root_owned_job(arena, tmp_path, owner):
+    """systemd-oomd's rule: a user who owns a cgroup can set its xattrs, so
+    those of a cgroup not owned by root are not honoured. They are read on
+    the job's memory cgroup: on hybrid hosts the v1 one, whose cgroupfs
+    takes user xattrs (and a chown) as cgroup2 does."""
+    job, other = arena.job("marked"), arena.job("other")
+    os.setxattr(job.path, "user.oomd_omit", b"1")
+    os.chown(job.path, owner, owner)
+    marked = arena.spawn_idle(job, 40 * MIB)
+    arena.spawn_idle(other, 10 * MIB)
+    by_job = {c["job"]: c for c in _ranking(_daemon(arena, tmp_path))}
+    m = by_job["marked"]
+    if owner:
+        assert m["killable"] and m["reasons"][0] == "normal"
+        assert f"user.oomd_omit ignored: cgroup owned by uid {owner}" in m["reasons"]
+    else:
+        assert not m["killable"] and m["reasons"][0] == "protect: xattr user.oomd_omit"
+    assert by_job["other"]["killable"]
+    # `oomkiller rank` says the same
+    out = subprocess.run([sys.executable, "-m", "oomkiller", "rank", "--domain", arena.path, "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    (cli,) = [c for c in json.loads(out.stdout) if c["job"] == "marked"]
+    assert (cli["killable"], cli["reasons"][0]) == (m["killable"], m["reasons"][0])
+    assert marked.poll() is None
