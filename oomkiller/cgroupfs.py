@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from .model import Job
-from .procfs import Procfs
+from .procfs import Procfs, Vanished, read_text, vanishing
 
 # v1 reports "no limit" as the largest page-aligned long.
 V1_UNLIMITED = 1 << 62
 
 XATTRS = ("user.oomd_omit", "user.oomd_avoid", "user.oomd_prefer")
+
+
+def xattr_set(value: str) -> bool:
+    """Whether an oomd xattr's value turns it on (systemd writes "1")."""
+    return value.strip() not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -69,18 +75,16 @@ def glob_match(name: str, pattern: str) -> bool:
 
 def read_int_file(path: str) -> int | None:
     """An integer file such as ``memory.max``; None for ``max`` (no limit)."""
-    with open(path) as f:
-        text = f.read().strip()
+    text = read_text(path).strip()
     return None if text == "max" else int(text)
 
 
 def read_keyed(path: str) -> dict[str, int]:
     out = {}
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-                out[parts[0]] = int(parts[1])
+    for line in read_text(path).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
     return out
 
 
@@ -123,38 +127,56 @@ class Cgroupfs:
     def subtree_pids(self, path: str) -> list[int]:
         """Every process of the cgroup and its descendants.
 
-        Raises FileNotFoundError if the cgroup itself is gone; descendants
-        that vanish while being read are skipped.
+        Raises FileNotFoundError (``Vanished``) if the cgroup itself is
+        gone; descendants that vanish while being read are skipped.
         """
         pids = _read_pids(os.path.join(path, "cgroup.procs"))
-        for dirpath, dirnames, _ in os.walk(path):
-            for d in dirnames:
-                try:
-                    pids.extend(_read_pids(os.path.join(dirpath, d, "cgroup.procs")))
-                except FileNotFoundError:
-                    pass        # removed while we walked
-                except OSError as e:
-                    # A threaded cgroup has no cgroup.procs to read (EOPNOTSUPP):
-                    # its processes show in its domain cgroup above.
-                    if e.errno != errno.EOPNOTSUPP:
-                        raise
+        for _, inner in _descendants(path):
+            pids.extend(inner)
         return sorted(set(pids))
 
     def xattrs(self, path: str) -> tuple[tuple[str, str], ...]:
+        """The systemd-oomd xattrs set on a cgroup, trusted or not."""
         out = []
         for name in XATTRS:
             try:
                 out.append((name, os.getxattr(path, name).decode(errors="replace")))
             except OSError:
-                pass        # not set, or xattrs unsupported on this cgroupfs
+                # Not set, or xattrs unsupported on this cgroupfs. A cgroup
+                # that is gone has none; its other reads tell it is gone.
+                pass
         return tuple(out)
+
+    def owner_uid(self, path: str) -> int:
+        """Who owns a cgroup's folder; raises ``Vanished`` if it is gone."""
+        with vanishing(path):
+            return os.stat(path).st_uid
+
+    def trusted_xattrs(self, path: str, name: str = "", counted: tuple[str, ...] = XATTRS,
+                       ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+        """(xattrs to honour, why others were not) of a cgroup.
+
+        As systemd-oomd does, xattrs count only on a cgroup owned by root:
+        a delegated subtree (``user@UID.service``) belongs to its user, who
+        could otherwise make their own cgroups unkillable. Each xattr of
+        ``counted`` (those that would matter here) that is set and ignored
+        is named, with ``name`` (the cgroup) if given, so the ranking can
+        say so. Raises ``Vanished`` if the cgroup is gone."""
+        xattrs = self.xattrs(path)
+        if not any(xattr_set(v) for _, v in xattrs):
+            return xattrs, ()
+        uid = self.owner_uid(path)
+        if uid == 0:
+            return xattrs, ()
+        of = f" of '{name}'" if name else ""
+        return (), tuple(f"{k}{of} ignored: cgroup owned by uid {uid}"
+                         for k, v in xattrs if k in counted and xattr_set(v))
 
     def oom_group(self, path: str) -> bool:
         try:
-            with open(os.path.join(path, "memory.oom.group")) as f:
-                return f.read().strip() == "1"
-        except FileNotFoundError:
-            return False
+            return read_text(os.path.join(path, "memory.oom.group")).strip() == "1"
+        except Vanished:
+            return False        # v1 has none; or the cgroup is gone, which its other reads will tell
 
     def only_holds(self, path: str, pids: list[int] | set[int]) -> bool:
         """Whether every process in the cgroup's subtree is one of ``pids``."""
@@ -249,48 +271,56 @@ class Cgroupfs:
         return stat.get("anon", 0) + stat.get("shmem", 0) + swap
 
     def job(self, path: str, domain_path: str) -> Job:
-        """Read one job; raises FileNotFoundError if its cgroup is gone.
+        """Read one job; raises ``Vanished`` (a FileNotFoundError) if its
+        cgroup is gone. Descendants and processes that vanish while being
+        read are left out.
 
         One walk of the subtree gathers its processes, its descendants and
         their xattrs: with a thousand jobs, every extra walk is felt."""
         pids = _read_pids(os.path.join(path, "cgroup.procs"))
         inner = []
-        for dirpath, dirnames, _ in os.walk(path):
-            for d in dirnames:
-                full = os.path.join(dirpath, d)
-                inner.append((os.path.relpath(full, domain_path), self.xattrs(full)))
-                try:
-                    pids.extend(_read_pids(os.path.join(full, "cgroup.procs")))
-                except FileNotFoundError:
-                    pass        # removed while we walked
-                except OSError as e:
-                    if e.errno != errno.EOPNOTSUPP:     # threaded: see subtree_pids
-                        raise
+        ignored: list[str] = []
+        for full, inner_pids in _descendants(path):
+            rel = os.path.relpath(full, domain_path)
+            try:
+                # below the job only user.oomd_omit counts (see rank.classify)
+                xattrs, why = self.trusted_xattrs(full, rel, ("user.oomd_omit",))
+            except Vanished:
+                continue    # removed while we walked
+            inner.append((rel, xattrs))
+            ignored += why
+            pids.extend(inner_pids)
         procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
         v2 = self.v2_of(path, [p.pid for p in procs])
         v2_id = 0
         if v2:
             try:
-                v2_id = os.stat(v2).st_ino
-            except FileNotFoundError:
+                with vanishing(v2):
+                    v2_id = os.stat(v2).st_ino
+            except Vanished:
                 v2 = None
-        return Job(name=os.path.relpath(path, domain_path), path=path, inode=os.stat(path).st_ino,
-                   procs=procs, descendants=len(inner), xattrs=self.xattrs(path),
+        with vanishing(path):
+            inode = os.stat(path).st_ino
+        xattrs, why = self.trusted_xattrs(path)
+        return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode,
+                   procs=procs, descendants=len(inner), xattrs=xattrs,
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
-                   charged_bytes=self.charged_bytes(path), inner=tuple(inner))
+                   charged_bytes=self.charged_bytes(path), inner=tuple(inner),
+                   ignored_xattrs=(*why, *ignored))
 
     def jobs(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         out = []
         for path in self.job_paths(domain_path, globs, keep_out):
             try:
                 out.append(self.job(path, domain_path))
-            except FileNotFoundError:
+            except Vanished:
                 continue    # removed between the walk and the read: not a job any more
         return out
 
     # -- memory -------------------------------------------------------------
     def memory(self, path: str) -> tuple[int | None, int, dict[str, int]]:
-        """(limit or None, usage, stat) of a memory cgroup, hierarchically."""
+        """(limit or None, usage, stat) of a memory cgroup, hierarchically.
+        Raises ``Vanished`` if the cgroup is gone."""
         if self.layout.memory_v1:
             stat = read_keyed(os.path.join(path, "memory.stat"))
             usage = read_int_file(os.path.join(path, "memory.usage_in_bytes")) or 0
@@ -309,8 +339,10 @@ class Cgroupfs:
         while True:     # the tightest memory.max on the way up is what binds
             try:
                 m = read_int_file(os.path.join(p, "memory.max"))
-            except FileNotFoundError:
-                break
+            except Vanished:
+                if p == path:
+                    raise       # the cgroup itself is gone since its memory.stat was read
+                break           # the root has none
             if m is not None:
                 limit = m if limit is None else min(limit, m)
             if os.path.normpath(p) == os.path.normpath(self.layout.jobs_root):
@@ -320,5 +352,23 @@ class Cgroupfs:
 
 
 def _read_pids(path: str) -> list[int]:
-    with open(path) as f:
-        return [int(x) for x in f.read().split()]
+    return [int(x) for x in read_text(path).split()]
+
+
+def _descendants(path: str) -> Iterator[tuple[str, list[int]]]:
+    """Every cgroup below ``path`` with its own processes, passing over those
+    that vanish while the subtree is walked. A threaded cgroup has no
+    ``cgroup.procs`` to read (EOPNOTSUPP): its processes show in its domain
+    cgroup above."""
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            try:
+                pids = _read_pids(os.path.join(full, "cgroup.procs"))
+            except Vanished:
+                continue
+            except OSError as e:
+                if e.errno != errno.EOPNOTSUPP:
+                    raise
+                pids = []
+            yield full, pids

@@ -8,6 +8,9 @@
   pages, which must be written first. Anonymous and shmem pages count as
   unreclaimable: these hosts run without swap. Free is also capped by the host's
   ``MemAvailable``: a cgroup cannot get what the host does not have.
+
+A cgroup domain can be removed under a running oomkiller: ``snapshot()`` then
+raises ``DomainGone``, and ``exists()`` tells, cheaply, when it is back.
 """
 from __future__ import annotations
 
@@ -15,7 +18,19 @@ import os
 
 from .cgroupfs import Cgroupfs
 from .model import MemorySnapshot
-from .procfs import Procfs
+from .procfs import Procfs, Vanished, vanishing
+
+
+class DomainGone(OSError):
+    """The domain's cgroup is gone (removed, or replaced by a file): its
+    memory cannot be read. ``errno`` is the read's (ENOENT, ENODEV...)."""
+
+    def __init__(self, errno_: int, path: str, strerror: str) -> None:
+        super().__init__(errno_, f"domain cgroup {path} is gone ({strerror})", path)
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def reclaimable_bytes(stat: dict[str, int]) -> int:
@@ -62,8 +77,12 @@ class Domain:
         v2 = self.cgroupfs.v2_counterpart(self.path)
         if v2 and cgroup_id:
             for dirpath, _dirs, _files in os.walk(v2):
-                if os.stat(dirpath).st_ino == cgroup_id:
-                    return True
+                try:
+                    with vanishing(dirpath):
+                        if os.stat(dirpath).st_ino == cgroup_id:
+                            return True
+                except Vanished:
+                    continue    # removed while we walked
         where = self.procfs.cgroups(pid).get("memory" if self.cgroupfs.layout.memory_v1 else "")
         mine = self.cgroupfs.relative(self.path).rstrip("/") + "/"
         return where is not None and (where.rstrip("/") + "/").startswith(mine)
@@ -84,13 +103,26 @@ class Domain:
     def name(self) -> str:
         return "host" if self.is_host else self.cgroupfs.relative(self.path)
 
+    def exists(self) -> bool:
+        """Whether the domain can be read again (the host always can): its
+        ``memory.stat`` is there. One stat, cheap enough for every wake while
+        the domain is gone; a domain that comes back is a new cgroup, so
+        what was bound to the old one's files (``pressure_path``, the
+        sources) has to be found again (``find_pressure()``)."""
+        return self.is_host or os.path.exists(os.path.join(self.path, "memory.stat"))
+
     def snapshot(self, now_usec: int) -> MemorySnapshot:
+        """Free and total memory now. Raises ``DomainGone`` if the domain's
+        cgroup has been removed."""
         mi = self.procfs.meminfo()
         total, avail = mi["MemTotal"], mi.get("MemAvailable", mi.get("MemFree", 0))
         stall = self.full_stall_usec()
         if self.is_host:
             return MemorySnapshot(self.name, total, avail, total - avail, 0, now_usec, stall)
-        limit, usage, stat = self.cgroupfs.memory(self.path)
+        try:
+            limit, usage, stat = self.cgroupfs.memory(self.path)
+        except Vanished as e:
+            raise DomainGone(e.errno, self.path, e.strerror) from None
         limit = min(limit, total) if limit is not None else total
         rec = min(reclaimable_bytes(stat), usage)
         free = min(cgroup_free_bytes(limit, usage, rec), avail)

@@ -83,7 +83,9 @@ class Job:
     v2_id: int = 0          # cgroup v2 id of the job (same as inode on pure v2 hosts)
     v2_path: str = ""       # the v2 cgroup holding the job and nothing else, if any
     charged_bytes: int = 0  # anon + shmem + swap charged to the cgroup (memory.stat), 0 if unknown
-    inner: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()   # descendants' names and xattrs
+    inner: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()   # descendants' names and trusted xattrs
+    # xattrs set on a cgroup of the job but not honoured (it is not owned by root), each as a reason
+    ignored_xattrs: tuple[str, ...] = ()
 
     @property
     def committed_bytes(self) -> int:

@@ -6,7 +6,10 @@ that split is what "committed" means here, so the status file is read by key.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
 
 from .model import Proc
 
@@ -15,6 +18,42 @@ PF_KTHREAD = 0x00200000     # include/linux/sched.h
 # "Mapped committed bytes" of the seed, on Linux: memory the process owns that
 # reclaim cannot drop when there is no swap to spill it to.
 COMMITTED_KEYS = ("RssAnon", "RssShmem", "VmSwap")
+
+# What reading a file of a process or cgroup that is going away gives:
+# ENOENT (removed before the open), ENODEV (a cgroup's file opened before its
+# rmdir and read after), ESRCH (a process that exited between the open and
+# the read), EINVAL (some files of an exiting task), ENOTDIR (a cgroup folder
+# replaced by a file).
+GONE_ERRNOS = frozenset((errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EINVAL, errno.ENOTDIR))
+
+
+class Vanished(FileNotFoundError):
+    """What a file belonged to, a process or a cgroup, is gone: pass it over.
+
+    Whatever its errno, a FileNotFoundError, so that callers that already
+    pass over a missing file pass over a vanished one too."""
+
+
+@contextlib.contextmanager
+def vanishing(path: str) -> Iterator[None]:
+    """Turn an error meaning "gone" (``GONE_ERRNOS``) in the block into
+    ``Vanished``: the one place that decides what "gone" is."""
+    try:
+        yield
+    except Vanished:
+        raise
+    except OSError as e:
+        if e.errno in GONE_ERRNOS:
+            raise Vanished(e.errno, e.strerror, e.filename or path) from None
+        raise
+
+
+def read_text(path: str) -> str:
+    """A procfs or cgroupfs file's text; raises ``Vanished`` if what it
+    belongs to is gone. Bytes that are not UTF-8 (a process may name itself
+    anything) are replaced, not an error."""
+    with vanishing(path), open(path, errors="replace") as f:
+        return f.read()
 
 
 class Procfs:
@@ -40,12 +79,10 @@ class Procfs:
         """One process, or None if it is gone (or turned out to be another)."""
         base = os.path.join(self.root, str(pid))
         try:
-            with open(os.path.join(base, "stat")) as f:
-                stat = f.read()
+            stat = read_text(os.path.join(base, "stat"))
             status = _keyed_kb(os.path.join(base, "status"))
-            with open(os.path.join(base, "oom_score_adj")) as f:
-                adj = int(f.read().strip() or 0)
-        except (FileNotFoundError, ProcessLookupError):
+            adj = int(read_text(os.path.join(base, "oom_score_adj")).strip() or 0)
+        except Vanished:
             return None
         # comm may hold spaces and parentheses: it ends at the last ')'.
         lpar, rpar = stat.index("("), stat.rindex(")")
@@ -59,24 +96,23 @@ class Procfs:
 
     def cgroups(self, pid: int) -> dict[str, str]:
         """``/proc/PID/cgroup`` as controller -> path; the v2 entry is under ``""``."""
-        out = {}
+        out: dict[str, str] = {}
         try:
-            with open(os.path.join(self.root, str(pid), "cgroup")) as f:
-                for line in f:
-                    _hid, ctrls, path = line.rstrip("\n").split(":", 2)
-                    for c in (ctrls.split(",") if ctrls else [""]):
-                        out[c] = path
-        except (FileNotFoundError, ProcessLookupError):
-            pass
+            text = read_text(os.path.join(self.root, str(pid), "cgroup"))
+        except Vanished:
+            return out
+        for line in text.splitlines():
+            _hid, ctrls, path = line.split(":", 2)
+            for c in (ctrls.split(",") if ctrls else [""]):
+                out[c] = path
         return out
 
 
 def _keyed_kb(path: str) -> dict[str, int]:
     out = {}
-    with open(path) as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if len(parts) == 2 and parts[1] == "kB":
-                out[key] = int(parts[0]) * 1024
+    for line in read_text(path).splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0]) * 1024
     return out

@@ -8,7 +8,9 @@ killed), then a score, largest first. The class comes from, in this order:
 2. the config's globs (protect, then avoid, then prefer; first match wins):
    the operator said so explicitly;
 3. the cgroup's systemd-oomd xattrs: ``user.oomd_omit`` (protect),
-   ``user.oomd_avoid``, ``user.oomd_prefer``;
+   ``user.oomd_avoid``, ``user.oomd_prefer``; only those of cgroups owned
+   by root reach the ranker (see ``Cgroupfs.trusted_xattrs``), and the
+   ignored ones are named in the reasons;
 4. otherwise normal.
 
 The score is the job's committed memory (anon + shmem + swap charged to its
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cgroupfs import glob_match
+from .cgroupfs import glob_match, xattr_set
 from .model import Candidate, Importance, Job, Proc, Ranking
 
 OOM_SCORE_ADJ_MIN = -1000
@@ -62,7 +64,7 @@ def classify(job: Job, policy: Policy) -> tuple[Importance, str]:
     for name, xattrs in job.inner:
         if any(glob_match(name, g) for g in policy.protect):
             return Importance.PROTECT, f"holds protected '{name}'"
-        if dict(xattrs).get("user.oomd_omit", "").strip() not in ("", "0"):
+        if xattr_set(dict(xattrs).get("user.oomd_omit", "")):
             return Importance.PROTECT, f"holds protected '{name}' (xattr user.oomd_omit)"
     for globs, imp in ((policy.protect, Importance.PROTECT), (policy.avoid, Importance.AVOID),
                        (policy.prefer, Importance.PREFER)):
@@ -71,7 +73,7 @@ def classify(job: Job, policy: Policy) -> tuple[Importance, str]:
                 return imp, f"{imp.name.lower()}: glob '{g}'"
     xattrs = dict(job.xattrs)
     for name, imp in _XATTR_CLASS:
-        if xattrs.get(name, "").strip() not in ("", "0"):
+        if xattr_set(xattrs.get(name, "")):
             return imp, f"{imp.name.lower()}: xattr {name}"
     return Importance.NORMAL, "normal"
 
@@ -102,6 +104,6 @@ def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
         if imp is not Importance.PROTECT and not killable:
             reasons.append("empty" if not job.procs else "no killable process")
         cands.append(Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
-                               reasons=(why, *reasons)))
+                               reasons=(why, *job.ignored_xattrs, *reasons)))
     cands.sort(key=lambda c: (c.importance, -c.score_bytes, c.job.name))
     return Ranking(tuple(cands))

@@ -1,7 +1,12 @@
+import os
+
+import pytest
+
 from oomkiller.cgroupfs import Cgroupfs, detect_layout, glob_match
 from oomkiller.procfs import Procfs
+from oomkiller.rank import Policy, rank
 
-from trees import CgroupTree
+from trees import CgroupAttrs, CgroupTree
 
 
 def test_glob_match_right_anchored():
@@ -80,3 +85,57 @@ def test_job_charge_v1(proc_tree, tmp_path):
     v1.cgroup("j1", memory__stat="rss 5\ntotal_rss 4000\ntotal_cache 77777\ntotal_shmem 300\ntotal_swap 20\n")
     fs = Cgroupfs(str(v1.root), Procfs(str(proc_tree.root)))
     assert fs.charged_bytes(str(v1.mem / "j1")) == 4320
+
+
+def test_xattrs_count_only_on_root_owned_cgroups(proc_tree, v2_tree):
+    """As systemd-oomd: a user owns their delegated subtree and could set
+    user.oomd_omit there to make their own cgroups unkillable."""
+    attrs = CgroupAttrs()
+    pid = 400
+    for rel, uid, xattrs in (("root.service", 0, {"oomd_omit": "1"}),
+                             ("user@1000.service", 1000, {"oomd_omit": "1"}),
+                             ("pref.service", 1000, {"oomd_prefer": "1", "oomd_avoid": "0"}),
+                             ("avoid.service", 0, {"oomd_avoid": "1"}),
+                             ("holder.service", 0, {}),
+                             ("holder.service/app.scope", 1000, {"oomd_omit": "1", "oomd_avoid": "1"}),
+                             ("kept.service", 0, {}),
+                             ("kept.service/db.scope", 0, {"oomd_omit": "1"}),
+                             ("plain.service", 1000, {"oomd_omit": "0"})):
+        pid += 1
+        proc_tree.proc(pid, f"p{pid}", anon_kb=pid, shmem_kb=0, swap_kb=0)
+        attrs.set(v2_tree.cgroup(rel, (pid,)), uid, **xattrs)
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    attrs.attach(fs)
+    jobs = fs.jobs(fs.resolve("host"), ("*.service",))
+    ranking = {c.job.name: c for c in rank(jobs, Policy(), 1 << 30).candidates}
+    got = {n: (c.importance.name.lower(), c.killable, c.reasons[:2]) for n, c in ranking.items()}
+    assert got["root.service"] == ("protect", False,
+                                   ("protect: xattr user.oomd_omit", "committed 410624 bytes in 1 procs"))
+    assert got["user@1000.service"][:2] == ("normal", True)
+    assert got["user@1000.service"][2][1] == "user.oomd_omit ignored: cgroup owned by uid 1000"
+    assert got["pref.service"][:2] == ("normal", True)
+    assert ranking["pref.service"].job.ignored_xattrs == ("user.oomd_prefer ignored: cgroup owned by uid 1000",)
+    assert got["avoid.service"][:2] == ("avoid", True)
+    # below the job only user.oomd_omit counts, and so only it is named
+    assert got["holder.service"][:2] == ("normal", True)
+    assert ranking["holder.service"].job.ignored_xattrs == (
+        "user.oomd_omit of 'holder.service/app.scope' ignored: cgroup owned by uid 1000",)
+    assert got["kept.service"][:3] == ("protect", False, (
+        "holds protected 'kept.service/db.scope' (xattr user.oomd_omit)", "committed 834560 bytes in 2 procs"))
+    assert got["plain.service"][:2] == ("normal", True) and ranking["plain.service"].job.ignored_xattrs == ()
+    # where the reasons are shown: `oomkiller rank` and the JSON record
+    from oomkiller.daemon import format_ranking
+    from oomkiller.log import candidate_record
+    note = "user.oomd_omit ignored: cgroup owned by uid 1000"
+    assert note in format_ranking(rank(jobs, Policy(), 1 << 30))
+    assert note in candidate_record(ranking["user@1000.service"])["reasons"]
+    # the owner is only looked at where an xattr is set
+    assert attrs.owner_reads == 6
+
+
+def test_the_real_owner_reader(v2_tree, proc_tree):
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    d = v2_tree.cgroup("j")
+    assert fs.owner_uid(str(d)) == os.stat(d).st_uid
+    with pytest.raises(FileNotFoundError):
+        fs.owner_uid(str(d / "gone"))

@@ -1,8 +1,15 @@
+import errno
+import os
+import shutil
+
 import pytest
 
+import oomkiller.procfs as procfs_mod
 from oomkiller.cgroupfs import Cgroupfs
-from oomkiller.domain import Domain, reclaimable_bytes
+from oomkiller.domain import Domain, DomainGone, reclaimable_bytes
 from oomkiller.procfs import Procfs
+
+from trees import CgroupTree
 
 MiB = 1 << 20
 
@@ -106,3 +113,51 @@ def test_hybrid_v2_cgroup_holding_others_is_not_the_jobs(proc_tree, v1_tree):
     fs = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
     assert fs.v2_of(str(v1_tree.mem / "slurm/job_601"), [601]) is None
     assert fs.v2_of(str(v1_tree.mem / "slurm"), [601, 602, 603]) == str(unified / "slurmd.service")
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_a_removed_domain_raises_domain_gone_until_it_is_back(proc_tree, tmp_path, v2):
+    tree = CgroupTree(tmp_path / "cgroup", v2=v2)
+    proc_tree.meminfo(total_kb=4 << 20, available_kb=3 << 20)
+    files = ({"memory__max": f"{64 * MiB}\n", "memory__current": f"{MiB}\n"} if v2 else
+             {"memory__limit_in_bytes": f"{64 * MiB}\n", "memory__usage_in_bytes": f"{MiB}\n"})
+
+    def make():
+        return tree.cgroup("pod", memory__stat="total_inactive_file 0\n", **files)
+    path = make()
+    d = _domain(proc_tree, tree, "pod")
+    assert d.exists() and d.snapshot(1).total_bytes == 64 * MiB
+    shutil.rmtree(path)
+    assert not d.exists()
+    with pytest.raises(DomainGone, match=f"^domain cgroup {path} is gone") as info:
+        d.snapshot(2)
+    assert info.value.errno == errno.ENOENT and info.value.path == str(path)
+    assert isinstance(info.value, OSError) and "\n" not in str(info.value)
+    path.write_text("")                         # replaced by a file
+    assert not d.exists()
+    with pytest.raises(DomainGone):
+        d.snapshot(3)
+    path.unlink()
+    make()
+    assert d.exists() and d.snapshot(4).total_bytes == 64 * MiB
+
+
+def test_enodev_from_the_domain_is_domain_gone(proc_tree, v1_tree, monkeypatch):
+    proc_tree.meminfo(total_kb=4 << 20, available_kb=3 << 20)
+    v1_tree.cgroup("pod", memory__stat="total_inactive_file 0\n", memory__usage_in_bytes="1\n",
+                   memory__limit_in_bytes=f"{64 * MiB}\n")
+    d = _domain(proc_tree, v1_tree, "pod")
+    real_open = open
+
+    def enodev(path, *a, **kw):
+        if str(path).startswith(d.path + "/"):
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), path)
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(procfs_mod, "open", enodev, raising=False)
+    with pytest.raises(DomainGone, match=r"is gone \(No such device\)") as info:
+        d.snapshot(0)
+    assert info.value.errno == errno.ENODEV
+
+
+def test_the_host_domain_always_exists(proc_tree, v2_tree):
+    assert _domain(proc_tree, v2_tree, "host").exists()

@@ -1,4 +1,10 @@
-from oomkiller.procfs import Procfs
+import errno
+import os
+
+import pytest
+
+import oomkiller.procfs as procfs_mod
+from oomkiller.procfs import GONE_ERRNOS, Procfs, Vanished, read_text, vanishing
 
 
 def test_meminfo_bytes(proc_tree):
@@ -32,3 +38,45 @@ def test_cgroups_hybrid(proc_tree):
                    cgroup="9:name=systemd:/\n4:memory:/a/b\n2:cpu,cpuacct:/c\n0::/d/e\n")
     g = Procfs(str(proc_tree.root)).cgroups(31)
     assert g == {"name=systemd": "/", "memory": "/a/b", "cpu": "/c", "cpuacct": "/c", "": "/d/e"}
+
+
+def test_gone_errnos_become_vanished(tmp_path):
+    f = tmp_path / "x"
+    f.write_text("1\n")
+    assert read_text(str(f)) == "1\n"
+    assert {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EINVAL, errno.ENOTDIR} == GONE_ERRNOS
+    for e in sorted(GONE_ERRNOS):
+        with pytest.raises(Vanished) as info, vanishing("/p"):
+            raise OSError(e, os.strerror(e))
+        assert info.value.errno == e and info.value.filename == "/p"
+        assert isinstance(info.value, FileNotFoundError)    # what callers already pass over
+    with pytest.raises(PermissionError), vanishing("/p"):
+        raise PermissionError(errno.EACCES, "denied")       # not "gone": still an error
+    with pytest.raises(Vanished):
+        read_text(str(f / "below-a-file"))                  # ENOTDIR
+
+
+def test_a_process_that_exits_mid_read_is_gone(proc_tree, monkeypatch):
+    """Each file of a process failing the way an exiting one does, at its
+    open or at its read: the process is passed over, not an error."""
+    proc_tree.proc(77, "x", anon_kb=1, shmem_kb=2, swap_kb=3, cgroup="0::/a\n")
+    fs = Procfs(str(proc_tree.root))
+    real_open = open
+    for name in ("stat", "status", "oom_score_adj", "cgroup"):
+        for e in (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EINVAL):
+            def failing(path, *a, _name=name, _e=e, **kw):
+                if path.endswith(f"/77/{_name}"):
+                    raise OSError(_e, os.strerror(_e), path)
+                return real_open(path, *a, **kw)
+            monkeypatch.setattr(procfs_mod, "open", failing, raising=False)
+            assert (fs.proc(77) is None) == (name != "cgroup")
+            assert (fs.cgroups(77) == {}) == (name == "cgroup")
+    monkeypatch.undo()
+    assert fs.proc(77).committed_bytes == 6 * 1024
+
+
+def test_a_name_that_is_not_utf8(proc_tree):
+    proc_tree.proc(78, "x", anon_kb=1, shmem_kb=0, swap_kb=0)
+    stat = proc_tree.root / "78" / "stat"
+    stat.write_bytes(stat.read_bytes().replace(b"(x)", b"(\xff\xfeq)"))
+    assert Procfs(str(proc_tree.root)).proc(78).name == "\ufffd\ufffdq"

@@ -87,3 +87,11 @@ def test_score_uses_the_cgroup_charge_when_known():
     r = rank([shared, hog], Policy(), 8 * GiB)
     assert [c.job.name for c in r.candidates] == ["hog", "pg"]
     assert r.candidates[1].score_bytes == 300 << 20
+
+
+def test_ignored_xattrs_are_named_in_the_reasons():
+    note = "user.oomd_omit ignored: cgroup owned by uid 1000"
+    r = rank([Job(name="u", path="/x/u", inode=90, procs=(proc(80, 10),), ignored_xattrs=(note,))], Policy(), GiB)
+    (c,) = r.candidates
+    assert c.killable and c.importance is Importance.NORMAL
+    assert c.reasons[:2] == ("normal", note)

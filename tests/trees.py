@@ -65,3 +65,29 @@ class CgroupTree:
         return d
 
 
+
+
+class CgroupAttrs:
+    """Xattrs and owners of a fixture tree's cgroups, put in through the
+    seam Cgroupfs reads them by (``xattrs``, ``owner_uid``): setting user
+    xattrs and owners for real needs root and a filesystem that has them."""
+
+    def __init__(self) -> None:
+        self.xattrs: dict[str, dict[str, str]] = {}
+        self.owners: dict[str, int] = {}
+        self.owner_reads = 0
+
+    def set(self, path, uid: int = 0, **xattrs: str) -> None:
+        """``oomd_omit="1"`` sets ``user.oomd_omit``."""
+        self.owners[str(path)] = uid
+        self.xattrs[str(path)] = {f"user.{k}": v for k, v in xattrs.items()}
+
+    def attach(self, fs) -> None:
+        def xattrs(path):
+            return tuple(sorted(self.xattrs.get(str(path), {}).items()))
+
+        def owner_uid(path):
+            self.owner_reads += 1
+            return self.owners.get(str(path), 0)
+        fs.xattrs = xattrs
+        fs.owner_uid = owner_uid
