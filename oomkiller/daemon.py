@@ -24,7 +24,7 @@ from .config import Config
 from .control import ControlServer
 from .decide import decide
 from .detect import detect
-from .domain import Domain
+from .domain import Domain, DomainGone
 from .footprint import status_bytes
 from .killer import Killer
 from .model import PressureEvent, Ranking
@@ -107,6 +107,8 @@ class Daemon:
         self._history: collections.deque = collections.deque()
         self._quit = False
         self._failures: dict[tuple[str, str, str], list[int]] = {}
+        # why the domain's cgroup is gone, while it is (see _domain_gone)
+        self.domain_gone: str | None = None
         self.control = control
         # The control thread sets flags and writes here; the loop does the rest.
         self._nudge_r, self._nudge_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -154,6 +156,10 @@ class Daemon:
         decision record when a walk happened (or was held back)."""
         t0 = self.now_usec()
         self.wakes += 1
+        if self.domain_gone is not None:
+            if not self.domain.exists():
+                return None
+            self._domain_back()
         snap = self.domain.snapshot(t0)
         self.last_snapshot = snap
         redline = self.config.redline.resolve_bytes(snap.total_bytes)
@@ -208,7 +214,10 @@ class Daemon:
         t_done = self.now_usec()
         # Logging waits until the kill is done: the journal may block under
         # the very pressure being relieved.
-        after = self.domain.snapshot(t_done)
+        try:
+            after = self.domain.snapshot(t_done)
+        except DomainGone:
+            after = before      # gone with the job: the kill stands, freed unknown
         attempts = [(c, dataclasses.replace(r, freed_bytes=max(0, before.used_bytes - after.used_bytes)))
                     if r.ok and not r.dry_run else (c, r) for c, r in attempts]
         lines += oomlog.walk_lines(ranking, attempts)
@@ -398,7 +407,14 @@ class Daemon:
     # -- control -----------------------------------------------------------------
     def info(self) -> tuple[str, dict[str, Any]]:
         red = self.config.redline
-        total = self.last_snapshot.total_bytes if self.last_snapshot else self.domain.snapshot(self.now_usec()).total_bytes
+        total = 0
+        if self.last_snapshot is not None:
+            total = self.last_snapshot.total_bytes
+        elif self.domain_gone is None:
+            try:
+                total = self.domain.snapshot(self.now_usec()).total_bytes
+            except DomainGone:
+                pass
         red_b = red.resolve_bytes(total)
         sources = {"timer": {"state": "live", "sleep_ms": self.config.sleep_ms,
                              "adaptive": str(self.config.adaptive_sleep).lower(),
@@ -415,6 +431,7 @@ class Daemon:
         data = {"running": self.running, "printing": self.printing, "simulating_lowmem": self.simulate_lowmem,
                 "sleep_ms": self.config.sleep_ms, "redline": str(red), "redline_bytes": red_b,
                 "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
+                "domain_state": "live" if self.domain_gone is None else f"gone: {self.domain_gone}",
                 "kills": self.kills, "armed_kills": self.armed_kills, "kernel_kills_seen": self.kernel_kills_seen,
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
@@ -426,7 +443,8 @@ class Daemon:
                  f"  simulating lowmem: {str(self.simulate_lowmem).lower()}",
                  f"  sleep duration: {self.config.sleep_ms}ms",
                  f"  redline: {red_txt} ({red_b} bytes)",
-                 f"  domain: {self.domain.name} ({self.domain.path})",
+                 f"  domain: {self.domain.name} ({self.domain.path})"
+                 + ("" if self.domain_gone is None else f", GONE: {self.domain_gone}"),
                  f"  dry run: {str(self.config.dry_run).lower()}",
                  "  own memory: " + ", ".join(f"{k} {oomlog.format_size(v)}" for k, v in status_bytes().items()),
                  f"  kills: {self.kills} (in the kernel, armed: {self.armed_kills}; "
@@ -524,6 +542,8 @@ class Daemon:
                 if events and self.running and not self._quit:
                     try:
                         self.wake(events)
+                    except DomainGone as e:
+                        self._domain_gone(e)
                     except Exception:
                         # A read that failed (a cgroup removed under us), a map
                         # update bcc refused: log it and keep watching. The
@@ -562,6 +582,28 @@ class Daemon:
         except Exception:
             self._failed(f"source {src.name} failed to read its events")
             return []
+
+    def _domain_gone(self, e: DomainGone) -> None:
+        """The domain's cgroup was removed: one warning, nothing armed, and
+        wakes wait (a cheap check each) until a cgroup is there again."""
+        if self.domain_gone is None:
+            log.warning("OOM: %s: not watching it until it is back", e)
+            self._disarm()
+        self.domain_gone = str(e)
+
+    def _domain_back(self) -> None:
+        """A cgroup is at the domain's path again: a new one, so nothing
+        learned from the old one holds. Triggers and thresholds that were on
+        the old one's files stay gone (``info`` lists them); the redline
+        timer, the host's PSI trigger and eBPF watch the new one."""
+        log.warning("OOM: domain %s is back: watching it again", self.domain.path)
+        self.domain_gone = None
+        self.prev_free = None
+        self.last_snapshot = None
+        self._history.clear()
+        self._armed_ranked_usec = 0
+        self._triggers_refreshed_usec = 0
+        self.domain.find_pressure()
 
     def _failed(self, what: str) -> None:
         """Log the exception being handled: with its traceback the first

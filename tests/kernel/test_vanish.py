@@ -160,3 +160,25 @@ def test_an_omit_xattr_counts_only_on_a_root_owned_job(arena, tmp_path, owner):
     (cli,) = [c for c in json.loads(out.stdout) if c["job"] == "marked"]
     assert (cli["killable"], cli["reasons"][0]) == (m["killable"], m["reasons"][0])
     assert marked.poll() is None
+
+
+def test_a_removed_domain_is_one_warning_and_the_daemon_comes_back_to_it(arena, daemon):
+    dom = arena.job("dom")
+    d = daemon("--domain", dom.path, "--redline", "1M", "--sleep-ms", "50", "--sources", "timer,memcg")
+    assert json.loads(d.ctl("info", "--json").stdout)["domain_state"] == "live"
+    for path in dict.fromkeys((dom.path, dom.v2_path)):
+        os.rmdir(path)
+    wait_for(lambda: "GONE" in d.ctl("info").stdout, 5, "info to say the domain is gone")
+    import time
+    time.sleep(1)       # 20 timer wakes on a gone domain
+    err = d.stderr()
+    assert err.count("is gone") == 1 and "Traceback" not in err, err
+    assert d.p.poll() is None
+    for path in dict.fromkeys((dom.path, dom.v2_path)):
+        os.mkdir(path)
+    wait_for(lambda: json.loads(d.ctl("info", "--json").stdout)["domain_state"] == "live", 5, "the domain back")
+    victim = arena.job("dom/victim")
+    p = arena.spawn_idle(victim, 8 * MIB)
+    assert d.ctl("lowmem").returncode == 0
+    assert p.wait(timeout=10) == -9
+    assert "is back: watching it again" in d.stderr()
