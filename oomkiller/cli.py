@@ -151,9 +151,10 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
     from . import log as oomlog
     from .control import ControlServer, SocketPathError
     from .daemon import Daemon, setup_logging
-    from .footprint import protect_self
+    from .footprint import one_malloc_arena, protect_self
     from .output import OutputPathError, open_record_file
     from .sources.build import build_sources
+    one_malloc_arena()      # before the first thread
     log_writer = setup_logging(verbose)
     _domain(conf)       # a bad domain is a config error, before anything starts
     log.info("OOM: effective config %s", oomlog.json_line(conf.describe()))

@@ -48,6 +48,9 @@ def test_root_is_served_and_lowmem_kills_while_a_user_floods(arena, open_folder)
     finally:
         made = flood.stop(flooder)
         d.stop()
+    # the server and writer threads share one malloc arena: their own
+    # would each lock a 64 MB reservation under mlockall
+    assert info["memory"]["vmlck_bytes"] < 128 << 20, info["memory"]
     assert made > 1000
     assert info["running"] is True, "a user's 'stop' was obeyed"
     assert info["output"]["control"]["refused"] > 0
