@@ -76,8 +76,9 @@ def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
 
 def load_config(a: argparse.Namespace) -> cfg.Config:
     try:
-        with open("/proc/cmdline") as f:
-            cmdline = f.read()
+        with open("/proc/cmdline", "rb") as f:
+            # Boot loaders pass bytes: one that is not UTF-8 must not stop the daemon.
+            cmdline = f.read(1 << 16).decode("utf-8", errors="replace")
     except OSError:
         cmdline = ""
     return cfg.load(cli=_cli_values(a), config_file=getattr(a, "config", None),

@@ -9,15 +9,20 @@ environment and the command line, in that order of precedence (later wins).
 * environment: ``OOMKILLER_<KEY>``, lists comma-separated.
 * CLI flags.
 
-Every value is validated once, here; a bad one raises ``ConfigError`` naming
-where it came from and the key. The CLI turns that into exit code 2.
+Every value is validated once, here; a bad one raises ``ConfigError``, one line
+naming where it came from and the key. Sizes are read exactly (no float) and
+capped at 1 EiB; strings must be printable text (no NUL, control characters or
+bytes that were not UTF-8); the paths of the control socket and of the trees
+read must be absolute, the socket's within sun_path. The CLI turns a
+ConfigError into exit code 2.
 """
 from __future__ import annotations
 
-import os
 import re
+import reprlib
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Mapping
 
 EXIT_OK = 0
@@ -28,27 +33,88 @@ EXIT_DENIED = 4         # control command: the daemon refused it (not root)
 
 KERNEL_CMDLINE_KEYS = ("redline", "sleep_ms", "autostart")
 
+MAX_SIZE = 1 << 60                  # 1 EiB: no memory domain comes near it
+MAX_SOCKET_PATH_BYTES = 107         # sun_path is 108 bytes with its NUL
+
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([BKMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+# ASCII digits only: int() would take other scripts' digits too.
+_SIZE_RE = re.compile(r"\s*(\d+)(?:\.(\d+))?\s*(?:([KMGT])(?:I?B)?|B)?\s*", re.IGNORECASE | re.ASCII)
+_PERCENT_RE = re.compile(r"\s*(\d+)(?:\.(\d+))?\s*%\s*", re.ASCII)
+_MAX_DIGITS = 24    # more than a size or a percentage ever needs, far below int()'s 4300
+
+_ODD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+_brief_repr = reprlib.Repr()
+_brief_repr.maxstring = _brief_repr.maxother = 60
+_brief_repr.maxlong = 40
+_brief_repr.maxlevel = 3
+_brief_repr.maxdict = _brief_repr.maxlist = _brief_repr.maxtuple = 4
+
+
+def _brief(v: Any) -> str:
+    """A value as a message shows it: its repr, cut short."""
+    try:
+        return _brief_repr.repr(v)
+    except Exception:   # a repr that fails (an int past str()'s digit limit, ...)
+        return f"<{type(v).__name__}>"
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped: a message stays one
+    line, and prints on any terminal (lone surrogates too)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(ValueError):
-    """A bad configuration value; the message names its origin and key."""
+    """A bad configuration value; the message, one line, names its origin and key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(message))
+
+
+def _decimal(whole: str, frac: str | None) -> tuple[int, int] | None:
+    """``"12", "50"`` -> (1250, 100), exactly; None for more digits than any
+    sane value has."""
+    whole = whole.lstrip("0")
+    frac = (frac or "").rstrip("0")
+    if len(whole) > _MAX_DIGITS or len(frac) > _MAX_DIGITS:
+        return None
+    scale = 10 ** len(frac)
+    return int(whole or "0") * scale + int(frac or "0"), scale
 
 
 def parse_size(text: str | int) -> int:
-    """``"50M"`` -> 52428800. K, M, G, T suffixes are powers of 1024."""
-    if isinstance(text, (bool, float)):
-        raise ValueError(f"not a size: {text!r} (use bytes or a K, M, G suffix, or a percentage as \"5%\")")
+    """``"50M"`` -> 52428800. K, M, G, T suffixes are powers of 1024; the
+    number is read exactly (no float), fractions of a byte are dropped."""
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise ValueError(f"not a size: {_brief(text)} (use bytes or a K, M, G, T suffix, "
+                         "or a percentage as \"5%\")")
     if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"negative size: {text}")
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ValueError(f"not a size: {text!r} (use bytes or a K, M, G suffix)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        n = text
+    else:
+        m = _SIZE_RE.fullmatch(text)
+        if not m:
+            raise ValueError(f"not a size: {_brief(text)} (use bytes or a K, M, G, T suffix)")
+        num = _decimal(m.group(1), m.group(2))
+        if num is None:
+            raise ValueError(f"too many digits: {_brief(text)} (at most 1 EiB)")
+        n = num[0] * _UNITS[(m.group(3) or "").upper()] // num[1]
+    if n < 0:
+        raise ValueError(f"negative size: {n}")
+    if n > MAX_SIZE:
+        raise ValueError(f"too large: {_brief(text)} (at most 1 EiB, {MAX_SIZE} bytes)")
+    return n
+
+
+def _permyriad(m: re.Match[str]) -> int:
+    """A matched percentage to permyriad, rounded to the nearest; -1 if huge."""
+    num = _decimal(m.group(1), m.group(2))
+    if num is None:
+        return -1
+    q, r = divmod(num[0] * 100, num[1])
+    return q + (2 * r >= num[1])
 
 
 @dataclass(frozen=True)
@@ -61,11 +127,11 @@ class Redline:
     @classmethod
     def parse(cls, text: str | int) -> "Redline":
         if isinstance(text, str):
-            m = _PERCENT_RE.match(text)
+            m = _PERCENT_RE.fullmatch(text)
             if m:
-                pm = round(float(m.group(1)) * 100)
+                pm = _permyriad(m)
                 if not 0 < pm < 10000:
-                    raise ValueError(f"percent out of range: {text!r}")
+                    raise ValueError(f"percent out of range: {_brief(text)} (more than 0%, less than 100%)")
                 return cls(permyriad=pm)
         return cls(bytes_=parse_size(text))
 
@@ -83,33 +149,76 @@ class Redline:
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {v!r}")
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+    raise ValueError(f"not a boolean: {_brief(v)}")
 
 
 def _int(lo: int, hi: int):
     def conv(v: Any) -> int:
-        if isinstance(v, (bool, float)):
-            raise ValueError(f"not an integer: {v!r}")
-        try:
-            n = int(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"not an integer: {v!r}") from None
-        if not lo <= n <= hi:
-            raise ValueError(f"{n} is outside {lo}..{hi}")
-        return n
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ValueError(f"not an integer: {_brief(v)}")
+        if isinstance(v, str):
+            if not re.fullmatch(r"\s*[-+]?\d{1,%d}\s*" % _MAX_DIGITS, v, re.ASCII):
+                raise ValueError(f"not an integer: {_brief(v)}")
+            v = int(v)
+        if not lo <= v <= hi:
+            raise ValueError(f"{_brief(v)} is outside {lo}..{hi}")
+        return v
     return conv
+
+
+def _text(v: Any) -> str:
+    """A non-empty string of printable text: no NUL, no control characters, no
+    bytes that were not UTF-8 (they arrive as lone surrogates)."""
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"not a non-empty string: {_brief(v)}")
+    m = _ODD_CHAR.search(v)
+    if m:
+        c = m.group()
+        what = ("a NUL byte" if c == "\0" else "a byte that is not UTF-8" if "\ud800" <= c <= "\udfff"
+                else "a control character")
+        raise ValueError(f"{_brief(v)} holds {what}")
+    return v
+
+
+def _abs_path(v: Any) -> str:
+    s = _text(v)
+    if not s.startswith("/"):
+        raise ValueError(f"{_brief(s)} is not an absolute path")
+    return s
+
+
+def _socket_path(v: Any) -> str:
+    s = _abs_path(v)
+    n = len(s.encode())
+    if n > MAX_SOCKET_PATH_BYTES:
+        raise ValueError(f"{_brief(s)} is {n} bytes long; a socket path takes at most {MAX_SOCKET_PATH_BYTES}")
+    return s
+
+
+def _log_path(v: Any) -> str:
+    """``-`` (stdout) or a file path."""
+    return _text(v)
 
 
 def _globs(v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [s for s in (x.strip() for x in v.split(",")) if s]
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
-        raise ValueError(f"not a list of globs: {v!r}")
+        raise ValueError(f"not a list of globs: {_brief(v)}")
+    for g in v:
+        _text(g)
+        try:
+            PurePosixPath("/").match(g)     # how cgroupfs.glob_match uses it
+        except ValueError as e:
+            raise ValueError(f"not a glob: {_brief(g)} ({e})") from None
     return tuple(v)
 
 
@@ -120,27 +229,21 @@ def _sources(v: Any) -> tuple[str, ...]:
     names = _globs(v)
     bad = [n for n in names if n not in SOURCES]
     if bad:
-        raise ValueError(f"unknown source {bad[0]!r} (known: {', '.join(SOURCES)})")
+        raise ValueError(f"unknown source {_brief(bad[0])} (known: {', '.join(SOURCES)})")
     return names
 
 
 def _percent(v: Any) -> int:
-    """``"60%"`` -> 6000 permyriad; 0 or ``"0%"`` turns the check off."""
-    if v == 0 or v == "0":
+    """``"60%"`` -> 6000 permyriad; 0 or ``"0"`` turns the check off."""
+    if not isinstance(v, bool) and (v == 0 or v == "0"):
         return 0
-    m = _PERCENT_RE.match(str(v))
+    m = _PERCENT_RE.fullmatch(v) if isinstance(v, str) else None
     if not m:
-        raise ValueError(f"not a percentage: {v!r} (write it like \"60%\")")
-    pm = round(float(m.group(1)) * 100)
+        raise ValueError(f"not a percentage: {_brief(v)} (write it like \"60%\")")
+    pm = _permyriad(m)
     if not 0 <= pm <= 10000:
-        raise ValueError(f"percent out of range: {v!r}")
+        raise ValueError(f"percent out of range: {_brief(v)}")
     return pm
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ValueError(f"not a non-empty string: {v!r}")
-    return v
 
 
 @dataclass(frozen=True)
@@ -215,7 +318,7 @@ class Config:
 
 # key -> (field name, converter)
 _KEYS: dict[str, tuple[str, Any]] = {
-    "domain": ("domain", _str),
+    "domain": ("domain", _text),
     "redline": ("redline", Redline.parse),
     "sleep_ms": ("sleep_ms", _int(1, 3_600_000)),
     "autostart": ("autostart", _bool),
@@ -223,12 +326,12 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "dry_run": ("dry_run", _bool),
     "post_kill_delay_ms": ("post_kill_delay_ms", _int(0, 3_600_000)),
     "kill_timeout_ms": ("kill_timeout_ms", _int(1, 600_000)),
-    "control_socket": ("control_socket", _str),
+    "control_socket": ("control_socket", _socket_path),
     "jobs": ("jobs", _globs),
     "protect": ("protect", _globs),
     "avoid": ("avoid", _globs),
     "prefer": ("prefer", _globs),
-    "json_log": ("json_log", _str),
+    "json_log": ("json_log", _log_path),
     "sources": ("sources", _sources),
     "pressure_limit": ("pressure_limit_permyriad", _percent),
     "psi_stall_ms": ("psi_stall_ms", _int(1, 60_000)),
@@ -238,8 +341,8 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "memory_high_brake": ("memory_high_brake", _bool),
     "adaptive_sleep": ("adaptive_sleep", _bool),
     "protect_self": ("protect_self", _bool),
-    "cgroup_root": ("cgroup_root", _str),
-    "proc_root": ("proc_root", _str),
+    "cgroup_root": ("cgroup_root", _abs_path),
+    "proc_root": ("proc_root", _abs_path),
 }
 
 
@@ -248,12 +351,12 @@ def _apply(values: dict[str, Any], raw: Mapping[str, Any], origin: str, spell=la
     for key, value in raw.items():
         norm = key.replace("-", "_")
         if norm not in _KEYS:
-            raise ConfigError(f"{origin}: unknown key '{spell(key)}' (known: {', '.join(sorted(_KEYS))})")
+            raise ConfigError(f"{origin}: unknown key {spell(key)!r} (known: {', '.join(sorted(_KEYS))})")
         name, conv = _KEYS[norm]
         try:
             values[name] = conv(value)
-        except ValueError as e:
-            raise ConfigError(f"{origin}: bad value for '{spell(key)}': {e}") from None
+        except (ValueError, TypeError, ArithmeticError) as e:
+            raise ConfigError(f"{origin}: bad value for {spell(key)!r}: {e}") from None
 
 
 def kernel_cmdline_values(cmdline: str) -> dict[str, str]:
@@ -270,7 +373,7 @@ def kernel_cmdline_values(cmdline: str) -> dict[str, str]:
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
     out = {}
     for k, v in environ.items():
-        if k.startswith("OOMKILLER_") and k != "OOMKILLER_CONFIG":
+        if isinstance(k, str) and k.startswith("OOMKILLER_") and k != "OOMKILLER_CONFIG":
             out[k[len("OOMKILLER_"):].lower()] = v
     return out
 
@@ -283,7 +386,7 @@ def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None
         kv = kernel_cmdline_values(cmdline)
         unknown = sorted(set(kv) - set(KERNEL_CMDLINE_KEYS))
         if unknown:
-            raise ConfigError(f"kernel command line: unknown key 'oomkiller.{unknown[0]}' "
+            raise ConfigError(f"kernel command line: unknown key {'oomkiller.' + unknown[0]!r} "
                               f"(known: {', '.join('oomkiller.' + k for k in KERNEL_CMDLINE_KEYS)})")
         _apply(values, kv, "kernel command line", lambda k: f"oomkiller.{k}")
     environ = environ if environ is not None else {}

@@ -1,6 +1,14 @@
+import argparse
+import io
+import os
+
 import pytest
 
+from oomkiller import cli
 from oomkiller import config as cfg
+from oomkiller import control
+
+MiB = 1 << 20
 
 
 def test_parse_size_units():
@@ -92,3 +100,159 @@ def test_shipped_example_lists_every_default():
         keys = set(tomllib.load(f))
     assert keys == set(cfg._KEYS)
     assert cfg.load(config_file=path) == cfg.Config()
+
+
+def one_line_error(**kw) -> str:
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load(**kw)
+    msg = str(e.value)
+    assert msg and "\n" not in msg and msg.isprintable()
+    return msg
+
+
+# -- 1: sizes are read exactly and capped ------------------------------------
+def test_sizes_are_exact_above_2_to_the_53():
+    n = (1 << 53) + 1
+    assert cfg.parse_size(str(n)) == n
+    assert cfg.parse_size(f"{(1 << 49) + 1}K") == ((1 << 49) + 1) << 10
+    assert cfg.parse_size("8388607.75M") == 8388607 * MiB + 3 * MiB // 4
+    assert cfg.parse_size("0.1K") == 102        # a fraction of a byte is dropped
+    assert cfg.parse_size("  12 GiB ") == 12 << 30 and cfg.parse_size("5kb") == 5 << 10
+    assert cfg.Redline.parse("33.335%").permyriad == 3334
+    assert cfg.load(cli={"redline": str(n)}).redline.bytes_ == n
+
+
+@pytest.mark.parametrize("text", ["1" + "0" * 400, "1" + "0" * 400 + "M", "9" * 5000, "1." + "0" * 400 + "1",
+                                  str((1 << 60) + 1), "1025P", "1048577T", "٣"])
+def test_huge_or_odd_sizes_are_value_errors(text):
+    with pytest.raises(ValueError):
+        cfg.parse_size(text)
+    with pytest.raises(ValueError):
+        cfg.Redline.parse(text)
+
+
+def test_sizes_are_capped_at_one_exbibyte():
+    assert cfg.parse_size(1 << 60) == cfg.parse_size("1048576T") == 1 << 60
+    msg = one_line_error(cli={"redline": str((1 << 60) + 1)})
+    assert "command line: bad value for 'redline': too large" in msg and "1 EiB" in msg
+    for bad in ("9" * 400 + "%", "1" + "0" * 330 + ".5%", "1e400%"):
+        with pytest.raises(ValueError):
+            cfg.Redline.parse(bad)
+        assert "'pressure_limit'" in one_line_error(cli={"pressure_limit": bad})
+
+
+def test_huge_toml_integers_name_the_key(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text(f"redline = {(1 << 63) - 1}\n")
+    assert f"{f}: bad value for 'redline': too large" in one_line_error(config_file=str(f))
+    f.write_text(f"sleep_ms = {10 ** 30}\n")
+    assert f"{f}: bad value for 'sleep_ms'" in one_line_error(config_file=str(f))
+
+
+# -- 3: text: the kernel command line's bytes, NUL and control characters, paths -----
+def fake_proc_cmdline(monkeypatch, data: bytes) -> None:
+    real_open = open
+
+    def fake_open(path, mode="r", *a, **kw):
+        if path == "/proc/cmdline":
+            assert "b" in mode
+            return io.BytesIO(data)
+        return real_open(path, mode, *a, **kw)
+    monkeypatch.setattr(cli, "open", fake_open, raising=False)
+
+
+def cli_args(*argv: str) -> argparse.Namespace:
+    return cli.parser().parse_args(["rank", *argv])
+
+
+def test_proc_cmdline_that_is_not_utf8(monkeypatch):
+    for k in [k for k in os.environ if k.startswith("OOMKILLER_")]:
+        monkeypatch.delenv(k)
+    fake_proc_cmdline(monkeypatch, b"quiet root=/dev/\xff\xfe oomkiller.sleep_ms=250 \xc3\n")
+    assert cli.load_config(cli_args()).sleep_ms == 250
+    fake_proc_cmdline(monkeypatch, b"quiet oomkiller.redline=5\xff% oomkiller.sleep_ms=250\n")
+    with pytest.raises(cfg.ConfigError, match=r"^kernel command line: bad value for 'oomkiller.redline'"):
+        cli.load_config(cli_args())
+    for text in ("oomkiller.redline=\udcff", "oomkiller.sleep-ms=\ufffd", "oomkiller.autostart=\x00"):
+        msg = one_line_error(cmdline=text)
+        assert msg.startswith("kernel command line: bad value for 'oomkiller.")
+
+
+@pytest.mark.parametrize("key", ["control_socket", "json_log", "cgroup_root", "proc_root", "domain"])
+@pytest.mark.parametrize("bad, needle", [
+    ("/run/a\0b", "holds a NUL byte"),
+    ("/run/a\nb", "holds a control character"),
+    ("/run/a\x1bb", "holds a control character"),
+    ("/run/\udcffb", "holds a byte that is not UTF-8"),
+    ("", "not a non-empty string"),
+])
+def test_strings_with_odd_characters_name_the_key(key, bad, needle):
+    msg = one_line_error(cli={key: bad})
+    assert msg.startswith(f"command line: bad value for '{key}': ") and needle in msg
+    env_name = "OOMKILLER_" + key.upper()
+    assert one_line_error(environ={env_name: bad}).startswith(f"environment: bad value for '{env_name}'")
+
+
+def test_globs_with_odd_characters_name_the_key(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('protect = ["a\\u0000b"]\n')
+    assert "bad value for 'protect'" in one_line_error(config_file=str(f))
+    assert "not a glob: '.'" in one_line_error(cli={"avoid": ["."]})
+
+
+@pytest.mark.parametrize("key", ["control_socket", "cgroup_root", "proc_root"])
+def test_paths_must_be_absolute(key):
+    assert "'run/x' is not an absolute path" in one_line_error(cli={key: "run/x"})
+
+
+def test_socket_path_fits_sun_path():
+    ok = "/" + "s" * 106
+    assert cfg.load(cli={"control_socket": ok}).control_socket == ok
+    msg = one_line_error(cli={"control_socket": ok + "s"})
+    assert msg.startswith("command line: bad value for 'control_socket'") and "is 108 bytes long" in msg
+    # bytes, not characters
+    assert "bad value for 'OOMKILLER_CONTROL_SOCKET'" in one_line_error(
+        environ={"OOMKILLER_CONTROL_SOCKET": "/" + "é" * 54})
+
+
+def test_json_log_is_dash_or_a_path():
+    assert cfg.load(cli={"json_log": "-"}).json_log == "-"
+    assert cfg.load(cli={"json_log": "decisions.jsonl"}).json_log == "decisions.jsonl"
+
+
+# -- 7: values of the wrong type ----------------------------------------------
+@pytest.mark.parametrize("line, key", [
+    ('domain = { a = 1 }', "domain"),
+    ('[domain]\na = 1', "domain"),
+    ("protect = [1, 2]", "protect"),
+    ("jobs = [[\"a\"]]", "jobs"),
+    ("sleep_ms = true", "sleep_ms"),
+    ("sleep_ms = 1979-05-27T07:32:00Z", "sleep_ms"),
+    ("redline = 1979-05-27", "redline"),
+    ("redline = 07:32:00", "redline"),
+    ("redline = nan", "redline"),
+    ("redline = inf", "redline"),
+    ("sleep_ms = -inf", "sleep_ms"),
+    ("pressure_limit = nan", "pressure_limit"),
+    ("pressure_limit = true", "pressure_limit"),
+    ("autostart = 2", "autostart"),
+    ("autostart = []", "autostart"),
+    (f"sleep_ms = {(1 << 63) - 1}", "sleep_ms"),
+    (f"kill_timeout_ms = {-(1 << 63)}", "kill_timeout_ms"),
+    ("sources = [\"ebpf\", 3]", "sources"),
+    ("sources = \"ebpf,bogus\"", "sources"),
+    ("control_socket = 5", "control_socket"),
+    ("json_log = false", "json_log"),
+])
+def test_toml_values_of_the_wrong_type(tmp_path, line, key):
+    f = tmp_path / "c.toml"
+    f.write_text(line + "\n")
+    assert one_line_error(config_file=str(f)).startswith(f"{f}: bad value for '{key}': ")
+
+
+def test_booleans_from_words():
+    for yes in ("1", "true", "Yes", " on "):
+        assert cfg.load(environ={"OOMKILLER_DRY_RUN": yes}).dry_run
+    for no in ("0", "false", "NO", "off"):
+        assert not cfg.load(environ={"OOMKILLER_AUTOSTART": no}).autostart
+    assert "not a boolean: 'maybe'" in one_line_error(environ={"OOMKILLER_DRY_RUN": "maybe"})
