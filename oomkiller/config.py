@@ -4,8 +4,10 @@ environment and the command line, in that order of precedence (later wins).
 * kernel command line: ``oomkiller.redline=``, ``oomkiller.sleep_ms=`` and
   ``oomkiller.autostart=`` (the seed's ``kernel.oom.*`` flags); hyphens are
   accepted for underscores.
-* TOML file: flat top-level keys named as in ``Config`` (see
-  ``deploy/oomkiller.toml``, which lists every default).
+* TOML file (``--config``, or ``$OOMKILLER_CONFIG``): flat top-level keys named
+  as in ``Config`` (see ``deploy/oomkiller.toml``, which lists every default).
+  It must be a regular file of UTF-8 text, at most 1 MiB; it is opened without
+  blocking, so a FIFO or a device is an error, not a hang.
 * environment: ``OOMKILLER_<KEY>``, lists comma-separated.
 * CLI flags.
 
@@ -18,8 +20,10 @@ ConfigError into exit code 2.
 """
 from __future__ import annotations
 
+import os
 import re
 import reprlib
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -34,6 +38,7 @@ EXIT_DENIED = 4         # control command: the daemon refused it (not root)
 KERNEL_CMDLINE_KEYS = ("redline", "sleep_ms", "autostart")
 
 MAX_SIZE = 1 << 60                  # 1 EiB: no memory domain comes near it
+MAX_CONFIG_FILE_BYTES = 1 << 20     # a config file lists two dozen keys
 MAX_SOCKET_PATH_BYTES = 107         # sun_path is 108 bytes with its NUL
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -378,6 +383,71 @@ def env_values(environ: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def _file_kind(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def read_config_file(path: str, named_by: str = "") -> dict[str, Any]:
+    """The table of a TOML config file. Anything but a regular file of UTF-8
+    TOML up to MAX_CONFIG_FILE_BYTES is a ConfigError, as is a path that
+    cannot name a file; ``named_by`` says where the path came from."""
+    where = f"{path}{named_by}"
+    if not isinstance(path, str):
+        raise ConfigError(f"config file: not a path: {_brief(path)}{named_by}")
+    if not path:
+        raise ConfigError(f"config file: an empty path{named_by}")
+    if "\0" in path:
+        raise ConfigError(f"{where}: a path cannot hold a NUL byte")
+    too_big = f"{where}: larger than {MAX_CONFIG_FILE_BYTES >> 20} MiB: not a config file"
+    try:
+        # stat before open: opening a device can have effects of its own.
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where}: {_file_kind(mode)}, not a config file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):     # swapped since the stat
+                raise ConfigError(f"{where}: {_file_kind(st.st_mode)}, not a config file")
+            if st.st_size > MAX_CONFIG_FILE_BYTES:
+                raise ConfigError(too_big)
+            chunks, left = [], MAX_CONFIG_FILE_BYTES + 1
+            while left > 0:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such config file") from None
+    except PermissionError:
+        raise ConfigError(f"{where}: permission denied") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read it: {e.strerror or e}") from None
+    data = b"".join(chunks)
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(too_big)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        hint = " (UTF-16? save it as UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{where}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}{hint}") from None
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid TOML: nested too deeply") from None
+    except ValueError:      # the only other thing tomllib raises: an integer longer than int() takes
+        raise ConfigError(f"{where}: not valid TOML: a number with too many digits") from None
+
+
 def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None,
          environ: Mapping[str, str] | None = None, cmdline: str | None = None) -> Config:
     """Build the effective config; see the module docstring for precedence."""
@@ -390,16 +460,11 @@ def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None
                               f"(known: {', '.join('oomkiller.' + k for k in KERNEL_CMDLINE_KEYS)})")
         _apply(values, kv, "kernel command line", lambda k: f"oomkiller.{k}")
     environ = environ if environ is not None else {}
-    config_file = config_file or environ.get("OOMKILLER_CONFIG")
-    if config_file:
-        try:
-            with open(config_file, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{config_file}: no such config file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{config_file}: not valid TOML: {e}") from None
-        _apply(values, raw, config_file)
+    named_by = ""
+    if config_file is None and environ.get("OOMKILLER_CONFIG"):
+        config_file, named_by = environ["OOMKILLER_CONFIG"], " (named by OOMKILLER_CONFIG)"
+    if config_file is not None:
+        _apply(values, read_config_file(config_file, named_by), config_file)
     _apply(values, env_values(environ), "environment", lambda k: f"OOMKILLER_{k.upper()}")
     _apply(values, {k: v for k, v in (cli or {}).items() if v is not None}, "command line")
     conf = Config(**values)

@@ -147,6 +147,53 @@ def test_huge_toml_integers_name_the_key(tmp_path):
     assert f"{f}: bad value for 'redline': too large" in one_line_error(config_file=str(f))
     f.write_text(f"sleep_ms = {10 ** 30}\n")
     assert f"{f}: bad value for 'sleep_ms'" in one_line_error(config_file=str(f))
+    f.write_text("sleep_ms = 1" + "0" * 5000 + "\n")
+    assert "not valid TOML: a number with too many digits" in one_line_error(config_file=str(f))
+
+
+# -- 2: the config file is a regular UTF-8 file of at most 1 MiB ----------------
+@pytest.mark.parametrize("content, needle", [
+    (b"\x00\x01\xff\xfe binary", "not UTF-8 text: byte 0xff at offset 2"),
+    ("sleep_ms = 5\n".encode("utf-16"), "(UTF-16? save it as UTF-8)"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+    (b"x = {" * 3000, "not valid TOML"),
+    (b"#" * (cfg.MAX_CONFIG_FILE_BYTES + 1), "larger than 1 MiB"),
+])
+def test_bad_config_files_are_one_line(tmp_path, content, needle):
+    f = tmp_path / "bad.toml"
+    f.write_bytes(content)
+    msg = one_line_error(config_file=str(f))
+    assert msg.startswith(f"{f}: ") and needle in msg
+
+
+def test_a_utf8_bom_is_fine(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_bytes(b"\xef\xbb\xbfsleep_ms = 5\n")
+    assert cfg.load(config_file=str(f)).sleep_ms == 5
+
+
+def test_config_paths_that_are_not_regular_files(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)     # opened blocking, this would wait for a writer forever
+    assert one_line_error(config_file=str(fifo)) == f"{fifo}: a FIFO, not a config file"
+    assert one_line_error(config_file=str(tmp_path)) == f"{tmp_path}: a directory, not a config file"
+    assert one_line_error(config_file="/dev/zero") == "/dev/zero: a character device, not a config file"
+    assert one_line_error(config_file="/x\0y") == "/x\\x00y: a path cannot hold a NUL byte"
+    assert one_line_error(config_file="") == "config file: an empty path"
+    assert "cannot read it: Not a directory" in one_line_error(config_file="/dev/null/x")
+    assert one_line_error(environ={"OOMKILLER_CONFIG": "/nonexistent"}) == \
+        "/nonexistent (named by OOMKILLER_CONFIG): no such config file"
+    assert cfg.load(environ={"OOMKILLER_CONFIG": ""}) == cfg.Config()
+
+
+def test_unreadable_config_file(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text("")
+
+    def denied(*_args):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(cfg.os, "open", denied)     # root reads any file: pretend
+    assert one_line_error(config_file=str(f)) == f"{f}: permission denied"
 
 
 # -- 3: text: the kernel command line's bytes, NUL and control characters, paths -----
