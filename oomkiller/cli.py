@@ -74,6 +74,10 @@ def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(a, attr) for attr, key in keys.items() if getattr(a, attr, None) is not None}
 
 
+def _config_warning(message: str) -> None:
+    print(f"oomkiller: warning: {message}", file=sys.stderr)
+
+
 def load_config(a: argparse.Namespace) -> cfg.Config:
     try:
         with open("/proc/cmdline", "rb") as f:
@@ -82,7 +86,7 @@ def load_config(a: argparse.Namespace) -> cfg.Config:
     except OSError:
         cmdline = ""
     return cfg.load(cli=_cli_values(a), config_file=getattr(a, "config", None),
-                    environ=os.environ, cmdline=cmdline)
+                    environ=os.environ, cmdline=cmdline, warn=_config_warning)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,23 +3,29 @@ environment and the command line, in that order of precedence (later wins).
 
 * kernel command line: ``oomkiller.redline=``, ``oomkiller.sleep_ms=`` and
   ``oomkiller.autostart=`` (the seed's ``kernel.oom.*`` flags); hyphens are
-  accepted for underscores.
+  accepted for underscores. Any other ``oomkiller.*`` word is a warning, not an
+  error: a boot entry is slow to fix, and a daemon that will not start
+  protects nothing.
 * TOML file (``--config``, or ``$OOMKILLER_CONFIG``): flat top-level keys named
   as in ``Config`` (see ``deploy/oomkiller.toml``, which lists every default).
   It must be a regular file of UTF-8 text, at most 1 MiB; it is opened without
-  blocking, so a FIFO or a device is an error, not a hang.
-* environment: ``OOMKILLER_<KEY>``, lists comma-separated.
-* CLI flags.
+  blocking, so a FIFO or a device is an error, not a hang. An unknown key is
+  an error.
+* environment: ``OOMKILLER_<KEY>``, lists comma-separated. Any other
+  ``OOMKILLER_*`` variable is a warning: Kubernetes gives a pod
+  ``OOMKILLER_SERVICE_HOST``, ``OOMKILLER_PORT``... for a service of that name.
+* CLI flags; an unknown key is an error.
 
 Every value is validated once, here; a bad one raises ``ConfigError``, one line
-naming where it came from and the key. Sizes are read exactly (no float) and
-capped at 1 EiB; strings must be printable text (no NUL, control characters or
-bytes that were not UTF-8); the paths of the control socket and of the trees
-read must be absolute, the socket's within sun_path. The CLI turns a
-ConfigError into exit code 2.
+naming where it came from and the key as it was written there. Sizes are read
+exactly (no float) and capped at 1 EiB; strings must be printable text (no
+NUL, control characters or bytes that were not UTF-8); the paths of the
+control socket and of the trees read must be absolute, the socket's within
+sun_path. The CLI turns a ConfigError into exit code 2.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import reprlib
@@ -27,7 +33,7 @@ import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 EXIT_OK = 0
 EXIT_FAILURE = 1        # the daemon failed at run time
@@ -40,6 +46,8 @@ KERNEL_CMDLINE_KEYS = ("redline", "sleep_ms", "autostart")
 MAX_SIZE = 1 << 60                  # 1 EiB: no memory domain comes near it
 MAX_CONFIG_FILE_BYTES = 1 << 20     # a config file lists two dozen keys
 MAX_SOCKET_PATH_BYTES = 107         # sun_path is 108 bytes with its NUL
+
+Warn = Callable[[str], None]
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # ASCII digits only: int() would take other scripts' digits too.
@@ -351,36 +359,74 @@ _KEYS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _apply(values: dict[str, Any], raw: Mapping[str, Any], origin: str, spell=lambda k: k) -> None:
-    """Merge ``raw`` into ``values``; ``spell`` names a key as the user wrote it."""
-    for key, value in raw.items():
-        norm = key.replace("-", "_")
+def _did_you_mean(norm: str, spell: Callable[[str], str] = lambda k: k) -> str:
+    close = difflib.get_close_matches(norm, _KEYS, n=1, cutoff=0.75)
+    return f" (did you mean {spell(close[0])!r}?)" if close else ""
+
+
+def _apply(values: dict[str, Any], items: Iterable[tuple[str, str, Any]], origin: str) -> None:
+    """Merge ``(key as written, key, value)`` items into ``values``; an unknown
+    key, or one written twice (``sleep-ms`` and ``sleep_ms``), is an error."""
+    seen: dict[str, str] = {}
+    for written, norm, value in items:
         if norm not in _KEYS:
-            raise ConfigError(f"{origin}: unknown key {spell(key)!r} (known: {', '.join(sorted(_KEYS))})")
+            raise ConfigError(f"{origin}: unknown key {written!r}{_did_you_mean(norm)} "
+                              f"(known: {', '.join(sorted(_KEYS))})")
+        if norm in seen:
+            raise ConfigError(f"{origin}: {seen[norm]!r} and {written!r} are the same key")
+        seen[norm] = written
         name, conv = _KEYS[norm]
         try:
             values[name] = conv(value)
         except (ValueError, TypeError, ArithmeticError) as e:
-            raise ConfigError(f"{origin}: bad value for {spell(key)!r}: {e}") from None
+            raise ConfigError(f"{origin}: bad value for {written!r}: {e}") from None
 
 
-def kernel_cmdline_values(cmdline: str) -> dict[str, str]:
-    out = {}
+def kernel_cmdline_values(cmdline: str) -> list[tuple[str, str | None]]:
+    """``oomkiller.*`` words of a kernel command line: (``oomkiller.key`` as
+    written, value or None if it has no ``=``)."""
+    out = []
     for word in cmdline.split():
         if word == "--":
             break   # what follows is init's arguments, not the kernel's
-        if word.startswith("oomkiller.") and "=" in word:
-            key, _, value = word[len("oomkiller."):].partition("=")
-            out[key.replace("-", "_")] = value
+        if word.startswith("oomkiller."):
+            key, eq, value = word.partition("=")
+            out.append((key, value if eq else None))
     return out
+
+
+def _kernel_items(cmdline: str, warn: Warn) -> list[tuple[str, str, str]]:
+    items: dict[str, tuple[str, str, str]] = {}     # a key given twice: the last wins, as in the kernel
+    known = ", ".join("oomkiller." + k for k in KERNEL_CMDLINE_KEYS)
+    for written, value in kernel_cmdline_values(cmdline):
+        norm = written[len("oomkiller."):].replace("-", "_")
+        if norm not in KERNEL_CMDLINE_KEYS:
+            what = "a key read only from the config file, environment or flags" if norm in _KEYS else "unknown"
+            warn(_one_line(f"kernel command line: ignoring {written!r}: {what} (read here: {known})"))
+        elif value is None:
+            warn(_one_line(f"kernel command line: ignoring {written!r}: no value (write {written}=VALUE)"))
+        else:
+            items.pop(norm, None)
+            items[norm] = (written, norm, value)
+    return list(items.values())
 
 
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for k, v in environ.items():
-        if isinstance(k, str) and k.startswith("OOMKILLER_") and k != "OOMKILLER_CONFIG":
-            out[k[len("OOMKILLER_"):].lower()] = v
-    return out
+    """``OOMKILLER_*`` variables but ``OOMKILLER_CONFIG``, by name as written."""
+    return {k: v for k, v in environ.items()
+            if isinstance(k, str) and k.startswith("OOMKILLER_") and k != "OOMKILLER_CONFIG"}
+
+
+def _env_items(environ: Mapping[str, str], warn: Warn) -> list[tuple[str, str, str]]:
+    items = []
+    for name, value in env_values(environ).items():
+        norm = name[len("OOMKILLER_"):].lower().replace("-", "_")
+        if norm in _KEYS:
+            items.append((name, norm, value))
+        else:
+            hint = _did_you_mean(norm, lambda k: "OOMKILLER_" + k.upper())
+            warn(_one_line(f"environment: ignoring unknown variable {name!r}{hint}"))
+    return items
 
 
 def _file_kind(mode: int) -> str:
@@ -449,24 +495,25 @@ def read_config_file(path: str, named_by: str = "") -> dict[str, Any]:
 
 
 def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None,
-         environ: Mapping[str, str] | None = None, cmdline: str | None = None) -> Config:
-    """Build the effective config; see the module docstring for precedence."""
+         environ: Mapping[str, str] | None = None, cmdline: str | None = None,
+         warn: Warn | None = None) -> Config:
+    """Build the effective config; see the module docstring for precedence.
+
+    ``warn`` gets one line per ignored kernel-command-line word or unknown
+    ``OOMKILLER_*`` variable; None drops them."""
+    warn = warn or (lambda _msg: None)
     values: dict[str, Any] = {}
     if cmdline:
-        kv = kernel_cmdline_values(cmdline)
-        unknown = sorted(set(kv) - set(KERNEL_CMDLINE_KEYS))
-        if unknown:
-            raise ConfigError(f"kernel command line: unknown key {'oomkiller.' + unknown[0]!r} "
-                              f"(known: {', '.join('oomkiller.' + k for k in KERNEL_CMDLINE_KEYS)})")
-        _apply(values, kv, "kernel command line", lambda k: f"oomkiller.{k}")
+        _apply(values, _kernel_items(cmdline, warn), "kernel command line")
     environ = environ if environ is not None else {}
     named_by = ""
     if config_file is None and environ.get("OOMKILLER_CONFIG"):
         config_file, named_by = environ["OOMKILLER_CONFIG"], " (named by OOMKILLER_CONFIG)"
     if config_file is not None:
-        _apply(values, read_config_file(config_file, named_by), config_file)
-    _apply(values, env_values(environ), "environment", lambda k: f"OOMKILLER_{k.upper()}")
-    _apply(values, {k: v for k, v in (cli or {}).items() if v is not None}, "command line")
+        raw = read_config_file(config_file, named_by)
+        _apply(values, [(k, k.replace("-", "_"), v) for k, v in raw.items()], _one_line(config_file))
+    _apply(values, _env_items(environ, warn), "environment")
+    _apply(values, [(k, k.replace("-", "_"), v) for k, v in (cli or {}).items() if v is not None], "command line")
     conf = Config(**values)
     if conf.psi_stall_ms >= conf.psi_window_ms:
         raise ConfigError(f"bad value for 'psi_stall_ms': {conf.psi_stall_ms} must be less than "

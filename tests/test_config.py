@@ -82,8 +82,6 @@ def test_bad_file_values_name_the_key(tmp_path, text, needle):
 def test_bad_env_and_cmdline_values():
     with pytest.raises(cfg.ConfigError, match="environment: bad value for 'OOMKILLER_SLEEP_MS'"):
         cfg.load(environ={"OOMKILLER_SLEEP_MS": "x"})
-    with pytest.raises(cfg.ConfigError, match="kernel command line: unknown key 'oomkiller.domain'"):
-        cfg.load(cmdline="oomkiller.domain=/x")
     with pytest.raises(cfg.ConfigError, match="bad value for 'psi_stall_ms': 900 must be less than psi_window_ms"):
         cfg.load(cli={"psi_stall_ms": 900, "psi_window_ms": 800})
     with pytest.raises(cfg.ConfigError, match="kernel command line: bad value for 'oomkiller.sleep_ms'"):
@@ -265,6 +263,64 @@ def test_socket_path_fits_sun_path():
 def test_json_log_is_dash_or_a_path():
     assert cfg.load(cli={"json_log": "-"}).json_log == "-"
     assert cfg.load(cli={"json_log": "decisions.jsonl"}).json_log == "decisions.jsonl"
+
+
+# -- 6: foreign OOMKILLER_* variables and oomkiller.* kernel words are warnings ------
+KUBERNETES_ENV = {
+    "OOMKILLER_SERVICE_HOST": "10.0.0.7", "OOMKILLER_SERVICE_PORT": "8080", "OOMKILLER_PORT": "tcp://10.0.0.7:8080",
+    "OOMKILLER_PORT_8080_TCP": "tcp://10.0.0.7:8080", "OOMKILLER_PORT_8080_TCP_PROTO": "tcp",
+    "OOMKILLER_PORT_8080_TCP_PORT": "8080", "OOMKILLER_PORT_8080_TCP_ADDR": "10.0.0.7",
+}
+
+
+def test_kubernetes_service_variables_only_warn():
+    warnings: list[str] = []
+    c = cfg.load(environ={**KUBERNETES_ENV, "OOMKILLER_SLEEP_MS": "250", "PATH": "/bin"}, warn=warnings.append)
+    assert c.sleep_ms == 250
+    assert sorted(warnings) == sorted(f"environment: ignoring unknown variable '{k}'" for k in KUBERNETES_ENV)
+    assert cfg.load(environ=KUBERNETES_ENV) == cfg.Config()     # no warn: dropped
+
+
+def test_a_misspelt_variable_warns_with_the_likely_name():
+    warnings: list[str] = []
+    cfg.load(environ={"OOMKILLER_REDLIEN": "5%"}, warn=warnings.append)
+    assert warnings == ["environment: ignoring unknown variable 'OOMKILLER_REDLIEN' (did you mean "
+                        "'OOMKILLER_REDLINE'?)"]
+
+
+def test_the_config_and_control_socket_variables_still_count(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("dry_run = true\n")
+    warnings: list[str] = []
+    c = cfg.load(environ={"OOMKILLER_CONFIG": str(f), "OOMKILLER_CONTROL_SOCKET": "/run/o.sock"},
+                 warn=warnings.append)
+    assert (c.dry_run, c.control_socket, warnings) == (True, "/run/o.sock", [])
+
+
+def test_unknown_kernel_words_only_warn():
+    warnings: list[str] = []
+    c = cfg.load(cmdline="oomkiller.domain=/x oomkiller.bogus=1 oomkiller.autostart oomkiller.sleep_ms=5 "
+                         "oomkiller.sleep-ms=7", warn=warnings.append)
+    assert c.sleep_ms == 7      # given twice: the last wins, as in the kernel
+    known = "(read here: oomkiller.redline, oomkiller.sleep_ms, oomkiller.autostart)"
+    assert warnings == [
+        f"kernel command line: ignoring 'oomkiller.domain': a key read only from the config file, environment "
+        f"or flags {known}",
+        f"kernel command line: ignoring 'oomkiller.bogus': unknown {known}",
+        "kernel command line: ignoring 'oomkiller.autostart': no value (write oomkiller.autostart=VALUE)",
+    ]
+
+
+def test_unknown_keys_in_the_file_and_flags_stay_errors(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("sleep_mss = 5\n")
+    msg = one_line_error(config_file=str(f))
+    assert msg.startswith(f"{f}: unknown key 'sleep_mss' (did you mean 'sleep_ms'?) (known: ")
+    assert one_line_error(cli={"bogus": 1}).startswith("command line: unknown key 'bogus'")
+    f.write_text("sleep-ms = 5\nsleep_ms = 6\n")
+    assert one_line_error(config_file=str(f)) == f"{f}: 'sleep-ms' and 'sleep_ms' are the same key"
+    f.write_text('"a\\nb" = 5\n')
+    assert one_line_error(config_file=str(f)).startswith(f"{f}: unknown key 'a\\nb'")
 
 
 # -- 7: values of the wrong type ----------------------------------------------

@@ -52,6 +52,15 @@ def test_bad_config_file_is_one_line_and_exit_2(inputs, name, how):
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
+def test_foreign_environment_warns_and_the_bad_value_is_still_the_error():
+    r = rank(OOMKILLER_SERVICE_HOST="10.0.0.7", OOMKILLER_PORT="tcp://10.0.0.7:80", OOMKILLER_SLEEP_MS="soon")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [
+        "oomkiller: warning: environment: ignoring unknown variable 'OOMKILLER_SERVICE_HOST'",
+        "oomkiller: warning: environment: ignoring unknown variable 'OOMKILLER_PORT'",
+        "oomkiller: config error: environment: bad value for 'OOMKILLER_SLEEP_MS': not an integer: 'soon'"]
+
+
 def test_non_utf8_argument_is_one_line():
     r = subprocess.run([sys.executable, "-m", "oomkiller", "rank", "--domain", b"/x\xff".decode("utf-8", "surrogateescape")],
                        capture_output=True, timeout=30, cwd=ROOT)
