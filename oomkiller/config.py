@@ -309,6 +309,9 @@ class Config:
     protect_self: bool = True
     cgroup_root: str = "/sys/fs/cgroup"
     proc_root: str = "/proc"
+    # Where each value that is not a default came from: field name ->
+    # (origin, key as written there), for messages about it.
+    origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def arm_line_bytes(self, total_bytes: int) -> int:
         """The arm line in bytes of a domain this big: never under the redline."""
@@ -327,6 +330,17 @@ class Config:
                 v = f"{v / 100:g}%"
             out[key] = v
         return out
+
+    def blame(self, name: str, problem: str) -> ConfigError:
+        """A ConfigError about field ``name``, naming where its value came from."""
+        origin, key = self.origins.get(name, ("default", _FIELD_KEYS[name]))
+        return ConfigError(f"{origin}: bad value for {key!r}: {problem}")
+
+    def check(self) -> None:
+        """What no single value shows: checks between keys."""
+        if self.psi_stall_ms >= self.psi_window_ms:     # the window's floor is above the stall's default
+            raise self.blame("psi_stall_ms", f"{self.psi_stall_ms} must be less than psi_window_ms "
+                                             f"({self.psi_window_ms})")
 
 
 # key -> (field name, converter)
@@ -357,6 +371,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "cgroup_root": ("cgroup_root", _abs_path),
     "proc_root": ("proc_root", _abs_path),
 }
+_FIELD_KEYS = {name: key for key, (name, _conv) in _KEYS.items()}
 
 
 def _did_you_mean(norm: str, spell: Callable[[str], str] = lambda k: k) -> str:
@@ -364,7 +379,8 @@ def _did_you_mean(norm: str, spell: Callable[[str], str] = lambda k: k) -> str:
     return f" (did you mean {spell(close[0])!r}?)" if close else ""
 
 
-def _apply(values: dict[str, Any], items: Iterable[tuple[str, str, Any]], origin: str) -> None:
+def _apply(values: dict[str, Any], origins: dict[str, tuple[str, str]],
+           items: Iterable[tuple[str, str, Any]], origin: str) -> None:
     """Merge ``(key as written, key, value)`` items into ``values``; an unknown
     key, or one written twice (``sleep-ms`` and ``sleep_ms``), is an error."""
     seen: dict[str, str] = {}
@@ -380,6 +396,7 @@ def _apply(values: dict[str, Any], items: Iterable[tuple[str, str, Any]], origin
             values[name] = conv(value)
         except (ValueError, TypeError, ArithmeticError) as e:
             raise ConfigError(f"{origin}: bad value for {written!r}: {e}") from None
+        origins[name] = (origin, written)
 
 
 def kernel_cmdline_values(cmdline: str) -> list[tuple[str, str | None]]:
@@ -503,19 +520,19 @@ def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None
     ``OOMKILLER_*`` variable; None drops them."""
     warn = warn or (lambda _msg: None)
     values: dict[str, Any] = {}
+    origins: dict[str, tuple[str, str]] = {}
     if cmdline:
-        _apply(values, _kernel_items(cmdline, warn), "kernel command line")
+        _apply(values, origins, _kernel_items(cmdline, warn), "kernel command line")
     environ = environ if environ is not None else {}
     named_by = ""
     if config_file is None and environ.get("OOMKILLER_CONFIG"):
         config_file, named_by = environ["OOMKILLER_CONFIG"], " (named by OOMKILLER_CONFIG)"
     if config_file is not None:
         raw = read_config_file(config_file, named_by)
-        _apply(values, [(k, k.replace("-", "_"), v) for k, v in raw.items()], _one_line(config_file))
-    _apply(values, _env_items(environ, warn), "environment")
-    _apply(values, [(k, k.replace("-", "_"), v) for k, v in (cli or {}).items() if v is not None], "command line")
-    conf = Config(**values)
-    if conf.psi_stall_ms >= conf.psi_window_ms:
-        raise ConfigError(f"bad value for 'psi_stall_ms': {conf.psi_stall_ms} must be less than "
-                          f"psi_window_ms ({conf.psi_window_ms})")
+        _apply(values, origins, [(k, k.replace("-", "_"), v) for k, v in raw.items()], _one_line(config_file))
+    _apply(values, origins, _env_items(environ, warn), "environment")
+    _apply(values, origins, [(k, k.replace("-", "_"), v) for k, v in (cli or {}).items() if v is not None],
+           "command line")
+    conf = Config(**values, origins=origins)
+    conf.check()
     return conf

@@ -265,6 +265,43 @@ def test_json_log_is_dash_or_a_path():
     assert cfg.load(cli={"json_log": "decisions.jsonl"}).json_log == "decisions.jsonl"
 
 
+def test_json_log_folder_must_exist_for_run(monkeypatch, tmp_path):
+    fake_proc_cmdline(monkeypatch, b"")
+    a = cli.parser().parse_args(["run", "--json-log", str(tmp_path / "no" / "x.jsonl")])
+    with pytest.raises(cfg.ConfigError, match="^command line: bad value for 'json_log': .*: no such folder"):
+        cli.load_config(a)
+    a = cli.parser().parse_args(["run", "--json-log", str(tmp_path)])
+    with pytest.raises(cfg.ConfigError, match="^command line: bad value for 'json_log': .* is a folder"):
+        cli.load_config(a)
+
+
+# -- 4: a domain that cannot be read names the key at fault ---------------------
+def domain_conf(proc_tree, tree, **kw) -> cfg.Config:
+    return cfg.load(cli={"proc_root": str(proc_tree.root), "cgroup_root": str(tree.root), **kw})
+
+
+def test_domain_errors_name_the_key_at_fault(proc_tree, v2_tree, tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"^command line: bad value for 'proc_root': .*no meminfo there"):
+        cli._domain(domain_conf(proc_tree, v2_tree))
+    proc_tree.meminfo(total_kb=256 << 10, available_kb=200 << 10)
+    with pytest.raises(cfg.ConfigError, match=r"^command line: bad value for 'cgroup_root': .*: not a folder"):
+        cli._domain(cfg.load(cli={"proc_root": str(proc_tree.root), "cgroup_root": str(tmp_path / "none")}))
+    with pytest.raises(cfg.ConfigError, match=r"^command line: bad value for 'domain': /nope: not a cgroup folder$"):
+        cli._domain(domain_conf(proc_tree, v2_tree, domain="/nope"))
+    (proc_tree.root / "meminfo").write_text("MemFree: 1 kB\n")
+    with pytest.raises(cfg.ConfigError, match=r"^command line: bad value for 'proc_root': .*no MemTotal"):
+        cli._domain(domain_conf(proc_tree, v2_tree))
+    (proc_tree.root / "meminfo").unlink()
+    os.mkfifo(proc_tree.root / "meminfo")
+    with pytest.raises(cfg.ConfigError, match=r"'proc_root'"):
+        cli._domain(domain_conf(proc_tree, v2_tree))
+
+
+def test_a_good_domain_reads(proc_tree, v2_tree):
+    proc_tree.meminfo(total_kb=256 << 10, available_kb=200 << 10)
+    assert cli._domain(domain_conf(proc_tree, v2_tree)).is_host
+
+
 # -- 6: foreign OOMKILLER_* variables and oomkiller.* kernel words are warnings ------
 KUBERNETES_ENV = {
     "OOMKILLER_SERVICE_HOST": "10.0.0.7", "OOMKILLER_SERVICE_PORT": "8080", "OOMKILLER_PORT": "tcp://10.0.0.7:8080",
