@@ -132,7 +132,8 @@ def control_command(a: argparse.Namespace) -> int:
 
 def _domain(conf: cfg.Config):
     """The configured domain, read once; ConfigError naming the key at fault:
-    proc_root, cgroup_root or the domain itself."""
+    proc_root, cgroup_root, the domain itself, or a line that does harm on a
+    domain of its size."""
     from .cgroupfs import Cgroupfs
     from .domain import Domain
     from .procfs import Procfs
@@ -160,10 +161,11 @@ def _domain(conf: cfg.Config):
         raise conf.blame("cgroup_root", why(e)) from None
     try:
         dom = Domain(conf.domain, procfs, cg)
-        dom.snapshot(0)     # a domain whose memory cannot be read is a bad domain
+        snap = dom.snapshot(0)     # a domain whose memory cannot be read is a bad domain
     except (OSError, ValueError, KeyError, IndexError) as e:
         problem = why(e)
         raise conf.blame("domain", problem if problem.startswith(conf.domain) else f"{conf.domain}: {problem}") from None
+    conf.check_domain(snap.total_bytes, warn=_config_warning)
     return dom
 
 

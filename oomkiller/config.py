@@ -18,10 +18,14 @@ environment and the command line, in that order of precedence (later wins).
 
 Every value is validated once, here; a bad one raises ``ConfigError``, one line
 naming where it came from and the key as it was written there. Sizes are read
-exactly (no float) and capped at 1 EiB; strings must be printable text (no
-NUL, control characters or bytes that were not UTF-8); the paths of the
-control socket and of the trees read must be absolute, the socket's within
-sun_path. The CLI turns a ConfigError into exit code 2.
+exactly (no float). Values that would do harm are refused the same way: an
+empty job list, strings with NUL, control characters or bytes that were not
+UTF-8, relative paths, a socket path too long for sun_path, sizes above 1 EiB,
+a redline at or above an ``arm_redline`` that was set while prearm is on (left
+at its default, the arm line only earns a warning). What depends on the
+domain's size (a line at or above it; a redline and an arm line of different
+kinds) is checked by ``Config.check_domain`` once the domain has been read.
+The CLI turns a ConfigError into exit code 2.
 """
 from __future__ import annotations
 
@@ -85,6 +89,13 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(_one_line(message))
+
+
+def _format_size(n: int) -> str:
+    for unit, name in ((1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")):
+        if n >= unit:
+            return f"{n // unit}{name}" if n % unit == 0 else f"{n / unit:.1f}{name}"
+    return f"{n}B"
 
 
 def _decimal(whole: str, frac: str | None) -> tuple[int, int] | None:
@@ -157,6 +168,10 @@ class Redline:
         if self.permyriad:
             return f"{self.permyriad / 100:g}%"
         return str(self.bytes_)
+
+    def show(self) -> str:
+        """As a message shows it: ``5%`` or ``200G``."""
+        return str(self) if self.permyriad else _format_size(self.bytes_)
 
 
 def _bool(v: Any) -> bool:
@@ -233,6 +248,14 @@ def _globs(v: Any) -> tuple[str, ...]:
         except ValueError as e:
             raise ValueError(f"not a glob: {_brief(g)} ({e})") from None
     return tuple(v)
+
+
+def _jobs(v: Any) -> tuple[str, ...]:
+    globs = _globs(v)
+    if not globs:
+        raise ValueError("no globs: no job could ever be killed (the default \"*\" makes the domain's "
+                         "children jobs)")
+    return globs
 
 
 SOURCES = ("ebpf", "prearm", "psi", "memcg", "timer")
@@ -336,11 +359,61 @@ class Config:
         origin, key = self.origins.get(name, ("default", _FIELD_KEYS[name]))
         return ConfigError(f"{origin}: bad value for {key!r}: {problem}")
 
-    def check(self) -> None:
+    def _said(self, name: str) -> str:
+        """``arm_redline (20%, the default)``: a field for the message about another."""
+        origin, key = self.origins.get(name, ("the default", _FIELD_KEYS[name]))
+        v = getattr(self, name)
+        return f"{key} ({v.show() if isinstance(v, Redline) else v}, {origin})"
+
+    def _band_problem(self, red: int, arm: int, warn: Warn | None, where: str = "") -> None:
+        """Redline ``red`` at or above arm line ``arm`` (same unit) with prearm on:
+        the arm line is the redline, so nothing is ever armed. An error when
+        arm_redline was set on purpose; with the default arm line a redline set
+        above it is taken as meant, and prearm steps aside with a warning.
+        ``where`` tells the domain when the two were compared in bytes."""
+        if "prearm" not in self.sources or red < arm:
+            return
+        if "arm_redline" in self.origins:
+            if self.origins.get("redline") and _rank(self.origins["redline"]) > _rank(self.origins["arm_redline"]):
+                raise self.blame("redline", f"{self.redline.show()} is at or above {self._said('arm_redline')}{where}: "
+                                            "prearm would never arm (keep it below, or drop prearm from sources)")
+            raise self.blame("arm_redline", f"{self.arm_redline.show()} is at or below {self._said('redline')}{where}: "
+                                            "prearm would never arm (set it above, or drop prearm from sources)")
+        if warn:
+            origin, key = self.origins.get("redline", ("default", "redline"))
+            warn(_one_line(f"{origin}: {key!r} {self.redline.show()} is at or above the arm line (arm_redline "
+                           f"{self.arm_redline.show()}){where}: prearm will never arm; set arm_redline above it, or drop "
+                           "prearm from sources"))
+
+    def check(self, warn: Warn | None = None) -> None:
         """What no single value shows: checks between keys."""
         if self.psi_stall_ms >= self.psi_window_ms:     # the window's floor is above the stall's default
             raise self.blame("psi_stall_ms", f"{self.psi_stall_ms} must be less than psi_window_ms "
                                              f"({self.psi_window_ms})")
+        red, arm = self.redline, self.arm_redline
+        if bool(red.permyriad) == bool(arm.permyriad):
+            self._band_problem(red.permyriad or red.bytes_, arm.permyriad or arm.bytes_, warn)
+
+    def check_domain(self, total_bytes: int, warn: Warn | None = None) -> None:
+        """Raise ConfigError for lines that do harm on a domain of ``total_bytes``:
+        a redline at or above its size (every job killed with no pressure at
+        all), an arm line at or above it (the top job armed all the time), and,
+        when the redline and the arm line are of different kinds, a redline at
+        or above the arm line (see ``check``)."""
+        size = f"the domain's size ({_format_size(total_bytes)})"
+        red = self.redline.resolve_bytes(total_bytes)
+        if red >= total_bytes:
+            raise self.blame("redline", f"{self.redline.show()} is at or above {size}: every job would be killed "
+                                        "with no memory pressure at all")
+        if "prearm" not in self.sources:
+            return
+        arm = self.arm_redline.resolve_bytes(total_bytes)
+        if arm >= total_bytes:
+            raise self.blame("arm_redline", f"{self.arm_redline.show()} is at or above {size}: the top job would be "
+                                            "armed all the time")
+        if bool(self.redline.permyriad) != bool(self.arm_redline.permyriad):
+            self._band_problem(red, arm, warn, f" on a domain of {_format_size(total_bytes)}, where they are "
+                                               f"{_format_size(red)} and {_format_size(arm)}")
 
 
 # key -> (field name, converter)
@@ -354,7 +427,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "post_kill_delay_ms": ("post_kill_delay_ms", _int(0, 3_600_000)),
     "kill_timeout_ms": ("kill_timeout_ms", _int(1, 600_000)),
     "control_socket": ("control_socket", _socket_path),
-    "jobs": ("jobs", _globs),
+    "jobs": ("jobs", _jobs),
     "protect": ("protect", _globs),
     "avoid": ("avoid", _globs),
     "prefer": ("prefer", _globs),
@@ -372,6 +445,14 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "proc_root": ("proc_root", _abs_path),
 }
 _FIELD_KEYS = {name: key for key, (name, _conv) in _KEYS.items()}
+
+# Origins by precedence, lowest first; a clash between two keys blames the
+# later. Any other origin is the config file's path.
+_ORIGIN_RANK = {"kernel command line": 1, "environment": 3, "command line": 4}
+
+
+def _rank(origin: tuple[str, str]) -> int:
+    return _ORIGIN_RANK.get(origin[0], 2)
 
 
 def _did_you_mean(norm: str, spell: Callable[[str], str] = lambda k: k) -> str:
@@ -534,5 +615,5 @@ def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None
     _apply(values, origins, [(k, k.replace("-", "_"), v) for k, v in (cli or {}).items() if v is not None],
            "command line")
     conf = Config(**values, origins=origins)
-    conf.check()
+    conf.check(warn)
     return conf

@@ -302,6 +302,82 @@ def test_a_good_domain_reads(proc_tree, v2_tree):
     assert cli._domain(domain_conf(proc_tree, v2_tree)).is_host
 
 
+# -- 5: values that do harm are refused, saying why -----------------------------
+@pytest.mark.parametrize("kw, needle", [
+    ({"cli": {"jobs": []}}, "command line: bad value for 'jobs': no globs: no job could ever be killed"),
+    ({"cli": {"jobs": ""}}, "command line: bad value for 'jobs': no globs"),
+    ({"environ": {"OOMKILLER_JOBS": ""}}, "environment: bad value for 'OOMKILLER_JOBS': no globs"),
+    ({"environ": {"OOMKILLER_JOBS": " , "}}, "environment: bad value for 'OOMKILLER_JOBS': no globs"),
+    ({"cli": {"kill_timeout_ms": 0}}, "'kill_timeout_ms': 0 is outside 1..600000"),
+    ({"cli": {"redline": "0%"}}, "'redline': percent out of range"),
+    ({"cli": {"redline": "100%"}}, "'redline': percent out of range"),
+])
+def test_harmful_values(kw, needle):
+    assert needle in one_line_error(**kw)
+
+
+def test_empty_jobs_in_the_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("jobs = []\nprotect = []\n")
+    assert f"{f}: bad value for 'jobs': no globs" in one_line_error(config_file=str(f))
+
+
+def test_redline_must_stay_below_an_explicit_arm_line(tmp_path):
+    msg = one_line_error(cli={"redline": "30%", "arm_redline": "20%"})
+    assert msg.startswith("command line: bad value for 'arm_redline': 20% is at or below redline (30%, "
+                          "command line): prearm would never arm")
+    f = tmp_path / "c.toml"
+    f.write_text('arm_redline = "4%"\n')
+    assert one_line_error(config_file=str(f)).startswith(
+        f"{f}: bad value for 'arm_redline': 4% is at or below redline (5%, the default)")
+    msg = one_line_error(config_file=str(f), environ={"OOMKILLER_REDLINE": "64M", "OOMKILLER_ARM_REDLINE": "64M"})
+    assert msg.startswith("environment: bad value for 'OOMKILLER_ARM_REDLINE': 64M is at or below")
+    msg = one_line_error(config_file=str(f), cli={"redline": "6%"})
+    assert msg.startswith(f"command line: bad value for 'redline': 6% is at or above arm_redline (4%, {f})")
+    # without prearm there is no arm line to keep below
+    assert cfg.load(cli={"redline": "30%", "arm_redline": "20%", "sources": "ebpf,psi"}).redline.permyriad == 3000
+    # redline 0 turns the redline off (prearm and pressure still act)
+    assert cfg.load(cli={"redline": "0"}).redline == cfg.Redline()
+
+
+def test_a_redline_above_the_default_arm_line_warns():
+    warnings: list[str] = []
+    c = cfg.load(environ={"OOMKILLER_REDLINE": "25%"}, warn=warnings.append)
+    assert c.redline.permyriad == 2500
+    assert warnings == ["environment: 'OOMKILLER_REDLINE' 25% is at or above the arm line (arm_redline 20%): "
+                        "prearm will never arm; set arm_redline above it, or drop prearm from sources"]
+
+
+def test_check_domain():
+    total = 256 * MiB
+    cfg.Config().check_domain(total)
+    cfg.load(cli={"redline": "200M", "sources": "timer"}).check_domain(total)
+    for kw, needle in [
+        ({"redline": "200G"}, "command line: bad value for 'redline': 200G is at or above the domain's size "
+                              "(256M): every job would be killed with no memory pressure at all"),
+        ({"redline": "256M", "sources": "timer"}, "'redline': 256M is at or above the domain's size"),
+        ({"arm_redline": "300M"}, "'arm_redline': 300M is at or above the domain's size (256M): the top job "
+                                  "would be armed all the time"),
+        ({"redline": "100M", "arm_redline": "20%"}, "'arm_redline': 20% is at or below redline (100M"),
+        ({"redline": "30%", "arm_redline": "64M"}, "'arm_redline': 64M is at or below redline (30%"),
+    ]:
+        c = cfg.load(cli=kw)
+        with pytest.raises(cfg.ConfigError) as e:
+            c.check_domain(total)
+        assert needle in str(e.value)
+    warnings: list[str] = []
+    cfg.load(cli={"redline": "64M"}).check_domain(total, warn=warnings.append)
+    assert len(warnings) == 1 and "prearm will never arm" in warnings[0]
+    with pytest.raises(cfg.ConfigError, match="at or above the domain's size"):
+        cfg.Config().check_domain(0)
+
+
+def test_rank_refuses_a_redline_above_the_domain(proc_tree, v2_tree):
+    proc_tree.meminfo(total_kb=256 << 10, available_kb=200 << 10)
+    with pytest.raises(cfg.ConfigError, match="^command line: bad value for 'redline': 200G is at or above"):
+        cli._domain(domain_conf(proc_tree, v2_tree, redline="200G"))
+
+
 # -- 6: foreign OOMKILLER_* variables and oomkiller.* kernel words are warnings ------
 KUBERNETES_ENV = {
     "OOMKILLER_SERVICE_HOST": "10.0.0.7", "OOMKILLER_SERVICE_PORT": "8080", "OOMKILLER_PORT": "tcp://10.0.0.7:8080",
