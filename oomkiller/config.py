@@ -21,8 +21,8 @@ naming where it came from and the key as it was written there. Sizes are read
 exactly (no float). Values that would do harm are refused the same way: an
 empty job list, strings with NUL, control characters or bytes that were not
 UTF-8, relative paths, a socket path too long for sun_path, sizes above 1 EiB,
-a redline at or above an ``arm_redline`` that was set while prearm is on (left
-at its default, the arm line only earns a warning). What depends on the
+a redline at or above an ``arm_redline`` other than the default while prearm
+is on (at the default 20%, that only earns a warning). What depends on the
 domain's size (a line at or above it; a redline and an arm line of different
 kinds) is checked by ``Config.check_domain`` once the domain has been read.
 The CLI turns a ConfigError into exit code 2.
@@ -174,6 +174,9 @@ class Redline:
         return str(self) if self.permyriad else _format_size(self.bytes_)
 
 
+DEFAULT_ARM_REDLINE = Redline(permyriad=2000)
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -323,7 +326,7 @@ class Config:
     # While free memory is below this line (and above the redline), the top
     # victim is armed in the kernel: a task of it whose reclaim fails is killed
     # on the spot. Never lower than the redline.
-    arm_redline: Redline = field(default_factory=lambda: Redline(permyriad=2000))
+    arm_redline: Redline = field(default_factory=lambda: DEFAULT_ARM_REDLINE)
     # Set the domain's memory.high just above limit minus redline, so a runaway
     # job is throttled while the core decides (cgroup v2 only; off by default:
     # it changes the domain's own settings).
@@ -368,13 +371,15 @@ class Config:
     def _band_problem(self, red: int, arm: int, warn: Warn | None, where: str = "") -> None:
         """Redline ``red`` at or above arm line ``arm`` (same unit) with prearm on:
         the arm line is the redline, so nothing is ever armed. An error when
-        arm_redline was set on purpose; with the default arm line a redline set
-        above it is taken as meant, and prearm steps aside with a warning.
+        arm_redline was changed from its default; at the default a redline set
+        above it is taken as meant, and prearm steps aside with a warning (the
+        shipped config file sets every key, so "set" would not tell).
         ``where`` tells the domain when the two were compared in bytes."""
         if "prearm" not in self.sources or red < arm:
             return
-        if "arm_redline" in self.origins:
-            if self.origins.get("redline") and _rank(self.origins["redline"]) > _rank(self.origins["arm_redline"]):
+        if self.arm_redline != DEFAULT_ARM_REDLINE:
+            red_from, arm_from = self.origins.get("redline"), self.origins.get("arm_redline")
+            if red_from and (not arm_from or _rank(red_from) > _rank(arm_from)):
                 raise self.blame("redline", f"{self.redline.show()} is at or above {self._said('arm_redline')}{where}: "
                                             "prearm would never arm (keep it below, or drop prearm from sources)")
             raise self.blame("arm_redline", f"{self.arm_redline.show()} is at or below {self._said('redline')}{where}: "

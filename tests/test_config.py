@@ -322,9 +322,9 @@ def test_empty_jobs_in_the_file(tmp_path):
     assert f"{f}: bad value for 'jobs': no globs" in one_line_error(config_file=str(f))
 
 
-def test_redline_must_stay_below_an_explicit_arm_line(tmp_path):
-    msg = one_line_error(cli={"redline": "30%", "arm_redline": "20%"})
-    assert msg.startswith("command line: bad value for 'arm_redline': 20% is at or below redline (30%, "
+def test_redline_must_stay_below_a_chosen_arm_line(tmp_path):
+    msg = one_line_error(cli={"redline": "30%", "arm_redline": "25%"})
+    assert msg.startswith("command line: bad value for 'arm_redline': 25% is at or below redline (30%, "
                           "command line): prearm would never arm")
     f = tmp_path / "c.toml"
     f.write_text('arm_redline = "4%"\n')
@@ -335,7 +335,7 @@ def test_redline_must_stay_below_an_explicit_arm_line(tmp_path):
     msg = one_line_error(config_file=str(f), cli={"redline": "6%"})
     assert msg.startswith(f"command line: bad value for 'redline': 6% is at or above arm_redline (4%, {f})")
     # without prearm there is no arm line to keep below
-    assert cfg.load(cli={"redline": "30%", "arm_redline": "20%", "sources": "ebpf,psi"}).redline.permyriad == 3000
+    assert cfg.load(cli={"redline": "30%", "arm_redline": "25%", "sources": "ebpf,psi"}).redline.permyriad == 3000
     # redline 0 turns the redline off (prearm and pressure still act)
     assert cfg.load(cli={"redline": "0"}).redline == cfg.Redline()
 
@@ -346,6 +346,14 @@ def test_a_redline_above_the_default_arm_line_warns():
     assert c.redline.permyriad == 2500
     assert warnings == ["environment: 'OOMKILLER_REDLINE' 25% is at or above the arm line (arm_redline 20%): "
                         "prearm will never arm; set arm_redline above it, or drop prearm from sources"]
+    # the shipped example sets every key to its default: that is no choice of arm line
+    shipped = os.path.join(os.path.dirname(__file__), "..", "deploy", "oomkiller.toml")
+    warnings.clear()
+    cfg.load(config_file=shipped, environ={"OOMKILLER_REDLINE": "25%"}, warn=warnings.append)
+    assert len(warnings) == 1
+    warnings.clear()
+    cfg.load(config_file=shipped, cli={"redline": "64M"}).check_domain(256 * MiB, warn=warnings.append)
+    assert len(warnings) == 1 and "on a domain of 256M, where they are 64M and 51.2M" in warnings[0]
 
 
 def test_check_domain():
@@ -358,7 +366,7 @@ def test_check_domain():
         ({"redline": "256M", "sources": "timer"}, "'redline': 256M is at or above the domain's size"),
         ({"arm_redline": "300M"}, "'arm_redline': 300M is at or above the domain's size (256M): the top job "
                                   "would be armed all the time"),
-        ({"redline": "100M", "arm_redline": "20%"}, "'arm_redline': 20% is at or below redline (100M"),
+        ({"redline": "100M", "arm_redline": "30%"}, "'arm_redline': 30% is at or below redline (100M"),
         ({"redline": "30%", "arm_redline": "64M"}, "'arm_redline': 64M is at or below redline (30%"),
     ]:
         c = cfg.load(cli=kw)
@@ -370,6 +378,9 @@ def test_check_domain():
     assert len(warnings) == 1 and "prearm will never arm" in warnings[0]
     with pytest.raises(cfg.ConfigError, match="at or above the domain's size"):
         cfg.Config().check_domain(0)
+    # built directly, with no origins (as the daemon's tests do)
+    with pytest.raises(cfg.ConfigError, match="^default: bad value for 'arm_redline': 40% is at or below redline"):
+        cfg.Config(redline=cfg.Redline(permyriad=5000), arm_redline=cfg.Redline(permyriad=4000)).check()
 
 
 def test_rank_refuses_a_redline_above_the_domain(proc_tree, v2_tree):
