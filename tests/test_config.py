@@ -100,6 +100,15 @@ def test_shipped_example_lists_every_default():
     assert cfg.load(config_file=path) == cfg.Config()
 
 
+def test_shipped_example_says_who_may_rank():
+    # the daemon answers `info` to anyone and everything else, `rank` too, to root only
+    assert control.ANYONE == frozenset({"info"})
+    with open(os.path.join(os.path.dirname(__file__), "..", "deploy", "oomkiller.toml")) as f:
+        words = " ".join(f.read().replace("#", " ").split())
+    assert "anyone may ask for `info`; `rank` and every change are for root only" in words
+    assert "anyone may `info` and `rank`" not in words
+
+
 def one_line_error(**kw) -> str:
     with pytest.raises(cfg.ConfigError) as e:
         cfg.load(**kw)
