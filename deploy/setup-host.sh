@@ -58,7 +58,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c "import oomkiller, psutil, pyroute2, pytest, matplotlib" 2>/dev/null; then
+if ! .venv/bin/python -c "import oomkiller, psutil, pyroute2, pytest, matplotlib, hypothesis" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 fi
 .venv/bin/python -c "import bcc" 2>/dev/null || echo "setup: bcc does not import in .venv: eBPF sources will be unavailable" >&2
