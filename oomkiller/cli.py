@@ -94,6 +94,8 @@ def load_config(a: argparse.Namespace) -> cfg.Config:
             raise conf.blame("json_log", f"{conf.json_log}: no such folder {folder}")
         if os.path.isdir(conf.json_log):
             raise conf.blame("json_log", f"{conf.json_log} is a folder")
+        if not os.access(conf.json_log if os.path.exists(conf.json_log) else folder, os.W_OK):
+            raise conf.blame("json_log", f"{conf.json_log}: cannot write there")
     return conf
 
 

@@ -282,6 +282,12 @@ def test_json_log_folder_must_exist_for_run(monkeypatch, tmp_path):
     a = cli.parser().parse_args(["run", "--json-log", str(tmp_path)])
     with pytest.raises(cfg.ConfigError, match="^command line: bad value for 'json_log': .* is a folder"):
         cli.load_config(a)
+    log = tmp_path / "x.jsonl"
+    a = cli.parser().parse_args(["run", "--json-log", str(log)])
+    assert cli.load_config(a).json_log == str(log)
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: path != str(tmp_path))   # a read-only folder
+    with pytest.raises(cfg.ConfigError, match="^command line: bad value for 'json_log': .*: cannot write there"):
+        cli.load_config(a)
 
 
 # -- 4: a domain that cannot be read names the key at fault ---------------------
