@@ -98,13 +98,15 @@ def _format_size(n: int) -> str:
     return f"{n}B"
 
 
-def _decimal(whole: str, frac: str | None) -> tuple[int, int] | None:
-    """``"12", "50"`` -> (1250, 100), exactly; None for more digits than any
-    sane value has."""
+def _decimal(whole: str, frac: str | None, text: str) -> tuple[int, int]:
+    """``"12", "50"`` -> (1250, 100): the number 12.50 as a fraction, exactly.
+    More digits than any size or percentage needs are a ValueError."""
     whole = whole.lstrip("0")
     frac = (frac or "").rstrip("0")
-    if len(whole) > _MAX_DIGITS or len(frac) > _MAX_DIGITS:
-        return None
+    if len(whole) > _MAX_DIGITS:
+        raise ValueError(f"too large: {_brief(text)}")
+    if len(frac) > _MAX_DIGITS:
+        raise ValueError(f"too many decimals: {_brief(text)}")
     scale = 10 ** len(frac)
     return int(whole or "0") * scale + int(frac or "0"), scale
 
@@ -121,22 +123,18 @@ def parse_size(text: str | int) -> int:
         m = _SIZE_RE.fullmatch(text)
         if not m:
             raise ValueError(f"not a size: {_brief(text)} (use bytes or a K, M, G, T suffix)")
-        num = _decimal(m.group(1), m.group(2))
-        if num is None:
-            raise ValueError(f"too many digits: {_brief(text)} (at most 1 EiB)")
+        num = _decimal(m.group(1), m.group(2), text)
         n = num[0] * _UNITS[(m.group(3) or "").upper()] // num[1]
     if n < 0:
-        raise ValueError(f"negative size: {n}")
+        raise ValueError(f"negative size: {_brief(n)}")
     if n > MAX_SIZE:
         raise ValueError(f"too large: {_brief(text)} (at most 1 EiB, {MAX_SIZE} bytes)")
     return n
 
 
 def _permyriad(m: re.Match[str]) -> int:
-    """A matched percentage to permyriad, rounded to the nearest; -1 if huge."""
-    num = _decimal(m.group(1), m.group(2))
-    if num is None:
-        return -1
+    """A matched percentage to permyriad, rounded to the nearest."""
+    num = _decimal(m.group(1), m.group(2), m.string)
     q, r = divmod(num[0] * 100, num[1])
     return q + (2 * r >= num[1])
 
