@@ -20,9 +20,10 @@ Every value is validated once, here; a bad one raises ``ConfigError``, one line
 naming where it came from and the key as it was written there. Sizes are read
 exactly (no float). Values that would do harm are refused the same way: an
 empty job list, strings with NUL, control characters or bytes that were not
-UTF-8, relative paths, a socket path too long for sun_path, sizes above 1 EiB,
-a redline at or above an ``arm_redline`` other than the default while prearm
-is on (at the default 20%, that only earns a warning). What depends on the
+UTF-8, a relative control_socket, cgroup_root or proc_root, a socket path too
+long for sun_path, sizes above 1 EiB, a redline at or above an
+``arm_redline`` other than the default while prearm is on (at the default
+20%, that only earns a warning). What depends on the
 domain's size (a line at or above it; a redline and an arm line of different
 kinds) is checked by ``Config.check_domain`` once the domain has been read.
 The CLI turns a ConfigError into exit code 2.
