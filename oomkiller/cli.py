@@ -74,14 +74,29 @@ def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(a, attr) for attr, key in keys.items() if getattr(a, attr, None) is not None}
 
 
+def _config_warning(message: str) -> None:
+    print(f"oomkiller: warning: {message}", file=sys.stderr)
+
+
 def load_config(a: argparse.Namespace) -> cfg.Config:
     try:
-        with open("/proc/cmdline") as f:
-            cmdline = f.read()
+        with open("/proc/cmdline", "rb") as f:
+            # Boot loaders pass bytes: one that is not UTF-8 must not stop the daemon.
+            cmdline = f.read(1 << 16).decode("utf-8", errors="replace")
     except OSError:
         cmdline = ""
-    return cfg.load(cli=_cli_values(a), config_file=getattr(a, "config", None),
-                    environ=os.environ, cmdline=cmdline)
+    conf = cfg.load(cli=_cli_values(a), config_file=getattr(a, "config", None),
+                    environ=os.environ, cmdline=cmdline, warn=_config_warning)
+    if a.command == "run" and conf.json_log != "-":
+        # The daemon opens it only once everything else has started.
+        folder = os.path.dirname(os.path.abspath(conf.json_log))
+        if not os.path.isdir(folder):
+            raise conf.blame("json_log", f"{conf.json_log}: no such folder {folder}")
+        if os.path.isdir(conf.json_log):
+            raise conf.blame("json_log", f"{conf.json_log} is a folder")
+        if not os.access(conf.json_log if os.path.exists(conf.json_log) else folder, os.W_OK):
+            raise conf.blame("json_log", f"{conf.json_log}: cannot write there")
+    return conf
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,16 +133,41 @@ def control_command(a: argparse.Namespace) -> int:
 
 
 def _domain(conf: cfg.Config):
+    """The configured domain, read once; ConfigError naming the key at fault:
+    proc_root, cgroup_root, the domain itself, or a line that does harm on a
+    domain of its size."""
     from .cgroupfs import Cgroupfs
     from .domain import Domain
     from .procfs import Procfs
+
+    def why(e: Exception) -> str:
+        if isinstance(e, OSError) and e.strerror:
+            return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        return str(e)
+
+    # isfile: a FIFO there would hang the read.
+    meminfo = os.path.join(conf.proc_root, "meminfo")
+    if not os.path.isfile(meminfo):
+        raise conf.blame("proc_root", f"{conf.proc_root}: no meminfo there (not a procfs)")
     procfs = Procfs(conf.proc_root)
-    cg = Cgroupfs(conf.cgroup_root, procfs)
+    try:
+        if "MemTotal" not in procfs.meminfo():
+            raise ValueError(f"{meminfo}: no MemTotal")
+    except (OSError, ValueError) as e:
+        raise conf.blame("proc_root", why(e)) from None
+    if not os.path.isdir(conf.cgroup_root):
+        raise conf.blame("cgroup_root", f"{conf.cgroup_root}: not a folder")
+    try:
+        cg = Cgroupfs(conf.cgroup_root, procfs)
+    except (OSError, ValueError) as e:
+        raise conf.blame("cgroup_root", why(e)) from None
     try:
         dom = Domain(conf.domain, procfs, cg)
-        dom.snapshot(0)     # a domain whose memory cannot be read is a bad domain
-    except (OSError, ValueError, KeyError) as e:
-        raise cfg.ConfigError(f"bad value for 'domain': {conf.domain}: {e}") from None
+        snap = dom.snapshot(0)     # a domain whose memory cannot be read is a bad domain
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        problem = why(e)
+        raise conf.blame("domain", problem if problem.startswith(conf.domain) else f"{conf.domain}: {problem}") from None
+    conf.check_domain(snap.total_bytes, warn=_config_warning)
     return dom
 
 

@@ -3,22 +3,42 @@ environment and the command line, in that order of precedence (later wins).
 
 * kernel command line: ``oomkiller.redline=``, ``oomkiller.sleep_ms=`` and
   ``oomkiller.autostart=`` (the seed's ``kernel.oom.*`` flags); hyphens are
-  accepted for underscores.
-* TOML file: flat top-level keys named as in ``Config`` (see
-  ``deploy/oomkiller.toml``, which lists every default).
-* environment: ``OOMKILLER_<KEY>``, lists comma-separated.
-* CLI flags.
+  accepted for underscores. Any other ``oomkiller.*`` word is a warning, not an
+  error: a boot entry is slow to fix, and a daemon that will not start
+  protects nothing.
+* TOML file (``--config``, or ``$OOMKILLER_CONFIG``): flat top-level keys named
+  as in ``Config`` (see ``deploy/oomkiller.toml``, which lists every default).
+  It must be a regular file of UTF-8 text, at most 1 MiB; it is opened without
+  blocking, so a FIFO or a device is an error, not a hang. An unknown key is
+  an error.
+* environment: ``OOMKILLER_<KEY>``, lists comma-separated. Any other
+  ``OOMKILLER_*`` variable is a warning: Kubernetes gives a pod
+  ``OOMKILLER_SERVICE_HOST``, ``OOMKILLER_PORT``... for a service of that name.
+* CLI flags; an unknown key is an error.
 
-Every value is validated once, here; a bad one raises ``ConfigError`` naming
-where it came from and the key. The CLI turns that into exit code 2.
+Every value is validated once, here; a bad one raises ``ConfigError``, one line
+naming where it came from and the key as it was written there. Sizes are read
+exactly (no float). Values that would do harm are refused the same way: an
+empty job list, strings with NUL, control characters or bytes that were not
+UTF-8, a relative control_socket, cgroup_root or proc_root, a socket path too
+long for sun_path, sizes above 1 EiB, a redline at or above an
+``arm_redline`` other than the default while prearm is on (at the default
+20%, that only earns a warning). What depends on the
+domain's size (a line at or above it; a redline and an arm line of different
+kinds) is checked by ``Config.check_domain`` once the domain has been read.
+The CLI turns a ConfigError into exit code 2.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import reprlib
+import stat
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import PurePosixPath
+from typing import Any, Callable, Iterable, Mapping
 
 EXIT_OK = 0
 EXIT_FAILURE = 1        # the daemon failed at run time
@@ -28,27 +48,96 @@ EXIT_DENIED = 4         # control command: the daemon refused it (not root)
 
 KERNEL_CMDLINE_KEYS = ("redline", "sleep_ms", "autostart")
 
+MAX_SIZE = 1 << 60                  # 1 EiB: no memory domain comes near it
+MAX_CONFIG_FILE_BYTES = 1 << 20     # a config file lists two dozen keys
+MAX_SOCKET_PATH_BYTES = 107         # sun_path is 108 bytes with its NUL
+
+Warn = Callable[[str], None]
+
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([BKMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+# ASCII digits only: int() would take other scripts' digits too.
+_SIZE_RE = re.compile(r"\s*(\d+)(?:\.(\d+))?\s*(?:([KMGT])(?:I?B)?|B)?\s*", re.IGNORECASE | re.ASCII)
+_PERCENT_RE = re.compile(r"\s*(\d+)(?:\.(\d+))?\s*%\s*", re.ASCII)
+_MAX_DIGITS = 24    # more than a size or a percentage ever needs, far below int()'s 4300
+
+_ODD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+_brief_repr = reprlib.Repr()
+_brief_repr.maxstring = _brief_repr.maxother = 60
+_brief_repr.maxlong = 40
+_brief_repr.maxlevel = 3
+_brief_repr.maxdict = _brief_repr.maxlist = _brief_repr.maxtuple = 4
+
+
+def _brief(v: Any) -> str:
+    """A value as a message shows it: its repr, cut short."""
+    try:
+        return _brief_repr.repr(v)
+    except Exception:   # a repr that fails (an int past str()'s digit limit, ...)
+        return f"<{type(v).__name__}>"
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped: a message stays one
+    line, and prints on any terminal (lone surrogates too)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(ValueError):
-    """A bad configuration value; the message names its origin and key."""
+    """A bad configuration value; the message, one line, names its origin and key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(message))
+
+
+def _format_size(n: int) -> str:
+    for unit, name in ((1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")):
+        if n >= unit:
+            return f"{n // unit}{name}" if n % unit == 0 else f"{n / unit:.1f}{name}"
+    return f"{n}B"
+
+
+def _decimal(whole: str, frac: str | None, text: str) -> tuple[int, int]:
+    """``"12", "50"`` -> (1250, 100): the number 12.50 as a fraction, exactly.
+    More digits than any size or percentage needs are a ValueError."""
+    whole = whole.lstrip("0")
+    frac = (frac or "").rstrip("0")
+    if len(whole) > _MAX_DIGITS:
+        raise ValueError(f"too large: {_brief(text)}")
+    if len(frac) > _MAX_DIGITS:
+        raise ValueError(f"too many decimals: {_brief(text)}")
+    scale = 10 ** len(frac)
+    return int(whole or "0") * scale + int(frac or "0"), scale
 
 
 def parse_size(text: str | int) -> int:
-    """``"50M"`` -> 52428800. K, M, G, T suffixes are powers of 1024."""
-    if isinstance(text, (bool, float)):
-        raise ValueError(f"not a size: {text!r} (use bytes or a K, M, G suffix, or a percentage as \"5%\")")
+    """``"50M"`` -> 52428800. K, M, G, T suffixes are powers of 1024; the
+    number is read exactly (no float), fractions of a byte are dropped."""
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise ValueError(f"not a size: {_brief(text)} (use bytes or a K, M, G, T suffix, "
+                         "or a percentage as \"5%\")")
     if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"negative size: {text}")
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ValueError(f"not a size: {text!r} (use bytes or a K, M, G suffix)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        n = text
+    else:
+        m = _SIZE_RE.fullmatch(text)
+        if not m:
+            raise ValueError(f"not a size: {_brief(text)} (use bytes or a K, M, G, T suffix)")
+        num = _decimal(m.group(1), m.group(2), text)
+        n = num[0] * _UNITS[(m.group(3) or "").upper()] // num[1]
+    if n < 0:
+        raise ValueError(f"negative size: {_brief(n)}")
+    if n > MAX_SIZE:
+        raise ValueError(f"too large: {_brief(text)} (at most 1 EiB, {MAX_SIZE} bytes)")
+    return n
+
+
+def _permyriad(m: re.Match[str]) -> int:
+    """A matched percentage to permyriad, rounded to the nearest."""
+    num = _decimal(m.group(1), m.group(2), m.string)
+    q, r = divmod(num[0] * 100, num[1])
+    return q + (2 * r >= num[1])
 
 
 @dataclass(frozen=True)
@@ -61,11 +150,11 @@ class Redline:
     @classmethod
     def parse(cls, text: str | int) -> "Redline":
         if isinstance(text, str):
-            m = _PERCENT_RE.match(text)
+            m = _PERCENT_RE.fullmatch(text)
             if m:
-                pm = round(float(m.group(1)) * 100)
+                pm = _permyriad(m)
                 if not 0 < pm < 10000:
-                    raise ValueError(f"percent out of range: {text!r}")
+                    raise ValueError(f"percent out of range: {_brief(text)} (more than 0%, less than 100%)")
                 return cls(permyriad=pm)
         return cls(bytes_=parse_size(text))
 
@@ -79,38 +168,96 @@ class Redline:
             return f"{self.permyriad / 100:g}%"
         return str(self.bytes_)
 
+    def show(self) -> str:
+        """As a message shows it: ``5%`` or ``200G``."""
+        return str(self) if self.permyriad else _format_size(self.bytes_)
+
+
+DEFAULT_ARM_REDLINE = Redline(permyriad=2000)
+
 
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {v!r}")
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+    raise ValueError(f"not a boolean: {_brief(v)}")
 
 
 def _int(lo: int, hi: int):
     def conv(v: Any) -> int:
-        if isinstance(v, (bool, float)):
-            raise ValueError(f"not an integer: {v!r}")
-        try:
-            n = int(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"not an integer: {v!r}") from None
-        if not lo <= n <= hi:
-            raise ValueError(f"{n} is outside {lo}..{hi}")
-        return n
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ValueError(f"not an integer: {_brief(v)}")
+        if isinstance(v, str):
+            if not re.fullmatch(r"\s*[-+]?\d{1,%d}\s*" % _MAX_DIGITS, v, re.ASCII):
+                raise ValueError(f"not an integer: {_brief(v)}")
+            v = int(v)
+        if not lo <= v <= hi:
+            raise ValueError(f"{_brief(v)} is outside {lo}..{hi}")
+        return v
     return conv
+
+
+def _text(v: Any) -> str:
+    """A non-empty string of printable text: no NUL, no control characters, no
+    bytes that were not UTF-8 (they arrive as lone surrogates)."""
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"not a non-empty string: {_brief(v)}")
+    m = _ODD_CHAR.search(v)
+    if m:
+        c = m.group()
+        what = ("a NUL byte" if c == "\0" else "a byte that is not UTF-8" if "\ud800" <= c <= "\udfff"
+                else "a control character")
+        raise ValueError(f"{_brief(v)} holds {what}")
+    return v
+
+
+def _abs_path(v: Any) -> str:
+    s = _text(v)
+    if not s.startswith("/"):
+        raise ValueError(f"{_brief(s)} is not an absolute path")
+    return s
+
+
+def _socket_path(v: Any) -> str:
+    s = _abs_path(v)
+    n = len(s.encode())
+    if n > MAX_SOCKET_PATH_BYTES:
+        raise ValueError(f"{_brief(s)} is {n} bytes long; a socket path takes at most {MAX_SOCKET_PATH_BYTES}")
+    return s
+
+
+def _log_path(v: Any) -> str:
+    """``-`` (stdout) or a file path."""
+    return _text(v)
 
 
 def _globs(v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [s for s in (x.strip() for x in v.split(",")) if s]
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
-        raise ValueError(f"not a list of globs: {v!r}")
+        raise ValueError(f"not a list of globs: {_brief(v)}")
+    for g in v:
+        _text(g)
+        try:
+            PurePosixPath("/").match(g)     # how cgroupfs.glob_match uses it
+        except ValueError as e:
+            raise ValueError(f"not a glob: {_brief(g)} ({e})") from None
     return tuple(v)
+
+
+def _jobs(v: Any) -> tuple[str, ...]:
+    globs = _globs(v)
+    if not globs:
+        raise ValueError("no globs: no job could ever be killed (the default \"*\" makes the domain's "
+                         "children jobs)")
+    return globs
 
 
 SOURCES = ("ebpf", "prearm", "psi", "memcg", "timer")
@@ -120,27 +267,21 @@ def _sources(v: Any) -> tuple[str, ...]:
     names = _globs(v)
     bad = [n for n in names if n not in SOURCES]
     if bad:
-        raise ValueError(f"unknown source {bad[0]!r} (known: {', '.join(SOURCES)})")
+        raise ValueError(f"unknown source {_brief(bad[0])} (known: {', '.join(SOURCES)})")
     return names
 
 
 def _percent(v: Any) -> int:
-    """``"60%"`` -> 6000 permyriad; 0 or ``"0%"`` turns the check off."""
-    if v == 0 or v == "0":
+    """``"60%"`` -> 6000 permyriad; 0 or ``"0"`` turns the check off."""
+    if not isinstance(v, bool) and (v == 0 or v == "0"):
         return 0
-    m = _PERCENT_RE.match(str(v))
+    m = _PERCENT_RE.fullmatch(v) if isinstance(v, str) else None
     if not m:
-        raise ValueError(f"not a percentage: {v!r} (write it like \"60%\")")
-    pm = round(float(m.group(1)) * 100)
+        raise ValueError(f"not a percentage: {_brief(v)} (write it like \"60%\")")
+    pm = _permyriad(m)
     if not 0 <= pm <= 10000:
-        raise ValueError(f"percent out of range: {v!r}")
+        raise ValueError(f"percent out of range: {_brief(v)}")
     return pm
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ValueError(f"not a non-empty string: {v!r}")
-    return v
 
 
 @dataclass(frozen=True)
@@ -184,7 +325,7 @@ class Config:
     # While free memory is below this line (and above the redline), the top
     # victim is armed in the kernel: a task of it whose reclaim fails is killed
     # on the spot. Never lower than the redline.
-    arm_redline: Redline = field(default_factory=lambda: Redline(permyriad=2000))
+    arm_redline: Redline = field(default_factory=lambda: DEFAULT_ARM_REDLINE)
     # Set the domain's memory.high just above limit minus redline, so a runaway
     # job is throttled while the core decides (cgroup v2 only; off by default:
     # it changes the domain's own settings).
@@ -193,6 +334,9 @@ class Config:
     protect_self: bool = True
     cgroup_root: str = "/sys/fs/cgroup"
     proc_root: str = "/proc"
+    # Where each value that is not a default came from: field name ->
+    # (origin, key as written there), for messages about it.
+    origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def arm_line_bytes(self, total_bytes: int) -> int:
         """The arm line in bytes of a domain this big: never under the redline."""
@@ -212,10 +356,73 @@ class Config:
             out[key] = v
         return out
 
+    def blame(self, name: str, problem: str) -> ConfigError:
+        """A ConfigError about field ``name``, naming where its value came from."""
+        origin, key = self.origins.get(name, ("default", _FIELD_KEYS[name]))
+        return ConfigError(f"{origin}: bad value for {key!r}: {problem}")
+
+    def _said(self, name: str) -> str:
+        """``arm_redline (20%, the default)``: a field for the message about another."""
+        origin, key = self.origins.get(name, ("the default", _FIELD_KEYS[name]))
+        v = getattr(self, name)
+        return f"{key} ({v.show() if isinstance(v, Redline) else v}, {origin})"
+
+    def _band_problem(self, red: int, arm: int, warn: Warn | None, where: str = "") -> None:
+        """Redline ``red`` at or above arm line ``arm`` (same unit) with prearm on:
+        the arm line is the redline, so nothing is ever armed. An error when
+        arm_redline was changed from its default; at the default a redline set
+        above it is taken as meant, and prearm steps aside with a warning (the
+        shipped config file sets every key, so "set" would not tell).
+        ``where`` tells the domain when the two were compared in bytes."""
+        if "prearm" not in self.sources or red < arm:
+            return
+        if self.arm_redline != DEFAULT_ARM_REDLINE:
+            red_from, arm_from = self.origins.get("redline"), self.origins.get("arm_redline")
+            if red_from and (not arm_from or _rank(red_from) > _rank(arm_from)):
+                raise self.blame("redline", f"{self.redline.show()} is at or above {self._said('arm_redline')}{where}: "
+                                            "prearm would never arm (keep it below, or drop prearm from sources)")
+            raise self.blame("arm_redline", f"{self.arm_redline.show()} is at or below {self._said('redline')}{where}: "
+                                            "prearm would never arm (set it above, or drop prearm from sources)")
+        if warn:
+            origin, key = self.origins.get("redline", ("default", "redline"))
+            warn(_one_line(f"{origin}: {key!r} {self.redline.show()} is at or above the arm line (arm_redline "
+                           f"{self.arm_redline.show()}){where}: prearm will never arm; set arm_redline above it, or drop "
+                           "prearm from sources"))
+
+    def check(self, warn: Warn | None = None) -> None:
+        """What no single value shows: checks between keys."""
+        if self.psi_stall_ms >= self.psi_window_ms:     # the window's floor is above the stall's default
+            raise self.blame("psi_stall_ms", f"{self.psi_stall_ms} must be less than psi_window_ms "
+                                             f"({self.psi_window_ms})")
+        red, arm = self.redline, self.arm_redline
+        if bool(red.permyriad) == bool(arm.permyriad):
+            self._band_problem(red.permyriad or red.bytes_, arm.permyriad or arm.bytes_, warn)
+
+    def check_domain(self, total_bytes: int, warn: Warn | None = None) -> None:
+        """Raise ConfigError for lines that do harm on a domain of ``total_bytes``:
+        a redline at or above its size (every job killed with no pressure at
+        all), an arm line at or above it (the top job armed all the time), and,
+        when the redline and the arm line are of different kinds, a redline at
+        or above the arm line (see ``check``)."""
+        size = f"the domain's size ({_format_size(total_bytes)})"
+        red = self.redline.resolve_bytes(total_bytes)
+        if red >= total_bytes:
+            raise self.blame("redline", f"{self.redline.show()} is at or above {size}: every job would be killed "
+                                        "with no memory pressure at all")
+        if "prearm" not in self.sources:
+            return
+        arm = self.arm_redline.resolve_bytes(total_bytes)
+        if arm >= total_bytes:
+            raise self.blame("arm_redline", f"{self.arm_redline.show()} is at or above {size}: the top job would be "
+                                            "armed all the time")
+        if bool(self.redline.permyriad) != bool(self.arm_redline.permyriad):
+            self._band_problem(red, arm, warn, f" on a domain of {_format_size(total_bytes)}, where they are "
+                                               f"{_format_size(red)} and {_format_size(arm)}")
+
 
 # key -> (field name, converter)
 _KEYS: dict[str, tuple[str, Any]] = {
-    "domain": ("domain", _str),
+    "domain": ("domain", _text),
     "redline": ("redline", Redline.parse),
     "sleep_ms": ("sleep_ms", _int(1, 3_600_000)),
     "autostart": ("autostart", _bool),
@@ -223,12 +430,12 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "dry_run": ("dry_run", _bool),
     "post_kill_delay_ms": ("post_kill_delay_ms", _int(0, 3_600_000)),
     "kill_timeout_ms": ("kill_timeout_ms", _int(1, 600_000)),
-    "control_socket": ("control_socket", _str),
-    "jobs": ("jobs", _globs),
+    "control_socket": ("control_socket", _socket_path),
+    "jobs": ("jobs", _jobs),
     "protect": ("protect", _globs),
     "avoid": ("avoid", _globs),
     "prefer": ("prefer", _globs),
-    "json_log": ("json_log", _str),
+    "json_log": ("json_log", _log_path),
     "sources": ("sources", _sources),
     "pressure_limit": ("pressure_limit_permyriad", _percent),
     "psi_stall_ms": ("psi_stall_ms", _int(1, 60_000)),
@@ -238,69 +445,179 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "memory_high_brake": ("memory_high_brake", _bool),
     "adaptive_sleep": ("adaptive_sleep", _bool),
     "protect_self": ("protect_self", _bool),
-    "cgroup_root": ("cgroup_root", _str),
-    "proc_root": ("proc_root", _str),
+    "cgroup_root": ("cgroup_root", _abs_path),
+    "proc_root": ("proc_root", _abs_path),
 }
+_FIELD_KEYS = {name: key for key, (name, _conv) in _KEYS.items()}
+
+# Origins by precedence, lowest first; a clash between two keys blames the
+# later. Any other origin is the config file's path.
+_ORIGIN_RANK = {"kernel command line": 1, "environment": 3, "command line": 4}
 
 
-def _apply(values: dict[str, Any], raw: Mapping[str, Any], origin: str, spell=lambda k: k) -> None:
-    """Merge ``raw`` into ``values``; ``spell`` names a key as the user wrote it."""
-    for key, value in raw.items():
-        norm = key.replace("-", "_")
+def _rank(origin: tuple[str, str]) -> int:
+    return _ORIGIN_RANK.get(origin[0], 2)
+
+
+def _did_you_mean(norm: str, spell: Callable[[str], str] = lambda k: k) -> str:
+    close = difflib.get_close_matches(norm, _KEYS, n=1, cutoff=0.75)
+    return f" (did you mean {spell(close[0])!r}?)" if close else ""
+
+
+def _apply(values: dict[str, Any], origins: dict[str, tuple[str, str]],
+           items: Iterable[tuple[str, str, Any]], origin: str) -> None:
+    """Merge ``(key as written, key, value)`` items into ``values``; an unknown
+    key, or one written twice (``sleep-ms`` and ``sleep_ms``), is an error."""
+    seen: dict[str, str] = {}
+    for written, norm, value in items:
         if norm not in _KEYS:
-            raise ConfigError(f"{origin}: unknown key '{spell(key)}' (known: {', '.join(sorted(_KEYS))})")
+            raise ConfigError(f"{origin}: unknown key {written!r}{_did_you_mean(norm)} "
+                              f"(known: {', '.join(sorted(_KEYS))})")
+        if norm in seen:
+            raise ConfigError(f"{origin}: {seen[norm]!r} and {written!r} are the same key")
+        seen[norm] = written
         name, conv = _KEYS[norm]
         try:
             values[name] = conv(value)
-        except ValueError as e:
-            raise ConfigError(f"{origin}: bad value for '{spell(key)}': {e}") from None
+        except (ValueError, TypeError, ArithmeticError) as e:
+            raise ConfigError(f"{origin}: bad value for {written!r}: {e}") from None
+        origins[name] = (origin, written)
 
 
-def kernel_cmdline_values(cmdline: str) -> dict[str, str]:
-    out = {}
+def kernel_cmdline_values(cmdline: str) -> list[tuple[str, str | None]]:
+    """``oomkiller.*`` words of a kernel command line: (``oomkiller.key`` as
+    written, value or None if it has no ``=``)."""
+    out = []
     for word in cmdline.split():
         if word == "--":
             break   # what follows is init's arguments, not the kernel's
-        if word.startswith("oomkiller.") and "=" in word:
-            key, _, value = word[len("oomkiller."):].partition("=")
-            out[key.replace("-", "_")] = value
+        if word.startswith("oomkiller."):
+            key, eq, value = word.partition("=")
+            out.append((key, value if eq else None))
     return out
+
+
+def _kernel_items(cmdline: str, warn: Warn) -> list[tuple[str, str, str]]:
+    items: dict[str, tuple[str, str, str]] = {}     # a key given twice: the last wins, as in the kernel
+    known = ", ".join("oomkiller." + k for k in KERNEL_CMDLINE_KEYS)
+    for written, value in kernel_cmdline_values(cmdline):
+        norm = written[len("oomkiller."):].replace("-", "_")
+        if norm not in KERNEL_CMDLINE_KEYS:
+            what = "a key read only from the config file, environment or flags" if norm in _KEYS else "unknown"
+            warn(_one_line(f"kernel command line: ignoring {written!r}: {what} (read here: {known})"))
+        elif value is None:
+            warn(_one_line(f"kernel command line: ignoring {written!r}: no value (write {written}=VALUE)"))
+        else:
+            items.pop(norm, None)
+            items[norm] = (written, norm, value)
+    return list(items.values())
 
 
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for k, v in environ.items():
-        if k.startswith("OOMKILLER_") and k != "OOMKILLER_CONFIG":
-            out[k[len("OOMKILLER_"):].lower()] = v
-    return out
+    """``OOMKILLER_*`` variables but ``OOMKILLER_CONFIG``, by name as written."""
+    return {k: v for k, v in environ.items()
+            if isinstance(k, str) and k.startswith("OOMKILLER_") and k != "OOMKILLER_CONFIG"}
+
+
+def _env_items(environ: Mapping[str, str], warn: Warn) -> list[tuple[str, str, str]]:
+    items = []
+    for name, value in env_values(environ).items():
+        norm = name[len("OOMKILLER_"):].lower().replace("-", "_")
+        if norm in _KEYS:
+            items.append((name, norm, value))
+        else:
+            hint = _did_you_mean(norm, lambda k: "OOMKILLER_" + k.upper())
+            warn(_one_line(f"environment: ignoring unknown variable {name!r}{hint}"))
+    return items
+
+
+def _file_kind(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def read_config_file(path: str, named_by: str = "") -> dict[str, Any]:
+    """The table of a TOML config file. Anything but a regular file of UTF-8
+    TOML up to MAX_CONFIG_FILE_BYTES is a ConfigError, as is a path that
+    cannot name a file; ``named_by`` says where the path came from."""
+    where = f"{path}{named_by}"
+    if not isinstance(path, str):
+        raise ConfigError(f"config file: not a path: {_brief(path)}{named_by}")
+    if not path:
+        raise ConfigError(f"config file: an empty path{named_by}")
+    if "\0" in path:
+        raise ConfigError(f"{where}: a path cannot hold a NUL byte")
+    too_big = f"{where}: larger than {MAX_CONFIG_FILE_BYTES >> 20} MiB: not a config file"
+    try:
+        # stat before open: opening a device can have effects of its own.
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where}: {_file_kind(mode)}, not a config file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):     # swapped since the stat
+                raise ConfigError(f"{where}: {_file_kind(st.st_mode)}, not a config file")
+            if st.st_size > MAX_CONFIG_FILE_BYTES:
+                raise ConfigError(too_big)
+            chunks, left = [], MAX_CONFIG_FILE_BYTES + 1
+            while left > 0:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such config file") from None
+    except PermissionError:
+        raise ConfigError(f"{where}: permission denied") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read it: {e.strerror or e}") from None
+    data = b"".join(chunks)
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(too_big)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        hint = " (UTF-16? save it as UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{where}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}{hint}") from None
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid TOML: nested too deeply") from None
+    except ValueError:      # the only other thing tomllib raises: an integer longer than int() takes
+        raise ConfigError(f"{where}: not valid TOML: a number with too many digits") from None
 
 
 def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None,
-         environ: Mapping[str, str] | None = None, cmdline: str | None = None) -> Config:
-    """Build the effective config; see the module docstring for precedence."""
+         environ: Mapping[str, str] | None = None, cmdline: str | None = None,
+         warn: Warn | None = None) -> Config:
+    """Build the effective config; see the module docstring for precedence.
+
+    ``warn`` gets one line per ignored kernel-command-line word or unknown
+    ``OOMKILLER_*`` variable; None drops them."""
+    warn = warn or (lambda _msg: None)
     values: dict[str, Any] = {}
+    origins: dict[str, tuple[str, str]] = {}
     if cmdline:
-        kv = kernel_cmdline_values(cmdline)
-        unknown = sorted(set(kv) - set(KERNEL_CMDLINE_KEYS))
-        if unknown:
-            raise ConfigError(f"kernel command line: unknown key 'oomkiller.{unknown[0]}' "
-                              f"(known: {', '.join('oomkiller.' + k for k in KERNEL_CMDLINE_KEYS)})")
-        _apply(values, kv, "kernel command line", lambda k: f"oomkiller.{k}")
+        _apply(values, origins, _kernel_items(cmdline, warn), "kernel command line")
     environ = environ if environ is not None else {}
-    config_file = config_file or environ.get("OOMKILLER_CONFIG")
-    if config_file:
-        try:
-            with open(config_file, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{config_file}: no such config file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{config_file}: not valid TOML: {e}") from None
-        _apply(values, raw, config_file)
-    _apply(values, env_values(environ), "environment", lambda k: f"OOMKILLER_{k.upper()}")
-    _apply(values, {k: v for k, v in (cli or {}).items() if v is not None}, "command line")
-    conf = Config(**values)
-    if conf.psi_stall_ms >= conf.psi_window_ms:
-        raise ConfigError(f"bad value for 'psi_stall_ms': {conf.psi_stall_ms} must be less than "
-                          f"psi_window_ms ({conf.psi_window_ms})")
+    named_by = ""
+    if config_file is None and environ.get("OOMKILLER_CONFIG"):
+        config_file, named_by = environ["OOMKILLER_CONFIG"], " (named by OOMKILLER_CONFIG)"
+    if config_file is not None:
+        raw = read_config_file(config_file, named_by)
+        _apply(values, origins, [(k, k.replace("-", "_"), v) for k, v in raw.items()], _one_line(config_file))
+    _apply(values, origins, _env_items(environ, warn), "environment")
+    _apply(values, origins, [(k, k.replace("-", "_"), v) for k, v in (cli or {}).items() if v is not None],
+           "command line")
+    conf = Config(**values, origins=origins)
+    conf.check(warn)
     return conf
