@@ -87,15 +87,6 @@ def load_config(a: argparse.Namespace) -> cfg.Config:
         cmdline = ""
     conf = cfg.load(cli=_cli_values(a), config_file=getattr(a, "config", None),
                     environ=os.environ, cmdline=cmdline, warn=_config_warning)
-    if a.command == "run" and conf.json_log != "-":
-        # The daemon opens it only once everything else has started.
-        folder = os.path.dirname(os.path.abspath(conf.json_log))
-        if not os.path.isdir(folder):
-            raise conf.blame("json_log", f"{conf.json_log}: no such folder {folder}")
-        if os.path.isdir(conf.json_log):
-            raise conf.blame("json_log", f"{conf.json_log} is a folder")
-        if not os.access(conf.json_log if os.path.exists(conf.json_log) else folder, os.W_OK):
-            raise conf.blame("json_log", f"{conf.json_log}: cannot write there")
     return conf
 
 
@@ -201,13 +192,13 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
     try:
         records = open_record_file(conf.json_log)
     except OutputPathError as e:
-        raise cfg.ConfigError(f"bad value for 'json_log': {e}") from None
+        raise conf.blame("json_log", str(e)) from None
     raise_fd_limit()
     daemon = Daemon(conf, json_out=records, log_writer=log_writer)
     try:
         daemon.control = ControlServer(conf.control_socket, daemon.handle)
     except SocketPathError as e:
-        raise cfg.ConfigError(f"bad value for 'control_socket': {e}") from None
+        raise conf.blame("control_socket", str(e)) from None
     except RuntimeError as e:
         log.error("OOM: %s", e)
         return cfg.EXIT_FAILURE

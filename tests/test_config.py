@@ -274,22 +274,6 @@ def test_json_log_is_dash_or_a_path():
     assert cfg.load(cli={"json_log": "decisions.jsonl"}).json_log == "decisions.jsonl"
 
 
-def test_json_log_folder_must_exist_for_run(monkeypatch, tmp_path):
-    fake_proc_cmdline(monkeypatch, b"")
-    a = cli.parser().parse_args(["run", "--json-log", str(tmp_path / "no" / "x.jsonl")])
-    with pytest.raises(cfg.ConfigError, match="^command line: bad value for 'json_log': .*: no such folder"):
-        cli.load_config(a)
-    a = cli.parser().parse_args(["run", "--json-log", str(tmp_path)])
-    with pytest.raises(cfg.ConfigError, match="^command line: bad value for 'json_log': .* is a folder"):
-        cli.load_config(a)
-    log = tmp_path / "x.jsonl"
-    a = cli.parser().parse_args(["run", "--json-log", str(log)])
-    assert cli.load_config(a).json_log == str(log)
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: path != str(tmp_path))   # a read-only folder
-    with pytest.raises(cfg.ConfigError, match="^command line: bad value for 'json_log': .*: cannot write there"):
-        cli.load_config(a)
-
-
 # -- 4: a domain that cannot be read names the key at fault ---------------------
 def domain_conf(proc_tree, tree, **kw) -> cfg.Config:
     return cfg.load(cli={"proc_root": str(proc_tree.root), "cgroup_root": str(tree.root), **kw})
