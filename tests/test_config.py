@@ -339,20 +339,22 @@ def test_redline_must_stay_below_a_chosen_arm_line(tmp_path):
     assert cfg.load(cli={"redline": "0"}).redline == cfg.Redline()
 
 
-def test_a_redline_above_the_default_arm_line_warns():
+def test_at_the_default_arm_redline_the_arm_line_follows_the_redline():
     warnings: list[str] = []
     c = cfg.load(environ={"OOMKILLER_REDLINE": "25%"}, warn=warnings.append)
-    assert c.redline.permyriad == 2500
-    assert warnings == ["environment: 'OOMKILLER_REDLINE' 25% is at or above the arm line (arm_redline 20%): "
-                        "prearm will never arm; set arm_redline above it, or drop prearm from sources"]
+    assert c.redline.permyriad == 2500 and warnings == []
+    assert c.arm_line_bytes(1000 * MiB) == 350 * MiB        # 25% + the 10% band
     # the shipped example sets every key to its default: that is no choice of arm line
     shipped = os.path.join(os.path.dirname(__file__), "..", "deploy", "oomkiller.toml")
-    warnings.clear()
-    cfg.load(config_file=shipped, environ={"OOMKILLER_REDLINE": "25%"}, warn=warnings.append)
-    assert len(warnings) == 1
-    warnings.clear()
-    cfg.load(config_file=shipped, cli={"redline": "64M"}).check_domain(256 * MiB, warn=warnings.append)
-    assert len(warnings) == 1 and "on a domain of 256M, where they are 64M and 51.2M" in warnings[0]
+    c = cfg.load(config_file=shipped, cli={"redline": "64M"})
+    c.check_domain(256 * MiB)
+    assert c.arm_line_bytes(256 * MiB) == 64 * MiB + 256 * MiB // 10
+    # the defaults keep their 20% (5% + 10% is below it); a chosen one is kept as chosen
+    assert cfg.Config().arm_line_bytes(1000 * MiB) == 200 * MiB
+    assert cfg.load(cli={"redline": "25%"}, environ={"OOMKILLER_ARM_REDLINE": "30%"}).arm_line_bytes(
+        1000 * MiB) == 300 * MiB
+    # never at or above the domain's size
+    assert cfg.load(cli={"redline": "95%"}).arm_line_bytes(1000 * MiB) == 1000 * MiB - 1
 
 
 def test_check_domain():
@@ -372,9 +374,7 @@ def test_check_domain():
         with pytest.raises(cfg.ConfigError) as e:
             c.check_domain(total)
         assert needle in str(e.value)
-    warnings: list[str] = []
-    cfg.load(cli={"redline": "64M"}).check_domain(total, warn=warnings.append)
-    assert len(warnings) == 1 and "prearm will never arm" in warnings[0]
+    cfg.load(cli={"redline": "64M"}).check_domain(total)      # the arm line follows it
     with pytest.raises(cfg.ConfigError, match="at or above the domain's size"):
         cfg.Config().check_domain(0)
     # built directly, with no origins (as the daemon's tests do)
