@@ -2,13 +2,14 @@
 
 Sources (the redline timer, the control socket, and any pluggable source with
 ``fds()`` / ``drain()``) only wake the core. Every wake takes a fresh snapshot
-of the domain; when it is below the redline (or a lowmem was asked for), the
-core lists the jobs, ranks them, re-checks the domain, and the killer walks
-the ranking. Each decision is logged as the seed's lines and one JSON record.
+of the domain and steps the core (``core.state.step``) with it; the core says
+what to do (arm, disarm, refresh triggers, hold, walk) and, when it needs
+them, asks for the jobs, which the daemon lists. The daemon carries the
+actions out (re-checks the domain before a kill, walks the ranking with the
+killer) and reports each decision as the seed's lines and one JSON record.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
@@ -22,41 +23,23 @@ from . import log as oomlog
 from .cgroupfs import Cgroupfs
 from .config import Config
 from .control import ControlServer
-from .decide import decide
-from .detect import detect
+from .core import state as core
+from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
 from .footprint import status_bytes
 from .killer import Killer
-from .model import PressureEvent, Ranking
+from .model import EventKind, Job, MemorySnapshot, PressureEvent, Ranking, Source
 from .output import LineWriter, QueueLogHandler
 from .procfs import Procfs
-from .rank import Policy, rank
+from .rank import rank
 
 log = logging.getLogger("oomkiller")
-
-# PSI triggers on jobs: on the biggest this many, refreshed at most this
-# often, and only on a timer tick while the domain is above the arm line.
-# Making a trigger costs the kernel a poll thread and often over 10 ms: never
-# while a job races to the limit (see _refresh_job_triggers).
-JOB_PSI_TRIGGERS = 32
-JOB_PSI_REFRESH_USEC = 10_000_000
-
-# The adaptive timer (config adaptive_sleep) never wakes sooner than this.
-MIN_TICK_USEC = 10_000
-
-# Below the arm line, the ranking that chooses whom to arm is redone at most
-# this often (and at once after a kill): the timer may wake every 10 ms there,
-# and listing a thousand jobs takes hundreds of ms.
-ARM_RERANK_USEC = 250_000
 
 # The same failure is logged at most this often (with a count of repeats).
 FAILURE_LOG_USEC = 60_000_000
 
-# The stall share is measured over at least this long (see detect.py).
-PRESSURE_SPAN_USEC = 2_000_000
 
-
-class Source(Protocol):
+class EventSource(Protocol):
     """What the loop needs of an event source besides the timer."""
 
     name: str
@@ -69,7 +52,7 @@ class Source(Protocol):
 
 class Daemon:
     def __init__(self, config: Config, *, procfs: Procfs | None = None, cgroupfs: Cgroupfs | None = None,
-                 json_out: TextIO | None = None, sources: list[Source] | None = None,
+                 json_out: TextIO | None = None, sources: list[EventSource] | None = None,
                  unavailable: dict[str, str] | None = None, arm: Any = None,
                  log_writer: LineWriter | None = None, control: ControlServer | None = None,
                  clock: Callable[[], int] = time.monotonic_ns) -> None:
@@ -79,32 +62,25 @@ class Daemon:
         self.domain = Domain(config.domain, self.procfs, self.cgroupfs)
         self.clock = clock
         self.self_pid = os.getpid()
-        self.policy = Policy(config.protect, config.avoid, config.prefer, self.self_pid)
+        self.policy = core.policy_for(config, self.self_pid)
         self.killer = Killer(self.cgroupfs, dry_run=config.dry_run, self_pid=self.self_pid,
                              timeout_usec=config.kill_timeout_ms * 1000, clock=clock)
         self.json_out = json_out
         self.log_writer = log_writer
         self.sources = list(sources or [])
         self.unavailable = dict(unavailable or {})
-        # the pre-armed kill: an object with arm(cgroup_id), disarm() and armed
+        # the pre-armed kill: an object with arm(path, cgroup_id), disarm() and armed
         self.arm = arm
-        self.armed_job = None
-        # state the seed's `k oom info` shows
+        # all policy state: the core's
+        self.state = core.CoreState()
+        # state the seed's `k oom info` shows, set by control commands
         self.running = config.autostart
         self.printing = config.print_
         self.simulate_lowmem = False
-        self.kills = 0
-        self.armed_kills = 0
-        self.kernel_kills_seen = 0
         self.wakes = 0
-        self.prev_free: int | None = None
-        self.last_walk_usec: int | None = None
-        # pids we killed lately: the kernel's mark_victim of one of them is not a kill of its own
-        self.our_victims: collections.deque = collections.deque(maxlen=4096)
         # PID 1's and our own cgroups are never inside a job (see Cgroupfs.job_paths)
         self.keep_out = self.cgroupfs.keep_out((1, self.self_pid))
-        self.last_snapshot = None
-        self._history: collections.deque = collections.deque()
+        self.last_snapshot: MemorySnapshot | None = None
         self._quit = False
         self._failures: dict[tuple[str, str, str], list[int]] = {}
         # why the domain's cgroup is gone, while it is (see _domain_gone)
@@ -113,46 +89,28 @@ class Daemon:
         # The control thread sets flags and writes here; the loop does the rest.
         self._nudge_r, self._nudge_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep: Any = None
-        self._by_fd: dict[int, Source] = {}
-        self._triggers_refreshed_usec = 0
-        self._armed_ranked_usec = 0
+        self._by_fd: dict[int, EventSource] = {}
 
     def now_usec(self) -> int:
         return self.clock() // 1000
 
+    @property
+    def kills(self) -> int:
+        return self.state.kills
+
+    @property
+    def armed_job(self) -> Job | None:
+        return self.state.armed
+
     # -- one wake of the core ----------------------------------------------------
-    def jobs(self) -> list:
+    def jobs(self) -> list[Job]:
         return self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
 
-    def _refresh_job_triggers(self, events: list[PressureEvent], snap: Any) -> None:
-        """Keep PSI triggers on the biggest jobs' memory.pressure (a trigger
-        costs the kernel a poll worker, so not on a thousand of them).
-
-        Only on a timer tick, at most every JOB_PSI_REFRESH_USEC, and only
-        while free memory is above the arm line: writing a new trigger took
-        10-19 ms here, long enough for a fast hog to go from the arm line to
-        the kernel's OOM killer had it run before the arming."""
-        psi = next((s for s in self.sources if hasattr(s, "track")), None)
-        if psi is None or self._ep is None or not any(e.source == "timer" for e in events):
-            return
-        if self._triggers_refreshed_usec and snap.taken_usec - self._triggers_refreshed_usec < JOB_PSI_REFRESH_USEC:
-            return
-        if snap.free_bytes < self.config.arm_line_bytes(snap.total_bytes):
-            return
-        self._triggers_refreshed_usec = snap.taken_usec
-        biggest = sorted(self.jobs(), key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
-        paths = {os.path.join(j.v2_path, "memory.pressure") for j in biggest if j.v2_path}
-        added, dropped = psi.track(paths)
-        for fd in dropped:
-            self._ep.unregister(fd)
-            self._by_fd.pop(fd, None)
-        psi.release(dropped)                # closing a trigger waits on RCU: not here
-        for fd in added:
-            self._ep.register(fd, psi.poll_events)
-            self._by_fd[fd] = psi
+    def _psi(self) -> Any:
+        return next((s for s in self.sources if hasattr(s, "track")), None)
 
     def wake(self, events: list[PressureEvent]) -> dict[str, Any] | None:
-        """Snapshot, detect, and if low, rank, re-check and kill. Returns the
+        """Snapshot, step the core, carry out what it says. Returns the
         decision record when a walk happened (or was held back)."""
         t0 = self.now_usec()
         self.wakes += 1
@@ -162,53 +120,94 @@ class Daemon:
             self._domain_back()
         snap = self.domain.snapshot(t0)
         self.last_snapshot = snap
-        redline = self.config.redline.resolve_bytes(snap.total_bytes)
-        det = detect(snap, redline, self.prev_free, self.simulate_lowmem, pressure_ref=self._pressure_ref(snap),
-                     pressure_limit_permyriad=self.config.pressure_limit_permyriad)
-        self.prev_free = snap.free_bytes
-        log.log(logging.INFO if self.printing else logging.DEBUG, oomlog.free_line(snap, det.delta_bytes))
-        armed_hit = False
-        for ev in events:
-            if ev.kind == "armed_kill":
-                self.armed_kills += 1
-                self.our_victims.append(ev.pid)
-                armed_hit = True
-        for ev in events:
-            if ev.kind == "kernel_oom_victim":
-                self._kernel_victim(ev, snap)
-        if armed_hit:
-            return self._finish_armed_kill(events, snap, redline, t0)
-        if not det.low:
-            self._update_arm(snap, redline, events, t0)
-            self._refresh_job_triggers(events, snap)
-            return None
-        self.simulate_lowmem = False
+        wake = core.Wake(t0, snap, tuple(events), lowmem=self.simulate_lowmem,
+                         foreign_pids=self._foreign_victims(events), can_arm=self.arm is not None,
+                         can_track=self._psi() is not None and self._ep is not None)
         t_detect = self.now_usec()
-        dec = decide(det, t_detect, self.last_walk_usec, self.config.post_kill_delay_ms * 1000)
-        record = self._record(events, snap, redline, det.shortfall_bytes, det.simulated, dec.reason)
-        if not dec.act:
-            log.debug("OOM: holding back: %s", dec.reason)
-            record.update(result="held", timings_usec={"snapshot": t_detect - t0})
-            return record
-
-        jobs = self.jobs()
-        ranking = rank(jobs, self.policy, snap.total_bytes)
+        res = core.step(self.state, self.config, wake, None, self.self_pid)
+        if res.need is core.Need.JOBS:
+            res = core.step(self.state, self.config, wake, self.jobs(), self.self_pid)
+        elif res.need is core.Need.ARMED_JOB:
+            res = core.step(self.state, self.config, wake, self._armed_job_again(), self.self_pid)
         t_rank = self.now_usec()
-        lines = oomlog.lowmem_lines(det.shortfall_bytes, (p for j in jobs for p in j.procs))
-        record["ranking"] = [oomlog.candidate_record(c) for c in ranking.candidates[:16]]
+        self.state = res.state
+        if res.lowmem_consumed:
+            self.simulate_lowmem = False
+        det = res.detection
+        log.log(logging.INFO if self.printing else logging.DEBUG, oomlog.free_line(snap, det.delta_bytes))
+        record = None
+        for action in res.actions:
+            if isinstance(action, core.Note):
+                log.debug(action.text)
+            elif isinstance(action, core.KernelKill):
+                self._kernel_kill(action.event, snap)
+            elif isinstance(action, core.Disarm):
+                self._disarm(action.job)
+            elif isinstance(action, core.Arm):
+                self._arm(action, snap, events, t0)
+            elif isinstance(action, core.TrackTriggers):
+                self._track(action.paths)
+            else:
+                timings = {"snapshot": t_detect - t0, "rank": t_rank - t_detect}
+                record = self._decision(action, res, events, snap, t0, t_rank, timings)
+        return record
 
-        # Re-check just before acting: ranking took time and the pressure may be gone.
-        again = self.domain.snapshot(self.now_usec())
-        if det.reason == "free below redline" and again.free_bytes >= redline:
-            self._log(lines + [f"OOM: {oomlog.format_mib(again.free_bytes)} free again: no kill"])
-            record.update(result="recovered", free_at_recheck_bytes=again.free_bytes,
-                          timings_usec={"snapshot": t_detect - t0, "rank": t_rank - t_detect})
+    def _foreign_victims(self, events: list[PressureEvent]) -> frozenset[int]:
+        """Pids the kernel's OOM killer chose outside the domain."""
+        out = set()
+        for ev in events:
+            if ev.kind == EventKind.KERNEL_OOM_VICTIM and ev.pid not in self.state.our_victims:
+                try:
+                    ours = self.domain.holds(ev.pid, ev.cgroup_id)
+                except OSError:
+                    ours = False
+                if not ours:
+                    out.add(ev.pid)
+        return frozenset(out)
+
+    def _armed_job_again(self) -> list[Job]:
+        armed = self.state.armed
+        try:
+            return [self.cgroupfs.job(armed.path, self.domain.path)] if armed else []
+        except OSError:
+            return []       # the job is gone with its last task
+
+    def _decision(self, action: Any, res: Any, events: list[PressureEvent], snap: MemorySnapshot, t0: int,
+                  t_rank: int, timings: dict[str, int]) -> dict[str, Any]:
+        """A hold, an armed job found empty, or a walk: its lines and record."""
+        det = res.detection
+        if isinstance(action, core.Hold):
+            log.debug("OOM: holding back: %s", action.reason)
+            record = self._record(events, snap, res.redline_bytes, det.shortfall_bytes, det.simulated, action.reason)
+            record.update(result="held", timings_usec={"snapshot": timings["snapshot"]})
+            return record
+        armed = res.armed_hit
+        shortfall = max(0, res.redline_bytes - snap.free_bytes) if armed else det.shortfall_bytes
+        reason = "armed kill in the kernel" if armed else action.reason
+        record = self._record(events, snap, res.redline_bytes, shortfall, det.simulated and not armed, reason)
+        ranking = action.ranking
+        jobs = [c.job for c in ranking.candidates]
+        lines = ["OOM: armed job killed in the kernel at its failed reclaim: finishing it"] if armed else []
+        lines += oomlog.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
+        record["ranking"] = [oomlog.candidate_record(c) for c in ranking.candidates[:16]]
+        if isinstance(action, core.ArmedDone):
+            self._log(lines + [f"OOM: armed job '{action.job_name}' is already empty"])
+            record.update(result="killed", attempts=[], victim={"job": action.job_name}, timings_usec=timings)
             self._emit(record)
             return record
-        return self._kill(ranking, lines, record, again, events, t0, t_detect, t_rank)
+        before = snap
+        if action.recheck_redline_bytes is not None:
+            # Re-check just before acting: ranking took time and the pressure may be gone.
+            before = self.domain.snapshot(self.now_usec())
+            if before.free_bytes >= action.recheck_redline_bytes:
+                self._log(lines + [f"OOM: {oomlog.format_mib(before.free_bytes)} free again: no kill"])
+                record.update(result="recovered", free_at_recheck_bytes=before.free_bytes, timings_usec=timings)
+                self._emit(record)
+                return record
+        return self._kill(ranking, lines, record, before, events, t0, t_rank, timings)
 
-    def _kill(self, ranking: Ranking, lines: list[str], record: dict[str, Any], before: Any,
-              events: list[PressureEvent], t0: int, t_detect: int, t_rank: int) -> dict[str, Any]:
+    def _kill(self, ranking: Ranking, lines: list[str], record: dict[str, Any], before: MemorySnapshot,
+              events: list[PressureEvent], t0: int, t_rank: int, timings: dict[str, int]) -> dict[str, Any]:
         t_act = self.now_usec()
         attempts = self.killer.walk(ranking)
         t_done = self.now_usec()
@@ -220,21 +219,14 @@ class Daemon:
             after = before      # gone with the job: the kill stands, freed unknown
         attempts = [(c, dataclasses.replace(r, freed_bytes=max(0, before.used_bytes - after.used_bytes)))
                     if r.ok and not r.dry_run else (c, r) for c, r in attempts]
+        self.state, after_actions = core.walked(self.state, t_done, attempts)
+        for action in after_actions:
+            self._disarm(action.job)
         lines += oomlog.walk_lines(ranking, attempts)
         victim = next(((c, r) for c, r in attempts if r.ok), None)
         first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
-        # Hold the next walk for the post-kill delay, also when nothing could be
-        # killed: walking again on every wake would only flood the log.
-        self.last_walk_usec = t_done
         if victim:
             c, r = victim
-            if not r.dry_run:
-                self.kills += 1
-                self.our_victims.extend(r.signalled_pids)
-                self._history.clear()       # stall figures from before the kill are stale
-                self._armed_ranked_usec = 0     # choose the next one to arm at once
-                if self.armed_job and self.armed_job.path == c.job.path:
-                    self._disarm()
             lines.append(oomlog.outcome_line(c, r, t_done - first_event_usec))
             record["victim"] = oomlog.candidate_record(c)
             record["freed_bytes"] = r.freed_bytes
@@ -242,9 +234,9 @@ class Daemon:
         record.update(
             result="killed" if victim and not victim[1].dry_run else "dry_run" if victim else "no_victim",
             attempts=[oomlog.result_record(r) for _, r in attempts],
-            timings_usec={"event_to_wake": t0 - first_event_usec, "snapshot": t_detect - t0,
-                          "rank": t_rank - t_detect, "recheck": t_act - t_rank, "kill": t_done - t_act,
-                          "event_to_decision": t_act - first_event_usec, "total": t_done - t0})
+            timings_usec={"event_to_wake": t0 - first_event_usec, **timings, "recheck": t_act - t_rank,
+                          "kill": t_done - t_act, "event_to_decision": t_act - first_event_usec,
+                          "total": t_done - t0})
         self._emit(record)
         return record
 
@@ -252,21 +244,7 @@ class Daemon:
         for line in lines:
             log.info(line)
 
-    def _kernel_victim(self, ev: PressureEvent, snap: Any) -> None:
-        if ev.pid in self.our_victims:
-            # A victim of ours, dying, that failed one more allocation on its
-            # way out: the kernel marks it so it may use reserves. It killed
-            # no one (its oom_kill counters do not move).
-            log.debug("OOM: the kernel marked our dying victim pid %d", ev.pid)
-            return
-        try:
-            ours = self.domain.holds(ev.pid, ev.cgroup_id)
-        except OSError:
-            ours = False
-        if not ours:
-            log.debug("OOM: the kernel OOM killer chose pid %d outside the domain", ev.pid)
-            return
-        self.kernel_kills_seen += 1
+    def _kernel_kill(self, ev: PressureEvent, snap: MemorySnapshot) -> None:
         if self.domain.is_host:
             log.warning("OOM: the kernel OOM killer chose pid %d (%s)", ev.pid, ev.detail)
         else:
@@ -274,128 +252,56 @@ class Daemon:
         self._emit({"event": "kernel_oom_kill", "pid": ev.pid, "cgroup_id": ev.cgroup_id,
                     "detail": ev.detail, "domain": snap.domain})
 
-    def _record(self, events: list[PressureEvent], snap: Any, redline: int, shortfall: int, simulated: bool,
-                reason: str) -> dict[str, Any]:
+    def _record(self, events: list[PressureEvent], snap: MemorySnapshot, redline: int, shortfall: int,
+                simulated: bool, reason: str) -> dict[str, Any]:
         return {"event": "oom_decision", "domain": snap.domain,
                 "woken_by": [dataclasses.asdict(e) for e in events[:8]], "events": len(events),
                 "snapshot": dataclasses.asdict(snap), "redline_bytes": redline,
                 "shortfall_bytes": shortfall, "simulated": simulated,
                 "decision": reason, "dry_run": self.config.dry_run}
 
-    def _finish_armed_kill(self, events: list[PressureEvent], snap: Any, redline: int, t0: int) -> dict[str, Any]:
-        """The kernel killed a task of the armed job at its failed reclaim:
-        kill the rest of that job now, whatever the numbers say."""
-        t_detect = self.now_usec()
-        armed = self.armed_job
-        self._disarm()
-        self._armed_ranked_usec = 0
-        jobs = []
-        if armed is not None:
-            try:
-                jobs = [self.cgroupfs.job(armed.path, self.domain.path)]
-            except OSError:
-                jobs = []       # the job is gone with its last task
-        ranking = rank(jobs, self.policy, snap.total_bytes)
-        t_rank = self.now_usec()
-        shortfall = max(0, redline - snap.free_bytes)
-        lines = ["OOM: armed job killed in the kernel at its failed reclaim: finishing it"]
-        lines += oomlog.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
-        record = self._record(events, snap, redline, shortfall, False, "armed kill in the kernel")
-        record["ranking"] = [oomlog.candidate_record(c) for c in ranking.candidates]
-        if not ranking.killable():
-            # The task the kernel killed was the job's last: it is empty already.
-            name = armed.name if armed else "?"
-            self._log(lines + [f"OOM: armed job '{name}' is already empty"])
-            record.update(result="killed", attempts=[], victim={"job": name},
-                          timings_usec={"snapshot": t_detect - t0, "rank": t_rank - t_detect})
-            self.kills += 1
-            self.last_walk_usec = t_rank
-            self._history.clear()
-            self._emit(record)
-            return record
-        return self._kill(ranking, lines, record, snap, events, t0, t_detect, t_rank)
-
     def next_tick_usec(self) -> int:
-        """How long the timer sleeps from now: sleep_ms, or while free
-        memory falls, half the time to the next line (the arm line while above
-        it, then the redline) at the rate seen over the snapshots of the last
-        PRESSURE_SPAN_USEC, not under MIN_TICK_USEC. The seed's loop samples
-        at a fixed period; a leak crossing the line just after a tick would go
-        unseen for a whole period."""
-        sleep = self.config.sleep_ms * 1000
-        if not self.config.adaptive_sleep or len(self._history) < 2 or not self.running:
-            return sleep
-        # The oldest kept snapshot, not the one before last: a leak that
-        # grows in steps looks steady between two close ticks.
-        ref, last = self._history[0], self._history[-1]
-        dt = last.taken_usec - ref.taken_usec
-        fall = ref.free_bytes - last.free_bytes
-        if dt <= 0 or fall <= 0:
-            return sleep
-        redline = self.config.redline.resolve_bytes(last.total_bytes)
-        line = redline
-        if self.arm is not None:
-            arm_line = self.config.arm_line_bytes(last.total_bytes)
-            if last.free_bytes > arm_line:
-                line = arm_line
-        headroom = last.free_bytes - line
-        if headroom <= 0:
-            return sleep        # below the redline: the walk and its hold decide
-        return max(MIN_TICK_USEC, min(sleep, headroom * dt // fall // 2))
+        return next_tick_usec(self.state.history, self.config, running=self.running, can_arm=self.arm is not None)
 
-    # -- the pre-armed kill ----------------------------------------------------------
-    def _update_arm(self, snap: Any, redline: int, events: list[PressureEvent], t0: int) -> None:
-        """Keep the top victim armed while free memory is between the redline
-        and the arm line; disarm above it. Unlike a kill from here, arming is
-        not held by the post-kill delay: the last victim's cgroup was empty
-        before its kill returned, so its memory is back, and the armed kill
-        needs the kernel's own proof (failed reclaims) before it fires."""
-        if not self.arm:
+    # -- carrying out the core's actions ------------------------------------------------
+    def _arm(self, action: core.Arm, snap: MemorySnapshot, events: list[PressureEvent], t0: int) -> None:
+        job = action.job
+        try:
+            self.arm.arm(job.v2_path, job.v2_id)
+        except (OSError, ValueError) as e:
+            log.warning("OOM: cannot arm '%s': %s", job.name, e)
+            self.state = core.arm_failed(self.state, action)
             return
-        arm_line = self.config.arm_line_bytes(snap.total_bytes)
-        if snap.free_bytes >= arm_line or self.config.dry_run:
-            self._disarm()
-            self._armed_ranked_usec = 0
-            return
-        if self._armed_ranked_usec and snap.taken_usec - self._armed_ranked_usec < ARM_RERANK_USEC:
-            return
-        self._armed_ranked_usec = snap.taken_usec
-        ranking = rank(self.jobs(), self.policy, snap.total_bytes)
-        top = next(iter(ranking.killable()), None)
-        if top is None or not top.job.v2_path:
-            # The core chooses who: if the top victim cannot be armed, no one is.
-            self._disarm()
-            return
-        if self.arm.armed != top.job.v2_id:
-            try:
-                self.arm.arm(top.job.v2_path, top.job.v2_id)
-            except (OSError, ValueError) as e:
-                log.warning("OOM: cannot arm '%s': %s", top.job.name, e)
-                return
-            self.armed_job = top.job
-            t_armed = self.now_usec()
-            log.info("OOM: armed job %d '%s' (cgroup id %d) in the kernel", top.job.inode, top.job.name,
-                     top.job.v2_id)
-            first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
-            self._emit({"event": "armed", "domain": snap.domain, "job": top.job.name, "cgroup_id": top.job.v2_id,
-                        "free_bytes": snap.free_bytes, "arm_line_bytes": arm_line,
-                        "woken_by": [dataclasses.asdict(e) for e in events[:8]],
-                        "timings_usec": {"event_to_wake": t0 - first_event_usec, "wake_to_armed": t_armed - t0}})
+        t_armed = self.now_usec()
+        log.info("OOM: armed job %d '%s' (cgroup id %d) in the kernel", job.inode, job.name, job.v2_id)
+        first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
+        self._emit({"event": "armed", "domain": snap.domain, "job": job.name, "cgroup_id": job.v2_id,
+                    "free_bytes": snap.free_bytes, "arm_line_bytes": self.config.arm_line_bytes(snap.total_bytes),
+                    "woken_by": [dataclasses.asdict(e) for e in events[:8]],
+                    "timings_usec": {"event_to_wake": t0 - first_event_usec, "wake_to_armed": t_armed - t0}})
 
-    def _disarm(self) -> None:
+    def _disarm(self, job: Job | None = None) -> None:
         if self.arm and self.arm.armed:
             self.arm.disarm()
-            log.info("OOM: disarmed '%s'", self.armed_job.name if self.armed_job else "?")
-        self.armed_job = None
+            log.info("OOM: disarmed '%s'", job.name if job else "?")
 
-    def _pressure_ref(self, snap: Any) -> Any:
-        """The newest earlier snapshot at least a pressure span old (or the
-        oldest kept, while the daemon is younger than that)."""
-        hist = self._history
-        hist.append(snap)
-        while len(hist) >= 2 and snap.taken_usec - hist[1].taken_usec >= PRESSURE_SPAN_USEC:
-            hist.popleft()
-        return hist[0]
+    def _disarm_now(self) -> None:
+        """Stopped, or the domain is gone: nothing stays armed."""
+        job = self.state.armed
+        self.state = core.disarmed(self.state)
+        self._disarm(job)
+
+    def _track(self, paths: frozenset[str]) -> None:
+        """Keep PSI triggers on the biggest jobs' memory.pressure."""
+        psi = self._psi()
+        added, dropped = psi.track(set(paths))
+        for fd in dropped:
+            self._ep.unregister(fd)
+            self._by_fd.pop(fd, None)
+        psi.release(dropped)                # closing a trigger waits on RCU: not here
+        for fd in added:
+            self._ep.register(fd, psi.poll_events)
+            self._by_fd[fd] = psi
 
     def _emit(self, record: dict[str, Any]) -> None:
         """One JSON line; the daemon's writer queues it and never blocks."""
@@ -406,6 +312,7 @@ class Daemon:
 
     # -- control -----------------------------------------------------------------
     def info(self) -> tuple[str, dict[str, Any]]:
+        st = self.state
         red = self.config.redline
         total = 0
         if self.last_snapshot is not None:
@@ -422,7 +329,7 @@ class Daemon:
         sources.update({s.name: {"state": "live", **s.stats()} for s in self.sources})
         if self.arm:
             sources["prearm"] = {"state": "live", "armed": self.armed_job.name if self.armed_job else "-",
-                                 "kills": self.armed_kills}
+                                 "kills": st.armed_kills}
         sources.update({name: {"state": "unavailable", "why": why} for name, why in dict(self.unavailable).items()})
         output = {name: w.stats() for name, w in (("records", self.json_out), ("log", self.log_writer))
                   if hasattr(w, "stats")}
@@ -432,7 +339,7 @@ class Daemon:
                 "sleep_ms": self.config.sleep_ms, "redline": str(red), "redline_bytes": red_b,
                 "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
                 "domain_state": "live" if self.domain_gone is None else f"gone: {self.domain_gone}",
-                "kills": self.kills, "armed_kills": self.armed_kills, "kernel_kills_seen": self.kernel_kills_seen,
+                "kills": st.kills, "armed_kills": st.armed_kills, "kernel_kills_seen": st.kernel_kills_seen,
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
                 "pressure_file": self.domain.pressure_path, "output": output}
@@ -447,8 +354,8 @@ class Daemon:
                  + ("" if self.domain_gone is None else f", GONE: {self.domain_gone}"),
                  f"  dry run: {str(self.config.dry_run).lower()}",
                  "  own memory: " + ", ".join(f"{k} {oomlog.format_size(v)}" for k, v in status_bytes().items()),
-                 f"  kills: {self.kills} (in the kernel, armed: {self.armed_kills}; "
-                 f"by the kernel's own OOM killer: {self.kernel_kills_seen})",
+                 f"  kills: {st.kills} (in the kernel, armed: {st.armed_kills}; "
+                 f"by the kernel's own OOM killer: {st.kernel_kills_seen})",
                  "  sources:"]
         for name, s in sources.items():
             extra = ", ".join(f"{k}={v}" for k, v in s.items()
@@ -530,14 +437,14 @@ class Daemon:
                     elif fd == self._nudge_r:
                         _drain_pipe(fd)
                         if not self.running:
-                            self._disarm()
+                            self._disarm_now()
                         elif self.simulate_lowmem:
-                            events.append(PressureEvent("control", "lowmem", timestamp_usec=self.now_usec()))
+                            events.append(PressureEvent(Source.CONTROL, EventKind.LOWMEM, timestamp_usec=self.now_usec()))
                     elif fd in by_fd:
                         events.extend(self._drain(ep, by_fd, fd, mask))
                 now = self.now_usec()
                 if now >= deadline:
-                    events.append(PressureEvent("timer", "tick", timestamp_usec=now))
+                    events.append(PressureEvent(Source.TIMER, EventKind.TICK, timestamp_usec=now))
                     deadline = now + self.config.sleep_ms * 1000
                 if events and self.running and not self._quit:
                     try:
@@ -560,12 +467,12 @@ class Daemon:
             os.close(wfd)
             self.control.close()
             self.control = None
-            self._disarm()
+            self._disarm_now()
             for src in self.sources:
                 src.close()
             log.info("OOM: oomkiller stopped after %d kills", self.kills)
 
-    def _drain(self, ep: Any, by_fd: dict[int, Source], fd: int, mask: int) -> list[PressureEvent]:
+    def _drain(self, ep: Any, by_fd: dict[int, EventSource], fd: int, mask: int) -> list[PressureEvent]:
         src = by_fd[fd]
         # kernfs reports a change with EPOLLERR|EPOLLPRI, and a removed file
         # the same way, forever: only the file being gone tells them apart.
@@ -588,7 +495,7 @@ class Daemon:
         wakes wait (a cheap check each) until a cgroup is there again."""
         if self.domain_gone is None:
             log.warning("OOM: %s: not watching it until it is back", e)
-            self._disarm()
+            self._disarm_now()
         self.domain_gone = str(e)
 
     def _domain_back(self) -> None:
@@ -598,11 +505,8 @@ class Daemon:
         timer, the host's PSI trigger and eBPF watch the new one."""
         log.warning("OOM: domain %s is back: watching it again", self.domain.path)
         self.domain_gone = None
-        self.prev_free = None
         self.last_snapshot = None
-        self._history.clear()
-        self._armed_ranked_usec = 0
-        self._triggers_refreshed_usec = 0
+        self.state = core.domain_replaced(self.state)
         self.domain.find_pressure()
 
     def _failed(self, what: str) -> None:

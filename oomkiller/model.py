@@ -40,12 +40,46 @@ class MemorySnapshot:
     full_stall_usec: int = -1   # cumulative "full" memory stall of the domain (PSI total=), -1 if unknown
 
 
+class Source(str, enum.Enum):
+    """What woke the core. A ``str``: it is written as its value in records."""
+
+    EBPF = "ebpf"
+    PSI = "psi"
+    MEMCG = "memcg"
+    TIMER = "timer"
+    CONTROL = "control"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EventKind(str, enum.Enum):
+    """What a source saw. The BPF program's kinds, then the others'."""
+
+    MEMCG_RECLAIM = "memcg_reclaim"
+    DIRECT_RECLAIM = "direct_reclaim"
+    STALL = "stall"
+    KSWAPD = "kswapd"
+    RECLAIM_RETRY = "reclaim_retry"
+    COMPACT_RETRY = "compact_retry"
+    KERNEL_OOM_VICTIM = "kernel_oom_victim"     # the kernel's OOM killer chose a task
+    ARMED_KILL = "armed_kill"                   # the armed job was killed at its failed reclaim
+    PSI_SOME = "psi_some"
+    MEMCG_THRESHOLD = "memcg_threshold"
+    MEMCG_EVENTS = "memcg_events"
+    TICK = "tick"
+    LOWMEM = "lowmem"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class PressureEvent:
     """Evidence that memory may be short: it wakes the core, it is not the truth."""
 
-    source: str            # "ebpf", "psi", "timer", "control", "memcg"
-    kind: str              # e.g. "memcg_reclaim", "psi_some", "tick", "lowmem"
+    source: Source
+    kind: EventKind | str  # a str only for a kind this version does not know (from a newer BPF program)
     cgroup_id: int = 0     # cgroup v2 id (inode) where the pressure was seen, 0 if unknown
     pid: int = 0
     stall_usec: int = 0

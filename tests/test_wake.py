@@ -2,15 +2,14 @@
 order, when no kill is due."""
 from __future__ import annotations
 
-import collections
-import dataclasses
 import io
 import json
 import select
 
 from oomkiller.config import Config
-from oomkiller.daemon import JOB_PSI_REFRESH_USEC, Daemon
-from oomkiller.model import MemorySnapshot, PressureEvent
+from oomkiller.core.state import JOB_PSI_REFRESH_USEC
+from oomkiller.daemon import Daemon
+from oomkiller.model import PressureEvent
 
 MiB = 1 << 20
 
@@ -111,35 +110,6 @@ def test_job_triggers_are_refreshed_on_calm_timer_ticks_only(proc_tree, v2_tree)
     wake("timer")
     assert len(psi.calls) == 2
     assert arm.history == []                # 156 MiB free: above the arm line
-
-
-def _snap(free_mib: int, t_usec: int):
-    return MemorySnapshot(domain="/arena", total_bytes=256 * MiB, free_bytes=free_mib * MiB, used_bytes=0,
-                    reclaimable_bytes=0, full_stall_usec=0, taken_usec=t_usec)
-
-
-def test_the_timer_wakes_halfway_to_the_next_line_while_memory_falls(proc_tree, v2_tree):
-    _arena(proc_tree, v2_tree, 100)
-    d, _psi, _arm, _out = _daemon(proc_tree, v2_tree, lambda: 0)
-    assert d.next_tick_usec() == 1_000_000         # nothing seen yet: the seed's period
-    # 256 MiB total: arm line 51.2 MiB, redline 12.8 MiB
-    d._history = collections.deque([_snap(200, 0), _snap(180, 100_000)])      # 20 MiB per 100 ms
-    headroom = 180 * MiB - 256 * MiB * 2000 // 10000
-    assert d.next_tick_usec() == headroom * 100_000 // (20 * MiB) // 2       # halfway to the arm line: 322 ms
-    d._history = collections.deque([_snap(40, 0), _snap(30, 100_000)])        # below the arm line
-    assert d.next_tick_usec() == (30 * MiB - 256 * MiB * 500 // 10000) * 100_000 // (10 * MiB) // 2
-    d._history = collections.deque([_snap(14, 0), _snap(13, 1000)])           # fast and close: the floor
-    assert d.next_tick_usec() == 10_000
-    # a leak in steps looks steady between two close ticks: the rate is over the kept span
-    d._history = collections.deque([_snap(200, 0), _snap(180, 90_000), _snap(180, 100_000)])
-    assert d.next_tick_usec() == headroom * 100_000 // (20 * MiB) // 2
-    d._history = collections.deque([_snap(150, 0), _snap(150, 100_000)])      # steady
-    assert d.next_tick_usec() == 1_000_000
-    d._history = collections.deque([_snap(150, 0), _snap(149, 1_000_000)])    # slow: capped at sleep_ms
-    assert d.next_tick_usec() == 1_000_000
-    d.config = dataclasses.replace(d.config, adaptive_sleep=False)
-    d._history = collections.deque([_snap(200, 0), _snap(180, 100_000)])
-    assert d.next_tick_usec() == 1_000_000
 
 
 def test_below_the_arm_line_the_ranking_is_redone_at_most_every_250_ms(proc_tree, v2_tree, monkeypatch):

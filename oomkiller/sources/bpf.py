@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from ..model import PressureEvent
+from ..model import EventKind, PressureEvent, Source
 from . import SourceUnavailable
 
 # Event kinds: the OOMK_KIND_* values of bpf/oomkiller.h and their names.
@@ -33,14 +33,14 @@ KIND_KERNEL_OOM_VICTIM = 7
 KIND_ARMED_KILL = 8
 
 KIND_NAMES = {
-    KIND_MEMCG_RECLAIM: "memcg_reclaim",
-    KIND_DIRECT_RECLAIM: "direct_reclaim",
-    KIND_STALL: "stall",
-    KIND_KSWAPD: "kswapd",
-    KIND_RECLAIM_RETRY: "reclaim_retry",
-    KIND_COMPACT_RETRY: "compact_retry",
-    KIND_KERNEL_OOM_VICTIM: "kernel_oom_victim",
-    KIND_ARMED_KILL: "armed_kill",
+    KIND_MEMCG_RECLAIM: EventKind.MEMCG_RECLAIM,
+    KIND_DIRECT_RECLAIM: EventKind.DIRECT_RECLAIM,
+    KIND_STALL: EventKind.STALL,
+    KIND_KSWAPD: EventKind.KSWAPD,
+    KIND_RECLAIM_RETRY: EventKind.RECLAIM_RETRY,
+    KIND_COMPACT_RETRY: EventKind.COMPACT_RETRY,
+    KIND_KERNEL_OOM_VICTIM: EventKind.KERNEL_OOM_VICTIM,
+    KIND_ARMED_KILL: EventKind.ARMED_KILL,
 }
 _HEADER_KINDS = {
     "OOMK_KIND_MEMCG_RECLAIM": KIND_MEMCG_RECLAIM,
@@ -180,7 +180,7 @@ def decode(raw: bytes, page_size_bytes: int = PAGE_SIZE_BYTES) -> PressureEvent:
                    ("reclaimed_bytes", val[0] * page_size_bytes), ("armed_cgroup_id", val[1]),
                    ("order", ev.order), ("gfp", _hex(ev.gfp_flags))]
     return PressureEvent(
-        source=BpfSource.name,
+        source=Source.EBPF,
         kind=kind,
         cgroup_id=ev.cgroup_id,
         pid=pid,
@@ -429,7 +429,7 @@ class BpfSource:
 
     def _on_event(self, _cpu, data, size) -> None:
         event = decode(ctypes.string_at(data, size))
-        if event.kind == "armed_kill":
+        if event.kind == EventKind.ARMED_KILL:
             self._armed = 0     # the program disarmed itself: the arm is one shot
         self.events_total += 1
         self.events_by_kind[event.kind] = self.events_by_kind.get(event.kind, 0) + 1

@@ -16,7 +16,7 @@ import os
 import select
 import time
 
-from ..model import PressureEvent
+from ..model import EventKind, PressureEvent, Source
 from . import SourceUnavailable
 
 
@@ -80,7 +80,7 @@ class MemcgSource:
                 return []       # the cgroup is gone; alive() says so on the next poll
             raise
         self.fired += 1
-        return [PressureEvent("memcg", "memcg_threshold" if self.v1 else "memcg_events",
+        return [PressureEvent(Source.MEMCG, EventKind.MEMCG_THRESHOLD if self.v1 else EventKind.MEMCG_EVENTS,
                               timestamp_usec=time.monotonic_ns() // 1000, detail=self._fds[fd])]
 
     def alive(self, fd: int) -> bool:

@@ -22,7 +22,7 @@ import queue
 import select
 import time
 
-from ..model import PressureEvent
+from ..model import EventKind, PressureEvent, Source
 from ..output import start_thread
 from . import SourceUnavailable
 
@@ -110,7 +110,7 @@ class PsiSource:
         if fd not in self._fds:
             return []
         self.fired += 1
-        return [PressureEvent("psi", "psi_some", stall_usec=self.stall_usec,
+        return [PressureEvent(Source.PSI, EventKind.PSI_SOME, stall_usec=self.stall_usec,
                               timestamp_usec=time.monotonic_ns() // 1000, detail=self._fds[fd])]
 
     def alive(self, fd: int) -> bool:

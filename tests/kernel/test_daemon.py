@@ -36,8 +36,9 @@ def test_redline_kills_the_growing_job_before_the_kernel(arena, daemon):
     assert grower.wait(timeout=60) == -signal.SIGKILL
     assert service.poll() is None, "the protected job was killed"
     assert arena.kernel_oom_kills() == 0, "the kernel OOM killer acted first"
-    wait_for(d.records, 5, "a decision record")
-    (rec,) = [r for r in d.records() if r["result"] == "killed"]
+    wait_for(lambda: [r for r in d.records() if r["event"] == "oom_decision"], 5, "a decision record")
+    (rec,) = [r for r in d.records() if r.get("result") == "killed"]
+    assert rec["decision"] == "free below redline"
     assert rec["victim"]["job"] == "hog" and rec["attempts"][0]["pids"] == [grower.pid]
     assert rec["attempts"][0]["signal_to_empty_usec"] > 0 and rec["freed_bytes"] > 64 << 20
     assert [c["job"] for c in rec["ranking"]] == ["hog", "svc"] and rec["ranking"][1]["killable"] is False

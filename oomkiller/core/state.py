@@ -1,0 +1,313 @@
+"""All policy state, and the one step that moves it on.
+
+``step(state, config, wake, jobs)`` looks at one wake (the time, a fresh
+snapshot, the events that caused it) and returns the new state and the
+actions to carry out. Listing the jobs is the costly read, so ``step`` first
+runs without them and says whether it needs them (``Need.JOBS``, or
+``Need.ARMED_JOB`` for the one job that was armed); the daemon reads them
+and calls ``step`` again with the same state and wake. ``walked`` takes the
+result of a walk the daemon carried out.
+
+What lives here, and nowhere else: the previous free figure and the
+snapshots of the last pressure span (the stall share and the adaptive
+timer), when the last walk was (the post-kill hold), whom the kernel holds
+armed and when that choice was last made, when the jobs' PSI triggers were
+last refreshed, the pids we killed lately (the kernel's mark of one of them
+is not a kill of its own), and the counts ``info`` shows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..config import Config
+from ..decide import decide
+from ..detect import detect
+from ..model import (Candidate, Detection, EventKind, Job, KillResult, MemorySnapshot, PressureEvent, Ranking,
+                     Source)
+from ..rank import Policy, rank
+
+# PSI triggers on jobs: on the biggest this many, refreshed at most this
+# often, and only on a timer tick while the domain is above the arm line.
+# Making triggers while a job races to the limit once cost the arming its
+# lead: never below the arm line.
+JOB_PSI_TRIGGERS = 32
+JOB_PSI_REFRESH_USEC = 10_000_000
+
+# Below the arm line, the ranking that chooses whom to arm is redone at most
+# this often (and at once after a kill): the timer may wake every 10 ms there,
+# and listing a thousand jobs takes hundreds of ms.
+ARM_RERANK_USEC = 250_000
+
+# The stall share is measured over at least this long (see detect.py).
+PRESSURE_SPAN_USEC = 2_000_000
+
+# Pids we killed, remembered so that the kernel marking one of them on its
+# way out is not taken for a kill of the kernel's own.
+OUR_VICTIMS_KEPT = 4096
+
+
+class Need(enum.Enum):
+    NOTHING = "nothing"
+    JOBS = "jobs"               # every job of the domain
+    ARMED_JOB = "armed_job"     # the armed job, read again ([] if it is gone)
+
+
+@dataclass(frozen=True)
+class CoreState:
+    prev_free_bytes: int | None = None
+    history: tuple[MemorySnapshot, ...] = ()    # the last pressure span, oldest first
+    last_walk_usec: int | None = None
+    armed: Job | None = None
+    armed_ranked_usec: int = 0
+    triggers_refreshed_usec: int = 0
+    our_victims: tuple[int, ...] = ()
+    kills: int = 0
+    armed_kills: int = 0
+    kernel_kills_seen: int = 0
+
+
+@dataclass(frozen=True)
+class Wake:
+    now_usec: int
+    snapshot: MemorySnapshot
+    events: tuple[PressureEvent, ...] = ()
+    lowmem: bool = False                    # a simulated low-memory event was asked for
+    # pids of kernel OOM victims among the events that the daemon found
+    # outside the domain (it asks the kernel; the core cannot)
+    foreign_pids: frozenset[int] = frozenset()
+    can_arm: bool = False                   # the pre-armed kill is live
+    can_track: bool = False                 # job PSI triggers can be kept
+
+
+# -- actions ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Arm:
+    job: Job
+    previous: Job | None
+
+
+@dataclass(frozen=True)
+class Disarm:
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class TrackTriggers:
+    """Keep PSI triggers on exactly these jobs' pressure files."""
+    paths: frozenset[str]
+
+
+@dataclass(frozen=True)
+class KernelKill:
+    """The kernel's own OOM killer chose a task of the domain."""
+    event: PressureEvent
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line for the log at debug level: what the core passed over and why."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Low, but no walk now."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Walk:
+    """Walk ``ranking`` and kill the first killable job. ``recheck_redline_bytes``:
+    read the domain again first and kill nothing if free memory is back
+    above it."""
+    ranking: Ranking
+    reason: str
+    recheck_redline_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ArmedDone:
+    """The kernel killed the armed job's last task: nothing is left to kill."""
+    job_name: str
+    ranking: Ranking
+
+
+Action = Arm | Disarm | TrackTriggers | KernelKill | Note | Hold | Walk | ArmedDone
+
+
+@dataclass(frozen=True)
+class Step:
+    state: CoreState | None        # None when ``need`` asks for a second call
+    actions: tuple[Action, ...] = ()
+    need: Need = Need.NOTHING
+    detection: Detection | None = None
+    redline_bytes: int = 0
+    lowmem_consumed: bool = False  # the lowmem request was acted on (a walk, a hold)
+    armed_hit: bool = False
+
+
+def policy_for(config: Config, self_pid: int) -> Policy:
+    return Policy(config.protect, config.avoid, config.prefer, self_pid)
+
+
+def _pressure_history(history: tuple[MemorySnapshot, ...], snap: MemorySnapshot) -> tuple[MemorySnapshot, ...]:
+    """``history`` plus ``snap``, less what is older than needed: the newest
+    earlier snapshot at least a pressure span old stays first."""
+    hist = [*history, snap]
+    while len(hist) >= 2 and snap.taken_usec - hist[1].taken_usec >= PRESSURE_SPAN_USEC:
+        hist.pop(0)
+    return tuple(hist)
+
+
+def _remember(victims: tuple[int, ...], pids: Sequence[int]) -> tuple[int, ...]:
+    return (*victims, *pids)[-OUR_VICTIMS_KEPT:]
+
+
+def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None = None,
+         self_pid: int | None = None) -> Step:
+    """One wake. See the module docstring."""
+    snap = wake.snapshot
+    redline = config.redline.resolve_bytes(snap.total_bytes)
+    history = _pressure_history(state.history, snap)
+    det = detect(snap, redline, state.prev_free_bytes, wake.lowmem, pressure_ref=history[0],
+                 pressure_limit_permyriad=config.pressure_limit_permyriad)
+    s = dataclasses.replace(state, prev_free_bytes=snap.free_bytes, history=history)
+    actions: list[Action] = []
+    policy = policy_for(config, os.getpid() if self_pid is None else self_pid)
+
+    armed_hit = False
+    for ev in wake.events:
+        if ev.kind == EventKind.ARMED_KILL:
+            s = dataclasses.replace(s, armed_kills=s.armed_kills + 1, our_victims=_remember(s.our_victims, [ev.pid]))
+            armed_hit = True
+    for ev in wake.events:
+        if ev.kind != EventKind.KERNEL_OOM_VICTIM:
+            continue
+        if ev.pid in s.our_victims:
+            # A victim of ours, dying, that failed one more allocation on its
+            # way out: the kernel marks it so it may use reserves. It killed
+            # no one (its oom_kill counters do not move).
+            actions.append(Note(f"OOM: the kernel marked our dying victim pid {ev.pid}"))
+        elif ev.pid in wake.foreign_pids:
+            actions.append(Note(f"OOM: the kernel OOM killer chose pid {ev.pid} outside the domain"))
+        else:
+            s = dataclasses.replace(s, kernel_kills_seen=s.kernel_kills_seen + 1)
+            actions.append(KernelKill(ev))
+
+    done = dict(detection=det, redline_bytes=redline, armed_hit=armed_hit)
+    if armed_hit:
+        # The kernel killed a task of the armed job at its failed reclaim:
+        # kill the rest of that job now, whatever the numbers say.
+        if jobs is None and state.armed is not None:
+            return Step(None, need=Need.ARMED_JOB, **done)
+        armed = s.armed
+        actions.append(Disarm(armed))
+        s = dataclasses.replace(s, armed=None, armed_ranked_usec=0)
+        ranking = rank(list(jobs or ()), policy, snap.total_bytes)
+        if not ranking.killable():
+            # The task the kernel killed was the job's last: it is empty already.
+            actions.append(ArmedDone(armed.name if armed else "?", ranking))
+            s = dataclasses.replace(s, kills=s.kills + 1, last_walk_usec=wake.now_usec, history=())
+            return Step(s, tuple(actions), **done)
+        actions.append(Walk(ranking, "armed kill in the kernel"))
+        return Step(s, tuple(actions), **done)
+
+    if not det.low:
+        return _calm(s, config, wake, jobs, policy, actions, done)
+
+    dec = decide(det, wake.now_usec, s.last_walk_usec, config.post_kill_delay_ms * 1000)
+    if not dec.act:
+        actions.append(Hold(dec.reason))
+        return Step(s, tuple(actions), lowmem_consumed=True, **done)
+    if jobs is None:
+        return Step(None, need=Need.JOBS, **done)
+    ranking = rank(list(jobs), policy, snap.total_bytes)
+    recheck = redline if det.reason == "free below redline" else None
+    actions.append(Walk(ranking, dec.reason, recheck))
+    return Step(s, tuple(actions), lowmem_consumed=True, **done)
+
+
+def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, policy: Policy,
+          actions: list[Action], done: dict) -> Step:
+    """Not low: keep the top victim armed between the redline and the arm
+    line (disarmed above it), and the biggest jobs' PSI triggers fresh."""
+    snap = wake.snapshot
+    arm_line = config.arm_line_bytes(snap.total_bytes)
+    if wake.can_arm:
+        # Unlike a kill, arming is not held by the post-kill delay: the last
+        # victim's cgroup was empty before its kill returned, so its memory
+        # is back, and the armed kill needs the kernel's own proof (failed
+        # reclaims) before it fires.
+        if snap.free_bytes >= arm_line or config.dry_run:
+            if s.armed is not None:
+                actions.append(Disarm(s.armed))
+            s = dataclasses.replace(s, armed=None, armed_ranked_usec=0)
+        elif not (s.armed_ranked_usec and snap.taken_usec - s.armed_ranked_usec < ARM_RERANK_USEC):
+            if jobs is None:
+                return Step(None, need=Need.JOBS, **done)
+            s = dataclasses.replace(s, armed_ranked_usec=snap.taken_usec)
+            top = next(iter(rank(list(jobs), policy, snap.total_bytes).killable()), None)
+            if top is None or not top.job.v2_path:
+                # The core chooses who: if the top victim cannot be armed, no one is.
+                if s.armed is not None:
+                    actions.append(Disarm(s.armed))
+                s = dataclasses.replace(s, armed=None)
+            elif s.armed is None or s.armed.v2_id != top.job.v2_id:
+                actions.append(Arm(top.job, s.armed))
+                s = dataclasses.replace(s, armed=top.job)
+    if (wake.can_track and any(e.source == Source.TIMER for e in wake.events)
+            and not (s.triggers_refreshed_usec
+                     and snap.taken_usec - s.triggers_refreshed_usec < JOB_PSI_REFRESH_USEC)
+            and snap.free_bytes >= arm_line):
+        # Only on a timer tick, at most every JOB_PSI_REFRESH_USEC, and only
+        # above the arm line: a trigger costs the kernel a poll worker, and
+        # its making once came before the arming.
+        if jobs is None:
+            return Step(None, need=Need.JOBS, **done)
+        s = dataclasses.replace(s, triggers_refreshed_usec=snap.taken_usec)
+        biggest = sorted(jobs, key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
+        actions.append(TrackTriggers(frozenset(os.path.join(j.v2_path, "memory.pressure")
+                                               for j in biggest if j.v2_path)))
+    return Step(s, tuple(actions), **done)
+
+
+def arm_failed(state: CoreState, action: Arm) -> CoreState:
+    """The kernel would not take the arming: the previous choice stands, and
+    the next rerank tries again."""
+    return dataclasses.replace(state, armed=action.previous)
+
+
+def walked(state: CoreState, now_usec: int, attempts: Sequence[tuple[Candidate, KillResult]]
+           ) -> tuple[CoreState, tuple[Action, ...]]:
+    """After a walk: hold the next one for the post-kill delay (also when
+    nothing could be killed: walking again on every wake would only flood
+    the log); after a real kill, remember its pids, forget the stall figures
+    from before it, choose whom to arm next at once, and disarm the victim if
+    it was the armed job."""
+    s = dataclasses.replace(state, last_walk_usec=now_usec)
+    victim = next(((c, r) for c, r in attempts if r.ok), None)
+    if victim is None or victim[1].dry_run:
+        return s, ()
+    c, r = victim
+    s = dataclasses.replace(s, kills=s.kills + 1, our_victims=_remember(s.our_victims, r.signalled_pids),
+                            history=(), armed_ranked_usec=0)
+    if s.armed is not None and s.armed.path == c.job.path:
+        return dataclasses.replace(s, armed=None), (Disarm(s.armed),)
+    return s, ()
+
+
+def disarmed(state: CoreState) -> CoreState:
+    """Stopped, or the domain is gone: nothing stays armed."""
+    return dataclasses.replace(state, armed=None, armed_ranked_usec=0)
+
+
+def domain_replaced(state: CoreState) -> CoreState:
+    """A new cgroup at the domain's path: nothing learned from the old one
+    holds (figures, timings, choices); the counts and our victims stay."""
+    return CoreState(our_victims=state.our_victims, kills=state.kills, armed_kills=state.armed_kills,
+                     kernel_kills_seen=state.kernel_kills_seen)

@@ -1,0 +1,38 @@
+"""When the redline timer wakes next: a pure function of the snapshot history."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..config import Config
+from ..model import MemorySnapshot
+
+# The adaptive timer (config adaptive_sleep) never wakes sooner than this.
+MIN_TICK_USEC = 10_000
+
+
+def next_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, running: bool, can_arm: bool) -> int:
+    """How long the timer sleeps from now: ``sleep_ms``, or while free
+    memory falls, half the time to the next line (the arm line while above
+    it, then the redline) at the rate seen over the kept snapshots (the last
+    pressure span), not under MIN_TICK_USEC. The seed's loop samples at a
+    fixed period; a leak crossing the line just after a tick would go unseen
+    for a whole period."""
+    sleep = config.sleep_ms * 1000
+    if not config.adaptive_sleep or len(history) < 2 or not running:
+        return sleep
+    # The oldest kept snapshot, not the one before last: a leak that grows in
+    # steps looks steady between two close ticks.
+    ref, last = history[0], history[-1]
+    dt = last.taken_usec - ref.taken_usec
+    fall = ref.free_bytes - last.free_bytes
+    if dt <= 0 or fall <= 0:
+        return sleep
+    line = config.redline.resolve_bytes(last.total_bytes)
+    if can_arm:
+        arm_line = config.arm_line_bytes(last.total_bytes)
+        if last.free_bytes > arm_line:
+            line = arm_line
+    headroom = last.free_bytes - line
+    if headroom <= 0:
+        return sleep        # below the redline: the walk and its hold decide
+    return max(MIN_TICK_USEC, min(sleep, headroom * dt // fall // 2))
