@@ -123,20 +123,20 @@ class Cgroupfs:
     def subtree_pids(self, path: str) -> list[int]:
         """Every process of the cgroup and its descendants.
 
-        Raises FileNotFoundError if the cgroup itself is gone; descendants
-        that vanish while being read are skipped.
+        Raises OSError (ENOENT, or ENODEV when it was removed between the
+        open and the read) if the cgroup itself is gone; descendants that
+        vanish while being read are skipped.
         """
         pids = _read_pids(os.path.join(path, "cgroup.procs"))
         for dirpath, dirnames, _ in os.walk(path):
             for d in dirnames:
                 try:
                     pids.extend(_read_pids(os.path.join(dirpath, d, "cgroup.procs")))
-                except FileNotFoundError:
-                    pass        # removed while we walked
                 except OSError as e:
-                    # A threaded cgroup has no cgroup.procs to read (EOPNOTSUPP):
-                    # its processes show in its domain cgroup above.
-                    if e.errno != errno.EOPNOTSUPP:
+                    # Removed while we walked (ENOENT, ENODEV); a threaded
+                    # cgroup has no cgroup.procs to read (EOPNOTSUPP): its
+                    # processes show in its domain cgroup above.
+                    if e.errno not in (errno.ENOENT, errno.ENODEV, errno.EOPNOTSUPP):
                         raise
         return sorted(set(pids))
 
