@@ -13,16 +13,21 @@ Processes with ``oom_score_adj=-1000`` are spared as the kernel's
 ``cgroup.kill``, and is done when only those are left. Kernel threads, PID 1
 and oomkiller itself are never signalled, nor a pid that turned out not to
 belong to the job (reused). Each victim gets ``process_mrelease`` (Linux
-5.15+) so its memory comes back before its exit finishes, and its exit is
-timed through its pidfd. Choosing is the ranker's; dry-run lives here.
+5.15+) so its memory comes back before its exit finishes, on a thread of its
+own (``Releaser``): the call reaps a whole address space and can block for
+long behind the victim's mmap lock, which stalled the kill for seconds when
+it ran here. Its exit is timed through its pidfd. Choosing is the ranker's;
+dry-run lives here.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
+import queue
 import select
 import signal
+import threading
 import time
 from typing import Callable
 
@@ -41,17 +46,93 @@ SWEEP_PAUSE_MS = 1
 # daemon out of file descriptors.
 MAX_TRACKED_PIDFDS = 256
 
+# process_mrelease requests waiting for the releasing thread; more are dropped.
+MRELEASE_QUEUE = 64
+
+
+class Releaser:
+    """``process_mrelease`` on a thread of its own, fed by a bounded queue.
+
+    ``submit`` never blocks: it queues a dup of the pidfd (the thread closes
+    it) or, with the queue full, drops the request and counts it. ctypes
+    releases the GIL around the syscall, so the killing thread runs on while
+    the reaping thread sits in the kernel."""
+
+    def __init__(self, depth: int = MRELEASE_QUEUE,
+                 syscall: Callable[[int], int] | None = None) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._syscall = syscall or self._mrelease
+        self._q: queue.Queue[int] = queue.Queue(depth)
+        self._thread: threading.Thread | None = None
+        self.available = True       # False once the kernel said ENOSYS
+        self.queued = self.dropped = 0          # written by the submitting thread
+        self.released = self.failed = 0         # written by the releasing thread
+
+    def _mrelease(self, pidfd: int) -> int:
+        """The syscall; 0 or an errno."""
+        if self._libc.syscall(SYS_PROCESS_MRELEASE, pidfd, 0) == 0:
+            return 0
+        return ctypes.get_errno()
+
+    def submit(self, pidfd: int) -> bool:
+        if not self.available:
+            return False
+        try:
+            fd = os.dup(pidfd)
+        except OSError:
+            self.dropped += 1
+            return False
+        try:
+            self._q.put_nowait(fd)
+        except queue.Full:
+            os.close(fd)
+            self.dropped += 1
+            return False
+        self.queued += 1
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="oomkiller-mrelease", daemon=True)
+            self._thread.start()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            fd = self._q.get()
+            try:
+                err = self._syscall(fd) if self.available else 0
+            except Exception:       # never let the thread die: the queue would fill for good
+                err = -1
+            finally:
+                os.close(fd)
+                self._q.task_done()
+            if err == errno.ENOSYS:
+                self.available = False
+            elif err:
+                self.failed += 1
+            else:
+                self.released += 1
+
+    def idle(self) -> bool:
+        return self._q.unfinished_tasks == 0
+
+    def stats(self) -> dict[str, int | bool]:
+        return {"available": self.available, "queued": self.queued, "released": self.released,
+                "failed": self.failed, "dropped": self.dropped, "pending": self._q.unfinished_tasks}
+
 
 class Killer:
     def __init__(self, cgroupfs: Cgroupfs, *, dry_run: bool, self_pid: int,
-                 timeout_usec: int, clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 timeout_usec: int, clock: Callable[[], int] = time.monotonic_ns,
+                 releaser: Releaser | None = None) -> None:
         self.cg = cgroupfs
         self.dry_run = dry_run
         self.self_pid = self_pid
         self.timeout_usec = timeout_usec
         self.clock = clock
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self.mrelease_ok = True
+        self.releaser = releaser or Releaser()
+
+    @property
+    def mrelease_ok(self) -> bool:
+        return self.releaser.available
 
     def now_usec(self) -> int:
         return self.clock() // 1000
@@ -80,9 +161,8 @@ class Killer:
             return KillResult(job, False, False, "none", error=f"kill failed: {e}")
 
     def process_mrelease(self, pidfd: int) -> None:
-        if self.mrelease_ok and self._libc.syscall(SYS_PROCESS_MRELEASE, pidfd, 0) != 0:
-            if ctypes.get_errno() == errno.ENOSYS:
-                self.mrelease_ok = False
+        """Ask for the victim's memory back now; never waits (see ``Releaser``)."""
+        self.releaser.submit(pidfd)
 
 
 class _Kill:
