@@ -52,8 +52,11 @@ checked before every pidfd, every signal and every wait, so a kill ends at
 most one read of the subtree and one signal past ``kill_timeout_ms``
 (measured: 30 ms asked, 31 to 42 ms taken, with a fork bomb on the CPUs).
 
-Exits are timed through the pidfds. Choosing is the ranker's; dry-run
-lives here.
+A result is ``ok`` only when oomkiller wrote ``cgroup.kill`` or signalled at
+least one process itself: a job that empties before our first signal (the
+kernel's OOM killer took it, it exited) is reported as such, ``ok`` False,
+and the walk goes on as after any failed attempt. Exits are timed through
+the pidfds. Choosing is the ranker's; dry-run lives here.
 """
 from __future__ import annotations
 
@@ -95,6 +98,8 @@ MRELEASE_QUEUE = 64
 # What reading or signalling a process or cgroup that went away returns.
 GONE_ERRNOS = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EINVAL)
 
+EMPTIED_BEFORE_SIGNAL = "emptied before our signal"
+VANISHED_BEFORE_SIGNAL = "cgroup vanished before our signal"
 
 
 class Releaser:
@@ -239,6 +244,8 @@ class _Kill:
         pids = self.cg.subtree_pids(job.path)
         if 1 in pids or self.k.self_pid in pids:
             return KillResult(job, False, False, "none", error="holds PID 1 or oomkiller: refused")
+        if not pids:
+            return KillResult(job, False, False, "none", error=EMPTIED_BEFORE_SIGNAL)
         if not set(pids) - self.spared_at_rank:
             return KillResult(job, False, False, "none", error="no killable process when the kill began")
 
@@ -267,10 +274,16 @@ class _Kill:
                 os.close(fd)
             self.tracked.clear()
         signalled = tuple(sorted(self.signalled))
+        ours = bool(signalled) or self.wrote_kill
         exit_usec = max(self.exits.values(), default=self.start) - self.start
         if remaining:
-            return KillResult(job, bool(signalled) or self.wrote_kill, False, method, signalled,
+            return KillResult(job, ours, False, method if ours else "none", signalled,
                               f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}")
+        if not ours:
+            # Someone else's doing (the kernel's OOM killer, an exit): not a kill of ours.
+            why = (VANISHED_BEFORE_SIGNAL if remaining is None else
+                   "only spared processes left" if self.exempt else EMPTIED_BEFORE_SIGNAL)
+            return KillResult(job, False, False, "none", (), why)
         if remaining is None:
             return KillResult(job, True, False, method, signalled, "cgroup vanished during the kill (empty)",
                               signal_to_empty_usec=took, signal_to_exit_usec=exit_usec)

@@ -1,6 +1,6 @@
 """The killer under faults, on real cgroups: a fork bomb in a job that only
 signals can kill, a daemon killed in the middle of a kill, a private cgroup
-namespace.
+namespace, a job that empties or vanishes by itself.
 
 Every fork bomb here lives in an arena job with a v1 pids cgroup of its own
 (``pids.max``) and caps its own forks; the arena kills what is left on close.
@@ -19,8 +19,9 @@ import pytest
 
 from kproc import DaemonProc, wait_for
 
+from oomkiller import log as oomlog
 from oomkiller.cgroupfs import Cgroupfs
-from oomkiller.killer import Killer, Releaser
+from oomkiller.killer import EMPTIED_BEFORE_SIGNAL, Killer, Releaser
 from oomkiller.rank import Policy, rank
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -232,6 +233,62 @@ def test_a_kill_from_a_private_cgroup_namespace_is_done_and_counted(arena):
     assert sorted(r["pids"]) == sorted(p.pid for p in procs)
     for p in procs:
         assert p.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_a_job_that_empties_by_itself_is_not_counted_as_our_kill(arena):
+    gone, nxt = arena.job("gone", v2=False), arena.job("next", v2=False)
+    g = arena.spawn_idle(gone, 60 << 20)
+    n = arena.spawn_idle(nxt, 20 << 20)
+    cg = Cgroupfs()
+    ranking = rank(cg.jobs(arena.path, ("*",)), Policy(self_pid=os.getpid()), 256 << 20)
+    assert [c.job.name for c in ranking.killable()] == ["gone", "next"]
+    # someone else (the kernel's OOM killer, say) kills it between the ranking and the kill
+    g.kill()
+    g.wait()
+    wait_for(lambda: not cg.subtree_pids(gone.path), 5, "the cgroup to empty")
+    attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=TIMEOUT_USEC).walk(ranking)
+    assert [(c.job.name, r.ok, r.method, r.signalled_pids, r.error) for c, r in attempts] == [
+        ("gone", False, "none", (), EMPTIED_BEFORE_SIGNAL), ("next", True, "signal", (n.pid,), "")]
+    lines = oomlog.walk_lines(ranking, attempts)
+    assert lines[0] == f"OOM:   (fail) job {os.stat(gone.path).st_ino:6d} 'gone': {EMPTIED_BEFORE_SIGNAL}"
+    assert lines[1] == f"OOM:   *KILL* job {os.stat(nxt.path).st_ino:6d} 'next'"
+    assert n.wait(timeout=5) == -signal.SIGKILL
+
+
+class RemovingCgroupfs(Cgroupfs):
+    """Removes a job's cgroup (ending its process first) at a given read of
+    its subtree: as if it went away in the middle of the kill."""
+
+    def __init__(self, path: str, at_read: int, proc: subprocess.Popen, arena) -> None:
+        super().__init__()
+        self.target, self.at_read, self.proc, self.arena = path, at_read, proc, arena
+        self.reads = 0
+
+    def subtree_pids(self, path: str) -> list[int]:
+        if path == self.target:
+            self.reads += 1
+            if self.reads == self.at_read:
+                self.proc.kill()
+                self.proc.wait()
+                wait_for(lambda: not super(RemovingCgroupfs, self).subtree_pids(path), 5, "the cgroup to empty")
+                os.rmdir(path)
+                self.arena._dirs.remove(path)
+        return super().subtree_pids(path)
+
+
+def test_a_job_removed_mid_kill_does_not_end_the_walk(arena):
+    gone, nxt = arena.job("gone", v2=False), arena.job("next", v2=False)
+    g = arena.spawn_idle(gone, 60 << 20)
+    n = arena.spawn_idle(nxt, 20 << 20)
+    # read 1 starts the kill, read 2 is the sweep's: the cgroup is gone by then
+    cg = RemovingCgroupfs(gone.path, 2, g, arena)
+    ranking = rank(cg.jobs(arena.path, ("*",)), Policy(self_pid=os.getpid()), 256 << 20)
+    cg.reads = 0
+    assert [c.job.name for c in ranking.killable()] == ["gone", "next"]
+    attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=TIMEOUT_USEC).walk(ranking)
+    assert [(c.job.name, r.ok, r.error) for c, r in attempts] == [
+        ("gone", False, "cgroup vanished before our signal"), ("next", True, "")]
+    assert n.wait(timeout=5) == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("state", ["FROZEN", "THAWED"])
