@@ -1,14 +1,18 @@
 """Arenas: cgroups made for tests and benchmarks, with a small memory limit.
 
 An arena lives under the calling process's own cgroup, holds only processes it
-started, and removes itself (killing those processes by pid) on close. Nothing
-outside it is ever pressured, signalled or touched.
+started, and removes itself on close (thawing what is frozen, and killing
+those processes by pidfd until its cgroups are empty, forks included).
+Nothing outside it is ever pressured, signalled or touched.
 
 On a hybrid host (v1 memory controller, cgroup2 without controllers) an arena
 and each of its jobs exist twice: a v1 memory cgroup, which carries the limit,
 and a v2 cgroup at the same relative path, which gives the job a cgroup v2 id
 (what ``bpf_get_current_cgroup_id()`` returns), ``memory.pressure`` and
-``cgroup.kill``. On a pure v2 host the one v2 cgroup does both.
+``cgroup.kill``. On a pure v2 host the one v2 cgroup does both. A job may
+also be v1-only (no v2 cgroup of its own, hence no ``cgroup.kill``) and have
+v1 pids and freezer cgroups of its own, for fork bombs and frozen jobs
+(``Arena.job``).
 
 On pure v2 a cgroup that holds processes cannot give its children a
 controller (the no-internal-processes rule), and the calling process sits in
@@ -62,11 +66,17 @@ time.sleep(3600)
 class ArenaJob:
     name: str
     path: str              # the cgroup that carries the memory accounting (v1 or v2)
-    v2_path: str           # the v2 cgroup (same as path on pure v2)
+    v2_path: str           # the v2 cgroup (same as path on pure v2); "" for a v1-only job
+    pids_path: str = ""    # hybrid: a v1 pids cgroup of the job's own, if asked for
+    freezer_path: str = ""  # hybrid: a v1 freezer cgroup of the job's own, if asked for
 
     @property
     def v2_id(self) -> int:
-        return os.stat(self.v2_path).st_ino
+        return os.stat(self.v2_path).st_ino if self.v2_path else 0
+
+    def cgroups(self) -> list[str]:
+        """Every cgroup folder the job's processes are put in."""
+        return list(dict.fromkeys(p for p in (self.path, self.v2_path, self.pids_path, self.freezer_path) if p))
 
 
 @dataclass
@@ -81,6 +91,7 @@ class Arena:
     v2_path: str = field(init=False, default="")
     procs: list = field(init=False, default_factory=list)
     _dirs: list = field(init=False, default_factory=list)
+    _shared: set = field(init=False, default_factory=set)     # made for a v1 mirror; others may use them
 
     def __post_init__(self) -> None:
         self.layout = detect_layout(self.cgroup_root)
@@ -166,20 +177,63 @@ class Arena:
                 pass
         _rmdir_retry(leaf)
 
-    def job(self, name: str) -> ArenaJob:
+    def job(self, name: str, *, v2: bool = True, pids_max: int = 0, freezer: bool = False) -> ArenaJob:
+        """A job cgroup in the arena. On a hybrid host, ``v2=False`` gives it
+        no v2 cgroup of its own (its processes stay in the v2 cgroup of the
+        process that spawns them, so it has no ``cgroup.kill``), and
+        ``pids_max`` / ``freezer`` give it v1 pids / freezer cgroups at the
+        path of its memory cgroup, as systemd lays out v1 hierarchies (where
+        a killer that freezes would look for one). On pure v2 ``v2`` and
+        ``freezer`` change nothing and ``pids_max`` is written to the job's
+        cgroup, with the pids controller enabled for the arena's children."""
         path = os.path.join(self.path, name)
         self._mkdir(path)
-        v2 = path
-        if self.layout.memory_v1 and self.v2_path:
-            v2 = os.path.join(self.v2_path, name)
-            self._mkdir(v2)
-        return ArenaJob(name=name, path=path, v2_path=v2)
+        job = ArenaJob(name=name, path=path, v2_path=path)
+        if self.layout.memory_v1:
+            job.v2_path = ""
+            if v2 and self.v2_path:
+                job.v2_path = os.path.join(self.v2_path, name)
+                self._mkdir(job.v2_path)
+            if pids_max:
+                job.pids_path = self._v1_mirror("pids", path)
+                _write(os.path.join(job.pids_path, "pids.max"), str(pids_max))
+            if freezer:
+                job.freezer_path = self._v1_mirror("freezer", path)
+        elif pids_max:
+            try:
+                _write(os.path.join(self.path, "cgroup.subtree_control"), "+pids")
+            except OSError as e:
+                raise RuntimeError(f"{self.path}: cannot enable the pids controller ({e.strerror}): "
+                                   "it must be enabled in the cgroup above the arena") from None
+            _write(os.path.join(path, "pids.max"), str(pids_max))
+        return job
+
+    def _v1_mirror(self, controller: str, memory_path: str) -> str:
+        """Make the cgroup of a v1 controller at the relative path of a
+        memory cgroup of ours; folders above it that did not exist are made
+        too, and removed on close if empty."""
+        root = os.path.join(self.layout.root, controller)
+        if not os.path.exists(os.path.join(root, "cgroup.procs")):
+            raise RuntimeError(f"no v1 {controller} controller at {root}")
+        parts = os.path.relpath(memory_path, self.layout.memory_root).split("/")
+        path = root
+        for i, part in enumerate(parts):
+            path = os.path.join(path, part)
+            last = i == len(parts) - 1
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if last:
+                    raise
+                continue
+            self._dirs.append(path)
+            if not last:
+                self._shared.add(path)
+        return path
 
     def spawn(self, job: ArenaJob, argv: list[str], **popen) -> subprocess.Popen:
-        """Start ``argv`` inside ``job`` (both hierarchies) before it runs a line."""
-        targets = [os.path.join(job.path, "cgroup.procs")]
-        if job.v2_path != job.path:
-            targets.append(os.path.join(job.v2_path, "cgroup.procs"))
+        """Start ``argv`` inside ``job`` (every hierarchy) before it runs a line."""
+        targets = [os.path.join(d, "cgroup.procs") for d in job.cgroups()]
 
         def enter() -> None:
             for t in targets:
@@ -219,13 +273,16 @@ class Arena:
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
-        # Children our processes forked live only in the arena's cgroups.
+        # v1 frozen tasks act on SIGKILL only once thawed.
         for d in self._dirs:
-            for pid in _read_pids(os.path.join(d, "cgroup.procs")):
+            if os.path.exists(os.path.join(d, "freezer.state")):
                 try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                    _write(os.path.join(d, "freezer.state"), "THAWED")
+                except OSError:
+                    pass        # removed meanwhile
+        # Children our processes forked live only in the arena's cgroups; a
+        # fork bomb keeps adding some until its every forker is dead.
+        self._kill_all(10.0)
         for p in self.procs:
             try:
                 p.wait(timeout=10)
@@ -235,10 +292,44 @@ class Arena:
                 if stream:
                     stream.close()
         for d in reversed(self._dirs):
-            _rmdir_retry(d)
+            if d in self._shared:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass        # someone else's cgroups are in it, or it is gone
+            else:
+                _rmdir_retry(d)
         self._dirs.clear()
+        self._shared.clear()
         if not self.layout.memory_v1:
             self._leave_leaf()
+
+    def _kill_all(self, timeout_s: float) -> None:
+        """SIGKILL what the arena's cgroups hold until they are empty. A pid
+        is signalled through a pidfd opened before the cgroup listed it
+        again, so that a pid reused meanwhile by someone else is not hit."""
+        end = time.monotonic() + timeout_s
+        procs = [os.path.join(d, "cgroup.procs") for d in self._dirs if d not in self._shared]
+        while time.monotonic() < end:
+            listed = {pid for f in procs for pid in _read_pids(f)}
+            if not listed:
+                return
+            fds = {}
+            for pid in listed:
+                try:
+                    fds[pid] = os.pidfd_open(pid)
+                except OSError:
+                    pass
+            again = {pid for f in procs for pid in _read_pids(f)}
+            for pid, fd in fds.items():
+                try:
+                    if pid in again:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            time.sleep(0.005)
 
 
 def _wait_ready(p: subprocess.Popen) -> None:

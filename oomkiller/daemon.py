@@ -204,12 +204,20 @@ class Daemon:
                 record.update(result="recovered", free_at_recheck_bytes=before.free_bytes, timings_usec=timings)
                 self._emit(record)
                 return record
-        return self._kill(ranking, lines, record, before, events, t0, t_rank, timings)
+        return self._kill(ranking, lines, record, before, events, t0, t_rank, timings, action.recheck_redline_bytes)
 
     def _kill(self, ranking: Ranking, lines: list[str], record: dict[str, Any], before: MemorySnapshot,
-              events: list[PressureEvent], t0: int, t_rank: int, timings: dict[str, int]) -> dict[str, Any]:
+              events: list[PressureEvent], t0: int, t_rank: int, timings: dict[str, int],
+              redline_bytes: int | None = None) -> dict[str, Any]:
         t_act = self.now_usec()
-        attempts = self.killer.walk(ranking)
+        still_short = None
+        if redline_bytes is not None:
+            def still_short() -> bool:
+                try:
+                    return self.domain.snapshot(self.now_usec()).free_bytes < redline_bytes
+                except DomainGone:
+                    return False
+        attempts = self.killer.walk(ranking, still_short)
         t_done = self.now_usec()
         # Logging waits until the kill is done: the journal may block under
         # the very pressure being relieved.

@@ -176,7 +176,7 @@ class KillResult:
     job: Job
     ok: bool
     dry_run: bool
-    method: str                         # "cgroup.kill", "signal", "freezer+signal", "none"
+    method: str                         # "cgroup.kill", "signal", "none"
     signalled_pids: tuple[int, ...] = ()
     error: str = ""
     signal_to_empty_usec: int = 0

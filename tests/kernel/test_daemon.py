@@ -129,13 +129,16 @@ def test_a_job_that_vanishes_mid_kill_is_passed_over(arena):
 
 def test_a_reused_pid_is_not_signalled(arena):
     job = arena.job("j")
-    arena.spawn_idle(job, 1 << 20)
+    member = arena.spawn_idle(job, 1 << 20)
     cg = Cgroupfs()
     (c,) = rank(cg.jobs(arena.path, ("*",)), Policy(), 1 << 30).candidates
     kill = _Kill(Killer(cg, dry_run=False, self_pid=0, timeout_usec=1_000_000), c)
-    # our own pid is not in the job: as if the job's pid had been reused by us
-    kill._take(os.getpid())
-    assert kill.signalled == [] and kill.pidfds == {}
+    kill.deadline = kill.k.now_usec() + 1_000_000
+    # our own pid is not in the job: as if a pid read from the job had been
+    # reused by us before its pidfd was opened. The read after the pidfd was
+    # opened does not list it, so only the job's member is signalled.
+    assert kill._sweep([os.getpid()]) == []
+    assert list(kill.signalled) == [member.pid] and member.wait(timeout=5) == -signal.SIGKILL
 
 
 def test_rank_command_prints_the_walk_without_killing(arena):

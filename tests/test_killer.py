@@ -1,0 +1,168 @@
+"""The killer's bookkeeping on fixture trees, and process_mrelease's thread.
+
+The pids here are above PID_MAX_LIMIT (4194304), so no real process can be
+hit: ``pidfd_open`` fails for them with ESRCH."""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+
+import pytest
+
+from oomkiller import cgroupfs as cgroupfs_mod
+from oomkiller import log as oomlog
+from oomkiller.cgroupfs import Cgroupfs
+from oomkiller.killer import EMPTIED_BEFORE_SIGNAL, VANISHED_BEFORE_SIGNAL, Killer, Releaser
+from oomkiller.procfs import Procfs, vanishing
+from oomkiller.rank import Policy, rank
+
+NO_SUCH_PID = 4194401
+
+
+def wait(cond, seconds=5.0):
+    end = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def two_jobs(proc_tree, v1_tree):
+    """Jobs 'big' and 'small', both ranked with one process each."""
+    proc_tree.proc(NO_SUCH_PID, "big", anon_kb=90_000, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(NO_SUCH_PID + 1, "small", anon_kb=10_000, shmem_kb=0, swap_kb=0)
+    v1_tree.cgroup("big", (NO_SUCH_PID,))
+    v1_tree.cgroup("small", (NO_SUCH_PID + 1,))
+    cg = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
+    ranking = rank(cg.jobs(str(v1_tree.mem), ("*",)), Policy(self_pid=os.getpid()), 1 << 30)
+    assert [c.job.name for c in ranking.killable()] == ["big", "small"]
+    return cg, ranking, v1_tree
+
+
+def test_a_job_that_emptied_before_our_signal_is_not_our_kill(two_jobs):
+    cg, ranking, tree = two_jobs
+    (tree.mem / "big" / "cgroup.procs").write_text("")      # the kernel took it meanwhile
+    attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=20_000).walk(ranking)
+    (big, r1), (small, r2) = attempts
+    assert (r1.ok, r1.method, r1.signalled_pids, r1.error) == (False, "none", (), EMPTIED_BEFORE_SIGNAL)
+    # the walk went on; 'small' lists a pid no one could signal: not ours either
+    assert not r2.ok and r2.signalled_pids == () and r2.error.startswith("1 procs left after ")
+    lines = oomlog.walk_lines(ranking, attempts)
+    assert lines == [f"OOM:   (fail) job {big.job.inode:6d} 'big': {EMPTIED_BEFORE_SIGNAL}",
+                     f"OOM:   (fail) job {small.job.inode:6d} 'small': {r2.error}",
+                     "OOM: no killable job found"]
+    assert oomlog.result_record(r1)["ok"] is False
+
+
+def test_after_a_job_emptied_by_someone_else_the_walk_asks_if_memory_is_still_short(two_jobs):
+    cg, ranking, tree = two_jobs
+    (tree.mem / "big" / "cgroup.procs").write_text("")      # the kernel's OOM killer took it, and its memory
+    asked = []
+
+    def still_short() -> bool:
+        asked.append(True)
+        return False
+    attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=20_000).walk(ranking, still_short)
+    assert [(c.job.name, r.ok) for c, r in attempts] == [("big", False)] and asked == [True]
+    # not asked before the first attempt
+    asked.clear()
+    (tree.mem / "big" / "cgroup.procs").write_text(str(NO_SUCH_PID))
+    Killer(cg, dry_run=True, self_pid=os.getpid(), timeout_usec=20_000).walk(ranking, still_short)
+    assert asked == []
+
+
+@pytest.mark.parametrize("err", [errno.ENOENT, errno.ENODEV])
+def test_a_cgroup_gone_mid_kill_is_not_our_kill_and_the_walk_goes_on(two_jobs, monkeypatch, err):
+    cg, ranking, tree = two_jobs
+    big = str(tree.mem / "big")
+    reads = []
+    real = cg.subtree_pids
+
+    def subtree_pids(path):
+        reads.append(path)
+        if path == big and reads.count(big) > 1:
+            raise OSError(err, os.strerror(err))
+        return real(path)
+    monkeypatch.setattr(cg, "subtree_pids", subtree_pids)
+    attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=20_000).walk(ranking)
+    assert [(c.job.name, r.ok, r.error) for c, r in attempts][0] == ("big", False, VANISHED_BEFORE_SIGNAL)
+    assert [c.job.name for c, _ in attempts] == ["big", "small"]
+
+
+def test_a_cgroup_gone_before_the_kill(two_jobs):
+    cg, ranking, tree = two_jobs
+    (tree.mem / "big" / "cgroup.procs").unlink()
+    (tree.mem / "big").rmdir()
+    attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=20_000).walk(ranking)
+    assert (attempts[0][1].ok, attempts[0][1].error) == (False, "cgroup vanished before the kill")
+
+
+@pytest.mark.parametrize("err", [errno.ENOENT, errno.ENODEV])
+def test_subtree_pids_passes_over_a_descendant_gone_while_read(proc_tree, v1_tree, monkeypatch, err):
+    v1_tree.cgroup("j", (11,))
+    v1_tree.cgroup("j/a", (12,))
+    v1_tree.cgroup("j/b", (13,))
+    real = cgroupfs_mod._read_pids
+
+    def read_pids(path):
+        if "/j/a/" in path:
+            with vanishing(path):       # as the real readers raise it
+                raise OSError(err, os.strerror(err))
+        return real(path)
+    monkeypatch.setattr(cgroupfs_mod, "_read_pids", read_pids)
+    cg = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
+    assert cg.subtree_pids(str(v1_tree.mem / "j")) == [11, 13]
+    with pytest.raises(OSError):
+        cg.subtree_pids(str(v1_tree.mem / "j" / "a"))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_releaser_works_off_the_calling_thread_and_closes_its_dups():
+    gate = threading.Event()
+    seen = []
+
+    def syscall(fd):
+        seen.append((threading.get_ident(), os.readlink(f"/proc/self/fd/{fd}")))
+        gate.wait(5)
+        return 0
+    r = Releaser(depth=2, syscall=syscall)
+    rfd, wfd = os.pipe()
+    try:
+        before = open_fds()
+        t0 = time.monotonic()
+        # the first is taken by the thread and blocks there; two wait in the
+        # queue; the rest find it full and are dropped
+        results = [r.submit(rfd)]
+        wait(lambda: seen)
+        results += [r.submit(rfd) for _ in range(4)]
+        assert time.monotonic() - t0 < 1, "submit never waits on the syscall"
+        assert results == [True, True, True, False, False]
+        assert (r.queued, r.dropped) == (3, 2)
+        gate.set()
+        wait(r.idle)
+        assert r.released == 3 and r.stats()["pending"] == 0
+        assert open_fds() == before, "every dup was closed"
+        assert {t for t, _ in seen} != {threading.get_ident()}
+        assert {link for _, link in seen} == {os.readlink(f"/proc/self/fd/{rfd}")}
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+def test_the_releaser_stops_asking_once_the_kernel_lacks_the_call():
+    r = Releaser(syscall=lambda fd: errno.ENOSYS)
+    rfd, wfd = os.pipe()
+    try:
+        assert r.submit(rfd)
+        wait(r.idle)
+        assert not r.available and not r.submit(rfd)
+        assert Killer(Cgroupfs.__new__(Cgroupfs), dry_run=True, self_pid=0, timeout_usec=1,
+                      releaser=r).mrelease_ok is False
+    finally:
+        os.close(rfd)
+        os.close(wfd)
