@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
                    help="run on a whole machine with systemd on pure cgroup v2 (the VM tier's guest): the kernel "
                         "alone, earlyoom, nohang, systemd-oomd and oomd (shipped defaults and tuned) and "
                         "oomkiller as the machine's own services, against guest-wide pressure; writes "
-                        "results.json and results.md (see oomkiller/bench/hostlevel.py)")
+                        "results.json and results.md (see oomkiller_bench/hostlevel.py)")
     p.add_argument("--soak", type=float, metavar="MINUTES",
                    help="hogs killed in a loop for MINUTES against one daemon, with its RSS, fds, threads and "
                         "who killed each hog over time (soak.json, soak.md, soak.png)")
@@ -217,7 +217,7 @@ class Bench:
         return runner.Files(svc, thrash)
 
     def _meta(self, started: float, duration_s: float, unavailable: dict[str, str], live, leftovers) -> dict:
-        from ..cgroupfs import detect_layout
+        from oomkiller.cgroupfs import detect_layout
         lay = detect_layout()
         cg = ("v2" if not lay.memory_v1 else "hybrid (v1 memory, cgroup2 without controllers)"
               if lay.unified_root else "v1")
@@ -351,15 +351,16 @@ def tool_versions() -> dict[str, str]:
                 out[name] = next((line for line in text if "Warning" not in line and "sre_constants" not in line), "")
             except (OSError, subprocess.TimeoutExpired):
                 pass
-    from .. import __version__
+    from oomkiller import __version__
     out["oomkiller"] = __version__
     return out
 
 
 def find_leftovers() -> list[str]:
     """Arena cgroups of this process still present (there should be none)."""
-    from ..arena import LEAF
-    from ..cgroupfs import detect_layout, own_cgroup_paths
+    from oomkiller.cgroupfs import detect_layout, own_cgroup_paths
+
+    from .arena import LEAF
     lay = detect_layout()
     mem, v2 = own_cgroup_paths("self", lay)
     if not lay.memory_v1 and os.path.basename(v2) == LEAF:

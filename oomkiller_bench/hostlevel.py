@@ -1,7 +1,7 @@
 """``oomkiller bench --host-level``: the contenders as a host's real services.
 
 Meant for a whole machine with systemd on pure cgroup v2 and no swap (the VM
-tier's guest: ``python -m tests.vm.run --cmd 'python -m oomkiller bench
+tier's guest: ``python -m tests.vm.run --cmd 'python -m oomkiller_bench
 --host-level --out $OOMK_VM_RESULTS/bench'``). Pressure is machine-wide (the
 host domain: ``MemAvailable`` of ``MemTotal``), jobs are transient systemd
 services in ``system.slice``, and each contender runs as the machine's own
@@ -327,7 +327,7 @@ class Oomkiller(Contender):
                          ready_timeout_s=300)
 
     def wait_ready(self) -> None:
-        from ..control import ControlError, request
+        from oomkiller.control import ControlError, request
 
         def answering() -> bool:
             pid = self.state()["pid"]
@@ -815,7 +815,7 @@ def versions() -> dict[str, str]:
                 out[pkg] = p.stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             pass
-    from .. import __version__
+    from oomkiller import __version__
     out["oomkiller"] = __version__
     return out
 
@@ -951,7 +951,7 @@ def main(a: argparse.Namespace) -> int:
     if not os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) or not shutil.which("systemctl") \
             or sh("systemctl", "is-system-running").stdout.strip() in ("", "offline"):
         print("oomkiller bench --host-level: needs a machine run by systemd on pure cgroup v2 (the VM tier's "
-              "guest: python -m tests.vm.run --cmd 'python -m oomkiller bench --host-level --out "
+              "guest: python -m tests.vm.run --cmd 'python -m oomkiller_bench --host-level --out "
               "$OOMK_VM_RESULTS/bench')", file=sys.stderr)
         return 2
     return HostBench(a, scens, [known[k] for k in chosen], runs).run()

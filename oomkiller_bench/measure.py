@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from ..arena import Arena, ArenaJob
+from .arena import Arena, ArenaJob
 
 
 def now_usec() -> int:

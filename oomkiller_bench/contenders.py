@@ -33,9 +33,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..arena import Arena, ArenaJob
-from ..control import ControlError, request
+from oomkiller.control import ControlError, request
+
 from . import measure
+from .arena import Arena, ArenaJob
 from .scenarios import REDLINE_PERCENT, COMM
 
 ALL_SOURCES = "ebpf,prearm,psi,memcg,timer"
@@ -437,7 +438,7 @@ class Host:
     """What this machine offers the contenders; starts lxcfs when one needs it."""
 
     def __init__(self, tmpdir: str) -> None:
-        from ..cgroupfs import detect_layout
+        from oomkiller.cgroupfs import detect_layout
         self.layout = detect_layout()
         self.tmpdir = tmpdir
         self.lxcfs: subprocess.Popen | None = None

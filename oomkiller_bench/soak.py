@@ -21,9 +21,10 @@ import time
 import uuid
 from typing import Any
 
-from ..arena import Arena
-from ..control import ControlError, request
+from oomkiller.control import ControlError, request
+
 from . import measure
+from .arena import Arena
 
 ARENA_BYTES = 256 << 20
 SAMPLE_S = 10.0
