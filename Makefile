@@ -39,4 +39,4 @@ test-vm: setup
 # the whole matrix (about 50 minutes).
 .PHONY: bench
 bench: setup
-	$(PY) -m oomkiller bench --short --out bench-out
+	$(PY) -m oomkiller_bench --short --out bench-out

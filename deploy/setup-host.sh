@@ -6,8 +6,9 @@
 #     an unrelated project), kernel headers bcc can compile against, tracefs;
 #   - the contenders and load tools the benchmark uses;
 #   - .venv: Debian's /usr/bin/python3 (bcc is built for it) with the system
-#     site-packages visible, plus psutil, pyroute2, pytest and matplotlib
-#     (the benchmark's plots) from PyPI.
+#     site-packages visible, plus from PyPI what the tests and the benchmark
+#     need (pyproject's `test` and `bench` extras: pytest, hypothesis, psutil,
+#     matplotlib); the daemon itself needs none of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,8 +59,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c "import oomkiller, psutil, pyroute2, pytest, matplotlib, hypothesis" 2>/dev/null; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+if ! .venv/bin/python -c "import oomkiller, psutil, pytest, matplotlib, hypothesis" 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
 fi
 .venv/bin/python -c "import bcc" 2>/dev/null || echo "setup: bcc does not import in .venv: eBPF sources will be unavailable" >&2
 echo "setup: ready"

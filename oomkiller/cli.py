@@ -93,7 +93,14 @@ def load_config(a: argparse.Namespace) -> cfg.Config:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
+        # The benchmark is its own package, in the checkout but not in the
+        # daemon's wheel.
+        import importlib.util
+        if importlib.util.find_spec("oomkiller_bench") is None:
+            print("oomkiller: the benchmark is not installed; run it from a checkout: python -m oomkiller_bench",
+                  file=sys.stderr)
+            return cfg.EXIT_CONFIG
+        from oomkiller_bench import main as bench_main
         return bench_main(argv[1:])
     a = parser().parse_args(argv)
     try:

@@ -2,7 +2,7 @@
 output and of systemd's verdicts, and the scenarios' command lines."""
 from __future__ import annotations
 
-from oomkiller.bench import hostlevel as hl
+from oomkiller_bench import hostlevel as hl
 
 OOMCTL_DUMP = """Dry Run: no
 Swap Used Limit: 90.00%

@@ -17,8 +17,8 @@ import sys
 import time
 from typing import Callable
 
-from oomkiller.arena import HOG_SOURCE, IDLE_SOURCE
 from oomkiller.control import ControlError, request
+from oomkiller_bench.arena import HOG_SOURCE, IDLE_SOURCE
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 DAEMON_UNIT = "oomkiller.service"

@@ -1,4 +1,4 @@
-"""oomkiller.arena on pure cgroup v2: the process that makes an arena moves
+"""oomkiller_bench.arena on pure cgroup v2: the process that makes an arena moves
 into a leaf below its own (delegated) cgroup, which can then give the arena
 the memory controller; the kernel tier's redline kill works in it; and the
 last arena to close puts everything back."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oomkiller.arena import LEAF, Arena
+from oomkiller_bench.arena import LEAF, Arena
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernel"))
 from kproc import DaemonProc, wait_for  # noqa: E402

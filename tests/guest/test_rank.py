@@ -13,9 +13,9 @@ import time
 import pytest
 
 from guestlib import (CONTROL_SOCKET, MIB, Daemon, main_pids, sh, start_idle, stop_test_units, wait_for)
-from oomkiller.arena import IDLE_SOURCE
 from oomkiller.config import Config
 from oomkiller.control import request
+from oomkiller_bench.arena import IDLE_SOURCE
 
 PREFIX = "system.slice/"
 # Sizes differ so the order inside a class is known: larger first.

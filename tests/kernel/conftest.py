@@ -13,7 +13,7 @@ import pytest
 
 from kproc import DaemonProc
 
-from oomkiller.arena import Arena
+from oomkiller_bench.arena import Arena
 
 if os.geteuid() != 0:
     pytest.skip("needs root: makes cgroups, loads BPF and kills processes", allow_module_level=True)

@@ -19,13 +19,15 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# kproc beside this script, and the checkout: the arena is in oomkiller_bench,
+# which is not installed with the daemon.
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), str(Path(__file__).resolve().parents[2])]
 from kproc import DaemonProc  # noqa: E402
 
-from oomkiller.arena import Arena  # noqa: E402
 from oomkiller.cgroupfs import Cgroupfs  # noqa: E402
 from oomkiller.domain import Domain  # noqa: E402
 from oomkiller.procfs import Procfs  # noqa: E402
+from oomkiller_bench.arena import Arena  # noqa: E402
 
 LIMIT_BYTES = 256 << 20
 REDLINE_BYTES = 64 << 20

@@ -14,7 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# kproc beside this script, and the checkout: the arena is in oomkiller_bench,
+# which is not installed with the daemon.
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), str(Path(__file__).resolve().parents[2])]
 import test_race  # noqa: E402
 
 

@@ -17,9 +17,9 @@ import uuid
 
 import pytest
 
-from oomkiller.arena import Arena
 from oomkiller.sources import bpf
 from oomkiller.sources.bpf import BpfSource, SourceUnavailable
+from oomkiller_bench.arena import Arena
 
 MIB = 1 << 20
 ALL_TRACEPOINTS = sorted(tp for tps in bpf.TRACEPOINT_FLAGS.values() for tp in tps)

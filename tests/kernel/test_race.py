@@ -21,7 +21,7 @@ import flood
 import pytest
 from kproc import DaemonProc, wait_for
 
-from oomkiller.arena import Arena
+from oomkiller_bench.arena import Arena
 
 ARENA_BYTES = 256 << 20
 RUNS_ALL = 20

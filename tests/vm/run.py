@@ -1,7 +1,7 @@
 """Boot the guest image under QEMU, run one job in it, bring its results back.
 
     python -m tests.vm.run                               # the guest test tier
-    python -m tests.vm.run --cmd 'python -m oomkiller bench --out $OOMK_VM_RESULTS/bench' --out bench-vm
+    python -m tests.vm.run --cmd 'python -m oomkiller_bench --out $OOMK_VM_RESULTS/bench' --out bench-vm
 
 The image is built or found by ``deploy/vm/build-image.sh``. Each run boots it
 once, copy-on-write (a qcow2 overlay that is thrown away), with three virtio
@@ -18,7 +18,7 @@ own files (``status.json``, ``command.log``, ``journal.txt``, ``dmesg.txt``) and
 the serial console (``console.log``). No loop device or mount is used on the
 host: the disks are plain files. QEMU runs under software emulation (TCG:
 KVM is present on these machines but a guest hangs at boot) inside an
-``oomkiller.arena.Arena``, a cgroup under our own with a 1 GiB limit, so
+``oomkiller_bench.arena.Arena``, a cgroup under our own with a 1 GiB limit, so
 nothing the guest does can pressure this host.
 
 Exit status of the CLI: the job's own exit status in the guest, or 125 when
@@ -260,7 +260,7 @@ def run_vm(cmd: str = GUEST_TIER_CMD, out_dir: Path | str = REPO / "build" / "vm
 
 def _boot(run: VmRun, argv: list[str], work: Path, timeout_s: float, echo_console: bool) -> None:
     """Run QEMU in an arena until it exits or the timeout; fill in the timings."""
-    from oomkiller.arena import Arena
+    from oomkiller_bench.arena import Arena
 
     with Arena(f"oomk-vm-{uuid.uuid4().hex[:8]}", QEMU_ARENA_BYTES) as arena:
         job = arena.job("qemu")

@@ -21,9 +21,9 @@ import time
 import uuid
 from typing import Any
 
-from ..arena import Arena
-from ..control import ControlError, request
-from . import measure
+from . import daemon, measure
+from . import markdown as md
+from .arena import Arena
 
 ARENA_BYTES = 256 << 20
 SAMPLE_S = 10.0
@@ -56,7 +56,8 @@ def soak(minutes: float, daemon_args: list[str], out_dir: str, plots: bool = Tru
         with open(os.path.join(tmp, "daemon.err"), "w") as err:
             d = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
         try:
-            _wait_info(sock, d)
+            if daemon.wait_info(sock, lambda: d.poll() is None, 60) is None:
+                raise RuntimeError("the daemon did not answer on its control socket")
             t0 = time.monotonic()
             end = t0 + minutes * 60
             next_sample = t0
@@ -103,17 +104,6 @@ def soak(minutes: float, daemon_args: list[str], out_dir: str, plots: bool = Tru
     return 0 if alive and protected_alive else 1
 
 
-def _wait_info(sock: str, d: subprocess.Popen, timeout_s: float = 60) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end and d.poll() is None:
-        try:
-            request(sock, "info", timeout_s=5)
-            return
-        except ControlError:
-            time.sleep(0.05)
-    raise RuntimeError("the daemon did not answer on its control socket")
-
-
 def _forget(arena: Arena, job, hog: subprocess.Popen) -> None:
     """Remove a dead hog's job, so a long soak does not pile up cgroups."""
     if hog.stdout:
@@ -134,12 +124,10 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"# Soak: {r['minutes']:g} min, `{shlex.join(r['argv'])}`", "",
              f"{n} hogs: the daemon killed {r['daemon_kills']}, the kernel {r['kernel_kills']}"
              f" ({100 * r['kernel_kills'] / max(1, n):.1f}%); daemon alive at the end: {r['daemon_alive_at_end']}, "
-             f"protected service alive: {r['protected_alive_at_end']}", "",
-             "| t (s) | VmRSS (KiB) | VmHWM (KiB) | fds | threads | daemon kills | kernel kills |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for s in r["samples"]:
-        lines.append(f"| {s['t_s']} | {s.get('VmRSS', '')} | {s.get('VmHWM', '')} | {s.get('fds', '')} | "
-                     f"{s.get('threads', '')} | {s['daemon_kills']} | {s['kernel_kills']} |")
+             f"protected service alive: {r['protected_alive_at_end']}", ""]
+    lines += md.table(["t (s)", "VmRSS (KiB)", "VmHWM (KiB)", "fds", "threads", "daemon kills", "kernel kills"],
+                      ([s["t_s"], s.get("VmRSS", ""), s.get("VmHWM", ""), s.get("fds", ""), s.get("threads", ""),
+                        s["daemon_kills"], s["kernel_kills"]] for s in r["samples"]), align="rrrrrrr")
     if len(r["samples"]) >= 2:
         first, last = r["samples"][0], r["samples"][-1]
         lines += ["", f"RSS {last.get('VmRSS', 0) - first.get('VmRSS', 0):+d} KiB, fds "

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import math
 import os
-from statistics import median
-from typing import Any, Iterable
+from typing import Any
+
+from . import markdown as md
+from .records import group, split
+from .stats import median, numbers, spread, tally
 
 DEFINITIONS = """\
 - **pressure onset**: the moment the arena's charged memory (v1 `memory.usage_in_bytes`, which
@@ -48,38 +51,23 @@ DEFINITIONS = """\
 """
 
 
-def _med(xs: list[float]) -> float | None:
-    return median(xs) if xs else None
-
-
-def _num(xs: Iterable[Any]) -> list[float]:
-    return [float(x) for x in xs if isinstance(x, (int, float)) and not isinstance(x, bool)]
-
-
 def summarize(records: list[dict[str, Any]], baselines: tuple[str, ...] = ("kernel", "oomk-timer-1000")
               ) -> list[dict[str, Any]]:
     """One summary per (cell, contender): counts, medians, worst cases, ratios."""
-    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        by_key.setdefault((r["cell"], r["contender"]), []).append(r)
     decision = {(r["cell"], r["contender"], r["run"]): r.get("onset_to_decision_ms") for r in records}
     out = []
-    for (cell, cont), rs in by_key.items():
-        ok = [r for r in rs if not r.get("error")]
-        lat = _num(r.get("onset_to_decision_ms") for r in ok)
-        empty = _num(r.get("signal_to_empty_ms") for r in ok)
-        some = _num((r.get("psi_ms") or {}).get("some") for r in ok)
-        full = _num((r.get("psi_ms") or {}).get("full") for r in ok)
-        svc = _num((r.get("service") or {}).get("ratio") for r in ok)
-        cpu = _num((r.get("killer") or {}).get("cpu_ms") for r in ok)
-        peak = _num((r.get("killer") or {}).get("peak_rss_mb") for r in ok)
-        rss = _num((r.get("killer") or {}).get("rss_mb") for r in ok)
-        killed_by: dict[str, int] = {}
-        then_by: dict[str, int] = {}
-        for r in ok:
-            killed_by[r["killed_by"]] = killed_by.get(r["killed_by"], 0) + 1
-            for who in {k["by"] for k in r.get("kills", [])[1:]} - {r["killed_by"]}:
-                then_by[who] = then_by.get(who, 0) + 1
+    for (cell, cont), rs in group(records, "cell", "contender").items():
+        ok, failed = split(rs)
+        lat = numbers(r.get("onset_to_decision_ms") for r in ok)
+        empty = numbers(r.get("signal_to_empty_ms") for r in ok)
+        some = numbers((r.get("psi_ms") or {}).get("some") for r in ok)
+        full = numbers((r.get("psi_ms") or {}).get("full") for r in ok)
+        svc = numbers((r.get("service") or {}).get("ratio") for r in ok)
+        cpu = numbers((r.get("killer") or {}).get("cpu_ms") for r in ok)
+        peak = numbers((r.get("killer") or {}).get("peak_rss_mb") for r in ok)
+        rss = numbers((r.get("killer") or {}).get("rss_mb") for r in ok)
+        killed_by = tally(r["killed_by"] for r in ok)
+        then_by = tally(who for r in ok for who in {k["by"] for k in r.get("kills", [])[1:]} - {r["killed_by"]})
         ratios = {}
         for base in baselines:
             vals = []
@@ -87,33 +75,32 @@ def summarize(records: list[dict[str, Any]], baselines: tuple[str, ...] = ("kern
                 mine, theirs = r.get("onset_to_decision_ms"), decision.get((cell, base, r["run"]))
                 if mine is not None and theirs is not None and theirs > 0 and mine > 0:
                     vals.append(mine / theirs)
-            ratios[base] = _med(vals)
+            ratios[base] = median(vals)
         live = sorted({s for r in ok for s in (r.get("contender_info") or {}).get("sources_live", [])})
         bpf = [r["bpf"] for r in ok if r.get("bpf")]
         rank = [r["rank"] for r in ok if r.get("rank")]
         timings = [r["daemon_timings_usec"] for r in ok if r.get("daemon_timings_usec")]
         out.append({
-            "cell": cell, "contender": cont, "runs": len(rs), "errors": [r["error"] for r in rs if r.get("error")],
+            "cell": cell, "contender": cont, "runs": len(rs), "errors": [r["error"] for r in failed],
             "killed_by": killed_by, "then_by": then_by,
             "right_victim": sum(1 for r in ok if r.get("right_victim")),
             "collateral": sum(1 for r in ok if r.get("collateral")),
             "emptied": sum(1 for r in ok if r.get("victim_job_emptied")),
-            "onset_to_decision_ms": {"median": _med(lat), "worst": max(lat) if lat else None, "n": len(lat)},
-            "signal_to_empty_ms": {"median": _med(empty), "worst": max(empty) if empty else None},
-            "psi_some_ms": {"median": _med(some), "worst": max(some) if some else None},
-            "psi_full_ms": {"median": _med(full), "worst": max(full) if full else None},
-            "service_ratio": {"median": _med(svc), "worst": min(svc) if svc else None},
-            "killer_cpu_ms": {"median": _med(cpu), "worst": max(cpu) if cpu else None},
-            "killer_rss_mb": _med(rss), "killer_peak_rss_mb": max(peak) if peak else None,
+            "onset_to_decision_ms": dict(spread(lat), n=len(lat)),
+            "signal_to_empty_ms": spread(empty),
+            "psi_some_ms": spread(some),
+            "psi_full_ms": spread(full),
+            "service_ratio": spread(svc, worst=min),
+            "killer_cpu_ms": spread(cpu),
+            "killer_rss_mb": median(rss), "killer_peak_rss_mb": max(peak) if peak else None,
             "ratio_vs": ratios,
             "sources_live": live,
             "bpf_run_cnt": sum(int(b.get("run_cnt", 0)) for b in bpf) if bpf else None,
             "bpf_run_time_ns": sum(int(b.get("run_time_ns", 0)) for b in bpf) if bpf else None,
-            "rank": {k: _med(_num(x.get(k) for x in rank)) for k in ("jobs_seen", "list_ms", "rank_ms", "rank_cli_ms")}
-            if rank else None,
-            "daemon_timings_usec": {k: _med(_num(t.get(k) for t in timings)) for k in ("snapshot", "rank", "recheck",
-                                                                                   "kill", "total")}
-            if timings else None,
+            "rank": {k: median(numbers(x.get(k) for x in rank))
+                     for k in ("jobs_seen", "list_ms", "rank_ms", "rank_cli_ms")} if rank else None,
+            "daemon_timings_usec": {k: median(numbers(t.get(k) for t in timings))
+                                    for k in ("snapshot", "rank", "recheck", "kill", "total")} if timings else None,
         })
     return out
 
@@ -122,18 +109,10 @@ def summarize(records: list[dict[str, Any]], baselines: tuple[str, ...] = ("kern
 
 def _ms(v: float | None, digits: int = 1) -> str:
     if v is None:
-        return "—"
+        return md.DASH
     if abs(v) >= 100:
         return f"{v:.0f}"
     return f"{v:.{digits}f}"
-
-
-def _ratio(v: float | None) -> str:
-    return "—" if v is None else f"{v:.2f}×"
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.0f}%"
 
 
 def _killed_by(d: dict[str, int], then: dict[str, int] | None = None, runs: int = 1) -> str:
@@ -156,9 +135,8 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[di
 
     # overview: one row per contender, one column per cell
     cell_keys = [c["key"] for c in cells]
-    lines += ["## Overview: median onset → kill decision (ms), and who killed first", "",
-              "| contender | " + " | ".join(cell_keys) + " |",
-              "|---|" + "---|" * len(cell_keys)]
+    lines += ["## Overview: median onset → kill decision (ms), and who killed first", ""]
+    rows = []
     for ck in cont_order:
         row = [f"{ck}"]
         for cell in cell_keys:
@@ -166,10 +144,11 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[di
             if not s:
                 row.append("")
                 continue
-            kb = _killed_by(s["killed_by"], None, s["runs"]) or "—"
+            kb = _killed_by(s["killed_by"], None, s["runs"]) or md.DASH
             row.append(f"{_ms(s['onset_to_decision_ms']['median'])} ({kb})"
                        if s["onset_to_decision_ms"]["median"] is not None else kb)
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    lines += md.table(["contender", *cell_keys], rows)
     lines.append("")
 
     for cell in cells:
@@ -178,11 +157,8 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[di
                   f"{cell['redline_bytes'] / (1 << 20):.1f} MiB, window {cell['window_s']:g} s, victim job "
                   f"`{cell['victim_job']}`, protected job `svc`."
                   + (f" The victim allocated {cell['victim_alloc_mb_s']:.0f} MB/s over the 64 MiB before the onset "
-                     "(median of runs)." if cell.get("victim_alloc_mb_s") else ""), "",
-                  "| contender | runs | killed by | right job | collateral | job emptied | onset→decision ms "
-                  "median / worst | ×kernel | ×timer | signal→empty ms median / worst | PSI some stall ms "
-                  "median / worst | service work median / worst | killer CPU ms | killer RSS MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                     "(median of runs)." if cell.get("victim_alloc_mb_s") else ""), ""]
+        rows = []
         for ck in cont_order:
             s = by.get((cell["key"], ck))
             if not s:
@@ -192,49 +168,54 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[di
             name = ck + (f" <sub>live: {','.join(live)}</sub>" if live else "")
             lat, emp, psi, svc = (s["onset_to_decision_ms"], s["signal_to_empty_ms"], s["psi_some_ms"],
                                   s["service_ratio"])
-            lines.append(
-                f"| {name} | {n}{' (' + str(len(s['errors'])) + ' failed)' if s['errors'] else ''} "
-                f"| {_killed_by(s['killed_by'], s['then_by'], n) or '—'} | {s['right_victim']}/{n} | {s['collateral']}/{n} "
-                f"| {s['emptied']}/{n} | {_ms(lat['median'])} / {_ms(lat['worst'])} "
-                f"| {_ratio(s['ratio_vs'].get('kernel'))} | {_ratio(s['ratio_vs'].get('oomk-timer-1000'))} "
-                f"| {_ms(emp['median'])} / {_ms(emp['worst'])} | {_ms(psi['median'], 0)} / {_ms(psi['worst'], 0)} "
-                f"| {_pct(svc['median'])} / {_pct(svc['worst'])} | {_ms(s['killer_cpu_ms']['median'])} "
-                f"| {_ms(s['killer_peak_rss_mb'])} |")
+            rows.append([name, f"{n}{' (' + str(len(s['errors'])) + ' failed)' if s['errors'] else ''}",
+                         _killed_by(s["killed_by"], s["then_by"], n) or md.DASH,
+                         f"{s['right_victim']}/{n}", f"{s['collateral']}/{n}", f"{s['emptied']}/{n}",
+                         f"{_ms(lat['median'])} / {_ms(lat['worst'])}",
+                         md.ratio(s["ratio_vs"].get("kernel")), md.ratio(s["ratio_vs"].get("oomk-timer-1000")),
+                         f"{_ms(emp['median'])} / {_ms(emp['worst'])}",
+                         f"{_ms(psi['median'], 0)} / {_ms(psi['worst'], 0)}",
+                         f"{md.pct(svc['median'])} / {md.pct(svc['worst'])}",
+                         _ms(s["killer_cpu_ms"]["median"]), _ms(s["killer_peak_rss_mb"])])
+        lines += md.table(["contender", "runs", "killed by", "right job", "collateral", "job emptied",
+                           "onset→decision ms median / worst", "×kernel", "×timer",
+                           "signal→empty ms median / worst", "PSI some stall ms median / worst",
+                           "service work median / worst", "killer CPU ms", "killer RSS MB"], rows)
         lines.append("")
 
     # the killers' own cost
     idle_s = sorted({i["idle_s"] for i in idle})
     lines += ["## What the killers cost", "",
               f"Idle: each killer started on an arena holding only the service, measured over "
-              f"{', '.join(f'{x:g}' for x in idle_s) or '—'} s after it settled. Under pressure: the median over the "
-              "cells of its CPU time in a run's window, and the largest peak RSS seen. BPF: every program the daemon "
-              "holds, with `kernel.bpf_stats_enabled=1`: total run time / total runs over every run.", "",
-              "| contender | idle CPU % | idle CPU µs per timer wake | idle RSS MB (anon) | CPU ms in a window "
-              "| peak RSS MB | BPF programs | BPF runs, idle | BPF runs, all windows | BPF ns per run |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              f"{', '.join(f'{x:g}' for x in idle_s) or md.DASH} s after it settled. Under pressure: the median over "
+              "the cells of its CPU time in a run's window, and the largest peak RSS seen. BPF: every program the "
+              "daemon holds, with `kernel.bpf_stats_enabled=1`: total run time / total runs over every run.", ""]
+    rows = []
     for ck in cont_order:
         if ck == "kernel":
             continue
         ss = [s for s in summary if s["contender"] == ck]
         ids = [i for i in idle if i["contender"] == ck and not i.get("error")]
-        cpu = _num(s["killer_cpu_ms"]["median"] for s in ss)
-        peak = _num(s["killer_peak_rss_mb"] for s in ss) + _num(i.get("peak_rss_mb") for i in ids)
-        pct = _med(_num(i.get("cpu_pct") for i in ids))
-        rss = _med(_num(i.get("rss_mb") for i in ids))
-        anon = _med(_num(i.get("rss_anon_mb") for i in ids))
+        cpu = numbers(s["killer_cpu_ms"]["median"] for s in ss)
+        peak = numbers(s["killer_peak_rss_mb"] for s in ss) + numbers(i.get("peak_rss_mb") for i in ids)
+        pct = median(numbers(i.get("cpu_pct") for i in ids))
+        rss = median(numbers(i.get("rss_mb") for i in ids))
+        anon = median(numbers(i.get("rss_anon_mb") for i in ids))
         cnt = sum(int(s["bpf_run_cnt"] or 0) for s in ss)
         ns = sum(int(s["bpf_run_time_ns"] or 0) for s in ss)
         has_bpf = any(s["bpf_run_cnt"] is not None for s in ss) or any(i.get("bpf") for i in ids)
         nprog = max([i["bpf"]["programs"] for i in ids if i.get("bpf")] or [0])
         idle_runs = sum(i["bpf"]["runs"] for i in ids if i.get("bpf"))
         if has_bpf:
-            bpf_cols = f"{nprog} | {idle_runs} | {cnt} | {_ms(ns / cnt) if cnt else '—'}"
+            bpf_cols = [nprog, idle_runs, cnt, _ms(ns / cnt) if cnt else md.DASH]
         else:
-            why = meta.get("bpf_unavailable", {}).get(ck, "—")
-            bpf_cols = f"{why} | — | — | —"
-        per_wake = _med(_num(i.get("cpu_usec_per_timer_wake") for i in ids))
-        lines.append(f"| {ck} | {_ms(pct, 3)} | {_ms(per_wake, 0)} | {_ms(rss)} ({_ms(anon)}) | {_ms(_med(cpu))} "
-                     f"| {_ms(max(peak) if peak else None)} | {bpf_cols} |")
+            bpf_cols = [meta.get("bpf_unavailable", {}).get(ck, md.DASH), md.DASH, md.DASH, md.DASH]
+        per_wake = median(numbers(i.get("cpu_usec_per_timer_wake") for i in ids))
+        rows.append([ck, _ms(pct, 3), _ms(per_wake, 0), f"{_ms(rss)} ({_ms(anon)})", _ms(median(cpu)),
+                     _ms(max(peak) if peak else None), *bpf_cols])
+    lines += md.table(["contender", "idle CPU %", "idle CPU µs per timer wake", "idle RSS MB (anon)",
+                       "CPU ms in a window", "peak RSS MB", "BPF programs", "BPF runs, idle",
+                       "BPF runs, all windows", "BPF ns per run"], rows)
     lines.append("")
 
     ranks = [s for s in summary if s.get("rank") or s.get("daemon_timings_usec")]
@@ -243,16 +224,18 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[di
         lines += ["## Ranking and wake cost against the number of jobs", "",
                   "`list` = reading every job's cgroup and processes, `rank` = list + rank, in process; "
                   "`oomkiller rank` = the command, interpreter start included. Daemon timings: medians of its "
-                  "decision records' `timings_usec` over every oomkiller contender that killed.", "",
-                  "| jobs | list ms | rank ms | `oomkiller rank` ms | daemon rank µs | daemon wake→kill done µs |",
-                  "|---|---|---|---|---|---|"]
+                  "decision records' `timings_usec` over every oomkiller contender that killed.", ""]
+
+        def pick(xs, k):
+            return median(numbers(x.get(k) for x in xs))
+        rows = []
         for c in many:
             rk = [s["rank"] for s in ranks if s["cell"] == c["key"] and s.get("rank")]
             tm = [s["daemon_timings_usec"] for s in ranks if s["cell"] == c["key"] and s.get("daemon_timings_usec")]
-            def pick(xs, k):
-                return _med(_num(x.get(k) for x in xs))
-            lines.append(f"| {c['params']['jobs']} | {_ms(pick(rk, 'list_ms'))} | {_ms(pick(rk, 'rank_ms'))} "
-                         f"| {_ms(pick(rk, 'rank_cli_ms'))} | {_ms(pick(tm, 'rank'), 0)} | {_ms(pick(tm, 'total'), 0)} |")
+            rows.append([c["params"]["jobs"], _ms(pick(rk, "list_ms")), _ms(pick(rk, "rank_ms")),
+                         _ms(pick(rk, "rank_cli_ms")), _ms(pick(tm, "rank"), 0), _ms(pick(tm, "total"), 0)])
+        lines += md.table(["jobs", "list ms", "rank ms", "`oomkiller rank` ms", "daemon rank µs",
+                           "daemon wake→kill done µs"], rows)
         lines.append("")
 
     lines += ["## Contenders", ""]
@@ -305,10 +288,10 @@ def plots(out_dir: str, records: list[dict[str, Any]], summary: list[dict[str, A
                     ax.scatter([x], [nobody_y], marker="x", color=KILLER_COLORS["nobody"], zorder=3)
                 else:
                     ax.scatter([x], [max(v, 0.05)], color=color, s=28, zorder=3, edgecolors="black", linewidths=0.3)
-            mine = _num(r.get("onset_to_decision_ms") for r in rs)
+            mine = numbers(r.get("onset_to_decision_ms") for r in rs)
             if mine:
                 ax.hlines(max(median(mine), 0.05), i - 0.3, i + 0.3, color="black", linewidth=1.2)
-        vals = [v for v in _num(r.get("onset_to_decision_ms") for r in ok if r["cell"] == ck) if v > 0]
+        vals = [v for v in numbers(r.get("onset_to_decision_ms") for r in ok if r["cell"] == ck) if v > 0]
         # A log axis only where the values span more than a decade or so;
         # otherwise a linear one from 0 reads better.
         if vals and max(vals) / min(vals) > 20:

@@ -12,11 +12,9 @@ line or not root; 130 interrupted (what was measured is still written).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,8 @@ from typing import Any
 from . import contenders as cmod
 from . import report, runner, scenarios
 from .measure import BpfStats
+from .records import load_results, stamp, write_results
+from .stats import median
 
 MODES = {
     # mode: (runs per cell, baseline window s, idle window s). The idle window
@@ -34,6 +34,8 @@ MODES = {
     "short": (1, 1.0, 3.0),
     "full": (5, 1.0, 10.0),
 }
+# Why the arena benchmark needs root.
+ROOT_FOR = "makes cgroups, starts killers, loads BPF"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
                    help="run on a whole machine with systemd on pure cgroup v2 (the VM tier's guest): the kernel "
                         "alone, earlyoom, nohang, systemd-oomd and oomd (shipped defaults and tuned) and "
                         "oomkiller as the machine's own services, against guest-wide pressure; writes "
-                        "results.json and results.md (see oomkiller/bench/hostlevel.py)")
+                        "results.json and results.md (see oomkiller_bench/hostlevel.py)")
     p.add_argument("--soak", type=float, metavar="MINUTES",
                    help="hogs killed in a loop for MINUTES against one daemon, with its RSS, fds, threads and "
                         "who killed each hog over time (soak.json, soak.md, soak.png)")
@@ -76,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# What both benchmarks' command lines share.
+
 def pick(csv: str, known, what: str, prog: str) -> tuple[str, ...] | None:
     """Names from a comma list, or None (after one message) if one is unknown."""
     names = tuple(n.strip() for n in csv.split(",") if n.strip())
@@ -86,6 +90,20 @@ def pick(csv: str, known, what: str, prog: str) -> tuple[str, ...] | None:
     return names
 
 
+def print_list(what: str, width: int, items) -> None:
+    """``--list``: a line per ``(key, description)``."""
+    for key, text in items:
+        print(f"{what} {key:{width}s} {text}")
+
+
+def is_root(prog: str, why: str) -> bool:
+    """Whether this runs as root; if not, says what needs it."""
+    if os.geteuid() == 0:
+        return True
+    print(f"{prog}: needs root ({why})", file=sys.stderr)
+    return False
+
+
 def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
     if a.host_level:
@@ -94,8 +112,7 @@ def main(argv: list[str]) -> int:
     if a.rerender:
         return rerender(a.rerender, a.out, not a.no_plots)
     if a.soak is not None:
-        if os.geteuid() != 0:
-            print("oomkiller bench: needs root (makes cgroups, starts killers, loads BPF)", file=sys.stderr)
+        if not is_root("oomkiller bench", ROOT_FOR):
             return 2
         import shlex
         from . import soak
@@ -117,13 +134,10 @@ def main(argv: list[str]) -> int:
         if chosen is None:
             return 2
     if a.list:
-        for c in cells:
-            print(f"cell {c.key:18s} {c.title}: {c.describe()}")
-        for k in chosen:
-            print(f"contender {k:16s} {known[k].describe()}")
+        print_list("cell", 18, ((c.key, f"{c.title}: {c.describe()}") for c in cells))
+        print_list("contender", 16, ((k, known[k].describe()) for k in chosen))
         return 0
-    if os.geteuid() != 0:
-        print("oomkiller bench: needs root (makes cgroups, starts killers, loads BPF)", file=sys.stderr)
+    if not is_root("oomkiller bench", ROOT_FOR):
         return 2
     return Bench(a, cells, [known[k] for k in chosen], runs, baseline_s, idle_s).run()
 
@@ -217,7 +231,7 @@ class Bench:
         return runner.Files(svc, thrash)
 
     def _meta(self, started: float, duration_s: float, unavailable: dict[str, str], live, leftovers) -> dict:
-        from ..cgroupfs import detect_layout
+        from oomkiller.cgroupfs import detect_layout
         lay = detect_layout()
         cg = ("v2" if not lay.memory_v1 else "hybrid (v1 memory, cgroup2 without controllers)"
               if lay.unified_root else "v1")
@@ -227,7 +241,7 @@ class Bench:
             "mode": self.a.mode, "runs": self.runs, "baseline_s": self.baseline_s, "idle_s": self.idle_s,
             "pid": os.getpid(),
             "command": "oomkiller bench " + " ".join(self.a_argv()),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+            "started": stamp(started),
             "duration_s": round(duration_s, 1),
             "redline_percent": scenarios.REDLINE_PERCENT,
             "host": {"kernel": f"Linux {platform.release()}", "cpus": os.cpu_count(),
@@ -277,7 +291,7 @@ class Bench:
             cells.append({"key": c.key, "scenario": c.scenario, "title": c.title, "description": c.describe(),
                           "limit_bytes": c.limit_bytes, "redline_bytes": c.redline_bytes, "window_s": c.window_s,
                           "victim_job": c.victim_job, "params": c.params,
-                          "victim_alloc_mb_s": statistics.median(rates) if rates else None})
+                          "victim_alloc_mb_s": median(rates)})
         conts = [{"key": c.key, "label": c.label, "kind": c.kind, "describe": c.describe()} for c in live]
         plots: list[str] = []
         if not self.a.no_plots and self.records:
@@ -285,25 +299,21 @@ class Bench:
                 plots = report.plots(self.out, self.records, summary, cells, [c["key"] for c in conts])
             except ImportError as e:
                 meta["notes"].append(f"no plots: {e} (install matplotlib)")
-        with open(os.path.join(self.out, "results.json"), "w") as f:
-            json.dump({"meta": meta, "cells": cells, "contenders": conts, "summary": summary,
-                       "idle": self.idle, "runs": self.records}, f, indent=1, sort_keys=True)
-        with open(os.path.join(self.out, "results.md"), "w") as f:
-            f.write(report.markdown(meta, summary, cells, conts, plots, self.idle))
+        write_results(self.out, report.markdown(meta, summary, cells, conts, plots, self.idle),
+                      {"meta": meta, "cells": cells, "contenders": conts, "summary": summary,
+                       "idle": self.idle, "runs": self.records})
         print(f"oomkiller bench: wrote {os.path.join(self.out, 'results.json')}, results.md"
               + (", " + ", ".join(os.path.basename(p) for p in plots) if plots else ""), flush=True)
 
 
 def rerender(path: str, out: str, with_plots: bool) -> int:
-    with open(path) as f:
-        data = json.load(f)
+    data = load_results(path)
     os.makedirs(out, exist_ok=True)
     plots = []
     if with_plots:
         plots = report.plots(out, data["runs"], data["summary"], data["cells"], [c["key"] for c in data["contenders"]])
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(report.markdown(data["meta"], data["summary"], data["cells"], data["contenders"], plots,
-                                data.get("idle", [])))
+    write_results(out, report.markdown(data["meta"], data["summary"], data["cells"], data["contenders"], plots,
+                                       data.get("idle", [])))
     print(f"oomkiller bench: wrote {os.path.join(out, 'results.md')}"
           + (", " + ", ".join(os.path.basename(p) for p in plots) if plots else ""))
     return 0
@@ -351,15 +361,16 @@ def tool_versions() -> dict[str, str]:
                 out[name] = next((line for line in text if "Warning" not in line and "sre_constants" not in line), "")
             except (OSError, subprocess.TimeoutExpired):
                 pass
-    from .. import __version__
+    from oomkiller import __version__
     out["oomkiller"] = __version__
     return out
 
 
 def find_leftovers() -> list[str]:
     """Arena cgroups of this process still present (there should be none)."""
-    from ..arena import LEAF
-    from ..cgroupfs import detect_layout, own_cgroup_paths
+    from oomkiller.cgroupfs import detect_layout, own_cgroup_paths
+
+    from .arena import LEAF
     lay = detect_layout()
     mem, v2 = own_cgroup_paths("self", lay)
     if not lay.memory_v1 and os.path.basename(v2) == LEAF:

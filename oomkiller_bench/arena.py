@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .cgroupfs import Layout, detect_layout, own_cgroup_paths
+from oomkiller.cgroupfs import Layout, detect_layout, own_cgroup_paths
 
 
 # A hog: touches a page of every chunk so the memory is really committed.

@@ -12,9 +12,9 @@ import select
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Iterable
 
-from ..arena import Arena, ArenaJob
+from .arena import Arena, ArenaJob
 
 
 def now_usec() -> int:
@@ -370,12 +370,18 @@ class LineReader:
 
     def ops_series(self) -> list[tuple[int, int]]:
         """``(t_usec, ops so far)`` from ``ops N T`` lines."""
-        out = []
-        for _, line in list(self.lines):
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "ops":
-                out.append((int(parts[2]), int(parts[1])))
-        return out
+        return parse_ops(line for _, line in list(self.lines))
+
+
+def parse_ops(lines: Iterable[str]) -> list[tuple[int, int]]:
+    """A working process's ``ops N T`` lines (see workload.py): ``(T, N)``,
+    N operations done by CLOCK_MONOTONIC microsecond T."""
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "ops" and parts[1].isdigit() and parts[2].isdigit():
+            out.append((int(parts[2]), int(parts[1])))
+    return out
 
 
 def ops_between(series: list[tuple[int, int]], t0: int, t1: int) -> tuple[int, float] | None:

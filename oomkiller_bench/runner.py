@@ -18,15 +18,16 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from statistics import median
 from typing import Any
 
-from ..arena import Arena
-from ..cgroupfs import Cgroupfs
-from ..rank import Policy, rank
+from oomkiller.cgroupfs import Cgroupfs
+from oomkiller.rank import Policy, rank
+
 from . import measure, scenarios
+from .arena import Arena
 from .contenders import Contender, Kill, RunEnv
 from .scenarios import Cell, Launch
+from .stats import median
 
 WORKLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workload.py")
 READY_TIMEOUT_S = 30

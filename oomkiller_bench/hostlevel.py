@@ -1,7 +1,7 @@
 """``oomkiller bench --host-level``: the contenders as a host's real services.
 
 Meant for a whole machine with systemd on pure cgroup v2 and no swap (the VM
-tier's guest: ``python -m tests.vm.run --cmd 'python -m oomkiller bench
+tier's guest: ``python -m tests.vm.run --cmd 'python -m oomkiller_bench
 --host-level --out $OOMK_VM_RESULTS/bench'``). Pressure is machine-wide (the
 host domain: ``MemAvailable`` of ``MemTotal``), jobs are transient systemd
 services in ``system.slice``, and each contender runs as the machine's own
@@ -41,7 +41,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -49,9 +48,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import daemon, is_root, pick, print_list
+from . import markdown as md
 from .contenders import nohang_config
+from .measure import parse_ops
+from .records import group, load_results, split, stamp, write_results
+from .runner import WORKLOAD, make_file
+from .scenarios import COMM, MIB, SERVICE_FILE_BYTES, SERVICE_HOLD_BYTES
+from .stats import median, tally
 
-MIB = 1 << 20
 CGROUP_ROOT = "/sys/fs/cgroup"
 RUN_DIR = "/run/oomk-bench"
 DATA_DIR = "/var/tmp/oomk-bench"
@@ -67,10 +72,10 @@ HOG_CAP_SHARE = 1.5
 RUN_TIMEOUT_S = 120
 BASELINE_S = 1.5
 AFTER_S = 1.0
-SERVICE_HOLD_BYTES = 32 * MIB
-SERVICE_FILE_BYTES = 16 * MIB
 SYSTEM_SERVICES = ("systemd-journald.service", "dbus.service", "systemd-logind.service")
-WORKLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workload.py")
+# The protected service's process name, the one the arena benchmark gives it:
+# the tuned contenders are told to spare it by name.
+SERVICE_NAME = COMM["svc"]
 
 
 # -- scenarios ----------------------------------------------------------------------
@@ -174,16 +179,6 @@ def wait_for(cond, timeout_s: float, step_s: float = 0.1):
         time.sleep(step_s)
 
 
-def parse_ops(text: str) -> list[tuple[int, int]]:
-    """The service's ``ops N T`` lines: (T in CLOCK_MONOTONIC us, N)."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "ops" and parts[1].isdigit() and parts[2].isdigit():
-            out.append((int(parts[2]), int(parts[1])))
-    return out
-
-
 def ops_rate(ops: list[tuple[int, int]], t0_us: int, t1_us: int) -> float | None:
     """Operations per second between two instants, from the reports that
     bracket them most tightly (the first at or after t0, the last at or
@@ -196,11 +191,6 @@ def ops_rate(ops: list[tuple[int, int]], t0_us: int, t1_us: int) -> float | None
     end = inside[-1] if inside else start
     span = (t1_us - start[0]) / 1e6
     return (end[1] - start[1]) / span if span > 0 else None
-
-
-def median(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 # -- contenders ---------------------------------------------------------------------
@@ -327,7 +317,7 @@ class Oomkiller(Contender):
                          ready_timeout_s=300)
 
     def wait_ready(self) -> None:
-        from ..control import ControlError, request
+        from oomkiller.control import ControlError, request
 
         def answering() -> bool:
             pid = self.state()["pid"]
@@ -360,26 +350,26 @@ class Oomkiller(Contender):
         super().stop()
 
     def kill_lines(self, since: float) -> list[str]:
+        if not os.path.exists(self.RECORDS):
+            return []
         try:
-            with open(self.RECORDS) as f:
-                recs = [json.loads(line) for line in f if line.strip()]
-        except (FileNotFoundError, ValueError):
+            recs = daemon.read_records(self.RECORDS)
+        except ValueError:
             return []
         # The records' clock is the daemon's monotonic one: take the ones
         # written since the last run.
         new, self.seen = recs[getattr(self, "seen", 0):], len(recs)
         out = []
-        for r in new:
-            if r.get("result") == "killed":
-                woke = ",".join(sorted({w.get("kind") or w.get("source") or "?" for w in r.get("woken_by", [])}))
-                out.append(f"killed {r.get('victim', {}).get('job')} ({r.get('decision')}; woken by {woke})")
+        for r in daemon.kills(new):
+            woke = ",".join(sorted({w.get("kind") or w.get("source") or "?" for w in r.get("woken_by", [])}))
+            out.append(f"killed {daemon.victim_job(r)} ({r.get('decision')}; woken by {woke})")
         return out
 
 
 def nohang_tuned_config(base: str) -> str:
     return nohang_config(base, {"soft_threshold_min_mem": f"{ONSET_PERCENT} %",
                                 "hard_threshold_min_mem": f"{ONSET_PERCENT} %",
-                                "psi_checking_enabled": "True", "psi_excess_duration": "2"}, "oomk-svc")
+                                "psi_checking_enabled": "True", "psi_excess_duration": "2"}, SERVICE_NAME)
 
 
 NOHANG_UNBUFFERED = '[Service]\nEnvironment="PYTHONUNBUFFERED=1"\n'
@@ -423,9 +413,10 @@ def contenders() -> dict[str, Contender]:
                            "available, SIGKILL below 5%)"),
         Contender("earlyoom-tuned", "earlyoom (tuned)", "earlyoom", "earlyoom.service",
                   {dropin("earlyoom.service"):
-                   "[Service]\nExecStart=\nExecStart=/usr/bin/earlyoom -m 10,10 -s 100,100 -r 0 --avoid ^oomk-svc$$\n"},
+                   "[Service]\nExecStart=\nExecStart=/usr/bin/earlyoom -m 10,10 -s 100,100 -r 0 "
+                   f"--avoid ^{SERVICE_NAME}$$\n"},
                   kill_re=r"sending SIG\w+ to process",
-                  settings="earlyoom -m 10,10 -s 100,100 -r 0 --avoid '^oomk-svc$' (SIGKILL at once below 10%)"),
+                  settings=f"earlyoom -m 10,10 -s 100,100 -r 0 --avoid '^{SERVICE_NAME}$' (SIGKILL at once below 10%)"),
         Contender("nohang", "nohang (defaults)", "nohang", "nohang.service",
                   {dropin("nohang.service"): NOHANG_UNBUFFERED}, kill_re=r"Sending SIG\w+ to ",
                   settings="nohang.service as shipped: /etc/nohang/nohang.conf (SIGTERM below 5% available, "
@@ -436,7 +427,7 @@ def contenders() -> dict[str, Contender]:
                    + f"ExecStart=\nExecStart=/usr/sbin/nohang --monitor --config {nohang_conf}\n"},
                   kill_re=r"Sending SIG\w+ to ",
                   settings=f"nohang with soft and hard min_mem at {ONSET_PERCENT}% (SIGKILL at once), PSI on "
-                           "(full_avg10 above 90 for 2 s), @BADNESS_ADJ_RE_NAME -1000 /// ^oomk-svc$"),
+                           f"(full_avg10 above 90 for 2 s), @BADNESS_ADJ_RE_NAME -1000 /// ^{SERVICE_NAME}$"),
         Contender("systemd-oomd", "systemd-oomd (defaults)", "systemd-oomd", "systemd-oomd.service",
                   kill_re=r"(?i)killed", also_stop=("systemd-oomd.socket",),
                   settings="systemd-oomd.service as shipped: Debian sets no ManagedOOM*= on any unit, so it "
@@ -541,7 +532,6 @@ class HostBench:
         os.makedirs(RUN_DIR, exist_ok=True)
         os.makedirs(DATA_DIR, exist_ok=True)
         lock_self()
-        from .runner import make_file
         self.service_file = os.path.join(DATA_DIR, "service.dat")
         make_file(self.service_file, SERVICE_FILE_BYTES)
         for c in self.conts:
@@ -616,7 +606,7 @@ class HostBench:
             sh("systemd-run", "--quiet", f"--unit={svc}", "--property=Restart=no", "--property=Type=exec",
                "--property=ManagedOOMPreference=avoid", f"--property=StandardOutput=file:{svc_out}",
                "--", sys.executable, "-S", WORKLOAD, "service", "--hold", str(SERVICE_HOLD_BYTES),
-               "--file", self.service_file, "--direct", "--name", "oomk-svc", check=True)
+               "--file", self.service_file, "--direct", "--name", SERVICE_NAME, check=True)
             if not wait_for(lambda: "ready" in read(svc_out), 60, 0.1):
                 raise RuntimeError("the protected service did not get ready")
             time.sleep(BASELINE_S)
@@ -654,7 +644,7 @@ class HostBench:
                 else:
                     rec["onset_to_death_ms"] = None
                     rec["died_before_onset"] = True
-            ops = parse_ops(read(svc_out))
+            ops = parse_ops(read(svc_out).splitlines())
             t0_us = int(t_start * 1e6)
             base = ops_rate(ops, t0_us - int(BASELINE_S * 1e6), t0_us)
             during = ops_rate(ops, t0_us, int((t_dead or time.monotonic()) * 1e6))
@@ -699,7 +689,7 @@ class HostBench:
                 ("out", self.a.out), ("runs", self.runs),
                 ("scenarios", ",".join(s.key for s in self.scens)),
                 ("contenders", ",".join(c.key for c in self.conts)))),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started)),
+            "started": stamp(self.started),
             "duration_s": round(time.time() - self.started, 1),
             "kernel": f"Linux {platform.release()}", "cpus": os.cpu_count(),
             "mem_total_mib": self.mem_total // MIB, "swap_total_mib": meminfo().get("SwapTotal", 0) // MIB,
@@ -709,11 +699,9 @@ class HostBench:
         }
         conts = [{"key": c.key, "label": c.label, "describe": c.describe()} for c in self.conts]
         scens = [{"key": s.key, "title": s.title, "describe": s.describe()} for s in self.scens]
-        with open(os.path.join(self.out, "results.json"), "w") as f:
-            json.dump({"meta": meta, "scenarios": scens, "contenders": conts, "summary": summary,
-                       "runs": self.records}, f, indent=1, sort_keys=True)
-        with open(os.path.join(self.out, "results.md"), "w") as f:
-            f.write(markdown(meta, scens, conts, summary))
+        write_results(self.out, markdown(meta, scens, conts, summary),
+                      {"meta": meta, "scenarios": scens, "contenders": conts, "summary": summary,
+                       "runs": self.records})
 
 
 def who_killed(contender: str | None, r: dict) -> str:
@@ -736,19 +724,14 @@ def who_killed(contender: str | None, r: dict) -> str:
 def rerender(path: str, out: str) -> int:
     """results.md again from a results.json, with who killed judged again
     from what each run recorded."""
-    with open(path) as f:
-        data = json.load(f)
+    data = load_results(path)
     units = {c["key"]: c["key"] != "kernel" for c in data["contenders"]}
     for r in data["runs"]:
         if "error" not in r:
             r["killed_by"] = who_killed(r["contender"] if units.get(r["contender"]) else None, r)
     data["summary"] = summarize(data["runs"], [s["key"] for s in data["scenarios"]],
                                 [c["key"] for c in data["contenders"]])
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(markdown(data["meta"], data["scenarios"], data["contenders"], data["summary"]))
+    write_results(out, markdown(data["meta"], data["scenarios"], data["contenders"], data["summary"]), data)
     print(f"oomkiller bench --host-level: wrote {os.path.join(out, 'results.json')}, results.md")
     return 0
 
@@ -815,7 +798,7 @@ def versions() -> dict[str, str]:
                 out[pkg] = p.stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             pass
-    from .. import __version__
+    from oomkiller import __version__
     out["oomkiller"] = __version__
     return out
 
@@ -825,18 +808,15 @@ def versions() -> dict[str, str]:
 def summarize(records: list[dict], scens: list[str], conts: list[str]) -> dict[str, dict[str, dict]]:
     """Per scenario and contender: who killed, right runs, medians, and the
     ratios of the median onset-to-death time to the kernel's and oomkiller's."""
+    by = group(records, "scenario", "contender")
     out: dict[str, dict[str, dict]] = {}
     for s in scens:
         cell: dict[str, dict] = {}
         for c in conts:
-            rs = [r for r in records if r["scenario"] == s and r["contender"] == c and not r.get("error")]
-            errs = [r for r in records if r["scenario"] == s and r["contender"] == c and r.get("error")]
-            if not rs and not errs:
+            if (s, c) not in by:
                 continue
-            who: dict[str, int] = {}
-            for r in rs:
-                who[r["killed_by"]] = who.get(r["killed_by"], 0) + 1
-            cell[c] = {"runs": len(rs), "errors": len(errs), "killed_by": who,
+            rs, errs = split(by[s, c])
+            cell[c] = {"runs": len(rs), "errors": len(errs), "killed_by": tally(r["killed_by"] for r in rs),
                        "right": sum(1 for r in rs if r.get("right")),
                        "before_onset": sum(1 for r in rs if r.get("died_before_onset")),
                        "onset_to_death_ms": median([r.get("onset_to_death_ms") for r in rs]),
@@ -856,13 +836,7 @@ def markdown(meta: dict, scens: list[dict], conts: list[dict], summary: dict) ->
     labels = {c["key"]: c["label"] for c in conts}
 
     def ms(v):
-        return "—" if v is None else f"{v:,.0f}"
-
-    def ratio(v):
-        return "—" if v is None else f"{v:.2f}×"
-
-    def pct(v):
-        return "—" if v is None else f"{100 * v:.0f}%"
+        return md.DASH if v is None else f"{v:,.0f}"
     out = ["# Host-level benchmark", "",
            f"`{meta['command']}` — {meta['kernel']}, {meta['cpus']} CPUs, MemTotal {meta['mem_total_mib']} MiB, "
            f"swap {meta['swap_total_mib']} MiB, pure cgroup v2 with systemd"
@@ -878,22 +852,22 @@ def markdown(meta: dict, scens: list[dict], conts: list[dict], summary: dict) ->
         cell = summary.get(s["key"]) or {}
         if not cell:
             continue
-        out += [f"## {s['title']}", "", s["describe"] + ".", "",
-                "| contender | killed by | right | onset → death (ms) | ÷ kernel | ÷ oomkiller "
-                "| start → death (ms) | min MemAvailable (MiB) | service |",
-                "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        out += [f"## {s['title']}", "", s["describe"] + ".", ""]
+        rows = []
         for k in [c["key"] for c in conts]:
             v = cell.get(k)
             if not v:
                 continue
-            who = ", ".join(f"{w} ×{n}" if n > 1 else w for w, n in sorted(v["killed_by"].items())) or "—"
+            who = ", ".join(f"{w} ×{n}" if n > 1 else w for w, n in sorted(v["killed_by"].items())) or md.DASH
             if v["errors"]:
                 who += f" ({v['errors']} run(s) failed)"
             right = f"{v['right']}/{v['runs']}" + (f" ({v['before_onset']} before the onset)"
                                                    if v["before_onset"] else "")
-            out.append(f"| {labels.get(k, k)} | {who} | {right} | {ms(v['onset_to_death_ms'])} | "
-                       f"{ratio(v['vs_kernel'])} | {ratio(v['vs_oomkiller'])} | {ms(v['start_to_death_ms'])} | "
-                       f"{ms(v['min_available_mib'])} | {pct(v['service_work'])} |")
+            rows.append([labels.get(k, k), who, right, ms(v["onset_to_death_ms"]), md.ratio(v["vs_kernel"]),
+                         md.ratio(v["vs_oomkiller"]), ms(v["start_to_death_ms"]), ms(v["min_available_mib"]),
+                         md.pct(v["service_work"])])
+        out += md.table(["contender", "killed by", "right", "onset → death (ms)", "÷ kernel", "÷ oomkiller",
+                         "start → death (ms)", "min MemAvailable (MiB)", "service"], rows, align="lllrrrrrr")
         out.append("")
     out += ["## Contenders", ""]
     out += [f"* **{c['label']}** (`{c['key']}`): {c['describe']}" for c in conts]
@@ -926,7 +900,6 @@ def line(r: dict) -> str:
 def main(a: argparse.Namespace) -> int:
     runs = a.runs or 1
     scens = list(SCENARIOS.values())
-    from . import pick
     prog = "oomkiller bench --host-level"
     if a.scenarios:
         want = pick(a.scenarios, SCENARIOS, "scenario", prog)
@@ -940,18 +913,15 @@ def main(a: argparse.Namespace) -> int:
         if chosen is None:
             return 2
     if a.list:
-        for s in scens:
-            print(f"scenario {s.key:18s} {s.title}: {s.describe()}")
-        for k in chosen:
-            print(f"contender {k:18s} {known[k].describe()}")
+        print_list("scenario", 18, ((s.key, f"{s.title}: {s.describe()}") for s in scens))
+        print_list("contender", 18, ((k, known[k].describe()) for k in chosen))
         return 0
-    if os.geteuid() != 0:
-        print("oomkiller bench --host-level: needs root (starts system services)", file=sys.stderr)
+    if not is_root(prog, "starts system services"):
         return 2
     if not os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) or not shutil.which("systemctl") \
             or sh("systemctl", "is-system-running").stdout.strip() in ("", "offline"):
         print("oomkiller bench --host-level: needs a machine run by systemd on pure cgroup v2 (the VM tier's "
-              "guest: python -m tests.vm.run --cmd 'python -m oomkiller bench --host-level --out "
+              "guest: python -m tests.vm.run --cmd 'python -m oomkiller_bench --host-level --out "
               "$OOMK_VM_RESULTS/bench')", file=sys.stderr)
         return 2
     return HostBench(a, scens, [known[k] for k in chosen], runs).run()

@@ -22,7 +22,6 @@ runs in a PID and mount namespace of its own, created per run:
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -33,9 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..arena import Arena, ArenaJob
-from ..control import ControlError, request
-from . import measure
+from . import daemon, measure
+from .arena import Arena, ArenaJob
 from .scenarios import REDLINE_PERCENT, COMM
 
 ALL_SOURCES = "ebpf,prearm,psi,memcg,timer"
@@ -156,16 +154,7 @@ class RunningDaemon(Running):
         t0 = time.monotonic()
         with open(self.err_path, "w") as err:
             self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
-        self._info: dict[str, Any] = {}
-        deadline = t0 + self.START_TIMEOUT_S
-        while time.monotonic() < deadline and self.p.poll() is None:
-            if os.path.exists(self.sock):
-                try:
-                    self._info = request(self.sock, "info", timeout_s=5).get("data", {})
-                    break
-                except ControlError:
-                    pass
-            time.sleep(0.02)
+        self._info = daemon.wait_info(self.sock, lambda: self.p.poll() is None, self.START_TIMEOUT_S) or {}
         if not self._info:
             self.stop()
             raise RuntimeError(f"{c.key}: the daemon did not answer on its control socket:\n{self.stderr()[-2000:]}")
@@ -185,25 +174,13 @@ class RunningDaemon(Running):
             out["stderr_tail"] = self.stderr().splitlines()[-20:]
         return out
 
-    def records(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.json_log) as f:
-                return [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
-
     def kills(self, job_of_comm) -> list[Kill]:
         out = []
-        for rec in self.records():
-            if rec.get("result") != "killed":
-                continue
+        for rec in daemon.kills(daemon.read_records(self.json_log)):
             timings = rec.get("timings_usec", {})
-            # The record is written just after the kill step; the signal went
-            # out at its start.
-            t = rec["ts_usec"] - timings.get("kill", 0)
             ok = [a for a in rec.get("attempts", []) if a.get("ok")]
             woke = (rec.get("woken_by") or [{}])[0]
-            out.append(Kill("daemon", rec.get("victim", {}).get("job"), t, "SIGKILL",
+            out.append(Kill("daemon", daemon.victim_job(rec), daemon.decision_usec(rec), "SIGKILL",
                             [p for a in ok for p in a.get("pids", [])],
                             {"signal_to_empty_usec": ok[0].get("signal_to_empty_usec") if ok else None,
                              "method": ok[0].get("method") if ok else None,
@@ -212,10 +189,7 @@ class RunningDaemon(Running):
         return out
 
     def results(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for rec in self.records():
-            counts[rec.get("result", "?")] = counts.get(rec.get("result", "?"), 0) + 1
-        return counts
+        return daemon.results(daemon.read_records(self.json_log))
 
     def stderr(self) -> str:
         try:
@@ -437,7 +411,7 @@ class Host:
     """What this machine offers the contenders; starts lxcfs when one needs it."""
 
     def __init__(self, tmpdir: str) -> None:
-        from ..cgroupfs import detect_layout
+        from oomkiller.cgroupfs import detect_layout
         self.layout = detect_layout()
         self.tmpdir = tmpdir
         self.lxcfs: subprocess.Popen | None = None
