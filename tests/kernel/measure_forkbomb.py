@@ -29,7 +29,7 @@ import sys
 import time
 import uuid
 
-from oomkiller.arena import Arena
+from oomkiller_bench.arena import Arena
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.rank import Policy, rank
 

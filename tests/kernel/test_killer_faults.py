@@ -294,7 +294,7 @@ def test_a_job_removed_mid_kill_does_not_end_the_walk(arena):
 @pytest.mark.parametrize("state", ["FROZEN", "THAWED"])
 def test_the_arena_empties_a_fork_bomb_job_on_close(state):
     """The arena's own cleanup: a bomb, frozen or not, is gone with it."""
-    from oomkiller.arena import Arena
+    from oomkiller_bench.arena import Arena
     with Arena(f"oomk-test-close-{os.getpid()}", 256 << 20) as a:
         job = a.job("bomb", v2=False, pids_max=PIDS_MAX, freezer=True)
         spawn_bomb(a, job)
