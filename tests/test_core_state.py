@@ -167,6 +167,15 @@ def test_an_armed_kill_finishes_the_armed_job_whatever_the_numbers():
     assert kinds(empty) == ["Disarm", "ArmedDone"] and empty.state.kills == 1
 
 
+def test_an_armed_kill_of_a_task_we_killed_already_or_after_a_disarm_is_no_new_kill():
+    s = run(core.CoreState(), 40).state
+    s = dataclasses.replace(s, our_victims=(4101,))
+    r = run(s, 150, 1000, events=(ev(Source.EBPF, EventKind.ARMED_KILL, pid=4101),), can_track=False)
+    assert kinds(r) == ["Note", "Disarm"] and r.state.armed_kills == 0 and r.state.kills == 0   # disarm: 150 MiB free
+    r = run(core.CoreState(), 150, 1000, events=(ev(Source.EBPF, EventKind.ARMED_KILL, pid=4102),), can_track=False)
+    assert kinds(r) == ["Note"] and r.state.armed_kills == 1 and r.state.kills == 0 and 4102 in r.state.our_victims
+
+
 def test_the_kernels_own_kills_are_counted_only_when_they_are_its_own_and_in_the_domain():
     s = dataclasses.replace(core.CoreState(), our_victims=(4101,))
     events = (ev(Source.EBPF, EventKind.KERNEL_OOM_VICTIM, pid=4101),     # our dying victim, marked

@@ -182,9 +182,20 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
 
     armed_hit = False
     for ev in wake.events:
-        if ev.kind == EventKind.ARMED_KILL:
-            s = dataclasses.replace(s, armed_kills=s.armed_kills + 1, our_victims=_remember(s.our_victims, [ev.pid]))
-            armed_hit = True
+        if ev.kind != EventKind.ARMED_KILL:
+            continue
+        if ev.pid in s.our_victims:
+            # The program fired on a task a walk of ours had already
+            # signalled (the map is cleared after the walk): one kill, ours.
+            actions.append(Note(f"OOM: the armed kill hit pid {ev.pid}, which we had killed already"))
+            continue
+        s = dataclasses.replace(s, armed_kills=s.armed_kills + 1, our_victims=_remember(s.our_victims, [ev.pid]))
+        if s.armed is None:
+            # Fired just before a disarm (free memory went back above the
+            # arm line): one task is gone, and nothing says to kill more.
+            actions.append(Note(f"OOM: the armed kill hit pid {ev.pid} as the job was disarmed"))
+            continue
+        armed_hit = True
     for ev in wake.events:
         if ev.kind != EventKind.KERNEL_OOM_VICTIM:
             continue
@@ -203,7 +214,7 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
     if armed_hit:
         # The kernel killed a task of the armed job at its failed reclaim:
         # kill the rest of that job now, whatever the numbers say.
-        if jobs is None and state.armed is not None:
+        if jobs is None:
             return Step(None, need=Need.ARMED_JOB, **done)
         armed = s.armed
         actions.append(Disarm(armed))
@@ -211,7 +222,7 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
         ranking = rank(list(jobs or ()), policy, snap.total_bytes)
         if not ranking.killable():
             # The task the kernel killed was the job's last: it is empty already.
-            actions.append(ArmedDone(armed.name if armed else "?", ranking))
+            actions.append(ArmedDone(armed.name, ranking))
             s = dataclasses.replace(s, kills=s.kills + 1, last_walk_usec=wake.now_usec, history=())
             return Step(s, tuple(actions), **done)
         actions.append(Walk(ranking, "armed kill in the kernel"))
