@@ -186,6 +186,8 @@ def rank_command(conf: cfg.Config, as_json: bool) -> int:
 
 
 def run_command(conf: cfg.Config, verbose: bool) -> int:
+    """The composition root: everything the daemon uses is built here, handed
+    to it, and closed here once, in the reverse order, also on failure."""
     from . import log as oomlog
     from .control import ControlServer, SocketPathError
     from .daemon import Daemon, setup_logging
@@ -194,23 +196,24 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
     from .sources.build import build_sources
     one_malloc_arena()      # before the first thread
     log_writer = setup_logging(verbose)
-    _domain(conf)       # a bad domain is a config error, before anything starts
+    dom = _domain(conf)     # a bad domain is a config error, before anything starts
     log.info("OOM: effective config %s", oomlog.json_line(conf.describe()))
     try:
         records = open_record_file(conf.json_log)
     except OutputPathError as e:
         raise conf.blame("json_log", str(e)) from None
-    raise_fd_limit()
-    daemon = Daemon(conf, json_out=records, log_writer=log_writer)
+    built = control = None
     try:
-        daemon.control = ControlServer(conf.control_socket, daemon.handle)
-    except SocketPathError as e:
-        raise conf.blame("control_socket", str(e)) from None
-    except RuntimeError as e:
-        log.error("OOM: %s", e)
-        return cfg.EXIT_FAILURE
-    try:
-        daemon.sources, daemon.unavailable, daemon.arm = build_sources(conf, daemon.domain)
+        raise_fd_limit()
+        daemon: Daemon | None = None
+        try:
+            # Requests wait in the backlog until the daemon runs its server.
+            control = ControlServer(conf.control_socket, lambda cmd: daemon.handle(cmd))
+        except SocketPathError as e:
+            raise conf.blame("control_socket", str(e)) from None
+        built = build_sources(conf, dom)
+        daemon = Daemon(conf, domain=dom, json_out=records, log_writer=log_writer, sources=built.sources,
+                        unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control)
         if conf.protect_self and os.geteuid() == 0:
             problems, before, after = protect_self()
             for problem in problems:
@@ -223,11 +226,10 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
         log.error("OOM: %s", e)
         return cfg.EXIT_FAILURE
     finally:
-        # Also when run() never started: the brake's memory.high goes back.
-        for src in daemon.sources:
-            src.close()
-        if daemon.control is not None:
-            daemon.control.close()
+        if built is not None:
+            built.close()       # the brake's memory.high goes back
+        if control is not None:
+            control.close()
         records.close()
         if log_writer is not None:
             log_writer.close()

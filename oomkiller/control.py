@@ -247,9 +247,8 @@ class ControlServer:
             pass
         conn.sock.close()
 
-    def close(self) -> None:
-        if self._sel is None:
-            return
+    def stop(self) -> None:
+        """End the server thread (the socket stays until ``close``)."""
         self._stopping = True
         try:
             os.write(self._stop_w, b"x")
@@ -257,6 +256,12 @@ class ControlServer:
             pass
         if self._thread is not None:
             self._thread.join(2.0)
+            self._thread = None
+
+    def close(self) -> None:
+        if self._sel is None:
+            return
+        self.stop()
         for conn in list(self._conns.values()):
             self._drop(conn)
         self._sel.close()

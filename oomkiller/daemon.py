@@ -40,7 +40,8 @@ FAILURE_LOG_USEC = 60_000_000
 
 
 class EventSource(Protocol):
-    """What the loop needs of an event source besides the timer."""
+    """What the loop needs of an event source besides the timer: it only
+    wakes the core."""
 
     name: str
 
@@ -50,16 +51,31 @@ class EventSource(Protocol):
     def close(self) -> None: ...
 
 
+class Arming(Protocol):
+    """The pre-armed kill's actuator (``sources.bpf.PreArm``): what the
+    core's Arm and Disarm actions act on."""
+
+    armed: int
+
+    def arm(self, cgroup_path: str, cgroup_id: int) -> None: ...
+    def disarm(self) -> None: ...
+
+
 class Daemon:
-    def __init__(self, config: Config, *, procfs: Procfs | None = None, cgroupfs: Cgroupfs | None = None,
-                 json_out: TextIO | None = None, sources: list[EventSource] | None = None,
-                 unavailable: dict[str, str] | None = None, arm: Any = None,
-                 log_writer: LineWriter | None = None, control: ControlServer | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+    def __init__(self, config: Config, *, domain: Domain | None = None, procfs: Procfs | None = None,
+                 cgroupfs: Cgroupfs | None = None, json_out: TextIO | None = None,
+                 sources: list[EventSource] | None = None, unavailable: dict[str, str] | None = None,
+                 arm: Arming | None = None, brake: Any = None, log_writer: LineWriter | None = None,
+                 control: ControlServer | None = None, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        """Everything given here is the caller's to close (``cli`` builds and
+        closes it); what the daemon makes itself, it closes."""
         self.config = config
-        self.procfs = procfs or Procfs(config.proc_root)
-        self.cgroupfs = cgroupfs or Cgroupfs(config.cgroup_root, self.procfs)
-        self.domain = Domain(config.domain, self.procfs, self.cgroupfs)
+        if domain is not None:
+            self.domain, self.procfs, self.cgroupfs = domain, domain.procfs, domain.cgroupfs
+        else:
+            self.procfs = procfs or Procfs(config.proc_root)
+            self.cgroupfs = cgroupfs or Cgroupfs(config.cgroup_root, self.procfs)
+            self.domain = Domain(config.domain, self.procfs, self.cgroupfs)
         self.clock = clock
         self.self_pid = os.getpid()
         self.policy = core.policy_for(config, self.self_pid)
@@ -69,8 +85,8 @@ class Daemon:
         self.log_writer = log_writer
         self.sources = list(sources or [])
         self.unavailable = dict(unavailable or {})
-        # the pre-armed kill: an object with arm(path, cgroup_id), disarm() and armed
         self.arm = arm
+        self.brake = brake
         # all policy state: the core's
         self.state = core.CoreState()
         # state the seed's `k oom info` shows, set by control commands
@@ -337,7 +353,9 @@ class Daemon:
         sources.update({s.name: {"state": "live", **s.stats()} for s in self.sources})
         if self.arm:
             sources["prearm"] = {"state": "live", "armed": self.armed_job.name if self.armed_job else "-",
-                                 "kills": st.armed_kills}
+                                 "kills": st.armed_kills, "armed_cgroup_id": self.arm.armed}
+        if self.brake:
+            sources["brake"] = {"state": "live", **self.brake.stats()}
         sources.update({name: {"state": "unavailable", "why": why} for name, why in dict(self.unavailable).items()})
         output = {name: w.stats() for name, w in (("records", self.json_out), ("log", self.log_writer))
                   if hasattr(w, "stats")}
@@ -417,7 +435,8 @@ class Daemon:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wfd)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        if self.control is None:
+        own_control = self.control is None
+        if own_control:
             self.control = ControlServer(self.config.control_socket, self.handle)
         ep.register(rfd, select.EPOLLIN)
         ep.register(self._nudge_r, select.EPOLLIN)
@@ -473,11 +492,12 @@ class Daemon:
             self._ep = None
             os.close(rfd)
             os.close(wfd)
-            self.control.close()
-            self.control = None
+            if own_control:
+                self.control.close()
+                self.control = None
+            else:
+                self.control.stop()         # no more requests; its maker closes it
             self._disarm_now()
-            for src in self.sources:
-                src.close()
             log.info("OOM: oomkiller stopped after %d kills", self.kills)
 
     def _drain(self, ep: Any, by_fd: dict[int, EventSource], fd: int, mask: int) -> list[PressureEvent]:

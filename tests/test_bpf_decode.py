@@ -294,7 +294,8 @@ def test_tracepoint_flags_from_a_fixture_tracefs(tmp_path):
 
 def test_arm_before_start_is_an_error():
     with pytest.raises(RuntimeError):
-        bpf.BpfSource().arm("/sys/fs/cgroup/unified", 1234)
+        bpf.PreArm(bpf.BpfSource()).arm("/sys/fs/cgroup/unified", 1234)
+    assert bpf.PreArm(bpf.BpfSource()).armed == 0
 
 
 def test_gfp_bits_are_read_from_the_tracepoint_format(tmp_path):

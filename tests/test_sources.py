@@ -12,7 +12,7 @@ def test_brake_sets_and_restores_memory_high(v2_tree):
     brake.start()
     assert (d / "memory.high").read_text() == "261723750"
     assert brake.stats() == {"memory_high_bytes": 261_723_750, "was": "max"}
-    assert brake.fds() == [] and brake.drain() == []
+    assert not hasattr(brake, "fds")     # an actuator: it wakes no one
     brake.close()
     assert (d / "memory.high").read_text() == "max"
 

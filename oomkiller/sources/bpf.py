@@ -285,7 +285,6 @@ class BpfSource:
         self.events_by_kind: dict[str, int] = {}
         self.load_usec = 0
         self._bpf = None
-        self._armed = 0
         self._pending: list[PressureEvent] = []
         self._flags: dict[str, bool] = {}
 
@@ -360,7 +359,6 @@ class BpfSource:
     def close(self) -> None:
         """Detach the probes and free the maps (and with them any armed kill)."""
         bpf, self._bpf = self._bpf, None
-        self._armed = 0
         if bpf is not None:
             bpf.cleanup()
 
@@ -429,44 +427,12 @@ class BpfSource:
 
     def _on_event(self, _cpu, data, size) -> None:
         event = decode(ctypes.string_at(data, size))
-        if event.kind == EventKind.ARMED_KILL:
-            self._armed = 0     # the program disarmed itself: the arm is one shot
         self.events_total += 1
         self.events_by_kind[event.kind] = self.events_by_kind.get(event.kind, 0) + 1
         self._pending.append(event)
 
     def _on_lost(self, count) -> None:
         self.lost_perf += count
-
-    # -- pre-armed kill ---------------------------------------------------
-    def arm(self, cgroup_path: str, cgroup_id: int) -> None:
-        """SIGKILL, from the kernel, a task anywhere under the v2 cgroup
-        ``cgroup_path`` (id ``cgroup_id``) whose reclaims keep failing."""
-        if self._bpf is None or not self.prearm:
-            raise RuntimeError("BpfSource.arm() without a loaded pre-arm program")
-        if cgroup_id <= 1:
-            raise ValueError(f"refusing to arm cgroup id {cgroup_id}: the root cgroup or none")
-        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            self._bpf[b"armed_cg"][0] = fd
-        finally:
-            os.close(fd)        # the map holds its own reference to the cgroup
-        self._bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint64(cgroup_id)
-        self._armed = cgroup_id
-
-    def disarm(self) -> None:
-        if self._bpf is not None and self.prearm:
-            self._bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint64(0)
-            try:
-                del self._bpf[b"armed_cg"][0]
-            except Exception:
-                pass        # already empty
-        self._armed = 0
-
-    @property
-    def armed(self) -> int:
-        """The armed cgroup v2 id, 0 when disarmed."""
-        return self._armed
 
     # -- counters ---------------------------------------------------------
     def _counter(self, index: int) -> int:
@@ -496,7 +462,6 @@ class BpfSource:
             "lost_events": self.lost_events,
             "signal_failed": self._counter(COUNTER_SIGNAL_FAILED),
             "cgroup_state_full": self._counter(COUNTER_STATE_FULL),
-            "armed_cgroup_id": self.armed,
             "prearm": self.prearm,
             "load_usec": self.load_usec,
             "attached_tracepoints": self._bpf.num_open_tracepoints() if self._bpf is not None else 0,
@@ -539,3 +504,57 @@ def _with_captured_stderr(fn):
     if text.strip():
         sys.stderr.write(text)
     return result
+
+
+class PreArm:
+    """The pre-armed kill's actuator: the loaded program's armed-cgroup maps.
+
+    Apart from the source on purpose: the source only wakes the core; this
+    is what the core's Arm and Disarm actions act on. The map is the truth
+    of who is armed (the program clears it itself when it fires: the arm is
+    one shot)."""
+
+    def __init__(self, source: BpfSource) -> None:
+        self.source = source
+
+    def _maps(self):
+        bpf = self.source._bpf
+        if bpf is None or not self.source.prearm:
+            raise RuntimeError("PreArm without a loaded pre-arm program")
+        return bpf[b"armed"], bpf[b"armed_cg"]
+
+    def arm(self, cgroup_path: str, cgroup_id: int) -> None:
+        """SIGKILL, from the kernel, a task anywhere under the v2 cgroup
+        ``cgroup_path`` (id ``cgroup_id``) whose reclaims keep failing."""
+        armed, armed_cg = self._maps()
+        if cgroup_id <= 1:
+            raise ValueError(f"refusing to arm cgroup id {cgroup_id}: the root cgroup or none")
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            armed_cg[0] = fd
+        finally:
+            os.close(fd)        # the map holds its own reference to the cgroup
+        armed[ctypes.c_int(0)] = ctypes.c_uint64(cgroup_id)
+
+    def disarm(self) -> None:
+        try:
+            armed, armed_cg = self._maps()
+        except RuntimeError:
+            return              # unloaded: nothing is armed
+        armed[ctypes.c_int(0)] = ctypes.c_uint64(0)
+        try:
+            del armed_cg[0]
+        except Exception:
+            pass                # already empty
+
+    @property
+    def armed(self) -> int:
+        """The armed cgroup v2 id, 0 when disarmed (or unloaded)."""
+        try:
+            armed, _ = self._maps()
+            return int(armed[ctypes.c_int(0)].value)
+        except (RuntimeError, KeyError):
+            return 0
+
+    def stats(self) -> dict:
+        return {"armed_cgroup_id": self.armed}

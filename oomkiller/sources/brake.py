@@ -4,13 +4,12 @@ With ``memory_high_brake = true`` the domain's ``memory.high`` is set to its
 limit minus half the redline: past the redline the core is already walking
 the ranking, and the kernel now makes every allocation in the domain reclaim
 and sleep first, which buys that walk its milliseconds. The original value is
-put back when the daemon stops. It has no events of its own.
+put back when the daemon stops. An actuator, not a source: it wakes no one.
 """
 from __future__ import annotations
 
 import os
 
-from ..model import PressureEvent
 from . import SourceUnavailable
 
 
@@ -30,12 +29,6 @@ class MemoryHighBrake:
                 f.write(str(self.high_bytes))
         except OSError as e:
             raise SourceUnavailable(f"cannot set {self.file}: {e.strerror or e}") from None
-
-    def fds(self) -> list[int]:
-        return []
-
-    def drain(self, fd: int | None = None) -> list[PressureEvent]:
-        return []
 
     def stats(self) -> dict:
         return {"memory_high_bytes": self.high_bytes, "was": self.original}

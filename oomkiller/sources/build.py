@@ -1,10 +1,14 @@
-"""Start the configured event sources; each that cannot start is reported
-once, with what is missing, and the daemon runs on the rest."""
+"""Start the configured event sources and actuators; each that cannot start
+is reported once, with what is missing, and the daemon runs on the rest.
+
+What is built here is closed here (``Built.close``), once: the composition
+root (``cli``) builds it, hands it to the daemon, and closes it at the end."""
 from __future__ import annotations
 
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 
 from ..config import Config
 from ..domain import Domain
@@ -16,10 +20,28 @@ from .psi import PsiSource
 log = logging.getLogger("oomkiller")
 
 
-def build_sources(conf: Config, domain: Domain) -> tuple[list, dict[str, str], object | None]:
-    """(live sources, {name: why unavailable}, the pre-arm handle or None)."""
-    sources: list = []
-    unavailable: dict[str, str] = {}
+@dataclass
+class Built:
+    sources: list = field(default_factory=list)             # they wake the core
+    unavailable: dict[str, str] = field(default_factory=dict)
+    arm: object | None = None                                # PreArm: acts on the core's Arm/Disarm
+    brake: MemoryHighBrake | None = None                     # set once, put back at close
+
+    def close(self) -> None:
+        """Everything built, once: the brake's memory.high goes back."""
+        if self.brake is not None:
+            self.brake.close()
+            self.brake = None
+        for src in self.sources:
+            src.close()
+        self.sources.clear()
+        self.arm = None
+
+
+def build_sources(conf: Config, domain: Domain) -> Built:
+    """The live sources, what is unavailable and why, and the actuators."""
+    built = Built()
+    sources, unavailable = built.sources, built.unavailable
     wanted = set(conf.sources)
     snap = domain.snapshot(time.monotonic_ns() // 1000)
     redline = conf.redline.resolve_bytes(snap.total_bytes)
@@ -56,10 +78,16 @@ def build_sources(conf: Config, domain: Domain) -> tuple[list, dict[str, str], o
         elif domain.cgroupfs.layout.memory_v1:
             unavailable["brake"] = "cgroup v1 has no memory.high"
         else:
-            start("brake", lambda: MemoryHighBrake(domain.path, snap.total_bytes - redline // 2))
-    arm = None
+            brake = MemoryHighBrake(domain.path, snap.total_bytes - redline // 2)
+            try:
+                brake.start()
+            except SourceUnavailable as e:
+                unavailable["brake"] = str(e)
+                log.warning("OOM: brake unavailable: %s", e)
+            else:
+                built.brake = brake
     if "ebpf" in wanted:
-        from .bpf import BpfSource
+        from .bpf import BpfSource, PreArm
         try:
             bpf = BpfSource(prearm="prearm" in wanted, arm_reclaim="direct" if domain.is_host else "memcg")
             bpf.start()
@@ -69,9 +97,9 @@ def build_sources(conf: Config, domain: Domain) -> tuple[list, dict[str, str], o
         else:
             sources.append(bpf)
             if bpf.prearm:
-                arm = bpf
+                built.arm = PreArm(bpf)
             elif "prearm" in wanted:
                 unavailable["prearm"] = f"the kernel refused the armed kill: {bpf.prearm_error}"
-    if "prearm" in wanted and arm is None:
+    if "prearm" in wanted and built.arm is None:
         unavailable.setdefault("prearm", "needs the ebpf source")
-    return sources, unavailable, arm
+    return built

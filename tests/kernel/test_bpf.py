@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from oomkiller.sources import bpf
-from oomkiller.sources.bpf import BpfSource, SourceUnavailable
+from oomkiller.sources.bpf import BpfSource, PreArm, SourceUnavailable
 from oomkiller_bench.arena import Arena
 
 MIB = 1 << 20
@@ -75,7 +75,7 @@ def test_program_compiles_loads_and_attaches(source):
     fds = source.fds()
     assert fds and all(fd >= 0 for fd in fds)
     assert len(set(fds)) == len(fds)
-    assert source.armed == 0
+    assert PreArm(source).armed == 0
 
 
 def test_memcg_reclaim_in_an_arena_is_reported_with_the_job_cgroup(source, disk_dir):
@@ -143,15 +143,17 @@ def test_armed_cgroup_dies_at_its_failed_reclaim_before_the_kernel_oom_killer(so
         inner = arena.job("victim/inner")
         victim_id, inner_id = victim.v2_id, inner.v2_id
         idle = arena.spawn_idle(keeper)
-        source.arm(victim.v2_path, victim_id)
+        prearm = PreArm(source)
+        prearm.arm(victim.v2_path, victim_id)
         try:
-            assert source.armed == victim_id
+            assert prearm.armed == victim_id
             hog = arena.spawn_hog(inner, chunk_bytes=4 * MIB, cap_bytes=256 * MIB)
             rc = hog.wait(timeout=30)
             got = collect(source, lambda evs: any(e.kind == "armed_kill" and e.pid == hog.pid for e in evs), 5)
+            assert prearm.armed == 0        # one shot: the program cleared the map as it fired
         finally:
-            source.disarm()
-        assert source.armed == 0
+            prearm.disarm()
+        assert prearm.armed == 0
         assert rc == -signal.SIGKILL
         assert arena.kernel_oom_kills() == 0
         time.sleep(0.2)
