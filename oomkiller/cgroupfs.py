@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from .files import Vanished, read_text, vanishing
 from .model import Job
-from .procfs import Procfs, Vanished, read_text, vanishing
+from .procfs import Procfs
 
 # v1 reports "no limit" as the largest page-aligned long.
 V1_UNLIMITED = 1 << 62

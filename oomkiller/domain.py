@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 
 from .cgroupfs import Cgroupfs
+from .files import Vanished, vanishing
 from .model import MemorySnapshot
-from .procfs import Procfs, Vanished, vanishing
+from .procfs import Procfs
 
 
 class DomainGone(OSError):

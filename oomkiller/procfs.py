@@ -6,11 +6,9 @@ that split is what "committed" means here, so the status file is read by key.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-from collections.abc import Iterator
 
+from .files import Vanished, read_text
 from .model import Proc
 
 PF_KTHREAD = 0x00200000     # include/linux/sched.h
@@ -18,42 +16,6 @@ PF_KTHREAD = 0x00200000     # include/linux/sched.h
 # "Mapped committed bytes" of the seed, on Linux: memory the process owns that
 # reclaim cannot drop when there is no swap to spill it to.
 COMMITTED_KEYS = ("RssAnon", "RssShmem", "VmSwap")
-
-# What reading a file of a process or cgroup that is going away gives:
-# ENOENT (removed before the open), ENODEV (a cgroup's file opened before its
-# rmdir and read after), ESRCH (a process that exited between the open and
-# the read), EINVAL (some files of an exiting task), ENOTDIR (a cgroup folder
-# replaced by a file).
-GONE_ERRNOS = frozenset((errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EINVAL, errno.ENOTDIR))
-
-
-class Vanished(FileNotFoundError):
-    """What a file belonged to, a process or a cgroup, is gone: pass it over.
-
-    Whatever its errno, a FileNotFoundError, so that callers that already
-    pass over a missing file pass over a vanished one too."""
-
-
-@contextlib.contextmanager
-def vanishing(path: str) -> Iterator[None]:
-    """Turn an error meaning "gone" (``GONE_ERRNOS``) in the block into
-    ``Vanished``: the one place that decides what "gone" is."""
-    try:
-        yield
-    except Vanished:
-        raise
-    except OSError as e:
-        if e.errno in GONE_ERRNOS:
-            raise Vanished(e.errno, e.strerror, e.filename or path) from None
-        raise
-
-
-def read_text(path: str) -> str:
-    """A procfs or cgroupfs file's text; raises ``Vanished`` if what it
-    belongs to is gone. Bytes that are not UTF-8 (a process may name itself
-    anything) are replaced, not an error."""
-    with vanishing(path), open(path, errors="replace") as f:
-        return f.read()
 
 
 class Procfs:

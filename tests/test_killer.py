@@ -15,7 +15,8 @@ from oomkiller import cgroupfs as cgroupfs_mod
 from oomkiller import log as oomlog
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.killer import EMPTIED_BEFORE_SIGNAL, VANISHED_BEFORE_SIGNAL, Killer, Releaser
-from oomkiller.procfs import Procfs, vanishing
+from oomkiller.files import vanishing
+from oomkiller.procfs import Procfs
 from oomkiller.rank import Policy, rank
 
 NO_SUCH_PID = 4194401
