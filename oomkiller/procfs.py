@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .files import Vanished, read_text
+from .files import Vanished, read_kb_fields, read_text
 from .model import Proc
 
 PF_KTHREAD = 0x00200000     # include/linux/sched.h
@@ -25,24 +25,16 @@ class Procfs:
         self.root = root
 
     def meminfo(self) -> dict[str, int]:
-        """``/proc/meminfo`` in bytes, keyed by field name."""
-        out = {}
-        with open(os.path.join(self.root, "meminfo")) as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if not parts:
-                    continue
-                n = int(parts[0])
-                out[key] = n * 1024 if len(parts) > 1 and parts[1] == "kB" else n
-        return out
+        """``/proc/meminfo`` in bytes, keyed by field name (a count such as
+        ``HugePages_Total`` as it is)."""
+        return read_kb_fields(os.path.join(self.root, "meminfo"))
 
     def proc(self, pid: int) -> Proc | None:
         """One process, or None if it is gone (or turned out to be another)."""
         base = os.path.join(self.root, str(pid))
         try:
             stat = read_text(os.path.join(base, "stat"))
-            status = _keyed_kb(os.path.join(base, "status"))
+            status = read_kb_fields(os.path.join(base, "status"), COMMITTED_KEYS)
             adj = int(read_text(os.path.join(base, "oom_score_adj")).strip() or 0)
         except Vanished:
             return None
@@ -68,13 +60,3 @@ class Procfs:
             for c in (ctrls.split(",") if ctrls else [""]):
                 out[c] = path
         return out
-
-
-def _keyed_kb(path: str) -> dict[str, int]:
-    out = {}
-    for line in read_text(path).splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0]) * 1024
-    return out
