@@ -17,6 +17,10 @@ PF_KTHREAD = 0x00200000     # include/linux/sched.h
 # reclaim cannot drop when there is no swap to spill it to.
 COMMITTED_KEYS = ("RssAnon", "RssShmem", "VmSwap")
 
+# Far more than a kernel allows a command line to be: a bound on the read of
+# a file that is not what it should be.
+CMDLINE_MAX_BYTES = 1 << 16
+
 
 class Procfs:
     """Reads one procfs tree; ``root`` is ``/proc`` except in tests."""
@@ -28,6 +32,11 @@ class Procfs:
         """``/proc/meminfo`` in bytes, keyed by field name (a count such as
         ``HugePages_Total`` as it is)."""
         return read_kb_fields(os.path.join(self.root, "meminfo"))
+
+    def cmdline(self) -> str:
+        """The kernel command line. Boot loaders pass bytes: those that are
+        not UTF-8 are replaced, so that they cannot stop the daemon."""
+        return read_text(os.path.join(self.root, "cmdline"), max_bytes=CMDLINE_MAX_BYTES)
 
     def proc(self, pid: int) -> Proc | None:
         """One process, or None if it is gone (or turned out to be another)."""

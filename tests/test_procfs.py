@@ -4,7 +4,7 @@ import os
 import pytest
 
 import oomkiller.files as files_mod
-from oomkiller.procfs import Procfs
+from oomkiller.procfs import CMDLINE_MAX_BYTES, Procfs
 
 
 def test_meminfo_bytes(proc_tree):
@@ -64,3 +64,14 @@ def test_a_name_that_is_not_utf8(proc_tree):
     stat = proc_tree.root / "78" / "stat"
     stat.write_bytes(stat.read_bytes().replace(b"(x)", b"(\xff\xfeq)"))
     assert Procfs(str(proc_tree.root)).proc(78).name == "\ufffd\ufffdq"
+
+
+def test_cmdline_is_read_below_the_root_bounded_and_replaced(proc_tree):
+    fs = Procfs(str(proc_tree.root))
+    (proc_tree.root / "cmdline").write_bytes(b"quiet root=/dev/\xff\xfe oomkiller.sleep_ms=250\n")
+    assert fs.cmdline() == "quiet root=/dev/\ufffd\ufffd oomkiller.sleep_ms=250\n"
+    (proc_tree.root / "cmdline").write_bytes(b"x" * (CMDLINE_MAX_BYTES + 10))
+    assert fs.cmdline() == "x" * CMDLINE_MAX_BYTES
+    (proc_tree.root / "cmdline").unlink()
+    with pytest.raises(FileNotFoundError):
+        fs.cmdline()
