@@ -17,21 +17,16 @@ import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from .files import Vanished, read_int, read_keyed, read_pids, read_text, vanishing
 from .model import Job
 from .procfs import Procfs
+from .rank import glob_match, xattr_set
 
 # v1 reports "no limit" as the largest page-aligned long.
 V1_UNLIMITED = 1 << 62
 
 XATTRS = ("user.oomd_omit", "user.oomd_avoid", "user.oomd_prefer")
-
-
-def xattr_set(value: str) -> bool:
-    """Whether an oomd xattr's value turns it on (systemd writes "1")."""
-    return value.strip() not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -64,13 +59,6 @@ def own_cgroup_paths(pid: int | str, layout: Layout, procfs: Procfs | None = Non
     v2 = groups.get("", "/")
     mem = groups.get("memory", v2) if layout.memory_v1 else v2
     return mem.rstrip("/"), v2.rstrip("/")
-
-
-def glob_match(name: str, pattern: str) -> bool:
-    """Match a job name against a glob the way pathlib does, right-anchored:
-    ``*.service`` matches a service at any depth; a leading ``/`` anchors the
-    pattern at the domain (``/system.slice/*``)."""
-    return PurePosixPath("/" + name).match(pattern)
 
 
 class Cgroupfs:
