@@ -12,6 +12,9 @@ Each shape of file the kernel writes is parsed here once:
   ``read_psi_totals``;
 * anything else as text: ``read_text``.
 
+A caller that holds a file open and reads it again and again parses what it
+read with ``parse_kb_fields`` or ``parse_keyed``.
+
 What a file belongs to, a process or a cgroup, can go away at any time: every
 reader raises ``Vanished`` then, and this module alone decides which errors
 mean "gone" (``GONE_ERRNOS``). Files are opened through this module's
@@ -98,16 +101,21 @@ def read_kb_fields(path: str, keys: Iterable[str] | None = None, *, kb: bool = F
     return parse_kb_fields(read_text(path), keys, kb=kb)
 
 
-def read_keyed(path: str) -> dict[str, int]:
-    """The ``key N`` lines of a file such as ``memory.stat``,
-    ``memory.events``, ``memory.oom_control`` or ``/proc/vmstat``; lines
-    of another shape are left out. Raises ``Vanished`` if it is gone."""
+def parse_keyed(text: str) -> dict[str, int]:
+    """The ``key N`` lines of a text; lines of another shape are left out."""
     out = {}
-    for line in read_text(path).splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].lstrip("-").isdigit():
             out[parts[0]] = int(parts[1])
     return out
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """``parse_keyed`` of a file such as ``memory.stat``, ``memory.events``,
+    ``cgroup.events``, ``memory.oom_control`` or ``/proc/vmstat``; raises
+    ``Vanished`` if it is gone."""
+    return parse_keyed(read_text(path))
 
 
 def read_pids(path: str) -> list[int]:

@@ -189,11 +189,7 @@ def _realtime() -> bool:
 
 
 def _populated(data: bytes) -> int:
-    for line in data.decode().splitlines():
-        k, _, v = line.partition(" ")
-        if k == "populated":
-            return int(v)
-    return 0
+    return files.parse_keyed(data.decode(errors="replace")).get("populated", 0)
 
 
 # -- PSI -------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import os
 import pytest
 
 import oomkiller.files as files_mod
-from oomkiller.files import (GONE_ERRNOS, Vanished, parse_kb_fields, read_int, read_kb_fields, read_keyed,
-                             read_pids, read_psi_totals, read_text, vanishing)
+from oomkiller.files import (GONE_ERRNOS, Vanished, parse_kb_fields, parse_keyed, read_int, read_kb_fields,
+                             read_keyed, read_pids, read_psi_totals, read_text, vanishing)
 
 MEMINFO = """\
 MemTotal:        8265625 kB
@@ -101,6 +101,7 @@ def test_read_keyed(tmp_path):
     assert read_keyed(_file(tmp_path, "memory.oom_control", MEMORY_OOM_CONTROL)) == {
         "oom_kill_disable": 0, "under_oom": 0, "oom_kill": 3}
     assert read_keyed(_file(tmp_path, "odd", "a -5\nb 1 2\nc x\n\nd 7\n")) == {"a": -5, "d": 7}
+    assert parse_keyed("populated 1\nfrozen 0\n") == {"populated": 1, "frozen": 0}
 
 
 def test_read_pids(tmp_path):
