@@ -167,23 +167,14 @@ def test_a_read_that_fails_as_a_removed_cgroup_or_exited_process_is_vanished(tmp
     assert info.value.errno == err and info.value.filename == path
 
 
-def test_an_open_that_fails_with_enodev_is_vanished(tmp_path, monkeypatch):
+@pytest.mark.parametrize("err, gone", [(errno.ENODEV, True), (errno.ESRCH, True), (errno.EACCES, False),
+                                       (errno.EIO, False)])
+def test_an_open_that_fails_is_vanished_only_when_gone(tmp_path, monkeypatch, err, gone):
     path = _file(tmp_path, "cgroup.procs", "1\n")
 
-    def enodev(p, *a, **kw):
-        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), p)
-    monkeypatch.setattr(files_mod, "open", enodev, raising=False)
-    with pytest.raises(Vanished) as info:
+    def failing(p, *a, **kw):
+        raise OSError(err, os.strerror(err), p)
+    monkeypatch.setattr(files_mod, "open", failing, raising=False)
+    with pytest.raises(OSError) as info:
         read_pids(path)
-    assert info.value.errno == errno.ENODEV
-
-
-def test_other_errors_are_not_vanished(tmp_path, monkeypatch):
-    path = _file(tmp_path, "memory.max", "max\n")
-
-    def denied(p, *a, **kw):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), p)
-    monkeypatch.setattr(files_mod, "open", denied, raising=False)
-    with pytest.raises(PermissionError) as info:
-        read_int(path)
-    assert not isinstance(info.value, Vanished)
+    assert info.value.errno == err and isinstance(info.value, Vanished) == gone
