@@ -10,6 +10,8 @@ import oomkiller.files as files_mod
 from oomkiller.files import (GONE_ERRNOS, Vanished, parse_kb_fields, parse_keyed, read_int, read_kb_fields,
                              read_keyed, read_pids, read_psi_totals, read_text, vanishing)
 
+from trees import Unreadable
+
 MEMINFO = """\
 MemTotal:        8265625 kB
 MemFree:            5123 kB
@@ -141,27 +143,11 @@ def test_a_missing_file_is_vanished(tmp_path, reader):
     assert info.value.errno == errno.ENOENT and info.value.filename == str(tmp_path / "gone")
 
 
-class _OpenedThenGone:
-    """A file opened before what it belongs to went away: its read fails."""
-
-    def __init__(self, err: int) -> None:
-        self.err = err
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def read(self, *_):
-        raise OSError(self.err, os.strerror(self.err))
-
-
 @pytest.mark.parametrize("reader", READERS)
 @pytest.mark.parametrize("err", [errno.ENODEV, errno.ESRCH])
 def test_a_read_that_fails_as_a_removed_cgroup_or_exited_process_is_vanished(tmp_path, monkeypatch, reader, err):
     path = _file(tmp_path, "memory.stat", MEMORY_STAT_V1)
-    monkeypatch.setattr(files_mod, "open", lambda *a, **kw: _OpenedThenGone(err), raising=False)
+    monkeypatch.setattr(files_mod, "open", lambda p, *a, **kw: Unreadable(p, err), raising=False)
     with pytest.raises(Vanished) as info:
         reader(path)
     assert info.value.errno == err and info.value.filename == path
