@@ -17,20 +17,16 @@ import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
+from .files import Vanished, read_int, read_keyed, read_pids, read_text, vanishing
 from .model import Job
-from .procfs import Procfs, Vanished, read_text, vanishing
+from .procfs import Procfs
+from .rank import glob_match, xattr_set
 
 # v1 reports "no limit" as the largest page-aligned long.
 V1_UNLIMITED = 1 << 62
 
 XATTRS = ("user.oomd_omit", "user.oomd_avoid", "user.oomd_prefer")
-
-
-def xattr_set(value: str) -> bool:
-    """Whether an oomd xattr's value turns it on (systemd writes "1")."""
-    return value.strip() not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -47,8 +43,7 @@ class Layout:
 
 def detect_layout(root: str = "/sys/fs/cgroup") -> Layout:
     if os.path.exists(os.path.join(root, "cgroup.controllers")):
-        with open(os.path.join(root, "cgroup.controllers")) as f:
-            ctrls = f.read().split()
+        ctrls = read_text(os.path.join(root, "cgroup.controllers")).split()
         return Layout(root, root, root if "memory" in ctrls else None, False)
     unified = os.path.join(root, "unified")
     memory = os.path.join(root, "memory")
@@ -64,28 +59,6 @@ def own_cgroup_paths(pid: int | str, layout: Layout, procfs: Procfs | None = Non
     v2 = groups.get("", "/")
     mem = groups.get("memory", v2) if layout.memory_v1 else v2
     return mem.rstrip("/"), v2.rstrip("/")
-
-
-def glob_match(name: str, pattern: str) -> bool:
-    """Match a job name against a glob the way pathlib does, right-anchored:
-    ``*.service`` matches a service at any depth; a leading ``/`` anchors the
-    pattern at the domain (``/system.slice/*``)."""
-    return PurePosixPath("/" + name).match(pattern)
-
-
-def read_int_file(path: str) -> int | None:
-    """An integer file such as ``memory.max``; None for ``max`` (no limit)."""
-    text = read_text(path).strip()
-    return None if text == "max" else int(text)
-
-
-def read_keyed(path: str) -> dict[str, int]:
-    out = {}
-    for line in read_text(path).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-            out[parts[0]] = int(parts[1])
-    return out
 
 
 class Cgroupfs:
@@ -130,7 +103,7 @@ class Cgroupfs:
         Raises FileNotFoundError (``Vanished``) if the cgroup itself is
         gone; descendants that vanish while being read are skipped.
         """
-        pids = _read_pids(os.path.join(path, "cgroup.procs"))
+        pids = read_pids(os.path.join(path, "cgroup.procs"))
         for _, inner in _descendants(path):
             pids.extend(inner)
         return sorted(set(pids))
@@ -265,7 +238,7 @@ class Cgroupfs:
             return stat.get("total_rss", 0) + stat.get("total_shmem", 0) + stat.get("total_swap", 0)
         swap = 0
         try:
-            swap = read_int_file(os.path.join(path, "memory.swap.current")) or 0
+            swap = read_int(os.path.join(path, "memory.swap.current")) or 0
         except OSError:
             pass
         return stat.get("anon", 0) + stat.get("shmem", 0) + swap
@@ -277,7 +250,7 @@ class Cgroupfs:
 
         One walk of the subtree gathers its processes, its descendants and
         their xattrs: with a thousand jobs, every extra walk is felt."""
-        pids = _read_pids(os.path.join(path, "cgroup.procs"))
+        pids = read_pids(os.path.join(path, "cgroup.procs"))
         inner = []
         ignored: list[str] = []
         for full, inner_pids in _descendants(path):
@@ -323,22 +296,22 @@ class Cgroupfs:
         Raises ``Vanished`` if the cgroup is gone."""
         if self.layout.memory_v1:
             stat = read_keyed(os.path.join(path, "memory.stat"))
-            usage = read_int_file(os.path.join(path, "memory.usage_in_bytes")) or 0
+            usage = read_int(os.path.join(path, "memory.usage_in_bytes")) or 0
             limit = stat.get("hierarchical_memory_limit")
             if limit is None:
-                limit = read_int_file(os.path.join(path, "memory.limit_in_bytes"))
+                limit = read_int(os.path.join(path, "memory.limit_in_bytes"))
             if limit is not None and limit >= V1_UNLIMITED:
                 limit = None
             # v1 keeps subtree totals under total_*; use those names unprefixed.
             stat = {k[len("total_"):]: v for k, v in stat.items() if k.startswith("total_")} or stat
             return limit, usage, stat
         stat = read_keyed(os.path.join(path, "memory.stat"))
-        usage = read_int_file(os.path.join(path, "memory.current")) or 0
+        usage = read_int(os.path.join(path, "memory.current")) or 0
         limit = None
         p = path
         while True:     # the tightest memory.max on the way up is what binds
             try:
-                m = read_int_file(os.path.join(p, "memory.max"))
+                m = read_int(os.path.join(p, "memory.max"))
             except Vanished:
                 if p == path:
                     raise       # the cgroup itself is gone since its memory.stat was read
@@ -351,10 +324,6 @@ class Cgroupfs:
         return limit, usage, {"dirty": stat.get("file_dirty", 0), "writeback": stat.get("file_writeback", 0), **stat}
 
 
-def _read_pids(path: str) -> list[int]:
-    return [int(x) for x in read_text(path).split()]
-
-
 def _descendants(path: str) -> Iterator[tuple[str, list[int]]]:
     """Every cgroup below ``path`` with its own processes, passing over those
     that vanish while the subtree is walked. A threaded cgroup has no
@@ -364,7 +333,7 @@ def _descendants(path: str) -> Iterator[tuple[str, list[int]]]:
         for d in dirnames:
             full = os.path.join(dirpath, d)
             try:
-                pids = _read_pids(os.path.join(full, "cgroup.procs"))
+                pids = read_pids(os.path.join(full, "cgroup.procs"))
             except Vanished:
                 continue
             except OSError as e:

@@ -79,10 +79,9 @@ def _config_warning(message: str) -> None:
 
 
 def load_config(a: argparse.Namespace) -> cfg.Config:
+    from .procfs import Procfs
     try:
-        with open("/proc/cmdline", "rb") as f:
-            # Boot loaders pass bytes: one that is not UTF-8 must not stop the daemon.
-            cmdline = f.read(1 << 16).decode("utf-8", errors="replace")
+        cmdline = Procfs().cmdline()
     except OSError:
         cmdline = ""
     conf = cfg.load(cli=_cli_values(a), config_file=getattr(a, "config", None),

@@ -249,7 +249,7 @@ def _globs(v: Any) -> tuple[str, ...]:
     for g in v:
         _text(g)
         try:
-            PurePosixPath("/").match(g)     # how cgroupfs.glob_match uses it
+            PurePosixPath("/").match(g)     # how rank.glob_match uses it
         except ValueError as e:
             raise ValueError(f"not a glob: {_brief(g)} ({e})") from None
     return tuple(v)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 
 from .cgroupfs import Cgroupfs
+from .files import Vanished, read_psi_totals, vanishing
 from .model import MemorySnapshot
-from .procfs import Procfs, Vanished, vanishing
+from .procfs import Procfs
 
 
 class DomainGone(OSError):
@@ -91,13 +92,9 @@ class Domain:
         if not self.pressure_path:
             return -1
         try:
-            with open(self.pressure_path) as f:
-                for line in f:
-                    if line.startswith("full "):
-                        return int(line.rsplit("total=", 1)[1])
-        except (OSError, ValueError, IndexError):
-            pass
-        return -1
+            return read_psi_totals(self.pressure_path).get("full", -1)
+        except (OSError, ValueError):
+            return -1
 
     @property
     def name(self) -> str:

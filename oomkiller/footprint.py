@@ -18,6 +18,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from .files import read_kb_fields, read_text
+
 MCL_FUTURE, MCL_ONFAULT = 2, 4
 MLOCK_ONFAULT = 1
 MADV_PAGEOUT = 21           # Linux 5.4
@@ -33,11 +35,10 @@ _libc.mlock2.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]    # g
 
 def mappings(maps_path: str = "/proc/self/maps") -> list[tuple[int, int, str]]:
     out = []
-    with open(maps_path) as f:
-        for line in f:
-            parts = line.split(maxsplit=5)
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            out.append((lo, hi, parts[5].strip() if len(parts) > 5 else ""))
+    for line in read_text(maps_path).splitlines():
+        parts = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        out.append((lo, hi, parts[5].strip() if len(parts) > 5 else ""))
     return out
 
 
@@ -47,13 +48,7 @@ def is_compiler(name: str) -> bool:
 
 def status_bytes(keys: tuple[str, ...] = ("VmRSS", "RssAnon", "RssFile", "VmLck"),
                  path: str = "/proc/self/status") -> dict[str, int]:
-    out = {}
-    with open(path) as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in keys:
-                out[key] = int(rest.split()[0]) * 1024
-    return out
+    return read_kb_fields(path, keys)
 
 
 def release_compiler() -> int:

@@ -71,8 +71,9 @@ import time
 from typing import Callable
 
 from .cgroupfs import Cgroupfs
+from .files import GONE_ERRNOS
 from .model import Candidate, KillResult, Ranking
-from .procfs import GONE_ERRNOS, PF_KTHREAD
+from .procfs import PF_KTHREAD
 from .rank import OOM_SCORE_ADJ_MIN
 
 SYS_PROCESS_MRELEASE = 448      # x86_64 and the generic syscall table

@@ -6,11 +6,9 @@ that split is what "committed" means here, so the status file is read by key.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-from collections.abc import Iterator
 
+from .files import Vanished, read_kb_fields, read_text
 from .model import Proc
 
 PF_KTHREAD = 0x00200000     # include/linux/sched.h
@@ -19,41 +17,9 @@ PF_KTHREAD = 0x00200000     # include/linux/sched.h
 # reclaim cannot drop when there is no swap to spill it to.
 COMMITTED_KEYS = ("RssAnon", "RssShmem", "VmSwap")
 
-# What reading a file of a process or cgroup that is going away gives:
-# ENOENT (removed before the open), ENODEV (a cgroup's file opened before its
-# rmdir and read after), ESRCH (a process that exited between the open and
-# the read), EINVAL (some files of an exiting task), ENOTDIR (a cgroup folder
-# replaced by a file).
-GONE_ERRNOS = frozenset((errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EINVAL, errno.ENOTDIR))
-
-
-class Vanished(FileNotFoundError):
-    """What a file belonged to, a process or a cgroup, is gone: pass it over.
-
-    Whatever its errno, a FileNotFoundError, so that callers that already
-    pass over a missing file pass over a vanished one too."""
-
-
-@contextlib.contextmanager
-def vanishing(path: str) -> Iterator[None]:
-    """Turn an error meaning "gone" (``GONE_ERRNOS``) in the block into
-    ``Vanished``: the one place that decides what "gone" is."""
-    try:
-        yield
-    except Vanished:
-        raise
-    except OSError as e:
-        if e.errno in GONE_ERRNOS:
-            raise Vanished(e.errno, e.strerror, e.filename or path) from None
-        raise
-
-
-def read_text(path: str) -> str:
-    """A procfs or cgroupfs file's text; raises ``Vanished`` if what it
-    belongs to is gone. Bytes that are not UTF-8 (a process may name itself
-    anything) are replaced, not an error."""
-    with vanishing(path), open(path, errors="replace") as f:
-        return f.read()
+# Far more than a kernel allows a command line to be: a bound on the read of
+# a file that is not what it should be.
+CMDLINE_MAX_BYTES = 1 << 16
 
 
 class Procfs:
@@ -63,24 +29,21 @@ class Procfs:
         self.root = root
 
     def meminfo(self) -> dict[str, int]:
-        """``/proc/meminfo`` in bytes, keyed by field name."""
-        out = {}
-        with open(os.path.join(self.root, "meminfo")) as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if not parts:
-                    continue
-                n = int(parts[0])
-                out[key] = n * 1024 if len(parts) > 1 and parts[1] == "kB" else n
-        return out
+        """``/proc/meminfo`` in bytes, keyed by field name (a count such as
+        ``HugePages_Total`` as it is)."""
+        return read_kb_fields(os.path.join(self.root, "meminfo"))
+
+    def cmdline(self) -> str:
+        """The kernel command line. Boot loaders pass bytes: those that are
+        not UTF-8 are replaced, so that they cannot stop the daemon."""
+        return read_text(os.path.join(self.root, "cmdline"), max_bytes=CMDLINE_MAX_BYTES)
 
     def proc(self, pid: int) -> Proc | None:
         """One process, or None if it is gone (or turned out to be another)."""
         base = os.path.join(self.root, str(pid))
         try:
             stat = read_text(os.path.join(base, "stat"))
-            status = _keyed_kb(os.path.join(base, "status"))
+            status = read_kb_fields(os.path.join(base, "status"), COMMITTED_KEYS)
             adj = int(read_text(os.path.join(base, "oom_score_adj")).strip() or 0)
         except Vanished:
             return None
@@ -106,13 +69,3 @@ class Procfs:
             for c in (ctrls.split(",") if ctrls else [""]):
                 out[c] = path
         return out
-
-
-def _keyed_kb(path: str) -> dict[str, int]:
-    out = {}
-    for line in read_text(path).splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0]) * 1024
-    return out

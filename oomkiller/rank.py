@@ -26,8 +26,8 @@ has ``oom_score_adj=-1000``, is a kernel thread or a zombie.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
-from .cgroupfs import glob_match, xattr_set
 from .model import Candidate, Importance, Job, Proc, Ranking
 
 OOM_SCORE_ADJ_MIN = -1000
@@ -38,6 +38,18 @@ _XATTR_CLASS = (
     ("user.oomd_avoid", Importance.AVOID),
     ("user.oomd_prefer", Importance.PREFER),
 )
+
+
+def glob_match(name: str, pattern: str) -> bool:
+    """Match a job name against a glob the way pathlib does, right-anchored:
+    ``*.service`` matches a service at any depth; a leading ``/`` anchors the
+    pattern at the domain (``/system.slice/*``)."""
+    return PurePosixPath("/" + name).match(pattern)
+
+
+def xattr_set(value: str) -> bool:
+    """Whether an oomd xattr's value turns it on (systemd writes "1")."""
+    return value.strip() not in ("", "0")
 
 
 @dataclass(frozen=True)

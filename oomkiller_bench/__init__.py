@@ -232,11 +232,11 @@ class Bench:
 
     def _meta(self, started: float, duration_s: float, unavailable: dict[str, str], live, leftovers) -> dict:
         from oomkiller.cgroupfs import detect_layout
+        from oomkiller.files import read_kb_fields
         lay = detect_layout()
         cg = ("v2" if not lay.memory_v1 else "hybrid (v1 memory, cgroup2 without controllers)"
               if lay.unified_root else "v1")
-        with open("/proc/meminfo") as f:
-            mem_kb = int(f.readline().split()[1])
+        mem_kb = read_kb_fields("/proc/meminfo", ("MemTotal",), kb=True)["MemTotal"]
         meta = {
             "mode": self.a.mode, "runs": self.runs, "baseline_s": self.baseline_s, "idle_s": self.idle_s,
             "pid": os.getpid(),

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 from oomkiller.cgroupfs import Layout, detect_layout, own_cgroup_paths
+from oomkiller.files import read_keyed, read_pids, read_text
 
 
 # A hog: touches a page of every chunk so the memory is really committed.
@@ -347,31 +348,26 @@ def _write(path: str, value: str, missing_ok: bool = False) -> None:
             raise
 
 
+# The arena's own cgroups, which it removes itself: a file of one that is
+# gone (FileNotFoundError, files.Vanished included) reads as empty.
+
 def _read_words(path: str) -> list[str]:
     try:
-        with open(path) as f:
-            return f.read().split()
+        return read_text(path).split()
     except FileNotFoundError:
         return []
 
 
 def _read_keyed(path: str) -> dict[str, int]:
-    out = {}
     try:
-        with open(path) as f:
-            for line in f:
-                k, _, v = line.partition(" ")
-                if v.strip().lstrip("-").isdigit():
-                    out[k] = int(v)
+        return read_keyed(path)
     except FileNotFoundError:
-        pass
-    return out
+        return {}
 
 
 def _read_pids(path: str) -> list[int]:
     try:
-        with open(path) as f:
-            return [int(x) for x in f.read().split()]
+        return read_pids(path)
     except FileNotFoundError:
         return []
 

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from oomkiller.files import read_text
+
 from . import daemon, measure
 from .arena import Arena, ArenaJob
 from .scenarios import REDLINE_PERCENT, COMM
@@ -493,8 +495,7 @@ def unavailable_elsewhere(host: Host) -> dict[str, str]:
     v2_memory = False
     if host.layout.unified_root:
         try:
-            with open(os.path.join(host.layout.unified_root, "cgroup.controllers")) as f:
-                v2_memory = "memory" in f.read().split()
+            v2_memory = "memory" in read_text(os.path.join(host.layout.unified_root, "cgroup.controllers")).split()
         except OSError:
             pass
     out = {}

@@ -48,6 +48,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from oomkiller.files import parse_kb_fields, read_kb_fields, read_keyed, read_text
+
 from . import daemon, is_root, pick, print_list
 from . import markdown as md
 from .contenders import nohang_config
@@ -141,20 +143,11 @@ def show(unit: str, *props: str) -> dict[str, str]:
 
 
 def meminfo() -> dict[str, int]:
-    out = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k] = int(v.split()[0]) * 1024
-    return out
+    return read_kb_fields("/proc/meminfo")
 
 
 def vmstat_oom_kills() -> int:
-    with open("/proc/vmstat") as f:
-        for line in f:
-            if line.startswith("oom_kill "):
-                return int(line.split()[1])
-    return 0
+    return read_keyed("/proc/vmstat").get("oom_kill", 0)
 
 
 def write(path: str, text: str) -> None:
@@ -475,16 +468,13 @@ class Sampler(threading.Thread):
 
     def available(self, fd: int) -> int:
         os.lseek(fd, 0, os.SEEK_SET)
-        for line in os.read(fd, 4096).split(b"\n"):
-            if line.startswith(b"MemAvailable:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        text = os.read(fd, 4096).decode(errors="replace")
+        return parse_kb_fields(text, ("MemAvailable",)).get("MemAvailable", 0)
 
     def hog_state(self) -> str:
         try:
-            with open(self.events) as f:
-                text = f.read()
-        except (FileNotFoundError, OSError):
+            text = read_text(self.events)
+        except OSError:
             return "gone"
         return "populated" if "populated 1" in text else "empty"
 

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Iterable
 
+from oomkiller import files
+
 from .arena import Arena, ArenaJob
 
 
@@ -119,8 +121,7 @@ class Probe:
 
     def _usage(self) -> int:
         try:
-            with open(self._usage_path) as f:
-                return int(f.read())
+            return files.read_int(self._usage_path) or 0
         except (OSError, ValueError):
             return 0
 
@@ -188,29 +189,18 @@ def _realtime() -> bool:
 
 
 def _populated(data: bytes) -> int:
-    for line in data.decode().splitlines():
-        k, _, v = line.partition(" ")
-        if k == "populated":
-            return int(v)
-    return 0
+    return files.parse_keyed(data.decode(errors="replace")).get("populated", 0)
 
 
 # -- PSI -------------------------------------------------------------------------
 
 def read_psi_totals(path: str) -> dict[str, int]:
-    """``{"some": usec, "full": usec}`` from a PSI file (``total=`` fields)."""
-    out = {}
+    """``{"some": usec, "full": usec}`` from a PSI file (``total=`` fields);
+    none if it cannot be read."""
     try:
-        with open(path) as f:
-            for line in f:
-                kind, *fields = line.split()
-                for fld in fields:
-                    k, _, v = fld.partition("=")
-                    if k == "total":
-                        out[kind] = int(v)
+        return files.read_psi_totals(path)
     except OSError:
-        pass
-    return out
+        return {}
 
 
 def psi_delta_ms(before: dict[str, int], after: dict[str, int]) -> dict[str, float | None]:
@@ -233,8 +223,8 @@ def cpu_ns(pid: int) -> int | None:
         return None
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
+            # run time, wait time, timeslices
+            total += int(files.read_text(f"/proc/{pid}/task/{tid}/schedstat").split()[0])
         except (OSError, ValueError, IndexError):
             pass
     return total
@@ -247,16 +237,10 @@ def tree_cpu_ns(pids: list[int]) -> int | None:
 
 def memory_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (the peak RSS) of a process, in KiB."""
-    out = {}
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                    out[k] = int(v.split()[0])
+        return files.read_kb_fields(f"/proc/{pid}/status", ("VmRSS", "VmHWM", "RssAnon", "RssFile"), kb=True)
     except OSError:
-        pass
-    return out
+        return {}
 
 
 def process_tree(pid: int) -> list[int]:
@@ -288,8 +272,8 @@ def bpf_prog_stats(pids: list[int]) -> list[dict[str, int | str]]:
             try:
                 if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
                     continue
-                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                    info = dict(line.split(":", 1) for line in f if ":" in line)
+                text = files.read_text(f"/proc/{pid}/fdinfo/{fd}")
+                info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
             except OSError:
                 continue
             info = {k.strip(): v.strip() for k, v in info.items()}
@@ -315,8 +299,7 @@ class BpfStats:
 
     def __enter__(self) -> "BpfStats":
         try:
-            with open(self.PATH) as f:
-                self.old = f.read().strip()
+            self.old = files.read_text(self.PATH).strip()
             with open(self.PATH, "w") as f:
                 f.write("1")
             self.enabled = True

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from oomkiller.cgroupfs import Cgroupfs
+from oomkiller.files import read_int, read_keyed, read_pids
 from oomkiller.rank import Policy, rank
 
 from . import measure, scenarios
@@ -69,24 +70,15 @@ def make_file(path: str, size: int) -> None:
 
 def _usage(arena: Arena) -> int:
     name = "memory.usage_in_bytes" if arena.layout.memory_v1 else "memory.current"
-    with open(os.path.join(arena.path, name)) as f:
-        return int(f.read())
+    return read_int(os.path.join(arena.path, name)) or 0
 
 
 def _job_oom_kills(arena: Arena, job) -> int:
-    if arena.layout.memory_v1:
-        path, key = os.path.join(job.path, "memory.oom_control"), "oom_kill"
-    else:
-        path, key = os.path.join(job.path, "memory.events"), "oom_kill"
+    name = "memory.oom_control" if arena.layout.memory_v1 else "memory.events"
     try:
-        with open(path) as f:
-            for line in f:
-                k, _, v = line.partition(" ")
-                if k == key:
-                    return int(v)
+        return read_keyed(os.path.join(job.path, name)).get("oom_kill", 0)
     except OSError:
-        pass
-    return 0
+        return 0
 
 
 def measure_rank(arena: Arena) -> dict[str, float]:
@@ -384,7 +376,6 @@ def idle_run(contender: Contender, files: Files, tmpdir: str, lxcfs_meminfo: str
 
 def _has_procs(path: str) -> bool:
     try:
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            return bool(f.read().strip())
+        return bool(read_pids(os.path.join(path, "cgroup.procs")))
     except OSError:
         return False

@@ -21,6 +21,8 @@ import time
 import uuid
 from typing import Any
 
+from oomkiller.files import read_kb_fields
+
 from . import daemon, measure
 from . import markdown as md
 from .arena import Arena
@@ -33,10 +35,9 @@ def _daemon_sample(pid: int) -> dict[str, int]:
     out = dict(measure.memory_kb(pid))
     try:
         out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Threads:"):
-                    out["threads"] = int(line.split()[1])
+        status = read_kb_fields(f"/proc/{pid}/status", ("Threads",))
+        if "Threads" in status:
+            out["threads"] = status["Threads"]
     except OSError:
         pass
     return out

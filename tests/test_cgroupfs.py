@@ -2,19 +2,11 @@ import os
 
 import pytest
 
-from oomkiller.cgroupfs import Cgroupfs, detect_layout, glob_match
+from oomkiller.cgroupfs import Cgroupfs, detect_layout
 from oomkiller.procfs import Procfs
 from oomkiller.rank import Policy, rank
 
 from trees import CgroupAttrs, CgroupTree
-
-
-def test_glob_match_right_anchored():
-    assert glob_match("system.slice/foo.service", "*.service")
-    assert glob_match("foo.service", "*.service")
-    assert glob_match("system.slice/foo.service", "/system.slice/*")
-    assert not glob_match("user.slice/system.slice/foo.service", "/system.slice/*")
-    assert not glob_match("foo.scope", "*.service")
 
 
 def test_layouts(tmp_path):

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+import oomkiller.files as files_mod
 from oomkiller import cli
 from oomkiller import config as cfg
 from oomkiller import control
@@ -212,7 +213,7 @@ def fake_proc_cmdline(monkeypatch, data: bytes) -> None:
             assert "b" in mode
             return io.BytesIO(data)
         return real_open(path, mode, *a, **kw)
-    monkeypatch.setattr(cli, "open", fake_open, raising=False)
+    monkeypatch.setattr(files_mod, "open", fake_open, raising=False)
 
 
 def cli_args(*argv: str) -> argparse.Namespace:

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-import oomkiller.procfs as procfs_mod
+import oomkiller.files as files_mod
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.domain import Domain, DomainGone, reclaimable_bytes
 from oomkiller.procfs import Procfs
@@ -153,7 +153,7 @@ def test_enodev_from_the_domain_is_domain_gone(proc_tree, v1_tree, monkeypatch):
         if str(path).startswith(d.path + "/"):
             raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), path)
         return real_open(path, *a, **kw)
-    monkeypatch.setattr(procfs_mod, "open", enodev, raising=False)
+    monkeypatch.setattr(files_mod, "open", enodev, raising=False)
     with pytest.raises(DomainGone, match=r"is gone \(No such device\)") as info:
         d.snapshot(0)
     assert info.value.errno == errno.ENODEV

@@ -13,12 +13,13 @@ import os
 
 import pytest
 
-import oomkiller.procfs as procfs_mod
+import oomkiller.files as files_mod
 from oomkiller.cgroupfs import Cgroupfs
-from oomkiller.procfs import GONE_ERRNOS, Procfs
+from oomkiller.files import GONE_ERRNOS
+from oomkiller.procfs import Procfs
 from oomkiller.rank import Policy, rank
 
-from trees import CgroupTree
+from trees import CgroupTree, Unreadable
 
 GLOBS = ("*.service", "*.scope")
 # relative cgroup path -> its own processes
@@ -58,24 +59,8 @@ def _build(tmp_path, layout, proc_tree):
     return tree
 
 
-class _Unreadable:
-    """An open file whose cgroup or process went away before the read."""
-
-    def __init__(self, path: str, err: int) -> None:
-        self.path, self.err = path, err
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def read(self, *_):
-        raise OSError(self.err, os.strerror(self.err), self.path)
-
-
 class Faults:
-    """Stands in for ``open`` in procfs (through which every cgroupfs and
+    """Stands in for ``open`` in files (through which every cgroupfs and
     procfs read of a job goes): counts the reads of the fixture tree, and
     makes the ``fail_at``-th one fail in the given mode."""
 
@@ -98,7 +83,7 @@ class Faults:
 
     def _fail(self, path, args, kwargs):
         if self.mode.startswith("read:"):
-            return _Unreadable(path, getattr(errno, self.mode[5:]))
+            return Unreadable(path, getattr(errno, self.mode[5:]))
         owner = os.path.dirname(path)       # the cgroup or /proc/PID folder the file is in
         self.aside = (owner, os.path.join(self.base, "aside"))
         os.rename(*self.aside)              # gone, with all below it
@@ -138,7 +123,7 @@ def test_every_read_failing_keeps_the_other_jobs(tmp_path, proc_tree, monkeypatc
     fs = Cgroupfs(str(tmp_path / "cgroup"), Procfs(str(proc_tree.root)))
     dom = fs.resolve("host")
     count = Faults(tmp_path)
-    monkeypatch.setattr(procfs_mod, "open", count, raising=False)
+    monkeypatch.setattr(files_mod, "open", count, raising=False)
     baseline = fs.jobs(dom, GLOBS)
     assert sorted(j.name for j in baseline) == [
         "batch.scope", "empty.service", "system.slice/db.service", "system.slice/web.service", "user.slice/grp"]
@@ -147,7 +132,7 @@ def test_every_read_failing_keeps_the_other_jobs(tmp_path, proc_tree, monkeypatc
     assert n_reads > 30
     for k in range(n_reads):
         fault = Faults(tmp_path, mode, k)
-        monkeypatch.setattr(procfs_mod, "open", fault)
+        monkeypatch.setattr(files_mod, "open", fault)
         try:
             jobs = fs.jobs(dom, GLOBS)
         finally:
@@ -179,9 +164,9 @@ def test_a_job_removed_between_the_walk_and_its_read_is_dropped(tmp_path, proc_t
 
     def enodev(path, *a, **kw):
         if str(path) == str(tree.mem / "batch.scope" / "cgroup.procs"):
-            return _Unreadable(path, errno.ENODEV)
+            return Unreadable(path, errno.ENODEV)
         return real_open(path, *a, **kw)
-    monkeypatch.setattr(procfs_mod, "open", enodev, raising=False)
+    monkeypatch.setattr(files_mod, "open", enodev, raising=False)
     ranking = rank(fs.jobs(fs.resolve("host"), GLOBS), Policy(), 1 << 30)
     names = [c.job.name for c in ranking.killable()]
     assert "batch.scope" not in names and len(names) == 3    # web, db and x.scope; empty.service is empty
@@ -194,9 +179,9 @@ def test_a_process_that_exits_is_dropped_from_its_job(tmp_path, proc_tree, monke
 
     def esrch(path, *a, **kw):
         if str(path) == str(proc_tree.root / "107" / "status"):
-            return _Unreadable(path, errno.ESRCH)
+            return Unreadable(path, errno.ESRCH)
         return real_open(path, *a, **kw)
-    monkeypatch.setattr(procfs_mod, "open", esrch, raising=False)
+    monkeypatch.setattr(files_mod, "open", esrch, raising=False)
     jobs = {j.name: j for j in fs.jobs(fs.resolve("host"), GLOBS)}
     assert [p.pid for p in jobs["batch.scope"].procs] == [106]
     assert len(jobs) == 5
@@ -210,10 +195,10 @@ def test_subtree_pids_passes_over_vanished_descendants(tmp_path, proc_tree, monk
     for err in sorted(GONE_ERRNOS):
         def failing(path, *a, _err=err, **kw):
             if str(path) == os.path.join(web, "worker", "cgroup.procs"):
-                return _Unreadable(path, _err)
+                return Unreadable(path, _err)
             return real_open(path, *a, **kw)
-        monkeypatch.setattr(procfs_mod, "open", failing, raising=False)
+        monkeypatch.setattr(files_mod, "open", failing, raising=False)
         assert fs.subtree_pids(web) == [101, 103]
-    monkeypatch.setattr(procfs_mod, "open", lambda p, *a, **kw: _Unreadable(p, errno.ENODEV))
+    monkeypatch.setattr(files_mod, "open", lambda p, *a, **kw: Unreadable(p, errno.ENODEV))
     with pytest.raises(FileNotFoundError):      # the cgroup itself gone: the killer's "vanished"
         fs.subtree_pids(web)

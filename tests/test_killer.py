@@ -15,7 +15,8 @@ from oomkiller import cgroupfs as cgroupfs_mod
 from oomkiller import log as oomlog
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.killer import EMPTIED_BEFORE_SIGNAL, VANISHED_BEFORE_SIGNAL, Killer, Releaser
-from oomkiller.procfs import Procfs, vanishing
+from oomkiller.files import vanishing
+from oomkiller.procfs import Procfs
 from oomkiller.rank import Policy, rank
 
 NO_SUCH_PID = 4194401
@@ -104,14 +105,14 @@ def test_subtree_pids_passes_over_a_descendant_gone_while_read(proc_tree, v1_tre
     v1_tree.cgroup("j", (11,))
     v1_tree.cgroup("j/a", (12,))
     v1_tree.cgroup("j/b", (13,))
-    real = cgroupfs_mod._read_pids
+    real = cgroupfs_mod.read_pids
 
     def read_pids(path):
         if "/j/a/" in path:
             with vanishing(path):       # as the real readers raise it
                 raise OSError(err, os.strerror(err))
         return real(path)
-    monkeypatch.setattr(cgroupfs_mod, "_read_pids", read_pids)
+    monkeypatch.setattr(cgroupfs_mod, "read_pids", read_pids)
     cg = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
     assert cg.subtree_pids(str(v1_tree.mem / "j")) == [11, 13]
     with pytest.raises(OSError):

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-import oomkiller.procfs as procfs_mod
-from oomkiller.procfs import GONE_ERRNOS, Procfs, Vanished, read_text, vanishing
+import oomkiller.files as files_mod
+from oomkiller.procfs import CMDLINE_MAX_BYTES, Procfs
 
 
 def test_meminfo_bytes(proc_tree):
@@ -40,22 +40,6 @@ def test_cgroups_hybrid(proc_tree):
     assert g == {"name=systemd": "/", "memory": "/a/b", "cpu": "/c", "cpuacct": "/c", "": "/d/e"}
 
 
-def test_gone_errnos_become_vanished(tmp_path):
-    f = tmp_path / "x"
-    f.write_text("1\n")
-    assert read_text(str(f)) == "1\n"
-    assert {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EINVAL, errno.ENOTDIR} == GONE_ERRNOS
-    for e in sorted(GONE_ERRNOS):
-        with pytest.raises(Vanished) as info, vanishing("/p"):
-            raise OSError(e, os.strerror(e))
-        assert info.value.errno == e and info.value.filename == "/p"
-        assert isinstance(info.value, FileNotFoundError)    # what callers already pass over
-    with pytest.raises(PermissionError), vanishing("/p"):
-        raise PermissionError(errno.EACCES, "denied")       # not "gone": still an error
-    with pytest.raises(Vanished):
-        read_text(str(f / "below-a-file"))                  # ENOTDIR
-
-
 def test_a_process_that_exits_mid_read_is_gone(proc_tree, monkeypatch):
     """Each file of a process failing the way an exiting one does, at its
     open or at its read: the process is passed over, not an error."""
@@ -68,7 +52,7 @@ def test_a_process_that_exits_mid_read_is_gone(proc_tree, monkeypatch):
                 if path.endswith(f"/77/{_name}"):
                     raise OSError(_e, os.strerror(_e), path)
                 return real_open(path, *a, **kw)
-            monkeypatch.setattr(procfs_mod, "open", failing, raising=False)
+            monkeypatch.setattr(files_mod, "open", failing, raising=False)
             assert (fs.proc(77) is None) == (name != "cgroup")
             assert (fs.cgroups(77) == {}) == (name == "cgroup")
     monkeypatch.undo()
@@ -80,3 +64,14 @@ def test_a_name_that_is_not_utf8(proc_tree):
     stat = proc_tree.root / "78" / "stat"
     stat.write_bytes(stat.read_bytes().replace(b"(x)", b"(\xff\xfeq)"))
     assert Procfs(str(proc_tree.root)).proc(78).name == "\ufffd\ufffdq"
+
+
+def test_cmdline_is_read_below_the_root_bounded_and_replaced(proc_tree):
+    fs = Procfs(str(proc_tree.root))
+    (proc_tree.root / "cmdline").write_bytes(b"quiet root=/dev/\xff\xfe oomkiller.sleep_ms=250\n")
+    assert fs.cmdline() == "quiet root=/dev/\ufffd\ufffd oomkiller.sleep_ms=250\n"
+    (proc_tree.root / "cmdline").write_bytes(b"x" * (CMDLINE_MAX_BYTES + 10))
+    assert fs.cmdline() == "x" * CMDLINE_MAX_BYTES
+    (proc_tree.root / "cmdline").unlink()
+    with pytest.raises(FileNotFoundError):
+        fs.cmdline()

@@ -1,7 +1,20 @@
 from oomkiller.model import Importance, Job, Proc
-from oomkiller.rank import Policy, rank
+from oomkiller.rank import Policy, glob_match, rank, xattr_set
 
 GiB = 1 << 30
+
+
+def test_glob_match_right_anchored():
+    assert glob_match("system.slice/foo.service", "*.service")
+    assert glob_match("foo.service", "*.service")
+    assert glob_match("system.slice/foo.service", "/system.slice/*")
+    assert not glob_match("user.slice/system.slice/foo.service", "/system.slice/*")
+    assert not glob_match("foo.scope", "*.service")
+
+
+def test_xattr_set():
+    assert xattr_set("1") and xattr_set(" yes\n")
+    assert not xattr_set("") and not xattr_set("0") and not xattr_set(" 0\n")
 
 
 def proc(pid, mb, adj=0, state="S", kernel=False):

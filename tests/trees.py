@@ -2,6 +2,7 @@
 parser that swaps two fields fails."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -91,3 +92,20 @@ class CgroupAttrs:
             return self.owners.get(str(path), 0)
         fs.xattrs = xattrs
         fs.owner_uid = owner_uid
+
+
+class Unreadable:
+    """Stands in for an open file whose cgroup or process went away before
+    the read: reading it fails with ``err``, as the kernel's file does."""
+
+    def __init__(self, path: str, err: int) -> None:
+        self.path, self.err = path, err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def read(self, *_):
+        raise OSError(self.err, os.strerror(self.err), self.path)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+from ..files import read_text
 from ..model import EventKind, PressureEvent, Source
 from . import SourceUnavailable
 
@@ -209,8 +210,7 @@ def gfp_bit(tracefs: str, name: str, default: int) -> int:
     """A __GFP_* flag's value as this kernel's reclaim tracepoint prints it:
     the bits moved between kernel versions, so they are read, not assumed."""
     try:
-        with open(os.path.join(tracefs, "events", "vmscan", "mm_vmscan_direct_reclaim_begin", "format")) as f:
-            fmt = f.read()
+        fmt = read_text(os.path.join(tracefs, "events", "vmscan", "mm_vmscan_direct_reclaim_begin", "format"))
     except OSError:
         return default
     m = re.search(r'\{([^{}]*)\}?\s*,\s*"' + re.escape(name) + '"', fmt)
@@ -232,8 +232,7 @@ def tracepoint_flags(tracefs: str) -> dict[str, bool]:
     fmt = ""
     if flags["HAVE_TP_MARK_VICTIM"]:
         try:
-            with open(os.path.join(tracefs, "events", "oom", "mark_victim", "format")) as f:
-                fmt = f.read()
+            fmt = read_text(os.path.join(tracefs, "events", "oom", "mark_victim", "format"))
         except OSError:
             pass
     flags["MARK_VICTIM_RSS"] = all(field in fmt for field in _MARK_VICTIM_RSS_FIELDS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from ..files import read_text
 from . import SourceUnavailable
 
 
@@ -23,8 +24,7 @@ class MemoryHighBrake:
 
     def start(self) -> None:
         try:
-            with open(self.file) as f:
-                self.original = f.read().strip()
+            self.original = read_text(self.file).strip()
             with open(self.file, "w") as f:
                 f.write(str(self.high_bytes))
         except OSError as e:

@@ -18,7 +18,7 @@ import pytest
 
 from kproc import wait_for
 
-import oomkiller.procfs as procfs_mod
+import oomkiller.files as files_mod
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.config import Config
 from oomkiller.daemon import Daemon
@@ -55,7 +55,7 @@ def _rmdir(path: str) -> bool:
 
 
 class RemoveOnRead:
-    """Stands in for ``open`` in procfs, through which the listing reads
+    """Stands in for ``open`` in files, through which the listing reads
     every job's and process's files: the first open of ``target`` opens it
     for real, then runs ``then`` (which removes what the file belongs to),
     and hands back the open file, whose read now fails."""
@@ -93,7 +93,7 @@ def test_a_job_removed_mid_walk_does_not_lose_the_walk(arena, tmp_path, monkeypa
         last.wait()
         _remove(arena, doomed)
     hook = RemoveOnRead(os.path.join(doomed.path, "cgroup.procs"), end_it)
-    monkeypatch.setattr(procfs_mod, "open", hook, raising=False)
+    monkeypatch.setattr(files_mod, "open", hook, raising=False)
     assert sorted(j.name for j in d.jobs()) == ["big", "mid"]
     assert hook.errno == errno.ENODEV, "the cgroup's file did not fail as a removed cgroup's does"
     monkeypatch.undo()
@@ -124,7 +124,7 @@ def test_an_empty_job_removed_mid_rank_and_a_reaped_process(arena, tmp_path, mon
             if os.fspath(path) == hook.target:
                 return hook(path, *args, **kwargs)
         return open(path, *args, **kwargs)
-    monkeypatch.setattr(procfs_mod, "open", chain, raising=False)
+    monkeypatch.setattr(files_mod, "open", chain, raising=False)
     ranked = _ranking(d)
     monkeypatch.undo()
     assert [h.errno for h in hooks] == [errno.ENODEV, errno.ENODEV, errno.ESRCH]

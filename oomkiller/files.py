@@ -1,0 +1,138 @@
+"""The one reader of kernel files: procfs, cgroupfs, sysctl, tracefs.
+
+Each shape of file the kernel writes is parsed here once:
+
+* a single value (``memory.max``, ``oom_score_adj``): ``read_int``;
+* ``Key:  N kB`` fields (``/proc/meminfo``, ``/proc/PID/status``):
+  ``read_kb_fields``, in bytes unless asked for kB;
+* ``key N`` lines (``memory.stat``, ``memory.events``, ``memory.oom_control``,
+  ``/proc/vmstat``): ``read_keyed``;
+* a pid list (``cgroup.procs``): ``read_pids``;
+* PSI totals (``/proc/pressure/memory``, ``memory.pressure``):
+  ``read_psi_totals``;
+* anything else as text: ``read_text``.
+
+A caller that holds a file open and reads it again and again parses what it
+read with ``parse_kb_fields`` or ``parse_keyed``.
+
+What a file belongs to, a process or a cgroup, can go away at any time: every
+reader raises ``Vanished`` then, and this module alone decides which errors
+mean "gone" (``GONE_ERRNOS``). Files are opened through this module's
+``open``, so that a test can stand in for every kernel read at one place.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterable, Iterator
+
+# What reading a file of a process or cgroup that is going away gives:
+# ENOENT (removed before the open), ENODEV (a cgroup's file opened before its
+# rmdir and read after), ESRCH (a process that exited between the open and
+# the read), EINVAL (some files of an exiting task), ENOTDIR (a cgroup folder
+# replaced by a file).
+GONE_ERRNOS = frozenset((errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EINVAL, errno.ENOTDIR))
+
+
+class Vanished(FileNotFoundError):
+    """What a file belonged to, a process or a cgroup, is gone: pass it over.
+
+    Whatever its errno, a FileNotFoundError, so that callers that already
+    pass over a missing file pass over a vanished one too."""
+
+
+@contextlib.contextmanager
+def vanishing(path: str) -> Iterator[None]:
+    """Turn an error meaning "gone" (``GONE_ERRNOS``) in the block into
+    ``Vanished``: the one place that decides what "gone" is."""
+    try:
+        yield
+    except Vanished:
+        raise
+    except OSError as e:
+        if e.errno in GONE_ERRNOS:
+            raise Vanished(e.errno, e.strerror, e.filename or path) from None
+        raise
+
+
+def read_text(path: str, max_bytes: int | None = None) -> str:
+    """A kernel file's text; raises ``Vanished`` if what it belongs to is
+    gone. Bytes that are not UTF-8 (a process may name itself anything, a
+    boot loader pass anything) are replaced, not an error. ``max_bytes``
+    reads no more than that many bytes of a file that may be long."""
+    with vanishing(path):
+        if max_bytes is None:
+            with open(path, errors="replace") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read(max_bytes).decode("utf-8", errors="replace")
+
+
+def read_int(path: str) -> int | None:
+    """A file of one integer, such as ``memory.max`` or ``oom_score_adj``;
+    None for ``max`` (no limit). ValueError for anything else."""
+    text = read_text(path).strip()
+    return None if text == "max" else int(text)
+
+
+def parse_kb_fields(text: str, keys: Iterable[str] | None = None, *, kb: bool = False) -> dict[str, int]:
+    """The ``Key:  N kB`` fields of a text in bytes (in kB with ``kb``); a
+    field of one number without a unit (a count, such as ``Threads`` or
+    ``HugePages_Total``) as it is. Other lines (``Name:``, ``Uid:``) are
+    left out, and so is every key not in ``keys`` if it is given."""
+    wanted = None if keys is None else frozenset(keys)
+    scale = 1 if kb else 1024
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if wanted is not None and key not in wanted:
+            continue
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+            out[key] = int(parts[0]) * scale
+        elif len(parts) == 1 and parts[0].lstrip("-").isdigit():
+            out[key] = int(parts[0])
+    return out
+
+
+def read_kb_fields(path: str, keys: Iterable[str] | None = None, *, kb: bool = False) -> dict[str, int]:
+    """``parse_kb_fields`` of a file such as ``/proc/meminfo`` or
+    ``/proc/PID/status``; raises ``Vanished`` if it is gone."""
+    return parse_kb_fields(read_text(path), keys, kb=kb)
+
+
+def parse_keyed(text: str) -> dict[str, int]:
+    """The ``key N`` lines of a text; lines of another shape are left out."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """``parse_keyed`` of a file such as ``memory.stat``, ``memory.events``,
+    ``cgroup.events``, ``memory.oom_control`` or ``/proc/vmstat``; raises
+    ``Vanished`` if it is gone."""
+    return parse_keyed(read_text(path))
+
+
+def read_pids(path: str) -> list[int]:
+    """The pids of a ``cgroup.procs`` (or ``tasks``), in the file's order;
+    raises ``Vanished`` if the cgroup is gone."""
+    return [int(x) for x in read_text(path).split()]
+
+
+def read_psi_totals(path: str) -> dict[str, int]:
+    """``{"some": usec, "full": usec}``: the ``total=`` stall times of a PSI
+    file (``/proc/pressure/memory``, ``memory.pressure``); a line without
+    one is left out. Raises ``Vanished`` if it is gone."""
+    out = {}
+    for line in read_text(path).splitlines():
+        kind, *fields = line.split() or [""]
+        for field in fields:
+            k, _, v = field.partition("=")
+            if k == "total":
+                out[kind] = int(v)
+    return out

@@ -1,0 +1,166 @@
+"""The one reader of kernel files, on temporary files shaped as the kernel's."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+import oomkiller.files as files_mod
+from oomkiller.files import (GONE_ERRNOS, Vanished, parse_kb_fields, parse_keyed, read_int, read_kb_fields,
+                             read_keyed, read_pids, read_psi_totals, read_text, vanishing)
+
+from trees import Unreadable
+
+MEMINFO = """\
+MemTotal:        8265625 kB
+MemFree:            5123 kB
+MemAvailable:    6057779 kB
+HugePages_Total:       7
+Hugepagesize:       2048 kB
+"""
+
+STATUS = """\
+Name:\tpython3 x
+Umask:\t0022
+State:\tS (sleeping)
+Pid:\t4157
+Uid:\t0\t0\t0\t0
+VmRSS:\t   36500 kB
+RssAnon:\t   25100 kB
+RssShmem:\t       0 kB
+VmSwap:\t      37 kB
+Threads:\t4
+voluntary_ctxt_switches:\t150
+"""
+
+MEMORY_STAT_V1 = """\
+cache 4096
+rss 8192
+hierarchical_memory_limit 9223372036854771712
+total_rss 8192
+total_inactive_file 4096
+"""
+
+MEMORY_OOM_CONTROL = """\
+oom_kill_disable 0
+under_oom 0
+oom_kill 3
+"""
+
+PRESSURE = """\
+some avg10=0.00 avg60=0.12 avg300=0.05 total=123456
+full avg10=0.00 avg60=0.01 avg300=0.00 total=7890
+"""
+
+
+def _file(tmp_path, name: str, data: str | bytes) -> str:
+    path = tmp_path / name
+    (path.write_bytes if isinstance(data, bytes) else path.write_text)(data)
+    return str(path)
+
+
+def test_read_text_and_its_limit(tmp_path):
+    path = _file(tmp_path, "cmdline", b"quiet oomkiller.sleep_ms=250\n")
+    assert read_text(path) == "quiet oomkiller.sleep_ms=250\n"
+    assert read_text(path, max_bytes=5) == "quiet"
+
+
+def test_odd_bytes_are_replaced_not_an_error(tmp_path):
+    path = _file(tmp_path, "stat", b"78 (\xff\xfeq) S 1\n")
+    assert read_text(path) == "78 (\ufffd\ufffdq) S 1\n"
+    assert read_text(path, max_bytes=1 << 16) == "78 (\ufffd\ufffdq) S 1\n"
+    # a name of odd bytes in a status file does not hide the fields around it
+    status = _file(tmp_path, "status", b"Name:\t\xc3(\n" + STATUS.split("\n", 1)[1].encode())
+    assert read_kb_fields(status, ("RssAnon", "VmSwap")) == {"RssAnon": 25100 * 1024, "VmSwap": 37 * 1024}
+
+
+def test_read_int(tmp_path):
+    assert read_int(_file(tmp_path, "oom_score_adj", "-1000\n")) == -1000
+    assert read_int(_file(tmp_path, "memory.current", "4096\n")) == 4096
+    assert read_int(_file(tmp_path, "memory.max", "max\n")) is None
+    with pytest.raises(ValueError):
+        read_int(_file(tmp_path, "memory.high", "\n"))
+
+
+def test_read_kb_fields_in_bytes_or_kb(tmp_path):
+    meminfo = _file(tmp_path, "meminfo", MEMINFO)
+    assert read_kb_fields(meminfo) == {"MemTotal": 8265625 * 1024, "MemFree": 5123 * 1024,
+                                       "MemAvailable": 6057779 * 1024,
+                                       "HugePages_Total": 7,         # a count: no unit, as it is
+                                       "Hugepagesize": 2048 * 1024}
+    assert read_kb_fields(meminfo, ("MemTotal",), kb=True) == {"MemTotal": 8265625}
+    status = _file(tmp_path, "status", STATUS)
+    assert read_kb_fields(status, ("VmRSS", "RssAnon", "RssShmem", "VmSwap", "VmLck")) == {
+        "VmRSS": 36500 * 1024, "RssAnon": 25100 * 1024, "RssShmem": 0, "VmSwap": 37 * 1024}
+    assert read_kb_fields(status, ("Threads", "Name", "Uid", "State")) == {"Threads": 4}
+    assert parse_kb_fields(MEMINFO, ("MemAvailable",)) == {"MemAvailable": 6057779 * 1024}
+    assert parse_kb_fields("") == {}
+
+
+def test_read_keyed(tmp_path):
+    assert read_keyed(_file(tmp_path, "memory.stat", MEMORY_STAT_V1))["hierarchical_memory_limit"] == (1 << 63) - 4096
+    assert read_keyed(_file(tmp_path, "memory.oom_control", MEMORY_OOM_CONTROL)) == {
+        "oom_kill_disable": 0, "under_oom": 0, "oom_kill": 3}
+    assert read_keyed(_file(tmp_path, "odd", "a -5\nb 1 2\nc x\n\nd 7\n")) == {"a": -5, "d": 7}
+    assert parse_keyed("populated 1\nfrozen 0\n") == {"populated": 1, "frozen": 0}
+
+
+def test_read_pids(tmp_path):
+    assert read_pids(_file(tmp_path, "cgroup.procs", "101\n7\n")) == [101, 7]
+    assert read_pids(_file(tmp_path, "empty", "")) == []
+
+
+def test_read_psi_totals(tmp_path):
+    assert read_psi_totals(_file(tmp_path, "memory.pressure", PRESSURE)) == {"some": 123456, "full": 7890}
+    assert read_psi_totals(_file(tmp_path, "some_only", PRESSURE.splitlines()[0] + "\n\n")) == {"some": 123456}
+
+
+def test_gone_errnos_become_vanished(tmp_path):
+    f = tmp_path / "x"
+    f.write_text("1\n")
+    assert read_text(str(f)) == "1\n"
+    assert {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EINVAL, errno.ENOTDIR} == GONE_ERRNOS
+    for e in sorted(GONE_ERRNOS):
+        with pytest.raises(Vanished) as info, vanishing("/p"):
+            raise OSError(e, os.strerror(e))
+        assert info.value.errno == e and info.value.filename == "/p"
+        assert isinstance(info.value, FileNotFoundError)    # what callers already pass over
+    with pytest.raises(PermissionError), vanishing("/p"):
+        raise PermissionError(errno.EACCES, "denied")       # not "gone": still an error
+    with pytest.raises(Vanished):
+        read_text(str(f / "below-a-file"))                  # ENOTDIR
+
+
+READERS = [read_text, read_int, read_kb_fields, read_keyed, read_pids, read_psi_totals,
+           lambda p: read_text(p, max_bytes=16)]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_missing_file_is_vanished(tmp_path, reader):
+    with pytest.raises(Vanished) as info:
+        reader(str(tmp_path / "gone"))
+    assert info.value.errno == errno.ENOENT and info.value.filename == str(tmp_path / "gone")
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("err", [errno.ENODEV, errno.ESRCH])
+def test_a_read_that_fails_as_a_removed_cgroup_or_exited_process_is_vanished(tmp_path, monkeypatch, reader, err):
+    path = _file(tmp_path, "memory.stat", MEMORY_STAT_V1)
+    monkeypatch.setattr(files_mod, "open", lambda p, *a, **kw: Unreadable(p, err), raising=False)
+    with pytest.raises(Vanished) as info:
+        reader(path)
+    assert info.value.errno == err and info.value.filename == path
+
+
+@pytest.mark.parametrize("err, gone", [(errno.ENODEV, True), (errno.ESRCH, True), (errno.EACCES, False),
+                                       (errno.EIO, False)])
+def test_an_open_that_fails_is_vanished_only_when_gone(tmp_path, monkeypatch, err, gone):
+    path = _file(tmp_path, "cgroup.procs", "1\n")
+
+    def failing(p, *a, **kw):
+        raise OSError(err, os.strerror(err), p)
+    monkeypatch.setattr(files_mod, "open", failing, raising=False)
+    with pytest.raises(OSError) as info:
+        read_pids(path)
+    assert info.value.errno == err and isinstance(info.value, Vanished) == gone
