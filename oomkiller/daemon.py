@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import replace
 import os
 import select
 import signal
 import sys
 import time
-from typing import Any, Callable, Protocol, TextIO
+from typing import Any, Callable, Protocol, TextIO, TypeVar
 
 from . import log as oomlog
 from .cgroupfs import Cgroupfs
@@ -28,12 +29,15 @@ from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
 from .footprint import status_bytes
 from .killer import Killer
-from .model import EventKind, Job, MemorySnapshot, PressureEvent, Ranking, Source
+from .model import (ArmedRecord, DecisionRecord, EventKind, Job, KernelKillRecord, MemorySnapshot, PressureEvent,
+                    Ranking, Record, Result, Source)
 from .output import LineWriter, QueueLogHandler
 from .procfs import Procfs
 from .rank import rank
 
 log = logging.getLogger("oomkiller")
+
+R = TypeVar("R", bound=Record)
 
 # The same failure is logged at most this often (with a count of repeats).
 FAILURE_LOG_USEC = 60_000_000
@@ -125,7 +129,7 @@ class Daemon:
     def _psi(self) -> Any:
         return next((s for s in self.sources if hasattr(s, "track")), None)
 
-    def wake(self, events: list[PressureEvent]) -> dict[str, Any] | None:
+    def wake(self, events: list[PressureEvent]) -> DecisionRecord | None:
         """Snapshot, step the core, carry out what it says. Returns the
         decision record when a walk happened (or was held back)."""
         t0 = self.now_usec()
@@ -189,14 +193,13 @@ class Daemon:
             return []       # the job is gone with its last task
 
     def _decision(self, action: Any, res: Any, events: list[PressureEvent], snap: MemorySnapshot, t0: int,
-                  t_rank: int, timings: dict[str, int]) -> dict[str, Any]:
+                  t_rank: int, timings: dict[str, int]) -> DecisionRecord:
         """A hold, an armed job found empty, or a walk: its lines and record."""
         det = res.detection
         if isinstance(action, core.Hold):
             log.debug("OOM: holding back: %s", action.reason)
             record = self._record(events, snap, res.redline_bytes, det.shortfall_bytes, det.simulated, action.reason)
-            record.update(result="held", timings_usec={"snapshot": timings["snapshot"]})
-            return record
+            return replace(record, result=Result.HELD, timings_usec={"snapshot": timings["snapshot"]})
         armed = res.armed_hit
         shortfall = max(0, res.redline_bytes - snap.free_bytes) if armed else det.shortfall_bytes
         reason = "armed kill in the kernel" if armed else action.reason
@@ -205,26 +208,24 @@ class Daemon:
         jobs = [c.job for c in ranking.candidates]
         lines = ["OOM: armed job killed in the kernel at its failed reclaim: finishing it"] if armed else []
         lines += oomlog.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
-        record["ranking"] = [oomlog.candidate_record(c) for c in ranking.candidates[:16]]
+        record = replace(record, ranking=tuple(oomlog.candidate_record(c) for c in ranking.candidates[:16]))
         if isinstance(action, core.ArmedDone):
             self._log(lines + [f"OOM: armed job '{action.job_name}' is already empty"])
-            record.update(result="killed", attempts=[], victim={"job": action.job_name}, timings_usec=timings)
-            self._emit(record)
-            return record
+            return self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
+                                      timings_usec=timings))
         before = snap
         if action.recheck_redline_bytes is not None:
             # Re-check just before acting: ranking took time and the pressure may be gone.
             before = self.domain.snapshot(self.now_usec())
             if before.free_bytes >= action.recheck_redline_bytes:
                 self._log(lines + [f"OOM: {oomlog.format_mib(before.free_bytes)} free again: no kill"])
-                record.update(result="recovered", free_at_recheck_bytes=before.free_bytes, timings_usec=timings)
-                self._emit(record)
-                return record
+                return self._emit(replace(record, result=Result.RECOVERED, free_at_recheck_bytes=before.free_bytes,
+                                          timings_usec=timings))
         return self._kill(ranking, lines, record, before, events, t0, t_rank, timings, action.recheck_redline_bytes)
 
-    def _kill(self, ranking: Ranking, lines: list[str], record: dict[str, Any], before: MemorySnapshot,
+    def _kill(self, ranking: Ranking, lines: list[str], record: DecisionRecord, before: MemorySnapshot,
               events: list[PressureEvent], t0: int, t_rank: int, timings: dict[str, int],
-              redline_bytes: int | None = None) -> dict[str, Any]:
+              redline_bytes: int | None = None) -> DecisionRecord:
         t_act = self.now_usec()
         still_short = None
         if redline_bytes is not None:
@@ -252,17 +253,15 @@ class Daemon:
         if victim:
             c, r = victim
             lines.append(oomlog.outcome_line(c, r, t_done - first_event_usec))
-            record["victim"] = oomlog.candidate_record(c)
-            record["freed_bytes"] = r.freed_bytes
+            record = replace(record, victim=oomlog.candidate_record(c), freed_bytes=r.freed_bytes)
         self._log(lines)
-        record.update(
-            result="killed" if victim and not victim[1].dry_run else "dry_run" if victim else "no_victim",
-            attempts=[oomlog.result_record(r) for _, r in attempts],
+        return self._emit(replace(
+            record,
+            result=Result.KILLED if victim and not victim[1].dry_run else Result.DRY_RUN if victim else Result.NO_VICTIM,
+            attempts=tuple(oomlog.result_record(r) for _, r in attempts),
             timings_usec={"event_to_wake": t0 - first_event_usec, **timings, "recheck": t_act - t_rank,
                           "kill": t_done - t_act, "event_to_decision": t_act - first_event_usec,
-                          "total": t_done - t0})
-        self._emit(record)
-        return record
+                          "total": t_done - t0}))
 
     def _log(self, lines: list[str]) -> None:
         for line in lines:
@@ -273,16 +272,13 @@ class Daemon:
             log.warning("OOM: the kernel OOM killer chose pid %d (%s)", ev.pid, ev.detail)
         else:
             log.warning("OOM: the kernel OOM killer chose pid %d first (%s): a race lost", ev.pid, ev.detail)
-        self._emit({"event": "kernel_oom_kill", "pid": ev.pid, "cgroup_id": ev.cgroup_id,
-                    "detail": ev.detail, "domain": snap.domain})
+        self._emit(KernelKillRecord(snap.domain, ev.pid, ev.cgroup_id, ev.detail))
 
     def _record(self, events: list[PressureEvent], snap: MemorySnapshot, redline: int, shortfall: int,
-                simulated: bool, reason: str) -> dict[str, Any]:
-        return {"event": "oom_decision", "domain": snap.domain,
-                "woken_by": [dataclasses.asdict(e) for e in events[:8]], "events": len(events),
-                "snapshot": dataclasses.asdict(snap), "redline_bytes": redline,
-                "shortfall_bytes": shortfall, "simulated": simulated,
-                "decision": reason, "dry_run": self.config.dry_run}
+                simulated: bool, reason: str) -> DecisionRecord:
+        return DecisionRecord(domain=snap.domain, decision=reason, redline_bytes=redline, shortfall_bytes=shortfall,
+                              simulated=simulated, dry_run=self.config.dry_run, snapshot=dataclasses.asdict(snap),
+                              woken_by=tuple(dataclasses.asdict(e) for e in events[:8]), events=len(events))
 
     def next_tick_usec(self) -> int:
         return next_tick_usec(self.state.history, self.config, running=self.running, can_arm=self.arm is not None)
@@ -299,10 +295,10 @@ class Daemon:
         t_armed = self.now_usec()
         log.info("OOM: armed job %d '%s' (cgroup id %d) in the kernel", job.inode, job.name, job.v2_id)
         first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
-        self._emit({"event": "armed", "domain": snap.domain, "job": job.name, "cgroup_id": job.v2_id,
-                    "free_bytes": snap.free_bytes, "arm_line_bytes": self.config.arm_line_bytes(snap.total_bytes),
-                    "woken_by": [dataclasses.asdict(e) for e in events[:8]],
-                    "timings_usec": {"event_to_wake": t0 - first_event_usec, "wake_to_armed": t_armed - t0}})
+        self._emit(ArmedRecord(snap.domain, job.name, job.v2_id, snap.free_bytes,
+                               self.config.arm_line_bytes(snap.total_bytes),
+                               woken_by=tuple(dataclasses.asdict(e) for e in events[:8]),
+                               timings_usec={"event_to_wake": t0 - first_event_usec, "wake_to_armed": t_armed - t0}))
 
     def _disarm(self, job: Job | None = None) -> None:
         if self.arm and self.arm.armed:
@@ -327,12 +323,13 @@ class Daemon:
             self._ep.register(fd, psi.poll_events)
             self._by_fd[fd] = psi
 
-    def _emit(self, record: dict[str, Any]) -> None:
+    def _emit(self, record: R) -> R:
         """One JSON line; the daemon's writer queues it and never blocks."""
+        record = replace(record, ts_usec=self.now_usec())
         if self.json_out:
-            record = {"ts_usec": self.now_usec(), **record}
-            self.json_out.write(oomlog.json_line(record) + "\n")
+            self.json_out.write(oomlog.json_line(record.to_dict()) + "\n")
             self.json_out.flush()
+        return record
 
     # -- control -----------------------------------------------------------------
     def info(self) -> tuple[str, dict[str, Any]]:

@@ -6,8 +6,10 @@ be tested on hand-built values.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 
 class Importance(enum.IntEnum):
@@ -182,3 +184,137 @@ class KillResult:
     signal_to_empty_usec: int = 0
     signal_to_exit_usec: int = 0        # until the last signalled process exited (its pidfd polled)
     freed_bytes: int = 0
+
+
+# -- the JSON records (--json-log): one type each, one serialiser, read back through the type ----------
+
+class Result(str, enum.Enum):
+    """How a decision ended."""
+
+    HELD = "held"               # low, but within the post-kill delay
+    RECOVERED = "recovered"     # free again at the re-check: no kill
+    KILLED = "killed"
+    DRY_RUN = "dry_run"
+    NO_VICTIM = "no_victim"     # no candidate could be killed
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Record:
+    """What the three records share: ``to_dict()`` for the writer, and, for
+    readers, mapping access by field name only. ``rec[key]`` for a field the
+    type does not have is a KeyError, and so is ``get()`` of a name no record
+    type has, also with a default: a reader that asks for a renamed field
+    fails instead of silently counting nothing."""
+
+    EVENT = ""
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    def _check(self, key: str) -> None:
+        if key not in self.field_names():
+            raise KeyError(f"a {self.EVENT!r} record has no field {key!r}")
+
+    def __getitem__(self, key: str) -> Any:
+        self._check(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Like a dict's, for a field of any record type (readers filter mixed
+        records by one type's field); a name no record has is a KeyError."""
+        if key not in self.field_names():
+            if key not in ALL_RECORD_FIELDS:
+                self._check(key)
+            return default
+        value = getattr(self, key)
+        return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.field_names() and getattr(self, key) is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set (None left out), tuples as lists."""
+        out: dict[str, Any] = {"ts_usec": getattr(self, "ts_usec"), "event": self.EVENT}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None and f.name not in out:
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+@dataclass(frozen=True)
+class DecisionRecord(Record):
+    """One walk, or a walk held back (README: "The log")."""
+
+    EVENT = "oom_decision"
+    domain: str
+    decision: str                   # what made the domain low, or "armed kill in the kernel"
+    redline_bytes: int
+    shortfall_bytes: int
+    simulated: bool
+    dry_run: bool
+    snapshot: dict
+    result: str = ""                # a Result
+    woken_by: tuple = ()            # the first events, as dicts
+    events: int = 0
+    ranking: tuple = ()             # candidate dicts (log.candidate_record)
+    attempts: tuple = ()            # attempt dicts (log.result_record)
+    victim: dict | None = None
+    freed_bytes: int | None = None
+    free_at_recheck_bytes: int | None = None
+    timings_usec: dict = dataclasses.field(default_factory=dict)
+    ts_usec: int = 0
+    event: str = "oom_decision"
+
+
+@dataclass(frozen=True)
+class ArmedRecord(Record):
+    """A job armed in the kernel."""
+
+    EVENT = "armed"
+    domain: str
+    job: str
+    cgroup_id: int
+    free_bytes: int
+    arm_line_bytes: int
+    woken_by: tuple = ()
+    timings_usec: dict = dataclasses.field(default_factory=dict)
+    ts_usec: int = 0
+    event: str = "armed"
+
+
+@dataclass(frozen=True)
+class KernelKillRecord(Record):
+    """The kernel's own OOM killer chose a task of the domain."""
+
+    EVENT = "kernel_oom_kill"
+    domain: str
+    pid: int
+    cgroup_id: int
+    detail: str
+    ts_usec: int = 0
+    event: str = "kernel_oom_kill"
+
+
+RECORD_TYPES: dict[str, type[Record]] = {t.EVENT: t for t in (DecisionRecord, ArmedRecord, KernelKillRecord)}
+ALL_RECORD_FIELDS = frozenset().union(*(t.field_names() for t in RECORD_TYPES.values()))
+
+
+def parse_record(d: dict[str, Any]) -> Record:
+    """A record as the daemon wrote it (one JSON line, loaded), back as its
+    type. A field the type does not know, or one missing, is a ValueError:
+    writer and readers share one schema."""
+    if not isinstance(d, dict) or d.get("event") not in RECORD_TYPES:
+        raise ValueError(f"not an oomkiller record: {str(d)[:80]}")
+    cls = RECORD_TYPES[d["event"]]
+    unknown = set(d) - cls.field_names()
+    if unknown:
+        raise ValueError(f"a {d['event']!r} record with unknown fields {sorted(unknown)}")
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ValueError(f"a {d['event']!r} record that does not fit its type: {e}") from None

@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable
 
 from oomkiller.control import ControlError, request
+from oomkiller.model import parse_record
 
 from .stats import tally
 
@@ -33,7 +34,7 @@ def read_records(path: str) -> list[dict[str, Any]]:
     A line that is not JSON raises ValueError."""
     try:
         with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            return [parse_record(json.loads(line)) for line in f if line.strip()]
     except FileNotFoundError:
         return []
 

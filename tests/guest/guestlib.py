@@ -18,6 +18,7 @@ import time
 from typing import Callable
 
 from oomkiller.control import ControlError, request
+from oomkiller.model import parse_record
 from oomkiller_bench.arena import HOG_SOURCE, IDLE_SOURCE
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -200,7 +201,7 @@ class Daemon:
     def records(self) -> list[dict]:
         try:
             with open(DECISIONS) as f:
-                return [json.loads(line) for line in f if line.strip()]
+                return [parse_record(json.loads(line)) for line in f if line.strip()]
         except FileNotFoundError:
             return []
 

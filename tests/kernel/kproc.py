@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from oomkiller.model import parse_record
+
 
 class DaemonProc:
     """``oomkiller run`` in a subprocess, with its control socket and output."""
@@ -30,7 +32,7 @@ class DaemonProc:
     def records(self) -> list[dict]:
         if not self.json_path.exists():
             return []
-        return [json.loads(line) for line in self.json_path.read_text().splitlines() if line]
+        return [parse_record(json.loads(line)) for line in self.json_path.read_text().splitlines() if line]
 
     def stderr(self) -> str:
         if not self.err.closed:
