@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .files import Vanished, read_int, read_keyed, read_pids, read_text, vanishing
 from .model import Job
 from .procfs import Procfs
-from .rank import glob_match, xattr_set
+from .core.rank import glob_match, xattr_set
 
 # v1 reports "no limit" as the largest page-aligned long.
 V1_UNLIMITED = 1 << 62

@@ -169,25 +169,18 @@ def _domain(conf: cfg.Config):
 
 
 def rank_command(conf: cfg.Config, as_json: bool) -> int:
-    import time
-    from . import log as oomlog
-    from .daemon import format_ranking
-    from .rank import Policy, rank
-    dom = _domain(conf)
-    snap = dom.snapshot(time.monotonic_ns() // 1000)
-    ranking = rank(dom.cgroupfs.jobs(dom.path, conf.jobs),
-                   Policy(conf.protect, conf.avoid, conf.prefer, os.getpid()), snap.total_bytes)
-    if as_json:
-        print(json.dumps([oomlog.candidate_record(c) for c in ranking.candidates], indent=2))
-    else:
-        print(format_ranking(ranking))
+    """The walk a kill would take now, through the daemon's own code: its
+    job list (with its keep-out set), its policy, its ranker."""
+    from .daemon import Daemon
+    ok, text, data = Daemon(conf, domain=_domain(conf)).handle("rank")
+    print(json.dumps(data["ranking"], indent=2) if as_json else text)
     return cfg.EXIT_OK
 
 
 def run_command(conf: cfg.Config, verbose: bool) -> int:
     """The composition root: everything the daemon uses is built here, handed
     to it, and closed here once, in the reverse order, also on failure."""
-    from . import log as oomlog
+    from . import report
     from .control import ControlServer, SocketPathError
     from .daemon import Daemon, setup_logging
     from .footprint import one_malloc_arena, protect_self
@@ -196,7 +189,7 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
     one_malloc_arena()      # before the first thread
     log_writer = setup_logging(verbose)
     dom = _domain(conf)     # a bad domain is a config error, before anything starts
-    log.info("OOM: effective config %s", oomlog.json_line(conf.describe()))
+    log.info("OOM: effective config %s", report.json_line(conf.describe()))
     try:
         records = open_record_file(conf.json_log)
     except OutputPathError as e:
@@ -218,8 +211,8 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
             for problem in problems:
                 log.warning("OOM: %s", problem)
             log.info("OOM: own memory: %s resident before releasing the compiler, %s after, %s locked",
-                     oomlog.format_size(before["VmRSS"]), oomlog.format_size(after["VmRSS"]),
-                     oomlog.format_size(after.get("VmLck", 0)))
+                     report.format_size(before["VmRSS"]), report.format_size(after["VmRSS"]),
+                     report.format_size(after.get("VmLck", 0)))
         daemon.run()
     except RuntimeError as e:
         log.error("OOM: %s", e)

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, Callable, Protocol, TextIO, TypeVar
 
-from . import log as oomlog
+from . import report
 from .cgroupfs import Cgroupfs
 from .config import Config
 from .control import ControlServer
@@ -33,7 +33,7 @@ from .model import (ArmedRecord, DecisionRecord, EventKind, Job, KernelKillRecor
                     Ranking, Record, Result, Source)
 from .output import LineWriter, QueueLogHandler
 from .procfs import Procfs
-from .rank import rank
+from .core.rank import rank
 
 log = logging.getLogger("oomkiller")
 
@@ -154,7 +154,7 @@ class Daemon:
         if res.lowmem_consumed:
             self.simulate_lowmem = False
         det = res.detection
-        log.log(logging.INFO if self.printing else logging.DEBUG, oomlog.free_line(snap, det.delta_bytes))
+        log.log(logging.INFO if self.printing else logging.DEBUG, report.free_line(snap, det.delta_bytes))
         record = None
         for action in res.actions:
             if isinstance(action, core.Note):
@@ -207,8 +207,8 @@ class Daemon:
         ranking = action.ranking
         jobs = [c.job for c in ranking.candidates]
         lines = ["OOM: armed job killed in the kernel at its failed reclaim: finishing it"] if armed else []
-        lines += oomlog.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
-        record = replace(record, ranking=tuple(oomlog.candidate_record(c) for c in ranking.candidates[:16]))
+        lines += report.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
+        record = replace(record, ranking=tuple(report.candidate_record(c) for c in ranking.candidates[:16]))
         if isinstance(action, core.ArmedDone):
             self._log(lines + [f"OOM: armed job '{action.job_name}' is already empty"])
             return self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
@@ -218,7 +218,7 @@ class Daemon:
             # Re-check just before acting: ranking took time and the pressure may be gone.
             before = self.domain.snapshot(self.now_usec())
             if before.free_bytes >= action.recheck_redline_bytes:
-                self._log(lines + [f"OOM: {oomlog.format_mib(before.free_bytes)} free again: no kill"])
+                self._log(lines + [f"OOM: {report.format_mib(before.free_bytes)} free again: no kill"])
                 return self._emit(replace(record, result=Result.RECOVERED, free_at_recheck_bytes=before.free_bytes,
                                           timings_usec=timings))
         return self._kill(ranking, lines, record, before, events, t0, t_rank, timings, action.recheck_redline_bytes)
@@ -247,18 +247,18 @@ class Daemon:
         self.state, after_actions = core.walked(self.state, t_done, attempts)
         for action in after_actions:
             self._disarm(action.job)
-        lines += oomlog.walk_lines(ranking, attempts)
+        lines += report.walk_lines(ranking, attempts)
         victim = next(((c, r) for c, r in attempts if r.ok), None)
         first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
         if victim:
             c, r = victim
-            lines.append(oomlog.outcome_line(c, r, t_done - first_event_usec))
-            record = replace(record, victim=oomlog.candidate_record(c), freed_bytes=r.freed_bytes)
+            lines.append(report.outcome_line(c, r, t_done - first_event_usec))
+            record = replace(record, victim=report.candidate_record(c), freed_bytes=r.freed_bytes)
         self._log(lines)
         return self._emit(replace(
             record,
             result=Result.KILLED if victim and not victim[1].dry_run else Result.DRY_RUN if victim else Result.NO_VICTIM,
-            attempts=tuple(oomlog.result_record(r) for _, r in attempts),
+            attempts=tuple(report.result_record(r) for _, r in attempts),
             timings_usec={"event_to_wake": t0 - first_event_usec, **timings, "recheck": t_act - t_rank,
                           "kill": t_done - t_act, "event_to_decision": t_act - first_event_usec,
                           "total": t_done - t0}))
@@ -327,7 +327,7 @@ class Daemon:
         """One JSON line; the daemon's writer queues it and never blocks."""
         record = replace(record, ts_usec=self.now_usec())
         if self.json_out:
-            self.json_out.write(oomlog.json_line(record.to_dict()) + "\n")
+            self.json_out.write(report.json_line(record.to_dict()) + "\n")
             self.json_out.flush()
         return record
 
@@ -366,28 +366,7 @@ class Daemon:
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
                 "pressure_file": self.domain.pressure_path, "output": output}
-        red_txt = f"{red} = {oomlog.format_size(red_b)}" if red.permyriad else oomlog.format_size(red_b)
-        lines = ["OOM info:",
-                 f"  running: {str(self.running).lower()}",
-                 f"  printing: {str(self.printing).lower()}",
-                 f"  simulating lowmem: {str(self.simulate_lowmem).lower()}",
-                 f"  sleep duration: {self.config.sleep_ms}ms",
-                 f"  redline: {red_txt} ({red_b} bytes)",
-                 f"  domain: {self.domain.name} ({self.domain.path})"
-                 + ("" if self.domain_gone is None else f", GONE: {self.domain_gone}"),
-                 f"  dry run: {str(self.config.dry_run).lower()}",
-                 "  own memory: " + ", ".join(f"{k} {oomlog.format_size(v)}" for k, v in status_bytes().items()),
-                 f"  kills: {st.kills} (in the kernel, armed: {st.armed_kills}; "
-                 f"by the kernel's own OOM killer: {st.kernel_kills_seen})",
-                 "  sources:"]
-        for name, s in sources.items():
-            extra = ", ".join(f"{k}={v}" for k, v in s.items()
-                              if k not in ("state", "source", "live") and not isinstance(v, (list, dict)))
-            lines.append(f"    {name}: {s['state']}" + (f" ({extra})" if extra else ""))
-        lines.append("  output:")
-        for name, o in output.items():
-            lines.append(f"    {name}: " + ", ".join(f"{k}={v}" for k, v in o.items()))
-        return "\n".join(lines), data
+        return report.info_text(data, status_bytes()), data
 
     def handle(self, cmd: str) -> tuple[bool, str, dict[str, Any]]:
         """A control command, in the control server's thread: it reads the
@@ -405,7 +384,7 @@ class Daemon:
         if cmd == "rank":
             snap = self.domain.snapshot(self.now_usec())
             ranking = rank(self.jobs(), self.policy, snap.total_bytes)
-            return True, format_ranking(ranking), {"ranking": [oomlog.candidate_record(c) for c in ranking.candidates]}
+            return True, report.format_ranking(ranking), {"ranking": [report.candidate_record(c) for c in ranking.candidates]}
         if cmd == "start":
             self.running = True
         elif cmd == "stop":
@@ -555,15 +534,6 @@ class Daemon:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._quit = True
-
-
-def format_ranking(ranking: Ranking) -> str:
-    lines = []
-    for i, c in enumerate(ranking.candidates, 1):
-        tag = "kill" if c.killable else "skip"
-        lines.append(f"{i:3d}. ({tag}) job {c.job.inode:6d} '{c.job.name}' {c.importance.name.lower()} "
-                     f"score {oomlog.format_size(c.score_bytes)}: {'; '.join(c.reasons)}")
-    return "\n".join(lines) if lines else "no jobs in the domain"
 
 
 def _drain_pipe(fd: int) -> None:

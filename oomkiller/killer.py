@@ -71,10 +71,11 @@ import time
 from typing import Callable
 
 from .cgroupfs import Cgroupfs
+from .core.rank import OOM_SCORE_ADJ_MIN
 from .files import GONE_ERRNOS
 from .model import Candidate, KillResult, Ranking
+from .output import start_thread
 from .procfs import PF_KTHREAD
-from .rank import OOM_SCORE_ADJ_MIN
 
 SYS_PROCESS_MRELEASE = 448      # x86_64 and the generic syscall table
 
@@ -141,8 +142,7 @@ class Releaser:
             return False
         self.queued += 1
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="oomkiller-mrelease", daemon=True)
-            self._thread.start()
+            self._thread = start_thread(self._run, "oomkiller-mrelease")
         return True
 
     def _run(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.files import read_int, read_keyed, read_pids
-from oomkiller.rank import Policy, rank
+from oomkiller.core.rank import Policy, rank
 
 from . import measure, scenarios
 from .arena import Arena

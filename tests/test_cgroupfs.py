@@ -4,7 +4,7 @@ import pytest
 
 from oomkiller.cgroupfs import Cgroupfs, detect_layout
 from oomkiller.procfs import Procfs
-from oomkiller.rank import Policy, rank
+from oomkiller.core.rank import Policy, rank
 
 from trees import CgroupAttrs, CgroupTree
 
@@ -116,8 +116,8 @@ def test_xattrs_count_only_on_root_owned_cgroups(proc_tree, v2_tree):
         "holds protected 'kept.service/db.scope' (xattr user.oomd_omit)", "committed 834560 bytes in 2 procs"))
     assert got["plain.service"][:2] == ("normal", True) and ranking["plain.service"].job.ignored_xattrs == ()
     # where the reasons are shown: `oomkiller rank` and the JSON record
-    from oomkiller.daemon import format_ranking
-    from oomkiller.log import candidate_record
+    from oomkiller.report import format_ranking
+    from oomkiller.report import candidate_record
     note = "user.oomd_omit ignored: cgroup owned by uid 1000"
     assert note in format_ranking(rank(jobs, Policy(), 1 << 30))
     assert note in candidate_record(ranking["user@1000.service"])["reasons"]

@@ -1,5 +1,5 @@
-from oomkiller.decide import decide
-from oomkiller.detect import SIMULATED_SHORTFALL_BYTES, detect
+from oomkiller.core.decide import decide
+from oomkiller.core.detect import SIMULATED_SHORTFALL_BYTES, detect
 from oomkiller.model import MemorySnapshot
 
 

@@ -17,7 +17,7 @@ import oomkiller.files as files_mod
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.files import GONE_ERRNOS
 from oomkiller.procfs import Procfs
-from oomkiller.rank import Policy, rank
+from oomkiller.core.rank import Policy, rank
 
 from trees import CgroupTree, Unreadable
 

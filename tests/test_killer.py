@@ -12,12 +12,12 @@ import time
 import pytest
 
 from oomkiller import cgroupfs as cgroupfs_mod
-from oomkiller import log as oomlog
+from oomkiller import report
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.killer import EMPTIED_BEFORE_SIGNAL, VANISHED_BEFORE_SIGNAL, Killer, Releaser
 from oomkiller.files import vanishing
 from oomkiller.procfs import Procfs
-from oomkiller.rank import Policy, rank
+from oomkiller.core.rank import Policy, rank
 
 NO_SUCH_PID = 4194401
 
@@ -50,11 +50,11 @@ def test_a_job_that_emptied_before_our_signal_is_not_our_kill(two_jobs):
     assert (r1.ok, r1.method, r1.signalled_pids, r1.error) == (False, "none", (), EMPTIED_BEFORE_SIGNAL)
     # the walk went on; 'small' lists a pid no one could signal: not ours either
     assert not r2.ok and r2.signalled_pids == () and r2.error.startswith("1 procs left after ")
-    lines = oomlog.walk_lines(ranking, attempts)
+    lines = report.walk_lines(ranking, attempts)
     assert lines == [f"OOM:   (fail) job {big.job.inode:6d} 'big': {EMPTIED_BEFORE_SIGNAL}",
                      f"OOM:   (fail) job {small.job.inode:6d} 'small': {r2.error}",
                      "OOM: no killable job found"]
-    assert oomlog.result_record(r1)["ok"] is False
+    assert report.result_record(r1)["ok"] is False
 
 
 def test_after_a_job_emptied_by_someone_else_the_walk_asks_if_memory_is_still_short(two_jobs):

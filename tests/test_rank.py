@@ -1,5 +1,5 @@
 from oomkiller.model import Importance, Job, Proc
-from oomkiller.rank import Policy, glob_match, rank, xattr_set
+from oomkiller.core.rank import Policy, glob_match, rank, xattr_set
 
 GiB = 1 << 30
 

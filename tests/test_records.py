@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from oomkiller import log as oomlog
+from oomkiller import report
 from oomkiller.model import (ALL_RECORD_FIELDS, ArmedRecord, DecisionRecord, KernelKillRecord, Result,
                              parse_record)
 
@@ -19,7 +19,7 @@ DECISION = DecisionRecord(domain="/arena", decision="free below redline", redlin
 @pytest.mark.parametrize("rec", [DECISION, ArmedRecord("/arena", "hog", 99, 1 << 20, 1 << 24, ts_usec=5),
                                  KernelKillRecord("/arena", 4101, 99, "comm=hog", ts_usec=6)])
 def test_every_record_goes_through_json_and_back_as_itself(rec):
-    line = oomlog.json_line(rec.to_dict())
+    line = report.json_line(rec.to_dict())
     back = parse_record(json.loads(line))
     assert back == rec and type(back) is type(rec)
 

@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import Config
-from ..decide import decide
-from ..detect import detect
+from .decide import decide
+from .detect import detect
 from ..model import (Candidate, Detection, EventKind, Job, KillResult, MemorySnapshot, PressureEvent, Ranking,
                      Source)
-from ..rank import Policy, rank
+from .rank import Policy, rank
 
 # PSI triggers on jobs: on the biggest this many, refreshed at most this
 # often, and only on a timer tick while the domain is above the arm line.

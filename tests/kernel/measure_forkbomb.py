@@ -31,7 +31,7 @@ import uuid
 
 from oomkiller_bench.arena import Arena
 from oomkiller.cgroupfs import Cgroupfs
-from oomkiller.rank import Policy, rank
+from oomkiller.core.rank import Policy, rank
 
 SPIN = r"""
 import os, sys, time

@@ -11,7 +11,7 @@ from kproc import wait_for
 
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.killer import Killer, _Kill
-from oomkiller.rank import Policy, rank
+from oomkiller.core.rank import Policy, rank
 
 FORKER = r"""
 import os, sys, time
@@ -152,3 +152,18 @@ def test_rank_command_prints_the_walk_without_killing(arena):
     assert "(kill)" in lines[0] and "'aaa' normal" in lines[0]
     assert "'bbb' avoid" in lines[1] and "avoid: glob 'bbb'" in lines[1]
     assert pa.poll() is None and pb.poll() is None
+
+
+def test_rank_prints_the_walk_the_daemon_takes(arena, daemon):
+    for name, mib in (("a", 10), ("b", 30), ("c", 20)):
+        arena.spawn_idle(arena.job(name), mib << 20)
+    out = subprocess.run([sys.executable, "-m", "oomkiller", "rank", "--domain", arena.path, "--protect", "c",
+                          "--json"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    ranked = [(c["job"], c["class"], c["killable"]) for c in json.loads(out.stdout)]
+    d = daemon("--domain", arena.path, "--redline", "1M", "--protect", "c", "--dry-run")
+    assert d.ctl("lowmem").returncode == 0
+    wait_for(lambda: [r for r in d.records() if r["event"] == "oom_decision"], 10, "the walk")
+    (walk,) = [r for r in d.records() if r["event"] == "oom_decision"]
+    assert [(c["job"], c["class"], c["killable"]) for c in walk["ranking"]] == ranked
+    assert ranked == [("b", "normal", True), ("a", "normal", True), ("c", "protect", False)]

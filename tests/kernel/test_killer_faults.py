@@ -19,10 +19,10 @@ import pytest
 
 from kproc import DaemonProc, wait_for
 
-from oomkiller import log as oomlog
+from oomkiller import report
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.killer import EMPTIED_BEFORE_SIGNAL, Killer, Releaser
-from oomkiller.rank import Policy, rank
+from oomkiller.core.rank import Policy, rank
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -208,7 +208,7 @@ IN_NAMESPACE = r"""
 import json, os, sys
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.killer import Killer
-from oomkiller.rank import Policy, rank
+from oomkiller.core.rank import Policy, rank
 cg = Cgroupfs()
 (c,) = rank(cg.jobs(sys.argv[1], ("sigjob",)), Policy(self_pid=os.getpid()), 256 << 20).killable()
 seen = [cg.procfs.cgroups(p.pid).get("memory") for p in c.job.procs]
@@ -249,7 +249,7 @@ def test_a_job_that_empties_by_itself_is_not_counted_as_our_kill(arena):
     attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=TIMEOUT_USEC).walk(ranking)
     assert [(c.job.name, r.ok, r.method, r.signalled_pids, r.error) for c, r in attempts] == [
         ("gone", False, "none", (), EMPTIED_BEFORE_SIGNAL), ("next", True, "signal", (n.pid,), "")]
-    lines = oomlog.walk_lines(ranking, attempts)
+    lines = report.walk_lines(ranking, attempts)
     assert lines[0] == f"OOM:   (fail) job {os.stat(gone.path).st_ino:6d} 'gone': {EMPTIED_BEFORE_SIGNAL}"
     assert lines[1] == f"OOM:   *KILL* job {os.stat(nxt.path).st_ino:6d} 'next'"
     assert n.wait(timeout=5) == -signal.SIGKILL

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from .model import Candidate, Importance, Job, Proc, Ranking
+from ..model import Candidate, Importance, Job, Proc, Ranking
 
 OOM_SCORE_ADJ_MIN = -1000
 OOM_SCORE_ADJ_MAX = 1000

@@ -120,3 +120,41 @@ def result_record(res: KillResult) -> dict[str, Any]:
 
 def json_line(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+
+def format_ranking(ranking: Ranking) -> str:
+    """The walk as ``oomkiller rank`` prints it."""
+    lines = []
+    for i, c in enumerate(ranking.candidates, 1):
+        tag = "kill" if c.killable else "skip"
+        lines.append(f"{i:3d}. ({tag}) job {c.job.inode:6d} '{c.job.name}' {c.importance.name.lower()} "
+                     f"score {format_size(c.score_bytes)}: {'; '.join(c.reasons)}")
+    return "\n".join(lines) if lines else "no jobs in the domain"
+
+
+def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
+    """``oomkiller info`` as the seed's ``k oom info`` prints it, from the
+    data ``info --json`` gives."""
+    red, red_b = data["redline"], data["redline_bytes"]
+    red_txt = f"{red} = {format_size(red_b)}" if red.endswith("%") else format_size(red_b)
+    gone = data["domain_state"]
+    lines = ["OOM info:",
+             f"  running: {str(data['running']).lower()}",
+             f"  printing: {str(data['printing']).lower()}",
+             f"  simulating lowmem: {str(data['simulating_lowmem']).lower()}",
+             f"  sleep duration: {data['sleep_ms']}ms",
+             f"  redline: {red_txt} ({red_b} bytes)",
+             f"  domain: {data['domain']} ({data['domain_path']})" + ("" if gone == "live" else f", GONE: {gone[6:]}"),
+             f"  dry run: {str(data['dry_run']).lower()}",
+             "  own memory: " + ", ".join(f"{k} {format_size(v)}" for k, v in own_memory.items()),
+             f"  kills: {data['kills']} (in the kernel, armed: {data['armed_kills']}; "
+             f"by the kernel's own OOM killer: {data['kernel_kills_seen']})",
+             "  sources:"]
+    for name, s in data["sources"].items():
+        extra = ", ".join(f"{k}={v}" for k, v in s.items()
+                          if k not in ("state", "source", "live") and not isinstance(v, (list, dict)))
+        lines.append(f"    {name}: {s['state']}" + (f" ({extra})" if extra else ""))
+    lines.append("  output:")
+    for name, o in data["output"].items():
+        lines.append(f"    {name}: " + ", ".join(f"{k}={v}" for k, v in o.items()))
+    return "\n".join(lines)

@@ -1,5 +1,5 @@
 """The seed's lines, byte for byte, from values that produce them."""
-from oomkiller import log
+from oomkiller import report
 from oomkiller.model import Candidate, Importance, Job, KillResult, MemorySnapshot, Proc, Ranking
 
 M = 1 << 20
@@ -15,25 +15,25 @@ def cand(inode, name, procs=(), killable=True, descendants=0):
 
 
 def test_sizes():
-    assert log.format_size(0) == "0B"
-    assert log.format_signed(0) == "+0B"
-    assert log.format_signed(-int(12.4 * M)) == "-12.4M"
-    assert log.format_size(512 * 1024) == "512K"
-    assert log.format_size(1536) == "1.5K"
-    assert log.format_size(3 << 30) == "3G"
+    assert report.format_size(0) == "0B"
+    assert report.format_signed(0) == "+0B"
+    assert report.format_signed(-int(12.4 * M)) == "-12.4M"
+    assert report.format_size(512 * 1024) == "512K"
+    assert report.format_size(1536) == "1.5K"
+    assert report.format_size(3 << 30) == "3G"
 
 
 def test_free_line():
     snap = MemorySnapshot("host", int(8072.4 * M), int(5915.8 * M), 0, 0, 0)
-    assert log.free_line(snap, 0) == "OOM: 5915.8M free (+0B) / 8072.4M total"
+    assert report.free_line(snap, 0) == "OOM: 5915.8M free (+0B) / 8072.4M total"
     snap = MemorySnapshot("host", int(8072.4 * M), int(45.8 * M), 0, 0, 0)
-    assert log.free_line(snap, -int(12.4 * M)) == "OOM: 45.8M free (-12.4M) / 8072.4M total"
+    assert report.free_line(snap, -int(12.4 * M)) == "OOM: 45.8M free (-12.4M) / 8072.4M total"
 
 
 def test_lowmem_and_walk_lines_match_the_seed():
     procs = [proc(1043, 397, "bin/devmgr"), proc(2107, 88, "devhost:pci#1:8086:1916"),
              proc(1297, 12, "virtual-console"), proc(31584, 9, "dart:weather_agent"), proc(77, 0, "tiny")]
-    lines = log.lowmem_lines(524288, procs)
+    lines = report.lowmem_lines(524288, procs)
     assert lines == [
         "OOM: oom_lowmem(shortfall_bytes=524288) called",
         "OOM: Process mapped committed bytes:",
@@ -49,7 +49,7 @@ def test_lowmem_and_walk_lines_match_the_seed():
                  victim, cand(29247, "agent"), cand(11, "x", killable=False), cand(29240, "agent"),
                  cand(29233, "agent"), cand(29226, "agent")))
     res = KillResult(victim.job, True, False, "cgroup.kill", (32093,))
-    assert log.walk_lines(r, [(victim, res)]) == [
+    assert report.walk_lines(r, [(victim, res)]) == [
         "OOM:   (skip) job  57930 'story-8cf82cb9f742d9ecc77f1d449'",
         "OOM:   (skip) job  37434 'story-10293ae401bc0358b3ce52d2a'",
         "OOM:   *KILL* job  29254 'agent'",
@@ -64,7 +64,7 @@ def test_lowmem_and_walk_lines_match_the_seed():
 def test_failed_attempt_then_kill_and_nothing_to_kill():
     gone, ok = cand(5, "gone", [proc(9, 1, "a")]), cand(6, "next", [proc(10, 1, "b"), proc(11, 1, "c", "Z")], descendants=2)
     r = Ranking((gone, ok))
-    lines = log.walk_lines(r, [(gone, KillResult(gone.job, False, False, "none", error="cgroup vanished before the kill")),
+    lines = report.walk_lines(r, [(gone, KillResult(gone.job, False, False, "none", error="cgroup vanished before the kill")),
                                (ok, KillResult(ok.job, True, True, "none", (10, 11)))])
     assert lines == ["OOM:   (fail) job      5 'gone': cgroup vanished before the kill",
                      "OOM:   *KILL* job      6 'next'",
@@ -72,5 +72,5 @@ def test_failed_attempt_then_kill_and_nothing_to_kill():
                      "OOM:        + proc    11 dead 'c'",
                      "OOM:        = 1 running procs (2 total), 2 jobs",
                      "OOM:        (dry run: nothing was killed)"]
-    assert log.walk_lines(Ranking((cand(3, "e", killable=False),)), []) == [
+    assert report.walk_lines(Ranking((cand(3, "e", killable=False),)), []) == [
         "OOM:   (skip) job      3 'e'", "OOM: no killable job found"]

@@ -10,7 +10,7 @@ Two lines, either of which makes the domain low:
 """
 from __future__ import annotations
 
-from .model import Detection, MemorySnapshot
+from ..model import Detection, MemorySnapshot
 
 # What the seed logs for a simulated low-memory event
 # ("oom_lowmem(shortfall_bytes=524288)"): half a MiB, so a walk happens even

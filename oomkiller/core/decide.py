@@ -1,7 +1,7 @@
 """Whether to walk the ranking now: a pure function of plain values."""
 from __future__ import annotations
 
-from .model import Detection, KillDecision
+from ..model import Detection, KillDecision
 
 
 def decide(det: Detection, now_usec: int, last_kill_usec: int | None,
