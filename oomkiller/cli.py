@@ -182,9 +182,9 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
     to it, and closed here once, in the reverse order, also on failure."""
     from . import report
     from .control import ControlServer, SocketPathError
-    from .daemon import Daemon, setup_logging
+    from .daemon import Daemon
     from .footprint import one_malloc_arena, protect_self
-    from .output import OutputPathError, open_record_file
+    from .output import OutputPathError, open_record_file, setup_logging
     from .sources.build import build_sources
     one_malloc_arena()      # before the first thread
     log_writer = setup_logging(verbose)

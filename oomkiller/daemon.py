@@ -31,7 +31,7 @@ from .footprint import status_bytes
 from .killer import Killer
 from .model import (ArmedRecord, DecisionRecord, EventKind, Job, KernelKillRecord, MemorySnapshot, PressureEvent,
                     Ranking, Record, Result, Source)
-from .output import LineWriter, QueueLogHandler
+from .output import LineWriter
 from .procfs import Procfs
 from .core.rank import rank
 
@@ -227,14 +227,7 @@ class Daemon:
               events: list[PressureEvent], t0: int, t_rank: int, timings: dict[str, int],
               redline_bytes: int | None = None) -> DecisionRecord:
         t_act = self.now_usec()
-        still_short = None
-        if redline_bytes is not None:
-            def still_short() -> bool:
-                try:
-                    return self.domain.snapshot(self.now_usec()).free_bytes < redline_bytes
-                except DomainGone:
-                    return False
-        attempts = self.killer.walk(ranking, still_short)
+        attempts = self.killer.walk(ranking, None if redline_bytes is None else lambda: self._short(redline_bytes))
         t_done = self.now_usec()
         # Logging waits until the kill is done: the journal may block under
         # the very pressure being relieved.
@@ -262,6 +255,13 @@ class Daemon:
             timings_usec={"event_to_wake": t0 - first_event_usec, **timings, "recheck": t_act - t_rank,
                           "kill": t_done - t_act, "event_to_decision": t_act - first_event_usec,
                           "total": t_done - t0}))
+
+    def _short(self, redline_bytes: int) -> bool:
+        """Still below the redline (asked between walk attempts)."""
+        try:
+            return self.domain.snapshot(self.now_usec()).free_bytes < redline_bytes
+        except DomainGone:
+            return False
 
     def _log(self, lines: list[str]) -> None:
         for line in lines:
@@ -547,20 +547,3 @@ def _drain_pipe(fd: int) -> None:
 def _version() -> str:
     from . import __version__
     return __version__
-
-
-def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> LineWriter | None:
-    """Log lines to ``stream``, or by default to stderr through a writer
-    thread and a bounded queue (a stalled journal must not stall a kill)."""
-    writer = None
-    if stream is None:
-        writer = LineWriter("log", fd=sys.stderr.fileno())
-        handler: logging.Handler = QueueLogHandler(writer)
-    else:
-        handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("oomkiller")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
-    return writer

@@ -18,8 +18,9 @@ import logging
 import os
 import queue
 import stat
+import sys
 import threading
-from typing import Callable
+from typing import Callable, TextIO
 
 # Lines waiting for a writer. A decision record is a few KB: this is a few MB
 # at most, and a burst of kills is far fewer records than this.
@@ -182,3 +183,20 @@ class QueueLogHandler(logging.Handler):
             self.writer.write(self.format(record) + "\n")
         except Exception:       # a bad format argument must not reach the loop
             self.writer.dropped += 1
+
+
+def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> LineWriter | None:
+    """Log lines to ``stream``, or by default to stderr through a writer
+    thread and a bounded queue (a stalled journal must not stall a kill)."""
+    writer = None
+    if stream is None:
+        writer = LineWriter("log", fd=sys.stderr.fileno())
+        handler: logging.Handler = QueueLogHandler(writer)
+    else:
+        handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("oomkiller")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    return writer
