@@ -44,7 +44,10 @@ CLIENT_DEADLINE_S = 0.2
 # Open connections a user other than root may hold; root's own limit.
 PER_UID_CONNECTIONS = 4
 ROOT_CONNECTIONS = 32
-LISTEN_BACKLOG = 128
+LISTEN_BACKLOG = 1024       # the kernel caps it at net.core.somaxconn
+# Connections a user other than root may open per second; more are closed
+# as they are accepted, before any work is done for them.
+PER_UID_RATE = 100
 SUN_PATH_MAX = 107
 
 Handler = Callable[[str], "tuple[bool, str, dict[str, Any]]"]
@@ -109,6 +112,8 @@ class ControlServer:
         self.timed_out = 0
         self._conns: dict[int, _Conn] = {}
         self._per_uid: collections.Counter = collections.Counter()
+        self._rate: collections.Counter = collections.Counter()
+        self._rate_second = 0
         self.sock = _bind(path)
         self.sock.setblocking(False)
         self._sel: selectors.BaseSelector | None = selectors.DefaultSelector()
@@ -178,6 +183,10 @@ class ControlServer:
             except OSError:
                 sock.close()
                 continue
+            if uid != 0 and not self._rate_ok(uid):
+                self.refused += 1
+                sock.close()
+                continue
             cap = ROOT_CONNECTIONS if uid == 0 else PER_UID_CONNECTIONS
             if self._per_uid[uid] >= cap:
                 # The newest wins: a real client speaks at once, so the
@@ -189,6 +198,15 @@ class ControlServer:
             self._conns[sock.fileno()] = conn
             self._per_uid[uid] += 1
             self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _rate_ok(self, uid: int) -> bool:
+        """At most PER_UID_RATE new connections a second for a user other than root."""
+        second = int(time.monotonic())
+        if self._rate_second != second:
+            self._rate_second = second
+            self._rate.clear()
+        self._rate[uid] += 1
+        return self._rate[uid] <= PER_UID_RATE
 
     def _read(self, conn: _Conn) -> None:
         chunk = conn.sock.recv(MAX_REQUEST_BYTES)
@@ -331,6 +349,11 @@ def _listening(path: str) -> bool:
         return False
     except BlockingIOError:
         return True             # a full backlog: someone is there
+    except OSError as e:
+        if e.errno == errno.EPROTOTYPE:
+            raise SocketPathError(f"{path} is a socket of another kind (datagram or seqpacket): "
+                                  "refusing to replace it") from None
+        raise SocketPathError(f"{path}: {e.strerror}") from None
     finally:
         probe.close()
     return True
@@ -341,8 +364,18 @@ def request(path: str, cmd: str, timeout_s: float = 10.0) -> dict[str, Any]:
     from .config import EXIT_DENIED, EXIT_FAILURE, EXIT_UNREACHABLE
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout_s)
+    deadline = time.monotonic() + timeout_s
     try:
-        s.connect(path)
+        while True:
+            try:
+                s.connect(path)
+                break
+            except BlockingIOError:
+                # The listen backlog is full (a flood from other users): the
+                # daemon is there, keep knocking until the deadline.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
         s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -358,8 +391,10 @@ def request(path: str, cmd: str, timeout_s: float = 10.0) -> dict[str, Any]:
         s.close()
     try:
         reply = json.loads(data.decode())
-    except ValueError:
-        raise ControlError(f"{path}: the daemon sent no valid reply (busy with other clients?)", EXIT_FAILURE) from None
+    except (ValueError, RecursionError):
+        reply = None
+    if not isinstance(reply, dict):
+        raise ControlError(f"{path}: the daemon sent no valid reply (busy with other clients?)", EXIT_FAILURE)
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "failed"), EXIT_DENIED if reply.get("denied") else EXIT_FAILURE)
     return reply

@@ -123,6 +123,7 @@ def open_record_file(path: str) -> LineWriter:
     linked to more than one name; anything but a regular file or a FIFO."""
     if path == "-":
         return LineWriter("records", fd=1)
+    _check_folders(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -147,6 +148,31 @@ def open_record_file(path: str) -> LineWriter:
         raise
     os.set_blocking(fd, True)
     return LineWriter("records", fd=fd)
+
+
+def _check_folders(path: str) -> None:
+    """Every folder on the way to ``path``, as written, must be one that no
+    one else can change under us: a folder owned by root or by us and not
+    writable by others (unless sticky, like /tmp), or a symlink owned by root
+    or us (like /var/run). Otherwise another user could point a name on the
+    way at a folder of ours (O_NOFOLLOW guards only the last name)."""
+    me = os.geteuid()
+    parts = os.path.abspath(path).split("/")[1:-1]
+    here = "/"
+    for part in parts:
+        here = os.path.join(here, part)
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            return          # the open says so
+        except OSError as e:
+            raise OutputPathError(f"{here}: {e.strerror}") from None
+        if st.st_uid not in (0, me):
+            raise OutputPathError(f"{here} is owned by uid {st.st_uid}: another user could redirect the records "
+                                  "(choose a folder only root or this daemon's user owns)")
+        if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise OutputPathError(f"{here} may be written by other users (mode {stat.S_IMODE(st.st_mode):o}): "
+                                  "another user could redirect the records")
 
 
 def _check_existing(path: str, st: os.stat_result) -> None:

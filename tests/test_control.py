@@ -189,3 +189,49 @@ def test_a_folder_others_can_write_is_refused(tmp_path):
     with pytest.raises(SocketPathError, match="may be written by other users"):
         ControlServer(str(shared / "ctl.sock"), lambda c: (True, "", {}))
     assert not (shared / "ctl.sock").exists()
+
+
+def test_a_socket_of_another_kind_is_one_clear_error(tmp_path):
+    path = tmp_path / "dgram.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(path))
+    try:
+        with pytest.raises(SocketPathError, match="another kind"):
+            ControlServer(str(path), lambda c: (True, "", {}))
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("reply", [b"[]\n", b'"x"\n', b"null\n", b"[" * 5000 + b"\n"])
+def test_a_reply_that_is_not_an_object_is_one_error(tmp_path, reply):
+    import threading
+    path = str(tmp_path / "fake.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+
+    def answer():
+        conn, _ = srv.accept()
+        conn.recv(4096)
+        conn.sendall(reply)
+        conn.close()
+    t = threading.Thread(target=answer)
+    t.start()
+    with pytest.raises(ControlError, match="no valid reply"):
+        request(path, "info", timeout_s=5)
+    t.join()
+    srv.close()
+
+
+def test_a_user_opening_connections_fast_is_cut_off_before_any_work(server, monkeypatch):
+    srv, seen = server
+    monkeypatch.setattr(control, "peer_uid", lambda conn: 65534)
+    monkeypatch.setattr(control, "PER_UID_RATE", 5)
+    answered = 0
+    for _ in range(20):
+        try:
+            request(srv.path, "info", timeout_s=2)
+            answered += 1
+        except ControlError:
+            pass
+    assert 5 <= answered < 20 and srv.stats()["refused"] > 0

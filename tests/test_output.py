@@ -115,3 +115,29 @@ def test_write_errors_are_counted(tmp_path):
     w.write("x\n")
     assert _wait(lambda: w.stats()["errors"] == 1)
     assert "No space left" in w.stats()["last_error"]
+
+
+def test_a_folder_on_the_way_that_another_user_owns_is_refused(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(OutputPathError, match="owned by uid 65534"):
+        open_record_file(str(theirs / "rec.jsonl"))
+    # their symlink to a folder of ours: the records would land in our folder
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(ours)
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(OutputPathError, match="owned by uid 65534"):
+        open_record_file(str(link / "rec.jsonl"))
+    assert not (ours / "rec.jsonl").exists()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(OutputPathError, match="may be written by other users"):
+        open_record_file(str(shared / "rec.jsonl"))
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)            # like /tmp: others cannot rename our names
+    open_record_file(str(sticky / "rec.jsonl")).close()

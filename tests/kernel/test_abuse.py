@@ -133,7 +133,7 @@ def _one_error_line(r: subprocess.CompletedProcess, code: int, *words: str) -> N
 def test_a_symlink_another_user_planted_is_refused(arena, tmp_path, open_folder):
     shared = open_folder / "shared"
     shared.mkdir()
-    os.chown(shared, flood.NOBODY, flood.NOBODY)
+    shared.chmod(0o1777)            # like /tmp: anyone may make a name there
     secret = tmp_path / "secret"
     secret.write_text("root only\n")
     secret.chmod(0o600)
@@ -143,6 +143,18 @@ def test_a_symlink_another_user_planted_is_refused(arena, tmp_path, open_folder)
     r = _run_as(None, "--domain", arena.path, "--control", str(tmp_path / "ctl.sock"), "--json-log", str(link))
     _one_error_line(r, 2, "json_log", "symlink")
     assert secret.read_text() == "root only\n"
+    # their own folder, with their link to a root-only folder in it: refused on the way
+    theirs = open_folder / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, flood.NOBODY, flood.NOBODY)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    subprocess.run(["setpriv", "--reuid", str(flood.NOBODY), "--regid", str(flood.NOBODY), "--clear-groups",
+                    "ln", "-s", str(private), str(theirs / "logs")], check=True)
+    r = _run_as(None, "--domain", arena.path, "--control", str(tmp_path / "ctl.sock"),
+                "--json-log", str(theirs / "logs" / "records.jsonl"))
+    _one_error_line(r, 2, "json_log", "owned by uid 65534")
+    assert not (private / "records.jsonl").exists()
 
 
 def test_socket_paths_that_are_not_safe_are_one_line(arena, tmp_path):
