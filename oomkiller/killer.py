@@ -14,8 +14,10 @@
   to the reader's cgroup namespace. Rounds repeat until the subtree holds no
   one but the spared, or ``kill_timeout_ms`` has passed.
 
-No freezer. A SIGKILLed process cannot fork any more (a fatal signal pending
-aborts ``fork``), so each round leaves only the children forked since the
+Nothing is ever frozen here. A job someone else froze with the v1 freezer
+is thawed once our SIGKILLs are pending (``_thaw_v1_freezer``): v1 frozen
+tasks act on SIGKILL only once thawed. A SIGKILLed process cannot fork any
+more (a fatal signal pending aborts ``fork``), so each round leaves only the children forked since the
 previous read, and a fork bomb runs out of forkers. Freezing first bought
 nothing over that and cost a failure mode: v1 frozen tasks act on SIGKILL
 only once thawed, so a crash between freeze and thaw left the job frozen for
@@ -241,6 +243,8 @@ class _Kill:
         self.exits: dict[int, int] = {}
         self.poller = select.poll()
         self.wrote_kill = False
+        self.thaw_checked = False
+        self.thawed = False
         self.start = 0
         self.deadline = 0
 
@@ -284,8 +288,11 @@ class _Kill:
         ours = bool(signalled) or self.wrote_kill
         exit_usec = max(self.exits.values(), default=self.start) - self.start
         if remaining:
+            # Signalled, maybe given back by process_mrelease, but not emptied:
+            # no signal_to_empty_usec, and the pids left say so.
             return KillResult(job, ours, False, method if ours else "none", signalled,
-                              f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}")
+                              f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}",
+                              left_pids=tuple(remaining), thawed=self.thawed)
         if not ours:
             # Someone else's doing (the kernel's OOM killer, an exit): not a kill of ours.
             why = (VANISHED_BEFORE_SIGNAL if remaining is None else
@@ -293,9 +300,9 @@ class _Kill:
             return KillResult(job, False, False, "none", (), why)
         if remaining is None:
             return KillResult(job, True, False, method, signalled, "cgroup vanished during the kill (empty)",
-                              signal_to_empty_usec=took, signal_to_exit_usec=exit_usec)
+                              signal_to_empty_usec=took, signal_to_exit_usec=exit_usec, thawed=self.thawed)
         return KillResult(job, True, False, method, signalled, signal_to_empty_usec=took,
-                          signal_to_exit_usec=exit_usec)
+                          signal_to_exit_usec=exit_usec, thawed=self.thawed)
 
     def _kill_file(self, pids: list[int]) -> str | None:
         """``cgroup.kill`` to write, if the job has one that holds only its own."""
@@ -336,6 +343,10 @@ class _Kill:
                     fresh += self._hit(pid, fd)
                 else:
                     os.close(fd)        # gone since the read: whoever has the pid now is not this one
+            if not self.thaw_checked and (self.signalled or self.wrote_kill):
+                # Our SIGKILLs are pending: let a v1 freeze someone else made end.
+                self.thaw_checked = True
+                self.thawed = self._thaw_v1_freezer()
             left = [p for p in listed if p not in self.exempt]
             if not left:
                 return []
@@ -343,6 +354,31 @@ class _Kill:
             if now >= self.deadline:
                 return left
             self._wait_exits(0 if fresh else min(SWEEP_PAUSE_MS, (self.deadline - now) // 1000))
+
+    def _thaw_v1_freezer(self) -> bool:
+        """Thaw the job's own v1 freezer cgroup (at the job's relative path
+        in the freezer tree) if someone froze it; True if it was thawed.
+
+        v1 frozen tasks act on SIGKILL only once thawed, so a job frozen by
+        someone else would otherwise sit out the whole ``kill_timeout_ms``
+        and be chosen again at the next walk. Called only once our SIGKILLs
+        are pending, so a thawed task dies before it runs a line of its
+        own. Nothing is ever frozen here. v2's ``cgroup.freeze`` lets SIGKILL
+        through, so it needs nothing."""
+        layout = self.cg.layout
+        if not layout.memory_v1 or not layout.memory_root:
+            return False
+        rel = os.path.relpath(self.job.path, layout.memory_root)
+        if rel == "." or rel.startswith(".."):
+            return False
+        state_file = os.path.join(layout.root, "freezer", rel, "freezer.state")
+        try:
+            if _read(state_file).strip() not in (b"FROZEN", b"FREEZING"):
+                return False
+            _write(state_file, "THAWED")
+        except OSError:
+            return False        # no freezer cgroup of its own, or gone: nothing to thaw
+        return True
 
     def _open(self, listed: list[int]) -> dict[int, int]:
         """Pidfds for the listed pids that may need a signal."""

@@ -101,9 +101,15 @@ def outcome_line(c: Candidate, res: KillResult, decision_usec: int) -> str:
     if res.dry_run:
         return (f"OOM: would kill job '{c.job.name}' ({len(res.signalled_pids)} procs, "
                 f"{format_size(c.job.committed_bytes)} committed); dry run")
+    thawed = ", thawed its v1 freezer" if res.thawed else ""
+    if not res.emptied:
+        # Signalled, but the job did not empty within kill_timeout_ms: say so.
+        return (f"OOM: signalled job '{c.job.name}' by {res.method}: {len(res.signalled_pids)} procs, "
+                f"{format_size(res.freed_bytes)} freed, NOT EMPTY: {res.error}{thawed}, "
+                f"{decision_usec / 1000:.1f} ms after the wake")
     return (f"OOM: killed job '{c.job.name}' by {res.method}: {len(res.signalled_pids)} procs, "
             f"{format_size(res.freed_bytes)} freed, empty {res.signal_to_empty_usec / 1000:.1f} ms "
-            f"after the signal, {decision_usec / 1000:.1f} ms after the wake")
+            f"after the signal{thawed}, {decision_usec / 1000:.1f} ms after the wake")
 
 
 def candidate_record(c: Candidate) -> dict[str, Any]:
@@ -115,7 +121,8 @@ def result_record(res: KillResult) -> dict[str, Any]:
     return {"job": res.job.name, "inode": res.job.inode, "ok": res.ok, "dry_run": res.dry_run,
             "method": res.method, "pids": list(res.signalled_pids), "error": res.error,
             "signal_to_empty_usec": res.signal_to_empty_usec, "signal_to_exit_usec": res.signal_to_exit_usec,
-            "freed_bytes": res.freed_bytes}
+            "freed_bytes": res.freed_bytes, "emptied": res.emptied, "left_pids": list(res.left_pids),
+            "thawed": res.thawed}
 
 
 def json_line(record: dict[str, Any]) -> str:
