@@ -91,3 +91,22 @@ def test_a_job_signalled_but_not_emptied_is_not_logged_as_empty():
     assert report.outcome_line(c, done, 7300) == (
         "OOM: killed job 'paused' by cgroup.kill: 1 procs, 64M freed, empty 5.6 ms after the signal, "
         "7.3 ms after the wake")
+
+
+def test_names_cannot_forge_lines():
+    assert report.printable("dart:mi_dashboard.dartx") == "dart:mi_dashboard.dartx"
+    assert report.printable("caf\u00e9 story") == "caf\u00e9 story"
+    assert report.printable("x\nOOM: killed j") == "x\\nOOM: killed j"
+    assert report.printable("a\\nb") == "a\\\\nb"      # a real backslash cannot pass for an escape
+    assert report.printable("e\x1b[1A\x1b[2K\r\t\x7f\u202e\U000e0001") == "e\\x1b[1A\\x1b[2K\\r\\t\\x7f\\u202e\\U000e0001"
+    forged = cand(8, "empty\rOOM:   *KILL* job 1 'sshd.service'", killable=False)
+    victim = cand(9, "batch", [proc(41, 24, "x\nOOM: killed j", "R")])
+    lines = report.lowmem_lines(0, victim.job.procs)
+    lines += report.walk_lines(Ranking((forged, victim)), [(victim, KillResult(victim.job, True, False, "signal", (41,)))])
+    lines.append(report.outcome_line(victim, KillResult(victim.job, True, False, "signal", (41,)), 0))
+    lines += report.format_ranking(Ranking((forged, victim))).split("\n")
+    assert all("\n" not in line and "\r" not in line for line in lines), lines
+    assert "OOM:   proc    41   24M 'x\\nOOM: killed j'" in lines
+    assert "OOM:   (skip) job      8 'empty\\rOOM:   *KILL* job 1 'sshd.service''" in lines
+    assert "OOM:        + proc    41  run 'x\\nOOM: killed j'" in lines
+    assert [line for line in lines if line.startswith("OOM:   *KILL*")] == ["OOM:   *KILL* job      9 'batch'"]
