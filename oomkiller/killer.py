@@ -54,10 +54,13 @@ checked before every pidfd, every signal and every wait, so a kill ends at
 most one read of the subtree and one signal past ``kill_timeout_ms``
 (measured: 30 ms asked, 31 to 42 ms taken, with a fork bomb on the CPUs).
 
-A result is ``ok`` only when oomkiller wrote ``cgroup.kill`` or signalled at
-least one process itself: a job that empties before our first signal (the
-kernel's OOM killer took it, it exited) is reported as such, ``ok`` False,
-and the walk goes on as after any failed attempt. Exits are timed through
+A result is ``ok`` only when oomkiller signalled at least one process
+itself. For ``cgroup.kill`` that is a listed pid whose pidfd, opened and
+polled just before the write, showed it still alive (``_alive_before_kill``):
+the write succeeds on a cgroup someone else has just emptied. So a job that
+empties before our first signal (the kernel's OOM killer took it, it exited)
+is reported as such, ``ok`` False, and the walk goes on as after any failed
+attempt. Exits are timed through
 the pidfds. Choosing is the ranker's; dry-run lives here.
 """
 from __future__ import annotations
@@ -266,17 +269,24 @@ class _Kill:
         try:
             kill_file = None if self.spared_at_rank else self._kill_file(pids)
             if kill_file:
+                alive = self._alive_before_kill(pids)
                 try:
                     _write(kill_file, "1")
                     self.wrote_kill = True
                     method = "cgroup.kill"
-                    # The sweep signals whoever is still listed once more, by
-                    # pidfd: harmless to the dying, and it asks process_mrelease.
-                    self.signalled.update(pids)
                 except OSError as e:
+                    for fd in alive.values():
+                        os.close(fd)
                     if e.errno not in GONE_ERRNOS:
                         raise
                     # the v2 cgroup went away: signals alone will do
+                else:
+                    # Ours are only those still alive at the write: writing
+                    # cgroup.kill to a cgroup someone else just emptied
+                    # succeeds and kills no one. Others listed (past
+                    # MAX_TRACKED_PIDFDS) get their SIGKILL by pidfd in the sweep.
+                    for pid, fd in alive.items():
+                        self._killed(pid, fd)
             remaining = self._sweep(pids)
             took = self.k.now_usec() - self.start
             self._wait_exits(0)
@@ -285,7 +295,7 @@ class _Kill:
                 os.close(fd)
             self.tracked.clear()
         signalled = tuple(sorted(self.signalled))
-        ours = bool(signalled) or self.wrote_kill
+        ours = bool(signalled)
         exit_usec = max(self.exits.values(), default=self.start) - self.start
         if remaining:
             # Signalled, maybe given back by process_mrelease, but not emptied:
@@ -423,6 +433,13 @@ class _Kill:
             os.close(fd)        # ESRCH: it died in between
             return 0
         new = pid not in self.signalled
+        self._killed(pid, fd)
+        return int(new)
+
+    def _killed(self, pid: int, fd: int) -> None:
+        """Note a SIGKILL of ours through (or, for cgroup.kill, beside) a
+        pidfd: count the pid, ask process_mrelease the first time, and keep
+        the pidfd to time the exit while there is room."""
         self.signalled.add(pid)
         if pid not in self.hit_at:
             self.k.process_mrelease(fd)
@@ -433,7 +450,35 @@ class _Kill:
             self.poller.register(fd, select.POLLIN)
         else:
             os.close(fd)
-        return int(new)
+
+    def _alive_before_kill(self, pids: list[int]) -> dict[int, int]:
+        """Pidfds, just before cgroup.kill is written, for the listed pids
+        (up to ``MAX_TRACKED_PIDFDS``) whose process is still the job's and
+        still alive: opened, confirmed by one more read of the subtree (a pid
+        listed after its pidfd was opened is that process), then polled (a
+        pidfd polls readable once its process has exited). These are the
+        pids the write kills; the pidfds go on to time their exits."""
+        opened = self._open(pids[:MAX_TRACKED_PIDFDS])
+        try:
+            listed = set(self.cg.subtree_pids(self.job.path))
+        except OSError:
+            for fd in opened.values():
+                os.close(fd)
+            raise
+        alive: dict[int, int] = {}
+        fd_pid: dict[int, int] = {}
+        poller = select.poll()
+        for pid, fd in opened.items():
+            if pid in listed:
+                alive[pid] = fd
+                fd_pid[fd] = pid
+                poller.register(fd, select.POLLIN)
+            else:
+                os.close(fd)
+        for fd, _ in poller.poll(0):
+            del alive[fd_pid[fd]]
+            os.close(fd)
+        return alive
 
     def _wait_exits(self, timeout_ms: int) -> None:
         """Wait for victims to exit: a pidfd polls readable once its process

@@ -353,3 +353,41 @@ def test_the_arena_empties_a_fork_bomb_job_on_close(state):
             freeze(job.freezer_path, "FROZEN")
         paths = job.cgroups()
     assert not any(os.path.exists(p) for p in paths)
+
+
+class KillsBeforeTheWrite(Cgroupfs):
+    """Ends some of the job's processes (as the kernel's OOM killer or their
+    own exit would) between the kill's read of its pids and its write of
+    cgroup.kill: in the check that the v2 cgroup holds only the job's own."""
+
+    def __init__(self, victims: list[subprocess.Popen]) -> None:
+        super().__init__()
+        self.victims = victims
+
+    def only_holds(self, path, pids):
+        for p in self.victims:
+            p.kill()
+            p.wait()
+        return super().only_holds(path, pids)
+
+
+def test_cgroup_kill_of_a_job_someone_else_emptied_is_not_our_kill(arena):
+    job = arena.job("victim")
+    p = arena.spawn_idle(job, 8 << 20)
+    cg = KillsBeforeTheWrite([p])
+    c = the_candidate(cg, arena, "victim")
+    assert c.job.v2_path, "the job must have a cgroup.kill to write"
+    res = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=TIMEOUT_USEC).kill(c)
+    assert (res.ok, res.method, res.signalled_pids, res.error) == (False, "none", (), EMPTIED_BEFORE_SIGNAL)
+
+
+def test_cgroup_kill_counts_only_the_processes_alive_at_the_write(arena):
+    job = arena.job("victim")
+    gone, alive = arena.spawn_idle(job, 8 << 20), arena.spawn_idle(job, 8 << 20)
+    cg = KillsBeforeTheWrite([gone])
+    c = the_candidate(cg, arena, "victim")
+    res = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=TIMEOUT_USEC).kill(c)
+    assert (res.ok, res.method, res.signalled_pids, res.error, res.emptied) == (
+        True, "cgroup.kill", (alive.pid,), "", True)
+    assert alive.wait(timeout=10) == -signal.SIGKILL
+    assert res.signal_to_exit_usec > 0
