@@ -210,7 +210,7 @@ class Daemon:
         lines += report.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
         record = replace(record, ranking=tuple(report.candidate_record(c) for c in ranking.candidates[:16]))
         if isinstance(action, core.ArmedDone):
-            self._log(lines + [f"OOM: armed job '{action.job_name}' is already empty"])
+            self._log(lines + [f"OOM: armed job '{report.printable(action.job_name)}' is already empty"])
             return self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
                                       timings_usec=timings))
         before = snap
@@ -269,9 +269,10 @@ class Daemon:
 
     def _kernel_kill(self, ev: PressureEvent, snap: MemorySnapshot) -> None:
         if self.domain.is_host:
-            log.warning("OOM: the kernel OOM killer chose pid %d (%s)", ev.pid, ev.detail)
+            log.warning("OOM: the kernel OOM killer chose pid %d (%s)", ev.pid, report.printable(ev.detail))
         else:
-            log.warning("OOM: the kernel OOM killer chose pid %d first (%s): a race lost", ev.pid, ev.detail)
+            log.warning("OOM: the kernel OOM killer chose pid %d first (%s): a race lost", ev.pid,
+                        report.printable(ev.detail))
         self._emit(KernelKillRecord(snap.domain, ev.pid, ev.cgroup_id, ev.detail))
 
     def _record(self, events: list[PressureEvent], snap: MemorySnapshot, redline: int, shortfall: int,
@@ -289,11 +290,11 @@ class Daemon:
         try:
             self.arm.arm(job.v2_path, job.v2_id)
         except (OSError, ValueError) as e:
-            log.warning("OOM: cannot arm '%s': %s", job.name, e)
+            log.warning("OOM: cannot arm '%s': %s", report.printable(job.name), e)
             self.state = core.arm_failed(self.state, action)
             return
         t_armed = self.now_usec()
-        log.info("OOM: armed job %d '%s' (cgroup id %d) in the kernel", job.inode, job.name, job.v2_id)
+        log.info("OOM: armed job %d '%s' (cgroup id %d) in the kernel", job.inode, report.printable(job.name), job.v2_id)
         first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
         self._emit(ArmedRecord(snap.domain, job.name, job.v2_id, snap.free_bytes,
                                self.config.arm_line_bytes(snap.total_bytes),
@@ -303,7 +304,7 @@ class Daemon:
     def _disarm(self, job: Job | None = None) -> None:
         if self.arm and self.arm.armed:
             self.arm.disarm()
-            log.info("OOM: disarmed '%s'", job.name if job else "?")
+            log.info("OOM: disarmed '%s'", report.printable(job.name) if job else "?")
 
     def _disarm_now(self) -> None:
         """Stopped, or the domain is gone: nothing stays armed."""
@@ -507,7 +508,7 @@ class Daemon:
         learned from the old one holds. Triggers and thresholds that were on
         the old one's files stay gone (``info`` lists them); the redline
         timer, the host's PSI trigger and eBPF watch the new one."""
-        log.warning("OOM: domain %s is back: watching it again", self.domain.path)
+        log.warning("OOM: domain %s is back: watching it again", report.printable(self.domain.path))
         self.domain_gone = None
         self.last_snapshot = None
         self.state = core.domain_replaced(self.state)

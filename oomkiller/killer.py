@@ -14,8 +14,10 @@
   to the reader's cgroup namespace. Rounds repeat until the subtree holds no
   one but the spared, or ``kill_timeout_ms`` has passed.
 
-No freezer. A SIGKILLed process cannot fork any more (a fatal signal pending
-aborts ``fork``), so each round leaves only the children forked since the
+Nothing is ever frozen here. A job someone else froze with the v1 freezer
+is thawed once our SIGKILLs are pending (``_thaw_v1_freezer``): v1 frozen
+tasks act on SIGKILL only once thawed. A SIGKILLed process cannot fork any
+more (a fatal signal pending aborts ``fork``), so each round leaves only the children forked since the
 previous read, and a fork bomb runs out of forkers. Freezing first bought
 nothing over that and cost a failure mode: v1 frozen tasks act on SIGKILL
 only once thawed, so a crash between freeze and thaw left the job frozen for
@@ -52,10 +54,13 @@ checked before every pidfd, every signal and every wait, so a kill ends at
 most one read of the subtree and one signal past ``kill_timeout_ms``
 (measured: 30 ms asked, 31 to 42 ms taken, with a fork bomb on the CPUs).
 
-A result is ``ok`` only when oomkiller wrote ``cgroup.kill`` or signalled at
-least one process itself: a job that empties before our first signal (the
-kernel's OOM killer took it, it exited) is reported as such, ``ok`` False,
-and the walk goes on as after any failed attempt. Exits are timed through
+A result is ``ok`` only when oomkiller signalled at least one process
+itself. For ``cgroup.kill`` that is a listed pid whose pidfd, opened and
+polled just before the write, showed it still alive (``_alive_before_kill``):
+the write succeeds on a cgroup someone else has just emptied. So a job that
+empties before our first signal (the kernel's OOM killer took it, it exited)
+is reported as such, ``ok`` False, and the walk goes on as after any failed
+attempt. Exits are timed through
 the pidfds. Choosing is the ranker's; dry-run lives here.
 """
 from __future__ import annotations
@@ -241,6 +246,8 @@ class _Kill:
         self.exits: dict[int, int] = {}
         self.poller = select.poll()
         self.wrote_kill = False
+        self.thaw_checked = False
+        self.thawed = False
         self.start = 0
         self.deadline = 0
 
@@ -262,17 +269,24 @@ class _Kill:
         try:
             kill_file = None if self.spared_at_rank else self._kill_file(pids)
             if kill_file:
+                alive = self._alive_before_kill(pids)
                 try:
                     _write(kill_file, "1")
                     self.wrote_kill = True
                     method = "cgroup.kill"
-                    # The sweep signals whoever is still listed once more, by
-                    # pidfd: harmless to the dying, and it asks process_mrelease.
-                    self.signalled.update(pids)
                 except OSError as e:
+                    for fd in alive.values():
+                        os.close(fd)
                     if e.errno not in GONE_ERRNOS:
                         raise
                     # the v2 cgroup went away: signals alone will do
+                else:
+                    # Ours are only those still alive at the write: writing
+                    # cgroup.kill to a cgroup someone else just emptied
+                    # succeeds and kills no one. Others listed (past
+                    # MAX_TRACKED_PIDFDS) get their SIGKILL by pidfd in the sweep.
+                    for pid, fd in alive.items():
+                        self._killed(pid, fd)
             remaining = self._sweep(pids)
             took = self.k.now_usec() - self.start
             self._wait_exits(0)
@@ -281,11 +295,14 @@ class _Kill:
                 os.close(fd)
             self.tracked.clear()
         signalled = tuple(sorted(self.signalled))
-        ours = bool(signalled) or self.wrote_kill
+        ours = bool(signalled)
         exit_usec = max(self.exits.values(), default=self.start) - self.start
         if remaining:
+            # Signalled, maybe given back by process_mrelease, but not emptied:
+            # no signal_to_empty_usec, and the pids left say so.
             return KillResult(job, ours, False, method if ours else "none", signalled,
-                              f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}")
+                              f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}",
+                              left_pids=tuple(remaining), thawed=self.thawed)
         if not ours:
             # Someone else's doing (the kernel's OOM killer, an exit): not a kill of ours.
             why = (VANISHED_BEFORE_SIGNAL if remaining is None else
@@ -293,9 +310,9 @@ class _Kill:
             return KillResult(job, False, False, "none", (), why)
         if remaining is None:
             return KillResult(job, True, False, method, signalled, "cgroup vanished during the kill (empty)",
-                              signal_to_empty_usec=took, signal_to_exit_usec=exit_usec)
+                              signal_to_empty_usec=took, signal_to_exit_usec=exit_usec, thawed=self.thawed)
         return KillResult(job, True, False, method, signalled, signal_to_empty_usec=took,
-                          signal_to_exit_usec=exit_usec)
+                          signal_to_exit_usec=exit_usec, thawed=self.thawed)
 
     def _kill_file(self, pids: list[int]) -> str | None:
         """``cgroup.kill`` to write, if the job has one that holds only its own."""
@@ -336,6 +353,10 @@ class _Kill:
                     fresh += self._hit(pid, fd)
                 else:
                     os.close(fd)        # gone since the read: whoever has the pid now is not this one
+            if not self.thaw_checked and (self.signalled or self.wrote_kill):
+                # Our SIGKILLs are pending: let a v1 freeze someone else made end.
+                self.thaw_checked = True
+                self.thawed = self._thaw_v1_freezer()
             left = [p for p in listed if p not in self.exempt]
             if not left:
                 return []
@@ -343,6 +364,31 @@ class _Kill:
             if now >= self.deadline:
                 return left
             self._wait_exits(0 if fresh else min(SWEEP_PAUSE_MS, (self.deadline - now) // 1000))
+
+    def _thaw_v1_freezer(self) -> bool:
+        """Thaw the job's own v1 freezer cgroup (at the job's relative path
+        in the freezer tree) if someone froze it; True if it was thawed.
+
+        v1 frozen tasks act on SIGKILL only once thawed, so a job frozen by
+        someone else would otherwise sit out the whole ``kill_timeout_ms``
+        and be chosen again at the next walk. Called only once our SIGKILLs
+        are pending, so a thawed task dies before it runs a line of its
+        own. Nothing is ever frozen here. v2's ``cgroup.freeze`` lets SIGKILL
+        through, so it needs nothing."""
+        layout = self.cg.layout
+        if not layout.memory_v1 or not layout.memory_root:
+            return False
+        rel = os.path.relpath(self.job.path, layout.memory_root)
+        if rel == "." or rel.startswith(".."):
+            return False
+        state_file = os.path.join(layout.root, "freezer", rel, "freezer.state")
+        try:
+            if _read(state_file).strip() not in (b"FROZEN", b"FREEZING"):
+                return False
+            _write(state_file, "THAWED")
+        except OSError:
+            return False        # no freezer cgroup of its own, or gone: nothing to thaw
+        return True
 
     def _open(self, listed: list[int]) -> dict[int, int]:
         """Pidfds for the listed pids that may need a signal."""
@@ -387,6 +433,13 @@ class _Kill:
             os.close(fd)        # ESRCH: it died in between
             return 0
         new = pid not in self.signalled
+        self._killed(pid, fd)
+        return int(new)
+
+    def _killed(self, pid: int, fd: int) -> None:
+        """Note a SIGKILL of ours through (or, for cgroup.kill, beside) a
+        pidfd: count the pid, ask process_mrelease the first time, and keep
+        the pidfd to time the exit while there is room."""
         self.signalled.add(pid)
         if pid not in self.hit_at:
             self.k.process_mrelease(fd)
@@ -397,7 +450,35 @@ class _Kill:
             self.poller.register(fd, select.POLLIN)
         else:
             os.close(fd)
-        return int(new)
+
+    def _alive_before_kill(self, pids: list[int]) -> dict[int, int]:
+        """Pidfds, just before cgroup.kill is written, for the listed pids
+        (up to ``MAX_TRACKED_PIDFDS``) whose process is still the job's and
+        still alive: opened, confirmed by one more read of the subtree (a pid
+        listed after its pidfd was opened is that process), then polled (a
+        pidfd polls readable once its process has exited). These are the
+        pids the write kills; the pidfds go on to time their exits."""
+        opened = self._open(pids[:MAX_TRACKED_PIDFDS])
+        try:
+            listed = set(self.cg.subtree_pids(self.job.path))
+        except OSError:
+            for fd in opened.values():
+                os.close(fd)
+            raise
+        alive: dict[int, int] = {}
+        fd_pid: dict[int, int] = {}
+        poller = select.poll()
+        for pid, fd in opened.items():
+            if pid in listed:
+                alive[pid] = fd
+                fd_pid[fd] = pid
+                poller.register(fd, select.POLLIN)
+            else:
+                os.close(fd)
+        for fd, _ in poller.poll(0):
+            del alive[fd_pid[fd]]
+            os.close(fd)
+        return alive
 
     def _wait_exits(self, timeout_ms: int) -> None:
         """Wait for victims to exit: a pidfd polls readable once its process

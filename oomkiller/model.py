@@ -184,6 +184,13 @@ class KillResult:
     signal_to_empty_usec: int = 0
     signal_to_exit_usec: int = 0        # until the last signalled process exited (its pidfd polled)
     freed_bytes: int = 0
+    left_pids: tuple[int, ...] = ()     # still in the job when the kill gave up (kill_timeout_ms)
+    thawed: bool = False                # the job's v1 freezer cgroup, frozen by someone else, was thawed
+
+    @property
+    def emptied(self) -> bool:
+        """Signalled by us and the job emptied: ``signal_to_empty_usec`` holds."""
+        return self.ok and not self.dry_run and not self.left_pids
 
 
 # -- the JSON records (--json-log): one type each, one serialiser, read back through the type ----------

@@ -18,6 +18,32 @@ PROC_LIST_MAX = 32
 PROC_LIST_MIN_BYTES = 1 << 20
 
 
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(name: str) -> str:
+    """A job or process name fit for a log line: backslashes and anything not
+    printable (newlines, carriage returns, escape sequences, bidi controls)
+    escaped as ``\\n``, ``\\r``, ``\\x1b``, ``\\u202e``, so no name can end a
+    line, forge one, or move the terminal's cursor. Names that need none of
+    it come back as they are."""
+    if name.isprintable() and "\\" not in name:
+        return name
+    out = []
+    for ch in name:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
 def format_size(n: int) -> str:
     """Zircon's format_size: the largest unit below 1024, one decimal unless exact."""
     n = abs(n)
@@ -51,19 +77,19 @@ def lowmem_lines(shortfall_bytes: int, procs: Iterable[Proc]) -> list[str]:
                  key=lambda p: -p.committed_bytes)[:PROC_LIST_MAX]
     lines = [f"OOM: oom_lowmem(shortfall_bytes={shortfall_bytes}) called",
              "OOM: Process mapped committed bytes:"]
-    lines += [f"OOM:   proc {p.pid:5d} {p.committed_bytes // MIB:4d}M '{p.name}'"
+    lines += [f"OOM:   proc {p.pid:5d} {p.committed_bytes // MIB:4d}M '{printable(p.name)}'"
               for p in sorted(big, key=lambda p: p.pid)]
     lines.append("OOM: Finding a job to kill...")
     return lines
 
 
 def job_line(tag: str, c: Candidate) -> str:
-    return f"OOM:   {tag} job {c.job.inode:6d} '{c.job.name}'"
+    return f"OOM:   {tag} job {c.job.inode:6d} '{printable(c.job.name)}'"
 
 
 def kill_lines(c: Candidate, res: KillResult, procs: tuple[Proc, ...]) -> list[str]:
     lines = [job_line("*KILL*", c)]
-    lines += [f"OOM:        + proc {p.pid:5d} {state_word(p.state):>4s} '{p.name}'" for p in procs]
+    lines += [f"OOM:        + proc {p.pid:5d} {state_word(p.state):>4s} '{printable(p.name)}'" for p in procs]
     running = sum(1 for p in procs if state_word(p.state) == "run")
     lines.append(f"OOM:        = {running} running procs ({len(procs)} total), {c.job.descendants} jobs")
     return lines
@@ -86,7 +112,7 @@ def walk_lines(ranking: Ranking, attempts: list[tuple[Candidate, KillResult]], n
                     lines.append("OOM:        (dry run: nothing was killed)")
                 killed_at = i
             else:
-                lines.append(job_line("(fail)", c) + f": {r.error}")
+                lines.append(job_line("(fail)", c) + f": {printable(r.error)}")
         elif not c.killable:
             lines.append(job_line("(skip)", c))
     if killed_at is not None:
@@ -99,11 +125,17 @@ def walk_lines(ranking: Ranking, attempts: list[tuple[Candidate, KillResult]], n
 
 def outcome_line(c: Candidate, res: KillResult, decision_usec: int) -> str:
     if res.dry_run:
-        return (f"OOM: would kill job '{c.job.name}' ({len(res.signalled_pids)} procs, "
+        return (f"OOM: would kill job '{printable(c.job.name)}' ({len(res.signalled_pids)} procs, "
                 f"{format_size(c.job.committed_bytes)} committed); dry run")
-    return (f"OOM: killed job '{c.job.name}' by {res.method}: {len(res.signalled_pids)} procs, "
+    thawed = ", thawed its v1 freezer" if res.thawed else ""
+    if not res.emptied:
+        # Signalled, but the job did not empty within kill_timeout_ms: say so.
+        return (f"OOM: signalled job '{printable(c.job.name)}' by {res.method}: {len(res.signalled_pids)} procs, "
+                f"{format_size(res.freed_bytes)} freed, NOT EMPTY: {printable(res.error)}{thawed}, "
+                f"{decision_usec / 1000:.1f} ms after the wake")
+    return (f"OOM: killed job '{printable(c.job.name)}' by {res.method}: {len(res.signalled_pids)} procs, "
             f"{format_size(res.freed_bytes)} freed, empty {res.signal_to_empty_usec / 1000:.1f} ms "
-            f"after the signal, {decision_usec / 1000:.1f} ms after the wake")
+            f"after the signal{thawed}, {decision_usec / 1000:.1f} ms after the wake")
 
 
 def candidate_record(c: Candidate) -> dict[str, Any]:
@@ -115,7 +147,8 @@ def result_record(res: KillResult) -> dict[str, Any]:
     return {"job": res.job.name, "inode": res.job.inode, "ok": res.ok, "dry_run": res.dry_run,
             "method": res.method, "pids": list(res.signalled_pids), "error": res.error,
             "signal_to_empty_usec": res.signal_to_empty_usec, "signal_to_exit_usec": res.signal_to_exit_usec,
-            "freed_bytes": res.freed_bytes}
+            "freed_bytes": res.freed_bytes, "emptied": res.emptied, "left_pids": list(res.left_pids),
+            "thawed": res.thawed}
 
 
 def json_line(record: dict[str, Any]) -> str:
@@ -127,7 +160,7 @@ def format_ranking(ranking: Ranking) -> str:
     lines = []
     for i, c in enumerate(ranking.candidates, 1):
         tag = "kill" if c.killable else "skip"
-        lines.append(f"{i:3d}. ({tag}) job {c.job.inode:6d} '{c.job.name}' {c.importance.name.lower()} "
+        lines.append(f"{i:3d}. ({tag}) job {c.job.inode:6d} '{printable(c.job.name)}' {c.importance.name.lower()} "
                      f"score {format_size(c.score_bytes)}: {'; '.join(c.reasons)}")
     return "\n".join(lines) if lines else "no jobs in the domain"
 
@@ -144,17 +177,17 @@ def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
              f"  simulating lowmem: {str(data['simulating_lowmem']).lower()}",
              f"  sleep duration: {data['sleep_ms']}ms",
              f"  redline: {red_txt} ({red_b} bytes)",
-             f"  domain: {data['domain']} ({data['domain_path']})" + ("" if gone == "live" else f", GONE: {gone[6:]}"),
+             f"  domain: {printable(data['domain'])} ({printable(data['domain_path'])})" + ("" if gone == "live" else f", GONE: {printable(gone[6:])}"),
              f"  dry run: {str(data['dry_run']).lower()}",
              "  own memory: " + ", ".join(f"{k} {format_size(v)}" for k, v in own_memory.items()),
              f"  kills: {data['kills']} (in the kernel, armed: {data['armed_kills']}; "
              f"by the kernel's own OOM killer: {data['kernel_kills_seen']})",
              "  sources:"]
     for name, s in data["sources"].items():
-        extra = ", ".join(f"{k}={v}" for k, v in s.items()
+        extra = ", ".join(f"{k}={printable(str(v))}" for k, v in s.items()
                           if k not in ("state", "source", "live") and not isinstance(v, (list, dict)))
         lines.append(f"    {name}: {s['state']}" + (f" ({extra})" if extra else ""))
     lines.append("  output:")
     for name, o in data["output"].items():
-        lines.append(f"    {name}: " + ", ".join(f"{k}={v}" for k, v in o.items()))
+        lines.append(f"    {name}: " + ", ".join(f"{k}={printable(str(v))}" for k, v in o.items()))
     return "\n".join(lines)

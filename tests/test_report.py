@@ -74,3 +74,39 @@ def test_failed_attempt_then_kill_and_nothing_to_kill():
                      "OOM:        (dry run: nothing was killed)"]
     assert report.walk_lines(Ranking((cand(3, "e", killable=False),)), []) == [
         "OOM:   (skip) job      3 'e'", "OOM: no killable job found"]
+
+
+def test_a_job_signalled_but_not_emptied_is_not_logged_as_empty():
+    c = cand(7, "paused", [proc(40, 64, "sleep")])
+    stuck = KillResult(c.job, True, False, "signal", (40,), "1 procs left after 5000 ms: [40]",
+                       freed_bytes=64 * M, left_pids=(40,))
+    assert not stuck.emptied
+    assert report.outcome_line(c, stuck, 5_130_000) == (
+        "OOM: signalled job 'paused' by signal: 1 procs, 64M freed, NOT EMPTY: "
+        "1 procs left after 5000 ms: [40], 5130.0 ms after the wake")
+    rec = report.result_record(stuck)
+    assert (rec["ok"], rec["emptied"], rec["left_pids"], rec["signal_to_empty_usec"]) == (True, False, [40], 0)
+    done = KillResult(c.job, True, False, "cgroup.kill", (40,), freed_bytes=64 * M, signal_to_empty_usec=5600)
+    assert done.emptied and report.result_record(done)["emptied"] is True
+    assert report.outcome_line(c, done, 7300) == (
+        "OOM: killed job 'paused' by cgroup.kill: 1 procs, 64M freed, empty 5.6 ms after the signal, "
+        "7.3 ms after the wake")
+
+
+def test_names_cannot_forge_lines():
+    assert report.printable("dart:mi_dashboard.dartx") == "dart:mi_dashboard.dartx"
+    assert report.printable("caf\u00e9 story") == "caf\u00e9 story"
+    assert report.printable("x\nOOM: killed j") == "x\\nOOM: killed j"
+    assert report.printable("a\\nb") == "a\\\\nb"      # a real backslash cannot pass for an escape
+    assert report.printable("e\x1b[1A\x1b[2K\r\t\x7f\u202e\U000e0001") == "e\\x1b[1A\\x1b[2K\\r\\t\\x7f\\u202e\\U000e0001"
+    forged = cand(8, "empty\rOOM:   *KILL* job 1 'sshd.service'", killable=False)
+    victim = cand(9, "batch", [proc(41, 24, "x\nOOM: killed j", "R")])
+    lines = report.lowmem_lines(0, victim.job.procs)
+    lines += report.walk_lines(Ranking((forged, victim)), [(victim, KillResult(victim.job, True, False, "signal", (41,)))])
+    lines.append(report.outcome_line(victim, KillResult(victim.job, True, False, "signal", (41,)), 0))
+    lines += report.format_ranking(Ranking((forged, victim))).split("\n")
+    assert all("\n" not in line and "\r" not in line for line in lines), lines
+    assert "OOM:   proc    41   24M 'x\\nOOM: killed j'" in lines
+    assert "OOM:   (skip) job      8 'empty\\rOOM:   *KILL* job 1 'sshd.service''" in lines
+    assert "OOM:        + proc    41  run 'x\\nOOM: killed j'" in lines
+    assert [line for line in lines if line.startswith("OOM:   *KILL*")] == ["OOM:   *KILL* job      9 'batch'"]

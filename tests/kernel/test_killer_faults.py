@@ -116,9 +116,12 @@ def test_a_fork_bomb_in_a_signal_only_job_is_emptied_within_the_timeout(arena):
 
 
 def test_the_kill_timeout_holds_when_the_job_cannot_empty(arena):
-    job = arena.job("stuck", v2=False, freezer=True)
-    procs = [arena.spawn_idle(job, 1 << 20) for _ in range(3)]
-    freeze(job.freezer_path, "FROZEN")      # ours: v1 frozen tasks do not die until thawed
+    # Frozen below the job: the killer thaws only the job's own freezer
+    # cgroup, so these v1 frozen tasks do not die until this test thaws them.
+    arena.job("stuck", v2=False, freezer=True)
+    inner = arena.job("stuck/inner", v2=False, freezer=True)
+    procs = [arena.spawn_idle(inner, 1 << 20) for _ in range(3)]
+    freeze(inner.freezer_path, "FROZEN")
     cg = Cgroupfs()
     c = the_candidate(cg, arena, "stuck")
     killer = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=300_000,
@@ -129,9 +132,57 @@ def test_the_kill_timeout_holds_when_the_job_cannot_empty(arena):
     assert 300_000 <= wall_usec <= 300_000 + MARGIN_USEC
     assert res.ok and sorted(res.signalled_pids) == sorted(p.pid for p in procs)
     assert res.error.startswith("3 procs left after 3")
-    freeze(job.freezer_path, "THAWED")
+    # signalled, not emptied: neither the result nor the line may say empty
+    assert not res.emptied and sorted(res.left_pids) == sorted(p.pid for p in procs)
+    assert res.signal_to_empty_usec == 0 and not res.thawed
+    line = report.outcome_line(c, res, 400_000)
+    assert line.startswith("OOM: signalled job 'stuck' by signal: 3 procs, 0B freed, NOT EMPTY: 3 procs left after 3")
+    assert "empty 0.0 ms" not in line and "killed" not in line
+    rec = report.result_record(res)
+    assert (rec["emptied"], sorted(rec["left_pids"])) == (False, sorted(p.pid for p in procs))
+    assert open(os.path.join(inner.freezer_path, "freezer.state")).read().strip() == "FROZEN"
+    freeze(inner.freezer_path, "THAWED")
     for p in procs:
         assert p.wait(timeout=10) == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_a_job_frozen_by_someone_else_with_the_v1_freezer_is_thawed_once_signalled_and_dies(arena, v2):
+    job = arena.job("paused", v2=v2, freezer=True)
+    procs = [arena.spawn_idle(job, 1 << 20) for _ in range(2)]
+    freeze(job.freezer_path, "FROZEN")
+    cg = Cgroupfs()
+    c = the_candidate(cg, arena, "paused")
+    killer = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=TIMEOUT_USEC)
+    t0 = time.monotonic()
+    res = killer.kill(c)
+    assert time.monotonic() - t0 < 1.0, "it must not sit out kill_timeout_ms"
+    assert (res.ok, res.error, res.emptied, res.thawed) == (True, "", True, True)
+    assert res.method == ("cgroup.kill" if v2 else "signal")
+    assert sorted(res.signalled_pids) == sorted(p.pid for p in procs)
+    for p in procs:
+        assert p.wait(timeout=10) == -signal.SIGKILL
+    assert open(os.path.join(job.freezer_path, "freezer.state")).read().strip() == "THAWED"
+    assert "thawed its v1 freezer" in report.outcome_line(c, res, 1000)
+
+
+def test_a_job_frozen_with_the_v2_freezer_dies_as_it_is(arena):
+    job = arena.job("paused", v2=True)
+    if not job.v2_path:
+        pytest.skip("no v2 cgroup for the job")
+    procs = [arena.spawn_idle(job, 1 << 20) for _ in range(2)]
+    with open(os.path.join(job.v2_path, "cgroup.freeze"), "w") as f:
+        f.write("1")
+    wait_for(lambda: "frozen 1" in open(os.path.join(job.v2_path, "cgroup.events")).read(), 10, "v2 frozen")
+    cg = Cgroupfs()
+    c = the_candidate(cg, arena, "paused")
+    res = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=TIMEOUT_USEC).kill(c)
+    assert (res.ok, res.method, res.error, res.emptied, res.thawed) == (True, "cgroup.kill", "", True, False)
+    assert res.signal_to_empty_usec < 1_000_000
+    for p in procs:
+        assert p.wait(timeout=10) == -signal.SIGKILL
+    # still frozen as someone left it: nothing was thawed or frozen by the kill
+    assert open(os.path.join(job.v2_path, "cgroup.freeze")).read().strip() == "1"
 
 
 def test_the_daemon_kills_a_fork_bomb_in_a_signal_only_job_within_the_timeout(arena, daemon):
@@ -302,3 +353,41 @@ def test_the_arena_empties_a_fork_bomb_job_on_close(state):
             freeze(job.freezer_path, "FROZEN")
         paths = job.cgroups()
     assert not any(os.path.exists(p) for p in paths)
+
+
+class KillsBeforeTheWrite(Cgroupfs):
+    """Ends some of the job's processes (as the kernel's OOM killer or their
+    own exit would) between the kill's read of its pids and its write of
+    cgroup.kill: in the check that the v2 cgroup holds only the job's own."""
+
+    def __init__(self, victims: list[subprocess.Popen]) -> None:
+        super().__init__()
+        self.victims = victims
+
+    def only_holds(self, path, pids):
+        for p in self.victims:
+            p.kill()
+            p.wait()
+        return super().only_holds(path, pids)
+
+
+def test_cgroup_kill_of_a_job_someone_else_emptied_is_not_our_kill(arena):
+    job = arena.job("victim")
+    p = arena.spawn_idle(job, 8 << 20)
+    cg = KillsBeforeTheWrite([p])
+    c = the_candidate(cg, arena, "victim")
+    assert c.job.v2_path, "the job must have a cgroup.kill to write"
+    res = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=TIMEOUT_USEC).kill(c)
+    assert (res.ok, res.method, res.signalled_pids, res.error) == (False, "none", (), EMPTIED_BEFORE_SIGNAL)
+
+
+def test_cgroup_kill_counts_only_the_processes_alive_at_the_write(arena):
+    job = arena.job("victim")
+    gone, alive = arena.spawn_idle(job, 8 << 20), arena.spawn_idle(job, 8 << 20)
+    cg = KillsBeforeTheWrite([gone])
+    c = the_candidate(cg, arena, "victim")
+    res = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=TIMEOUT_USEC).kill(c)
+    assert (res.ok, res.method, res.signalled_pids, res.error, res.emptied) == (
+        True, "cgroup.kill", (alive.pid,), "", True)
+    assert alive.wait(timeout=10) == -signal.SIGKILL
+    assert res.signal_to_exit_usec > 0
