@@ -116,6 +116,6 @@ def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
         if imp is not Importance.PROTECT and not killable:
             reasons.append("empty" if not job.procs else "no killable process")
         cands.append(Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
-                               reasons=(why, *job.ignored_xattrs, *reasons)))
+                               reasons=(why, *job.ignored_xattrs, *job.notes, *reasons)))
     cands.sort(key=lambda c: (c.importance, -c.score_bytes, c.job.name))
     return Ranking(tuple(cands))
