@@ -224,3 +224,23 @@ def test_an_unexpected_error_in_one_job_does_not_lose_the_listing(proc_tree, v2_
     # a job of which nothing can be read is left out, the others kept
     monkeypatch.setattr(fs, "_partial_job", lambda *a: None)
     assert sorted(j.name for j in fs.jobs(fs.resolve("host"), ("*",))) == ["a"]
+
+
+def test_a_cgroup_a_user_made_below_a_job_does_not_protect_it(proc_tree, v2_tree):
+    attrs = CgroupAttrs()
+    proc_tree.proc(701, "user", anon_kb=70, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(702, "web", anon_kb=7, shmem_kb=0, swap_kb=0)
+    attrs.set(v2_tree.cgroup("user-1000.slice", (701,)), 65534)
+    attrs.set(v2_tree.cgroup("user-1000.slice/sshd.service"), 65534)
+    attrs.set(v2_tree.cgroup("system.slice/sshd.service"), 0)
+    v2_tree.cgroup("web", (702,))
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    attrs.attach(fs)
+    jobs = fs.jobs(fs.resolve("host"), ("*",))
+    by = {j.name: j for j in jobs}
+    assert by["user-1000.slice"].user_inner == (("user-1000.slice/sshd.service", 65534),)
+    assert by["user-1000.slice"].inner == () and by["user-1000.slice"].descendants == 1
+    ranking = rank(jobs, Policy(protect=("sshd.service",)), 1 << 30)
+    assert [c.job.name for c in ranking.candidates if c.killable] == ["user-1000.slice", "web"]
+    (sys_slice,) = [c for c in ranking.candidates if c.job.name == "system.slice"]
+    assert sys_slice.reasons[0] == "holds protected 'system.slice/sshd.service'"
