@@ -14,8 +14,10 @@ sees) and a ``cgroup.kill``.
 from __future__ import annotations
 
 import errno
+import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .files import Vanished, read_int, read_keyed, read_pids, read_text, vanishing
@@ -27,6 +29,20 @@ from .core.rank import glob_match, xattr_set
 V1_UNLIMITED = 1 << 62
 
 XATTRS = ("user.oomd_omit", "user.oomd_avoid", "user.oomd_prefer")
+
+# Bounds on the walk of a job's subtree. Whoever owns a cgroup can make
+# cgroups in it as deep and as many as they like (cgroup.max.depth and
+# cgroup.max.descendants are unlimited by default); past these the walk stops
+# descending, keeps what it read, and the job's reasons say so.
+MAX_DEPTH = 64
+MAX_CGROUPS = 10_000
+# The domain's walk for jobs visits only the cgroups above them.
+MAX_DOMAIN_CGROUPS = 100_000
+
+# An unexpected error reading one job is logged at most this often.
+ERROR_LOG_INTERVAL_S = 60.0
+
+log = logging.getLogger("oomkiller")
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ class Cgroupfs:
         self.root = root
         self.layout = detect_layout(root)
         self.procfs = procfs or Procfs()
+        self._warned: dict[str, float] = {}
 
     # -- paths ------------------------------------------------------------
     def resolve(self, spec: str) -> str:
@@ -104,7 +121,7 @@ class Cgroupfs:
         gone; descendants that vanish while being read are skipped.
         """
         pids = read_pids(os.path.join(path, "cgroup.procs"))
-        for _, inner in _descendants(path):
+        for _, inner in _descendants(path, []):
             pids.extend(inner)
         return sorted(set(pids))
 
@@ -126,7 +143,7 @@ class Cgroupfs:
             return os.stat(path).st_uid
 
     def trusted_xattrs(self, path: str, name: str = "", counted: tuple[str, ...] = XATTRS,
-                       ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+                       uid: int | None = None) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
         """(xattrs to honour, why others were not) of a cgroup.
 
         As systemd-oomd does, xattrs count only on a cgroup owned by root:
@@ -134,11 +151,13 @@ class Cgroupfs:
         could otherwise make their own cgroups unkillable. Each xattr of
         ``counted`` (those that would matter here) that is set and ignored
         is named, with ``name`` (the cgroup) if given, so the ranking can
-        say so. Raises ``Vanished`` if the cgroup is gone."""
+        say so. ``uid`` is the owner if it was already read. Raises
+        ``Vanished`` if the cgroup is gone."""
         xattrs = self.xattrs(path)
         if not any(xattr_set(v) for _, v in xattrs):
             return xattrs, ()
-        uid = self.owner_uid(path)
+        if uid is None:
+            uid = self.owner_uid(path)
         if uid == 0:
             return xattrs, ()
         of = f" of '{name}'" if name else ""
@@ -202,18 +221,30 @@ class Cgroupfs:
         ``system.slice`` are jobs, and the one running oomkiller is not."""
         keep_out = tuple(os.path.normpath(k) for k in keep_out)
         found = []
-        for dirpath, dirnames, _ in os.walk(domain_path):
-            keep = []
-            for d in sorted(dirnames):
-                full = os.path.join(dirpath, d)
-                name = os.path.relpath(full, domain_path)
-                holds_kept = any(k.startswith(full + "/") for k in keep_out)
-                if not holds_kept and (any(glob_match(name, g) for g in globs) or self.oom_group(full)):
-                    found.append(full)
-                else:
-                    keep.append(d)
-            dirnames[:] = keep
+
+        def descend(full: str) -> bool:
+            name = os.path.relpath(full, domain_path)
+            holds_kept = any(k.startswith(full + "/") for k in keep_out)
+            if not holds_kept and (any(glob_match(name, g) for g in globs) or self.oom_group(full)):
+                found.append(full)
+                return False
+            return True
+        cut: list[str] = []
+        for _ in walk_cgroups(domain_path, descend, cut, max_cgroups=MAX_DOMAIN_CGROUPS):
+            pass
+        if cut:
+            self._warn("domain", "the walk for jobs: " + "; ".join(cut))
         return sorted(found)
+
+    def _warn(self, key: str, text: str) -> None:
+        """Log ``text`` at most once a minute per ``key`` (a job, or the
+        domain's walk): a wake comes every few milliseconds."""
+        now = time.monotonic()
+        last = self._warned.get(key)
+        if last is not None and now - last < ERROR_LOG_INTERVAL_S:
+            return
+        self._warned[key] = now
+        log.warning("OOM: %s", text)
 
     def keep_out(self, pids: tuple[int, ...]) -> tuple[str, ...]:
         """Absolute memory-tree cgroup folders of some processes."""
@@ -252,15 +283,24 @@ class Cgroupfs:
         their xattrs: with a thousand jobs, every extra walk is felt."""
         pids = read_pids(os.path.join(path, "cgroup.procs"))
         inner = []
+        user_inner = []
         ignored: list[str] = []
-        for full, inner_pids in _descendants(path):
+        notes: list[str] = []
+        for full, inner_pids in _descendants(path, notes):
             rel = os.path.relpath(full, domain_path)
             try:
+                # The owner chose a name below the job, and could set xattrs
+                # there: only those of cgroups owned by root can protect it
+                # (see rank.classify).
+                uid = self.owner_uid(full)
                 # below the job only user.oomd_omit counts (see rank.classify)
-                xattrs, why = self.trusted_xattrs(full, rel, ("user.oomd_omit",))
+                xattrs, why = self.trusted_xattrs(full, rel, ("user.oomd_omit",), uid)
             except Vanished:
                 continue    # removed while we walked
-            inner.append((rel, xattrs))
+            if uid == 0:
+                inner.append((rel, xattrs))
+            else:
+                user_inner.append((rel, uid))
             ignored += why
             pids.extend(inner_pids)
         procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
@@ -276,19 +316,46 @@ class Cgroupfs:
             inode = os.stat(path).st_ino
         xattrs, why = self.trusted_xattrs(path)
         return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode,
-                   procs=procs, descendants=len(inner), xattrs=xattrs,
+                   procs=procs, descendants=len(inner) + len(user_inner), xattrs=xattrs,
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
                    charged_bytes=self.charged_bytes(path), inner=tuple(inner),
-                   ignored_xattrs=(*why, *ignored))
+                   ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes))
 
     def jobs(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
+        """Every job of the domain (see ``job_paths`` and ``job``). A job's
+        cgroup is its owner's to shape: an error reading one job that is not
+        its being gone is logged (at most once a minute) and that job kept
+        with what could be read of it, or left out if nothing could, so
+        that the others are still listed and a kill can still happen."""
         out = []
         for path in self.job_paths(domain_path, globs, keep_out):
             try:
                 out.append(self.job(path, domain_path))
             except Vanished:
                 continue    # removed between the walk and the read: not a job any more
+            except Exception as e:     # noqa: BLE001 - one job must not stop the listing
+                name = os.path.relpath(path, domain_path)
+                why = f"{type(e).__name__}: {e}"
+                self._warn(path, f"job {name}: cannot be read in full ({why}); listed with what could be read")
+                job = self._partial_job(path, domain_path, why)
+                if job is not None:
+                    out.append(job)
         return out
+
+    def _partial_job(self, path: str, domain_path: str, why: str) -> Job | None:
+        """What can be read of a job whose full read failed: its cgroup, its
+        own processes and its charge, without its subtree. None if even that
+        fails."""
+        try:
+            with vanishing(path):
+                inode = os.stat(path).st_ino
+            pids = read_pids(os.path.join(path, "cgroup.procs"))
+            procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
+            return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode, procs=procs,
+                       charged_bytes=self.charged_bytes(path),
+                       notes=(f"read in part: {why}; its subtree is not known",))
+        except Exception:   # noqa: BLE001
+            return None
 
     # -- memory -------------------------------------------------------------
     def memory(self, path: str) -> tuple[int | None, int, dict[str, int]]:
@@ -324,20 +391,61 @@ class Cgroupfs:
         return limit, usage, {"dirty": stat.get("file_dirty", 0), "writeback": stat.get("file_writeback", 0), **stat}
 
 
-def _descendants(path: str) -> Iterator[tuple[str, list[int]]]:
+def subcgroups(path: str) -> list[str]:
+    """The names of a cgroup's children, sorted; none if it is gone or
+    cannot be read. A symlink is not followed (cgroupfs makes none)."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def walk_cgroups(root: str, descend: Callable[[str], bool] | None = None, cut: list[str] | None = None,
+                 max_depth: int = MAX_DEPTH, max_cgroups: int = MAX_CGROUPS) -> Iterator[str]:
+    """Every cgroup below ``root``, each folder's children in sorted order,
+    depth first; into those for which ``descend`` (if given) is true.
+
+    A loop with a stack of its own, not recursion: a subtree can be deeper
+    than Python's recursion limit. Cgroups deeper than ``max_depth`` below
+    ``root``, and any past the first ``max_cgroups``, are not read; why is
+    added to ``cut`` (once each)."""
+    stack = [(root, 0)]
+    seen = 0
+    while stack:
+        dirpath, depth = stack.pop()
+        names = subcgroups(dirpath)
+        if names and depth >= max_depth:
+            if cut is not None and not any(c.startswith("subtree deeper") for c in cut):
+                cut.append(f"subtree deeper than {max_depth} levels: not read below that")
+            continue
+        children = []
+        for name in names:
+            if seen >= max_cgroups:
+                if cut is not None:
+                    cut.append(f"subtree of more than {max_cgroups} cgroups: only the first {max_cgroups} read")
+                return
+            seen += 1
+            full = os.path.join(dirpath, name)
+            yield full
+            if descend is None or descend(full):
+                children.append(full)
+        stack.extend((c, depth + 1) for c in reversed(children))
+
+
+def _descendants(path: str, cut: list[str]) -> Iterator[tuple[str, list[int]]]:
     """Every cgroup below ``path`` with its own processes, passing over those
-    that vanish while the subtree is walked. A threaded cgroup has no
-    ``cgroup.procs`` to read (EOPNOTSUPP): its processes show in its domain
-    cgroup above."""
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            try:
-                pids = read_pids(os.path.join(full, "cgroup.procs"))
-            except Vanished:
-                continue
-            except OSError as e:
-                if e.errno != errno.EOPNOTSUPP:
-                    raise
-                pids = []
-            yield full, pids
+    that vanish while the subtree is walked; within the bounds of
+    ``walk_cgroups``, noting in ``cut`` where it stopped short. A threaded
+    cgroup has no ``cgroup.procs`` to read (EOPNOTSUPP): its processes show
+    in its domain cgroup above."""
+    for full in walk_cgroups(path, cut=cut):
+        try:
+            pids = read_pids(os.path.join(full, "cgroup.procs"))
+        except Vanished:
+            continue
+        except OSError as e:
+            if e.errno != errno.EOPNOTSUPP:
+                raise
+            pids = []
+        yield full, pids

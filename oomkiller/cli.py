@@ -161,8 +161,10 @@ def _domain(conf: cfg.Config):
     try:
         dom = Domain(conf.domain, procfs, cg)
         snap = dom.snapshot(0)     # a domain whose memory cannot be read is a bad domain
-    except (OSError, ValueError, KeyError, IndexError) as e:
-        problem = why(e)
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        # RuntimeError (RecursionError among them): a cgroup tree the reads
+        # did not expect, made by whoever owns a cgroup in the domain
+        problem = f"cannot read its cgroup tree ({type(e).__name__}: {e})" if isinstance(e, RuntimeError) else why(e)
         raise conf.blame("domain", problem if problem.startswith(conf.domain) else f"{conf.domain}: {problem}") from None
     conf.check_domain(snap.total_bytes)
     return dom

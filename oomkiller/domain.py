@@ -15,8 +15,9 @@ raises ``DomainGone``, and ``exists()`` tells, cheaply, when it is back.
 from __future__ import annotations
 
 import os
+import time
 
-from .cgroupfs import Cgroupfs
+from .cgroupfs import MAX_DOMAIN_CGROUPS, Cgroupfs, walk_cgroups
 from .files import Vanished, read_psi_totals, vanishing
 from .model import MemorySnapshot
 from .procfs import Procfs
@@ -44,6 +45,11 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
     return max(0, min(limit_bytes, limit_bytes - (usage_bytes - reclaimable)))
 
 
+# How long the v2 cgroups standing for a cgroup domain are kept before they
+# are looked for again: finding them reads every process of the domain.
+V2_CACHE_S = 5.0
+
+
 class Domain:
     """Takes fresh memory snapshots of the host or of one memory cgroup."""
 
@@ -54,6 +60,8 @@ class Domain:
         self.path = cgroupfs.resolve(spec)
         self.is_host = spec == "host"
         self.pressure_path: str | None = None
+        # (when, v2 counterpart, its path as /proc/PID/cgroup shows it, the ids of its subtree)
+        self._v2: tuple[float, str | None, str | None, frozenset[int]] | None = None
         self.find_pressure()
 
     def find_pressure(self) -> str | None:
@@ -65,28 +73,50 @@ class Domain:
         else:
             v2 = self.cgroupfs.v2_counterpart(self.path)
             cand = os.path.join(v2, "memory.pressure") if v2 else None
+        self._v2 = None     # a domain that came back is a new cgroup
         self.pressure_path = cand if cand and os.path.exists(cand) else None
         return self.pressure_path
 
     def holds(self, pid: int, cgroup_id: int) -> bool:
         """Whether the kernel's OOM victim ``pid``, chosen by a task of cgroup
-        v2 ``cgroup_id``, is the domain's business: the invoking task is in
-        the domain (a memcg OOM of the domain is always invoked from inside),
-        or the victim still shows as a member."""
+        v2 ``cgroup_id``, is the domain's business: the victim still shows as
+        a member, or the invoking task is in the domain (a memcg OOM of the
+        domain is always invoked from inside).
+
+        Called for every kernel OOM kill on the host, most of them outside
+        the domain: one read of ``/proc/PID/cgroup``, and the domain's v2
+        cgroups from a cache (``V2_CACHE_S``)."""
         if self.is_host:
             return True
+        groups = self.procfs.cgroups(pid)
+        where = groups.get("memory" if self.cgroupfs.layout.memory_v1 else "")
+        if _below(where, self.cgroupfs.relative(self.path)):
+            return True
+        _, _, v2_rel, ids = self._v2_cgroups()
+        return (v2_rel is not None and _below(groups.get(""), v2_rel)) or bool(cgroup_id and cgroup_id in ids)
+
+    def _v2_cgroups(self) -> tuple[float, str | None, str | None, frozenset[int]]:
+        """The domain's v2 counterpart (see ``Cgroupfs.v2_of``), its path as
+        ``/proc/PID/cgroup`` shows it and the ids of its subtree's cgroups,
+        looked for again at most every ``V2_CACHE_S`` seconds."""
+        now = time.monotonic()
+        if self._v2 is not None and now - self._v2[0] < V2_CACHE_S:
+            return self._v2
         v2 = self.cgroupfs.v2_counterpart(self.path)
-        if v2 and cgroup_id:
-            for dirpath, _dirs, _files in os.walk(v2):
+        rel = None
+        ids: set[int] = set()
+        if v2:
+            root = self.cgroupfs.layout.unified_root or self.cgroupfs.layout.jobs_root
+            r = os.path.relpath(v2, root)
+            rel = "/" if r == "." else "/" + r
+            for path in (v2, *walk_cgroups(v2, max_cgroups=MAX_DOMAIN_CGROUPS)):
                 try:
-                    with vanishing(dirpath):
-                        if os.stat(dirpath).st_ino == cgroup_id:
-                            return True
+                    with vanishing(path):
+                        ids.add(os.stat(path).st_ino)
                 except Vanished:
                     continue    # removed while we walked
-        where = self.procfs.cgroups(pid).get("memory" if self.cgroupfs.layout.memory_v1 else "")
-        mine = self.cgroupfs.relative(self.path).rstrip("/") + "/"
-        return where is not None and (where.rstrip("/") + "/").startswith(mine)
+        self._v2 = (now, v2, rel, frozenset(ids))
+        return self._v2
 
     def full_stall_usec(self) -> int:
         if not self.pressure_path:
@@ -124,3 +154,11 @@ class Domain:
         rec = min(reclaimable_bytes(stat), usage)
         free = min(cgroup_free_bytes(limit, usage, rec), avail)
         return MemorySnapshot(self.name, limit, free, usage, rec, now_usec, stall)
+
+
+def _below(path: str | None, top: str) -> bool:
+    """Whether a cgroup path (as ``/proc/PID/cgroup`` shows it) is ``top`` or
+    below it."""
+    if path is None:
+        return False
+    return (path.rstrip("/") + "/").startswith(top.rstrip("/") + "/")

@@ -59,13 +59,28 @@ def read_text(path: str, max_bytes: int | None = None) -> str:
     """A kernel file's text; raises ``Vanished`` if what it belongs to is
     gone. Bytes that are not UTF-8 (a process may name itself anything, a
     boot loader pass anything) are replaced, not an error. ``max_bytes``
-    reads no more than that many bytes of a file that may be long."""
+    reads no more than that many bytes of a file that may be long.
+
+    The text is as the kernel wrote it: a ``\r`` is not turned into a line
+    end (a cgroup or process name may hold one). Split lines with
+    ``lines()``, never ``str.splitlines()``, which also splits on ``\r``,
+    ``\v``, ``\f``, ``\x1c``-``\x1e``, ``\x85`` and U+2028/2029: all of
+    them can be in a name."""
     with vanishing(path):
         if max_bytes is None:
-            with open(path, errors="replace") as f:
+            with open(path, errors="replace", newline="") as f:
                 return f.read()
         with open(path, "rb") as f:
             return f.read(max_bytes).decode("utf-8", errors="replace")
+
+
+def lines(text: str) -> list[str]:
+    """The lines of a kernel file: split on ``\n`` alone, the one line end
+    the kernel writes and the one character it refuses in a cgroup's name."""
+    out = text.split("\n")
+    if out and out[-1] == "":
+        out.pop()
+    return out
 
 
 def read_int(path: str) -> int | None:
@@ -83,7 +98,7 @@ def parse_kb_fields(text: str, keys: Iterable[str] | None = None, *, kb: bool = 
     wanted = None if keys is None else frozenset(keys)
     scale = 1 if kb else 1024
     out = {}
-    for line in text.splitlines():
+    for line in lines(text):
         key, _, rest = line.partition(":")
         if wanted is not None and key not in wanted:
             continue
@@ -104,7 +119,7 @@ def read_kb_fields(path: str, keys: Iterable[str] | None = None, *, kb: bool = F
 def parse_keyed(text: str) -> dict[str, int]:
     """The ``key N`` lines of a text; lines of another shape are left out."""
     out = {}
-    for line in text.splitlines():
+    for line in lines(text):
         parts = line.split()
         if len(parts) == 2 and parts[1].lstrip("-").isdigit():
             out[parts[0]] = int(parts[1])
@@ -129,7 +144,7 @@ def read_psi_totals(path: str) -> dict[str, int]:
     file (``/proc/pressure/memory``, ``memory.pressure``); a line without
     one is left out. Raises ``Vanished`` if it is gone."""
     out = {}
-    for line in read_text(path).splitlines():
+    for line in lines(read_text(path)):
         kind, *fields = line.split() or [""]
         for field in fields:
             k, _, v = field.partition("=")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from .files import read_kb_fields, read_text
+from .files import lines, read_kb_fields, read_text
 
 MCL_FUTURE, MCL_ONFAULT = 2, 4
 MLOCK_ONFAULT = 1
@@ -35,7 +35,7 @@ _libc.mlock2.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]    # g
 
 def mappings(maps_path: str = "/proc/self/maps") -> list[tuple[int, int, str]]:
     out = []
-    for line in read_text(maps_path).splitlines():
+    for line in lines(read_text(maps_path)):
         parts = line.split(maxsplit=5)
         lo, hi = (int(x, 16) for x in parts[0].split("-"))
         out.append((lo, hi, parts[5].strip() if len(parts) > 5 else ""))

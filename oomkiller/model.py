@@ -119,9 +119,16 @@ class Job:
     v2_id: int = 0          # cgroup v2 id of the job (same as inode on pure v2 hosts)
     v2_path: str = ""       # the v2 cgroup holding the job and nothing else, if any
     charged_bytes: int = 0  # anon + shmem + swap charged to the cgroup (memory.stat), 0 if unknown
-    inner: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()   # descendants' names and trusted xattrs
+    # names and trusted xattrs of the descendants owned by root: those that can protect the job
+    inner: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     # xattrs set on a cgroup of the job but not honoured (it is not owned by root), each as a reason
     ignored_xattrs: tuple[str, ...] = ()
+    # names and owners of the descendants not owned by root: their owner chose
+    # the name, so it cannot protect the job
+    user_inner: tuple[tuple[str, int], ...] = ()
+    # what the listing could not read of the job (a subtree too deep or too
+    # large, an unexpected error), each as a reason
+    notes: tuple[str, ...] = ()
 
     @property
     def committed_bytes(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .files import Vanished, read_kb_fields, read_text
+from .files import Vanished, lines, read_kb_fields, read_text
 from .model import Proc
 
 PF_KTHREAD = 0x00200000     # include/linux/sched.h
@@ -58,14 +58,22 @@ class Procfs:
                     state=state, start_ticks=start, kernel_thread=bool(flags & PF_KTHREAD))
 
     def cgroups(self, pid: int) -> dict[str, str]:
-        """``/proc/PID/cgroup`` as controller -> path; the v2 entry is under ``""``."""
+        """``/proc/PID/cgroup`` as controller -> path; the v2 entry is under ``""``.
+
+        A path is the cgroup's name as its owner made it: it may hold any
+        character but ``\n`` (``\r``, U+2028...), so lines are split on
+        ``\n`` alone. A line of another shape is left out (that
+        controller's cgroup is unknown), not an error."""
         out: dict[str, str] = {}
         try:
             text = read_text(os.path.join(self.root, str(pid), "cgroup"))
         except Vanished:
             return out
-        for line in text.splitlines():
-            _hid, ctrls, path = line.split(":", 2)
+        for line in lines(text):
+            parts = line.split(":", 2)
+            if len(parts) != 3:
+                continue
+            _hid, ctrls, path = parts
             for c in (ctrls.split(",") if ctrls else [""]):
                 out[c] = path
         return out

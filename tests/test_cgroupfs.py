@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from oomkiller.cgroupfs import Cgroupfs, detect_layout
+from oomkiller.cgroupfs import MAX_DEPTH, Cgroupfs, detect_layout, walk_cgroups
 from oomkiller.procfs import Procfs
 from oomkiller.core.rank import Policy, rank
 
@@ -131,3 +131,116 @@ def test_the_real_owner_reader(v2_tree, proc_tree):
     assert fs.owner_uid(str(d)) == os.stat(d).st_uid
     with pytest.raises(FileNotFoundError):
         fs.owner_uid(str(d / "gone"))
+
+
+@pytest.fixture
+def nest():
+    """Makes ``depth`` nested cgroups below a folder, and removes them after
+    the test: deeper than shutil.rmtree (pytest's cleanup) can recurse."""
+    made: list[str] = []
+
+    def make(base, depth: int) -> None:
+        path = str(base)
+        for _ in range(depth):
+            path = os.path.join(path, "d")
+            os.mkdir(path)
+            made.append(path)
+            with open(os.path.join(path, "cgroup.procs"), "w"):
+                pass
+    yield make
+    for path in reversed(made):
+        os.unlink(os.path.join(path, "cgroup.procs"))
+        os.rmdir(path)
+
+
+def test_a_job_deeper_than_the_recursion_limit_is_read_to_a_bound(proc_tree, v2_tree, nest):
+    """A user may nest empty cgroups in their job a thousand deep: the
+    listing reads 64 levels of it, says so, and lists every job."""
+    proc_tree.proc(501, "deep", anon_kb=5, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(502, "victim", anon_kb=50, shmem_kb=0, swap_kb=0)
+    deep = v2_tree.cgroup("evil", (501,))
+    v2_tree.cgroup("victim", (502,))
+    nest(deep, 1000)
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    jobs = {j.name: j for j in fs.jobs(fs.resolve("host"), ("*",))}
+    assert sorted(jobs) == ["evil", "victim"]
+    evil = jobs["evil"]
+    assert evil.descendants == MAX_DEPTH and [p.pid for p in evil.procs] == [501]
+    assert evil.notes == ("subtree deeper than 64 levels: not read below that",)
+    ranked = {c.job.name: c for c in rank(list(jobs.values()), Policy(), 1 << 30).candidates}
+    assert "subtree deeper than 64 levels: not read below that" in ranked["evil"].reasons
+    assert ranked["victim"].killable and ranked["victim"].job.notes == ()
+    # the other walks of a subtree are bounded the same way
+    assert fs.subtree_pids(str(deep)) == [501]
+    # and so is the walk for jobs, whatever the globs
+    assert [j.name for j in fs.jobs(fs.resolve("host"), ("*.service",))] == []
+
+
+def test_the_walk_is_bounded_in_cgroups_and_depth_and_follows_no_symlink(tmp_path):
+    for i in range(4):
+        os.mkdir(tmp_path / f"w{i}")
+        for j in range(3):
+            os.mkdir(tmp_path / f"w{i}" / f"x{j}")
+    os.symlink(tmp_path / "w0", tmp_path / "w9")
+    everything = list(walk_cgroups(str(tmp_path)))
+    assert len(everything) == 16 and not any("w9" in p for p in everything)
+    # children of a folder in sorted order, then into the first of them
+    assert [os.path.relpath(p, tmp_path) for p in everything[:5]] == ["w0", "w1", "w2", "w3", "w0/x0"]
+    cut: list[str] = []
+    assert len(list(walk_cgroups(str(tmp_path), cut=cut, max_cgroups=6))) == 6
+    assert cut == ["subtree of more than 6 cgroups: only the first 6 read"]
+    cut = []
+    assert len(list(walk_cgroups(str(tmp_path), cut=cut, max_depth=1))) == 4
+    assert cut == ["subtree deeper than 1 levels: not read below that"]
+    assert list(walk_cgroups(str(tmp_path / "gone"))) == []
+
+
+def test_an_unexpected_error_in_one_job_does_not_lose_the_listing(proc_tree, v2_tree, monkeypatch, caplog):
+    """A safety net: the job that cannot be read in full is kept with its
+    own processes and says why; the others are listed; the log says it once."""
+    for pid in (601, 602, 603):
+        proc_tree.proc(pid, f"p{pid}", anon_kb=pid, shmem_kb=0, swap_kb=0)
+    v2_tree.cgroup("a", (601,))
+    v2_tree.cgroup("b", (602,))
+    v2_tree.cgroup("b/inner", (603,))
+    v2_tree.cgroup("c")
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    real = fs.v2_of
+
+    def v2_of(path, pids):
+        if path.endswith(("/b", "/c")):
+            raise ValueError("odd")
+        return real(path, pids)
+    monkeypatch.setattr(fs, "v2_of", v2_of)
+    caplog.set_level("WARNING", logger="oomkiller")
+    for _ in range(3):
+        jobs = {j.name: j for j in fs.jobs(fs.resolve("host"), ("*",))}
+    assert sorted(jobs) == ["a", "b", "c"]
+    assert [p.pid for p in jobs["b"].procs] == [602] and jobs["a"].notes == ()
+    assert jobs["b"].notes == ("read in part: ValueError: odd; its subtree is not known",)
+    assert jobs["c"].procs == ()
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 2 and all("cannot be read in full (ValueError: odd)" in m for m in logged), logged
+    # a job of which nothing can be read is left out, the others kept
+    monkeypatch.setattr(fs, "_partial_job", lambda *a: None)
+    assert sorted(j.name for j in fs.jobs(fs.resolve("host"), ("*",))) == ["a"]
+
+
+def test_a_cgroup_a_user_made_below_a_job_does_not_protect_it(proc_tree, v2_tree):
+    attrs = CgroupAttrs()
+    proc_tree.proc(701, "user", anon_kb=70, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(702, "web", anon_kb=7, shmem_kb=0, swap_kb=0)
+    attrs.set(v2_tree.cgroup("user-1000.slice", (701,)), 65534)
+    attrs.set(v2_tree.cgroup("user-1000.slice/sshd.service"), 65534)
+    attrs.set(v2_tree.cgroup("system.slice/sshd.service"), 0)
+    v2_tree.cgroup("web", (702,))
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    attrs.attach(fs)
+    jobs = fs.jobs(fs.resolve("host"), ("*",))
+    by = {j.name: j for j in jobs}
+    assert by["user-1000.slice"].user_inner == (("user-1000.slice/sshd.service", 65534),)
+    assert by["user-1000.slice"].inner == () and by["user-1000.slice"].descendants == 1
+    ranking = rank(jobs, Policy(protect=("sshd.service",)), 1 << 30)
+    assert [c.job.name for c in ranking.candidates if c.killable] == ["user-1000.slice", "web"]
+    (sys_slice,) = [c for c in ranking.candidates if c.job.name == "system.slice"]
+    assert sys_slice.reasons[0] == "holds protected 'system.slice/sshd.service'"

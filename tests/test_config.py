@@ -297,6 +297,22 @@ def test_domain_errors_name_the_key_at_fault(proc_tree, v2_tree, tmp_path):
         cli._domain(domain_conf(proc_tree, v2_tree))
 
 
+@pytest.mark.parametrize("err", [RecursionError("maximum recursion depth exceeded"), RuntimeError("odd")])
+def test_a_domain_tree_that_cannot_be_walked_is_one_line_naming_the_domain(proc_tree, v2_tree, monkeypatch, err):
+    """A tree a user shaped (a thousand nested cgroups) that a read of the
+    domain did not expect: a config error about 'domain', not a traceback."""
+    from oomkiller.domain import Domain
+    proc_tree.meminfo(total_kb=256 << 10, available_kb=200 << 10)
+    v2_tree.cgroup("j")
+
+    def fail(self):
+        raise err
+    monkeypatch.setattr(Domain, "find_pressure", fail)
+    with pytest.raises(cfg.ConfigError, match=rf"^command line: bad value for 'domain': j: cannot read its cgroup "
+                                              rf"tree \({type(err).__name__}: "):
+        cli._domain(domain_conf(proc_tree, v2_tree, domain="j"))
+
+
 def test_a_good_domain_reads(proc_tree, v2_tree):
     proc_tree.meminfo(total_kb=256 << 10, available_kb=200 << 10)
     assert cli._domain(domain_conf(proc_tree, v2_tree)).is_host

@@ -161,3 +161,43 @@ def test_enodev_from_the_domain_is_domain_gone(proc_tree, v1_tree, monkeypatch):
 
 def test_the_host_domain_always_exists(proc_tree, v2_tree):
     assert _domain(proc_tree, v2_tree, "host").exists()
+
+
+def test_a_kernel_kill_outside_the_domain_is_one_read(proc_tree, v1_tree, monkeypatch):
+    """Domain.holds runs for every kernel OOM kill on the host: a victim
+    outside the domain costs one read of its /proc/PID/cgroup; the domain's
+    v2 cgroups are looked for again only every few seconds."""
+    import oomkiller.domain as domain_mod
+    unified = v1_tree.root / "unified"
+    (unified / "arena" / "svc").mkdir(parents=True)
+    (unified / "cgroup.controllers").write_text("")
+    for rel, procs in (("arena", ""), ("arena/svc", "501\n")):
+        (unified / rel / "cgroup.procs").write_text(procs)
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    proc_tree.proc(501, "svc", anon_kb=10, shmem_kb=0, swap_kb=0, cgroup="4:memory:/arena/svc\n0::/arena/svc\n")
+    proc_tree.proc(502, "far", anon_kb=10, shmem_kb=0, swap_kb=0, cgroup="4:memory:/else\n0::/else\n")
+    proc_tree.proc(503, "v2", anon_kb=10, shmem_kb=0, swap_kb=0, cgroup="4:memory:/else\n0::/arena/svc/x\n")
+    v1_tree.cgroup("arena", memory__limit_in_bytes=f"{64 * MiB}\n")
+    v1_tree.cgroup("arena/svc", (501,))
+    v1_tree.cgroup("arenax", memory__limit_in_bytes=f"{64 * MiB}\n")
+    d = _domain(proc_tree, v1_tree, "arena")
+    svc_id = (unified / "arena" / "svc").stat().st_ino
+    real_open = open
+    opened: list[str] = []
+
+    def count(path, *a, **kw):
+        opened.append(os.fspath(path))
+        return real_open(path, *a, **kw)
+    assert d.holds(502, svc_id) and d.holds(501, 0) and d.holds(503, 0)
+    monkeypatch.setattr(files_mod, "open", count, raising=False)
+    for _ in range(20):
+        assert not d.holds(502, 1)
+    assert opened == [str(proc_tree.root / "502" / "cgroup")] * 20
+    # a sibling whose name starts alike is not the domain
+    proc_tree.proc(504, "sib", anon_kb=1, shmem_kb=0, swap_kb=0, cgroup="4:memory:/arenax\n0::/arenax\n")
+    assert not d.holds(504, 0)
+    # the cache is refreshed once it is old
+    opened.clear()
+    monkeypatch.setattr(domain_mod.time, "monotonic", lambda: 1e12)
+    assert not d.holds(502, 1)
+    assert len(opened) > 1

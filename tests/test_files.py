@@ -164,3 +164,12 @@ def test_an_open_that_fails_is_vanished_only_when_gone(tmp_path, monkeypatch, er
     with pytest.raises(OSError) as info:
         read_pids(path)
     assert info.value.errno == err and isinstance(info.value, Vanished) == gone
+
+
+def test_text_is_as_the_kernel_wrote_it(tmp_path):
+    """No universal newlines: a ``\\r`` in a name is not a line end."""
+    f = tmp_path / "cgroup"
+    f.write_bytes("0::/a\rb\r\n1:x:/c\x85d\n".encode())
+    assert files_mod.read_text(str(f)) == "0::/a\rb\r\n1:x:/c\x85d\n"
+    assert files_mod.lines(files_mod.read_text(str(f))) == ["0::/a\rb\r", "1:x:/c\x85d"]
+    assert files_mod.parse_kb_fields("Name:\tx\x1cVmSwap: 9 kB\nVmRSS:\t4 kB\n") == {"VmRSS": 4096}

@@ -75,3 +75,30 @@ def test_cmdline_is_read_below_the_root_bounded_and_replaced(proc_tree):
     (proc_tree.root / "cmdline").unlink()
     with pytest.raises(FileNotFoundError):
         fs.cmdline()
+
+
+ODD = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+@pytest.mark.parametrize("odd", ODD, ids=repr)
+def test_cgroup_names_may_hold_any_line_end_but_newline(proc_tree, odd):
+    """The kernel refuses ``\\n`` in a cgroup's name, and nothing else that
+    str.splitlines() splits on: such a name is a path like any other."""
+    proc_tree.proc(32, "x", anon_kb=1, shmem_kb=2, swap_kb=3,
+                   cgroup=f"4:memory:/u/a{odd}b\n0::/u/a{odd}b/c{odd}\n")
+    g = Procfs(str(proc_tree.root)).cgroups(32)
+    assert g == {"memory": f"/u/a{odd}b", "": f"/u/a{odd}b/c{odd}"}
+
+
+def test_an_unparsable_cgroup_line_is_unknown_not_an_error(proc_tree):
+    proc_tree.proc(33, "x", anon_kb=1, shmem_kb=2, swap_kb=3,
+                   cgroup="garbage\n4:memory:/a\n\n7:pids\n0::/d\n")
+    assert Procfs(str(proc_tree.root)).cgroups(33) == {"memory": "/a", "": "/d"}
+
+
+@pytest.mark.parametrize("odd", ("\x1c", "\x85", "\u2028"), ids=repr)
+def test_a_name_cannot_forge_a_status_field(proc_tree, odd):
+    """``Name:`` of /proc/PID/status is the process's own choice; the kernel
+    escapes ``\\n`` and ``\\r`` in it but not the other line ends."""
+    proc_tree.proc(34, f"x{odd}VmSwap: 9 kB", anon_kb=1, shmem_kb=2, swap_kb=0, kernel=True)
+    assert Procfs(str(proc_tree.root)).proc(34).committed_bytes == 0

@@ -108,3 +108,22 @@ def test_ignored_xattrs_are_named_in_the_reasons():
     (c,) = r.candidates
     assert c.killable and c.importance is Importance.NORMAL
     assert c.reasons[:2] == ("normal", note)
+
+
+def test_a_protect_glob_below_counts_only_on_a_cgroup_root_made():
+    """A user names the cgroups of their own subtree: ``mkdir sshd.service``
+    there must not protect their job; one root made does."""
+    pol = Policy(protect=("sshd.service",))
+    user = Job(name="user-1000.slice", path="/x/u", inode=91, procs=(proc(81, 10),),
+               user_inner=(("user-1000.slice/sshd.service", 65534), ("user-1000.slice/app", 65534)))
+    root = Job(name="host.slice", path="/x/h", inode=92, procs=(proc(82, 10),),
+               inner=(("host.slice/sshd.service", ()),))
+    r = {c.job.name: c for c in rank([user, root], pol, GiB).candidates}
+    assert r["user-1000.slice"].killable and r["user-1000.slice"].reasons[:2] == (
+        "normal", "protect glob 'sshd.service' ignored below: cgroup 'user-1000.slice/sshd.service' owned by uid 65534")
+    assert not r["host.slice"].killable and r["host.slice"].reasons[0] == "holds protected 'host.slice/sshd.service'"
+    many = Job(name="u", path="/x/v", inode=93, procs=(proc(83, 10),),
+               user_inner=tuple((f"u/{i}/sshd.service", 1000) for i in range(10)))
+    (c,) = rank([many], pol, GiB).candidates
+    assert len([x for x in c.reasons if "ignored below" in x]) == 3
+    assert "and 7 more cgroups below matching a protect glob, not owned by root" in c.reasons

@@ -4,7 +4,10 @@ Order: importance class first (prefer, normal, avoid; protect is never
 killed), then a score, largest first. The class comes from, in this order:
 
 1. holding PID 1 or oomkiller itself, or a protected cgroup below it (by
-   glob or ``user.oomd_omit``): protect, always;
+   glob or ``user.oomd_omit``) owned by root: protect, always. Whoever owns
+   a cgroup below the job chose its name, and could otherwise make their
+   whole job unkillable with a ``mkdir``; a protect glob matching such a
+   cgroup is named in the reasons;
 2. the config's globs (protect, then avoid, then prefer; first match wins):
    the operator said so explicitly;
 3. the cgroup's systemd-oomd xattrs: ``user.oomd_omit`` (protect),
@@ -31,6 +34,8 @@ from pathlib import PurePosixPath
 from ..model import Candidate, Importance, Job, Proc, Ranking
 
 OOM_SCORE_ADJ_MIN = -1000
+# A user may make thousands of cgroups matching a protect glob: name a few.
+IGNORED_BELOW_SHOWN = 3
 OOM_SCORE_ADJ_MAX = 1000
 
 _XATTR_CLASS = (
@@ -72,7 +77,7 @@ def classify(job: Job, policy: Policy) -> tuple[Importance, str]:
     if policy.self_pid and policy.self_pid in pids:
         return Importance.PROTECT, "holds oomkiller itself"
     # Killing a job kills its whole subtree: a protected cgroup inside it
-    # protects the job.
+    # protects the job, if root made it (``job.inner`` holds only those).
     for name, xattrs in job.inner:
         if any(glob_match(name, g) for g in policy.protect):
             return Importance.PROTECT, f"holds protected '{name}'"
@@ -88,6 +93,20 @@ def classify(job: Job, policy: Policy) -> tuple[Importance, str]:
         if xattr_set(xattrs.get(name, "")):
             return imp, f"{imp.name.lower()}: xattr {name}"
     return Importance.NORMAL, "normal"
+
+
+def ignored_below(job: Job, policy: Policy) -> list[str]:
+    """The protect globs that match a cgroup below the job that is not owned
+    by root, and so do not protect it; the first few, then how many more."""
+    out = []
+    for name, uid in job.user_inner:
+        g = next((g for g in policy.protect if glob_match(name, g)), None)
+        if g is not None:
+            out.append(f"protect glob '{g}' ignored below: cgroup '{name}' owned by uid {uid}")
+    if len(out) > IGNORED_BELOW_SHOWN:
+        out[IGNORED_BELOW_SHOWN:] = [f"and {len(out) - IGNORED_BELOW_SHOWN} more cgroups below matching "
+                                     "a protect glob, not owned by root"]
+    return out
 
 
 def score(job: Job, killable: list[Proc], total_bytes: int) -> tuple[int, list[str]]:
@@ -116,6 +135,7 @@ def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
         if imp is not Importance.PROTECT and not killable:
             reasons.append("empty" if not job.procs else "no killable process")
         cands.append(Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
-                               reasons=(why, *job.ignored_xattrs, *reasons)))
+                               reasons=(why, *ignored_below(job, policy), *job.ignored_xattrs, *job.notes,
+                                        *reasons)))
     cands.sort(key=lambda c: (c.importance, -c.score_bytes, c.job.name))
     return Ranking(tuple(cands))

@@ -1,0 +1,98 @@
+"""Cgroup trees a user shapes inside their own job, on the real kernel, in
+arenas: none of them may stop every kill, nor protect the user's job.
+
+Whoever owns a cgroup (a delegated ``user@UID.service``) may name its
+children anything the kernel takes (every character but ``/`` and ``\\n``),
+nest them as deep as they like, and name them after a protected service.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+MIB = 1 << 20
+NOBODY = 65534
+
+
+def _rank(arena, *extra: str) -> list[dict]:
+    r = subprocess.run([sys.executable, "-m", "oomkiller", "rank", "--domain", arena.path, "--json", *extra],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    return json.loads(r.stdout)
+
+
+def _start(daemon, arena, *extra: str):
+    return daemon("--domain", arena.path, "--redline", "1M", "--sources", "timer",
+                  "--post-kill-delay-ms", "0", *extra)
+
+
+@pytest.mark.parametrize("odd", ["\r", "\u2028", "\x1c"], ids=repr)
+def test_a_cgroup_named_with_a_line_end_does_not_stop_the_kill(arena, daemon, odd):
+    """The kernel takes these in a cgroup's name; /proc/PID/cgroup shows the
+    name as it is. A process moved into one, before the daemon starts and
+    after, must not stop the listing."""
+    evil = arena.job("evil", v2=False)      # hybrid: its v2 cgroup is found from /proc/PID/cgroup
+    mover = arena.spawn_idle(evil, 1 * MIB)
+    late = arena.spawn_idle(evil, 1 * MIB)
+    victim = arena.job("victim")
+    v = arena.spawn_idle(victim, 32 * MIB)
+    for name, p in ((f"a{odd}b", mover),):
+        weird = os.path.join(evil.path, name)
+        os.mkdir(weird)
+        arena._dirs.append(weird)
+        with open(os.path.join(weird, "cgroup.procs"), "w") as f:
+            f.write(str(p.pid))
+    assert [c["job"] for c in _rank(arena)] == ["victim", "evil"]
+    d = _start(daemon, arena)
+    weird = os.path.join(evil.path, f"c{odd}d")     # and one made while it runs
+    os.mkdir(weird)
+    arena._dirs.append(weird)
+    with open(os.path.join(weird, "cgroup.procs"), "w") as f:
+        f.write(str(late.pid))
+    assert d.ctl("lowmem").returncode == 0
+    assert v.wait(timeout=10) == -9
+    assert mover.poll() is None and late.poll() is None
+    assert "Traceback" not in d.stderr(), d.stderr()
+
+
+def test_a_thousand_nested_cgroups_do_not_stop_the_kill(arena, daemon):
+    evil = arena.job("evil", v2=False)
+    arena.spawn_idle(evil, 1 * MIB)
+    victim = arena.job("victim")
+    v = arena.spawn_idle(victim, 32 * MIB)
+    path = evil.path
+    for _ in range(1000):
+        path = os.path.join(path, "d")
+        os.mkdir(path)
+        arena._dirs.append(path)
+    by_job = {c["job"]: c for c in _rank(arena)}        # it used to exit 1 with a RecursionError
+    assert "subtree deeper than 64 levels: not read below that" in by_job["evil"]["reasons"]
+    d = _start(daemon, arena)
+    assert d.ctl("lowmem").returncode == 0
+    assert v.wait(timeout=10) == -9
+    assert "Traceback" not in d.stderr(), d.stderr()
+
+
+def test_a_users_cgroup_named_after_a_protected_one_does_not_protect_their_job(arena, daemon):
+    job = arena.job("user-1000.slice", v2=False)
+    for p in (job.path, os.path.join(job.path, "cgroup.procs")):
+        os.chown(p, NOBODY, NOBODY)
+    user = arena.spawn_idle(job, 32 * MIB)
+    web = arena.spawn_idle(arena.job("web"), 4 * MIB)
+    inner = os.path.join(job.path, "sshd.service")
+    subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "mkdir", inner],
+                   check=True, timeout=10)
+    arena._dirs.append(inner)
+    by_job = {c["job"]: c for c in _rank(arena, "--protect", "sshd.service")}
+    u = by_job["user-1000.slice"]
+    assert u["killable"] and u["reasons"][0] == "normal"
+    assert ("protect glob 'sshd.service' ignored below: cgroup 'user-1000.slice/sshd.service' "
+            f"owned by uid {NOBODY}") in u["reasons"]
+    d = _start(daemon, arena, "--protect", "sshd.service")
+    assert d.ctl("lowmem").returncode == 0
+    assert user.wait(timeout=10) == -9
+    assert web.poll() is None
