@@ -257,22 +257,36 @@ class Cgroupfs:
         return tuple(out)
 
     def charged_bytes(self, path: str) -> int:
-        """What the job's cgroup is charged that reclaim cannot drop: anon +
-        shmem + swap, from the kernel's own accounting. Summing processes
-        would count shared memory once per process that maps it."""
+        """What the job's cgroup holds that reclaim cannot drop, from the
+        kernel's own accounting (summing processes would count shared memory
+        once per process that maps it): everything charged to it (anon,
+        shmem, and kernel memory such as pipe and socket buffers and page
+        tables, which a process can fill without one anonymous page) less the
+        clean file cache the kernel can drop, the rule the domain's free
+        memory follows; plus swap. Without a usage figure: anon + shmem."""
         try:
             stat = read_keyed(os.path.join(path, "memory.stat"))
         except OSError:
             return 0
+        usage_file, swap = "memory.current", 0
         if self.layout.memory_v1:
-            # total_rss is anonymous memory (THP included) in v1
-            return stat.get("total_rss", 0) + stat.get("total_shmem", 0) + stat.get("total_swap", 0)
-        swap = 0
+            usage_file = "memory.usage_in_bytes"
+            # v1 keeps subtree totals under total_*; total_rss is anonymous memory (THP included)
+            stat = {k[len("total_"):]: v for k, v in stat.items() if k.startswith("total_")} or stat
+            anon, swap = stat.get("rss", 0), stat.get("swap", 0)
+        else:
+            anon = stat.get("anon", 0)
+            stat = {"dirty": stat.get("file_dirty", 0), "writeback": stat.get("file_writeback", 0), **stat}
+            try:
+                swap = read_int(os.path.join(path, "memory.swap.current")) or 0
+            except OSError:
+                pass
+        pinned = anon + stat.get("shmem", 0)
         try:
-            swap = read_int(os.path.join(path, "memory.swap.current")) or 0
+            usage = read_int(os.path.join(path, usage_file)) or 0
         except OSError:
-            pass
-        return stat.get("anon", 0) + stat.get("shmem", 0) + swap
+            usage = 0
+        return max(pinned, usage - min(reclaimable_bytes(stat), usage)) + swap
 
     def job(self, path: str, domain_path: str) -> Job:
         """Read one job; raises ``Vanished`` (a FileNotFoundError) if its
@@ -389,6 +403,14 @@ class Cgroupfs:
                 break
             p = os.path.dirname(p)
         return limit, usage, {"dirty": stat.get("file_dirty", 0), "writeback": stat.get("file_writeback", 0), **stat}
+
+
+def reclaimable_bytes(stat: dict[str, int]) -> int:
+    """Clean file cache the kernel can drop at once: all of inactive_file and
+    half of active_file (the active half is the working set, which would only
+    be read back in), less dirty and writeback pages."""
+    clean = stat.get("inactive_file", 0) + stat.get("active_file", 0) // 2
+    return max(0, clean - stat.get("dirty", 0) - stat.get("writeback", 0))
 
 
 def subcgroups(path: str) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from .cgroupfs import MAX_DOMAIN_CGROUPS, Cgroupfs, walk_cgroups
+from .cgroupfs import MAX_DOMAIN_CGROUPS, Cgroupfs, reclaimable_bytes, walk_cgroups
 from .files import Vanished, read_psi_totals, vanishing
 from .model import MemorySnapshot
 from .procfs import Procfs
@@ -33,12 +33,6 @@ class DomainGone(OSError):
 
     def __str__(self) -> str:
         return self.strerror
-
-
-def reclaimable_bytes(stat: dict[str, int]) -> int:
-    """Clean file cache the kernel can drop at once (see the module docstring)."""
-    clean = stat.get("inactive_file", 0) + stat.get("active_file", 0) // 2
-    return max(0, clean - stat.get("dirty", 0) - stat.get("writeback", 0))
 
 
 def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> int:

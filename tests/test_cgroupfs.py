@@ -79,6 +79,22 @@ def test_job_charge_v1(proc_tree, tmp_path):
     assert fs.charged_bytes(str(v1.mem / "j1")) == 4320
 
 
+def test_job_charge_counts_kernel_memory_less_clean_file_cache(proc_tree, tmp_path, v2_tree):
+    # usage 10 MiB: 1 MiB anon, 8 MiB clean file cache (all inactive: reclaimable), the rest kernel
+    # memory such as pipe buffers: the charge is what reclaim cannot drop, 2 MiB, plus swap
+    MiB = 1 << 20
+    v1 = CgroupTree(tmp_path / "v1", v2=False)
+    v1.cgroup("j1", memory__usage_in_bytes=f"{10 * MiB}\n",
+              memory__stat=f"total_rss {MiB}\ntotal_inactive_file {8 * MiB}\ntotal_shmem 0\ntotal_swap 7\n")
+    fs = Cgroupfs(str(v1.root), Procfs(str(proc_tree.root)))
+    assert fs.charged_bytes(str(v1.mem / "j1")) == 2 * MiB + 7
+    # half the active file cache is the working set: it counts; dirty pages cannot be dropped at once
+    v2_tree.cgroup("j2", memory__current=f"{10 * MiB}\n", memory__swap__current="0\n",
+                   memory__stat=f"anon {MiB}\nactive_file {4 * MiB}\ninactive_file {4 * MiB}\nfile_dirty {MiB}\n")
+    fs2 = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    assert fs2.charged_bytes(str(v2_tree.mem / "j2")) == 10 * MiB - (4 * MiB + 2 * MiB - MiB)
+
+
 def test_xattrs_count_only_on_root_owned_cgroups(proc_tree, v2_tree):
     """As systemd-oomd: a user owns their delegated subtree and could set
     user.oomd_omit there to make their own cgroups unkillable."""

@@ -16,8 +16,9 @@ killed), then a score, largest first. The class comes from, in this order:
    ignored ones are named in the reasons;
 4. otherwise normal.
 
-The score is the job's committed memory (anon + shmem + swap charged to its
-cgroup, which counts shared memory once), plus the kernel's own ``oom_score_adj`` bias taken from the job's
+The score is the job's committed memory (what its cgroup is charged, kernel
+memory included, less the clean file cache the kernel can drop, plus swap:
+``Cgroupfs.charged_bytes``; it counts shared memory once), plus the kernel's own ``oom_score_adj`` bias taken from the job's
 highest adjustment among killable processes: ``adj * domain_total / 1000``, as
 ``oom_badness()`` does, so existing per-process settings keep meaning what
 they mean to the kernel. A job with ``memory.oom.group`` set is kept whole

@@ -96,3 +96,40 @@ def test_a_users_cgroup_named_after_a_protected_one_does_not_protect_their_job(a
     assert d.ctl("lowmem").returncode == 0
     assert user.wait(timeout=10) == -9
     assert web.poll() is None
+
+
+PIPES = r"""
+import fcntl, os, sys, time
+target, total, held = int(sys.argv[1]), 0, []
+chunk = b"\0" * (1 << 20)
+while total < target:
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        fcntl.fcntl(w, 1031, 1 << 20)      # F_SETPIPE_SZ
+    except OSError:
+        pass
+    try:
+        while True:
+            total += os.write(w, chunk)
+    except BlockingIOError:
+        pass
+    held.append((r, w))
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_memory_held_in_kernel_buffers_counts_in_the_score(arena):
+    # Pipe buffers are kernel memory charged to the job, not one anonymous
+    # page: a job holding 96 MiB that way ranks above one with 30 MiB of anon.
+    piper, honest = arena.job("piper"), arena.job("honest")
+    p = arena.spawn(piper, [sys.executable, "-c", PIPES, str(96 << 20)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    arena.spawn_idle(honest, 30 << 20)
+    out = subprocess.run([sys.executable, "-m", "oomkiller", "rank", "--domain", arena.path, "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    ranked = json.loads(out.stdout)
+    assert [c["job"] for c in ranked] == ["piper", "honest"], ranked
+    assert ranked[0]["score_bytes"] > 90 << 20
