@@ -39,6 +39,11 @@ MAX_CGROUPS = 10_000
 # The domain's walk for jobs visits only the cgroups above them.
 MAX_DOMAIN_CGROUPS = 100_000
 
+# Reads of a subtree that looked empty, at most, before it is taken as
+# empty: cgroup.procs files are read one after another, so a process its
+# owner moves between two cgroups of the job can be in none of the reads.
+MEMBER_READS = 5
+
 # An unexpected error reading one job is logged at most this often.
 ERROR_LOG_INTERVAL_S = 60.0
 
@@ -124,6 +129,61 @@ class Cgroupfs:
         for _, inner in _descendants(path, []):
             pids.extend(inner)
         return sorted(set(pids))
+
+    def events_populated(self, v2_path: str) -> bool | None:
+        """``populated`` of a v2 cgroup's ``cgroup.events``: whether any
+        process is in its subtree, from the kernel's own count, in one read
+        (hierarchical and atomic, unlike pid lists read one cgroup after
+        another). None if it cannot be read (v1, or gone)."""
+        try:
+            return read_keyed(os.path.join(v2_path, "cgroup.events")).get("populated") == 1
+        except (OSError, ValueError):
+            return None
+
+    def v2_mirror(self, path: str) -> str | None:
+        """The v2 cgroup at the job's path: itself on pure v2; on hybrid
+        hosts the one at the longest tail of its v1 path (systemd mirrors
+        the trees), if any. Only a hint of membership there: it may hold
+        others too (``v2_of`` checks that)."""
+        if not self.layout.memory_v1:
+            return path
+        if not self.layout.unified_root:
+            return None
+        rel = self.relative(path).strip("/").split("/")
+        for k in range(len(rel)):
+            cand = os.path.join(self.layout.unified_root, "/".join(rel[k:]))
+            if rel[k:] and os.path.isfile(os.path.join(cand, "cgroup.events")):
+                return cand
+        return None
+
+    def recheck_empty(self, path: str, v2_path: str = "") -> tuple[list[int], bool]:
+        """(pids, populated) of a subtree whose read came back empty.
+
+        Its pid lists are read one cgroup after another, so a process moved
+        between two of its cgroups while they are read is in none: an empty
+        read is not an empty job. Where the kernel gives the one atomic
+        answer (``cgroup.events`` of the job's v2 cgroup: the job itself on
+        pure v2, ``v2_path`` or its mirror on hybrid hosts), populated is
+        that; it is only believed to say "empty" on pure v2, where that
+        cgroup is the job. The subtree is also read again, up to
+        ``MEMBER_READS`` times in all, until two reads in a row list the
+        same processes (two empty reads do not count as agreeing: each is
+        as likely to have missed the mover as the first): the pids are all
+        any read saw, and a read that saw one means populated. Raises
+        ``Vanished`` if the cgroup itself is gone."""
+        v2 = v2_path or self.v2_mirror(path)
+        events = self.events_populated(v2) if v2 else None
+        if events is False and not self.layout.memory_v1:
+            return [], False
+        seen: set[int] = set()
+        prev: list[int] = []
+        for _ in range(MEMBER_READS - 1):
+            pids = self.subtree_pids(path)
+            seen.update(pids)
+            if pids and pids == prev:
+                break
+            prev = pids
+        return sorted(seen), bool(seen) or bool(events)
 
     def xattrs(self, path: str) -> tuple[tuple[str, str], ...]:
         """The systemd-oomd xattrs set on a cgroup, trusted or not."""
@@ -317,6 +377,10 @@ class Cgroupfs:
                 user_inner.append((rel, uid))
             ignored += why
             pids.extend(inner_pids)
+        populated = bool(pids)
+        if not pids:
+            # Empty as read: maybe only moving between its cgroups (see recheck_empty).
+            pids, populated = self.recheck_empty(path)
         procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
         v2 = self.v2_of(path, [p.pid for p in procs])
         v2_id = 0
@@ -333,7 +397,8 @@ class Cgroupfs:
                    procs=procs, descendants=len(inner) + len(user_inner), xattrs=xattrs,
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
                    charged_bytes=self.charged_bytes(path), inner=tuple(inner),
-                   ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes))
+                   ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
+                   populated=populated or bool(procs))
 
     def jobs(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         """Every job of the domain (see ``job_paths`` and ``job``). A job's

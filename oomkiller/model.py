@@ -129,6 +129,9 @@ class Job:
     # what the listing could not read of the job (a subtree too deep or too
     # large, an unexpected error), each as a reason
     notes: tuple[str, ...] = ()
+    # processes are in its subtree, even if none could be listed (one moved
+    # between its cgroups while they were read): set by cgroupfs
+    populated: bool = False
 
     @property
     def committed_bytes(self) -> int:

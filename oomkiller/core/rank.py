@@ -132,8 +132,13 @@ def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
         imp, why = classify(job, policy)
         killable = [p for p in job.procs if killable_proc(p, policy.self_pid)]
         s, reasons = score(job, killable, total_bytes)
-        ok = imp is not Importance.PROTECT and bool(killable)
-        if imp is not Importance.PROTECT and not killable:
+        # Populated with no process listed: they moved between the job's
+        # cgroups while being read. Empty it is not; its charge scores it.
+        moving = not job.procs and job.populated
+        ok = imp is not Importance.PROTECT and (bool(killable) or moving)
+        if moving:
+            reasons.append("processes moved while being read: populated, scored by its charge")
+        elif imp is not Importance.PROTECT and not killable:
             reasons.append("empty" if not job.procs else "no killable process")
         cands.append(Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
                                reasons=(why, *ignored_below(job, policy), *job.ignored_xattrs, *job.notes,
