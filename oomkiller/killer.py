@@ -246,6 +246,8 @@ class _Kill:
         self.exits: dict[int, int] = {}
         self.poller = select.poll()
         self.wrote_kill = False
+        self.populated_at_write = False     # cgroup.kill's cgroup was populated just before our write
+        self.unseen_left = False            # the deadline came with the job populated, no pid listed
         self.thaw_checked = False
         self.thawed = False
         self.start = 0
@@ -256,11 +258,15 @@ class _Kill:
         if os.stat(job.path).st_ino != job.inode:
             return KillResult(job, False, False, "none", error="cgroup was replaced since it was ranked")
         pids = self.cg.subtree_pids(job.path)
+        populated = bool(pids)
+        if not pids:
+            # Maybe only moving between the job's cgroups while they were read.
+            pids, populated = self.cg.recheck_empty(job.path, job.v2_path)
         if 1 in pids or self.k.self_pid in pids:
             return KillResult(job, False, False, "none", error="holds PID 1 or oomkiller: refused")
-        if not pids:
+        if not populated:
             return KillResult(job, False, False, "none", error=EMPTIED_BEFORE_SIGNAL)
-        if not set(pids) - self.spared_at_rank:
+        if pids and not set(pids) - self.spared_at_rank:
             return KillResult(job, False, False, "none", error="no killable process when the kill began")
 
         self.start = self.k.now_usec()
@@ -269,7 +275,12 @@ class _Kill:
         try:
             kill_file = None if self.spared_at_rank else self._kill_file(pids)
             if kill_file:
-                alive = self._alive_before_kill(pids)
+                alive = self._alive_before_kill(pids) if pids else {}
+                # No pid was listed alive to prove the write kills anyone
+                # (they moved between the job's cgroups while read): the
+                # kernel's count, just before it, is the proof.
+                self.populated_at_write = (not alive and
+                                           bool(self.cg.events_populated(os.path.dirname(kill_file))))
                 try:
                     _write(kill_file, "1")
                     self.wrote_kill = True
@@ -295,8 +306,15 @@ class _Kill:
                 os.close(fd)
             self.tracked.clear()
         signalled = tuple(sorted(self.signalled))
-        ours = bool(signalled)
+        # cgroup.kill written to a job populated right before the write and
+        # emptied after it: ours, though no pid of it could be listed.
+        ours = bool(signalled) or (self.wrote_kill and self.populated_at_write and not remaining
+                                   and not self.unseen_left)
         exit_usec = max(self.exits.values(), default=self.start) - self.start
+        if self.unseen_left and not remaining:
+            return KillResult(job, ours, False, method if ours else "none", signalled,
+                              f"still populated after {took // 1000} ms, its processes moving "
+                              "between its cgroups faster than they could be listed", thawed=self.thawed)
         if remaining:
             # Signalled, maybe given back by process_mrelease, but not emptied:
             # no signal_to_empty_usec, and the pids left say so.
@@ -322,8 +340,11 @@ class _Kill:
         if not self.job.v2_path:
             return None
         f = os.path.join(self.job.v2_path, "cgroup.kill")
-        # Checked again now: what is written there kills all the v2 cgroup holds.
-        if os.path.exists(f) and self.cg.only_holds(self.job.v2_path, pids):
+        # Checked again now: what is written there kills all the v2 cgroup
+        # holds. With no pid listed (they moved while read), the job's as
+        # ranked are what it may hold.
+        known = pids or [p.pid for p in self.job.procs]
+        if os.path.exists(f) and self.cg.only_holds(self.job.v2_path, known):
             return f
         return None
 
@@ -358,6 +379,17 @@ class _Kill:
                 self.thaw_checked = True
                 self.thawed = self._thaw_v1_freezer()
             left = [p for p in listed if p not in self.exempt]
+            if not listed:
+                # Empty as read is not empty: a process moved between the
+                # job's cgroups while they were read is in none of them.
+                listed, populated = self.cg.recheck_empty(self.job.path, self.job.v2_path)
+                left = [p for p in listed if p not in self.exempt]
+                if populated and not listed:
+                    if self.k.now_usec() >= self.deadline:
+                        self.unseen_left = True
+                        return []
+                    self._wait_exits(0)
+                    continue
             if not left:
                 return []
             now = self.k.now_usec()
