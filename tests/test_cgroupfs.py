@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from oomkiller.cgroupfs import MAX_DEPTH, Cgroupfs, detect_layout, walk_cgroups
+from oomkiller.cgroupfs import MAX_DEPTH, MEMBER_READS, Cgroupfs, detect_layout, walk_cgroups
 from oomkiller.procfs import Procfs
 from oomkiller.core.rank import Policy, rank
 
@@ -260,3 +260,58 @@ def test_a_cgroup_a_user_made_below_a_job_does_not_protect_it(proc_tree, v2_tree
     assert [c.job.name for c in ranking.candidates if c.killable] == ["user-1000.slice", "web"]
     (sys_slice,) = [c for c in ranking.candidates if c.job.name == "system.slice"]
     assert sys_slice.reasons[0] == "holds protected 'system.slice/sshd.service'"
+
+
+MOVED = "processes moved while being read: populated, scored by its charge"
+
+
+def test_a_populated_job_read_empty_stays_killable_scored_by_its_charge(proc_tree, v2_tree):
+    """Its owner moves a process between two of its cgroups: each
+    cgroup.procs read missed it, but cgroup.events counts it."""
+    proc_tree.proc(401, "quiet", anon_kb=12 << 10, shmem_kb=0, swap_kb=0)
+    v2_tree.cgroup("quiet", (401,))
+    v2_tree.cgroup("hopper", cgroup__events="populated 1\nfrozen 0\n",
+                   memory__stat=f"anon {120 << 20}\n", memory__current=f"{120 << 20}\n")
+    v2_tree.cgroup("hopper/a")
+    v2_tree.cgroup("hopper/b")
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    jobs = {j.name: j for j in fs.jobs(fs.resolve("host"), ("*",))}
+    assert jobs["hopper"].populated and not jobs["hopper"].procs
+    first = rank(list(jobs.values()), Policy(), 1 << 30).candidates[0]
+    assert first.job.name == "hopper" and first.killable and first.score_bytes == 120 << 20
+    assert MOVED in first.reasons and "empty" not in first.reasons
+
+
+def test_a_job_the_kernel_counts_empty_is_empty(proc_tree, v2_tree):
+    v2_tree.cgroup("gone", cgroup__events="populated 0\nfrozen 0\n")
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    reads = []
+    real = fs.subtree_pids
+    fs.subtree_pids = lambda p: reads.append(p) or real(p)
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert not job.populated and reads == []        # the kernel's word: no re-read
+    (c,) = rank([job], Policy(), 1 << 30).candidates
+    assert not c.killable and "empty" in c.reasons
+
+
+def test_v1_a_job_read_empty_is_read_again_until_two_reads_agree(proc_tree, v1_tree):
+    """v1 has no cgroup.events: the subtree is read again, and a read that
+    saw a process wins over those that did not."""
+    proc_tree.proc(501, "hopper", anon_kb=5, shmem_kb=0, swap_kb=0)
+    v1_tree.cgroup("hopper")
+    fs = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
+    reads = iter([[], [501], [501], [501]])
+    fs.subtree_pids = lambda p: next(reads)
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert job.populated and [p.pid for p in job.procs] == [501]
+    assert next(reads) == [501]         # stopped once two reads agreed
+    # empty in every read: empty, after MEMBER_READS reads in all
+    count = []
+    fs.subtree_pids = lambda p: count.append(p) or []
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert not job.populated and not job.procs and len(count) == MEMBER_READS - 1
+    # seen once among empty reads: populated
+    reads = iter([[], [], [501], []])
+    fs.subtree_pids = lambda p: next(reads)
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert job.populated and [p.pid for p in job.procs] == [501]
