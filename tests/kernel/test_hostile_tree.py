@@ -133,3 +133,73 @@ def test_memory_held_in_kernel_buffers_counts_in_the_score(arena):
     ranked = json.loads(out.stdout)
     assert [c["job"] for c in ranked] == ["piper", "honest"], ranked
     assert ranked[0]["score_bytes"] > 90 << 20
+
+
+# Moves itself between two cgroups of its job in a tight loop, in every tree
+# the job has (argv: bytes to hold, then the two cgroups' folders, each as a
+# comma-separated list over the trees), holding its memory.
+HOPPER = r"""
+import os, sys
+held = b"\x5a" * int(sys.argv[1])
+sides = [[os.open(d + "/cgroup.procs", os.O_WRONLY) for d in side.split(",")] for side in sys.argv[2:4]]
+print("ready", flush=True)
+while True:
+    for fds in sides:
+        for fd in fds:
+            os.write(fd, b"0")
+"""
+
+
+def _hopping_job(arena, name: str, v2: bool):
+    """A job whose one process (60 MiB) hops between its two child cgroups."""
+    job = arena.job(name, v2=v2)
+    sides = []
+    for side in ("a", "b"):
+        dirs = []
+        for top in job.cgroups():
+            d = os.path.join(top, side)
+            os.mkdir(d)
+            arena._dirs.append(d)
+            dirs.append(d)
+        sides.append(",".join(dirs))
+    p = arena.spawn(job, [sys.executable, "-c", HOPPER, str(60 * MIB), *sides], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return job, p
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["cgroup.kill", "v1-only"])
+def test_a_process_hopping_between_its_jobs_cgroups_does_not_make_it_look_empty(arena, daemon, v2):
+    """Pid lists are read one cgroup after another: a process moved between
+    two of them while they are read is in neither. Its job must not rank as
+    empty, nor the kill pass over it to an innocent job."""
+    from oomkiller.cgroupfs import Cgroupfs
+    from oomkiller.core.rank import Policy, rank
+    from oomkiller.killer import Killer
+
+    cg = Cgroupfs()
+    policy = Policy(self_pid=os.getpid())
+    runs = 4
+    for run in range(runs):
+        _, hopper = _hopping_job(arena, f"hop{run}", v2)
+        quiet = arena.spawn_idle(arena.job(f"quiet{run}"), 12 * MIB)
+        globs = (f"hop{run}", f"quiet{run}")
+        if run == 0:
+            for _ in range(20):
+                c = {c.job.name: c for c in rank(cg.jobs(arena.path, globs), policy, 256 << 20).candidates}
+                assert c["hop0"].killable and "empty" not in c["hop0"].reasons, c["hop0"].reasons
+                assert c["hop0"].score_bytes > c["quiet0"].score_bytes
+        ranking = rank(cg.jobs(arena.path, globs), policy, 256 << 20)
+        assert ranking.candidates[0].job.name == f"hop{run}", ranking
+        attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=5_000_000).walk(ranking)
+        assert [(c.job.name, r.ok) for c, r in attempts] == [(f"hop{run}", True)], attempts
+        assert hopper.wait(timeout=10) == -9
+        assert quiet.poll() is None
+
+    # and through the daemon's walk
+    _, hopper = _hopping_job(arena, "hopd", v2)
+    quiet = arena.spawn_idle(arena.job("quietd"), 12 * MIB)
+    d = _start(daemon, arena, "--jobs", "hopd", "--jobs", "quietd")
+    assert d.ctl("lowmem").returncode == 0
+    assert hopper.wait(timeout=10) == -9
+    assert quiet.poll() is None
+    assert "(skip) job" not in d.stderr() and "Traceback" not in d.stderr(), d.stderr()
