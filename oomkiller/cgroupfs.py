@@ -377,10 +377,13 @@ class Cgroupfs:
                 user_inner.append((rel, uid))
             ignored += why
             pids.extend(inner_pids)
-        populated = bool(pids)
+        # Populated with no process listed: they moved between its cgroups
+        # while being read (see recheck_empty). Listed processes that are
+        # gone by the time /proc is read are gone, not moving.
+        unseen = False
         if not pids:
-            # Empty as read: maybe only moving between its cgroups (see recheck_empty).
             pids, populated = self.recheck_empty(path)
+            unseen = populated and not pids
         procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
         v2 = self.v2_of(path, [p.pid for p in procs])
         v2_id = 0
@@ -398,7 +401,7 @@ class Cgroupfs:
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
                    charged_bytes=self.charged_bytes(path), inner=tuple(inner),
                    ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
-                   populated=populated or bool(procs))
+                   populated=unseen or bool(procs))
 
     def jobs(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         """Every job of the domain (see ``job_paths`` and ``job``). A job's
