@@ -43,6 +43,12 @@ MAX_DOMAIN_CGROUPS = 100_000
 # empty: cgroup.procs files are read one after another, so a process its
 # owner moves between two cgroups of the job can be in none of the reads.
 MEMBER_READS = 5
+# Where the kernel gives no atomic answer (a v1 job with no v2 cgroup) and
+# the job holds anonymous memory, which a process of it most likely owns:
+# read this many times before calling it empty. A mover missed by 40% of
+# reads is missed by all of them once in 10^6 listings.
+MEMBER_READS_SUSPECT = 16
+ANON_SUSPECT_BYTES = 1 << 20
 
 # An unexpected error reading one job is logged at most this often.
 ERROR_LOG_INTERVAL_S = 60.0
@@ -166,7 +172,8 @@ class Cgroupfs:
         pure v2, ``v2_path`` or its mirror on hybrid hosts), populated is
         that; it is only believed to say "empty" on pure v2, where that
         cgroup is the job. The subtree is also read again, up to
-        ``MEMBER_READS`` times in all, until two reads in a row list the
+        ``MEMBER_READS`` times in all (``MEMBER_READS_SUSPECT`` with no atomic
+        answer and anonymous memory charged), until two reads in a row list the
         same processes (two empty reads do not count as agreeing: each is
         as likely to have missed the mover as the first): the pids are all
         any read saw, and a read that saw one means populated. Raises
@@ -175,15 +182,26 @@ class Cgroupfs:
         events = self.events_populated(v2) if v2 else None
         if events is False and not self.layout.memory_v1:
             return [], False
+        reads = MEMBER_READS
+        if events is None and self._anon_bytes(path) >= ANON_SUSPECT_BYTES:
+            reads = MEMBER_READS_SUSPECT
         seen: set[int] = set()
         prev: list[int] = []
-        for _ in range(MEMBER_READS - 1):
+        for _ in range(reads - 1):
             pids = self.subtree_pids(path)
             seen.update(pids)
             if pids and pids == prev:
                 break
             prev = pids
         return sorted(seen), bool(seen) or bool(events)
+
+    def _anon_bytes(self, path: str) -> int:
+        """Anonymous memory charged to the subtree (0 if unknown)."""
+        try:
+            stat = read_keyed(os.path.join(path, "memory.stat"))
+        except OSError:
+            return 0
+        return stat.get("total_rss", 0) if self.layout.memory_v1 else stat.get("anon", 0)
 
     def xattrs(self, path: str) -> tuple[tuple[str, str], ...]:
         """The systemd-oomd xattrs set on a cgroup, trusted or not."""
