@@ -33,7 +33,9 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from . import __version__
     top = argparse.ArgumentParser(prog="oomkiller", description="A low-latency OOM killer for Linux cgroups.")
+    top.add_argument("--version", action="version", version=f"oomkiller {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
     _policy_args(run)

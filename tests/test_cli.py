@@ -29,3 +29,9 @@ def test_bad_domain(tmp_path):
 def test_control_without_daemon(tmp_path):
     r = run("info", "--control", str(tmp_path / "none.sock"))
     assert r.returncode == 3 and "no oomkiller daemon" in r.stderr
+
+
+def test_version():
+    from oomkiller import __version__
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"oomkiller {__version__}"
