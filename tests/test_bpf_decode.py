@@ -196,7 +196,7 @@ def Event_offset(name: str) -> int:
 
 # -- the Python mirror against the header text --------------------------------
 
-HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf", "oomkiller.h")
+HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "oomkiller", "bpf", "oomkiller.h")
 C_TYPES = {"__u64": ctypes.c_uint64, "__u32": ctypes.c_uint32, "__s32": ctypes.c_int32, "char": ctypes.c_char}
 
 

@@ -1,7 +1,7 @@
 """eBPF source: reclaim and OOM tracepoints, through bcc, as PressureEvents.
 
-The C program (``bpf/oomkiller.bpf.c``) sums reclaim stall per cgroup, sends
-one ``struct oom_event`` (``bpf/oomkiller.h``) per cgroup per rate-limit
+The C program (``oomkiller/bpf/oomkiller.bpf.c``) sums reclaim stall per cgroup, sends
+one ``struct oom_event`` (``oomkiller/bpf/oomkiller.h``) per cgroup per rate-limit
 interval through a perf buffer, and can SIGKILL a task of a pre-armed cgroup
 at its first reclaim. ``Event`` below mirrors the struct; ``layout_check_source``
 turns the mirror into static asserts that fail to compile if the two drift.
@@ -23,7 +23,7 @@ from ..files import read_text
 from ..model import EventKind, PressureEvent, Source
 from . import SourceUnavailable
 
-# Event kinds: the OOMK_KIND_* values of bpf/oomkiller.h and their names.
+# Event kinds: the OOMK_KIND_* values of oomkiller/bpf/oomkiller.h and their names.
 KIND_MEMCG_RECLAIM = 1
 KIND_DIRECT_RECLAIM = 2
 KIND_STALL = 3
@@ -68,7 +68,9 @@ _HEADER_COUNTERS = {
 COMM_LEN = 16
 PAGE_SIZE_BYTES = mmap.PAGESIZE
 
-DEFAULT_BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf")
+# The C program ships inside the package (package data), so an installed
+# wheel compiles the same source as a checkout.
+DEFAULT_BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
 PROGRAM_FILE = "oomkiller.bpf.c"
 HEADER_FILE = "oomkiller.h"
 
@@ -98,7 +100,7 @@ _MARK_VICTIM_COMM_FIELD = "__data_loc char[] comm;"
 
 
 class Event(ctypes.Structure):
-    """Mirror of ``struct oom_event`` in bpf/oomkiller.h."""
+    """Mirror of ``struct oom_event`` in oomkiller/bpf/oomkiller.h."""
 
     _fields_ = [
         ("timestamp_ns", ctypes.c_uint64),
