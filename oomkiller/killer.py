@@ -382,7 +382,12 @@ class _Kill:
             if not listed:
                 # Empty as read is not empty: a process moved between the
                 # job's cgroups while they were read is in none of them.
-                listed, populated = self.cg.recheck_empty(self.job.path, self.job.v2_path)
+                try:
+                    listed, populated = self.cg.recheck_empty(self.job.path, self.job.v2_path)
+                except OSError as e:
+                    if e.errno in GONE_ERRNOS:
+                        return None     # removed as it emptied (a transient unit): done
+                    raise
                 left = [p for p in listed if p not in self.exempt]
                 if populated and not listed:
                     if self.k.now_usec() >= self.deadline:

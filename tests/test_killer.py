@@ -167,3 +167,29 @@ def test_the_releaser_stops_asking_once_the_kernel_lacks_the_call():
     finally:
         os.close(rfd)
         os.close(wfd)
+
+
+def test_a_transient_unit_removed_as_it_empties_after_our_cgroup_kill_is_our_kill(proc_tree, v2_tree, monkeypatch):
+    # systemd removes a transient unit's cgroup as soon as it is empty: a read
+    # after our cgroup.kill may find it gone, which means done, not "vanished
+    # before the kill"
+    from oomkiller import killer as killer_mod
+    from oomkiller.files import vanishing
+    proc_tree.proc(NO_SUCH_PID, "hog", anon_kb=90_000, shmem_kb=0, swap_kb=0)
+    job_dir = v2_tree.cgroup("hog.service", (NO_SUCH_PID,), cgroup__kill="", cgroup__events="populated 1\n")
+    cg = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    ranking = rank(cg.jobs(str(v2_tree.mem), ("*",)), Policy(self_pid=os.getpid()), 1 << 30)
+    reads = iter([[NO_SUCH_PID], [NO_SUCH_PID], []])     # the kill's read, its check before the write, the sweep
+
+    def subtree_pids(path):
+        try:
+            return next(reads)
+        except StopIteration:
+            with vanishing(path):
+                raise OSError(errno.ENOENT, "No such file or directory")
+    monkeypatch.setattr(cg, "subtree_pids", subtree_pids)
+    written = []
+    monkeypatch.setattr(killer_mod, "_write", lambda path, value: written.append((path, value)))
+    (c, r), = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000).walk(ranking)
+    assert written == [(str(job_dir / "cgroup.kill"), "1")]
+    assert r.ok and r.method == "cgroup.kill" and "vanished before" not in r.error
