@@ -1,10 +1,15 @@
 # oomkiller. Every target sets up what it needs first (as root, on Debian).
 PY := .venv/bin/python
 
-.PHONY: setup run test test-unit test-kernel clean
+.PHONY: setup bench-setup run test test-unit test-kernel clean
 
 setup:
 	bash deploy/setup-host.sh
+
+# The benchmark's contenders and load tools (earlyoom, nohang, lxcfs,
+# stress-ng), installed masked: the benchmark runs them itself.
+bench-setup: setup
+	bash deploy/setup-bench.sh
 
 # The daemon on the host domain, on its defaults (redline 5% of MemTotal,
 # 1 s timer, jobs = top-level cgroups, never itself, PID 1 or a protected job).
@@ -14,13 +19,13 @@ run: setup
 # The whole suite: plain tests on fixtures, the tier that needs root, cgroups
 # and BPF on the real kernel, and the VM tier (a pure cgroup v2 guest with
 # systemd under QEMU; about 5 minutes, plus 1 to build its image the first time).
-test: setup
+test: bench-setup
 	$(PY) -m pytest -q -ra tests
 
 test-unit: setup
 	$(PY) -m pytest -q -ra tests --ignore=tests/kernel --ignore=tests/vm
 
-test-kernel: setup
+test-kernel: bench-setup
 	$(PY) -m pytest -q -ra tests/kernel
 
 clean:
@@ -31,12 +36,12 @@ clean:
 # guest tier (tests/guest/) inside: systemd on pure cgroup v2. Results, the
 # guest's journal and console land in build/vm/.
 .PHONY: test-vm
-test-vm: setup
+test-vm: bench-setup
 	$(PY) -m pytest -q -ra tests/vm
 
 # The benchmark in its short mode (a few minutes): every contender on every
 # scenario, in arenas; JSON, Markdown and PNGs in bench-out/. `--full` runs
 # the whole matrix (about 50 minutes).
 .PHONY: bench
-bench: setup
+bench: bench-setup
 	$(PY) -m oomkiller_bench --short --out bench-out

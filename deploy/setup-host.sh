@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs what oomkiller, its tests and its benchmark need on a Debian host,
-# and makes the project's virtualenv. Idempotent: a second run only checks.
+# Installs what oomkiller and its tests need on a Debian host, and makes the
+# project's virtualenv. Idempotent: a second run only checks. It changes:
 #
 #   - Debian's python3-bpfcc (the `bcc` module; the PyPI package named bcc is
-#     an unrelated project), kernel headers bcc can compile against, tracefs;
-#   - the contenders and load tools the benchmark uses;
+#     an unrelated project), python3-venv, python3-pip;
+#   - kernel headers bcc can compile against, and, when none match the
+#     running kernel, links /lib/modules/$(uname -r)/{build,source} to
+#     Debian's newest (said when made);
+#   - tracefs mounted at /sys/kernel/tracing, if it is not;
 #   - .venv: Debian's /usr/bin/python3 (bcc is built for it) with the system
 #     site-packages visible, plus from PyPI what the tests and the benchmark
 #     need (pyproject's `test` and `bench` extras: pytest, hypothesis, psutil,
@@ -12,7 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip stress-ng earlyoom nohang lxcfs)
+# The benchmark's contenders (earlyoom, nohang, lxcfs, stress-ng) are not the
+# daemon's: deploy/setup-bench.sh installs them, never enabled or running.
+APT_PACKAGES=(python3-bpfcc python3-venv python3-pip)
 kver=$(uname -r)
 
 missing=()
