@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import uuid
@@ -21,6 +22,9 @@ CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
+    # setuptools builds in the checkout's build/lib and keeps what an earlier
+    # build put there: a module removed since would ship again
+    shutil.rmtree(CHECKOUT / "build" / "lib", ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp / "dist"), str(CHECKOUT)], check=True, timeout=300, cwd=tmp)
     (wheel,) = glob.glob(str(tmp / "dist" / "oomkiller-*.whl"))
