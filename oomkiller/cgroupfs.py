@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .files import Vanished, read_int, read_keyed, read_pids, read_text, vanishing
 from .model import Job
 from .procfs import Procfs
+from .core import jobrule
 from .core.rank import glob_match, xattr_set
 
 # v1 reports "no limit" as the largest page-aligned long.
@@ -38,6 +39,11 @@ MAX_DEPTH = 64
 MAX_CGROUPS = 10_000
 # The domain's walk for jobs visits only the cgroups above them.
 MAX_DOMAIN_CGROUPS = 100_000
+# A user's service manager (user@UID.service) is walked for jobs with a
+# budget of its own: its user makes the cgroups in it, and must not use up
+# the domain's walk or make thousands of jobs. Past it, the user's manager
+# is taken whole as one job, and says why.
+MAX_USER_CGROUPS = 2_000
 
 # Reads of a subtree that looked empty, at most, before it is taken as
 # empty: cgroup.procs files are read one after another, so a process its
@@ -289,22 +295,69 @@ class Cgroupfs:
             return None
 
     # -- jobs -------------------------------------------------------------
-    def job_paths(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[str]:
-        """The domain's job cgroups: the shallowest ones matching a glob, or
-        with ``memory.oom.group`` set (the kernel kills those as one unit).
-
-        A match that holds one of the cgroups in ``keep_out`` (those of PID 1
-        and of oomkiller itself) below it is not a job: its children are
-        looked at instead, so that on a systemd host the services of
-        ``system.slice`` are jobs, and the one running oomkiller is not."""
+    def job_paths(self, domain_path: str, jobs: tuple[str, ...],
+                  keep_out: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        """The domain's job cgroups, each with what made it a job, by the
+        rule in ``core.jobrule``: ``jobs`` holds globs and, by default, the
+        word ``auto``. ``keep_out`` holds the cgroups of PID 1 and of
+        oomkiller itself: a cgroup holding one of them below it is never a
+        job, its children are looked at instead."""
         keep_out = tuple(os.path.normpath(k) for k in keep_out)
-        found = []
+        globs, auto = jobrule.globs_of(jobs)
+        found: list[tuple[str, str]] = []
+        in_user = [False]
+
+        def user_manager(full: str) -> bool:
+            """Walk a user's manager with its own budget (not nested: a
+            user may name a cgroup of theirs user@N.service too)."""
+            start, cut = len(found), []
+            in_user[0] = True
+            try:
+                for _ in walk_cgroups(full, descend, cut, max_cgroups=MAX_USER_CGROUPS):
+                    pass
+            finally:
+                in_user[0] = False
+            if cut:
+                del found[start:]
+                found.append((full, f"user manager taken whole: {'; '.join(cut)}"))
+                self._warn(full, f"{os.path.relpath(full, domain_path)}: {'; '.join(cut)}: "
+                                 "its jobs are taken as one")
+            return False
 
         def descend(full: str) -> bool:
             name = os.path.relpath(full, domain_path)
             holds_kept = any(k.startswith(full + "/") for k in keep_out)
-            if not holds_kept and (any(glob_match(name, g) for g in globs) or self.oom_group(full)):
-                found.append(full)
+            if not holds_kept:
+                g = next((g for g in globs if glob_match(name, g)), None)
+                if g is not None:
+                    found.append((full, f"glob '{g}'"))
+                    return False
+                if self.oom_group(full):
+                    found.append((full, "memory.oom.group"))
+                    return False
+            if not auto:
+                return True
+            verdict, why = jobrule.by_name(name)
+            if holds_kept:
+                return user_manager(full) if why == jobrule.USER_MANAGER and not in_user[0] else True
+            if verdict is not jobrule.Verdict.JOB:
+                try:
+                    own = bool(read_pids(os.path.join(full, "cgroup.procs")))
+                except Vanished:
+                    return False
+                except OSError:
+                    own = False     # a threaded cgroup: its processes show above it
+                if verdict is jobrule.Verdict.CONTENT:
+                    verdict, why = jobrule.by_content(own, bool(subcgroups(full)))
+                elif own:
+                    # A slice holds no process under systemd; one that does
+                    # (its owner put them there) is a job, or they would be
+                    # in none.
+                    verdict, why = jobrule.Verdict.JOB, f"{why} with processes of its own"
+                elif why == jobrule.USER_MANAGER and not in_user[0]:
+                    return user_manager(full)
+            if verdict is jobrule.Verdict.JOB:
+                found.append((full, why))
                 return False
             return True
         cut: list[str] = []
@@ -366,7 +419,7 @@ class Cgroupfs:
             usage = 0
         return max(pinned, usage - min(reclaimable_bytes(stat), usage)) + swap
 
-    def job(self, path: str, domain_path: str) -> Job:
+    def job(self, path: str, domain_path: str, rule: str = "") -> Job:
         """Read one job; raises ``Vanished`` (a FileNotFoundError) if its
         cgroup is gone. Descendants and processes that vanish while being
         read are left out.
@@ -419,30 +472,30 @@ class Cgroupfs:
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
                    charged_bytes=self.charged_bytes(path), inner=tuple(inner),
                    ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
-                   populated=unseen or bool(procs))
+                   populated=unseen or bool(procs), rule=rule)
 
-    def jobs(self, domain_path: str, globs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
+    def jobs(self, domain_path: str, jobs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         """Every job of the domain (see ``job_paths`` and ``job``). A job's
         cgroup is its owner's to shape: an error reading one job that is not
         its being gone is logged (at most once a minute) and that job kept
         with what could be read of it, or left out if nothing could, so
         that the others are still listed and a kill can still happen."""
         out = []
-        for path in self.job_paths(domain_path, globs, keep_out):
+        for path, rule in self.job_paths(domain_path, jobs, keep_out):
             try:
-                out.append(self.job(path, domain_path))
+                out.append(self.job(path, domain_path, rule))
             except Vanished:
                 continue    # removed between the walk and the read: not a job any more
             except Exception as e:     # noqa: BLE001 - one job must not stop the listing
                 name = os.path.relpath(path, domain_path)
                 why = f"{type(e).__name__}: {e}"
                 self._warn(path, f"job {name}: cannot be read in full ({why}); listed with what could be read")
-                job = self._partial_job(path, domain_path, why)
+                job = self._partial_job(path, domain_path, why, rule)
                 if job is not None:
                     out.append(job)
         return out
 
-    def _partial_job(self, path: str, domain_path: str, why: str) -> Job | None:
+    def _partial_job(self, path: str, domain_path: str, why: str, rule: str = "") -> Job | None:
         """What can be read of a job whose full read failed: its cgroup, its
         own processes and its charge, without its subtree. None if even that
         fails."""
@@ -453,7 +506,7 @@ class Cgroupfs:
             procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
             return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode, procs=procs,
                        charged_bytes=self.charged_bytes(path),
-                       notes=(f"read in part: {why}; its subtree is not known",))
+                       notes=(f"read in part: {why}; its subtree is not known",), rule=rule)
         except Exception:   # noqa: BLE001
             return None
 

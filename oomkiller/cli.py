@@ -24,7 +24,9 @@ CONTROL_COMMANDS = ("info", "start", "stop", "print", "lowmem")
 def _policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file (also $OOMKILLER_CONFIG)")
     p.add_argument("--domain", metavar="host|CGROUP_DIR", help="what free/total memory means (default host)")
-    p.add_argument("--jobs", metavar="GLOB", action="append", help="which cgroups are jobs (default: the domain's children)")
+    p.add_argument("--jobs", metavar="GLOB", action="append", help="a cgroup matching GLOB is a job; the word 'auto' (the default) adds the "
+                   "rule of names: systemd units and pods are jobs, slices never, elsewhere cgroups "
+                   "with processes")
     p.add_argument("--protect", metavar="GLOB", action="append", help="never kill jobs matching GLOB")
     p.add_argument("--avoid", metavar="GLOB", action="append", help="kill jobs matching GLOB last")
     p.add_argument("--prefer", metavar="GLOB", action="append", help="kill jobs matching GLOB first")

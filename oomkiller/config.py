@@ -258,8 +258,8 @@ def _globs(v: Any) -> tuple[str, ...]:
 def _jobs(v: Any) -> tuple[str, ...]:
     globs = _globs(v)
     if not globs:
-        raise ValueError("no globs: no job could ever be killed (the default \"*\" makes the domain's "
-                         "children jobs)")
+        raise ValueError("no globs: no job could ever be killed (the default \"auto\" makes units, pods "
+                         "and cgroups with processes jobs)")
     return globs
 
 
@@ -310,7 +310,10 @@ class Config:
     post_kill_delay_ms: int = 500
     kill_timeout_ms: int = 5000
     control_socket: str = "/run/oomkiller/control.sock"
-    jobs: tuple[str, ...] = ("*",)
+    # What is a job (core.jobrule): "auto" is the rule of names (systemd
+    # units and pods, never slices; elsewhere cgroups holding processes);
+    # globs add jobs where they match.
+    jobs: tuple[str, ...] = ("auto",)
     protect: tuple[str, ...] = ()
     avoid: tuple[str, ...] = ()
     prefer: tuple[str, ...] = ()

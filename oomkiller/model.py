@@ -132,6 +132,8 @@ class Job:
     # processes are in its subtree, even if none could be listed (one moved
     # between its cgroups while they were read): set by cgroupfs
     populated: bool = False
+    # what made the cgroup a job (see core.jobrule): "systemd unit", "glob '…'", ...
+    rule: str = ""
 
     @property
     def committed_bytes(self) -> int:

@@ -36,7 +36,7 @@ def test_defaults():
     c = cfg.load()
     assert c.sleep_ms == 1000 and c.autostart and not c.dry_run
     assert c.redline.resolve_bytes(20000) == 1000
-    assert c.jobs == ("*",)
+    assert c.jobs == ("auto",)
 
 
 def test_precedence_cmdline_file_env_cli(tmp_path):

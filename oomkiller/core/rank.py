@@ -140,8 +140,9 @@ def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
             reasons.append("processes moved while being read: populated, scored by its charge")
         elif imp is not Importance.PROTECT and not killable:
             reasons.append("empty" if not job.procs else "no killable process")
+        rule = (f"job: {job.rule}",) if job.rule else ()
         cands.append(Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
                                reasons=(why, *ignored_below(job, policy), *job.ignored_xattrs, *job.notes,
-                                        *reasons)))
+                                        *reasons, *rule)))
     cands.sort(key=lambda c: (c.importance, -c.score_bytes, c.job.name))
     return Ranking(tuple(cands))
