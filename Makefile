@@ -12,7 +12,8 @@ bench-setup: setup
 	bash deploy/setup-bench.sh
 
 # The daemon on the host domain, on its defaults (redline 5% of MemTotal,
-# 1 s timer, jobs = top-level cgroups, never itself, PID 1 or a protected job).
+# 1 s timer, jobs = units, scopes and pods (each desktop app a job), never
+# itself, PID 1 or a protected job).
 run: setup
 	$(PY) -m oomkiller run
 

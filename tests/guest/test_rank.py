@@ -77,8 +77,8 @@ def test_the_daemon_ranks_services_and_scopes_by_class_then_size(jobs):
 
 def test_the_daemon_its_runner_and_pid1_are_never_candidates(jobs):
     by_job = {c["job"]: c for c in ranking()}
-    # the shipped `jobs = ["*"]` on systemd: system.slice holds the daemon,
-    # so its services are the jobs, not the slice
+    # the shipped `jobs = ["auto"]` on systemd: services and scopes are jobs,
+    # slices never
     assert PREFIX.rstrip("/") not in by_job
     assert not by_job[PREFIX + "oomkiller.service"]["killable"]
     assert "holds oomkiller itself" in by_job[PREFIX + "oomkiller.service"]["reasons"]
