@@ -20,6 +20,8 @@
  *   EVENT_SIZE          sizeof the Python mirror of struct oom_event
  *   HAVE_TP_*           the tracepoint exists on this kernel
  *   MARK_VICTIM_RSS, MARK_VICTIM_COMM  oom:mark_victim carries sizes / comm (older kernels: pid only)
+ *   DOMAIN_FILTER       the domain is a cgroup: events of tasks outside its v2
+ *                       subtree (`domain_cg`, set from user space) are counted, not sent
  */
 #include "oomkiller.h"
 
@@ -60,12 +62,31 @@ BPF_CGROUP_ARRAY(armed_cg, 1);          /* the armed job's v2 cgroup: its whole 
 BPF_TABLE("lru_hash", u32, u32, failed_reclaims, 10240);    /* tid -> failed reclaims in a row */
 #endif
 BPF_TABLE("lru_hash", u64, struct cg_state, cgroups, 4096);  /* cgroup v2 id -> state */
+#ifdef DOMAIN_FILTER
+BPF_CGROUP_ARRAY(domain_cg, 1);         /* the domain's v2 cgroup */
+#endif
 
 static __always_inline void count(u32 idx)
 {
 	u64 *c = counters.lookup(&idx);
 	if (c)
 		(*c)++;
+}
+
+/* Whether the current task's memory is the domain's business. Filtered here,
+ * before any per-cgroup state is made or any event sent: reclaim elsewhere
+ * on the machine must cost user space nothing and must not evict the
+ * domain's cgroups from the `cgroups` table. Until user space has set
+ * `domain_cg` (a negative answer), everything passes. */
+static __always_inline int in_domain(void)
+{
+#ifdef DOMAIN_FILTER
+	if (domain_cg.check_current_task(0) == 0) {
+		count(OOMK_COUNTER_OUTSIDE);
+		return 0;
+	}
+#endif
+	return 1;
 }
 
 static __always_inline void fill(struct oom_event *ev, u32 kind, u64 cg, u64 now)
@@ -123,6 +144,8 @@ static __always_inline int reclaim_begin(void *ctx, u32 kind, int order, u64 gfp
 
 	struct reclaim_info rb = {.ns = now, .gfp = gfp, .order = order};
 
+	if (!in_domain())
+		return 0;
 	reclaim_start.update(&tid, &rb);
 	st = state_of(cg, now, &fresh);
 	if (!st)
@@ -262,6 +285,8 @@ static __always_inline int pressure(struct oom_event *ev, u32 kind)
 	struct cg_state *st;
 	int fresh;
 
+	if (!in_domain())
+		return 0;
 	st = state_of(cg, now, &fresh);
 	if (!st || !rate_ok(st, now))
 		return 0;

@@ -45,7 +45,8 @@
 #define OOMK_COUNTER_RATE_LIMITED   0   /* events not sent: the cgroup's rate limit */
 #define OOMK_COUNTER_SIGNAL_FAILED  1   /* bpf_send_signal() returned an error */
 #define OOMK_COUNTER_STATE_FULL     2   /* no per-cgroup state could be made */
-#define OOMK_COUNTERS               3
+#define OOMK_COUNTER_OUTSIDE        3   /* events of tasks outside the domain, not sent */
+#define OOMK_COUNTERS               4
 
 #define OOMK_COMM_LEN 16
 

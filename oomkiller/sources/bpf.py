@@ -12,6 +12,7 @@ RSS, and a daemon without BPF should not pay for it.
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
 import os
 import re
@@ -22,6 +23,8 @@ import time
 from ..files import read_text
 from ..model import EventKind, PressureEvent, Source
 from . import SourceUnavailable
+
+log = logging.getLogger("oomkiller")
 
 # Event kinds: the OOMK_KIND_* values of oomkiller/bpf/oomkiller.h and their names.
 KIND_MEMCG_RECLAIM = 1
@@ -58,11 +61,13 @@ _HEADER_KINDS = {
 COUNTER_RATE_LIMITED = 0
 COUNTER_SIGNAL_FAILED = 1
 COUNTER_STATE_FULL = 2
+COUNTER_OUTSIDE = 3
 _HEADER_COUNTERS = {
     "OOMK_COUNTER_RATE_LIMITED": COUNTER_RATE_LIMITED,
     "OOMK_COUNTER_SIGNAL_FAILED": COUNTER_SIGNAL_FAILED,
     "OOMK_COUNTER_STATE_FULL": COUNTER_STATE_FULL,
-    "OOMK_COUNTERS": 3,
+    "OOMK_COUNTER_OUTSIDE": COUNTER_OUTSIDE,
+    "OOMK_COUNTERS": 4,
 }
 
 COMM_LEN = 16
@@ -260,7 +265,7 @@ class BpfSource:
                  bpf_dir: str | None = None, tracefs: str = "/sys/kernel/tracing",
                  modules_dir: str = "/lib/modules", perf_pages: int = PERF_PAGES,
                  arm_min_reclaimed_pages: int = ARM_MIN_RECLAIMED_PAGES, prearm: bool = True,
-                 arm_reclaim: str = "memcg") -> None:
+                 arm_reclaim: str = "memcg", domain_v2: str | None = None) -> None:
         for key, value in (("stall_threshold_usec", stall_threshold_usec), ("window_usec", window_usec),
                            ("rate_limit_usec", rate_limit_usec)):
             if value < 0:
@@ -281,6 +286,9 @@ class BpfSource:
         self.tracefs = tracefs
         self.modules_dir = modules_dir
         self.perf_pages = perf_pages
+        # A cgroup domain's v2 cgroup: the program sends only its tasks' events.
+        self.domain_v2 = domain_v2
+        self.domain_filter = "off: the host is the domain" if domain_v2 is None else ""
         self.lost_perf = 0
         self.events_total = 0
         self.events_by_kind: dict[str, int] = {}
@@ -302,6 +310,8 @@ class BpfSource:
             f"-DEVENT_SIZE={EVENT_SIZE}",
         ]
         out += [f"-D{flag}" for flag, on in flags.items() if on]
+        if self.domain_v2 is not None:
+            out.append("-DDOMAIN_FILTER")
         if self.prearm:
             no_oom = (gfp_bit(self.tracefs, "__GFP_NORETRY", GFP_NORETRY_DEFAULT)
                       | gfp_bit(self.tracefs, "__GFP_RETRY_MAYFAIL", GFP_RETRY_MAYFAIL_DEFAULT))
@@ -355,7 +365,25 @@ class BpfSource:
         except Exception as e:
             self.close()
             raise SourceUnavailable(f"BPF program loaded but its maps could not be opened: {e}") from None
+        if self.domain_v2 is not None:
+            self._set_domain(self.domain_v2)
         self.load_usec = int((time.monotonic() - started) * 1e6)
+
+    def _set_domain(self, path: str) -> None:
+        """Put the domain's v2 cgroup in the program's filter. If that
+        fails, every event passes, as without a filter, and ``info`` says
+        why."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self._bpf[b"domain_cg"][0] = fd
+            finally:
+                os.close(fd)
+        except Exception as e:     # noqa: BLE001 - the filter is an economy, not a need
+            self.domain_filter = f"off: {path}: {e}"
+            log.warning("OOM: ebpf: events are not filtered to the domain: %s: %s", path, e)
+            return
+        self.domain_filter = path
 
     def close(self) -> None:
         """Detach the probes and free the maps (and with them any armed kill)."""
@@ -447,9 +475,9 @@ class BpfSource:
         return self._counter(COUNTER_RATE_LIMITED)
 
     @property
-    def lost_events(self) -> int:
-        """Perf-buffer samples lost plus rate-limited events."""
-        return self.lost_perf + self.rate_limited
+    def outside_domain(self) -> int:
+        """Events of tasks outside the domain the program did not send."""
+        return self._counter(COUNTER_OUTSIDE)
 
     def stats(self) -> dict:
         """Numbers for ``oomkiller info``."""
@@ -458,9 +486,12 @@ class BpfSource:
             "live": self.live,
             "events": self.events_total,
             "events_by_kind": dict(self.events_by_kind),
+            # lost: the perf buffer was full; rate limited and outside the
+            # domain: not sent, by design
             "lost_perf": self.lost_perf,
             "rate_limited": self.rate_limited,
-            "lost_events": self.lost_events,
+            "outside_domain": self.outside_domain,
+            "domain_filter": self.domain_filter,
             "signal_failed": self._counter(COUNTER_SIGNAL_FAILED),
             "cgroup_state_full": self._counter(COUNTER_STATE_FULL),
             "prearm": self.prearm,

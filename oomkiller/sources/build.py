@@ -89,7 +89,11 @@ def build_sources(conf: Config, domain: Domain) -> Built:
     if "ebpf" in wanted:
         from .bpf import BpfSource, PreArm
         try:
-            bpf = BpfSource(prearm="prearm" in wanted, arm_reclaim="direct" if domain.is_host else "memcg")
+            v2 = None if domain.is_host else domain.cgroupfs.v2_counterpart(domain.path)
+            bpf = BpfSource(prearm="prearm" in wanted, arm_reclaim="direct" if domain.is_host else "memcg",
+                            domain_v2=v2)
+            if not domain.is_host and v2 is None:
+                bpf.domain_filter = "off: the domain's cgroup v2 counterpart is not known"
             bpf.start()
         except (SourceUnavailable, OSError) as e:
             unavailable["ebpf"] = str(e)

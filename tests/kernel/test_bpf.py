@@ -129,10 +129,42 @@ def test_reclaim_burst_is_rate_limited_per_cgroup(disk_dir):
         assert min(gaps) >= rate_limit_usec - 1, gaps
         assert suppressed > len(ours)
         stats = src.stats()
-        assert stats["lost_events"] == stats["lost_perf"] + stats["rate_limited"]
-        assert stats["rate_limited"] >= suppressed
+        assert stats["rate_limited"] >= suppressed and "lost_events" not in stats
+        assert stats["domain_filter"] == "off: the host is the domain" and stats["outside_domain"] == 0
     finally:
         src.close()
+
+
+def test_reclaim_outside_a_cgroup_domain_never_reaches_user_space(disk_dir):
+    # Two arenas: the domain, and another cgroup reclaiming beside it. The
+    # program filters by the domain's v2 cgroup before it sends anything.
+    with Arena(arena_name("dom"), 64 * MIB) as dom, Arena(arena_name("out"), 64 * MIB) as out:
+        src = BpfSource(stall_threshold_usec=1, window_usec=100_000, rate_limit_usec=10_000,
+                        domain_v2=dom.v2_path)
+        src.start()
+        try:
+            assert src.stats()["domain_filter"] == dom.v2_path
+            outside = out.job("writer")
+            dd = writer(out, outside, os.path.join(disk_dir, "out"), 256)
+            got = []
+            while dd.poll() is None:
+                got += collect(src, lambda evs: False, 0.05)
+            assert dd.returncode == 0
+            got += collect(src, lambda evs: False, 0.1)
+            assert not [e for _t, e in got if e.cgroup_id == outside.v2_id]
+            filtered = src.outside_domain
+            assert filtered > 0
+            inside = dom.job("writer")
+            dd = writer(dom, inside, os.path.join(disk_dir, "in"), 256)
+            got = []
+            while dd.poll() is None:
+                got += collect(src, lambda evs: False, 0.05)
+            got += collect(src, lambda evs: False, 0.1)
+            ours = [e for _t, e in got if e.cgroup_id == inside.v2_id]
+            assert ours and {e.kind for e in ours} <= {"memcg_reclaim", "stall", "kswapd", "direct_reclaim"}
+            assert not [e for _t, e in got if e.cgroup_id == outside.v2_id]
+        finally:
+            src.close()
 
 
 def test_armed_cgroup_dies_at_its_failed_reclaim_before_the_kernel_oom_killer(source):
