@@ -158,22 +158,36 @@ def test_session_scopes_as_last_resort_is_one_avoid_glob(tmp_path, proc_tree):
 
 def test_container_host_pods_containers_and_services(tmp_path, proc_tree):
     rows = table(walk(build(tmp_path, proc_tree, CONTAINER_HOST)))
+    # pods in the kubelet's eviction order: BestEffort, Burstable, Guaranteed
     assert rows == [
-        ("kubepods.slice/kubepods-pod11aa_22bb.slice", "Kubernetes pod", "normal", True),
+        ("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod55ee_66ff.slice", "Kubernetes pod",
+         "prefer", True),
         ("kubepods/burstable/pod0b1c2d3e-aaaa-bbbb-cccc-123456789abc", "Kubernetes pod", "normal", True),
         ("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod33cc_44dd.slice", "Kubernetes pod",
          "normal", True),
         ("system.slice/docker-1f2e3d.scope", "systemd unit", "normal", True),
         ("docker/7a6b5c4d", "cgroup with processes", "normal", True),
         ("system.slice/kubelet.service", "systemd unit", "normal", True),
-        ("kubepods/pod9f8e7d6c-dddd-eeee-ffff-cba987654321", "Kubernetes pod", "normal", True),
         ("system.slice/containerd.service", "systemd unit", "normal", True),
         ("lxc.payload.web", "LXC container", "normal", True),
-        ("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod55ee_66ff.slice", "Kubernetes pod",
-         "normal", True),
         ("lxc.monitor.web", "cgroup with processes", "normal", True),
+        ("kubepods.slice/kubepods-pod11aa_22bb.slice", "Kubernetes pod", "avoid", True),
+        ("kubepods/pod9f8e7d6c-dddd-eeee-ffff-cba987654321", "Kubernetes pod", "avoid", True),
         ("init.scope", "systemd unit", "protect", False),
     ]
+
+
+def test_guaranteed_pods_are_ordered_by_size_not_name(tmp_path, proc_tree):
+    # the kubelet gives every Guaranteed pod oom_score_adj -997: the bias
+    # clamps their scores at 0, and the charge must still order them
+    shape = {"kubepods/pod0aaa-1111/c": {110: 200}, "kubepods/pod0bbb-2222/c": {111: 6000}}
+    fs = build(tmp_path, proc_tree, shape)
+    for pid in (110, 111):
+        (tmp_path / "proc" / str(pid) / "oom_score_adj").write_text("-997\n")
+    ranking = walk(fs)
+    assert [c.job.name for c in ranking.candidates] == ["kubepods/pod0bbb-2222", "kubepods/pod0aaa-1111"]
+    assert {c.score_bytes for c in ranking.candidates} == {0}
+    assert "avoid: Kubernetes QoS Guaranteed" in ranking.candidates[0].reasons
 
 
 @pytest.mark.parametrize("v2", [True, False], ids=["v2", "v1"])

@@ -14,7 +14,10 @@ killed), then a score, largest first. The class comes from, in this order:
    ``user.oomd_avoid``, ``user.oomd_prefer``; only those of cgroups owned
    by root reach the ranker (see ``Cgroupfs.trusted_xattrs``), and the
    ignored ones are named in the reasons;
-4. otherwise normal.
+4. a Kubernetes pod's QoS class, from where the kubelet put its cgroup, in
+   the kubelet's own eviction order: BestEffort (prefer), Burstable
+   (normal), Guaranteed (avoid);
+5. otherwise normal.
 
 The score is the job's committed memory (what its cgroup is charged, kernel
 memory included, less the clean file cache the kernel can drop, plus swap:
@@ -29,6 +32,7 @@ has ``oom_score_adj=-1000``, is a kernel thread or a zombie.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -44,6 +48,27 @@ _XATTR_CLASS = (
     ("user.oomd_avoid", Importance.AVOID),
     ("user.oomd_prefer", Importance.PREFER),
 )
+
+
+# The kubelet's cgroup layout: systemd driver (kubepods-burstable-pod<uid>.slice,
+# kubepods-pod<uid>.slice for Guaranteed) and cgroupfs driver
+# (kubepods/burstable/pod<uid>, kubepods/pod<uid>).
+_POD_QOS = (
+    (re.compile(r"(?:^|/)kubepods-besteffort-pod[^/]*\.slice$|(?:^|/)kubepods/besteffort/pod[^/]*$"),
+     "BestEffort", Importance.PREFER),
+    (re.compile(r"(?:^|/)kubepods-burstable-pod[^/]*\.slice$|(?:^|/)kubepods/burstable/pod[^/]*$"),
+     "Burstable", Importance.NORMAL),
+    (re.compile(r"(?:^|/)kubepods-pod[^/]*\.slice$|(?:^|/)kubepods/pod[^/]*$"),
+     "Guaranteed", Importance.AVOID),
+)
+
+
+def pod_qos(name: str) -> tuple[str, Importance] | None:
+    """A pod job's QoS class and the importance it gives, by its cgroup's path."""
+    for pattern, qos, imp in _POD_QOS:
+        if pattern.search(name):
+            return qos, imp
+    return None
 
 
 def glob_match(name: str, pattern: str) -> bool:
@@ -93,6 +118,9 @@ def classify(job: Job, policy: Policy) -> tuple[Importance, str]:
     for name, imp in _XATTR_CLASS:
         if xattr_set(xattrs.get(name, "")):
             return imp, f"{imp.name.lower()}: xattr {name}"
+    qos = pod_qos(job.name)
+    if qos is not None:
+        return qos[1], f"{qos[1].name.lower()}: Kubernetes QoS {qos[0]}"
     return Importance.NORMAL, "normal"
 
 
@@ -144,5 +172,7 @@ def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
         cands.append(Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
                                reasons=(why, *ignored_below(job, policy), *job.ignored_xattrs, *job.notes,
                                         *reasons, *rule)))
-    cands.sort(key=lambda c: (c.importance, -c.score_bytes, c.job.name))
+    # Equal scores (a bias clamped at 0: the kubelet gives every Guaranteed
+    # pod oom_score_adj -997) fall back on the charge, then the name.
+    cands.sort(key=lambda c: (c.importance, -c.score_bytes, -c.job.committed_bytes, c.job.name))
     return Ranking(tuple(cands))
