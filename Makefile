@@ -28,6 +28,12 @@ test-unit: setup
 test-kernel: bench-setup
 	$(PY) -m pytest -q -ra tests/kernel
 
+# The man page, oomkiller(8), regenerated from the argument parser (argparse-manpage,
+# pyproject's `man` extra); tests/test_manpage.py fails when it is stale.
+.PHONY: man
+man: setup
+	$(PY) deploy/manpage.py deploy/oomkiller.8
+
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
 

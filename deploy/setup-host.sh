@@ -11,8 +11,8 @@
 #   - tracefs mounted at /sys/kernel/tracing, if it is not;
 #   - .venv: Debian's /usr/bin/python3 (bcc is built for it) with the system
 #     site-packages visible, plus from PyPI what the tests and the benchmark
-#     need (pyproject's `test` and `bench` extras: pytest, hypothesis, psutil,
-#     matplotlib); the daemon itself needs none of them.
+#     need (pyproject's `test`, `bench` and `man` extras: pytest, hypothesis,
+#     psutil, matplotlib, argparse-manpage); the daemon itself needs none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,8 +59,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c "import oomkiller, psutil, pytest, matplotlib, hypothesis" 2>/dev/null; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
+if ! .venv/bin/python -c "import oomkiller, psutil, pytest, matplotlib, hypothesis, argparse_manpage" 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench,man]'
 fi
 .venv/bin/python -c "import bcc" 2>/dev/null || echo "setup: bcc does not import in .venv: eBPF sources will be unavailable" >&2
 echo "setup: ready"
