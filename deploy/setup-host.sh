@@ -13,8 +13,13 @@
 #     site-packages visible, plus from PyPI what the tests and the benchmark
 #     need (pyproject's `test`, `bench` and `man` extras: pytest, hypothesis,
 #     psutil, matplotlib, argparse-manpage); the daemon itself needs none.
+#
+# --no-venv: only the host's part, for `make install` (which makes its own
+# venv in /opt/oomkiller).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_venv=1
+if [ "${1:-}" = "--no-venv" ]; then with_venv=""; fi
 
 # The benchmark's contenders (earlyoom, nohang, lxcfs, stress-ng) are not the
 # daemon's: deploy/setup-bench.sh installs them, never enabled or running.
@@ -54,6 +59,12 @@ fi
 
 if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
   mount -t tracefs tracefs /sys/kernel/tracing && echo "setup: mounted tracefs"
+fi
+
+if [ -z "$with_venv" ]; then
+  /usr/bin/python3 -c "import bcc" 2>/dev/null || echo "setup: bcc does not import: eBPF sources will be unavailable" >&2
+  echo "setup: host ready"
+  exit 0
 fi
 
 if [ ! -x .venv/bin/python ]; then
