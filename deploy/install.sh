@@ -142,7 +142,8 @@ install_all() {
     cp -r "$CHECKOUT/pyproject.toml" "$CHECKOUT/README.md" "$CHECKOUT/LICENSE" "$CHECKOUT/oomkiller" "$tmp/"
     "$venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
       -w "$tmp/dist" "$tmp" >/dev/null
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-index --force-reinstall \
+    # dependencies: none on Python 3.11+; tomli before (pip takes the system's if it has one)
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall \
       "$tmp"/dist/oomkiller-*.whl >/dev/null
     say "installed oomkiller $("$venv/bin/oomkiller" --version | cut -d' ' -f2) into $venv"
     rm -rf "$tmp"
