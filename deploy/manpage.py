@@ -31,9 +31,9 @@ EXIT_MEANINGS = {
     "EXIT_OK": "Success.",
     "EXIT_FAILURE": "The daemon failed at run time, e.g. another daemon holds the control socket.",
     "EXIT_CONFIG": "A bad command line, config file, environment variable, kernel command line flag or "
-                   "domain; a control socket or record file path that is not safe or cannot be made; "
-                   "not root where root is needed.",
-    "EXIT_UNREACHABLE": "A control command found no daemon on the control socket.",
+                   "domain; a control socket or record file path that is not safe or cannot be made "
+                   "(as the default socket, for a user other than root).",
+    "EXIT_UNREACHABLE": "A control command found no daemon on the control socket, or may not reach it.",
     "EXIT_DENIED": "The daemon refused a control command: only root may change it.",
 }
 
