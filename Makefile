@@ -14,14 +14,14 @@ setup:
 # project's .venv. DESTDIR=DIR stages it all below DIR and touches nothing else.
 install:
 ifeq ($(DESTDIR),)
-	bash deploy/setup-host.sh --no-venv
+	@bash deploy/setup-host.sh --no-venv
 endif
-	bash deploy/install.sh install
+	@bash deploy/install.sh install
 
 # Removes exactly what install made (listed in /opt/oomkiller/installed),
 # stopping and disabling the unit first; keeps a config the operator edited.
 uninstall:
-	bash deploy/install.sh uninstall
+	@bash deploy/install.sh uninstall
 
 # The benchmark's contenders and load tools (earlyoom, nohang, lxcfs,
 # stress-ng), installed masked: the benchmark runs them itself.
