@@ -1,10 +1,27 @@
 # oomkiller. Every target sets up what it needs first (as root, on Debian).
 PY := .venv/bin/python
 
-.PHONY: setup bench-setup run test test-unit test-kernel clean
+.PHONY: setup bench-setup run test test-unit test-kernel clean install uninstall
 
 setup:
 	bash deploy/setup-host.sh
+
+# The daemon as a host service (deploy/install.sh says what goes where and
+# why): the package in a venv at /opt/oomkiller, /usr/local/sbin/oomkiller,
+# the unit in /usr/local/lib/systemd/system (not enabled), the config in
+# /etc/oomkiller (never overwritten) and oomkiller(8). First the host's
+# packages, as setup installs them (bcc, venv, headers), but not the
+# project's .venv. DESTDIR=DIR stages it all below DIR and touches nothing else.
+install:
+ifeq ($(DESTDIR),)
+	@bash deploy/setup-host.sh --no-venv
+endif
+	@bash deploy/install.sh install
+
+# Removes exactly what install made (listed in /opt/oomkiller/installed),
+# stopping and disabling the unit first; keeps a config the operator edited.
+uninstall:
+	@bash deploy/install.sh uninstall
 
 # The benchmark's contenders and load tools (earlyoom, nohang, lxcfs,
 # stress-ng), installed masked: the benchmark runs them itself.
@@ -28,6 +45,12 @@ test-unit: setup
 
 test-kernel: bench-setup
 	$(PY) -m pytest -q -ra tests/kernel
+
+# The man page, oomkiller(8), regenerated from the argument parser (argparse-manpage,
+# pyproject's `man` extra); tests/test_manpage.py fails when it is stale.
+.PHONY: man
+man: setup
+	$(PY) deploy/manpage.py deploy/oomkiller.8
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

@@ -4,16 +4,22 @@
 #
 #   - Debian's python3-bpfcc (the `bcc` module; the PyPI package named bcc is
 #     an unrelated project), python3-venv, python3-pip;
-#   - kernel headers bcc can compile against, and, when none match the
-#     running kernel, links /lib/modules/$(uname -r)/{build,source} to
-#     Debian's newest (said when made);
+#   - kernel headers bcc can compile against: the running kernel's
+#     linux-headers package, or, when Debian ships none for it, Debian's
+#     current ones (linux-headers-<arch>). Nothing is written into
+#     /lib/modules: the daemon points bcc at /usr/src itself;
 #   - tracefs mounted at /sys/kernel/tracing, if it is not;
 #   - .venv: Debian's /usr/bin/python3 (bcc is built for it) with the system
 #     site-packages visible, plus from PyPI what the tests and the benchmark
-#     need (pyproject's `test` and `bench` extras: pytest, hypothesis, psutil,
-#     matplotlib); the daemon itself needs none of them.
+#     need (pyproject's `test`, `bench` and `man` extras: pytest, hypothesis,
+#     psutil, matplotlib, argparse-manpage); the daemon itself needs none.
+#
+# --no-venv: only the host's part, for `make install` (which makes its own
+# venv in /opt/oomkiller).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_venv=1
+if [ "${1:-}" = "--no-venv" ]; then with_venv=""; fi
 
 # The benchmark's contenders (earlyoom, nohang, lxcfs, stress-ng) are not the
 # daemon's: deploy/setup-bench.sh installs them, never enabled or running.
@@ -24,16 +30,22 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-headers=""
-if [ ! -e "/lib/modules/$kver/build/include" ]; then
-  # Prefer headers that match the running kernel; this project's VMs run a
-  # kernel Debian does not ship, so fall back to Debian's current headers.
+# Kernel headers for bcc: the running kernel's own, else any Debian header
+# tree under /usr/src. The daemon points bcc at the latter itself
+# (BCC_KERNEL_SOURCE; oomkiller/sources/bpf.py), so nothing is written into
+# /lib/modules. This project's VMs run a kernel Debian does not ship: there
+# Debian's current headers are installed, and the BPF C, which reads only
+# tracepoint arguments and helpers, compiles against them.
+have_headers() {
+  [ -e "/lib/modules/$kver/build/include" ] || [ -e /sys/kernel/kheaders.tar.xz ] ||
+    compgen -G "/usr/src/linux-headers-*/include/generated/autoconf.h" >/dev/null
+}
+if ! have_headers; then
   if apt-cache show "linux-headers-$kver" >/dev/null 2>&1 || { apt-get update -qq && apt-cache show "linux-headers-$kver" >/dev/null 2>&1; }; then
-    headers="linux-headers-$kver"
+    missing+=("linux-headers-$kver")
   else
-    headers="linux-headers-amd64"
+    missing+=("linux-headers-$(dpkg --print-architecture)")
   fi
-  missing+=("$headers")
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
@@ -41,31 +53,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ ! -e "/lib/modules/$kver/build/include" ]; then
-  # bcc looks for headers under /lib/modules/$(uname -r)/{build,source}. The
-  # BPF C reads only tracepoint arguments and helpers, so headers of another
-  # kernel version compile it correctly (MACHINE.md).
-  arch_dir=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
-  common_dir=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
-  if [ -n "$arch_dir" ] && [ -n "$common_dir" ]; then
-    mkdir -p "/lib/modules/$kver"
-    ln -sfn "$arch_dir" "/lib/modules/$kver/build"
-    ln -sfn "$common_dir" "/lib/modules/$kver/source"
-    echo "setup: linked $arch_dir as the headers of $kver"
-  else
-    echo "setup: no kernel headers found under /usr/src: eBPF sources will be unavailable" >&2
-  fi
+if ! have_headers; then
+  echo "setup: no kernel headers under /lib/modules/$kver or /usr/src: eBPF sources will be unavailable" >&2
 fi
 
 if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
   mount -t tracefs tracefs /sys/kernel/tracing && echo "setup: mounted tracefs"
 fi
 
+if [ -z "$with_venv" ]; then
+  /usr/bin/python3 -c "import bcc" 2>/dev/null || echo "setup: bcc does not import: eBPF sources will be unavailable" >&2
+  echo "setup: host ready"
+  exit 0
+fi
+
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c "import oomkiller, psutil, pytest, matplotlib, hypothesis" 2>/dev/null; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
+if ! .venv/bin/python -c "import oomkiller, psutil, pytest, matplotlib, hypothesis, argparse_manpage" 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench,man]'
 fi
 .venv/bin/python -c "import bcc" 2>/dev/null || echo "setup: bcc does not import in .venv: eBPF sources will be unavailable" >&2
 echo "setup: ready"

@@ -18,15 +18,27 @@ from .control import ControlError, request
 
 log = logging.getLogger("oomkiller")
 
-CONTROL_COMMANDS = ("info", "start", "stop", "print", "lowmem")
+# What each control command asks of the running daemon. Only `info` may be
+# asked by any user; the others need root (the daemon checks SO_PEERCRED).
+CONTROL_HELP = {
+    "info": "show the running daemon's state: redline, domain, kills, each source and why one is off "
+            "(any user may ask)",
+    "start": "start watching memory and killing (root only)",
+    "stop": "stop watching; the daemon keeps running and answers (root only)",
+    "print": "toggle printing the free/total line on every wake (root only)",
+    "lowmem": "simulate a low-memory event now: the next wake walks the ranking and may kill (root only)",
+}
+CONTROL_COMMANDS = tuple(CONTROL_HELP)
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file (also $OOMKILLER_CONFIG)")
-    p.add_argument("--domain", metavar="host|CGROUP_DIR", help="what free/total memory means (default host)")
-    p.add_argument("--jobs", metavar="GLOB", action="append", help="a cgroup matching GLOB is a job; the word 'auto' (the default) adds the "
-                   "rule of names: systemd units and pods are jobs, slices never, elsewhere cgroups "
-                   "with processes")
+    p.add_argument("--domain", metavar="host|parent|CGROUP_DIR",
+                   help="what free/total memory means: host (MemAvailable of MemTotal), parent (the cgroup "
+                        "above the daemon's own, e.g. its pod) or a cgroup folder (its limit) (default host)")
+    p.add_argument("--jobs", metavar="GLOB", action="append",
+                   help="a cgroup matching GLOB is a job; the word 'auto' (the default) adds the rule of names: "
+                        "systemd units and pods are jobs, slices never, elsewhere cgroups with processes")
     p.add_argument("--protect", metavar="GLOB", action="append", help="never kill jobs matching GLOB")
     p.add_argument("--avoid", metavar="GLOB", action="append", help="kill jobs matching GLOB last")
     p.add_argument("--prefer", metavar="GLOB", action="append", help="kill jobs matching GLOB first")
@@ -38,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     from . import __version__
     top = argparse.ArgumentParser(prog="oomkiller", description="A low-latency OOM killer for Linux cgroups.")
     top.add_argument("--version", action="version", version=f"oomkiller {__version__}")
-    sub = top.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     run = sub.add_parser("run", help="run the daemon")
     _policy_args(run)
     run.add_argument("--redline", metavar="SIZE|PCT%", help="kill when free memory is below this (default 5%%)")
@@ -58,12 +70,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--json-log", metavar="FILE", help="where decision records go ('-' = stdout)")
     run.add_argument("-v", "--verbose", action="store_true", help="per-wake detail")
     run.add_argument("--print-bpf", action="store_true", help="print the BPF program as it would be compiled, and exit")
-    for name in CONTROL_COMMANDS:
-        c = sub.add_parser(name, help=f"{name} (talks to the running daemon)")
-        c.add_argument("--control", metavar="SOCKET", default=None)
+    for name, text in CONTROL_HELP.items():
+        c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        c.add_argument("--control", metavar="SOCKET", default=None,
+                       help="the daemon's control socket (default /run/oomkiller/control.sock; "
+                            "also $OOMKILLER_CONTROL_SOCKET)")
         c.add_argument("--json", action="store_true", help="print the reply as JSON")
-    bench = sub.add_parser("bench", help="run the benchmark harness (see `oomkiller bench --help`)", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench = sub.add_parser("bench", help="run the benchmark harness, from a checkout only "
+                                         "(python -m oomkiller_bench --help)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the benchmark's own arguments")
     rk = sub.add_parser("rank", help="print the walk a kill would take now, without killing")
     _policy_args(rk)
     rk.add_argument("--json", action="store_true", help="print the ranking as JSON")

@@ -35,7 +35,10 @@ import os
 import re
 import reprlib
 import stat
-import tomllib
+try:
+    import tomllib
+except ImportError:     # Python < 3.11: tomli is the same parser, published before it joined the stdlib
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Callable, Iterable, Mapping

@@ -385,8 +385,12 @@ def request(path: str, cmd: str, timeout_s: float = 10.0) -> dict[str, Any]:
             data += chunk
     except (FileNotFoundError, ConnectionRefusedError) as e:
         raise ControlError(f"no oomkiller daemon at {path}: {e.strerror}", EXIT_UNREACHABLE) from None
+    except PermissionError as e:
+        raise ControlError(f"cannot reach the oomkiller daemon at {path}: {e.strerror}: the socket or a "
+                           "folder above it is closed to this user", EXIT_UNREACHABLE) from None
     except OSError as e:
-        raise ControlError(f"{path}: {e}", EXIT_UNREACHABLE) from None
+        raise ControlError(f"cannot reach the oomkiller daemon at {path}: {e.strerror or e}",
+                           EXIT_UNREACHABLE) from None
     finally:
         s.close()
     try:

@@ -93,7 +93,7 @@ def test_bad_env_and_cmdline_values():
 
 def test_shipped_example_lists_every_default():
     import os
-    import tomllib
+    from oomkiller.config import tomllib   # tomli on Python < 3.11
     path = os.path.join(os.path.dirname(__file__), "..", "deploy", "oomkiller.toml")
     with open(path, "rb") as f:
         keys = set(tomllib.load(f))

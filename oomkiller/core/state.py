@@ -22,6 +22,7 @@ import enum
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Union
 
 from ..config import Config
 from .decide import decide
@@ -137,7 +138,8 @@ class ArmedDone:
     ranking: Ranking
 
 
-Action = Arm | Disarm | TrackTriggers | KernelKill | Note | Hold | Walk | ArmedDone
+# typing.Union, not `|`: an alias is evaluated at import, and Python 3.9 has no `type | type`.
+Action = Union[Arm, Disarm, TrackTriggers, KernelKill, Note, Hold, Walk, ArmedDone]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ RSS, and a daemon without BPF should not pay for it.
 from __future__ import annotations
 
 import ctypes
+import glob
 import logging
 import mmap
 import os
@@ -19,6 +20,7 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 from ..files import read_text
 from ..model import EventKind, PressureEvent, Source
@@ -247,6 +249,113 @@ def tracepoint_flags(tracefs: str) -> dict[str, bool]:
     return flags
 
 
+# -- kernel headers -----------------------------------------------------------
+# bcc compiles against the headers at /lib/modules/$(uname -r)/build (and
+# .../source), or the tree named by $BCC_KERNEL_SOURCE, or the kernel's own
+# /sys/kernel/kheaders.tar.xz (CONFIG_IKHEADERS). A host running a kernel its
+# distribution does not ship has none of these, but often has the
+# distribution's headers of another version under /usr/src. The program reads
+# only tracepoint arguments and helpers, never kernel structs, so those compile
+# it correctly; pointing bcc at them through BCC_KERNEL_SOURCE spares writing
+# links into /lib/modules.
+#
+# Debian (and Ubuntu) split a header tree in two: linux-headers-V-common holds
+# the source tree's headers, linux-headers-V-FLAVOUR the generated ones and a
+# Makefile that includes the common one's. bcc takes BCC_KERNEL_SOURCE as one
+# tree (bcc 0.26 loader.cc: has_kpath_source is false for it), so alone it
+# fails with 'generated/autoconf.h' not found; the FLAVOUR tree's generated
+# folders are added as -I flags, the same folders bcc adds from
+# /lib/modules/.../build when both links exist (kbuild_helper.cc).
+KHEADERS_FILE = "/sys/kernel/kheaders.tar.xz"
+USR_SRC = "/usr/src"
+_MAKEFILE_INCLUDE = re.compile(r"^include\s+(/\S+)/Makefile\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class KernelHeaders:
+    """Where bcc finds kernel headers, and how it is told.
+
+    ``how``: ``modules`` (bcc finds /lib/modules/RELEASE/build itself),
+    ``kheaders`` (the kernel's own archive), ``environment`` (the operator's
+    $BCC_KERNEL_SOURCE), ``usr-src`` (a header tree under /usr/src chosen
+    here). ``source_dir`` is set as BCC_KERNEL_SOURCE for the compile when it
+    is not already; ``include_dirs`` are added as -I flags."""
+
+    how: str
+    source_dir: str = ""
+    include_dirs: tuple[str, ...] = ()
+    note: str = ""
+
+
+def _split_tree(tree: str) -> tuple[str, tuple[str, ...]] | None:
+    """(source tree, -I folders of the build tree) of a header tree, or None if
+    it is not one. A whole tree is its own source; a Debian FLAVOUR tree names
+    its source tree in its Makefile. A source half alone (Debian's -common)
+    is not one: it lacks the generated headers."""
+    if not os.path.isfile(os.path.join(tree, "include", "generated", "autoconf.h")):
+        return None
+    if os.path.isfile(os.path.join(tree, "include", "linux", "kconfig.h")):
+        return tree, ()
+    try:
+        m = _MAKEFILE_INCLUDE.search(read_text(os.path.join(tree, "Makefile"), max_bytes=65536))
+    except (OSError, ValueError):
+        return None
+    if not m or not os.path.isfile(os.path.join(m.group(1), "include", "linux", "kconfig.h")):
+        return None
+    # The order of kbuild_helper.cc's split-tree flags, build tree's part.
+    dirs = [os.path.join(tree, "include")]
+    for arch in sorted(glob.glob(os.path.join(glob.escape(tree), "arch", "*", "include", "generated"))):
+        dirs += [arch, os.path.join(arch, "uapi")]
+    dirs.append(os.path.join(tree, "include", "generated", "uapi"))
+    return m.group(1), tuple(dirs)
+
+
+def _version_key(name: str) -> list:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def find_kernel_headers(release: str | None = None, *, modules_dir: str = "/lib/modules",
+                        usr_src: str = USR_SRC, kheaders: str = KHEADERS_FILE,
+                        environ=None) -> KernelHeaders:
+    """The headers bcc will compile against on this host, first found of:
+    $BCC_KERNEL_SOURCE, /lib/modules/RELEASE/build, the kernel's kheaders,
+    /usr/src/linux-headers-RELEASE, the newest other tree under /usr/src.
+    Raises SourceUnavailable, saying what to install, when there are none."""
+    release = release or os.uname().release
+    environ = os.environ if environ is None else environ
+    given = environ.get("BCC_KERNEL_SOURCE")
+    if given:
+        split = _split_tree(given)
+        if split is None:
+            raise SourceUnavailable(f"BCC_KERNEL_SOURCE={given} is not a kernel header tree "
+                                    "(no include/linux/kconfig.h, nor a build tree naming one)")
+        return KernelHeaders("environment", split[0], split[1],
+                             f"kernel headers from BCC_KERNEL_SOURCE={given}")
+    build = os.path.join(modules_dir, release, "build")
+    if os.path.isdir(os.path.join(build, "include")):
+        return KernelHeaders("modules", note=f"kernel headers at {build}")
+    if os.path.exists(kheaders):
+        return KernelHeaders("kheaders", note=f"kernel headers from {kheaders}")
+    trees = sorted(glob.glob(os.path.join(glob.escape(usr_src), "linux-headers-*")), key=_version_key, reverse=True)
+    exact = os.path.join(usr_src, f"linux-headers-{release}")
+    if exact in trees:
+        trees.remove(exact)
+        trees.insert(0, exact)
+    for tree in trees:
+        split = _split_tree(tree)
+        if split is None:
+            continue
+        what = "" if tree == exact else (
+            f"; {release} has none, these are another version's: the program reads only "
+            "tracepoint arguments, so they compile it correctly")
+        return KernelHeaders("usr-src", split[0], split[1],
+                             f"kernel headers from {tree} (BCC_KERNEL_SOURCE={split[0]}){what}")
+    raise SourceUnavailable(
+        f"no kernel headers for {release} ({build} missing, none under {usr_src}): install "
+        f"linux-headers-{release} or your distribution's current headers (Debian: linux-headers-$(dpkg "
+        "--print-architecture)), or set BCC_KERNEL_SOURCE to a header tree")
+
+
 class BpfSource:
     """Reclaim and OOM tracepoint events from a bcc program.
 
@@ -263,7 +372,8 @@ class BpfSource:
     def __init__(self, *, stall_threshold_usec: int = 2000, window_usec: int = 100_000,
                  rate_limit_usec: int = 50_000, quiet_usec: int | None = None,
                  bpf_dir: str | None = None, tracefs: str = "/sys/kernel/tracing",
-                 modules_dir: str = "/lib/modules", perf_pages: int = PERF_PAGES,
+                 modules_dir: str = "/lib/modules", usr_src: str = USR_SRC,
+                 kheaders: str = KHEADERS_FILE, perf_pages: int = PERF_PAGES,
                  arm_min_reclaimed_pages: int = ARM_MIN_RECLAIMED_PAGES, prearm: bool = True,
                  arm_reclaim: str = "memcg", domain_v2: str | None = None) -> None:
         for key, value in (("stall_threshold_usec", stall_threshold_usec), ("window_usec", window_usec),
@@ -285,6 +395,9 @@ class BpfSource:
         self.bpf_dir = bpf_dir or DEFAULT_BPF_DIR
         self.tracefs = tracefs
         self.modules_dir = modules_dir
+        self.usr_src = usr_src
+        self.kheaders = kheaders
+        self.headers: KernelHeaders | None = None
         self.perf_pages = perf_pages
         # A cgroup domain's v2 cgroup: the program sends only its tasks' events.
         self.domain_v2 = domain_v2
@@ -312,6 +425,8 @@ class BpfSource:
         out += [f"-D{flag}" for flag, on in flags.items() if on]
         if self.domain_v2 is not None:
             out.append("-DDOMAIN_FILTER")
+        if self.headers is not None:
+            out += [f"-I{d}" for d in self.headers.include_dirs]
         if self.prearm:
             no_oom = (gfp_bit(self.tracefs, "__GFP_NORETRY", GFP_NORETRY_DEFAULT)
                       | gfp_bit(self.tracefs, "__GFP_RETRY_MAYFAIL", GFP_RETRY_MAYFAIL_DEFAULT))
@@ -325,7 +440,12 @@ class BpfSource:
 
     def program_text(self) -> str:
         """The program as compiled: its cflags, the header and the C file."""
-        parts = ["// cflags: " + " ".join(self.cflags())]
+        if self.headers is None:
+            try:
+                self.headers = self._find_headers()
+            except SourceUnavailable as e:
+                self.headers = KernelHeaders("none", note=str(e))
+        parts = ["// cflags: " + " ".join(self.cflags()), "// " + self.headers.note]
         for name in (HEADER_FILE, PROGRAM_FILE):
             path = os.path.join(self.bpf_dir, name)
             with open(path) as f:
@@ -345,7 +465,7 @@ class BpfSource:
                 f"python module bcc not importable ({e}): install Debian's python3-bpfcc and run "
                 "with /usr/bin/python3 or a venv made with --system-site-packages "
                 "(the PyPI package named bcc is unrelated)") from None
-        self._check_headers()
+        self.headers = self._find_headers()
         self._flags = tracepoint_flags(self.tracefs)
         if not (self._flags["HAVE_TP_MEMCG_RECLAIM"] or self._flags["HAVE_TP_DIRECT_RECLAIM"]):
             raise SourceUnavailable(
@@ -355,8 +475,10 @@ class BpfSource:
         if not os.path.exists(src):
             raise SourceUnavailable(f"{src} not found: pass bpf_dir= the folder holding {PROGRAM_FILE}")
         started = time.monotonic()
+        if self.headers.how == "usr-src":
+            log.info("OOM: ebpf: %s", self.headers.note)
         try:
-            bpf = _with_captured_stderr(lambda: bcc.BPF(src_file=src.encode(), cflags=self.cflags()))
+            bpf = _with_captured_stderr(lambda: self._compile(bcc))
         except _CapturedError as e:
             raise SourceUnavailable(self._explain(e)) from None
         self._bpf = bpf
@@ -413,15 +535,27 @@ class BpfSource:
                 f"tracefs is not mounted at {self.tracefs} and mounting it failed: {os.strerror(err)}; "
                 f"mount it with `mount -t tracefs tracefs {self.tracefs}`")
 
-    def _check_headers(self) -> None:
-        release = os.uname().release
-        build = os.path.join(self.modules_dir, release, "build")
-        # bcc also takes the headers built into the kernel (CONFIG_IKHEADERS).
-        if os.path.isdir(build) or os.path.exists("/sys/kernel/kheaders.tar.xz"):
-            return
-        raise SourceUnavailable(
-            f"no kernel headers for {release} ({build} missing): install linux-headers-{release}, "
-            f"or link {build} and {os.path.join(self.modules_dir, release, 'source')} to a header tree")
+    def _find_headers(self) -> KernelHeaders:
+        return find_kernel_headers(modules_dir=self.modules_dir, usr_src=self.usr_src, kheaders=self.kheaders)
+
+    def _compile(self, bcc):
+        """bcc.BPF with BCC_KERNEL_SOURCE set to the source half for the
+        compile alone when the headers are a tree found here (or the
+        operator's split tree): bcc reads it with getenv() as it compiles,
+        and the daemon's children should not inherit it."""
+        src = os.path.join(self.bpf_dir, PROGRAM_FILE)
+        headers = self.headers
+        if headers is None or not headers.source_dir:
+            return bcc.BPF(src_file=src.encode(), cflags=self.cflags())
+        given = os.environ.get("BCC_KERNEL_SOURCE")
+        os.environ["BCC_KERNEL_SOURCE"] = headers.source_dir
+        try:
+            return bcc.BPF(src_file=src.encode(), cflags=self.cflags())
+        finally:
+            if given is None:
+                os.environ.pop("BCC_KERNEL_SOURCE", None)
+            else:
+                os.environ["BCC_KERNEL_SOURCE"] = given
 
     def _explain(self, e: "_CapturedError") -> str:
         text = f"{e.error} {e.log}"
@@ -496,6 +630,7 @@ class BpfSource:
             "cgroup_state_full": self._counter(COUNTER_STATE_FULL),
             "prearm": self.prearm,
             "load_usec": self.load_usec,
+            "kernel_headers": (self.headers.source_dir or self.headers.how) if self.headers else "",
             "attached_tracepoints": self._bpf.num_open_tracepoints() if self._bpf is not None else 0,
             "tracepoints": sorted(tp for flag, tps in TRACEPOINT_FLAGS.items()
                                   if self._flags.get(flag) for tp in tps),

@@ -19,6 +19,25 @@ import time
 from ..model import EventKind, PressureEvent, Source
 from . import SourceUnavailable
 
+# Linux's EFD_NONBLOCK and EFD_CLOEXEC (the O_ flags' values on every
+# architecture but alpha, mips, parisc and sparc, whose O_ values they follow).
+_EFD_NONBLOCK = os.O_NONBLOCK
+_EFD_CLOEXEC = os.O_CLOEXEC
+
+
+def _eventfd() -> int:
+    """A non-blocking, close-on-exec eventfd. os.eventfd is Python 3.10+;
+    before it, libc's eventfd(2) through ctypes."""
+    if hasattr(os, "eventfd"):
+        return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.eventfd(0, _EFD_NONBLOCK | _EFD_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
 
 class MemcgSource:
     name = "memcg"
@@ -50,7 +69,7 @@ class MemcgSource:
         self._keep.append(usage)
         control = os.path.join(self.path, "cgroup.event_control")
         for t in self.thresholds_bytes:
-            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            efd = _eventfd()
             self._fds[efd] = f"usage crossed {t}"
             with open(control, "w") as f:
                 f.write(f"{efd} {usage} {t}")
@@ -69,7 +88,7 @@ class MemcgSource:
             return []
         try:
             if self.v1:
-                os.eventfd_read(fd)
+                os.read(fd, 8)  # the 8-byte counter: what os.eventfd_read reads
             else:
                 os.lseek(fd, 0, os.SEEK_SET)
                 os.read(fd, 4096)

@@ -11,6 +11,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -252,4 +253,40 @@ def test_missing_kernel_headers_is_unavailable_with_what_to_install(tmp_path):
     if os.path.exists("/sys/kernel/kheaders.tar.xz"):
         pytest.skip("this kernel carries its own headers (CONFIG_IKHEADERS)")
     with pytest.raises(SourceUnavailable, match=f"no kernel headers for {os.uname().release}.*linux-headers"):
-        BpfSource(modules_dir=str(tmp_path)).start()
+        BpfSource(modules_dir=str(tmp_path), usr_src=str(tmp_path)).start()
+
+
+COMPILE_WITHOUT_MODULES = """
+import os
+from oomkiller.sources.bpf import BpfSource
+release = os.uname().release
+assert not os.path.exists(f"/lib/modules/{release}/build"), "the mount did not hide it"
+src = BpfSource()
+src.start()
+print(src.headers.how, src.headers.source_dir, src.stats()["attached_tracepoints"], os.environ.get("BCC_KERNEL_SOURCE"))
+src.close()
+"""
+
+
+def test_compiles_from_usr_src_headers_with_nothing_in_lib_modules():
+    # A host running a kernel its distribution does not ship: no
+    # /lib/modules/RELEASE/build, Debian's headers of another version under
+    # /usr/src. In a private mount namespace an empty tmpfs hides this host's
+    # /lib/modules/RELEASE from the compile, and from no one else.
+    try:
+        bpf.find_kernel_headers(modules_dir="/nonexistent")
+    except SourceUnavailable as e:
+        pytest.skip(f"no header tree under /usr/src: {e}")
+    release = os.uname().release
+    hide = (f"mount -t tmpfs oomk-test-empty /lib/modules/{release} && "
+            if os.path.isdir(f"/lib/modules/{release}") else "")
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "BCC_KERNEL_SOURCE"}
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          f'{hide}exec "$0" -c "$1"', sys.executable, COMPILE_WITHOUT_MODULES],
+                         cwd=checkout, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    how, source_dir, attached, env_after = out.stdout.split()
+    assert how == "usr-src" and source_dir.startswith("/usr/src/linux-headers-")
+    assert int(attached) >= 2
+    assert env_after == "None"          # set for the compile only

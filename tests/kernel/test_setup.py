@@ -32,3 +32,12 @@ def test_the_daemons_setup_installs_no_other_oom_killer():
     text = (CHECKOUT / "deploy" / "setup-host.sh").read_text()
     apt = next(line for line in text.splitlines() if line.startswith("APT_PACKAGES="))
     assert not any(p in apt for p in ("earlyoom", "nohang", "lxcfs", "stress-ng")), apt
+
+
+def test_the_daemons_setup_writes_nothing_into_lib_modules():
+    # bcc is pointed at /usr/src's headers by the daemon (BCC_KERNEL_SOURCE);
+    # tests/kernel/test_bpf.py compiles that way with /lib/modules hidden.
+    text = (CHECKOUT / "deploy" / "setup-host.sh").read_text()
+    commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in commands if "/lib/modules" in line and any(
+        word in line for word in ("ln ", "mkdir", "cp ", "install ", "> "))], commands
