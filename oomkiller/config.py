@@ -346,11 +346,12 @@ class Config:
     # per second, as a share of the file cache (active + inactive file), for
     # thrash_sustain_ms, while some task of the domain is stalled on memory
     # thrash_stall_limit of that time (or, with no PSI, free memory is under
-    # the arm line). A 512 MiB arena frozen by an anonymous hog at 85%
-    # refaults 1,100-1,700%/s with 11-29% stalled; a stream through the
-    # cache twice the arena's size 800-1,000%/s with 1-3% stalled.
+    # the arm line), and the file cache is at most half the domain. A 512 MiB
+    # arena frozen by an anonymous hog at 85% refaults 1,100-1,700%/s with
+    # 15-25% of each second stalled; a stream through the cache twice the
+    # arena's size 800-1,000%/s with up to 8% stalled.
     thrash_refault_limit_permyriad: int = 2000
-    thrash_stall_limit_permyriad: int = 500
+    thrash_stall_limit_permyriad: int = 1000
     # A burst of refaults shorter than this never fires.
     thrash_sustain_ms: int = 1000
     # PSI trigger: wake when "some" stall exceeds psi_stall_ms per psi_window_ms

@@ -22,6 +22,9 @@ Signals, all from files the snapshot reads anyway:
   in a loop, refaults 800 to 1,000 % per second too, but its tasks are
   stalled on memory only 1 to 3% of the time; the frozen service is stalled
   11 to 29% of every 250 ms.
+* **a squeezed cache**: the file cache holds at most half the domain
+  (``MAX_CACHE_PERMYRIAD``); a stream's cache fills it (99%), the frozen
+  arena's held 12%, the rest being what nobody can reclaim.
 * **free memory**: where no PSI file can be read, the domain's free memory
   must be under the arm line instead: a stream keeps its cache reclaimable
   (half the arena free), a freeze leaves 7 to 13% free.
@@ -63,6 +66,13 @@ PAGE_BYTES = 4096
 # (the kernel's periodic flush); between flushes a counter may stand still.
 STATS_LAG_USEC = 2_100_000
 
+# Thrashing counts only while the file cache holds at most this share of the
+# domain (permyriad): a cache that large is not squeezed by anything, and its
+# refaults are its own readers' stream (cat of a file twice a 256 MiB arena:
+# the cache is 99% of it, with 8% of the time stalled at worst). The frozen
+# 512 MiB arena kept 12% as cache.
+MAX_CACHE_PERMYRIAD = 5000
+
 # Samples closer than this are not a segment of their own: a rate over a few
 # ms is noise (one read-around of 32 pages).
 MIN_SEGMENT_USEC = 50_000
@@ -74,7 +84,7 @@ class ThrashLimits:
     thrash_sustain_ms). ``refault_permyriad_per_s`` 0 turns detection off."""
 
     refault_permyriad_per_s: int = 2000
-    stall_permyriad: int = 500
+    stall_permyriad: int = 1000
     sustain_usec: int = 1_000_000
 
 
@@ -222,8 +232,12 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
         # Not long enough yet, or this sample's counter did not move: an
         # unmoved counter cannot confirm the episode goes on.
         return ThrashFigures("episode", **base)
-    rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache >= "
-            f"{limits.refault_permyriad_per_s / 100:g}%/s for {span // 1000} ms")
+    cache_pm = cur.file_lru_bytes * 10_000 // snap.total_bytes if snap.total_bytes > 0 else 10_000
+    if cache_pm > MAX_CACHE_PERMYRIAD:
+        return ThrashFigures("episode", **base)
+    rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
+            f"({cache_pm / 100:.0f}% of the domain) >= {limits.refault_permyriad_per_s / 100:g}%/s "
+            f"for {span // 1000} ms")
     if stall is not None:
         if stall < limits.stall_permyriad:
             return ThrashFigures("episode", **base)
