@@ -175,7 +175,7 @@ def thrash_text(t: dict[str, Any] | None) -> str:
     return (f"{t['state']}, refaults {t['refault_permyriad_per_s'] / 100:.1f}%/s of the file cache "
             f"(limit {t['limit_refault_permyriad_per_s'] / 100:g}%/s), episode {t['episode_usec'] // 1000} ms "
             f"(sustain {t['sustain_usec'] // 1000} ms), memory stall "
-            + ("unknown" if stall is None else f"{stall / 100:.1f}%")
+            + (f"{stall / 100:.1f}%" if stall is not None else "-" if t["state"] == "calm" else "unknown")
             + f" (limit {t['limit_stall_permyriad'] / 100:g}%), free {t['free_permyriad'] / 100:.1f}%, "
             f"fired {t['fired']}")
 

@@ -262,3 +262,16 @@ def test_shipped_config_lists_the_thrash_keys(tmp_path):
     path = os.path.join(os.path.dirname(__file__), "..", "deploy", "oomkiller.toml")
     c = config_mod.load(config_file=path)
     assert c == config_mod.load()
+
+
+def test_info_line():
+    from oomkiller.report import thrash_text
+    t = {"state": "thrashing", "refault_permyriad_per_s": 183_112, "episode_usec": 1_046_000, "stall_permyriad": 2216,
+         "free_permyriad": 956, "limit_refault_permyriad_per_s": 2000, "limit_stall_permyriad": 1000,
+         "sustain_usec": 1_000_000, "fired": 1}
+    assert thrash_text(t) == ("thrashing, refaults 1831.1%/s of the file cache (limit 20%/s), episode 1046 ms "
+                              "(sustain 1000 ms), memory stall 22.2% (limit 10%), free 9.6%, fired 1")
+    assert "memory stall - " in thrash_text({**t, "state": "calm", "stall_permyriad": None})
+    assert "memory stall unknown " in thrash_text({**t, "state": "episode", "stall_permyriad": None})
+    assert thrash_text({"state": "unknown"}) == "unknown (no refault or file cache figures)"
+    assert thrash_text(None) == "-"
