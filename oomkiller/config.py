@@ -349,7 +349,8 @@ class Config:
     # the arm line), and the file cache is at most half the domain. A 512 MiB
     # arena frozen by an anonymous hog at 85% refaults 1,100-1,700%/s with
     # 15-25% of each second stalled; a stream through the cache twice the
-    # arena's size 800-1,000%/s with up to 8% stalled.
+    # arena's size 850-1,140%/s with up to 42% of a second stalled: the
+    # cache's share of the domain (99% there, 12% frozen) tells them apart.
     thrash_refault_limit_permyriad: int = 2000
     thrash_stall_limit_permyriad: int = 1000
     # A burst of refaults shorter than this never fires.

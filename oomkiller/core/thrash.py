@@ -17,11 +17,9 @@ Signals, all from files the snapshot reads anyway:
   way. In a 512 MiB arena frozen by a hog at 85%: 0 at baseline, 1,100 to
   1,700 % per second while frozen, and over 20% in the first 250 ms.
 * **memory stall**: the share of time some task of the domain was stalled on
-  memory (PSI ``some``) over the episode. Refaults alone do not tell a freeze
-  from a healthy stream: ``cat`` of a file twice the size of a 256 MiB arena,
-  in a loop, refaults 800 to 1,000 % per second too, but its tasks are
-  stalled on memory only 1 to 3% of the time; the frozen service is stalled
-  11 to 29% of every 250 ms.
+  memory (PSI ``some``) over the last sustain span. The frozen service is
+  stalled 15 to 30% of each second; a stream is stalled too (1 to 42% of a
+  second, more on a loaded machine), so this alone does not clear it.
 * **a squeezed cache**: the file cache holds at most half the domain
   (``MAX_CACHE_PERMYRIAD``); a stream's cache fills it (99%), the frozen
   arena's held 12%, the rest being what nobody can reclaim.
@@ -69,8 +67,8 @@ STATS_LAG_USEC = 2_100_000
 # Thrashing counts only while the file cache holds at most this share of the
 # domain (permyriad): a cache that large is not squeezed by anything, and its
 # refaults are its own readers' stream (cat of a file twice a 256 MiB arena:
-# the cache is 99% of it, with 8% of the time stalled at worst). The frozen
-# 512 MiB arena kept 12% as cache.
+# the cache is 99% of it, and up to 42% of a second stalled on a loaded
+# machine, so the stall alone cannot tell). The frozen arena kept 12%.
 MAX_CACHE_PERMYRIAD = 5000
 
 # Samples closer than this are not a segment of their own: a rate over a few
