@@ -25,6 +25,7 @@ from .cgroupfs import Cgroupfs
 from .config import Config
 from .control import ControlServer
 from .core import state as core
+from .core.thrash import ThrashFigures
 from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
 from .footprint import status_bytes
@@ -41,6 +42,10 @@ R = TypeVar("R", bound=Record)
 
 # The same failure is logged at most this often (with a count of repeats).
 FAILURE_LOG_USEC = 60_000_000
+
+# A cgroup domain without a memory.pressure file is looked at again at most
+# this often.
+PRESSURE_LOOK_USEC = 10_000_000
 
 
 class EventSource(Protocol):
@@ -101,6 +106,8 @@ class Daemon:
         # PID 1's and our own cgroups are never inside a job (see Cgroupfs.job_paths)
         self.keep_out = self.cgroupfs.keep_out((1, self.self_pid))
         self.last_snapshot: MemorySnapshot | None = None
+        self.last_thrash: ThrashFigures | None = None
+        self._pressure_looked_usec = 0
         self._quit = False
         self._failures: dict[tuple[str, str, str], list[int]] = {}
         # why the domain's cgroup is gone, while it is (see _domain_gone)
@@ -138,6 +145,14 @@ class Daemon:
             if not self.domain.exists():
                 return None
             self._domain_back()
+        if (self.domain.pressure_path is None and not self.domain.is_host
+                and t0 - self._pressure_looked_usec >= PRESSURE_LOOK_USEC):
+            # No memory.pressure found at start (no v2 cgroup at the domain's
+            # path, and no process to find one through): look again, seldom,
+            # since it reads every process of the domain.
+            self._pressure_looked_usec = t0
+            if self.domain.find_pressure():
+                log.info("OOM: the domain's memory stall is read from %s", report.printable(self.domain.pressure_path))
         snap = self.domain.snapshot(t0)
         self.last_snapshot = snap
         wake = core.Wake(t0, snap, tuple(events), lowmem=self.simulate_lowmem,
@@ -151,6 +166,7 @@ class Daemon:
             res = core.step(self.state, self.config, wake, self._armed_job_again(), self.self_pid)
         t_rank = self.now_usec()
         self.state = res.state
+        self.last_thrash = res.thrash
         if res.lowmem_consumed:
             self.simulate_lowmem = False
         det = res.detection
@@ -204,6 +220,8 @@ class Daemon:
         shortfall = max(0, res.redline_bytes - snap.free_bytes) if armed else det.shortfall_bytes
         reason = "armed kill in the kernel" if armed else action.reason
         record = self._record(events, snap, res.redline_bytes, shortfall, det.simulated and not armed, reason)
+        if not armed and res.thrash is not None and res.thrash.firing:
+            record = replace(record, thrash=self.thrash_data(res.thrash))
         ranking = action.ranking
         jobs = [c.job for c in ranking.candidates]
         lines = ["OOM: armed job killed in the kernel at its failed reclaim: finishing it"] if armed else []
@@ -282,7 +300,8 @@ class Daemon:
                               woken_by=tuple(dataclasses.asdict(e) for e in events[:8]), events=len(events))
 
     def next_tick_usec(self) -> int:
-        return next_tick_usec(self.state.history, self.config, running=self.running, can_arm=self.arm is not None)
+        return next_tick_usec(self.state.history, self.config, running=self.running, can_arm=self.arm is not None,
+                              thrash_episode=self.state.thrash.onset is not None)
 
     # -- carrying out the core's actions ------------------------------------------------
     def _arm(self, action: core.Arm, snap: MemorySnapshot, events: list[PressureEvent], t0: int) -> None:
@@ -332,6 +351,15 @@ class Daemon:
             self.json_out.flush()
         return record
 
+    def thrash_data(self, figs: ThrashFigures | None) -> dict[str, Any] | None:
+        """The thrash detector's figures with the limits they are held to."""
+        if figs is None:
+            return None
+        c = self.config
+        return {**figs.as_dict(), "limit_refault_permyriad_per_s": c.thrash_refault_limit_permyriad,
+                "limit_stall_permyriad": c.thrash_stall_limit_permyriad, "sustain_usec": c.thrash_sustain_ms * 1000,
+                "fired": self.state.thrash.fired}
+
     # -- control -----------------------------------------------------------------
     def info(self) -> tuple[str, dict[str, Any]]:
         st = self.state
@@ -366,7 +394,8 @@ class Daemon:
                 "kills": st.kills, "armed_kills": st.armed_kills, "kernel_kills_seen": st.kernel_kills_seen,
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
-                "pressure_file": self.domain.pressure_path, "output": output}
+                "pressure_file": self.domain.pressure_path, "thrash": self.thrash_data(self.last_thrash),
+                "output": output}
         return report.info_text(data, status_bytes()), data
 
     def handle(self, cmd: str) -> tuple[bool, str, dict[str, Any]]:

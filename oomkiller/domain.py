@@ -65,7 +65,10 @@ class Domain:
         if self.is_host:
             cand = os.path.join(self.procfs.root, "pressure", "memory")
         else:
-            v2 = self.cgroupfs.v2_counterpart(self.path)
+            # Through its processes first; a domain that holds none yet (a
+            # daemon started on an empty arena) has its v2 cgroup at the same
+            # path, where systemd and the arenas make it.
+            v2 = self.cgroupfs.v2_counterpart(self.path) or self.cgroupfs.v2_mirror(self.path)
             cand = os.path.join(v2, "memory.pressure") if v2 else None
         self._v2 = None     # a domain that came back is a new cgroup
         self.pressure_path = cand if cand and os.path.exists(cand) else None
@@ -112,13 +115,18 @@ class Domain:
         self._v2 = (now, v2, rel, frozenset(ids))
         return self._v2
 
-    def full_stall_usec(self) -> int:
+    def stall_usec(self) -> tuple[int, int]:
+        """(some, full) cumulative memory stall of the domain, -1 each if unknown."""
         if not self.pressure_path:
-            return -1
+            return -1, -1
         try:
-            return read_psi_totals(self.pressure_path).get("full", -1)
+            totals = read_psi_totals(self.pressure_path)
         except (OSError, ValueError):
-            return -1
+            return -1, -1
+        return totals.get("some", -1), totals.get("full", -1)
+
+    def full_stall_usec(self) -> int:
+        return self.stall_usec()[1]
 
     @property
     def name(self) -> str:
@@ -137,9 +145,11 @@ class Domain:
         cgroup has been removed."""
         mi = self.procfs.meminfo()
         total, avail = mi["MemTotal"], mi.get("MemAvailable", mi.get("MemFree", 0))
-        stall = self.full_stall_usec()
+        some, full = self.stall_usec()
         if self.is_host:
-            return MemorySnapshot(self.name, total, avail, total - avail, 0, now_usec, stall)
+            lru = mi.get("Active(file)", -1) + mi.get("Inactive(file)", 0) if "Active(file)" in mi else -1
+            return MemorySnapshot(self.name, total, avail, total - avail, 0, now_usec, full, some,
+                                  self._host_refaults(), lru)
         try:
             limit, usage, stat = self.cgroupfs.memory(self.path)
         except Vanished as e:
@@ -147,7 +157,28 @@ class Domain:
         limit = min(limit, total) if limit is not None else total
         rec = min(reclaimable_bytes(stat), usage)
         free = min(cgroup_free_bytes(limit, usage, rec), avail)
-        return MemorySnapshot(self.name, limit, free, usage, rec, now_usec, stall)
+        return MemorySnapshot(self.name, limit, free, usage, rec, now_usec, full, some, *refault_figures(stat))
+
+    def _host_refaults(self) -> int:
+        """The host's ``workingset_refault_file`` (``workingset_refault``
+        before 5.9), -1 if it cannot be read."""
+        try:
+            vm = self.procfs.vmstat()
+        except (OSError, ValueError):
+            return -1
+        return vm.get("workingset_refault_file", vm.get("workingset_refault", -1))
+
+
+def refault_figures(stat: dict[str, int]) -> tuple[int, int]:
+    """(refaulted file pages, file LRU bytes) from a memory cgroup's stat
+    (v1's ``total_`` names already unprefixed by ``Cgroupfs.memory``), -1
+    each if this kernel does not give them. Kernels before 5.9 count file
+    and anonymous refaults as one ``workingset_refault``: without swap,
+    that is the file's."""
+    refaults = stat.get("workingset_refault_file", stat.get("workingset_refault", -1))
+    if "active_file" not in stat or "inactive_file" not in stat:
+        return refaults, -1
+    return refaults, stat["active_file"] + stat["inactive_file"]
 
 
 def _below(path: str | None, top: str) -> bool:

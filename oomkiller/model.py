@@ -40,6 +40,9 @@ class MemorySnapshot:
     reclaimable_bytes: int
     taken_usec: int
     full_stall_usec: int = -1   # cumulative "full" memory stall of the domain (PSI total=), -1 if unknown
+    some_stall_usec: int = -1   # cumulative "some" memory stall of the domain (PSI total=), -1 if unknown
+    refault_file_pages: int = -1    # cumulative workingset_refault_file of the domain, -1 if unknown
+    file_lru_bytes: int = -1        # active_file + inactive_file of the domain, -1 if unknown
 
 
 class Source(str, enum.Enum):
@@ -284,6 +287,9 @@ class DecisionRecord(Record):
     victim: dict | None = None
     freed_bytes: int | None = None
     free_at_recheck_bytes: int | None = None
+    # the thrash detector's figures and limits when it made the domain low
+    # (core/thrash.py): which signal crossed which limit
+    thrash: dict | None = None
     timings_usec: dict = dataclasses.field(default_factory=dict)
     ts_usec: int = 0
     event: str = "oom_decision"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .files import Vanished, lines, read_kb_fields, read_text
+from .files import Vanished, lines, read_kb_fields, read_keyed, read_text
 from .model import Proc
 
 PF_KTHREAD = 0x00200000     # include/linux/sched.h
@@ -32,6 +32,10 @@ class Procfs:
         """``/proc/meminfo`` in bytes, keyed by field name (a count such as
         ``HugePages_Total`` as it is)."""
         return read_kb_fields(os.path.join(self.root, "meminfo"))
+
+    def vmstat(self) -> dict[str, int]:
+        """``/proc/vmstat``, keyed by counter name (pages and events)."""
+        return read_keyed(os.path.join(self.root, "vmstat"))
 
     def cmdline(self) -> str:
         """The kernel command line. Boot loaders pass bytes: those that are

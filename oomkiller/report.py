@@ -165,6 +165,21 @@ def format_ranking(ranking: Ranking) -> str:
     return "\n".join(lines) if lines else "no jobs in the domain"
 
 
+def thrash_text(t: dict[str, Any] | None) -> str:
+    """The thrash detector's line of ``info``."""
+    if not t:
+        return "-"
+    if t["state"] in ("off", "unknown"):
+        return t["state"] + (" (no refault or file cache figures)" if t["state"] == "unknown" else "")
+    stall = t.get("stall_permyriad")
+    return (f"{t['state']}, refaults {t['refault_permyriad_per_s'] / 100:.1f}%/s of the file cache "
+            f"(limit {t['limit_refault_permyriad_per_s'] / 100:g}%/s), episode {t['episode_usec'] // 1000} ms "
+            f"(sustain {t['sustain_usec'] // 1000} ms), memory stall "
+            + (f"{stall / 100:.1f}%" if stall is not None else "-" if t["state"] == "calm" else "unknown")
+            + f" (limit {t['limit_stall_permyriad'] / 100:g}%), free {t['free_permyriad'] / 100:.1f}%, "
+            f"fired {t['fired']}")
+
+
 def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
     """``oomkiller info`` as the seed's ``k oom info`` prints it, from the
     data ``info --json`` gives."""
@@ -179,6 +194,9 @@ def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
              f"  redline: {red_txt} ({red_b} bytes)",
              f"  domain: {printable(data['domain'])} ({printable(data['domain_path'])})" + ("" if gone == "live" else f", GONE: {printable(gone[6:])}"),
              f"  dry run: {str(data['dry_run']).lower()}",
+             "  pressure file: " + (printable(data["pressure_file"]) if data.get("pressure_file")
+                                    else "none (no memory stall figures: the pressure limit is off)"),
+             "  thrash: " + thrash_text(data.get("thrash")),
              "  own memory: " + ", ".join(f"{k} {format_size(v)}" for k, v in own_memory.items()),
              f"  kills: {data['kills']} (in the kernel, armed: {data['armed_kills']}; "
              f"by the kernel's own OOM killer: {data['kernel_kills_seen']})",

@@ -21,6 +21,11 @@ Roles:
 ``thrash``   reads 4 KiB at random offsets of a file without pause (no
              read-ahead), in ``--threads`` threads: with the file larger than
              the arena, its working set never fits and the page cache thrashes.
+``mapped``   maps ``--file`` and reads one byte of a random page of it at a
+             time in ``--threads`` threads, without pause: a service whose
+             working set is file-backed, like program text. Its page faults
+             go through the page cache with the kernel's read-around, as
+             program text does. Each read is one operation.
 ``storm``    forks a child every ``--interval-ms``; each child allocates
              ``--child-bytes`` and holds it. Stops after ``--max-children``.
 ``fleet``    forks one ``sleep`` into each of the given cgroups (the many-jobs
@@ -170,6 +175,38 @@ def thrash(a: argparse.Namespace) -> None:
     reader(0)
 
 
+def mapped(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    fd = os.open(a.file, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    os.close(fd)
+    pages = size // PAGE
+    # Fault the whole file in once, so it starts cached, charged to this job.
+    for p in range(pages):
+        m[p * PAGE]
+    counts = [0] * a.threads
+
+    def reader(i: int) -> None:
+        rng = random.Random(3 + i)
+        while True:
+            for _ in range(64):
+                m[rng.randrange(pages) * PAGE]
+            counts[i] += 64
+
+    for i in range(1, a.threads):
+        threading.Thread(target=reader, args=(i,), daemon=True).start()
+    say("ready")
+    say(f"ops 0 {now_usec()}")
+
+    def report() -> None:
+        while True:
+            time.sleep(a.report_ms / 1000)
+            say(f"ops {sum(counts)} {now_usec()}")
+    threading.Thread(target=report, daemon=True).start()
+    reader(0)
+
+
 def storm(a: argparse.Namespace) -> None:
     set_name(a.name)
     say("ready")
@@ -240,6 +277,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--report-ms", type=int, default=100)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--name", default="oomk-thrash")
+    mp = sub.add_parser("mapped")
+    mp.add_argument("--file", required=True)
+    mp.add_argument("--report-ms", type=int, default=100)
+    mp.add_argument("--threads", type=int, default=2)
+    mp.add_argument("--name", default="oomk-mapped")
     f = sub.add_parser("storm")
     f.add_argument("--child-bytes", type=int, required=True)
     f.add_argument("--interval-ms", type=float, default=10.0)
@@ -254,7 +296,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     a = parser().parse_args()
-    {"hog": hog, "service": service, "thrash": thrash, "storm": storm, "fleet": fleet}[a.role](a)
+    {"hog": hog, "service": service, "thrash": thrash, "mapped": mapped, "storm": storm, "fleet": fleet}[a.role](a)
 
 
 if __name__ == "__main__":

@@ -201,3 +201,35 @@ def test_a_kernel_kill_outside_the_domain_is_one_read(proc_tree, v1_tree, monkey
     monkeypatch.setattr(domain_mod.time, "monotonic", lambda: 1e12)
     assert not d.holds(502, 1)
     assert len(opened) > 1
+
+
+def test_an_empty_hybrid_domain_finds_its_pressure_file_by_path(proc_tree, v1_tree):
+    """No process to find the v2 cgroup through: the one at the same path."""
+    unified = v1_tree.root / "unified"
+    (unified / "arena").mkdir(parents=True)
+    (unified / "cgroup.controllers").write_text("")
+    (unified / "arena" / "cgroup.procs").write_text("")
+    (unified / "arena" / "cgroup.events").write_text("populated 0\nfrozen 0\n")
+    (unified / "arena" / "memory.pressure").write_text(
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=4321\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1234\n")
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    v1_tree.cgroup("outer/self/arena", memory__limit_in_bytes=f"{64 * MiB}\n", memory__usage_in_bytes=f"{MiB}\n",
+                   memory__stat=(f"hierarchical_memory_limit {64 * MiB}\nworkingset_refault_file 7\n"
+                                 f"total_workingset_refault_file 98765\ntotal_inactive_file {3 * MiB}\n"
+                                 f"total_active_file {5 * MiB}\n"))
+    d = _domain(proc_tree, v1_tree, "outer/self/arena")
+    assert d.cgroupfs.v2_counterpart(d.path) is None
+    assert d.pressure_path == str(unified / "arena" / "memory.pressure")
+    s = d.snapshot(1)
+    assert (s.some_stall_usec, s.full_stall_usec) == (4321, 1234)
+    assert (s.refault_file_pages, s.file_lru_bytes) == (98765, 8 * MiB)
+
+
+def test_refault_figures_of_v2_and_old_kernels_and_the_host(proc_tree, v2_tree):
+    from oomkiller.domain import refault_figures
+    assert refault_figures({"workingset_refault_file": 5, "active_file": 3, "inactive_file": 4}) == (5, 7)
+    assert refault_figures({"workingset_refault": 6, "active_file": 3, "inactive_file": 4}) == (6, 7)
+    assert refault_figures({"anon": 1}) == (-1, -1)
+    proc_tree.meminfo(total_kb=8 << 20, available_kb=6 << 20)
+    s = _domain(proc_tree, v2_tree, "host").snapshot(3)
+    assert (s.refault_file_pages, s.file_lru_bytes) == (-1, -1)    # no vmstat, no file LRU lines here

@@ -10,7 +10,7 @@ result of a walk the daemon carried out.
 
 What lives here, and nowhere else: the previous free figure and the
 snapshots of the last pressure span (the stall share and the adaptive
-timer), when the last walk was (the post-kill hold), whom the kernel holds
+timer), the thrash detector's samples and episode, when the last walk was (the post-kill hold), whom the kernel holds
 armed and when that choice was last made, when the jobs' PSI triggers were
 last refreshed, the pids we killed lately (the kernel's mark of one of them
 is not a kill of its own), and the counts ``info`` shows.
@@ -30,6 +30,7 @@ from .detect import detect
 from ..model import (Candidate, Detection, EventKind, Job, KillResult, MemorySnapshot, PressureEvent, Ranking,
                      Source)
 from .rank import Policy, rank
+from .thrash import ThrashFigures, ThrashLimits, ThrashState, observe
 
 # PSI triggers on jobs: on the biggest this many, refreshed at most this
 # often, and only on a timer tick while the domain is above the arm line.
@@ -69,6 +70,7 @@ class CoreState:
     kills: int = 0
     armed_kills: int = 0
     kernel_kills_seen: int = 0
+    thrash: ThrashState = ThrashState()
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,12 @@ class Step:
     redline_bytes: int = 0
     lowmem_consumed: bool = False  # the lowmem request was acted on (a walk, a hold)
     armed_hit: bool = False
+    thrash: ThrashFigures | None = None
+
+
+def thrash_limits(config: Config) -> ThrashLimits:
+    return ThrashLimits(config.thrash_refault_limit_permyriad, config.thrash_stall_limit_permyriad,
+                        config.thrash_sustain_ms * 1000)
 
 
 def policy_for(config: Config, self_pid: int) -> Policy:
@@ -176,9 +184,10 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
     snap = wake.snapshot
     redline = config.redline.resolve_bytes(snap.total_bytes)
     history = _pressure_history(state.history, snap)
+    thrash_state, thrash = observe(state.thrash, snap, thrash_limits(config), config.arm_line_bytes(snap.total_bytes))
     det = detect(snap, redline, state.prev_free_bytes, wake.lowmem, pressure_ref=history[0],
-                 pressure_limit_permyriad=config.pressure_limit_permyriad)
-    s = dataclasses.replace(state, prev_free_bytes=snap.free_bytes, history=history)
+                 pressure_limit_permyriad=config.pressure_limit_permyriad, thrash=thrash)
+    s = dataclasses.replace(state, prev_free_bytes=snap.free_bytes, history=history, thrash=thrash_state)
     actions: list[Action] = []
     policy = policy_for(config, os.getpid() if self_pid is None else self_pid)
 
@@ -212,7 +221,7 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
             s = dataclasses.replace(s, kernel_kills_seen=s.kernel_kills_seen + 1)
             actions.append(KernelKill(ev))
 
-    done = dict(detection=det, redline_bytes=redline, armed_hit=armed_hit)
+    done = dict(detection=det, redline_bytes=redline, armed_hit=armed_hit, thrash=thrash)
     if armed_hit:
         # The kernel killed a task of the armed job at its failed reclaim:
         # kill the rest of that job now, whatever the numbers say.
@@ -225,7 +234,8 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
         if not ranking.killable():
             # The task the kernel killed was the job's last: it is empty already.
             actions.append(ArmedDone(armed.name, ranking))
-            s = dataclasses.replace(s, kills=s.kills + 1, last_walk_usec=wake.now_usec, history=())
+            s = dataclasses.replace(s, kills=s.kills + 1, last_walk_usec=wake.now_usec, history=(),
+                                    thrash=s.thrash.reset())
             return Step(s, tuple(actions), **done)
         actions.append(Walk(ranking, "armed kill in the kernel"))
         return Step(s, tuple(actions), **done)
@@ -307,8 +317,10 @@ def walked(state: CoreState, now_usec: int, attempts: Sequence[tuple[Candidate, 
     if victim is None or victim[1].dry_run:
         return s, ()
     c, r = victim
+    # The thrash detector starts over too: the refaults and stalls from
+    # before the kill say nothing about what is left.
     s = dataclasses.replace(s, kills=s.kills + 1, our_victims=_remember(s.our_victims, r.signalled_pids),
-                            history=(), armed_ranked_usec=0)
+                            history=(), armed_ranked_usec=0, thrash=s.thrash.reset())
     if s.armed is not None and s.armed.path == c.job.path:
         return dataclasses.replace(s, armed=None), (Disarm(s.armed),)
     return s, ()
@@ -323,4 +335,4 @@ def domain_replaced(state: CoreState) -> CoreState:
     """A new cgroup at the domain's path: nothing learned from the old one
     holds (figures, timings, choices); the counts and our victims stay."""
     return CoreState(our_victims=state.our_victims, kills=state.kills, armed_kills=state.armed_kills,
-                     kernel_kills_seen=state.kernel_kills_seen)
+                     kernel_kills_seen=state.kernel_kills_seen, thrash=state.thrash.reset())

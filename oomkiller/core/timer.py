@@ -9,8 +9,38 @@ from ..model import MemorySnapshot
 # The adaptive timer (config adaptive_sleep) never wakes sooner than this.
 MIN_TICK_USEC = 10_000
 
+# The thrash detector's cadence (core/thrash.py): during an episode, a sample
+# every 100 ms (a snapshot costs ~0.1 ms: the files it reads are the
+# redline's), so the sustain span is judged on ten segments; below the arm
+# line, every 250 ms, so an episode's start is seen within a quarter second
+# where a freeze leaves free memory (7-13% of the arena).
+THRASH_EPISODE_TICK_USEC = 100_000
+THRASH_WATCH_TICK_USEC = 250_000
 
-def next_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, running: bool, can_arm: bool) -> int:
+
+def thrash_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, in_episode: bool) -> int | None:
+    """How soon the thrash detector wants its next sample, None if it has no
+    wish (off, or calm with free memory above the arm line)."""
+    if not config.thrash_refault_limit_permyriad or not history:
+        return None
+    if in_episode:
+        return THRASH_EPISODE_TICK_USEC
+    last = history[-1]
+    if last.refault_file_pages >= 0 and last.free_bytes < config.arm_line_bytes(last.total_bytes):
+        return THRASH_WATCH_TICK_USEC
+    return None
+
+
+def next_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, running: bool, can_arm: bool,
+                   thrash_episode: bool = False) -> int:
+    """The sooner of the redline timer's tick (``redline_tick_usec``) and
+    the thrash detector's (``thrash_tick_usec``)."""
+    tick = redline_tick_usec(history, config, running=running, can_arm=can_arm)
+    thrash = thrash_tick_usec(history, config, in_episode=thrash_episode) if running else None
+    return tick if thrash is None else min(tick, thrash)
+
+
+def redline_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, running: bool, can_arm: bool) -> int:
     """How long the timer sleeps from now: ``sleep_ms``, or while free
     memory falls, half the time to the next line (the arm line while above
     it, then the redline) at the rate seen over the kept snapshots (the last

@@ -1,0 +1,247 @@
+"""Is the domain thrashing? A pure function of plain values.
+
+The freeze this catches: something holds on to memory that reclaim cannot
+take (anonymous memory, no swap), the kernel keeps "free" memory looking
+healthy by evicting page cache, the code and data running programs need
+among it, and they read it back from disk at once. The kernel's OOM killer
+never fires (reclaim keeps making progress) and free memory stays above any
+sane redline.
+
+Signals, all from files the snapshot reads anyway:
+
+* **refault rate**: file pages read back in soon after their eviction
+  (``workingset_refault_file`` of the domain's ``memory.stat``, v1's
+  ``total_workingset_refault_file``, or ``/proc/vmstat`` for the host) per
+  second, over the size of the file LRU they refault into (``active_file +
+  inactive_file``), in permyriad per second. Android's lmkd reasons the same
+  way. In a 512 MiB arena frozen by a hog at 85%: 0 at baseline, 1,100 to
+  1,700 % per second while frozen, and over 20% in the first 250 ms.
+* **memory stall**: the share of time some task of the domain was stalled on
+  memory (PSI ``some``) over the last sustain span. The frozen service is
+  stalled 15 to 30% of each second; a stream is stalled too (1 to 42% of a
+  second, more on a loaded machine), so this alone does not clear it.
+* **a squeezed cache**: the file cache holds at most half the domain
+  (``MAX_CACHE_PERMYRIAD``); a stream's cache fills it (99%), the frozen
+  arena's held 12%, the rest being what nobody can reclaim.
+* **free memory**: where no PSI file can be read, the domain's free memory
+  must be under the arm line instead: a stream keeps its cache reclaimable
+  (half the arena free), a freeze leaves 7 to 13% free.
+
+Counters lag: v1 memory cgroups (and v2 ones, between flushes) may show
+``workingset_refault_file`` unchanged for up to two seconds while pages
+refault, then all of it at once. So a sample whose counter did not move at
+all says nothing (it neither starts nor ends an episode) until the counter
+has been still for ``STATS_LAG_USEC``; a sample whose counter moved, but
+slower than the limit, ends the episode at once.
+
+An *episode* starts at the first sample whose refault rate (over the time
+since the previous sample that moved the counter) is at or above the limit,
+and ends at the first that moved it slower. The detector *fires* on a
+sample that moved the counter at or above the limit once the episode has
+lasted ``sustain_usec``, with the stall share over the last
+``sustain_usec`` at or above its limit (or free memory under the arm line):
+a burst shorter than the sustain never fires, nor does one that the counter
+shows only later in one jump, since PSI, which does not lag, shows the
+stall over by then.
+
+Cause and sufferer: the refaults say who suffers (the service whose file
+pages are evicted), not who causes it. The kill goes to the ranker's top
+job, ranked on committed memory (what the cgroup is charged less the clean
+file cache the kernel can drop): the growing, unreclaimable charge. The
+suffering service's working set is file cache, which that score leaves
+out, so it ranks below the job that crowds it out.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..model import MemorySnapshot
+
+PAGE_BYTES = 4096
+
+# memcg statistics are flushed to what memory.stat shows at least every 2 s
+# (the kernel's periodic flush); between flushes a counter may stand still.
+STATS_LAG_USEC = 2_100_000
+
+# Thrashing counts only while the file cache holds at most this share of the
+# domain (permyriad): a cache that large is not squeezed by anything, and its
+# refaults are its own readers' stream (cat of a file twice a 256 MiB arena:
+# the cache is 99% of it, and up to 42% of a second stalled on a loaded
+# machine, so the stall alone cannot tell). The frozen arena kept 12%.
+MAX_CACHE_PERMYRIAD = 5000
+
+# Samples closer than this are not a segment of their own: a rate over a few
+# ms is noise (one read-around of 32 pages).
+MIN_SEGMENT_USEC = 50_000
+
+
+@dataclass(frozen=True)
+class ThrashLimits:
+    """The thresholds (Config: thrash_refault_limit, thrash_stall_limit,
+    thrash_sustain_ms). ``refault_permyriad_per_s`` 0 turns detection off."""
+
+    refault_permyriad_per_s: int = 2000
+    stall_permyriad: int = 1000
+    sustain_usec: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class ThrashSample:
+    taken_usec: int
+    refault_pages: int          # cumulative workingset_refault_file
+    file_lru_bytes: int
+    some_stall_usec: int        # cumulative PSI "some" of the domain, -1 if unknown
+
+
+@dataclass(frozen=True)
+class ThrashState:
+    """What the detector remembers between samples."""
+
+    # the samples of the last sustain span, oldest first: the newest one at
+    # least sustain_usec old stays first (the stall window), the last is the
+    # previous sample
+    recent: tuple[ThrashSample, ...] = ()
+    moved: ThrashSample | None = None       # the latest sample whose refault counter moved
+    onset: ThrashSample | None = None       # the first sample of the episode, None if none
+    last_rate_permyriad_per_s: int = 0      # rate of the latest segment that moved the counter
+    fired: int = 0                          # episodes that fired, for info
+    fired_onset_usec: int = -1              # the onset of the episode counted last in ``fired``
+
+    @property
+    def last(self) -> ThrashSample | None:
+        return self.recent[-1] if self.recent else None
+
+    def reset(self) -> "ThrashState":
+        """Forget the samples (after a kill, or a new cgroup at the domain's
+        path); keep the count."""
+        return ThrashState(fired=self.fired, fired_onset_usec=self.fired_onset_usec)
+
+
+@dataclass(frozen=True)
+class ThrashFigures:
+    """What one sample showed: for the decision record and ``info``."""
+
+    state: str                      # "off", "unknown" (no counters), "calm", "episode", "thrashing"
+    refault_permyriad_per_s: int = 0
+    episode_usec: int = 0
+    stall_permyriad: int | None = None      # PSI some over the episode, None if unknown
+    free_permyriad: int = 0
+    reason: str = ""
+
+    @property
+    def firing(self) -> bool:
+        return self.state == "thrashing"
+
+    def as_dict(self) -> dict:
+        return {"state": self.state, "refault_permyriad_per_s": self.refault_permyriad_per_s,
+                "episode_usec": self.episode_usec, "stall_permyriad": self.stall_permyriad,
+                "free_permyriad": self.free_permyriad}
+
+
+def sample_of(snap: MemorySnapshot) -> ThrashSample | None:
+    """The detector's sample from a snapshot, None if it carries no refault figures."""
+    if snap.refault_file_pages < 0 or snap.file_lru_bytes < 0:
+        return None
+    return ThrashSample(snap.taken_usec, snap.refault_file_pages, snap.file_lru_bytes, snap.some_stall_usec)
+
+
+def segment_rate(prev: ThrashSample, cur: ThrashSample) -> int:
+    """Refaults per second between two samples, in permyriad of the file LRU
+    (the smaller of the two sizes: the LRU the pages came back into)."""
+    dt = cur.taken_usec - prev.taken_usec
+    lru_pages = max(1, min(prev.file_lru_bytes, cur.file_lru_bytes) // PAGE_BYTES)
+    refaults = max(0, cur.refault_pages - prev.refault_pages)
+    return refaults * 10_000 * 1_000_000 // (dt * lru_pages) if dt > 0 else 0
+
+
+def stall_share(start: ThrashSample, cur: ThrashSample) -> int | None:
+    """PSI ``some`` share between two samples in permyriad, None if unknown."""
+    dt = cur.taken_usec - start.taken_usec
+    if start.some_stall_usec < 0 or cur.some_stall_usec < 0 or dt <= 0:
+        return None
+    return max(0, cur.some_stall_usec - start.some_stall_usec) * 10_000 // dt
+
+
+def _keep(recent: tuple[ThrashSample, ...], cur: ThrashSample, span_usec: int) -> tuple[ThrashSample, ...]:
+    kept = [*recent, cur]
+    while len(kept) >= 2 and cur.taken_usec - kept[1].taken_usec >= span_usec:
+        kept.pop(0)
+    return tuple(kept)
+
+
+def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
+            arm_line_bytes: int) -> tuple[ThrashState, ThrashFigures]:
+    """One more snapshot: the new state, and what it showed. See the module
+    docstring for the rule."""
+    free_pm = snap.free_bytes * 10_000 // snap.total_bytes if snap.total_bytes > 0 else 0
+    if not limits.refault_permyriad_per_s:
+        return ThrashState(), ThrashFigures("off", free_permyriad=free_pm)
+    cur = sample_of(snap)
+    if cur is None:
+        return state.reset(), ThrashFigures("unknown", free_permyriad=free_pm)
+    prev = state.last
+    if prev is None or cur.taken_usec <= prev.taken_usec or cur.refault_pages < prev.refault_pages:
+        # The first sample, or counters that went back (a new cgroup at the
+        # domain's path): start over from this one.
+        return (dataclasses.replace(state.reset(), recent=(cur,), moved=cur),
+                ThrashFigures("calm", free_permyriad=free_pm))
+    if cur.taken_usec - prev.taken_usec < MIN_SEGMENT_USEC:
+        # Too close to the last sample to be a segment of its own: nothing
+        # new to judge; the next segment is measured from ``prev``.
+        return state, _figures(state, prev, limits, arm_line_bytes, snap, free_pm, fresh=False)
+    onset, moved, last_rate = state.onset, state.moved, state.last_rate_permyriad_per_s
+    if cur.refault_pages != prev.refault_pages:
+        # The counter moved: this segment's rate is fresh. Measured from the
+        # latest sample that moved it, so that a jump after a flush is spread
+        # over the time it stood still.
+        last_rate = segment_rate(moved or prev, cur)
+        moved = cur
+        if last_rate < limits.refault_permyriad_per_s:
+            onset = None
+        elif onset is None:
+            # The episode starts here, not at the previous sample: a rate
+            # over a long gap (a slow tick, a flush delay) may be one burst,
+            # so later samples must show it goes on for the sustain span.
+            onset = cur
+    elif moved is None or cur.taken_usec - moved.taken_usec >= STATS_LAG_USEC:
+        # Still for longer than any flush delay: nothing refaults.
+        onset, last_rate = None, 0
+    new = dataclasses.replace(state, recent=_keep(state.recent, cur, limits.sustain_usec), moved=moved, onset=onset,
+                              last_rate_permyriad_per_s=last_rate)
+    figs = _figures(new, cur, limits, arm_line_bytes, snap, free_pm, fresh=moved is cur)
+    if figs.firing and onset.taken_usec != state.fired_onset_usec:
+        new = dataclasses.replace(new, fired=state.fired + 1, fired_onset_usec=onset.taken_usec)
+    return new, figs
+
+
+def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_bytes: int,
+             snap: MemorySnapshot, free_pm: int, fresh: bool) -> ThrashFigures:
+    """``fresh``: the refault counter moved at ``cur``."""
+    if st.onset is None:
+        return ThrashFigures("calm", st.last_rate_permyriad_per_s, free_permyriad=free_pm)
+    span = cur.taken_usec - st.onset.taken_usec
+    # The stall over the last sustain span, not the whole episode: PSI does
+    # not lag, so a burst the refault counter shows late is seen as over.
+    stall = stall_share(st.recent[0], cur) if st.recent else None
+    base = dict(refault_permyriad_per_s=st.last_rate_permyriad_per_s, episode_usec=span, stall_permyriad=stall,
+                free_permyriad=free_pm)
+    if span < limits.sustain_usec or not fresh:
+        # Not long enough yet, or this sample's counter did not move: an
+        # unmoved counter cannot confirm the episode goes on.
+        return ThrashFigures("episode", **base)
+    cache_pm = cur.file_lru_bytes * 10_000 // snap.total_bytes if snap.total_bytes > 0 else 10_000
+    if cache_pm > MAX_CACHE_PERMYRIAD:
+        return ThrashFigures("episode", **base)
+    rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
+            f"({cache_pm / 100:.0f}% of the domain) >= {limits.refault_permyriad_per_s / 100:g}%/s "
+            f"for {span // 1000} ms")
+    if stall is not None:
+        if stall < limits.stall_permyriad:
+            return ThrashFigures("episode", **base)
+        why = f"{rate}, memory stall {stall / 100:.1f}% >= {limits.stall_permyriad / 100:g}%"
+    else:
+        if snap.free_bytes >= arm_line_bytes:
+            return ThrashFigures("episode", **base)
+        why = f"{rate}, no stall figures, free {free_pm / 100:.1f}% below the arm line"
+    return ThrashFigures("thrashing", reason=f"thrashing: {why}", **base)

@@ -1,0 +1,81 @@
+"""The thrash detector on the real kernel: the freeze ends in a kill of the
+hog, not the service; healthy busy loads are left alone. The daemon runs on
+its shipped defaults (every source), with the jobs named explicitly."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+
+import pytest
+
+import thrash_scene
+from kproc import wait_for
+
+from oomkiller_bench.arena import Arena
+
+MIB = 1 << 20
+
+# The service's collapse (under half its baseline) to the hog's death. Measured
+# here: 1.0-1.4 s (a sustain span of 1 s, samples every 100-250 ms); the bound
+# leaves room for a loaded 2-core CI machine.
+COLLAPSE_TO_KILL_S = 4.0
+
+
+@pytest.fixture
+def big_arena():
+    with Arena(f"oomk-thrash-{uuid.uuid4().hex[:8]}", 512 * MIB) as a:
+        yield a
+
+
+@pytest.fixture
+def files_dir():
+    d = "/var/tmp/oomkiller-tests"
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def test_the_freeze_ends_in_a_kill_of_the_hog(big_arena, daemon, files_dir):
+    run = thrash_scene.freeze(big_arena, daemon, files_dir, wait_s=30)
+    print(run.describe())
+    assert run.collapse is not None, "the service never collapsed: no freeze to end"
+    assert run.hog_died is not None, f"the hog was never killed: {run.describe()}"
+    assert run.hog_signal == -signal.SIGKILL
+    assert run.service_alive, "the service was killed"
+    kill = run.kill
+    assert kill is not None and kill["victim"]["job"] == "hog"
+    assert kill["decision"].startswith("thrashing: refaults"), kill["decision"]
+    t = kill["thrash"]
+    assert t["state"] == "thrashing" and t["refault_permyriad_per_s"] >= t["limit_refault_permyriad_per_s"]
+    assert t["episode_usec"] >= t["sustain_usec"] and t["stall_permyriad"] >= t["limit_stall_permyriad"]
+    assert run.hog_died - run.collapse <= COLLAPSE_TO_KILL_S, run.describe()
+    # Frozen, it did under 1% of its baseline; after the kill it reads its
+    # evicted file back first (27-96% of the baseline by the third second).
+    assert run.after_ops_s is not None and run.after_ops_s > 0.1 * run.baseline_ops_s, run.describe()
+    assert big_arena.kernel_oom_kills() == 0
+
+
+@pytest.mark.parametrize("kind", ["stream", "fits"])
+def test_a_healthy_busy_arena_is_not_killed(arena, daemon, files_dir, kind):
+    run = thrash_scene.healthy(arena, daemon, files_dir, kind, seconds=20)
+    print(run.describe())
+    assert run.progress > 0, f"{kind}: the load did no work, so it proves nothing"
+    assert run.kills == 0 and run.decisions == [], run.describe()
+    assert run.alive
+    if kind == "stream":
+        # It did refault: the detector saw episodes and held back.
+        assert run.max_refault_permyriad_per_s >= 2000, run.describe()
+
+
+def test_info_shows_the_pressure_file_of_an_empty_domain_and_the_detector(arena, daemon):
+    d = daemon("--domain", arena.path, "--jobs", "*")
+    data = wait_for(lambda: (lambda i: i if i.get("thrash") else None)(json.loads(d.ctl("info", "--json").stdout)),
+                    10, "the thrash detector's first figures")
+    want = os.path.join(arena.v2_path, "memory.pressure") if arena.v2_path else None
+    if want and os.path.exists(want):
+        assert data["pressure_file"] == want
+    assert data["thrash"]["state"] == "calm" and data["thrash"]["fired"] == 0
+    text = d.ctl("info").stdout
+    assert f"  pressure file: {data['pressure_file']}\n" in text
+    assert "  thrash: calm, refaults 0.0%/s of the file cache (limit 20%/s)" in text

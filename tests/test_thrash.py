@@ -1,0 +1,277 @@
+"""The thrash detector on plain values: the freeze fires within the sustain
+span, healthy loads and short bursts never do."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from oomkiller import config as config_mod
+from oomkiller.config import ConfigError
+from oomkiller.core import state as core
+from oomkiller.core.detect import detect
+from oomkiller.core.thrash import STATS_LAG_USEC, ThrashLimits, ThrashState, observe
+from oomkiller.core.timer import THRASH_EPISODE_TICK_USEC, THRASH_WATCH_TICK_USEC, next_tick_usec
+from oomkiller.model import Importance, Job, MemorySnapshot, Proc
+
+MIB = 1 << 20
+TOTAL = 512 * MIB
+LRU = 64 * MIB                  # 16384 pages
+LIMITS = ThrashLimits(refault_permyriad_per_s=2000, stall_permyriad=1000, sustain_usec=1_000_000)
+ARM_LINE = TOTAL // 5
+
+
+class Feed:
+    """Snapshots every ``step_usec`` with refaults at ``rate`` (share of the
+    LRU per second) and some-stall at ``stall`` (share of time)."""
+
+    def __init__(self, free=40 * MIB, step_usec=100_000, psi=True, lru=LRU):
+        self.t, self.refaults, self.stall = 1_000_000, 5000, 77_000
+        self.free, self.step, self.psi, self.lru = free, step_usec, psi, lru
+        self.state = ThrashState()
+        self.figs = []
+
+    def tick(self, rate: float, stall: float, n: int = 1, flushed: bool = True):
+        for _ in range(n):
+            self.t += self.step
+            self.refaults += int(rate * self.lru / 4096 * self.step / 1e6)
+            self.stall += int(stall * self.step)
+            shown = self.refaults if flushed else self.state.last.refault_pages
+            snap = MemorySnapshot("d", TOTAL, self.free, TOTAL - self.free, 0, self.t, -1,
+                                  self.stall if self.psi else -1, shown, self.lru)
+            self.state, f = observe(self.state, snap, LIMITS, ARM_LINE)
+            self.figs.append(f)
+        return self.figs[-1]
+
+    def states(self):
+        return [f.state for f in self.figs]
+
+
+def test_baseline_is_calm_and_first_sample_never_fires():
+    f = Feed()
+    assert f.tick(0, 0, 20).state == "calm"
+    assert "thrashing" not in f.states()
+
+
+def test_freeze_fires_after_the_sustain_span_and_says_why():
+    f = Feed()
+    f.tick(0, 0, 5)
+    f.tick(14, 0.18, 10)                # onset at the first of these
+    assert "thrashing" not in f.states()
+    fig = f.tick(14, 0.18)
+    assert fig.firing and fig.episode_usec == 1_000_000
+    assert fig.refault_permyriad_per_s == pytest.approx(140_000, rel=0.01)
+    assert fig.stall_permyriad == 1800
+    assert fig.reason == ("thrashing: refaults 1400%/s of the file cache (12% of the domain) >= 20%/s "
+                          "for 1000 ms, memory stall 18.0% >= 10%")
+    assert f.state.fired == 1
+    f.tick(14, 0.18, 3)
+    assert f.state.fired == 1, "one episode counts once"
+
+
+def test_a_burst_shorter_than_the_sustain_never_fires():
+    f = Feed()
+    f.tick(0, 0, 5)
+    f.tick(14, 0.25, 8)                 # 0.8 s
+    f.tick(0, 0, 40)
+    assert "thrashing" not in f.states()
+    assert f.figs[-1].state == "calm"
+
+
+def test_a_burst_the_counter_shows_late_never_fires():
+    """The refault counter stands still while the burst runs (a memcg flush
+    delay) and shows it all in one jump later; PSI does not lag, so the stall
+    over the last second says the burst is over."""
+    f = Feed()
+    f.tick(0, 0, 5)
+    f.tick(14, 0.25, 1)                 # the onset is seen
+    f.tick(14, 0.25, 6, flushed=False)
+    f.tick(0, 0, 8, flushed=False)
+    f.tick(0, 0, 1)                     # the flush: everything at once
+    f.tick(0.3, 0, 3)                   # a trickle above the limit after it
+    assert "thrashing" not in f.states()
+
+
+def test_a_stream_that_refaults_but_does_not_stall_never_fires():
+    """cat of a file twice the arena's size in a loop: 800-1000 %/s, up to
+    8% stalled, its cache filling the arena."""
+    f = Feed(free=250 * MIB, lru=250 * MIB)
+    f.tick(9.5, 0.08, 100)
+    assert "thrashing" not in f.states() and f.figs[-1].state == "episode"
+
+
+def test_a_cache_that_fills_the_domain_is_not_squeezed():
+    """Stalled and refaulting, but the cache holds 60% of the domain: its
+    readers' own stream, nothing to kill for."""
+    f = Feed(lru=TOTAL * 6 // 10)
+    f.tick(0, 0, 2)
+    f.tick(14, 0.3, 30)
+    assert "thrashing" not in f.states() and f.figs[-1].state == "episode"
+    g = Feed(lru=TOTAL // 2)
+    g.tick(0, 0, 2)
+    g.tick(14, 0.3, 11)
+    assert g.figs[-1].firing
+
+
+def test_counter_standing_still_does_not_end_the_episode_within_the_flush_delay():
+    f = Feed()
+    f.tick(0, 0, 2)
+    f.tick(14, 0.2, 5)
+    f.tick(14, 0.2, 10, flushed=False)  # 1 s with no movement: unknown, not over
+    assert f.figs[-1].state == "episode"
+    assert f.tick(14, 0.2).firing       # the flush shows it went on
+    g = Feed()
+    g.tick(0, 0, 2)
+    g.tick(14, 0.2, 5)
+    g.tick(0, 0, STATS_LAG_USEC // g.step + 1, flushed=False)
+    assert g.figs[-1].state == "calm"
+
+
+def test_a_slower_segment_ends_the_episode():
+    f = Feed()
+    f.tick(0, 0, 2)
+    f.tick(14, 0.2, 8)
+    f.tick(0.1, 0.2, 1)                 # moved, but under 20%/s
+    assert f.figs[-1].state == "calm"
+    f.tick(14, 0.2, 10)
+    assert "thrashing" not in f.states()
+    assert f.tick(14, 0.2).firing
+
+
+def test_without_psi_free_memory_must_be_under_the_arm_line():
+    f = Feed(psi=False, free=200 * MIB)
+    f.tick(0, 0, 2)
+    f.tick(14, 0, 30)
+    assert "thrashing" not in f.states()
+    g = Feed(psi=False, free=40 * MIB)
+    g.tick(0, 0, 2)
+    g.tick(14, 0, 11)
+    assert g.figs[-1].firing and "no stall figures, free 7.8% below the arm line" in g.figs[-1].reason
+
+
+def test_a_slow_first_tick_does_not_count_as_sustained():
+    """A 1 s tick that sees a 0.3 s burst: the episode starts at that tick,
+    not the one before, so it must go on for a sustain span after it."""
+    f = Feed(step_usec=1_000_000)
+    f.tick(0, 0, 2)
+    f.tick(4, 0.1, 1)
+    assert f.figs[-1].state == "episode" and f.figs[-1].episode_usec == 0
+    f.step = 100_000
+    f.tick(0, 0, 30)
+    assert "thrashing" not in f.states()
+
+
+def test_unknown_counters_and_off():
+    snap = MemorySnapshot("d", TOTAL, 1, 1, 0, 5, -1, -1, -1, -1)
+    st, fig = observe(ThrashState(fired=3), snap, LIMITS, ARM_LINE)
+    assert fig.state == "unknown" and st.fired == 3
+    st, fig = observe(ThrashState(), snap, dataclasses.replace(LIMITS, refault_permyriad_per_s=0), ARM_LINE)
+    assert fig.state == "off"
+
+
+def test_counters_that_go_back_start_over():
+    f = Feed()
+    f.tick(14, 0.2, 5)
+    f.refaults = 0
+    assert f.tick(14, 0.2).state == "calm"
+
+
+# -- in the core's step -------------------------------------------------------
+
+def job(name, charged, inode):
+    return Job(name, f"/sys/fs/cgroup/memory/a/{name}", inode, procs=(Proc(inode, name, charged, 0, "S", 1),),
+               charged_bytes=charged, v2_path=f"/sys/fs/cgroup/unified/a/{name}", v2_id=inode)
+
+
+def test_step_walks_to_the_cause_not_the_sufferer():
+    """The freeze's hog holds 435 MiB of anonymous memory; the service's
+    working set is file cache, which its score leaves out."""
+    conf = config_mod.load(cli={"domain": "/a"})
+    jobs = [job("svc", 3 * MIB, 11), job("hog", 435 * MIB, 12)]
+    st = core.CoreState()
+    f = Feed()
+    walk = None
+    for i in range(40):
+        rate, stall = (0, 0) if i < 5 else (14, 0.18)
+        f.t += 100_000
+        f.refaults += int(rate * LRU / 4096 / 10)
+        f.stall += int(stall * 100_000)
+        snap = MemorySnapshot("a", TOTAL, 40 * MIB, TOTAL - 40 * MIB, 0, f.t, -1, f.stall, f.refaults, LRU)
+        wake = core.Wake(f.t, snap)
+        res = core.step(st, conf, wake, None, 1)
+        if res.need is core.Need.JOBS:
+            res = core.step(st, conf, wake, jobs, 1)
+        st = res.state
+        walk = next((a for a in res.actions if isinstance(a, core.Walk)), None)
+        if walk:
+            break
+    assert walk is not None and i == 15, i
+    assert walk.reason.startswith("thrashing: refaults") and walk.recheck_redline_bytes is None
+    assert [c.job.name for c in walk.ranking.killable()] == ["hog", "svc"]
+    assert walk.ranking.candidates[0].importance is Importance.NORMAL
+    assert st.thrash.fired == 1
+    st2, _ = core.walked(st, f.t, [])
+    assert st2.thrash.onset is not None, "nothing killed: the episode goes on"
+
+
+def test_detect_puts_the_redline_first():
+    snap = MemorySnapshot("a", TOTAL, 10, TOTAL - 10, 0, 5)
+    from oomkiller.core.thrash import ThrashFigures
+    d = detect(snap, 100, None, thrash=ThrashFigures("thrashing", reason="thrashing: x"))
+    assert d.reason == "free below redline"
+    d = detect(dataclasses.replace(snap, free_bytes=1000), 100, None,
+               thrash=ThrashFigures("thrashing", reason="thrashing: x"))
+    assert (d.low, d.reason, d.shortfall_bytes) == (True, "thrashing: x", 0)
+
+
+def test_the_timer_samples_faster_in_an_episode_and_under_the_arm_line():
+    conf = config_mod.load()
+    calm = MemorySnapshot("a", TOTAL, 400 * MIB, 0, 0, 5, -1, 0, 0, LRU)
+    low = dataclasses.replace(calm, free_bytes=50 * MIB)
+    assert next_tick_usec((calm,), conf, running=True, can_arm=False) == 1_000_000
+    assert next_tick_usec((low,), conf, running=True, can_arm=False) == THRASH_WATCH_TICK_USEC
+    assert next_tick_usec((calm,), conf, running=True, can_arm=False, thrash_episode=True) == THRASH_EPISODE_TICK_USEC
+    off = config_mod.load(cli={"thrash_refault_limit": "0"})
+    assert next_tick_usec((low,), off, running=True, can_arm=False, thrash_episode=True) == 1_000_000
+    unknown = dataclasses.replace(low, refault_file_pages=-1)
+    assert next_tick_usec((unknown,), conf, running=True, can_arm=False) == 1_000_000
+
+
+# -- config -----------------------------------------------------------------------
+
+def test_thrash_config_keys():
+    c = config_mod.load()
+    assert (c.thrash_refault_limit_permyriad, c.thrash_stall_limit_permyriad, c.thrash_sustain_ms) == (2000, 1000, 1000)
+    c = config_mod.load(cli={"thrash_refault_limit": "150%", "thrash_stall_limit": "0", "thrash_sustain_ms": "2500"})
+    assert (c.thrash_refault_limit_permyriad, c.thrash_stall_limit_permyriad, c.thrash_sustain_ms) == (15000, 0, 2500)
+    assert c.describe()["thrash_refault_limit"] == "150%"
+    for key, bad, why in (("thrash_refault_limit", "fast", "not a percentage"),
+                          ("thrash_refault_limit", "20000%", "out of range"),
+                          ("thrash_refault_limit", 0.2, "not a percentage"),
+                          ("thrash_stall_limit", "101%", "out of range"),
+                          ("thrash_sustain_ms", "100", "outside 250..60000"),
+                          ("thrash_sustain_ms", True, "not an integer")):
+        with pytest.raises(ConfigError) as e:
+            config_mod.load(cli={key: bad})
+        msg = str(e.value)
+        assert msg.startswith(f"command line: bad value for {key!r}: ") and why in msg and "\n" not in msg
+
+
+def test_shipped_config_lists_the_thrash_keys(tmp_path):
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "deploy", "oomkiller.toml")
+    c = config_mod.load(config_file=path)
+    assert c == config_mod.load()
+
+
+def test_info_line():
+    from oomkiller.report import thrash_text
+    t = {"state": "thrashing", "refault_permyriad_per_s": 183_112, "episode_usec": 1_046_000, "stall_permyriad": 2216,
+         "free_permyriad": 956, "limit_refault_permyriad_per_s": 2000, "limit_stall_permyriad": 1000,
+         "sustain_usec": 1_000_000, "fired": 1}
+    assert thrash_text(t) == ("thrashing, refaults 1831.1%/s of the file cache (limit 20%/s), episode 1046 ms "
+                              "(sustain 1000 ms), memory stall 22.2% (limit 10%), free 9.6%, fired 1")
+    assert "memory stall - " in thrash_text({**t, "state": "calm", "stall_permyriad": None})
+    assert "memory stall unknown " in thrash_text({**t, "state": "episode", "stall_permyriad": None})
+    assert thrash_text({"state": "unknown"}) == "unknown (no refault or file cache figures)"
+    assert thrash_text(None) == "-"
