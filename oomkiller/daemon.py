@@ -31,7 +31,7 @@ from .footprint import status_bytes
 from .killer import Killer
 from .model import (ArmedRecord, DecisionRecord, EventKind, Job, KernelKillRecord, MemorySnapshot, PressureEvent,
                     Ranking, Record, Result, Source)
-from .output import LineWriter
+from .output import NOTICE, LineWriter
 from .procfs import Procfs
 from .core.rank import rank
 
@@ -210,7 +210,8 @@ class Daemon:
         lines += report.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
         record = replace(record, ranking=tuple(report.candidate_record(c) for c in ranking.candidates[:16]))
         if isinstance(action, core.ArmedDone):
-            self._log(lines + [f"OOM: armed job '{report.printable(action.job_name)}' is already empty"])
+            self._log(lines)
+            log.log(NOTICE, "OOM: armed job '%s' is already empty", report.printable(action.job_name))
             return self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
                                       timings_usec=timings))
         before = snap
@@ -243,11 +244,13 @@ class Daemon:
         lines += report.walk_lines(ranking, attempts)
         victim = next(((c, r) for c, r in attempts if r.ok), None)
         first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
+        self._log(lines)
         if victim:
             c, r = victim
-            lines.append(report.outcome_line(c, r, t_done - first_event_usec))
+            # A kill is a notice; one whose job did not empty, a warning.
+            log.log(NOTICE if r.emptied or r.dry_run else logging.WARNING,
+                    report.outcome_line(c, r, t_done - first_event_usec))
             record = replace(record, victim=report.candidate_record(c), freed_bytes=r.freed_bytes)
-        self._log(lines)
         return self._emit(replace(
             record,
             result=Result.KILLED if victim and not victim[1].dry_run else Result.DRY_RUN if victim else Result.NO_VICTIM,
@@ -264,8 +267,9 @@ class Daemon:
             return False
 
     def _log(self, lines: list[str]) -> None:
+        """A decision's lines at info, but a failed kill's at error."""
         for line in lines:
-            log.info(line)
+            log.log(logging.ERROR if report.is_failure_line(line) else logging.INFO, line)
 
     def _kernel_kill(self, ev: PressureEvent, snap: MemorySnapshot) -> None:
         if self.domain.is_host:
