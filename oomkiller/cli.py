@@ -7,6 +7,7 @@ environment or kernel flag; 3 no daemon answers on the control socket;
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -203,6 +204,7 @@ def run_command(conf: cfg.Config) -> int:
     from .control import ControlServer, SocketPathError
     from .daemon import Daemon
     from .footprint import one_malloc_arena, protect_self
+    from .notify import Notifier
     from .output import LEVELS, OutputPathError, open_record_file, setup_logging
     from .sources.build import build_sources
     one_malloc_arena()      # before the first thread
@@ -213,6 +215,15 @@ def run_command(conf: cfg.Config) -> int:
         records = open_record_file(conf.json_log)
     except OutputPathError as e:
         raise conf.blame("json_log", str(e)) from None
+    notifier = Notifier(os.environ, warn=lambda msg: log.warning("OOM: %s", msg))
+    if notifier.watchdog_usec:
+        # systemd's watchdog aborts a stalled daemon with SIGABRT: the
+        # threads' stacks then go to the journal, to show where it stood.
+        faulthandler.enable(all_threads=True)
+        if conf.kill_timeout_ms * 1000 >= notifier.watchdog_usec // 2:
+            log.warning("OOM: kill_timeout_ms=%d is at least half the watchdog period (%d ms): a kill that waits "
+                        "that long for its job to empty may get the daemon restarted (raise WatchdogSec=)",
+                        conf.kill_timeout_ms, notifier.watchdog_usec // 1000)
     built = control = None
     try:
         raise_fd_limit()
@@ -224,7 +235,8 @@ def run_command(conf: cfg.Config) -> int:
             raise conf.blame("control_socket", str(e)) from None
         built = build_sources(conf, dom)
         daemon = Daemon(conf, domain=dom, json_out=records, log_writer=log_writer, sources=built.sources,
-                        unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control)
+                        unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control,
+                        notifier=notifier)
         if conf.protect_self and os.geteuid() == 0:
             problems, before, after = protect_self()
             for problem in problems:
@@ -242,6 +254,7 @@ def run_command(conf: cfg.Config) -> int:
         if control is not None:
             control.close()
         records.close()
+        notifier.close()
         if log_writer is not None:
             log_writer.close()
     return cfg.EXIT_OK

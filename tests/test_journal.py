@@ -1,11 +1,14 @@
 """Log lines at their real priority: ``<N>`` prefixes on stderr only when
 stderr is the journal's stream (``$JOURNAL_STREAM`` names its device and
-inode), and log_level from every config origin."""
+inode), log_level from every config origin, and the daemon as systemd runs
+it: READY and STATUS on its notify socket, priorities on its stderr."""
 from __future__ import annotations
 
 import io
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -85,6 +88,78 @@ def test_a_bad_log_level_is_one_line(tmp_path, value):
         cfg.load(cli={"log_level": value})
     assert "'log_level'" in str(e.value) and "\n" not in str(e.value)
     assert "one of debug, info, notice, warning, error" in str(e.value) or "not a log level" in str(e.value)
+
+
+# -- the daemon as systemd runs it ------------------------------------------------------
+
+def _arena(proc_tree, v2_tree) -> None:
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    proc_tree.proc(4101, "hog", anon_kb=150 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/hog\n")
+    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{100 * MiB}\n", memory__stat="anon 1\n")
+    v2_tree.cgroup("arena/hog", (4101,), memory__stat=f"anon {150 * MiB}\nshmem 0\n")
+
+
+def run_daemon(tmp_path, proc_tree, v2_tree, env: dict[str, str], *args: str, journal: bool = True):
+    """``oomkiller run`` on fixture trees, with PSI asked for and missing (a
+    warning), its stderr a file that JOURNAL_STREAM names (or not), and a
+    notify socket; stopped by SIGTERM after READY. (stderr lines, datagrams)"""
+    _arena(proc_tree, v2_tree)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    err_path = tmp_path / "stderr"
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("OOMKILLER_", "NOTIFY_", "WATCHDOG_", "JOURNAL_"))}
+    with open(err_path, "w") as err:
+        stream = {"JOURNAL_STREAM": stream_id(err_path)} if journal else {}
+        p = subprocess.Popen(
+            [sys.executable, "-m", "oomkiller", "run", "--proc-root", str(proc_tree.root), "--cgroup-root",
+             str(v2_tree.root), "--domain", "arena", "--sources", "psi,timer", "--control",
+             str(tmp_path / "control.sock"), "--json-log", str(tmp_path / "records.jsonl"), *args],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+            env={**clean, "OOMKILLER_PROTECT_SELF": "false", "NOTIFY_SOCKET": str(tmp_path / "notify"),
+                 "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "", **stream, **env})
+    got = []
+    try:
+        got.append(notify.recv(4096).decode())
+        assert got[0].startswith("READY=1\n"), got
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+        notify.settimeout(0.5)
+        while True:
+            try:
+                got.append(notify.recv(4096).decode())
+            except socket.timeout:
+                break
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        notify.close()
+    return err_path.read_text().splitlines(), got
+
+
+def test_under_systemd_each_line_has_its_priority_and_ready_comes_with_a_status(tmp_path, proc_tree, v2_tree):
+    lines, got = run_daemon(tmp_path, proc_tree, v2_tree, {"OOMKILLER_BOGUS": "1"})
+    assert lines and all(line[:3] in ("<3>", "<4>", "<5>", "<6>", "<7>") for line in lines), lines
+    assert "<4>oomkiller: warning: environment: ignoring unknown variable 'OOMKILLER_BOGUS'" in lines
+    assert any(line.startswith("<4>OOM: source psi unavailable: ") for line in lines), lines
+    assert any(line.startswith("<6>OOM: effective config ") for line in lines), lines
+    # WATCHDOG_PID set but empty: not a pid, so no watchdog, with a warning
+    assert any(line.startswith("<4>OOM: ignoring the watchdog: WATCHDOG_PID=''") for line in lines), lines
+    ready = got[0].split("\n")
+    assert ready[0] == "READY=1" and "WATCHDOG=1" not in ready
+    assert ready[1].startswith("STATUS=watching /arena, redline 5% (12.8M), sources timer (psi unavailable)")
+    assert got[-1] == "STOPPING=1\nSTATUS=stopping after 0 kills"
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_log_level_from_the_environment_and_no_prefix_when_stderr_is_not_the_journal(tmp_path, proc_tree, v2_tree):
+    lines, got = run_daemon(tmp_path, proc_tree, v2_tree, {"OOMKILLER_LOG_LEVEL": "warning"}, journal=False)
+    assert any(line.startswith("OOM: source psi unavailable: ") for line in lines), lines
+    assert not any(line.startswith("<") for line in lines), lines
+    assert not any("effective config" in line for line in lines), lines     # info: below the level
+    assert got[0].startswith("READY=1\n")
 
 
 def test_a_bad_log_level_flag_is_exit_2_with_a_prefixed_line_under_the_journal(tmp_path):
