@@ -7,6 +7,7 @@ environment or kernel flag; 3 no daemon answers on the control socket;
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -68,7 +69,10 @@ def parser() -> argparse.ArgumentParser:
                           "(default all; the timer always runs)")
     run.add_argument("--control", metavar="SOCKET", help="control socket (default /run/oomkiller/control.sock)")
     run.add_argument("--json-log", metavar="FILE", help="where decision records go ('-' = stdout)")
-    run.add_argument("-v", "--verbose", action="store_true", help="per-wake detail")
+    run.add_argument("--log-level", metavar="LEVEL",
+                     help="debug, info (the default), notice, warning or error: the least a line must be to be logged")
+    run.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
+                     help="per-wake detail (--log-level debug)")
     run.add_argument("--print-bpf", action="store_true", help="print the BPF program as it would be compiled, and exit")
     for name, text in CONTROL_HELP.items():
         c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
@@ -89,12 +93,22 @@ def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
     keys = {"domain": "domain", "redline": "redline", "sleep_ms": "sleep_ms", "autostart": "autostart",
             "adaptive_sleep": "adaptive_sleep", "print_": "print", "dry_run": "dry_run", "post_kill_delay_ms": "post_kill_delay_ms",
             "control": "control_socket", "jobs": "jobs", "protect": "protect", "avoid": "avoid",
-            "prefer": "prefer", "json_log": "json_log", "sources": "sources", "cgroup_root": "cgroup_root", "proc_root": "proc_root"}
+            "prefer": "prefer", "json_log": "json_log", "sources": "sources", "cgroup_root": "cgroup_root", "proc_root": "proc_root",
+            "log_level": "log_level"}
     return {key: getattr(a, attr) for attr, key in keys.items() if getattr(a, attr, None) is not None}
 
 
+def _stderr_prefix(priority: int) -> str:
+    """``<N>`` when stderr is the journal's stream (see output.stderr_is_journal)."""
+    from .output import stderr_is_journal
+    try:
+        return f"<{priority}>" if stderr_is_journal(os.environ, sys.stderr.fileno()) else ""
+    except (OSError, ValueError):       # no stderr at all
+        return ""
+
+
 def _config_warning(message: str) -> None:
-    print(f"oomkiller: warning: {message}", file=sys.stderr)
+    print(f"{_stderr_prefix(4)}oomkiller: warning: {message}", file=sys.stderr)
 
 
 def load_config(a: argparse.Namespace) -> cfg.Config:
@@ -129,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         conf = load_config(a)
         if a.command == "rank":
             return rank_command(conf, a.json)
-        return run_command(conf, a.verbose)
+        return run_command(conf)
     except cfg.ConfigError as e:
-        print(f"oomkiller: config error: {e}", file=sys.stderr)
+        print(f"{_stderr_prefix(3)}oomkiller: config error: {e}", file=sys.stderr)
         return cfg.EXIT_CONFIG
     except ControlError as e:
         print(f"oomkiller: {e}", file=sys.stderr)
@@ -198,23 +212,33 @@ def rank_command(conf: cfg.Config, as_json: bool) -> int:
     return cfg.EXIT_OK
 
 
-def run_command(conf: cfg.Config, verbose: bool) -> int:
+def run_command(conf: cfg.Config) -> int:
     """The composition root: everything the daemon uses is built here, handed
     to it, and closed here once, in the reverse order, also on failure."""
     from . import report
     from .control import ControlServer, SocketPathError
     from .daemon import Daemon
     from .footprint import one_malloc_arena, protect_self
-    from .output import OutputPathError, open_record_file, setup_logging
+    from .notify import Notifier
+    from .output import LEVELS, OutputPathError, open_record_file, setup_logging
     from .sources.build import build_sources
     one_malloc_arena()      # before the first thread
-    log_writer = setup_logging(verbose)
+    log_writer = setup_logging(LEVELS[conf.log_level])
     dom = _domain(conf)     # a bad domain is a config error, before anything starts
     log.info("OOM: effective config %s", report.json_line(conf.describe()))
     try:
         records = open_record_file(conf.json_log)
     except OutputPathError as e:
         raise conf.blame("json_log", str(e)) from None
+    notifier = Notifier(os.environ, warn=lambda msg: log.warning("OOM: %s", msg))
+    if notifier.watchdog_usec:
+        # systemd's watchdog aborts a stalled daemon with SIGABRT: the
+        # threads' stacks then go to the journal, to show where it stood.
+        faulthandler.enable(all_threads=True)
+        if conf.kill_timeout_ms * 1000 >= notifier.watchdog_usec // 2:
+            log.warning("OOM: kill_timeout_ms=%d is at least half the watchdog period (%d ms): a kill that waits "
+                        "that long for its job to empty may get the daemon restarted (raise WatchdogSec=)",
+                        conf.kill_timeout_ms, notifier.watchdog_usec // 1000)
     built = control = None
     try:
         raise_fd_limit()
@@ -226,7 +250,8 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
             raise conf.blame("control_socket", str(e)) from None
         built = build_sources(conf, dom)
         daemon = Daemon(conf, domain=dom, json_out=records, log_writer=log_writer, sources=built.sources,
-                        unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control)
+                        unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control,
+                        notifier=notifier)
         if conf.protect_self and os.geteuid() == 0:
             problems, before, after = protect_self()
             for problem in problems:
@@ -244,6 +269,7 @@ def run_command(conf: cfg.Config, verbose: bool) -> int:
         if control is not None:
             control.close()
         records.close()
+        notifier.close()
         if log_writer is not None:
             log_writer.close()
     return cfg.EXIT_OK

@@ -277,6 +277,17 @@ def _sources(v: Any) -> tuple[str, ...]:
     return names
 
 
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
+
+
+def _log_level(v: Any) -> str:
+    """One of LOG_LEVELS, in any case."""
+    word = v.strip().lower() if isinstance(v, str) else None
+    if word not in LOG_LEVELS:
+        raise ValueError(f"not a log level: {_brief(v)} (one of {', '.join(LOG_LEVELS)})")
+    return word
+
+
 def _percent(v: Any) -> int:
     """``"60%"`` -> 6000 permyriad; 0 or ``"0"`` turns the check off."""
     if not isinstance(v, bool) and (v == 0 or v == "0"):
@@ -377,6 +388,8 @@ class Config:
     protect_self: bool = True
     cgroup_root: str = "/sys/fs/cgroup"
     proc_root: str = "/proc"
+    # The least a log line must be to be written: debug adds a line per wake.
+    log_level: str = "info"
     # Where each value that is not a default came from: field name ->
     # (origin, key as written there), for messages about it.
     origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
@@ -499,6 +512,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "protect_self": ("protect_self", _bool),
     "cgroup_root": ("cgroup_root", _abs_path),
     "proc_root": ("proc_root", _abs_path),
+    "log_level": ("log_level", _log_level),
 }
 _FIELD_KEYS = {name: key for key, (name, _conv) in _KEYS.items()}
 

@@ -32,7 +32,8 @@ from .footprint import status_bytes
 from .killer import Killer
 from .model import (ArmedRecord, DecisionRecord, EventKind, Job, KernelKillRecord, MemorySnapshot, PressureEvent,
                     Ranking, Record, Result, Source)
-from .output import LineWriter
+from .notify import Notifier
+from .output import NOTICE, LineWriter
 from .procfs import Procfs
 from .core.rank import rank
 
@@ -75,7 +76,8 @@ class Daemon:
                  cgroupfs: Cgroupfs | None = None, json_out: TextIO | None = None,
                  sources: list[EventSource] | None = None, unavailable: dict[str, str] | None = None,
                  arm: Arming | None = None, brake: Any = None, log_writer: LineWriter | None = None,
-                 control: ControlServer | None = None, clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 control: ControlServer | None = None, notifier: Notifier | None = None,
+                 clock: Callable[[], int] = time.monotonic_ns) -> None:
         """Everything given here is the caller's to close (``cli`` builds and
         closes it); what the daemon makes itself, it closes."""
         self.config = config
@@ -117,6 +119,11 @@ class Daemon:
         self._nudge_r, self._nudge_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep: Any = None
         self._by_fd: dict[int, EventSource] = {}
+        # systemd: READY, STATUS and the watchdog's pings, all from the loop
+        self.notifier = notifier
+        self._status_sent = ""
+        self._last_kill = ""
+        self._live = "timer"        # the live sources, named once the loop runs
 
     def now_usec(self) -> int:
         return self.clock() // 1000
@@ -228,7 +235,9 @@ class Daemon:
         lines += report.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
         record = replace(record, ranking=tuple(report.candidate_record(c) for c in ranking.candidates[:16]))
         if isinstance(action, core.ArmedDone):
-            self._log(lines + [f"OOM: armed job '{report.printable(action.job_name)}' is already empty"])
+            self._log(lines)
+            log.log(NOTICE, "OOM: armed job '%s' is already empty", report.printable(action.job_name))
+            self._last_kill = f"'{report.printable(action.job_name)}' in the kernel"
             return self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
                                       timings_usec=timings))
         before = snap
@@ -261,11 +270,15 @@ class Daemon:
         lines += report.walk_lines(ranking, attempts)
         victim = next(((c, r) for c, r in attempts if r.ok), None)
         first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
+        self._log(lines)
         if victim:
             c, r = victim
-            lines.append(report.outcome_line(c, r, t_done - first_event_usec))
+            # A kill is a notice; one whose job did not empty, a warning.
+            log.log(NOTICE if r.emptied or r.dry_run else logging.WARNING,
+                    report.outcome_line(c, r, t_done - first_event_usec))
+            self._last_kill = (f"would kill '{report.printable(c.job.name)}'" if r.dry_run else
+                               f"'{report.printable(c.job.name)}' {report.format_size(r.freed_bytes)} freed")
             record = replace(record, victim=report.candidate_record(c), freed_bytes=r.freed_bytes)
-        self._log(lines)
         return self._emit(replace(
             record,
             result=Result.KILLED if victim and not victim[1].dry_run else Result.DRY_RUN if victim else Result.NO_VICTIM,
@@ -282,8 +295,9 @@ class Daemon:
             return False
 
     def _log(self, lines: list[str]) -> None:
+        """A decision's lines at info, but a failed kill's at error."""
         for line in lines:
-            log.info(line)
+            log.log(logging.ERROR if report.is_failure_line(line) else logging.INFO, line)
 
     def _kernel_kill(self, ev: PressureEvent, snap: MemorySnapshot) -> None:
         if self.domain.is_host:
@@ -387,6 +401,8 @@ class Daemon:
                   if hasattr(w, "stats")}
         if self.control is not None:
             output["control"] = self.control.stats()
+        if self.notifier is not None and self.notifier.enabled:
+            output["systemd"] = self.notifier.stats()
         data = {"running": self.running, "printing": self.printing, "simulating_lowmem": self.simulate_lowmem,
                 "sleep_ms": self.config.sleep_ms, "redline": str(red), "redline_bytes": red_b,
                 "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
@@ -454,14 +470,28 @@ class Daemon:
                 # readable, so each source says which of the two it means.
                 ep.register(fd, getattr(src, "poll_events", select.EPOLLIN))
                 by_fd[fd] = src
+        self._live = ",".join(["timer", *(s.name for s in self.sources), *(["prearm"] if self.arm else [])])
         log.info("OOM: oomkiller %s watching %s, redline %s, sleep %d ms, sources %s%s", _version(),
-                 self.domain.name, self.config.redline, self.config.sleep_ms,
-                 ",".join(["timer", *(s.name for s in self.sources), *(["prearm"] if self.arm else [])]),
+                 self.domain.name, self.config.redline, self.config.sleep_ms, self._live,
                  ", dry run" if self.config.dry_run else "")
         deadline = self.now_usec()
+        notifier = self.notifier if self.notifier is not None and self.notifier.enabled else None
+        if notifier is not None:
+            # The sources are live and the control socket is served: ready,
+            # with the redline in bytes too.
+            if self.last_snapshot is None:
+                try:
+                    self.last_snapshot = self.domain.snapshot(deadline)
+                except (DomainGone, OSError):
+                    pass
+            self._status_sent = self._status()
+            notifier.ready(self._status_sent, deadline)
         try:
             while not self._quit:
-                timeout = max(0.0, (deadline - self.now_usec()) / 1e6)
+                wake_at = deadline
+                if notifier is not None and notifier.next_ping_usec is not None:
+                    wake_at = min(wake_at, notifier.next_ping_usec)
+                timeout = max(0.0, (wake_at - self.now_usec()) / 1e6)
                 ready = ep.poll(timeout)
                 events: list[PressureEvent] = []
                 for fd, mask in ready:
@@ -476,6 +506,10 @@ class Daemon:
                     elif fd in by_fd:
                         events.extend(self._drain(ep, by_fd, fd, mask))
                 now = self.now_usec()
+                if notifier is not None:
+                    # From the loop itself: a loop that stalls stops pinging,
+                    # and systemd restarts the daemon.
+                    notifier.ping(now)
                 if now >= deadline:
                     events.append(PressureEvent(Source.TIMER, EventKind.TICK, timestamp_usec=now))
                     deadline = now + self.config.sleep_ms * 1000
@@ -490,7 +524,11 @@ class Daemon:
                         # next wake starts from a fresh snapshot.
                         self._failed("wake failed")
                     deadline = min(deadline, self.now_usec() + self.next_tick_usec())
+                if notifier is not None:
+                    self._send_status(notifier)
         finally:
+            if notifier is not None:
+                notifier.stopping(f"stopping after {self.kills} kills")
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
                 signal.signal(s, h)
@@ -505,6 +543,35 @@ class Daemon:
                 self.control.stop()         # no more requests; its maker closes it
             self._disarm_now()
             log.info("OOM: oomkiller stopped after %d kills", self.kills)
+
+    def _status(self) -> str:
+        """systemd's STATUS=: the domain, the redline, the live sources, and
+        the kills so far; a few string operations, no reads."""
+        name = report.printable(self.domain.name)
+        if self.domain_gone is not None:
+            state = f"domain {name} is gone, waiting for it"
+        elif not self.running:
+            state = f"stopped (`oomkiller start` starts it), domain {name}"
+        else:
+            state = f"watching {name}"
+        red = self.config.redline.show()
+        if self.last_snapshot is not None and self.config.redline.permyriad:
+            red += f" ({report.format_size(self.config.redline.resolve_bytes(self.last_snapshot.total_bytes))})"
+        text = f"{state}, redline {red}, sources {self._live}"
+        if self.unavailable:
+            text += f" ({', '.join(self.unavailable)} unavailable)"
+        if self.config.dry_run:
+            text += ", dry run"
+        if self.state.kills:
+            text += f"; kills {self.state.kills}, last {self._last_kill or '?'}"
+        return text
+
+    def _send_status(self, notifier: Notifier) -> None:
+        """STATUS= again when it changed (a kill, a stop, the domain gone)."""
+        text = self._status()
+        if text != self._status_sent:
+            self._status_sent = text
+            notifier.status(text)
 
     def _drain(self, ep: Any, by_fd: dict[int, EventSource], fd: int, mask: int) -> list[PressureEvent]:
         src = by_fd[fd]

@@ -17,10 +17,11 @@ import errno
 import logging
 import os
 import queue
+import re
 import stat
 import sys
 import threading
-from typing import Callable, TextIO
+from typing import Callable, Mapping, TextIO
 
 # Lines waiting for a writer. A decision record is a few KB: this is a few MB
 # at most, and a burst of kills is far fewer records than this.
@@ -211,18 +212,81 @@ class QueueLogHandler(logging.Handler):
             self.writer.dropped += 1
 
 
-def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> LineWriter | None:
-    """Log lines to ``stream``, or by default to stderr through a writer
-    thread and a bounded queue (a stalled journal must not stall a kill)."""
+# syslog's notice, between info and warning: a kill is news, not a fault.
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
+
+# log_level's words, from the most said to the least.
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": NOTICE, "warning": logging.WARNING,
+          "error": logging.ERROR}
+
+
+def syslog_priority(levelno: int) -> int:
+    """A logging level as a syslog priority (sd-daemon(3)'s ``<N>``)."""
+    for floor, priority in ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (NOTICE, 5),
+                            (logging.INFO, 6)):
+        if levelno >= floor:
+            return priority
+    return 7
+
+
+_STREAM_ID = re.compile(r"([0-9]{1,20}):([0-9]{1,20})", re.ASCII)
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None, fd: int = 2,
+                      warn: Callable[[str], None] | None = None) -> bool:
+    """True when ``fd`` is the journal's stream: systemd sets
+    ``$JOURNAL_STREAM`` to its ``device:inode``, and only a match with the
+    descriptor's own fstat counts (sd-daemon(3)): the variable is inherited
+    by children whose stderr went elsewhere. A value that is not
+    ``device:inode`` is told to ``warn``."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("JOURNAL_STREAM")
+    if not value:
+        return False
+    m = _STREAM_ID.fullmatch(value) if isinstance(value, str) else None
+    if not m:
+        if warn is not None:
+            shown = value[:60] + ("..." if len(value) > 60 else "") if isinstance(value, str) else type(value).__name__
+            warn(f"ignoring JOURNAL_STREAM={shown!r}: not DEVICE:INODE; log lines carry no priority")
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(m.group(1)), int(m.group(2)))
+
+
+class PriorityFormatter(logging.Formatter):
+    """Each line prefixed with its syslog priority, ``<4>`` for a warning:
+    the journal reads the prefix off a stream and files the line at that
+    priority. Every line of a message gets it (a traceback too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return prefix + super().format(record).replace("\n", "\n" + prefix)
+
+
+def setup_logging(level: int = logging.INFO, stream: TextIO | None = None,
+                  environ: Mapping[str, str] | None = None) -> LineWriter | None:
+    """Log lines at ``level`` and above to ``stream``, or by default to
+    stderr through a writer thread and a bounded queue (a stalled journal
+    must not stall a kill). When stderr is the journal's stream
+    (``stderr_is_journal``), each line carries its priority."""
     writer = None
+    problems: list[str] = []
     if stream is None:
         writer = LineWriter("log", fd=sys.stderr.fileno())
         handler: logging.Handler = QueueLogHandler(writer)
+        journal = stderr_is_journal(environ, sys.stderr.fileno(), problems.append)
     else:
         handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+        journal = False
+    handler.setFormatter(PriorityFormatter("%(message)s") if journal else logging.Formatter("%(message)s"))
     root = logging.getLogger("oomkiller")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(level)
     root.propagate = False
+    for problem in problems:
+        root.warning("OOM: %s", problem)
     return writer

@@ -95,6 +95,17 @@ def kill_lines(c: Candidate, res: KillResult, procs: tuple[Proc, ...]) -> list[s
     return lines
 
 
+# The walk's lines that say a kill failed: a job that could not be killed,
+# and a walk that found no job to kill while memory was short.
+FAIL_TAG = "(fail)"
+NO_VICTIM_LINE = "OOM: no killable job found"
+
+
+def is_failure_line(line: str) -> bool:
+    """A line of ``walk_lines`` that reports a failed kill."""
+    return line == NO_VICTIM_LINE or line.startswith(f"OOM:   {FAIL_TAG} ")
+
+
 def walk_lines(ranking: Ranking, attempts: list[tuple[Candidate, KillResult]], next_count: int = 3) -> list[str]:
     """The walk as the seed prints it: skips met on the way, failed attempts,
     the kill with its processes, then the next ``next_count`` candidates."""
@@ -112,14 +123,14 @@ def walk_lines(ranking: Ranking, attempts: list[tuple[Candidate, KillResult]], n
                     lines.append("OOM:        (dry run: nothing was killed)")
                 killed_at = i
             else:
-                lines.append(job_line("(fail)", c) + f": {printable(r.error)}")
+                lines.append(job_line(FAIL_TAG, c) + f": {printable(r.error)}")
         elif not c.killable:
             lines.append(job_line("(skip)", c))
     if killed_at is not None:
         nxt = [c for c in ranking.candidates[killed_at + 1:] if c.killable][:next_count]
         lines += [job_line("(next)", c) for c in nxt]
     else:
-        lines.append("OOM: no killable job found")
+        lines.append(NO_VICTIM_LINE)
     return lines
 
 

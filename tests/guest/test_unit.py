@@ -1,16 +1,20 @@
 """deploy/oomkiller.service on a systemd host with pure cgroup v2: it starts
-the daemon, and the daemon runs with the hardening the unit promises."""
+the daemon, and the daemon runs with the hardening the unit promises; it is
+a Type=notify service with a watchdog, and its lines reach the journal under
+"oomkiller" at their priorities."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
 
-from guestlib import CGROUP_ROOT, DAEMON_UNIT, Daemon, show
+from guestlib import CGROUP_ROOT, DAEMON_UNIT, Daemon, sh, show, wait_for
 
 UNIT_FILE = Path(__file__).resolve().parents[2] / "deploy" / "oomkiller.service"
 
@@ -111,3 +115,78 @@ def test_the_sandbox_holds(daemon):
     with open(f"/proc/{daemon.pid}/net/dev") as f:
         ifaces = [line.split(":")[0].strip() for line in f.readlines()[2:]]
     assert ifaces == ["lo"]
+
+
+def journal_entries(pid: int) -> list[dict]:
+    out = sh("journalctl", "-b", f"_PID={pid}", "-o", "json", "--all", "--no-pager", check=False).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_the_unit_is_type_notify_and_went_active_only_once_the_daemon_was_ready(daemon):
+    s = show(DAEMON_UNIT, "Type", "NotifyAccess", "WatchdogUSec", "StatusText", "ActiveEnterTimestampMonotonic",
+             "ExecMainStartTimestampMonotonic")
+    assert (s["Type"], s["NotifyAccess"]) == ("notify", "main"), s
+    assert s["WatchdogUSec"] in ("30s", "30000000"), s
+    assert s["StatusText"].startswith("watching host, redline 5% (") and "ebpf" in s["StatusText"], s
+    # The effective config is logged first thing, before the BPF program is
+    # compiled; a Type=simple unit is active as soon as the process runs,
+    # before that line. This one became active only at READY=1, after it.
+    config_line = [e for e in journal_entries(daemon.pid)
+                   if str(e.get("MESSAGE", "")).startswith("OOM: effective config")]
+    assert config_line, "no 'effective config' line in the journal"
+    assert config_line[0]["SYSLOG_IDENTIFIER"] == "oomkiller" and config_line[0]["PRIORITY"] == "6"
+    started, active = int(s["ExecMainStartTimestampMonotonic"]), int(s["ActiveEnterTimestampMonotonic"])
+    assert started < int(config_line[0]["__MONOTONIC_TIMESTAMP"]) < active, (started, config_line[0], active)
+    print(f"active {(active - started) / 1e6:.1f} s after the daemon started")
+
+
+NO_PSI_DROPIN = "/run/systemd/system/oomkiller.service.d/60-guest-no-psi.conf"
+
+
+def test_a_source_down_is_a_warning_in_the_journal_under_oomkiller():
+    # /proc/pressure hidden from the daemon, as on a kernel booted with psi=0
+    with open(NO_PSI_DROPIN, "w") as f:
+        f.write("[Service]\nInaccessiblePaths=/proc/pressure\n")
+    try:
+        d = Daemon().start()
+        try:
+            def warned() -> str:
+                return sh("journalctl", "-b", "-t", "oomkiller", "-p", "warning", f"_PID={d.pid}", "-o", "cat",
+                          "--no-pager", check=False).stdout
+            out = wait_for(lambda: "OOM: source psi unavailable" in warned() and warned(), 30,
+                           "the warning in the journal")
+            # info lines are not at warning: the effective config is not there
+            assert "OOM: effective config" not in out, out
+            status = show(DAEMON_UNIT, "StatusText")["StatusText"]
+            assert re.search(r"\((?:\w+, )*psi(?:, \w+)* unavailable\)", status), status
+        finally:
+            d.stop()
+    finally:
+        os.unlink(NO_PSI_DROPIN)
+        sh("systemctl", "daemon-reload")
+
+
+def test_a_stopped_loop_gets_the_daemon_restarted_by_the_watchdog():
+    d = Daemon().start()
+    old = d.pid
+    restarts = int(show(DAEMON_UNIT, "NRestarts")["NRestarts"])
+    os.kill(old, signal.SIGSTOP)
+    try:
+        def restarted() -> int:
+            s = show(DAEMON_UNIT, "MainPID", "ActiveState")
+            pid = int(s["MainPID"])
+            return pid if pid not in (0, old) and s["ActiveState"] == "active" else 0
+        # WatchdogSec=30s, then TimeoutAbortSec=10s, RestartSec=1s, the BPF compile
+        new = wait_for(restarted, 180, "the watchdog to restart the daemon", 0.5)
+    finally:
+        try:
+            os.kill(old, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    try:
+        assert int(show(DAEMON_UNIT, "NRestarts")["NRestarts"]) == restarts + 1
+        log = sh("journalctl", "-b", "-u", DAEMON_UNIT, "--no-pager", "-o", "cat", check=False).stdout
+        assert "Watchdog timeout" in log, log[-2000:]
+        print(f"restarted as pid {new}")
+    finally:
+        d.stop()
