@@ -63,13 +63,18 @@ def test_every_line_of_a_message_carries_its_priority():
 
 def test_log_level_filters_and_no_prefix_off_the_journal():
     out = io.StringIO()
-    setup_logging(logging.WARNING, stream=out)
     log = logging.getLogger("oomkiller")
-    log.info("OOM: info")
-    log.log(NOTICE, "OOM: notice")
-    log.warning("OOM: warning")
-    assert out.getvalue() == "OOM: warning\n"
-    setup_logging(logging.INFO, stream=io.StringIO())
+    saved = log.handlers[:], log.propagate, log.level
+    try:
+        setup_logging(logging.WARNING, stream=out)
+        log.info("OOM: info")
+        log.log(NOTICE, "OOM: notice")
+        log.warning("OOM: warning")
+        assert out.getvalue() == "OOM: warning\n"
+    finally:
+        # later tests read the log through caplog, on the root logger
+        log.handlers[:], log.propagate = saved[0], saved[1]
+        log.setLevel(saved[2])
 
 
 @pytest.mark.parametrize("origin", ["toml", "env", "flag"])
