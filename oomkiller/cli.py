@@ -226,6 +226,9 @@ def run_command(conf: cfg.Config) -> int:
     log_writer = setup_logging(LEVELS[conf.log_level])
     dom = _domain(conf)     # a bad domain is a config error, before anything starts
     log.info("OOM: effective config %s", report.json_line(conf.describe()))
+    for pid, name in dom.procfs.other_oom_killers():
+        log.warning("OOM: another OOM killer is running: %s (pid %d): two killers act on one shortage, each on "
+                    "its own view of it; stop and disable one of them", report.printable(name), pid)
     try:
         records = open_record_file(conf.json_log)
     except OutputPathError as e:

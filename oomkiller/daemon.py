@@ -411,6 +411,8 @@ class Daemon:
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
                 "pressure_file": self.domain.pressure_path, "thrash": self.thrash_data(self.last_thrash),
+                # read here, on the control thread: a scan of /proc
+                "other_oom_killers": self.procfs.other_oom_killers(),
                 "output": output}
         return report.info_text(data, status_bytes()), data
 

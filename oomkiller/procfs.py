@@ -22,6 +22,13 @@ COMMITTED_KEYS = ("RssAnon", "RssShmem", "VmSwap")
 CMDLINE_MAX_BYTES = 1 << 16
 
 
+# Other user-space OOM killers, by what the kernel names their process (a
+# Python one by its script, the first words of its command line).
+OTHER_OOM_KILLERS = ("earlyoom", "nohang", "systemd-oomd", "oomd", "low-memory-monitor")
+# Processes looked at, at most, when looking for them.
+MAX_SCAN_PROCS = 100_000
+
+
 class Procfs:
     """Reads one procfs tree; ``root`` is ``/proc`` except in tests."""
 
@@ -60,6 +67,29 @@ class Procfs:
         committed = sum(status.get(k, 0) for k in COMMITTED_KEYS)
         return Proc(pid=pid, name=name, committed_bytes=committed, oom_score_adj=adj,
                     state=state, start_ticks=start, kernel_thread=bool(flags & PF_KTHREAD))
+
+    def other_oom_killers(self) -> list[tuple[int, str]]:
+        """Running processes of other OOM killers, as (pid, name): two
+        killers act on the same shortage, each on its own view of it."""
+        found = []
+        try:
+            with os.scandir(self.root) as it:
+                pids = [e.name for e in it if e.name.isdigit()][:MAX_SCAN_PROCS]
+        except OSError:
+            return found
+        for pid in pids:
+            try:
+                comm = read_text(os.path.join(self.root, pid, "comm")).strip()
+                if comm in OTHER_OOM_KILLERS:
+                    found.append((int(pid), comm))
+                elif comm.startswith("python"):
+                    argv = read_text(os.path.join(self.root, pid, "cmdline"), max_bytes=4096).split("\0")[:3]
+                    name = next((os.path.basename(a) for a in argv[1:] if not a.startswith("-")), "")
+                    if name in OTHER_OOM_KILLERS:
+                        found.append((int(pid), name))
+            except (Vanished, OSError, ValueError):
+                continue
+        return found
 
     def cgroups(self, pid: int) -> dict[str, str]:
         """``/proc/PID/cgroup`` as controller -> path; the v2 entry is under ``""``.

@@ -211,6 +211,9 @@ def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
              "  own memory: " + ", ".join(f"{k} {format_size(v)}" for k, v in own_memory.items()),
              f"  kills: {data['kills']} (in the kernel, armed: {data['armed_kills']}; "
              f"by the kernel's own OOM killer: {data['kernel_kills_seen']})",
+             "  other OOM killers running: " + (", ".join(f"{printable(n)} (pid {p})"
+                                                         for p, n in data.get("other_oom_killers", ()))
+                                                or "none"),
              "  sources:"]
     for name, s in data["sources"].items():
         extra = ", ".join(f"{k}={printable(str(v))}" for k, v in s.items()

@@ -102,3 +102,21 @@ def test_a_name_cannot_forge_a_status_field(proc_tree, odd):
     escapes ``\\n`` and ``\\r`` in it but not the other line ends."""
     proc_tree.proc(34, f"x{odd}VmSwap: 9 kB", anon_kb=1, shmem_kb=2, swap_kb=0, kernel=True)
     assert Procfs(str(proc_tree.root)).proc(34).committed_bytes == 0
+
+
+def test_other_oom_killers_by_name_and_by_script(proc_tree):
+    proc_tree.proc(300, "earlyoom", anon_kb=1, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(301, "python3", anon_kb=2, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(302, "python3", anon_kb=3, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(303, "bash", anon_kb=4, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(304, "systemd-oomd", anon_kb=5, shmem_kb=0, swap_kb=0)
+    for pid, comm, argv in ((300, "earlyoom", ["earlyoom", "-r", "60"]),
+                            (301, "python3", ["/usr/bin/python3", "-u", "/usr/sbin/nohang", "--monitor"]),
+                            (302, "python3", ["python3", "-m", "oomkiller", "run"]),
+                            (303, "bash", ["bash", "-c", "nohang"]),
+                            (304, "systemd-oomd", ["/lib/systemd/systemd-oomd"])):
+        (proc_tree.root / str(pid) / "comm").write_text(comm + "\n")
+        (proc_tree.root / str(pid) / "cmdline").write_text("\0".join(argv) + "\0")
+    (proc_tree.root / "305").mkdir()     # gone while being read: no comm
+    assert sorted(Procfs(str(proc_tree.root)).other_oom_killers()) == [
+        (300, "earlyoom"), (301, "nohang"), (304, "systemd-oomd")]
