@@ -259,3 +259,19 @@ def test_processes_put_in_a_slice_are_in_a_job_not_hidden(tmp_path, proc_tree):
     rows = table(walk(build(tmp_path, proc_tree, {**DESKTOP, hide: {60: 5000}, hide + "/x.scope": {}})))
     assert rows[0] == (hide, "slice with processes of its own", "normal", True)
     assert not any(n == hide + "/x.scope" for n, *_ in rows)
+
+
+def test_the_daemonsets_globs_make_pods_and_only_pods_jobs_with_either_driver(tmp_path, proc_tree):
+    import re
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "deploy/container/daemonset.yaml").read_text()
+    globs = tuple(re.findall(r'"--jobs", "([^"]+)"', text))
+    assert len(globs) == 4 and "auto" not in globs
+    rows = table(walk(build(tmp_path, proc_tree, CONTAINER_HOST), jobs=globs))
+    assert [(n, cls) for n, _, cls, _ in rows] == [
+        ("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod55ee_66ff.slice", "prefer"),
+        ("kubepods/burstable/pod0b1c2d3e-aaaa-bbbb-cccc-123456789abc", "normal"),
+        ("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod33cc_44dd.slice", "normal"),
+        ("kubepods.slice/kubepods-pod11aa_22bb.slice", "avoid"),
+        ("kubepods/pod9f8e7d6c-dddd-eeee-ffff-cba987654321", "avoid"),
+    ]
