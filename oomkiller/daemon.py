@@ -248,13 +248,15 @@ class Daemon:
                 self._log(lines + [f"OOM: {report.format_mib(before.free_bytes)} free again: no kill"])
                 return self._emit(replace(record, result=Result.RECOVERED, free_at_recheck_bytes=before.free_bytes,
                                           timings_usec=timings))
-        return self._kill(ranking, lines, record, before, events, t0, t_rank, timings, action.recheck_redline_bytes)
+        return self._kill(ranking, lines, record, before, events, t0, t_rank, timings, action.recheck_redline_bytes,
+                          action.past_gone)
 
     def _kill(self, ranking: Ranking, lines: list[str], record: DecisionRecord, before: MemorySnapshot,
               events: list[PressureEvent], t0: int, t_rank: int, timings: dict[str, int],
-              redline_bytes: int | None = None) -> DecisionRecord:
+              redline_bytes: int | None = None, past_gone: bool = True) -> DecisionRecord:
         t_act = self.now_usec()
-        attempts = self.killer.walk(ranking, None if redline_bytes is None else lambda: self._short(redline_bytes))
+        attempts = self.killer.walk(ranking, None if redline_bytes is None else lambda: self._short(redline_bytes),
+                                    past_gone=past_gone)
         t_done = self.now_usec()
         # Logging waits until the kill is done: the journal may block under
         # the very pressure being relieved.

@@ -105,6 +105,9 @@ MRELEASE_QUEUE = 64
 
 EMPTIED_BEFORE_SIGNAL = "emptied before our signal"
 VANISHED_BEFORE_SIGNAL = "cgroup vanished before our signal"
+VANISHED_BEFORE_KILL = "cgroup vanished before the kill"
+# Someone else ended the job between the ranking and our kill.
+GONE_BEFORE_SIGNAL = (EMPTIED_BEFORE_SIGNAL, VANISHED_BEFORE_SIGNAL, VANISHED_BEFORE_KILL)
 
 
 class Releaser:
@@ -194,17 +197,22 @@ class Killer:
         return self.clock() // 1000
 
     # -- the walk -------------------------------------------------------------
-    def walk(self, ranking: Ranking, still_short: Callable[[], bool] | None = None
+    def walk(self, ranking: Ranking, still_short: Callable[[], bool] | None = None, past_gone: bool = True
              ) -> list[tuple[Candidate, KillResult]]:
         """Kill the first candidate that can be killed; return every attempt.
 
         After an attempt that killed nothing (the job emptied or vanished
         before our signal: maybe the kernel's OOM killer got there first,
         and its memory is back), ``still_short()`` is asked before the next
-        candidate, and the walk ends if memory is no longer short."""
+        candidate, and the walk ends if memory is no longer short. With
+        ``past_gone`` false the walk also ends after a job that was gone
+        before our signal: with nothing to re-check, the shortage may have
+        gone with it."""
         attempts = []
         for c in ranking.killable():
             if attempts and still_short is not None and not still_short():
+                break
+            if attempts and not past_gone and attempts[-1][1].error in GONE_BEFORE_SIGNAL:
                 break
             res = self.kill(c)
             attempts.append((c, res))
@@ -221,7 +229,7 @@ class Killer:
             return _Kill(self, c).run()
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENODEV):
-                return KillResult(job, False, False, "none", error="cgroup vanished before the kill")
+                return KillResult(job, False, False, "none", error=VANISHED_BEFORE_KILL)
             return KillResult(job, False, False, "none", error=f"kill failed: {e}")
 
     def process_mrelease(self, pidfd: int) -> None:

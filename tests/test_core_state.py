@@ -121,6 +121,7 @@ def test_below_the_redline_the_walk_rechecks_and_a_kill_holds_the_next():
     r = run(core.CoreState(), 10, 5_000_000)
     (walk,) = [a for a in r.actions if isinstance(a, core.Walk)]
     assert walk.reason == "free below redline" and walk.recheck_redline_bytes == TOTAL * 500 // 10000
+    assert walk.past_gone
     assert [c.job.name for c in walk.ranking.killable()] == ["hog", "two"]
     hog = walk.ranking.killable()[0]
     s, after = core.walked(r.state, 5_010_000, [(hog, KillResult(HOG, True, False, "cgroup.kill", (4101,)))])
@@ -142,7 +143,7 @@ def test_a_kill_of_the_armed_job_disarms_and_a_dry_run_counts_nothing():
 def test_a_simulated_lowmem_walks_without_a_recheck_and_is_consumed():
     r = run(core.CoreState(), 150, lowmem=True)
     assert r.lowmem_consumed and r.detection.simulated
-    assert [a.recheck_redline_bytes for a in r.actions if isinstance(a, core.Walk)] == [None]
+    assert [(a.recheck_redline_bytes, a.past_gone) for a in r.actions if isinstance(a, core.Walk)] == [(None, True)]
 
 
 def test_a_stall_share_over_the_limit_is_low():
@@ -151,6 +152,9 @@ def test_a_stall_share_over_the_limit_is_low():
     s = dataclasses.replace(s, history=(snap(150, 0, stall_usec=0),))
     r = core.step(s, CONF, w, JOBS, SELF)
     assert r.detection.low and r.detection.reason.startswith("memory stall 75.0%")
+    # nothing to re-check: a job someone else ended ends the walk
+    (walk,) = [a for a in r.actions if isinstance(a, core.Walk)]
+    assert walk.recheck_redline_bytes is None and walk.past_gone is False
 
 
 # -- the armed kill and the kernel's own ------------------------------------------------------
@@ -177,12 +181,17 @@ def test_an_armed_kill_of_a_task_we_killed_already_or_after_a_disarm_is_no_new_k
 
 
 def test_the_kernels_own_kills_are_counted_only_when_they_are_its_own_and_in_the_domain():
-    s = dataclasses.replace(core.CoreState(), our_victims=(4101,))
+    from oomkiller.core.thrash import ThrashSample, ThrashState
+    onset = ThrashSample(0, 1, 1, 1)
+    s = dataclasses.replace(core.CoreState(), our_victims=(4101,),
+                            thrash=ThrashState(recent=(onset,), onset=onset, fired=2))
     events = (ev(Source.EBPF, EventKind.KERNEL_OOM_VICTIM, pid=4101),     # our dying victim, marked
               ev(Source.EBPF, EventKind.KERNEL_OOM_VICTIM, pid=7000),     # outside the domain
               ev(Source.EBPF, EventKind.KERNEL_OOM_VICTIM, pid=4103))     # a race lost
     r = run(s, 150, events=events, foreign_pids=frozenset({7000}))
     assert r.state.kernel_kills_seen == 1
+    # the kernel relieved the domain: a thrash episode starts over
+    assert r.state.thrash.onset is None and r.state.thrash.fired == 2
     assert [a.event.pid for a in r.actions if isinstance(a, core.KernelKill)] == [4103]
     assert sum(isinstance(a, core.Note) for a in r.actions) == 2
 

@@ -214,7 +214,7 @@ def test_a_failed_kill_is_an_error_and_one_that_did_not_empty_a_warning(proc_tre
     from oomkiller.model import KillResult, PressureEvent
     d = _short_daemon(proc_tree, v2_tree)
 
-    def walk(ranking, still_short=None):
+    def walk(ranking, still_short=None, past_gone=True):
         first, second = [c for c in ranking.candidates if c.killable][:2]
         return [(first, KillResult(first.job, ok=False, dry_run=False, method="cgroup.kill", error="gone")),
                 (second, KillResult(second.job, ok=True, dry_run=False, method="cgroup.kill", signalled_pids=(4102,),

@@ -98,6 +98,9 @@ def test_a_cgroup_gone_before_the_kill(two_jobs):
     (tree.mem / "big").rmdir()
     attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=20_000).walk(ranking)
     assert (attempts[0][1].ok, attempts[0][1].error) == (False, "cgroup vanished before the kill")
+    # a walk with nothing to re-check ends there: the shortage may have gone with it
+    attempts = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=20_000).walk(ranking, past_gone=False)
+    assert [(c.job.name, r.error) for c, r in attempts] == [("big", "cgroup vanished before the kill")]
 
 
 @pytest.mark.parametrize("err", [errno.ENOENT, errno.ENODEV])

@@ -127,10 +127,16 @@ class Hold:
 class Walk:
     """Walk ``ranking`` and kill the first killable job. ``recheck_redline_bytes``:
     read the domain again first and kill nothing if free memory is back
-    above it."""
+    above it, and again after an attempt that killed nothing.
+    ``past_gone``: without a redline to re-check, whether the walk goes on
+    to the next job when one emptied or vanished before our signal (the
+    kernel's OOM killer, or the job itself, ended it). A walk for thrashing
+    or for the stall limit does not: the cause may be what just went, and
+    only fresh figures can tell; the next wake decides again."""
     ranking: Ranking
     reason: str
     recheck_redline_bytes: int | None = None
+    past_gone: bool = True
 
 
 @dataclass(frozen=True)
@@ -218,7 +224,9 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
         elif ev.pid in wake.foreign_pids:
             actions.append(Note(f"OOM: the kernel OOM killer chose pid {ev.pid} outside the domain"))
         else:
-            s = dataclasses.replace(s, kernel_kills_seen=s.kernel_kills_seen + 1)
+            # The kernel's OOM killer relieved the domain: the thrash
+            # detector's window holds the time before, as after our kills.
+            s = dataclasses.replace(s, kernel_kills_seen=s.kernel_kills_seen + 1, thrash=s.thrash.reset())
             actions.append(KernelKill(ev))
 
     done = dict(detection=det, redline_bytes=redline, armed_hit=armed_hit, thrash=thrash)
@@ -251,7 +259,7 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
         return Step(None, need=Need.JOBS, **done)
     ranking = rank(list(jobs), policy, snap.total_bytes)
     recheck = redline if det.reason == "free below redline" else None
-    actions.append(Walk(ranking, dec.reason, recheck))
+    actions.append(Walk(ranking, dec.reason, recheck, past_gone=recheck is not None or det.simulated))
     return Step(s, tuple(actions), lowmem_consumed=True, **done)
 
 
