@@ -83,8 +83,15 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmark harness, from a checkout only "
                                          "(python -m oomkiller_bench --help)", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the benchmark's own arguments")
-    rk = sub.add_parser("rank", help="print the walk a kill would take now, without killing")
+    rk = sub.add_parser("rank", help="print the walk a kill would take now, without killing",
+                        description="Print the walk a kill would take now, without killing. Without options, the "
+                                    "running daemon's own walk, from its control socket (root only); when no "
+                                    "daemon answers, or with any of the options below, ranked here with this "
+                                    "command's config.")
     _policy_args(rk)
+    rk.add_argument("--control", metavar="SOCKET", default=None,
+                    help="the daemon's control socket (default /run/oomkiller/control.sock; "
+                         "also $OOMKILLER_CONTROL_SOCKET)")
     rk.add_argument("--json", action="store_true", help="print the ranking as JSON")
     return top
 
@@ -142,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             return print_bpf()
         conf = load_config(a)
         if a.command == "rank":
+            if not _rank_options_given(a):
+                done = rank_from_daemon(a)
+                if done is not None:
+                    return done
             return rank_command(conf, a.json)
         return run_command(conf)
     except cfg.ConfigError as e:
@@ -201,6 +212,35 @@ def _domain(conf: cfg.Config):
         raise conf.blame("domain", problem if problem.startswith(conf.domain) else f"{conf.domain}: {problem}") from None
     conf.check_domain(snap.total_bytes)
     return dom
+
+
+# Options of `rank` that ask for a ranking other than the running daemon's.
+RANK_LOCAL_OPTIONS = ("config", "domain", "jobs", "protect", "avoid", "prefer", "cgroup_root", "proc_root")
+
+
+def _rank_options_given(a: argparse.Namespace) -> bool:
+    """Whether `rank` was given a config of its own, on the command line or
+    in OOMKILLER_* variables (but for the control socket's)."""
+    if any(getattr(a, k, None) is not None for k in RANK_LOCAL_OPTIONS):
+        return True
+    env = {"OOMKILLER_CONFIG"} | {"OOMKILLER_" + k.upper() for k in cfg.config_keys() if k != "control_socket"}
+    return any(k in env for k in os.environ)
+
+
+def rank_from_daemon(a: argparse.Namespace) -> int | None:
+    """The running daemon's own walk, as it would take it now; None when no
+    daemon answers (the caller ranks here instead, and says so)."""
+    path = a.control or os.environ.get("OOMKILLER_CONTROL_SOCKET") or cfg.Config.control_socket
+    try:
+        reply = request(path, "rank")
+    except ControlError as e:
+        if e.exit_code != cfg.EXIT_UNREACHABLE:
+            raise
+        print(f"oomkiller: {e}: ranked here, with this command's config", file=sys.stderr)
+        return None
+    data = reply.get("data", {})
+    print(json.dumps(data.get("ranking", []), indent=2) if a.json else reply.get("text", ""))
+    return cfg.EXIT_OK
 
 
 def rank_command(conf: cfg.Config, as_json: bool) -> int:

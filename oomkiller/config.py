@@ -514,6 +514,11 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "proc_root": ("proc_root", _abs_path),
     "log_level": ("log_level", _log_level),
 }
+
+
+def config_keys() -> tuple[str, ...]:
+    """Every key a config file, the environment or the command line may set."""
+    return tuple(_KEYS)
 _FIELD_KEYS = {name: key for key, (name, _conv) in _KEYS.items()}
 
 # Origins by precedence, lowest first; a clash between two keys blames the

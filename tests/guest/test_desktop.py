@@ -119,10 +119,14 @@ def test_a_users_hog_scope_dies_and_nothing_else_of_theirs(user):
         assert int(show(f"user@{uid}.service", "MainPID")["MainPID"]) == manager_pid
         assert service.active() and main_pids() == services and daemon.alive()
         assert len(daemon.kills()) == 1
-        # `rank` printed the walk the daemon took: the same jobs in the same
-        # classes, but for the hog, which did not exist yet.
-        walk = {(c["job"], c["class"], c["killable"]) for c in rec["ranking"]}
-        assert walk - {(hog.cgroup_rel, "normal", True)} == before
+        # `rank` printed the daemon's own walk (it asked the daemon): the
+        # record holds the walk's first 16 jobs, the hog first, and the
+        # others are rank's, in the same classes.
+        walk = [(c["job"], c["class"], c["killable"]) for c in rec["ranking"]]
+        assert walk[0] == (hog.cgroup_rel, "normal", True)
+        assert set(walk[1:]) <= before and len(walk) == min(16, len(before) + 1), (walk, before)
+        mine = [c for c in json.loads(rank.stdout) if c["job"] == "system.slice/oomkiller.service"]
+        assert [(c["class"], c["reasons"][0]) for c in mine] == [("protect", "holds oomkiller itself")]
     finally:
         daemon.stop()
         sh("systemctl", "stop", "systemd-oomd.socket", "systemd-oomd.service", check=False)

@@ -154,6 +154,22 @@ def test_rank_command_prints_the_walk_without_killing(arena):
     assert pa.poll() is None and pb.poll() is None
 
 
+def test_rank_without_options_asks_the_running_daemon_and_ranks_here_without_one(arena, daemon, tmp_path):
+    for name, mib in (("a", 10), ("b", 30)):
+        arena.spawn_idle(arena.job(name), mib << 20)
+    d = daemon("--domain", arena.path, "--redline", "1M", "--avoid", "b", "--dry-run")
+    out = d.ctl("rank", "--json")      # `oomkiller rank --control SOCK --json`
+    assert out.returncode == 0, out.stderr
+    # the daemon's walk: its domain, its avoid glob, which this command was not given
+    assert [(c["job"], c["class"]) for c in json.loads(out.stdout)] == [("a", "normal"), ("b", "avoid")]
+    assert out.stderr == ""
+    nobody = str(tmp_path / "none.sock")
+    out = subprocess.run([sys.executable, "-m", "oomkiller", "rank", "--control", nobody, "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ranked here, with this command's config" in out.stderr, out.stderr
+    assert all(c["job"] not in ("a", "b") for c in json.loads(out.stdout))    # the host, by default
+
+
 def test_rank_prints_the_walk_the_daemon_takes(arena, daemon):
     for name, mib in (("a", 10), ("b", 30), ("c", 20)):
         arena.spawn_idle(arena.job(name), mib << 20)
