@@ -219,6 +219,7 @@ def run_command(conf: cfg.Config) -> int:
     from .control import ControlServer, SocketPathError
     from .daemon import Daemon
     from .footprint import one_malloc_arena, protect_self
+    from .kmsg import KernelLog
     from .notify import Notifier
     from .output import LEVELS, OutputPathError, open_record_file, setup_logging
     from .sources.build import build_sources
@@ -243,6 +244,8 @@ def run_command(conf: cfg.Config) -> int:
                         "that long for its job to empty may get the daemon restarted (raise WatchdogSec=)",
                         conf.kill_timeout_ms, notifier.watchdog_usec // 1000)
     built = control = None
+    # its writer thread opens /dev/kmsg at the first kill
+    kernel_log = KernelLog() if conf.kmsg else None
     try:
         raise_fd_limit()
         daemon: Daemon | None = None
@@ -254,7 +257,7 @@ def run_command(conf: cfg.Config) -> int:
         built = build_sources(conf, dom)
         daemon = Daemon(conf, domain=dom, json_out=records, log_writer=log_writer, sources=built.sources,
                         unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control,
-                        notifier=notifier)
+                        notifier=notifier, kernel_log=kernel_log)
         if conf.protect_self and os.geteuid() == 0:
             problems, before, after = protect_self()
             for problem in problems:
@@ -272,6 +275,8 @@ def run_command(conf: cfg.Config) -> int:
         if control is not None:
             control.close()
         records.close()
+        if kernel_log is not None:
+            kernel_log.close()
         notifier.close()
         if log_writer is not None:
             log_writer.close()

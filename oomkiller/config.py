@@ -390,6 +390,8 @@ class Config:
     proc_root: str = "/proc"
     # The least a log line must be to be written: debug adds a line per wake.
     log_level: str = "info"
+    # One line per kill in the kernel log (/dev/kmsg), rate-limited (kmsg.py).
+    kmsg: bool = True
     # Where each value that is not a default came from: field name ->
     # (origin, key as written there), for messages about it.
     origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
@@ -513,6 +515,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "cgroup_root": ("cgroup_root", _abs_path),
     "proc_root": ("proc_root", _abs_path),
     "log_level": ("log_level", _log_level),
+    "kmsg": ("kmsg", _bool),
 }
 _FIELD_KEYS = {name: key for key, (name, _conv) in _KEYS.items()}
 

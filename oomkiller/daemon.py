@@ -30,6 +30,7 @@ from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
 from .footprint import status_bytes
 from .killer import Killer
+from .kmsg import KernelLog
 from .model import (ArmedRecord, DecisionRecord, EventKind, Job, KernelKillRecord, MemorySnapshot, PressureEvent,
                     Ranking, Record, Result, Source)
 from .notify import Notifier
@@ -77,6 +78,7 @@ class Daemon:
                  sources: list[EventSource] | None = None, unavailable: dict[str, str] | None = None,
                  arm: Arming | None = None, brake: Any = None, log_writer: LineWriter | None = None,
                  control: ControlServer | None = None, notifier: Notifier | None = None,
+                 kernel_log: KernelLog | None = None,
                  clock: Callable[[], int] = time.monotonic_ns) -> None:
         """Everything given here is the caller's to close (``cli`` builds and
         closes it); what the daemon makes itself, it closes."""
@@ -121,6 +123,8 @@ class Daemon:
         self._by_fd: dict[int, EventSource] = {}
         # systemd: READY, STATUS and the watchdog's pings, all from the loop
         self.notifier = notifier
+        # a line per kill for the kernel log, through its own writer thread
+        self.kernel_log = kernel_log
         self._status_sent = ""
         self._last_kill = ""
         self._live = "timer"        # the live sources, named once the loop runs
@@ -237,6 +241,9 @@ class Daemon:
         if isinstance(action, core.ArmedDone):
             self._log(lines)
             log.log(NOTICE, "OOM: armed job '%s' is already empty", report.printable(action.job_name))
+            if self.kernel_log is not None:
+                self.kernel_log.kill(report.kmsg_line(action.job_name, None, snap.domain, snap.free_bytes,
+                                                      snap.total_bytes), t_rank)
             self._last_kill = f"'{report.printable(action.job_name)}' in the kernel"
             return self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
                                       timings_usec=timings))
@@ -278,6 +285,9 @@ class Daemon:
                     report.outcome_line(c, r, t_done - first_event_usec))
             self._last_kill = (f"would kill '{report.printable(c.job.name)}'" if r.dry_run else
                                f"'{report.printable(c.job.name)}' {report.format_size(r.freed_bytes)} freed")
+            if self.kernel_log is not None and not r.dry_run:
+                self.kernel_log.kill(report.kmsg_line(c.job.name, r, before.domain, before.free_bytes,
+                                                      before.total_bytes), t_done)
             record = replace(record, victim=report.candidate_record(c), freed_bytes=r.freed_bytes)
         return self._emit(replace(
             record,
@@ -403,6 +413,8 @@ class Daemon:
             output["control"] = self.control.stats()
         if self.notifier is not None and self.notifier.enabled:
             output["systemd"] = self.notifier.stats()
+        if self.kernel_log is not None:
+            output["kmsg"] = self.kernel_log.stats()
         data = {"running": self.running, "printing": self.printing, "simulating_lowmem": self.simulate_lowmem,
                 "sleep_ms": self.config.sleep_ms, "redline": str(red), "redline_bytes": red_b,
                 "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
