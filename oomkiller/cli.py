@@ -220,6 +220,7 @@ def run_command(conf: cfg.Config) -> int:
     from .daemon import Daemon
     from .footprint import one_malloc_arena, protect_self
     from .kmsg import KernelLog
+    from .marks import CgroupMarks
     from .notify import Notifier
     from .output import LEVELS, OutputPathError, open_record_file, setup_logging
     from .sources.build import build_sources
@@ -246,6 +247,7 @@ def run_command(conf: cfg.Config) -> int:
     built = control = None
     # its writer thread opens /dev/kmsg at the first kill
     kernel_log = KernelLog() if conf.kmsg else None
+    marks = CgroupMarks(dom.cgroupfs.layout, dom.path) if conf.cgroup_marks else None
     try:
         raise_fd_limit()
         daemon: Daemon | None = None
@@ -257,7 +259,7 @@ def run_command(conf: cfg.Config) -> int:
         built = build_sources(conf, dom)
         daemon = Daemon(conf, domain=dom, json_out=records, log_writer=log_writer, sources=built.sources,
                         unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control,
-                        notifier=notifier, kernel_log=kernel_log)
+                        notifier=notifier, kernel_log=kernel_log, marks=marks)
         if conf.protect_self and os.geteuid() == 0:
             problems, before, after = protect_self()
             for problem in problems:
@@ -277,6 +279,8 @@ def run_command(conf: cfg.Config) -> int:
         records.close()
         if kernel_log is not None:
             kernel_log.close()
+        if marks is not None:
+            marks.close()
         notifier.close()
         if log_writer is not None:
             log_writer.close()

@@ -392,6 +392,9 @@ class Config:
     log_level: str = "info"
     # One line per kill in the kernel log (/dev/kmsg), rate-limited (kmsg.py).
     kmsg: bool = True
+    # After a kill, systemd-oomd's marks on the job's unit cgroup
+    # (user.oomd_ooms, user.oomd_kill), which systemd reads (marks.py).
+    cgroup_marks: bool = True
     # Where each value that is not a default came from: field name ->
     # (origin, key as written there), for messages about it.
     origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
@@ -516,6 +519,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "proc_root": ("proc_root", _abs_path),
     "log_level": ("log_level", _log_level),
     "kmsg": ("kmsg", _bool),
+    "cgroup_marks": ("cgroup_marks", _bool),
 }
 _FIELD_KEYS = {name: key for key, (name, _conv) in _KEYS.items()}
 

@@ -31,6 +31,7 @@ from .domain import Domain, DomainGone
 from .footprint import status_bytes
 from .killer import Killer
 from .kmsg import KernelLog
+from .marks import CgroupMarks
 from .model import (ArmedRecord, DecisionRecord, EventKind, Job, KernelKillRecord, MemorySnapshot, PressureEvent,
                     Ranking, Record, Result, Source)
 from .notify import Notifier
@@ -78,7 +79,7 @@ class Daemon:
                  sources: list[EventSource] | None = None, unavailable: dict[str, str] | None = None,
                  arm: Arming | None = None, brake: Any = None, log_writer: LineWriter | None = None,
                  control: ControlServer | None = None, notifier: Notifier | None = None,
-                 kernel_log: KernelLog | None = None,
+                 kernel_log: KernelLog | None = None, marks: CgroupMarks | None = None,
                  clock: Callable[[], int] = time.monotonic_ns) -> None:
         """Everything given here is the caller's to close (``cli`` builds and
         closes it); what the daemon makes itself, it closes."""
@@ -125,6 +126,10 @@ class Daemon:
         self.notifier = notifier
         # a line per kill for the kernel log, through its own writer thread
         self.kernel_log = kernel_log
+        # systemd-oomd's marks on a killed job's cgroup, by a thread of their own
+        self.marks = marks
+        if marks is not None and not config.dry_run:
+            self.killer.before_signal = marks.before
         self._status_sent = ""
         self._last_kill = ""
         self._live = "timer"        # the live sources, named once the loop runs
@@ -244,6 +249,12 @@ class Daemon:
             if self.kernel_log is not None:
                 self.kernel_log.kill(report.kmsg_line(action.job_name, None, snap.domain, snap.free_bytes,
                                                       snap.total_bytes), t_rank)
+            if self.marks is not None and not self.config.dry_run:
+                # Emptied before we knew: systemd has likely looked already,
+                # but the count stays for tools that read it.
+                job = next((c.job for c in ranking.candidates if c.job.name == action.job_name), None)
+                if job is not None:
+                    self.marks.before(job)
             self._last_kill = f"'{report.printable(action.job_name)}' in the kernel"
             return self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
                                       timings_usec=timings))
@@ -272,6 +283,10 @@ class Daemon:
         attempts = [(c, dataclasses.replace(r, freed_bytes=max(0, before.used_bytes - after.used_bytes)))
                     if r.ok and not r.dry_run else (c, r) for c, r in attempts]
         self.state, after_actions = core.walked(self.state, t_done, attempts)
+        if self.marks is not None:
+            for c, r in attempts:
+                if not r.dry_run:
+                    self.marks.after(c.job, len(r.signalled_pids))
         for action in after_actions:
             self._disarm(action.job)
         lines += report.walk_lines(ranking, attempts)
@@ -415,6 +430,8 @@ class Daemon:
             output["systemd"] = self.notifier.stats()
         if self.kernel_log is not None:
             output["kmsg"] = self.kernel_log.stats()
+        if self.marks is not None:
+            output["marks"] = self.marks.stats()
         data = {"running": self.running, "printing": self.printing, "simulating_lowmem": self.simulate_lowmem,
                 "sleep_ms": self.config.sleep_ms, "redline": str(red), "redline_bytes": red_b,
                 "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
