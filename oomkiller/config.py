@@ -239,6 +239,17 @@ def _socket_path(v: Any) -> str:
     return s
 
 
+def _metrics(v: Any) -> str:
+    """"" (off), an absolute socket path, or a loopback HOST:PORT."""
+    if v == "":
+        return ""
+    s = _text(v)
+    from .metrics import parse_address
+    if parse_address(s)[0] == "unix":
+        return _socket_path(s)
+    return s
+
+
 def _log_path(v: Any) -> str:
     """``-`` (stdout) or a file path."""
     return _text(v)
@@ -395,6 +406,9 @@ class Config:
     # After a kill, systemd-oomd's marks on the job's unit cgroup
     # (user.oomd_ooms, user.oomd_kill), which systemd reads (marks.py).
     cgroup_marks: bool = True
+    # A Prometheus endpoint (metrics.py): "" is off; a Unix socket path, or
+    # a loopback HOST:PORT (no other address: it has no authentication).
+    metrics: str = ""
     # Where each value that is not a default came from: field name ->
     # (origin, key as written there), for messages about it.
     origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
@@ -520,6 +534,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "log_level": ("log_level", _log_level),
     "kmsg": ("kmsg", _bool),
     "cgroup_marks": ("cgroup_marks", _bool),
+    "metrics": ("metrics", _metrics),
 }
 _FIELD_KEYS = {name: key for key, (name, _conv) in _KEYS.items()}
 
