@@ -70,8 +70,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c "import oomkiller, psutil, pytest, matplotlib, hypothesis, argparse_manpage" 2>/dev/null; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench,man]'
+if ! .venv/bin/python -c "import oomkiller, psutil, pytest, matplotlib, hypothesis, argparse_manpage, prometheus_client" 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench,man,metrics]'
 fi
 .venv/bin/python -c "import bcc" 2>/dev/null || echo "setup: bcc does not import in .venv: eBPF sources will be unavailable" >&2
 echo "setup: ready"

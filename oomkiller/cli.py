@@ -259,6 +259,8 @@ def run_command(conf: cfg.Config) -> int:
     from .control import ControlServer, SocketPathError
     from .daemon import Daemon
     from .footprint import one_malloc_arena, protect_self
+    from .kmsg import KernelLog
+    from .marks import CgroupMarks
     from .notify import Notifier
     from .output import LEVELS, OutputPathError, open_record_file, setup_logging
     from .sources.build import build_sources
@@ -283,6 +285,10 @@ def run_command(conf: cfg.Config) -> int:
                         "that long for its job to empty may get the daemon restarted (raise WatchdogSec=)",
                         conf.kill_timeout_ms, notifier.watchdog_usec // 1000)
     built = control = None
+    # its writer thread opens /dev/kmsg at the first kill
+    kernel_log = KernelLog() if conf.kmsg else None
+    marks = CgroupMarks(dom.cgroupfs.layout, dom.path) if conf.cgroup_marks else None
+    metrics, metrics_problem = None, ""
     try:
         raise_fd_limit()
         daemon: Daemon | None = None
@@ -291,10 +297,16 @@ def run_command(conf: cfg.Config) -> int:
             control = ControlServer(conf.control_socket, lambda cmd: daemon.handle(cmd))
         except SocketPathError as e:
             raise conf.blame("control_socket", str(e)) from None
+        if conf.metrics:
+            metrics, metrics_problem = _metrics_server(conf, lambda: daemon.published if daemon else None)
         built = build_sources(conf, dom)
         daemon = Daemon(conf, domain=dom, json_out=records, log_writer=log_writer, sources=built.sources,
                         unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control,
-                        notifier=notifier)
+                        notifier=notifier, kernel_log=kernel_log, marks=marks, metrics=metrics)
+        daemon.metrics_problem = metrics_problem
+        if metrics is not None:
+            daemon.publish()
+            metrics.start()
         if conf.protect_self and os.geteuid() == 0:
             problems, before, after = protect_self()
             for problem in problems:
@@ -311,11 +323,36 @@ def run_command(conf: cfg.Config) -> int:
             built.close()       # the brake's memory.high goes back
         if control is not None:
             control.close()
+        if metrics is not None:
+            metrics.close()
         records.close()
+        if kernel_log is not None:
+            kernel_log.close()
+        if marks is not None:
+            marks.close()
         notifier.close()
         if log_writer is not None:
             log_writer.close()
     return cfg.EXIT_OK
+
+
+def _metrics_server(conf: cfg.Config, snapshot):
+    """(server, "") or, when prometheus_client is missing, (None, why) after
+    one warning: metrics are optional, killing is not. A path or port that
+    cannot be listened on is a config error."""
+    from .control import SocketPathError
+    try:
+        from .metrics import MetricsServer
+        return MetricsServer(conf.metrics, snapshot), ""
+    except ImportError as e:
+        why = (f"prometheus_client is not installed ({e}): pip install 'oomkiller[metrics]' or "
+               "apt install python3-prometheus-client")
+        log.warning("OOM: metrics = %s: no endpoint: %s", conf.metrics, why)
+        return None, why
+    except SocketPathError as e:
+        raise conf.blame("metrics", str(e)) from None
+    except OSError as e:
+        raise conf.blame("metrics", f"cannot listen on {conf.metrics}: {e.strerror or e}") from None
 
 
 def raise_fd_limit() -> None:

@@ -239,6 +239,17 @@ def _socket_path(v: Any) -> str:
     return s
 
 
+def _metrics(v: Any) -> str:
+    """"" (off), an absolute socket path, or a loopback HOST:PORT."""
+    if v == "":
+        return ""
+    s = _text(v)
+    from .metrics import parse_address
+    if parse_address(s)[0] == "unix":
+        return _socket_path(s)
+    return s
+
+
 def _log_path(v: Any) -> str:
     """``-`` (stdout) or a file path."""
     return _text(v)
@@ -390,6 +401,14 @@ class Config:
     proc_root: str = "/proc"
     # The least a log line must be to be written: debug adds a line per wake.
     log_level: str = "info"
+    # One line per kill in the kernel log (/dev/kmsg), rate-limited (kmsg.py).
+    kmsg: bool = True
+    # After a kill, systemd-oomd's marks on the job's unit cgroup
+    # (user.oomd_ooms, user.oomd_kill), which systemd reads (marks.py).
+    cgroup_marks: bool = True
+    # A Prometheus endpoint (metrics.py): "" is off; a Unix socket path, or
+    # a loopback HOST:PORT (no other address: it has no authentication).
+    metrics: str = ""
     # Where each value that is not a default came from: field name ->
     # (origin, key as written there), for messages about it.
     origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
@@ -513,6 +532,9 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "cgroup_root": ("cgroup_root", _abs_path),
     "proc_root": ("proc_root", _abs_path),
     "log_level": ("log_level", _log_level),
+    "kmsg": ("kmsg", _bool),
+    "cgroup_marks": ("cgroup_marks", _bool),
+    "metrics": ("metrics", _metrics),
 }
 
 

@@ -30,6 +30,9 @@ from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
 from .footprint import status_bytes
 from .killer import Killer
+from .kmsg import KernelLog
+from .marks import CgroupMarks
+from .metrics import Buckets
 from .model import (ArmedRecord, DecisionRecord, EventKind, Job, KernelKillRecord, MemorySnapshot, PressureEvent,
                     Ranking, Record, Result, Source)
 from .notify import Notifier
@@ -43,6 +46,10 @@ R = TypeVar("R", bound=Record)
 
 # The same failure is logged at most this often (with a count of repeats).
 FAILURE_LOG_USEC = 60_000_000
+
+# The loop publishes its counters for the metrics endpoint at most this
+# often, and after every kill (a scrape every 15 s sees figures <= 1 s old).
+PUBLISH_USEC = 1_000_000
 
 # A cgroup domain without a memory.pressure file is looked at again at most
 # this often.
@@ -77,6 +84,8 @@ class Daemon:
                  sources: list[EventSource] | None = None, unavailable: dict[str, str] | None = None,
                  arm: Arming | None = None, brake: Any = None, log_writer: LineWriter | None = None,
                  control: ControlServer | None = None, notifier: Notifier | None = None,
+                 kernel_log: KernelLog | None = None, marks: CgroupMarks | None = None,
+                 metrics: Any = None,
                  clock: Callable[[], int] = time.monotonic_ns) -> None:
         """Everything given here is the caller's to close (``cli`` builds and
         closes it); what the daemon makes itself, it closes."""
@@ -121,6 +130,24 @@ class Daemon:
         self._by_fd: dict[int, EventSource] = {}
         # systemd: READY, STATUS and the watchdog's pings, all from the loop
         self.notifier = notifier
+        # a line per kill for the kernel log, through its own writer thread
+        self.kernel_log = kernel_log
+        # systemd-oomd's marks on a killed job's cgroup, by a thread of their own
+        self.marks = marks
+        if marks is not None and not config.dry_run:
+            self.killer.before_signal = marks.before
+        # Counters for the metrics endpoint: only the loop writes them, and
+        # it publishes a copy (publish) that the metrics thread reads.
+        self.wakes_by_source: dict[str, int] = {}
+        self.kill_counts: dict[tuple[str, str], int] = {}
+        self.freed_bytes_total = 0
+        self.event_to_decision = Buckets()
+        self.signal_to_empty = Buckets()
+        self.published: dict[str, Any] | None = None
+        # the endpoint's server (metrics.MetricsServer), or why there is none
+        self.metrics = metrics
+        self.metrics_problem = ""
+        self._published_usec = 0
         self._status_sent = ""
         self._last_kill = ""
         self._live = "timer"        # the live sources, named once the loop runs
@@ -148,6 +175,8 @@ class Daemon:
         decision record when a walk happened (or was held back)."""
         t0 = self.now_usec()
         self.wakes += 1
+        for src in {str(e.source) for e in events}:
+            self.wakes_by_source[src] = self.wakes_by_source.get(src, 0) + 1
         if self.domain_gone is not None:
             if not self.domain.exists():
                 return None
@@ -237,6 +266,15 @@ class Daemon:
         if isinstance(action, core.ArmedDone):
             self._log(lines)
             log.log(NOTICE, "OOM: armed job '%s' is already empty", report.printable(action.job_name))
+            if self.kernel_log is not None:
+                self.kernel_log.kill(report.kmsg_line(action.job_name, None, snap.domain, snap.free_bytes,
+                                                      snap.total_bytes), t_rank)
+            if self.marks is not None and not self.config.dry_run:
+                # Emptied before we knew: systemd has likely looked already,
+                # but the count stays for tools that read it.
+                job = next((c.job for c in ranking.candidates if c.job.name == action.job_name), None)
+                if job is not None:
+                    self.marks.before(job)
             self._last_kill = f"'{report.printable(action.job_name)}' in the kernel"
             return self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
                                       timings_usec=timings))
@@ -267,12 +305,26 @@ class Daemon:
         attempts = [(c, dataclasses.replace(r, freed_bytes=max(0, before.used_bytes - after.used_bytes)))
                     if r.ok and not r.dry_run else (c, r) for c, r in attempts]
         self.state, after_actions = core.walked(self.state, t_done, attempts)
+        if self.marks is not None:
+            for c, r in attempts:
+                if not r.dry_run:
+                    self.marks.after(c.job, len(r.signalled_pids))
+        for c, r in attempts:
+            outcome = "dry_run" if r.dry_run else "failed" if not r.ok else "emptied" if r.emptied else "not_empty"
+            self.kill_counts[(r.method, outcome)] = self.kill_counts.get((r.method, outcome), 0) + 1
+            if r.ok and not r.dry_run:
+                self.freed_bytes_total += r.freed_bytes
+                if r.emptied:
+                    self.signal_to_empty.observe(r.signal_to_empty_usec)
+        self._published_usec = 0        # publish at the end of this pass
         for action in after_actions:
             self._disarm(action.job)
         lines += report.walk_lines(ranking, attempts)
         victim = next(((c, r) for c, r in attempts if r.ok), None)
         first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
         self._log(lines)
+        if victim and not victim[1].dry_run:
+            self.event_to_decision.observe(t_act - first_event_usec)
         if victim:
             c, r = victim
             # A kill is a notice; one whose job did not empty, a warning.
@@ -280,6 +332,9 @@ class Daemon:
                     report.outcome_line(c, r, t_done - first_event_usec))
             self._last_kill = (f"would kill '{report.printable(c.job.name)}'" if r.dry_run else
                                f"'{report.printable(c.job.name)}' {report.format_size(r.freed_bytes)} freed")
+            if self.kernel_log is not None and not r.dry_run:
+                self.kernel_log.kill(report.kmsg_line(c.job.name, r, before.domain, before.free_bytes,
+                                                      before.total_bytes), t_done)
             record = replace(record, victim=report.candidate_record(c), freed_bytes=r.freed_bytes)
         return self._emit(replace(
             record,
@@ -405,6 +460,14 @@ class Daemon:
             output["control"] = self.control.stats()
         if self.notifier is not None and self.notifier.enabled:
             output["systemd"] = self.notifier.stats()
+        if self.kernel_log is not None:
+            output["kmsg"] = self.kernel_log.stats()
+        if self.marks is not None:
+            output["marks"] = self.marks.stats()
+        if self.metrics is not None:
+            output["metrics"] = self.metrics.stats()
+        elif self.metrics_problem:
+            output["metrics"] = {"state": "unavailable", "why": self.metrics_problem}
         data = {"running": self.running, "printing": self.printing, "simulating_lowmem": self.simulate_lowmem,
                 "sleep_ms": self.config.sleep_ms, "redline": str(red), "redline_bytes": red_b,
                 "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
@@ -530,6 +593,8 @@ class Daemon:
                     deadline = min(deadline, self.now_usec() + self.next_tick_usec())
                 if notifier is not None:
                     self._send_status(notifier)
+                if self.now_usec() - self._published_usec >= PUBLISH_USEC:
+                    self.publish()
         finally:
             if notifier is not None:
                 notifier.stopping(f"stopping after {self.kills} kills")
@@ -547,6 +612,29 @@ class Daemon:
                 self.control.stop()         # no more requests; its maker closes it
             self._disarm_now()
             log.info("OOM: oomkiller stopped after %d kills", self.kills)
+
+    def publish(self) -> None:
+        """A copy of the counters for the metrics thread: plain values, one
+        reference swap; no reads but the eBPF source's own counters."""
+        now = self.now_usec()
+        self._published_usec = now
+        snap = self.last_snapshot
+        total = snap.total_bytes if snap is not None else None
+        ebpf = next((s for s in self.sources if s.name == "ebpf"), None)
+        self.published = {
+            "published_usec": now, "running": self.running,
+            "domain_free_bytes": snap.free_bytes if snap is not None else None,
+            "domain_total_bytes": total,
+            "redline_bytes": self.config.redline.resolve_bytes(total) if total else None,
+            "arm_line_bytes": self.config.arm_line_bytes(total) if total and self.arm is not None else None,
+            "wakes_by_source": dict(self.wakes_by_source), "kills": dict(self.kill_counts),
+            "freed_bytes": self.freed_bytes_total, "armed_kills": self.state.armed_kills,
+            "kernel_kills_seen": self.state.kernel_kills_seen,
+            "ebpf": None if ebpf is None else {k: getattr(ebpf, k, 0) for k in
+                                               ("lost_perf", "rate_limited", "outside_domain")},
+            "event_to_decision_seconds": self.event_to_decision.snapshot(),
+            "signal_to_empty_seconds": self.signal_to_empty.snapshot(),
+        }
 
     def _status(self) -> str:
         """systemd's STATUS=: the domain, the redline, the live sources, and

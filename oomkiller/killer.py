@@ -78,7 +78,7 @@ from typing import Callable
 from .cgroupfs import Cgroupfs
 from .core.rank import OOM_SCORE_ADJ_MIN
 from .files import GONE_ERRNOS
-from .model import Candidate, KillResult, Ranking
+from .model import Candidate, Job, KillResult, Ranking
 from .output import start_thread
 from .procfs import PF_KTHREAD
 
@@ -188,6 +188,9 @@ class Killer:
         self.timeout_usec = timeout_usec
         self.clock = clock
         self.releaser = releaser or Releaser()
+        # Called with the job just before its first signal (after the
+        # checks that may refuse it); it must not block (marks.CgroupMarks.before).
+        self.before_signal: Callable[[Job], None] | None = None
 
     @property
     def mrelease_ok(self) -> bool:
@@ -277,6 +280,8 @@ class _Kill:
         if pids and not set(pids) - self.spared_at_rank:
             return KillResult(job, False, False, "none", error="no killable process when the kill began")
 
+        if self.k.before_signal is not None:
+            self.k.before_signal(job)
         self.start = self.k.now_usec()
         self.deadline = self.start + self.k.timeout_usec
         method = "signal"

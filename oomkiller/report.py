@@ -149,6 +149,35 @@ def outcome_line(c: Candidate, res: KillResult, decision_usec: int) -> str:
             f"after the signal{thawed}, {decision_usec / 1000:.1f} ms after the wake")
 
 
+# A job's name in a kernel log line is cut to this many characters (see kmsg.py).
+KMSG_NAME_MAX = 240
+
+
+def kmsg_text(text: str, limit: int = KMSG_NAME_MAX) -> str:
+    """``text`` for the kernel log: escaped as ``printable`` does, then
+    ASCII only (``\\u00e9`` for an é), cut to ``limit`` characters: nothing
+    a cgroup's maker chose can end the line or reach a console raw."""
+    out = printable(text).encode("ascii", "backslashreplace").decode("ascii")
+    return out if len(out) <= limit else out[:limit - 3] + "..."
+
+
+def kmsg_line(job_name: str, res: KillResult | None, domain: str, free_bytes: int, total_bytes: int) -> str:
+    """The kernel log's line for one kill (``kmsg.py``): ``res`` None for
+    an armed job the kernel killed whole. One line, ASCII, ending in a
+    newline, with its ``<4>`` priority."""
+    where = f"domain '{kmsg_text(domain, 120)}' had {format_size(free_bytes)} free of {format_size(total_bytes)}"
+    if res is None:
+        what = "in the kernel at its failed reclaim (armed kill), freed unknown"
+    else:
+        what = (f"by {res.method}: {len(res.signalled_pids)} procs, {format_size(res.freed_bytes)} freed "
+                f"({res.freed_bytes} bytes), ")
+        if res.emptied:
+            what += f"empty {res.signal_to_empty_usec / 1000:.1f} ms after the signal"
+        else:
+            what += f"NOT EMPTY: {len(res.left_pids)} procs left"
+    return f"<4>oomkiller: Killed job '{kmsg_text(job_name)}' {what}; {where}\n"
+
+
 def candidate_record(c: Candidate) -> dict[str, Any]:
     return {"job": c.job.name, "inode": c.job.inode, "class": c.importance.name.lower(),
             "score_bytes": c.score_bytes, "killable": c.killable, "reasons": list(c.reasons)}
