@@ -160,7 +160,7 @@ def test_the_daemon_writes_a_line_per_kill_and_none_for_a_dry_run(proc_tree, v2_
     try:
         d = _short_daemon(proc_tree, v2_tree, klog, dry_run=dry_run)
 
-        def walk(ranking, still_short=None):
+        def walk(ranking, still_short=None, past_gone=True):
             c = ranking.killable()[0]
             return [(c, KillResult(c.job, ok=True, dry_run=dry_run, method="cgroup.kill", signalled_pids=(4101,),
                                    signal_to_empty_usec=2000))]

@@ -216,7 +216,7 @@ def test_the_daemon_marks_after_each_signalled_attempt_and_never_in_a_dry_run(pr
     d = Daemon(c, json_out=io.StringIO(), clock=lambda: 5_000_000_000, marks=marks)
     assert (d.killer.before_signal is None) == dry_run
 
-    def walk(ranking, still_short=None):
+    def walk(ranking, still_short=None, past_gone=True):
         first, second = ranking.killable()[:2]
         return [(first, KillResult(first.job, ok=False, dry_run=dry_run, method="none", error="emptied")),
                 (second, KillResult(second.job, ok=True, dry_run=dry_run, method="cgroup.kill",

@@ -69,7 +69,7 @@ def _daemon_after_a_kill(proc_tree, v2_tree, monkeypatch):
     out = io.StringIO()
     d = Daemon(c, json_out=out, clock=lambda: 5_000_000_000)
 
-    def walk(ranking, still_short=None):
+    def walk(ranking, still_short=None, past_gone=True):
         cand = ranking.killable()[0]
         # the domain's use falls by 100 MiB once it is killed
         v2_tree.cgroup("arena", memory__current=f"{150 * MiB}\n")
