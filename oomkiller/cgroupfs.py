@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .files import Vanished, read_int, read_keyed, read_pids, read_text, vanishing
 from .model import Job
 from .procfs import Procfs
+from .report import printable
 from .core import jobrule
 from .core.rank import glob_match, xattr_set
 
@@ -39,6 +40,10 @@ MAX_DEPTH = 64
 MAX_CGROUPS = 10_000
 # The domain's walk for jobs visits only the cgroups above them.
 MAX_DOMAIN_CGROUPS = 100_000
+# A cgroup this close to PATH_MAX (4096) may have children no path can name
+# (their owner can make them with mkdirat): it is a job, whole, and what is
+# below it is read as far as paths go, its kill by cgroup.kill reaching all.
+PATH_ROOM = 4096 - 256 - 64
 # A user's service manager (user@UID.service) is walked for jobs with a
 # budget of its own: its user makes the cgroups in it, and must not use up
 # the domain's walk or make thousands of jobs. Past it, the user's manager
@@ -324,8 +329,33 @@ class Cgroupfs:
                                  "its jobs are taken as one")
             return False
 
+        whole: dict[str, str] = {}
+
         def descend(full: str) -> bool:
+            try:
+                return visit(full)
+            except OSError as e:
+                # Not gone (that is Vanished, handled where read) but not
+                # readable either: its owner shaped it so. With the rule of
+                # names, its parent is a job, whole, so that nothing below
+                # is in no job; with globs alone, it is passed over.
+                parent = os.path.dirname(full)
+                why = f"a cgroup below cannot be read ({e.strerror}): taken whole"
+                if not auto:
+                    self._warn(full, f"{report_name(full, domain_path)}: cannot be read for jobs ({e.strerror})")
+                elif parent != domain_path:
+                    whole.setdefault(parent, why)
+                else:
+                    found.append((full, why))
+                return False
+
+        def visit(full: str) -> bool:
             name = os.path.relpath(full, domain_path)
+            if auto and (name.count("/") + 1 >= MAX_DEPTH - 1 or len(os.fsencode(full)) >= PATH_ROOM):
+                # Deeper than the walk goes, or a path too long to name what
+                # is below: a job, whole, or what is below would be in none.
+                found.append((full, "cgroup at the walk's depth or path limit: taken whole"))
+                return False
             holds_kept = any(k.startswith(full + "/") for k in keep_out)
             if not holds_kept:
                 g = next((g for g in globs if glob_match(name, g)), None)
@@ -338,8 +368,12 @@ class Cgroupfs:
             if not auto:
                 return True
             verdict, why = jobrule.by_name(name)
+            # Only a user's manager where systemd puts it gets a budget of its
+            # own: user-N.slice/user@N.service.
+            manager = (why == jobrule.USER_MANAGER and not in_user[0]
+                       and os.path.basename(os.path.dirname(full)) == "user-" + name.rsplit("@", 1)[-1][:-len(".service")] + ".slice")
             if holds_kept:
-                return user_manager(full) if why == jobrule.USER_MANAGER and not in_user[0] else True
+                return user_manager(full) if manager else True
             if verdict is not jobrule.Verdict.JOB:
                 try:
                     own = bool(read_pids(os.path.join(full, "cgroup.procs")))
@@ -354,7 +388,7 @@ class Cgroupfs:
                     # (its owner put them there) is a job, or they would be
                     # in none.
                     verdict, why = jobrule.Verdict.JOB, f"{why} with processes of its own"
-                elif why == jobrule.USER_MANAGER and not in_user[0]:
+                elif manager:
                     return user_manager(full)
             if verdict is jobrule.Verdict.JOB:
                 found.append((full, why))
@@ -365,6 +399,11 @@ class Cgroupfs:
             pass
         if cut:
             self._warn("domain", "the walk for jobs: " + "; ".join(cut))
+        for top in sorted(whole, key=len):
+            if any(top.startswith(t + "/") for t in whole if t != top) or any(
+                    top.startswith(p + "/") for p, _ in found):
+                continue    # inside another job taken whole
+            found = [(p, w) for p, w in found if p != top and not p.startswith(top + "/")] + [(top, whole[top])]
         return sorted(found)
 
     def _warn(self, key: str, text: str) -> None:
@@ -487,9 +526,9 @@ class Cgroupfs:
             except Vanished:
                 continue    # removed between the walk and the read: not a job any more
             except Exception as e:     # noqa: BLE001 - one job must not stop the listing
-                name = os.path.relpath(path, domain_path)
                 why = f"{type(e).__name__}: {e}"
-                self._warn(path, f"job {name}: cannot be read in full ({why}); listed with what could be read")
+                self._warn(path, f"job {report_name(path, domain_path)}: cannot be read in full "
+                                 f"({printable(why)}); listed with what could be read")
                 job = self._partial_job(path, domain_path, why, rule)
                 if job is not None:
                     out.append(job)
@@ -504,9 +543,11 @@ class Cgroupfs:
                 inode = os.stat(path).st_ino
             pids = read_pids(os.path.join(path, "cgroup.procs"))
             procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
+            v2 = path if not self.layout.memory_v1 else self.v2_mirror(path)
             return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode, procs=procs,
                        charged_bytes=self.charged_bytes(path),
-                       notes=(f"read in part: {why}; its subtree is not known",), rule=rule)
+                       notes=(f"read in part: {why}; its subtree is not known",), rule=rule,
+                       populated=bool(procs) or bool(v2 and self.events_populated(v2)))
         except Exception:   # noqa: BLE001
             return None
 
@@ -550,6 +591,12 @@ def reclaimable_bytes(stat: dict[str, int]) -> int:
     be read back in), less dirty and writeback pages."""
     clean = stat.get("inactive_file", 0) + stat.get("active_file", 0) // 2
     return max(0, clean - stat.get("dirty", 0) - stat.get("writeback", 0))
+
+
+def report_name(path: str, domain_path: str) -> str:
+    """A cgroup's name as a log line shows it: its owner chose it, and it may
+    hold newlines or terminal escapes."""
+    return printable(os.path.relpath(path, domain_path))
 
 
 def subcgroups(path: str) -> list[str]:
@@ -607,6 +654,12 @@ def _descendants(path: str, cut: list[str]) -> Iterator[tuple[str, list[int]]]:
             continue
         except OSError as e:
             if e.errno != errno.EOPNOTSUPP:
-                raise
+                # Its owner made it unreadable (a path past PATH_MAX, say):
+                # its processes are not listed; the kernel's own count
+                # (cgroup.events) still tells the job is populated.
+                note = f"a cgroup below cannot be read ({e.strerror}): its processes are not listed"
+                if note not in cut:
+                    cut.append(note)
+                continue
             pids = []
         yield full, pids

@@ -51,6 +51,9 @@ FAILURE_LOG_USEC = 60_000_000
 # often, and after every kill (a scrape every 15 s sees figures <= 1 s old).
 PUBLISH_USEC = 1_000_000
 
+# Other OOM killers are looked for in /proc at most this often (for info).
+OTHERS_SCAN_S = 60.0
+
 # A cgroup domain without a memory.pressure file is looked at again at most
 # this often.
 PRESSURE_LOOK_USEC = 10_000_000
@@ -118,6 +121,7 @@ class Daemon:
         self.keep_out = self.cgroupfs.keep_out((1, self.self_pid))
         self.last_snapshot: MemorySnapshot | None = None
         self.last_thrash: ThrashFigures | None = None
+        self._others: tuple[float, list[tuple[int, str]]] | None = None
         self._pressure_looked_usec = 0
         self._quit = False
         self._failures: dict[tuple[str, str, str], list[int]] = {}
@@ -422,6 +426,15 @@ class Daemon:
             self.json_out.flush()
         return record
 
+    def other_oom_killers(self) -> list[tuple[int, str]]:
+        """Other OOM killers running, from a scan of /proc at most once a
+        minute: anyone may ask for ``info`` a hundred times a second, and a
+        scan of thousands of processes takes a third of a second."""
+        now = time.monotonic()
+        if self._others is None or now - self._others[0] >= OTHERS_SCAN_S:
+            self._others = (now, self.procfs.other_oom_killers())
+        return self._others[1]
+
     def thrash_data(self, figs: ThrashFigures | None) -> dict[str, Any] | None:
         """The thrash detector's figures with the limits they are held to."""
         if figs is None:
@@ -476,8 +489,7 @@ class Daemon:
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
                 "pressure_file": self.domain.pressure_path, "thrash": self.thrash_data(self.last_thrash),
-                # read here, on the control thread: a scan of /proc
-                "other_oom_killers": self.procfs.other_oom_killers(),
+                "other_oom_killers": self.other_oom_killers(),
                 "output": output}
         return report.info_text(data, status_bytes()), data
 
@@ -701,6 +713,13 @@ class Daemon:
         self.last_snapshot = None
         self.state = core.domain_replaced(self.state)
         self.domain.find_pressure()
+        if not self.domain.is_host:
+            # The program's domain filter held the old cgroup: every event of
+            # the new one would be dropped (and the armed kill never fire).
+            v2 = self.cgroupfs.v2_counterpart(self.domain.path)
+            for s in self.sources:
+                if hasattr(s, "set_domain"):
+                    s.set_domain(v2)
 
     def _failed(self, what: str) -> None:
         """Log the exception being handled: with its traceback the first

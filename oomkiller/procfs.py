@@ -25,6 +25,8 @@ CMDLINE_MAX_BYTES = 1 << 16
 # Other user-space OOM killers, by what the kernel names their process (a
 # Python one by its script, the first words of its command line).
 OTHER_OOM_KILLERS = ("earlyoom", "nohang", "systemd-oomd", "oomd", "low-memory-monitor")
+# The kernel keeps 15 bytes of a process's name (TASK_COMM_LEN less its NUL).
+COMM_LEN = 15
 # Processes looked at, at most, when looking for them.
 MAX_SCAN_PROCS = 100_000
 
@@ -80,8 +82,9 @@ class Procfs:
         for pid in pids:
             try:
                 comm = read_text(os.path.join(self.root, pid, "comm")).strip()
-                if comm in OTHER_OOM_KILLERS:
-                    found.append((int(pid), comm))
+                named = next((n for n in OTHER_OOM_KILLERS if n[:COMM_LEN] == comm), None)
+                if named is not None:
+                    found.append((int(pid), named))
                 elif comm.startswith("python"):
                     argv = read_text(os.path.join(self.root, pid, "cmdline"), max_bytes=4096).split("\0")[:3]
                     name = next((os.path.basename(a) for a in argv[1:] if not a.startswith("-")), "")

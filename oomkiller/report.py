@@ -201,7 +201,7 @@ def format_ranking(ranking: Ranking) -> str:
     for i, c in enumerate(ranking.candidates, 1):
         tag = "kill" if c.killable else "skip"
         lines.append(f"{i:3d}. ({tag}) job {c.job.inode:6d} '{printable(c.job.name)}' {c.importance.name.lower()} "
-                     f"score {format_size(c.score_bytes)}: {'; '.join(c.reasons)}")
+                     f"score {format_size(c.score_bytes)}: {printable('; '.join(c.reasons))}")
     return "\n".join(lines) if lines else "no jobs in the domain"
 
 

@@ -79,6 +79,18 @@ def test_a_top_victim_that_cannot_be_armed_means_no_one_is():
     assert kinds(r) == ["Disarm"] and r.state.armed is None
 
 
+def test_a_top_victim_too_small_to_end_a_shortage_is_not_armed():
+    # The hog is gone (the kernel's OOM killer took it): the top job left is
+    # a 2 MiB service; armed, its own failed reclaim would kill it.
+    s = run(core.CoreState(), 40).state
+    assert s.armed == HOG
+    tiny = dataclasses.replace(SVC, name="logind", charged_bytes=2 * MiB)
+    r = run(s, 40, core.ARM_RERANK_USEC, jobs=[tiny])
+    assert kinds(r) == ["Disarm"] and r.state.armed is None
+    just = dataclasses.replace(tiny, charged_bytes=-(-TOTAL // 100))     # 1% of the domain, rounded up
+    assert run(s, 40, core.ARM_RERANK_USEC, jobs=[just]).state.armed == just
+
+
 def test_back_above_the_arm_line_disarms_and_dry_run_never_arms():
     s = run(core.CoreState(), 40).state
     r = run(s, 100, 1000, can_track=False)

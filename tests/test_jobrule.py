@@ -275,3 +275,45 @@ def test_the_daemonsets_globs_make_pods_and_only_pods_jobs_with_either_driver(tm
         ("kubepods.slice/kubepods-pod11aa_22bb.slice", "avoid"),
         ("kubepods/pod9f8e7d6c-dddd-eeee-ffff-cba987654321", "avoid"),
     ]
+
+
+def test_a_cgroup_that_cannot_be_read_is_a_job_not_a_crash(tmp_path, proc_tree, monkeypatch):
+    # Its owner can nest cgroups past PATH_MAX with mkdirat: every read of
+    # them fails with ENAMETOOLONG. That must not stop the listing (and so
+    # every kill): the cgroup is a job, whole.
+    import errno
+    import os
+    fs = build(tmp_path, proc_tree, DESKTOP)
+    bad = str(tmp_path / "cgroup" / "user.slice/user-1001.slice/user@1001.service/app.slice")
+    real = fs.oom_group
+
+    def oom_group(path):
+        if path == bad:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+        return real(path)
+    monkeypatch.setattr(fs, "oom_group", oom_group)
+    ranking = walk(fs)
+    rows = {c.job.name: c for c in ranking.candidates}
+    # its parent is taken whole, with every process below it
+    whole = rows["user.slice/user-1001.slice/user@1001.service"]
+    assert whole.job.rule == "a cgroup below cannot be read (File name too long): taken whole"
+    assert whole.killable and [p.pid for p in whole.job.procs] == [71, 72, 73]
+    assert not any(n.startswith("user.slice/user-1001.slice/user@1001.service/") for n in rows)
+    assert "user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-firefox-5150.scope" in rows
+
+
+def test_a_hog_nested_past_the_walks_depth_is_still_in_a_job(tmp_path, proc_tree):
+    deep = "user.slice/user-1000.slice/user@1000.service/app.slice/x" + "/d" * 70
+    rows = table(walk(build(tmp_path, proc_tree, {**DESKTOP, deep: {61: 9000}})))
+    (top, rule, cls, killable) = rows[0]
+    assert deep.startswith(top + "/") and rule == "cgroup at the walk's depth or path limit: taken whole"
+    assert killable and cls == "normal"
+
+
+def test_a_user_naming_a_cgroup_like_a_pod_gets_no_pod_class(tmp_path, proc_tree):
+    app = "user.slice/user-1001.slice/user@1001.service/app.slice/"
+    shape = {**DESKTOP, app + "kubepods-pod1.slice/x.scope": {62: 8000},
+             app + "kubepods/pod2a": {63: 7000}}
+    rows = {n: (r, cls) for n, r, cls, _ in table(walk(build(tmp_path, proc_tree, shape)))}
+    assert rows[app + "kubepods-pod1.slice"] == ("Kubernetes pod", "normal")
+    assert rows[app + "kubepods/pod2a"][1] == "normal"

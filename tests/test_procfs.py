@@ -110,13 +110,15 @@ def test_other_oom_killers_by_name_and_by_script(proc_tree):
     proc_tree.proc(302, "python3", anon_kb=3, shmem_kb=0, swap_kb=0)
     proc_tree.proc(303, "bash", anon_kb=4, shmem_kb=0, swap_kb=0)
     proc_tree.proc(304, "systemd-oomd", anon_kb=5, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(306, "low-memory-moni", anon_kb=6, shmem_kb=0, swap_kb=0)
     for pid, comm, argv in ((300, "earlyoom", ["earlyoom", "-r", "60"]),
                             (301, "python3", ["/usr/bin/python3", "-u", "/usr/sbin/nohang", "--monitor"]),
                             (302, "python3", ["python3", "-m", "oomkiller", "run"]),
                             (303, "bash", ["bash", "-c", "nohang"]),
-                            (304, "systemd-oomd", ["/lib/systemd/systemd-oomd"])):
+                            (304, "systemd-oomd", ["/lib/systemd/systemd-oomd"]),
+                            (306, "low-memory-moni", ["/usr/libexec/low-memory-monitor"])):
         (proc_tree.root / str(pid) / "comm").write_text(comm + "\n")
         (proc_tree.root / str(pid) / "cmdline").write_text("\0".join(argv) + "\0")
     (proc_tree.root / "305").mkdir()     # gone while being read: no comm
     assert sorted(Procfs(str(proc_tree.root)).other_oom_killers()) == [
-        (300, "earlyoom"), (301, "nohang"), (304, "systemd-oomd")]
+        (300, "earlyoom"), (301, "nohang"), (304, "systemd-oomd"), (306, "low-memory-monitor")]

@@ -110,3 +110,12 @@ def test_names_cannot_forge_lines():
     assert "OOM:   (skip) job      8 'empty\\rOOM:   *KILL* job 1 'sshd.service''" in lines
     assert "OOM:        + proc    41  run 'x\\nOOM: killed j'" in lines
     assert [line for line in lines if line.startswith("OOM:   *KILL*")] == ["OOM:   *KILL* job      9 'batch'"]
+
+
+def test_rank_lines_escape_what_a_cgroup_owner_named():
+    from oomkiller.model import Candidate, Importance, Job, Ranking
+    job = Job(name="evil\n  2. (kill) job", path="/x", inode=7)
+    c = Candidate(job=job, importance=Importance.NORMAL, score_bytes=0, killable=False,
+                  reasons=("user.oomd_omit of 'a\nforged line' ignored",))
+    out = report.format_ranking(Ranking((c,)))
+    assert len(out.splitlines()) == 1 and "\\n" in out

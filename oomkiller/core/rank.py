@@ -50,23 +50,25 @@ _XATTR_CLASS = (
 )
 
 
-# The kubelet's cgroup layout: systemd driver (kubepods-burstable-pod<uid>.slice,
-# kubepods-pod<uid>.slice for Guaranteed) and cgroupfs driver
+# The kubelet's cgroup layout, from the top of the domain (the host's, where
+# only root makes cgroups: a user naming a cgroup of theirs like a pod must not
+# move their job to another class): systemd driver
+# (kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice,
+# kubepods.slice/kubepods-pod<uid>.slice for Guaranteed) and cgroupfs driver
 # (kubepods/burstable/pod<uid>, kubepods/pod<uid>).
 _POD_QOS = (
-    (re.compile(r"(?:^|/)kubepods-besteffort-pod[^/]*\.slice$|(?:^|/)kubepods/besteffort/pod[^/]*$"),
-     "BestEffort", Importance.PREFER),
-    (re.compile(r"(?:^|/)kubepods-burstable-pod[^/]*\.slice$|(?:^|/)kubepods/burstable/pod[^/]*$"),
-     "Burstable", Importance.NORMAL),
-    (re.compile(r"(?:^|/)kubepods-pod[^/]*\.slice$|(?:^|/)kubepods/pod[^/]*$"),
-     "Guaranteed", Importance.AVOID),
+    (re.compile(r"kubepods\.slice/kubepods-besteffort\.slice/kubepods-besteffort-pod[^/]*\.slice"
+                r"|kubepods/besteffort/pod[^/]*"), "BestEffort", Importance.PREFER),
+    (re.compile(r"kubepods\.slice/kubepods-burstable\.slice/kubepods-burstable-pod[^/]*\.slice"
+                r"|kubepods/burstable/pod[^/]*"), "Burstable", Importance.NORMAL),
+    (re.compile(r"kubepods\.slice/kubepods-pod[^/]*\.slice|kubepods/pod[^/]*"), "Guaranteed", Importance.AVOID),
 )
 
 
 def pod_qos(name: str) -> tuple[str, Importance] | None:
     """A pod job's QoS class and the importance it gives, by its cgroup's path."""
     for pattern, qos, imp in _POD_QOS:
-        if pattern.search(name):
+        if pattern.fullmatch(name):
             return qos, imp
     return None
 

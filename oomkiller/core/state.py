@@ -43,6 +43,11 @@ JOB_PSI_REFRESH_USEC = 10_000_000
 # this often (and at once after a kill): the timer may wake every 10 ms there,
 # and listing a thousand jobs takes hundreds of ms.
 ARM_RERANK_USEC = 250_000
+# A job holding less than this share of the domain (permyriad) is never
+# armed: killing it cannot end a shortage, and armed it would be killed at
+# its first failed reclaim, a bystander (a 2 MiB logind, once the hog the
+# kernel's OOM killer chose had gone from the ranking).
+ARM_MIN_PERMYRIAD = 100
 
 # The stall share is measured over at least this long (see detect.py).
 PRESSURE_SPAN_USEC = 2_000_000
@@ -283,7 +288,8 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
                 return Step(None, need=Need.JOBS, **done)
             s = dataclasses.replace(s, armed_ranked_usec=snap.taken_usec)
             top = next(iter(rank(list(jobs), policy, snap.total_bytes).killable()), None)
-            if top is None or not top.job.v2_path:
+            if (top is None or not top.job.v2_path
+                    or top.job.committed_bytes * 10000 < snap.total_bytes * ARM_MIN_PERMYRIAD):
                 # The core chooses who: if the top victim cannot be armed, no one is.
                 if s.armed is not None:
                     actions.append(Disarm(s.armed))

@@ -491,6 +491,20 @@ class BpfSource:
             self._set_domain(self.domain_v2)
         self.load_usec = int((time.monotonic() - started) * 1e6)
 
+    def set_domain(self, path: str | None) -> None:
+        """A new cgroup at the domain's path: filter by it. When its v2
+        cgroup is not known, the filter is emptied: every event passes."""
+        if self._bpf is None or self.domain_v2 is None:
+            return      # not loaded, or compiled without the filter (the host)
+        if path is None:
+            try:
+                del self._bpf[b"domain_cg"][0]
+            except Exception:      # noqa: BLE001 - already empty
+                pass
+            self.domain_filter = "off: the new domain cgroup's v2 counterpart is not known"
+            return
+        self._set_domain(path)
+
     def _set_domain(self, path: str) -> None:
         """Put the domain's v2 cgroup in the program's filter. If that
         fails, every event passes, as without a filter, and ``info`` says
@@ -502,6 +516,10 @@ class BpfSource:
             finally:
                 os.close(fd)
         except Exception as e:     # noqa: BLE001 - the filter is an economy, not a need
+            try:
+                del self._bpf[b"domain_cg"][0]      # an empty slot lets every event pass
+            except Exception:      # noqa: BLE001
+                pass
             self.domain_filter = f"off: {path}: {e}"
             log.warning("OOM: ebpf: events are not filtered to the domain: %s: %s", path, e)
             return

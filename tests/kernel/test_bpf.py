@@ -164,6 +164,15 @@ def test_reclaim_outside_a_cgroup_domain_never_reaches_user_space(disk_dir):
             ours = [e for _t, e in got if e.cgroup_id == inside.v2_id]
             assert ours and {e.kind for e in ours} <= {"memcg_reclaim", "stall", "kswapd", "direct_reclaim"}
             assert not [e for _t, e in got if e.cgroup_id == outside.v2_id]
+            # the domain replaced by another cgroup: the filter follows it
+            src.set_domain(out.v2_path)
+            assert src.stats()["domain_filter"] == out.v2_path
+            dd = writer(out, outside, os.path.join(disk_dir, "out2"), 256)
+            got = []
+            while dd.poll() is None:
+                got += collect(src, lambda evs: False, 0.05)
+            got += collect(src, lambda evs: False, 0.1)
+            assert [e for _t, e in got if e.cgroup_id == outside.v2_id]
         finally:
             src.close()
 
