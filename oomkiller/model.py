@@ -103,6 +103,7 @@ class Proc:
     state: str              # one-letter state from /proc/PID/stat
     start_ticks: int        # start time in clock ticks since boot: with pid, a stable identity
     kernel_thread: bool = False
+    private_bytes: int = 0  # RssAnon + VmSwap: memory that is the process's own, wherever it moves
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,15 @@ class Job:
     @property
     def committed_bytes(self) -> int:
         """The cgroup's own charge where the kernel gives it, else the sum of
-        its processes (which counts shared memory once per process)."""
-        return self.charged_bytes or sum(p.committed_bytes for p in self.procs)
+        its processes (which counts shared memory once per process). Never
+        less than the private memory of its largest process: a charge stays
+        with the cgroup where the page was first touched, so a process that
+        moved into this job from another brings its memory without its
+        charge. The largest one, not the sum: forked workers share pages
+        copy-on-write, and each one's RssAnon counts them."""
+        if not self.charged_bytes:
+            return sum(p.committed_bytes for p in self.procs)
+        return max(self.charged_bytes, max((p.private_bytes for p in self.procs), default=0))
 
 
 @dataclass(frozen=True)

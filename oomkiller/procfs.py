@@ -68,7 +68,8 @@ class Procfs:
         state, flags, start = fields[0], int(fields[6]), int(fields[19])
         committed = sum(status.get(k, 0) for k in COMMITTED_KEYS)
         return Proc(pid=pid, name=name, committed_bytes=committed, oom_score_adj=adj,
-                    state=state, start_ticks=start, kernel_thread=bool(flags & PF_KTHREAD))
+                    state=state, start_ticks=start, kernel_thread=bool(flags & PF_KTHREAD),
+                    private_bytes=status.get("RssAnon", 0) + status.get("VmSwap", 0))
 
     def other_oom_killers(self) -> list[tuple[int, str]]:
         """Running processes of other OOM killers, as (pid, name): two

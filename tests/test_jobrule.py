@@ -317,3 +317,16 @@ def test_a_user_naming_a_cgroup_like_a_pod_gets_no_pod_class(tmp_path, proc_tree
     rows = {n: (r, cls) for n, r, cls, _ in table(walk(build(tmp_path, proc_tree, shape)))}
     assert rows[app + "kubepods-pod1.slice"] == ("Kubernetes pod", "normal")
     assert rows[app + "kubepods/pod2a"][1] == "normal"
+
+
+def test_a_hog_that_moved_away_from_its_charge_still_ranks_by_its_memory(tmp_path, proc_tree):
+    # cgroup v2 leaves a page's charge where it was first touched: a hog that
+    # filled 8 GiB in one scope of its user's and moved into a new one brings
+    # its memory without its charge.
+    app = "user.slice/user-1001.slice/user@1001.service/app.slice/"
+    fs = build(tmp_path, proc_tree, {**DESKTOP, app + "moved.scope": {64: 8000}})
+    (tmp_path / "cgroup" / app / "moved.scope" / "memory.current").write_text(f"{2 << 20}\n")
+    (tmp_path / "cgroup" / app / "moved.scope" / "memory.stat").write_text(f"anon {2 << 20}\n")
+    top = walk(fs).candidates[0]
+    assert top.job.name == app + "moved.scope" and top.job.charged_bytes == 2 << 20
+    assert top.score_bytes >= 8000 << 20
