@@ -38,6 +38,11 @@ XATTRS = ("user.oomd_omit", "user.oomd_avoid", "user.oomd_prefer")
 # descending, keeps what it read, and the job's reasons say so.
 MAX_DEPTH = 64
 MAX_CGROUPS = 10_000
+# The cgroups below jobs one listing reads, at most, all jobs together: their
+# owners make them, and each job's own bound (MAX_CGROUPS) times thousands of
+# jobs would be minutes. Past it, a job is its own cgroup: its charge is
+# hierarchical, and cgroup.kill takes its whole subtree.
+MAX_LISTING_CGROUPS = 20_000
 # The domain's walk for jobs visits only the cgroups above them.
 MAX_DOMAIN_CGROUPS = 100_000
 # A cgroup this close to PATH_MAX (4096) may have children no path can name
@@ -458,7 +463,7 @@ class Cgroupfs:
             usage = 0
         return max(pinned, usage - min(reclaimable_bytes(stat), usage)) + swap
 
-    def job(self, path: str, domain_path: str, rule: str = "") -> Job:
+    def job(self, path: str, domain_path: str, rule: str = "", budget: list[int] | None = None) -> Job:
         """Read one job; raises ``Vanished`` (a FileNotFoundError) if its
         cgroup is gone. Descendants and processes that vanish while being
         read are left out.
@@ -470,7 +475,13 @@ class Cgroupfs:
         user_inner = []
         ignored: list[str] = []
         notes: list[str] = []
-        for full, inner_pids in _descendants(path, notes):
+        room = MAX_CGROUPS if budget is None else min(MAX_CGROUPS, budget[0])
+        if room <= 0:
+            notes.append(f"its subtree is not read: this listing read {MAX_LISTING_CGROUPS} cgroups below jobs "
+                         "already (its charge and cgroup.kill still cover it)")
+        read = 0
+        for full, inner_pids in (_descendants(path, notes, room) if room > 0 else ()):
+            read += 1
             rel = os.path.relpath(full, domain_path)
             try:
                 # The owner chose a name below the job, and could set xattrs
@@ -487,11 +498,17 @@ class Cgroupfs:
                 user_inner.append((rel, uid))
             ignored += why
             pids.extend(inner_pids)
+        if budget is not None:
+            budget[0] -= read
         # Populated with no process listed: they moved between its cgroups
         # while being read (see recheck_empty). Listed processes that are
         # gone by the time /proc is read are gone, not moving.
         unseen = False
-        if not pids:
+        if not pids and room <= 0:
+            # not read: the kernel's own count says whether anything is in it
+            v2m = path if not self.layout.memory_v1 else self.v2_mirror(path)
+            unseen = bool(v2m and self.events_populated(v2m))
+        elif not pids:
             pids, populated = self.recheck_empty(path)
             unseen = populated and not pids
         procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
@@ -520,9 +537,10 @@ class Cgroupfs:
         with what could be read of it, or left out if nothing could, so
         that the others are still listed and a kill can still happen."""
         out = []
+        budget = [MAX_LISTING_CGROUPS]
         for path, rule in self.job_paths(domain_path, jobs, keep_out):
             try:
-                out.append(self.job(path, domain_path, rule))
+                out.append(self.job(path, domain_path, rule, budget))
             except Vanished:
                 continue    # removed between the walk and the read: not a job any more
             except Exception as e:     # noqa: BLE001 - one job must not stop the listing
@@ -641,13 +659,13 @@ def walk_cgroups(root: str, descend: Callable[[str], bool] | None = None, cut: l
         stack.extend((c, depth + 1) for c in reversed(children))
 
 
-def _descendants(path: str, cut: list[str]) -> Iterator[tuple[str, list[int]]]:
+def _descendants(path: str, cut: list[str], max_cgroups: int = MAX_CGROUPS) -> Iterator[tuple[str, list[int]]]:
     """Every cgroup below ``path`` with its own processes, passing over those
     that vanish while the subtree is walked; within the bounds of
     ``walk_cgroups``, noting in ``cut`` where it stopped short. A threaded
     cgroup has no ``cgroup.procs`` to read (EOPNOTSUPP): its processes show
     in its domain cgroup above."""
-    for full in walk_cgroups(path, cut=cut):
+    for full in walk_cgroups(path, cut=cut, max_cgroups=max_cgroups):
         try:
             pids = read_pids(os.path.join(full, "cgroup.procs"))
         except Vanished:

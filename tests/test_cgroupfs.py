@@ -315,3 +315,23 @@ def test_v1_a_job_read_empty_is_read_again_until_two_reads_agree(proc_tree, v1_t
     fs.subtree_pids = lambda p: next(reads)
     (job,) = fs.jobs(fs.resolve("host"), ("*",))
     assert job.populated and [p.pid for p in job.procs] == [501]
+
+
+def test_one_listing_reads_a_bounded_number_of_cgroups_below_jobs(proc_tree, v2_tree, monkeypatch):
+    import oomkiller.cgroupfs as cgroupfs_mod
+    monkeypatch.setattr(cgroupfs_mod, "MAX_LISTING_CGROUPS", 30)
+    for i, name in enumerate(("a.scope", "b.scope", "c.scope")):
+        proc_tree.proc(600 + i, name, anon_kb=10 + i, shmem_kb=0, swap_kb=0)
+        v2_tree.cgroup(name, (600 + i,))
+        for k in range(20):
+            v2_tree.cgroup(f"{name}/sub{k}")
+    v2_tree.cgroup("c.scope/sub3", (610,))
+    proc_tree.proc(610, "hidden", anon_kb=99, shmem_kb=0, swap_kb=0)
+    (v2_tree.root / "c.scope" / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    jobs = {j.name: j for j in fs.jobs(fs.resolve("host"), ("auto",))}
+    assert jobs["a.scope"].descendants == 20 and jobs["b.scope"].descendants == 10
+    c = jobs["c.scope"]
+    assert c.descendants == 0 and [p.pid for p in c.procs] == [602] and c.populated
+    assert c.notes == ("its subtree is not read: this listing read 30 cgroups below jobs already "
+                       "(its charge and cgroup.kill still cover it)",)
