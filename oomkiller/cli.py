@@ -169,8 +169,15 @@ def control_command(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(reply.get("data", {}), indent=2, sort_keys=True))
     else:
-        print(reply.get("text", ""))
+        print(_printable_lines(reply.get("text", "")))
     return cfg.EXIT_OK
+
+
+def _printable_lines(text: str) -> str:
+    """A reply's text as the terminal gets it: whatever answers on the
+    socket could send escape sequences."""
+    from .report import printable
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def _domain(conf: cfg.Config):
@@ -239,7 +246,7 @@ def rank_from_daemon(a: argparse.Namespace) -> int | None:
         print(f"oomkiller: {e}: ranked here, with this command's config", file=sys.stderr)
         return None
     data = reply.get("data", {})
-    print(json.dumps(data.get("ranking", []), indent=2) if a.json else reply.get("text", ""))
+    print(json.dumps(data.get("ranking", []), indent=2) if a.json else _printable_lines(reply.get("text", "")))
     return cfg.EXIT_OK
 
 

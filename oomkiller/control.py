@@ -33,12 +33,16 @@ import time
 from typing import Any, Callable
 
 from .output import start_thread
+from .report import printable
 
 log = logging.getLogger("oomkiller")
 
 ANYONE = frozenset({"info"})
 COMMANDS = ANYONE | {"rank", "start", "stop", "print", "lowmem"}
 MAX_REQUEST_BYTES = 4096
+# A reply larger than this is not the daemon's (a ranking of 10,000 jobs is
+# a few MiB).
+MAX_REPLY_BYTES = 16 << 20
 # A real client sends its one line at once and reads its reply at once.
 CLIENT_DEADLINE_S = 0.2
 # Open connections a user other than root may hold; root's own limit.
@@ -379,6 +383,13 @@ def request(path: str, cmd: str, timeout_s: float = 10.0) -> dict[str, Any]:
         s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
+            # One deadline for the whole reply, and a bound on its size:
+            # whatever answers on the socket may trickle or never stop.
+            left = deadline - time.monotonic()
+            if left <= 0 or len(data) > MAX_REPLY_BYTES:
+                raise ControlError(f"{path}: no whole reply within {timeout_s:g} s and {MAX_REPLY_BYTES >> 20} MiB",
+                                   EXIT_FAILURE)
+            s.settimeout(left)
             chunk = s.recv(65536)
             if not chunk:
                 break
@@ -397,8 +408,10 @@ def request(path: str, cmd: str, timeout_s: float = 10.0) -> dict[str, Any]:
         reply = json.loads(data.decode())
     except (ValueError, RecursionError):
         reply = None
-    if not isinstance(reply, dict):
+    if (not isinstance(reply, dict) or not isinstance(reply.get("data", {}), dict)
+            or not isinstance(reply.get("text", ""), str) or not isinstance(reply.get("error", ""), str)):
         raise ControlError(f"{path}: the daemon sent no valid reply (busy with other clients?)", EXIT_FAILURE)
     if not reply.get("ok"):
-        raise ControlError(reply.get("error", "failed"), EXIT_DENIED if reply.get("denied") else EXIT_FAILURE)
+        raise ControlError(printable(reply.get("error", "failed")),
+                           EXIT_DENIED if reply.get("denied") else EXIT_FAILURE)
     return reply

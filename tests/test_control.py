@@ -202,7 +202,9 @@ def test_a_socket_of_another_kind_is_one_clear_error(tmp_path):
         s.close()
 
 
-@pytest.mark.parametrize("reply", [b"[]\n", b'"x"\n', b"null\n", b"[" * 5000 + b"\n"])
+@pytest.mark.parametrize("reply", [b"[]\n", b'"x"\n', b"null\n", b"[" * 5000 + b"\n",
+                                   b'{"ok": true, "data": []}\n', b'{"ok": true, "text": 7}\n',
+                                   b'{"ok": false, "error": {}}\n'])
 def test_a_reply_that_is_not_an_object_is_one_error(tmp_path, reply):
     import threading
     path = str(tmp_path / "fake.sock")
@@ -235,3 +237,32 @@ def test_a_user_opening_connections_fast_is_cut_off_before_any_work(server, monk
         except ControlError:
             pass
     assert 5 <= answered < 20 and srv.stats()["refused"] > 0
+
+
+def test_a_reply_that_trickles_ends_at_one_deadline(tmp_path):
+    import threading
+    path = str(tmp_path / "slow.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    stop = threading.Event()
+
+    def answer():
+        conn, _ = srv.accept()
+        conn.recv(4096)
+        while not stop.is_set():        # a byte every 0.2 s, never a newline
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                break
+            stop.wait(0.2)
+        conn.close()
+    t = threading.Thread(target=answer)
+    t.start()
+    t0 = time.monotonic()
+    with pytest.raises(ControlError, match="no whole reply within 1 s"):
+        request(path, "info", timeout_s=1)
+    assert time.monotonic() - t0 < 2
+    stop.set()
+    t.join()
+    srv.close()
