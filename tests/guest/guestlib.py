@@ -37,6 +37,13 @@ BASE_ENV = {"OOMKILLER_JSON_LOG": DECISIONS}
 # every kill.
 SYSTEM_SERVICES = ("systemd-journald.service", "ssh.service", "dbus.service", "systemd-logind.service")
 
+# How systemd reports a unit the daemon killed: the daemon marks the unit's
+# cgroup with user.oomd_ooms (systemd-oomd's convention), and systemd, seeing
+# it when the cgroup empties, records the unit as OOM-killed ("Result:
+# oom-kill"), its main process killed by SIGKILL. A kill by the kernel's OOM
+# killer reads the same there: the kernel's own oom_kill count tells them apart.
+DAEMON_KILL_RESULT = ("oom-kill", "2", "9")
+
 # Every daemon pid the tier started: none may ever be killed.
 DAEMON_PIDS: list[int] = []
 

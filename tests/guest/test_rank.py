@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from guestlib import (CONTROL_SOCKET, MIB, Daemon, main_pids, sh, start_idle, stop_test_units, wait_for)
+from guestlib import (DAEMON_KILL_RESULT,
+                      CONTROL_SOCKET, MIB, Daemon, main_pids, sh, start_idle, stop_test_units, wait_for)
 from oomkiller.config import Config
 from oomkiller.control import request
 from oomkiller_bench.arena import IDLE_SOURCE
@@ -92,7 +93,7 @@ def test_lowmem_kills_down_the_walk_with_cgroup_kill(daemon, jobs):
     services = main_pids()
     assert daemon.ctl("lowmem")["ok"]
     res = jobs["prefer"].wait_dead(30)
-    assert (res["Result"], res["ExecMainStatus"]) == ("signal", "9")
+    assert (res["Result"], res["ExecMainCode"], res["ExecMainStatus"]) == DAEMON_KILL_RESULT, res
     (rec,) = wait_for(daemon.kills, 10, "the first decision record")
     assert rec["decision"] == "simulated lowmem" and rec["victim"]["job"] == PREFIX + "oomkt-prefer.service"
     assert [a["method"] for a in rec["attempts"]] == ["cgroup.kill"]
