@@ -104,7 +104,10 @@ def test_with_every_source_the_daemon_wins_every_run(start_daemon):
     d = start_daemon()      # the shipped defaults
     services = main_pids()
     runs, probe = race("defaults", RUNS, d)
-    assert [(r["result"], r["kernel_kills"]) for r in runs] == [(DAEMON_KILL_RESULT[0], 0)] * RUNS, runs
+    # oom-kill: systemd read the daemon's mark; signal: the armed kill's own
+    # SIGKILL emptied the job before the mark (the decision record is the
+    # daemon's either way, and the kernel's count did not move)
+    assert all(r["result"] in ("signal", DAEMON_KILL_RESULT[0]) and r["kernel_kills"] == 0 for r in runs), runs
     assert all("decision" in r for r in runs), "a hog died with no decision of the daemon's"
     # What woke each kill is in the results (guest-race-defaults.json): since
     # the timer wakes halfway to the line while memory falls, its ticks often
@@ -127,9 +130,11 @@ def test_the_prearmed_kill_alone_wins_races_against_the_kernel(start_daemon):
     services = main_pids()
     runs, probe = race("armed", RUNS, d)
     armed_wins = [r for r in runs if (r["result"], r["kernel_kills"], r.get("decision"))
-                  == (DAEMON_KILL_RESULT[0], 0, "armed kill in the kernel")]
+                  in (("signal", 0, "armed kill in the kernel"), ("oom-kill", 0, "armed kill in the kernel"))]
     print(f"the armed kill won {len(armed_wins)} of {RUNS} runs")
     assert armed_wins, runs
-    assert all(r["result"] == "oom-kill" and r["kernel_kills"] <= 1 for r in runs), runs
+    # The program's own SIGKILL may empty a one-task job before the daemon
+    # marks it: systemd then reads no mark, and says "signal".
+    assert all(r["result"] in ("signal", "oom-kill") and r["kernel_kills"] <= 1 for r in runs), runs
     assert main_pids() == services and d.alive()
     assert not probe.failures and probe.slowest_s < 1.0, f"`info` took {probe.slowest_s:.2f} s"
