@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from . import markdown as md
+from . import throughput
 from .records import group, split
 from .stats import median, numbers, spread, tally
 
@@ -112,7 +113,11 @@ def freeze_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         if r.get("scenario") != "thrash" or r.get("error") or not r.get("freeze"):
             continue
-        f = r["freeze"]
+        # Figured again from the series: a report rerendered from an older
+        # results.json follows the current definitions.
+        svc = r.get("service") or {}
+        f = dict(r["freeze"], **throughput.headline(svc.get("series") or [], svc.get("baseline_ops_per_s"),
+                                                    r.get("window_s") or 0.0, r["freeze"].get("kill_s")))
         out.append(dict(f, contender=r["contender"], run=r["run"],
                         baseline_ops_per_s=(r.get("service") or {}).get("baseline_ops_per_s"),
                         service_alive=(r.get("service") or {}).get("alive"), window_s=r.get("window_s")))
@@ -188,8 +193,8 @@ def _s(v: float | None) -> str:
 FREEZE_TEXT = """\
 The service's throughput over windows of {window:g} s, every {step:g} s, against its own rate in
 the baseline window before the hog started. *Collapse*: the end of the first window under
-{share:.0f}% of the baseline; *relief*: the end of the first window wholly after the collapse back at
-{share:.0f}% or more. *Never*: no relief before the run's window ({run_window:g} s after the hog
+{share:.0f}% of the baseline that stays under for {hold:g} s; *relief*: the end of the first window
+wholly after the collapse back at {share:.0f}% or more that stays there for {hold:g} s. *Never*: no relief before the run's window ({run_window:g} s after the hog
 started) ended. Times in seconds since the hog started. *Signal*: oomkiller's decision record
 (`decision`; its `thrash` field holds the figures)."""
 
@@ -198,13 +203,12 @@ def freeze_markdown(rows: list[dict[str, Any]], cont_order: list[str]) -> list[s
     """The freeze's headline: per contender, then per run."""
     if not rows:
         return []
-    from . import throughput
     summ = {s["contender"]: s for s in freeze_summary(rows)}
     order = [c for c in cont_order if c in summ] + [c for c in summ if c not in cont_order]
     window = max(s["window_s"] for s in summ.values())
     lines = ["## The freeze: collapse → relief", "",
              FREEZE_TEXT.format(window=throughput.WINDOW_S, step=throughput.STEP_S, share=100 * throughput.SHARE,
-                                run_window=window), ""]
+                                hold=throughput.HOLD_S, run_window=window), ""]
     trows = []
     for c in order:
         s = summ[c]
@@ -567,7 +571,6 @@ def freeze_plot(out_dir: str, runs: list[dict[str, Any]], contender_keys: list[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import throughput
     conts = [c for c in contender_keys if any(r["contender"] == c for r in runs)]
     conts += sorted({r["contender"] for r in runs} - set(conts))
     fig, axes = plt.subplots(len(conts), 1, figsize=(10, 2.2 * len(conts) + 0.8), sharex=True, squeeze=False)
@@ -581,7 +584,8 @@ def freeze_plot(out_dir: str, runs: list[dict[str, Any]], contender_keys: list[s
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linewidth=0.9,
                         label=f"run {r['run'] + 1}")
-            f = r["freeze"]
+            f = dict(r["freeze"], **throughput.headline(svc.get("series") or [], base, r["window_s"],
+                                                        r["freeze"].get("kill_s")))
             if f.get("collapse_s") is not None:
                 ax.axvline(f["collapse_s"], color=color, linestyle=":", linewidth=0.8)
             if f.get("kill_s") is not None:

@@ -307,23 +307,17 @@ def freeze_figures(series: list, baseline_ops_s: float | None, t_start_usec: int
     started: the service's collapse (under half its baseline rate), its
     relief (back above half) within the window, the first kill, and the
     signal that fired (oomkiller's decision record)."""
-    collapse, relief = (throughput.collapse_and_relief(series, baseline_ops_s, 0.0, window_s)
-                        if baseline_ops_s else (None, None))
     first = kills[0] if kills else None
 
     def since(t_usec: int | None) -> float | None:
         return None if t_usec is None else round((t_usec - t_start_usec) / 1e6, 3)
     kill_s = since(first.t_usec) if first else None
-    return {"collapse_s": collapse, "relief_s": relief,
-            "collapse_to_relief_s": (round(relief - collapse, 3) if collapse is not None and relief is not None
-                                     else None),
-            "acted": first.by if first else "nobody", "kill_job": first.job if first else None,
-            "kill_s": kill_s,
-            "collapse_to_kill_s": (round(kill_s - collapse, 3) if kill_s is not None and collapse is not None
-                                   else None),
-            "victim_emptied_s": since(emptied_usec),
-            "decision": first.detail.get("decision") if first else None,
-            "thrash": first.detail.get("thrash") if first else None}
+    out = {"acted": first.by if first else "nobody", "kill_job": first.job if first else None, "kill_s": kill_s,
+           "victim_emptied_s": since(emptied_usec),
+           "decision": first.detail.get("decision") if first else None,
+           "thrash": first.detail.get("thrash") if first else None}
+    out.update(throughput.headline(series, baseline_ops_s, window_s, kill_s))
+    return out
 
 
 def _alloc_rate(lines: list[tuple[int, str]], onset: int | None) -> float | None:

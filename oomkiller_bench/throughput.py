@@ -17,6 +17,11 @@ STEP_S = 0.1
 # The collapse: the rate under this share of the baseline; the relief: at or
 # above it again (issue "End the freeze").
 SHARE = 0.5
+# Each must hold this long: while the hog fills, the service may dip under
+# half and come back for a second before it collapses (measured: 39%, then
+# 50-56% for 0.8 s, then 0), and while it reads its evicted file back after
+# the kill it may dip under half for a few tenths of a second (46-49%).
+HOLD_S = 1.0
 
 
 def rate(series: Sequence[Sequence[float]], t0: float, t1: float) -> float | None:
@@ -61,25 +66,47 @@ def rates(series: Sequence[Sequence[float]], window_s: float = WINDOW_S, step_s:
 
 def collapse_and_relief(series: Sequence[Sequence[float]], baseline_ops_s: float, t_from: float = 0.0,
                         t_until: float | None = None, share: float = SHARE, window_s: float = WINDOW_S,
-                        step_s: float = STEP_S) -> tuple[float | None, float | None]:
+                        step_s: float = STEP_S, hold_s: float = HOLD_S) -> tuple[float | None, float | None]:
     """``(collapse_s, relief_s)``: the end of the first window after
-    ``t_from`` whose rate is under ``share`` of ``baseline_ops_s``, and the
-    end of the first window after that whose rate is at or above it again.
-    None for what did not happen by ``t_until`` (or the last report): no
-    collapse, or no relief in the run's window."""
+    ``t_from`` whose rate is under ``share`` of ``baseline_ops_s`` and stays
+    under for ``hold_s``, and the end of the first window after that (lying
+    wholly after it) whose rate is at or above the line and stays there for
+    ``hold_s`` (or to the end of the series). None for what did not happen
+    by ``t_until`` (or the last report): no collapse, or no relief in the
+    run's window."""
     if baseline_ops_s <= 0:
         return None, None
     line = share * baseline_ops_s
+    rs = rates(series, window_s, step_s, t_from, t_until)
+
+    def holds(i: int, below: bool) -> bool:
+        t0 = rs[i][0]
+        return all((r < line) == below for t, r in rs[i:] if t <= t0 + hold_s + 1e-9)
+
     collapse = None
-    for t, r in rates(series, window_s, step_s, t_from, t_until):
+    for i, (t, r) in enumerate(rs):
         if collapse is None:
-            if r < line:
+            if r < line and rs[-1][0] - t >= hold_s - 1e-9 and holds(i, True):
                 collapse = t
-        elif t - window_s >= collapse - 1e-9 and r >= line:
+        elif t - window_s >= collapse - 1e-9 and r >= line and holds(i, False):
             # The relief window lies wholly after the collapse: a window
             # that straddles it would count the rate from before.
             return collapse, t
     return collapse, None
+
+
+def headline(series: Sequence[Sequence[float]], baseline_ops_s: float | None, window_s: float,
+             kill_s: float | None) -> dict:
+    """The freeze's figures from a run's series: ``collapse_s``,
+    ``relief_s``, and from the collapse to the relief and to the first kill
+    (``kill_s``), in seconds since the hog started; None where there was none."""
+    collapse, relief = (collapse_and_relief(series, baseline_ops_s, 0.0, window_s) if baseline_ops_s
+                        else (None, None))
+
+    def gap(a: float | None, b: float | None) -> float | None:
+        return round(b - a, 3) if a is not None and b is not None else None
+    return {"collapse_s": collapse, "relief_s": relief, "collapse_to_relief_s": gap(collapse, relief),
+            "collapse_to_kill_s": gap(collapse, kill_s)}
 
 
 def normalised(series: Sequence[Sequence[float]], baseline_ops_s: float, window_s: float = WINDOW_S,

@@ -41,6 +41,16 @@ def test_collapse_then_relief():
     assert relief - 0.5 >= collapse
 
 
+def test_a_dip_shorter_than_the_hold_is_neither_collapse_nor_relief():
+    # measured in a run: the service dipped to 39% while the hog filled, ran
+    # at 50-56% for 0.8 s, then collapsed; after the kill it read its file
+    # back and dipped to 46% for 0.3 s
+    s = series((2.5, 1000), (0.3, 390), (0.8, 550), (1.5, 0), (1.0, 800), (0.3, 460), (3.0, 850))
+    collapse, relief = throughput.collapse_and_relief(s, 1000, 0.0, 9.0)
+    assert 1.6 < collapse <= 2.2
+    assert 3.1 < relief <= 3.7
+
+
 def test_no_relief_in_the_window_is_none():
     s = series((3, 1000), (20, 5))
     collapse, relief = throughput.collapse_and_relief(s, 1000, 0.0, 20.0)
@@ -87,29 +97,37 @@ def test_freeze_figures_when_nobody_acted():
     assert f["collapse_s"] is not None and f["collapse_to_relief_s"] is None
 
 
-def run(cont, i, relief, acted="daemon", decision=None, scenario="thrash", **extra):
-    f = {"collapse_s": 1.0, "relief_s": relief, "collapse_to_relief_s": None if relief is None else relief - 1.0,
-         "acted": acted, "kill_job": "hog" if acted != "nobody" else None,
-         "kill_s": 2.0 if acted != "nobody" else None, "collapse_to_kill_s": 1.0 if acted != "nobody" else None,
-         "decision": decision}
+def run(cont, i, frozen_s, acted="daemon", decision=None, scenario="thrash", **extra):
+    """A freeze run: 3 s at the baseline (1000/s), frozen at 0.5% for
+    ``frozen_s`` (None: to the end of the 40 s window), then back at 90%."""
+    segs = [(3, 1000), (frozen_s or 38, 5)] + ([(37 - frozen_s, 900)] if frozen_s else [])
+    f = {"acted": acted, "kill_job": "hog" if acted != "nobody" else None,
+         "kill_s": 1.5 if acted != "nobody" else None, "decision": decision}
     return dict({"scenario": scenario, "cell": "thrash", "contender": cont, "run": i, "window_s": 40.0,
-                 "freeze": f, "service": {"baseline_ops_per_s": 1000.0, "alive": True}}, **extra)
+                 "freeze": f, "service": {"baseline_ops_per_s": 1000.0, "alive": True, "series": series(*segs)}},
+                **extra)
 
 
 def test_freeze_summary_and_table_say_never():
-    rs = [run("oomk-defaults", 0, 2.5, decision="thrashing: x"), run("oomk-defaults", 1, 3.0),
+    rs = [run("oomk-defaults", 0, 1.5, decision="thrashing: x"), run("oomk-defaults", 1, 2.0),
           run("kernel", 0, None, "nobody"), run("kernel", 1, None, "nobody"),
           dict(run("earlyoom", 0, None, "nobody"), error="boom")]
     rows = report.freeze_runs(rs)
     assert [r["contender"] for r in rows] == ["oomk-defaults", "oomk-defaults", "kernel", "kernel"]
+    # frozen from 1 s after the hog started: the collapse is the first half
+    # second window under half (ends at 1.3 s); relief a quarter window after
+    # the end of the freeze (2.5 or 3 s)
+    assert [r["collapse_s"] for r in rows] == [1.3] * 4
+    assert [r["relief_s"] for r in rows[:2]] == [2.8, 3.3]
     summ = {s["contender"]: s for s in report.freeze_summary(rows)}
     assert summ["oomk-defaults"]["collapse_to_relief_s"] == {"median": 1.75, "worst": 2.0}
+    assert summ["oomk-defaults"]["collapse_to_kill_s"] == {"median": 0.2, "worst": 0.2}
     assert summ["oomk-defaults"]["never"] == 0 and summ["oomk-defaults"]["acted"] == {"daemon": 2}
     assert summ["kernel"]["never"] == 2 and summ["kernel"]["collapse_to_relief_s"]["median"] is None
     text = "\n".join(report.freeze_markdown(rows, ["kernel", "oomk-defaults"]))
     assert "| kernel | 2 | 2/2 | nobody 2 | — | — | never | 0/2 |" in text
-    assert "| oomk-defaults | 2 | 2/2 | daemon 2 | hog 2 | 1.00 / 1.00 | 1.75 / 2.00 | 2/2 |" in text
-    assert "| kernel | 1 | 1.00 | nobody | — | — | never | never | — |" in text
+    assert "| oomk-defaults | 2 | 2/2 | daemon 2 | hog 2 | 0.20 / 0.20 | 1.75 / 2.00 | 2/2 |" in text
+    assert "| kernel | 1 | 1.30 | nobody | — | — | never | never | — |" in text
     assert "`thrashing: x`" in text
 
 
