@@ -161,9 +161,11 @@ def healthy_cells(mode: str) -> list[Cell]:
         "build": ({"build_mib": 2 * lim // MIB, "piece_mib": 2}, {}, "service", ""),
         "fits": ({"fits_mib": fits // MIB, "hold_percent": 60}, {"fits": fits}, "mapped", "fits"),
         "cpu": ({"procs": cpus}, {}, "service", ""),
-        # 70% beside a 32 MiB cached working set fills the arena: the cache is
-        # evicted and read back, for the ~0.5 s the burst lasts.
-        "burst": ({"fits_mib": fits // MIB, "hold_percent": 70, "hold_ms": 500, "every_s": 5.0}, {"fits": fits},
+        # 85% beside a 32 MiB cached working set fills the arena: the cache is
+        # evicted and read back for the ~0.5 s the burst lasts (measured: 0.2 s
+        # of stall and 80,000 refaults a burst). 70% and 80% left room for
+        # both: no stall, no refault, not a burst of pressure at all.
+        "burst": ({"fits_mib": fits // MIB, "hold_percent": 85, "hold_ms": 500, "every_s": 5.0}, {"fits": fits},
                   "mapped", "fits"),
     }
     out = []

@@ -192,7 +192,7 @@ def test_argv_of_the_healthy_loads(tmp_path):
     assert scenarios.victim_argv(cs["healthy-fits"], la)[:3] == ["hog", "--cap", str((256 << 20) * 60 // 100)]
     assert scenarios.service_argv(cs["healthy-fits"], la)[:3] == ["mapped", "--file", "/fits.dat"]
     assert scenarios.victim_argv(cs["healthy-cpu"], la)[:2] == ["spin", "--procs"]
-    assert scenarios.victim_argv(cs["healthy-burst"], la)[:3] == ["burst", "--bytes", str((256 << 20) * 70 // 100)]
+    assert scenarios.victim_argv(cs["healthy-burst"], la)[:3] == ["burst", "--bytes", str((256 << 20) * 85 // 100)]
     assert scenarios.service_argv(cs["healthy-stream"], la)[0] == "service"
     assert scenarios.job_of_comm(cs["healthy-cpu"], "oomk-load") == "load"
     assert isinstance(cs["healthy-burst"], Cell) and "burst" in cs["healthy-burst"].describe()
