@@ -310,8 +310,11 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[di
             row.append(f"{_ms(s['onset_to_decision_ms']['median'])} ({kb})"
                        if s["onset_to_decision_ms"]["median"] is not None else kb)
         rows.append(row)
-    lines += md.table(["contender", *cell_keys], rows)
-    lines.append("")
+    if cells:
+        lines += md.table(["contender", *cell_keys], rows)
+        lines.append("")
+    else:
+        lines = lines[:-2]
 
     for cell in cells:
         lines += [f"## {cell['title']} (`{cell['key']}`)", "",

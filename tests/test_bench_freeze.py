@@ -207,3 +207,17 @@ def test_the_shipped_defaults_contender_runs_only_where_named():
     assert runs_in(cs["thrash"], d) and runs_in(cs["healthy-cpu"], d)
     assert not runs_in(cs["fast-hog-max"], d) and runs_in(cs["fast-hog-max"], known["earlyoom"])
     assert not runs_in(cs["thrash"], known["oomk-prearm"])
+
+
+def test_a_report_of_healthy_loads_alone_has_their_table_and_no_onset_overview():
+    meta = {"mode": "full", "command": "oomkiller bench --full --scenarios healthy", "runs": 1, "duration_s": 60,
+            "started": "then", "redline_percent": 10,
+            "host": {"kernel": "Linux x", "cpus": 2, "mem_gib": 1.0, "cgroups": "v2"}}
+    cells = [{"key": "healthy-cpu", "scenario": "healthy", "title": "healthy: cpu", "description": "cpu load",
+              "limit_bytes": 256 << 20, "redline_bytes": 0, "window_s": 60.0, "victim_job": "load", "params": {}}]
+    runs = [{"scenario": "healthy", "cell": "healthy-cpu", "contender": "kernel", "run": 0, "window_s": 60.0,
+             "kills": [], "killed_by": "nobody"}]
+    conts = [{"key": "kernel", "label": "kernel alone", "kind": "kernel", "describe": "no killer"}]
+    text = report.markdown(meta, report.summarize(runs), cells, conts, [], [], runs)
+    assert "## False positives: kills on healthy loads" in text and "| cpu | 0 (1 × 60 s) |" in text
+    assert "## Overview" not in text and "(`healthy-cpu`)" not in text
