@@ -63,9 +63,12 @@ clean:
 test-vm: bench-setup
 	$(PY) -m pytest -q -ra tests/vm
 
-# The benchmark in its short mode (a few minutes): every contender on every
-# scenario, in arenas; JSON, Markdown and PNGs in bench-out/. `--full` runs
-# the whole matrix (about 50 minutes).
+# The benchmark in its short mode (about 12 minutes): every contender on every
+# scenario, in arenas, and the freeze and the healthy loads against the
+# kernel, oomkiller's shipped defaults, earlyoom and nohang; JSON, Markdown
+# and PNGs in bench-out/. `--full` runs the whole matrix: about three hours at
+# its 5 runs per cell (the healthy loads alone, a minute each, 1.8 h of it);
+# `--runs` and `--scenarios` narrow it.
 .PHONY: bench
 bench: bench-setup
 	$(PY) -m oomkiller_bench --short --out bench-out

@@ -437,7 +437,7 @@ class Cgroupfs:
         once per process that maps it): everything charged to it (anon,
         shmem, and kernel memory such as pipe and socket buffers and page
         tables, which a process can fill without one anonymous page) less the
-        clean file cache the kernel can drop, the rule the domain's free
+        file cache the kernel can give back, the rule the domain's free
         memory follows; plus swap. Without a usage figure: anon + shmem."""
         try:
             stat = read_keyed(os.path.join(path, "memory.stat"))
@@ -604,11 +604,16 @@ class Cgroupfs:
 
 
 def reclaimable_bytes(stat: dict[str, int]) -> int:
-    """Clean file cache the kernel can drop at once: all of inactive_file and
-    half of active_file (the active half is the working set, which would only
-    be read back in), less dirty and writeback pages."""
-    clean = stat.get("inactive_file", 0) + stat.get("active_file", 0) // 2
-    return max(0, clean - stat.get("dirty", 0) - stat.get("writeback", 0))
+    """File cache the kernel can give back: all of inactive_file and half of
+    active_file (the active half is the working set, which would only be read
+    back in). Dirty and writeback pages count: reclaim writes them and frees
+    them, as the kernel's MemAvailable counts them, and no kill frees them (a
+    killed writer's dirty cache stays charged to its cgroup until written).
+    A v1 memcg fills with dirty pages under a build-like load (240 of 256 MiB
+    here; its writes are throttled only against the host's dirty limits), and
+    counting them as pinned put free memory at 0.2% for over a second: the
+    redline killed the writer, freed 4 MiB, and a second later the service."""
+    return stat.get("inactive_file", 0) + stat.get("active_file", 0) // 2
 
 
 def report_name(path: str, domain_path: str) -> str:

@@ -2,10 +2,11 @@
 
 * ``host``: ``MemAvailable`` of ``MemTotal``.
 * a cgroup: its limit (the tightest on the way up; MemTotal if none) minus what
-  it cannot give back. What it can give back is its file cache that is clean:
-  all of ``inactive_file`` and half of ``active_file`` (the active half is the
-  working set, which would only be read back in), less dirty and writeback
-  pages, which must be written first. Anonymous and shmem pages count as
+  it cannot give back. What it can give back is its file cache: all of
+  ``inactive_file`` and half of ``active_file`` (the active half is the
+  working set, which would only be read back in), dirty and writeback pages
+  included, as in ``MemAvailable``: reclaim writes them back, and no kill
+  would free them. Anonymous and shmem pages count as
   unreclaimable: these hosts run without swap. Free is also capped by the host's
   ``MemAvailable``: a cgroup cannot get what the host does not have.
 

@@ -49,11 +49,12 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--ci", dest="mode", action="store_const", const="ci",
                       help="tiny: two scenarios, three contenders, one run (the test suite; about 35 s)")
     mode.add_argument("--short", dest="mode", action="store_const", const="short",
-                      help="every scenario once against every contender (10 and 1000 jobs: three of them); "
-                           "the default, `make bench`; about 6 min")
+                      help="every scenario once against every contender (10 and 1000 jobs: three of them; the "
+                           "freeze, 20 s, and the false-positive suite, 10 s per healthy load: the kernel, "
+                           "oomkiller's shipped defaults, earlyoom and nohang); the default, `make bench`")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="the full matrix: three hog rates, 10/100/1000 jobs against every contender, longer "
-                           "windows, 5 runs per cell; about 50 min")
+                           "windows (the freeze 40 s, each healthy load a minute), 5 runs per cell")
     p.add_argument("--host-level", action="store_true",
                    help="run on a whole machine with systemd on pure cgroup v2 (the VM tier's guest): the kernel "
                         "alone, earlyoom, nohang, systemd-oomd and oomd (shipped defaults and tuned) and "
@@ -180,8 +181,7 @@ class Bench:
                     self.notes.append(f"BPF statistics unavailable: {bpf.why}")
                 lxcfs = host.ensure_lxcfs() if any(c.kind in ("earlyoom", "nohang") for c in live) else None
                 files = self._files(tmpdir)
-                total = self.runs * sum(1 for cell in self.cells for c in live
-                                        if cell.contenders is None or c.key in cell.contenders)
+                total = self.runs * sum(1 for cell in self.cells for c in live if runs_in(cell, c))
                 for c in live:
                     if c.kind == "kernel":
                         continue
@@ -193,7 +193,7 @@ class Bench:
                     for cell in self.cells:
                         first = True
                         for c in live:
-                            if cell.contenders is not None and c.key not in cell.contenders:
+                            if not runs_in(cell, c):
                                 continue
                             n += 1
                             rec = runner.Run(cell, c, rnd, files, tmpdir, lxcfs, self.baseline_s,
@@ -223,12 +223,15 @@ class Bench:
     def _files(self, tmpdir: str) -> runner.Files:
         svc = os.path.join(tmpdir, "service.dat")
         runner.make_file(svc, scenarios.SERVICE_FILE_BYTES)
-        thrash = None
-        sizes = [c.params["file_bytes"] for c in self.cells if c.needs_thrash_file]
-        if sizes:
-            thrash = os.path.join(tmpdir, "thrash.dat")
-            runner.make_file(thrash, max(sizes))
-        return runner.Files(svc, thrash)
+        sizes: dict[str, int] = {}
+        for c in self.cells:
+            for key, size in c.files.items():
+                sizes[key] = max(size, sizes.get(key, 0))
+        made = {}
+        for key, size in sizes.items():
+            made[key] = os.path.join(tmpdir, f"{key}.dat")
+            runner.make_file(made[key], size)
+        return runner.Files(svc, made)
 
     def _meta(self, started: float, duration_s: float, unavailable: dict[str, str], live, leftovers) -> dict:
         from oomkiller.cgroupfs import detect_layout
@@ -299,7 +302,7 @@ class Bench:
                 plots = report.plots(self.out, self.records, summary, cells, [c["key"] for c in conts])
             except ImportError as e:
                 meta["notes"].append(f"no plots: {e} (install matplotlib)")
-        write_results(self.out, report.markdown(meta, summary, cells, conts, plots, self.idle),
+        write_results(self.out, report.markdown(meta, summary, cells, conts, plots, self.idle, self.records),
                       {"meta": meta, "cells": cells, "contenders": conts, "summary": summary,
                        "idle": self.idle, "runs": self.records})
         print(f"oomkiller bench: wrote {os.path.join(self.out, 'results.json')}, results.md"
@@ -313,10 +316,16 @@ def rerender(path: str, out: str, with_plots: bool) -> int:
     if with_plots:
         plots = report.plots(out, data["runs"], data["summary"], data["cells"], [c["key"] for c in data["contenders"]])
     write_results(out, report.markdown(data["meta"], data["summary"], data["cells"], data["contenders"], plots,
-                                       data.get("idle", [])))
+                                       data.get("idle", []), data["runs"]))
     print(f"oomkiller bench: wrote {os.path.join(out, 'results.md')}"
           + (", " + ", ".join(os.path.basename(p) for p in plots) if plots else ""))
     return 0
+
+
+def runs_in(cell: scenarios.Cell, c: cmod.Contender) -> bool:
+    """Whether contender ``c`` faces ``cell``: the cell's own list, else every
+    contender that runs everywhere."""
+    return c.key in cell.contenders if cell.contenders is not None else c.everywhere
 
 
 def idle_line(r: dict[str, Any]) -> str:
@@ -344,6 +353,14 @@ def progress_line(n: int, total: int, r: dict[str, Any]) -> str:
     svc = (r.get("service") or {}).get("ratio")
     cpu = (r.get("killer") or {}).get("cpu_ms")
     early = " (before the onset)" if r.get("killed_before_onset") else ""
+    f = r.get("freeze")
+    if f:
+        def s(v):
+            return "never" if v is None else f"{v:.2f} s"
+        return (f"{head}  acted: {f['acted']}{' (' + f['kill_job'] + ')' if f.get('kill_job') else ''}"
+                f"  collapse {s(f['collapse_s'])}  kill {s(f['kill_s'])}  relief {s(f['relief_s'])}"
+                f"  collapse->relief {s(f['collapse_to_relief_s'])}"
+                + (f"  signal: {f['decision']}" if f.get("decision") else "") + f"  [{r.get('wall_s', 0):.1f} s]{died}")
     return (f"{head}  killed by {who}{mark}{coll}{early}  onset->decision {ms(r.get('onset_to_decision_ms'))}"
             f"  ->empty {ms(r.get('signal_to_empty_ms'))}  stall {ms((r.get('psi_ms') or {}).get('some'))}"
             f"  svc {'-' if svc is None else f'{100 * svc:.0f}%'}"

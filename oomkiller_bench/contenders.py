@@ -105,6 +105,8 @@ class Contender:
     key = "kernel"
     label = "kernel alone"
     kind = "kernel"
+    # False: runs only in the cells that name it (Cell.contenders).
+    everywhere = True
 
     def unavailable(self, host: "Host") -> str | None:
         return None
@@ -138,6 +140,26 @@ class Oomkiller(Contender):
 
     def start(self, env: RunEnv) -> Running:
         return RunningDaemon(self, env)
+
+
+class OomkillerDefaults(Oomkiller):
+    """``oomkiller run`` as shipped: only the domain (and where its socket and
+    records go) is given; no redline, sources or protected job of the
+    benchmark's. It faces the freeze and the false-positive suite, where the
+    claim is about the defaults."""
+
+    everywhere = False
+
+    def __init__(self) -> None:
+        super().__init__("oomk-defaults", ALL_SOURCES, 1000, "oomkiller, shipped defaults")
+
+    def argv(self, env: RunEnv, sock: str, json_log: str) -> list[str]:
+        return [sys.executable, "-m", "oomkiller", "run", "--domain", env.arena.path,
+                "--json-log", json_log, "--control", sock]
+
+    def describe(self) -> str:
+        return ("oomkiller run --domain ARENA with every other setting at its default (redline 5%, every "
+                "source, sleep 1000 ms, jobs auto, nothing protected, the thrash detector on)")
 
 
 class RunningDaemon(Running):
@@ -187,7 +209,8 @@ class RunningDaemon(Running):
                             {"signal_to_empty_usec": ok[0].get("signal_to_empty_usec") if ok else None,
                              "method": ok[0].get("method") if ok else None,
                              "woken_by": woke.get("source"), "wake_usec": woke.get("timestamp_usec"),
-                             "freed_bytes": rec.get("freed_bytes"), "timings_usec": timings}))
+                             "freed_bytes": rec.get("freed_bytes"), "timings_usec": timings,
+                             "decision": rec.get("decision"), "thrash": rec.get("thrash")}))
         return out
 
     def results(self) -> dict[str, int]:
@@ -479,6 +502,7 @@ def contenders() -> dict[str, Contender]:
         Oomkiller("oomk-memcg", "memcg,timer", 1000, "oomkiller, memcg events"),
         Oomkiller("oomk-ebpf", "ebpf,timer", 1000, "oomkiller, eBPF events"),
         Oomkiller("oomk-prearm", ALL_SOURCES, 1000, "oomkiller, pre-armed kill (all sources)"),
+        OomkillerDefaults(),
         Earlyoom(),
         Nohang(),
     ]
@@ -486,7 +510,7 @@ def contenders() -> dict[str, Contender]:
 
 
 DEFAULT_CONTENDERS = ("kernel", "oomk-timer-1000", "oomk-timer-100", "oomk-psi", "oomk-ebpf", "oomk-prearm",
-                      "earlyoom", "nohang")
+                      "oomk-defaults", "earlyoom", "nohang")
 CI_CONTENDERS = ("kernel", "oomk-timer-100", "earlyoom")
 
 

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from . import markdown as md
+from . import throughput
 from .records import group, split
 from .stats import median, numbers, spread, tally
 
@@ -105,6 +106,68 @@ def summarize(records: list[dict[str, Any]], baselines: tuple[str, ...] = ("kern
     return out
 
 
+def freeze_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run of the freeze (scenario ``thrash``): the contender, the
+    run, and its figures (``runner.freeze_figures``)."""
+    out = []
+    for r in records:
+        if r.get("scenario") != "thrash" or r.get("error") or not r.get("freeze"):
+            continue
+        # Figured again from the series: a report rerendered from an older
+        # results.json follows the current definitions.
+        svc = r.get("service") or {}
+        f = dict(r["freeze"], **throughput.headline(svc.get("series") or [], svc.get("baseline_ops_per_s"),
+                                                    r.get("window_s") or 0.0, r["freeze"].get("kill_s")))
+        out.append(dict(f, contender=r["contender"], run=r["run"],
+                        baseline_ops_per_s=(r.get("service") or {}).get("baseline_ops_per_s"),
+                        service_alive=(r.get("service") or {}).get("alive"), window_s=r.get("window_s")))
+    return out
+
+
+def freeze_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per contender, in the order first seen: runs, who acted, the collapse
+    → relief times of the runs that were relieved, and how many never were."""
+    out = []
+    for (cont,), rs in group(rows, "contender").items():
+        relief = numbers(r.get("collapse_to_relief_s") for r in rs)
+        kill = numbers(r.get("collapse_to_kill_s") for r in rs)
+        collapsed = [r for r in rs if r.get("collapse_s") is not None]
+        out.append({"contender": cont, "runs": len(rs), "collapsed": len(collapsed),
+                    "acted": tally(r.get("acted") or "nobody" for r in rs),
+                    "victims": tally(r["kill_job"] for r in rs if r.get("kill_job")),
+                    "never": sum(1 for r in collapsed if r.get("relief_s") is None),
+                    "collapse_to_relief_s": spread(relief), "collapse_to_kill_s": spread(kill),
+                    "window_s": max(numbers(r.get("window_s") for r in rs) or [0.0])})
+    return out
+
+
+def healthy_kills(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(load, contender) -> {"runs", "kills", "by_job", "seconds", "errors"}``
+    for the false-positive suite (scenario ``healthy``): every kill in the
+    run's window, by anyone (the kernel's included), counted."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        if r.get("scenario") != "healthy":
+            continue
+        load = r["cell"][len("healthy-"):]
+        e = out.setdefault((load, r["contender"]), {"runs": 0, "kills": 0, "by_job": {}, "seconds": 0.0,
+                                                    "errors": 0, "decisions": []})
+        e["runs"] += 1
+        if r.get("error"):
+            e["errors"] += 1
+            continue
+        e["seconds"] += r.get("window_s") or 0.0
+        for k in r.get("kills", []):
+            n = int((k.get("detail") or {}).get("count", 1)) if k.get("by") == "kernel" else 1
+            e["kills"] += n
+            key = f"{k.get('by')}: {k.get('job') or '?'}"
+            e["by_job"][key] = e["by_job"].get(key, 0) + n
+            why = (k.get("detail") or {}).get("decision")
+            if why:
+                e["decisions"].append(why)
+    return out
+
+
 # -- Markdown ---------------------------------------------------------------------
 
 def _ms(v: float | None, digits: int = 1) -> str:
@@ -123,8 +186,102 @@ def _killed_by(d: dict[str, int], then: dict[str, int] | None = None, runs: int 
     return text
 
 
+def _s(v: float | None) -> str:
+    return md.DASH if v is None else f"{v:.2f}"
+
+
+FREEZE_TEXT = """\
+The service's throughput over windows of {window:g} s, every {step:g} s, against its own rate in
+the baseline window before the hog started. *Collapse*: the end of the first window under
+{share:.0f}% of the baseline that stays under for {hold:g} s; *relief*: the end of the first window
+wholly after the collapse back at {share:.0f}% or more that stays there for {hold:g} s. *Never*: no relief before the run's window ({run_window:g} s after the hog
+started) ended. Times in seconds since the hog started. *Signal*: oomkiller's decision record
+(`decision`; its `thrash` field holds the figures)."""
+
+
+def freeze_markdown(rows: list[dict[str, Any]], cont_order: list[str]) -> list[str]:
+    """The freeze's headline: per contender, then per run."""
+    if not rows:
+        return []
+    summ = {s["contender"]: s for s in freeze_summary(rows)}
+    order = [c for c in cont_order if c in summ] + [c for c in summ if c not in cont_order]
+    window = max(s["window_s"] for s in summ.values())
+    lines = ["## The freeze: collapse → relief", "",
+             FREEZE_TEXT.format(window=throughput.WINDOW_S, step=throughput.STEP_S, share=100 * throughput.SHARE,
+                                hold=throughput.HOLD_S, run_window=window), ""]
+    trows = []
+    for c in order:
+        s = summ[c]
+        rel = s["collapse_to_relief_s"]
+        relieved = s["collapsed"] - s["never"]
+        text = (f"{_s(rel['median'])} / {_s(rel['worst'])}" if relieved else "never")
+        if relieved and s["never"]:
+            text += f" (never in {s['never']})"
+        kill = s["collapse_to_kill_s"]
+        trows.append([c, s["runs"], f"{s['collapsed']}/{s['runs']}",
+                      _killed_by(s["acted"], None, s["runs"]),
+                      ", ".join(f"{k} {n}" for k, n in s["victims"].items()) or md.DASH,
+                      f"{_s(kill['median'])} / {_s(kill['worst'])}" if kill["median"] is not None else md.DASH,
+                      text, f"{relieved}/{s['collapsed']}"])
+    lines += md.table(["contender", "runs", "collapsed", "who acted", "killed job",
+                       "collapse → kill s, median / worst", "collapse → relief s, median / worst",
+                       "relieved"], trows)
+    lines += ["", "Per run:", ""]
+    prow = []
+    for c in order:
+        for r in sorted((r for r in rows if r["contender"] == c), key=lambda r: r["run"]):
+            prow.append([c, r["run"] + 1, _s(r.get("collapse_s")), r.get("acted") or "nobody",
+                         r.get("kill_job") or md.DASH, _s(r.get("kill_s")),
+                         _s(r.get("relief_s")) if r.get("relief_s") is not None else "never",
+                         _s(r.get("collapse_to_relief_s")) if r.get("collapse_to_relief_s") is not None
+                         else ("never" if r.get("collapse_s") is not None else md.DASH),
+                         f"`{r['decision']}`" if r.get("decision") else md.DASH])
+    lines += md.table(["contender", "run", "collapse s", "acted", "killed", "kill s", "relief s",
+                       "collapse → relief s", "signal (oomkiller's record)"], prow)
+    lines.append("")
+    return lines
+
+
+def healthy_markdown(kills: dict[tuple[str, str], dict[str, Any]], cont_order: list[str],
+                     cells: list[dict[str, Any]]) -> list[str]:
+    """The false-positive suite: kills per healthy load and contender."""
+    if not kills:
+        return []
+    loads = [c["key"][len("healthy-"):] for c in cells if c["scenario"] == "healthy"]
+    loads = [x for x in loads if any(k[0] == x for k in kills)]
+    conts = [c for c in cont_order if any(k[1] == c for k in kills)]
+    text = {c["key"][len("healthy-"):]: c["description"] for c in cells if c["scenario"] == "healthy"}
+    lines = ["## False positives: kills on healthy loads", "",
+             "Every kill in the run's window, by anyone (the kernel's OOM killer included); zero is right. "
+             "Each cell: kills (runs × seconds), and who killed which job.", ""]
+    rows = []
+    for load in loads:
+        row = [load]
+        for c in conts:
+            e = kills.get((load, c))
+            if not e:
+                row.append("")
+                continue
+            cell = f"{e['kills']} ({e['runs']} × {e['seconds'] / max(1, e['runs'] - e['errors']):.0f} s)"
+            if e["by_job"]:
+                cell += ": " + ", ".join(f"{k} {n}" for k, n in e["by_job"].items())
+            if e["errors"]:
+                cell += f", {e['errors']} failed"
+            row.append(cell)
+        rows.append(row)
+    lines += md.table(["load", *conts], rows)
+    lines.append("")
+    lines += [f"- **{x}**: {text[x]}" for x in loads if x in text]
+    why = sorted({d for e in kills.values() for d in e["decisions"]})
+    if why:
+        lines += ["", "oomkiller's decisions: " + "; ".join(f"`{d}`" for d in why)]
+    lines.append("")
+    return lines
+
+
 def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[dict[str, Any]],
-             contenders: list[dict[str, Any]], plots: list[str], idle: list[dict[str, Any]]) -> str:
+             contenders: list[dict[str, Any]], plots: list[str], idle: list[dict[str, Any]],
+             records: list[dict[str, Any]] | None = None) -> str:
     cont_order = [c["key"] for c in contenders]
     labels = {c["key"]: c["label"] for c in contenders}
     by = {(s["cell"], s["contender"]): s for s in summary}
@@ -132,6 +289,11 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[di
              f"`{meta['command']}` on {meta['host']['kernel']}, {meta['host']['cpus']} CPUs, "
              f"{meta['host']['mem_gib']} GiB, cgroups {meta['host']['cgroups']}; {meta['runs']} run(s) per cell, "
              f"{meta['duration_s'] / 60:.1f} min, {meta['started']}.", ""]
+
+    lines += freeze_markdown(freeze_runs(records or []), cont_order)
+    lines += healthy_markdown(healthy_kills(records or []), cont_order, cells)
+    # The false-positive suite has its own table: no onset, nothing to kill.
+    cells = [c for c in cells if c["scenario"] != "healthy"]
 
     # overview: one row per contender, one column per cell
     cell_keys = [c["key"] for c in cells]
@@ -148,8 +310,11 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[di
             row.append(f"{_ms(s['onset_to_decision_ms']['median'])} ({kb})"
                        if s["onset_to_decision_ms"]["median"] is not None else kb)
         rows.append(row)
-    lines += md.table(["contender", *cell_keys], rows)
-    lines.append("")
+    if cells:
+        lines += md.table(["contender", *cell_keys], rows)
+        lines.append("")
+    else:
+        lines = lines[:-2]
 
     for cell in cells:
         lines += [f"## {cell['title']} (`{cell['key']}`)", "",
@@ -268,8 +433,16 @@ def plots(out_dir: str, records: list[dict[str, Any]], summary: list[dict[str, A
     from matplotlib.ticker import FuncFormatter
 
     paths = []
-    cell_keys = [c["key"] for c in cells]
     ok = [r for r in records if not r.get("error")]
+    freeze = [r for r in ok if r.get("scenario") == "thrash" and r.get("freeze")]
+    if freeze:
+        paths.append(freeze_plot(out_dir, freeze, contender_keys))
+    # The false-positive suite has no onset to time: its table says it all;
+    # the freeze is timed from its collapse, in its own plot.
+    cells = [c for c in cells if c["scenario"] not in ("healthy", "thrash")]
+    if not cells:
+        return paths
+    cell_keys = [c["key"] for c in cells]
 
     # 1. onset -> decision per contender, one panel per cell
     ncol = min(3, len(cell_keys))
@@ -365,7 +538,7 @@ def plots(out_dir: str, records: list[dict[str, Any]], summary: list[dict[str, A
                          "service.png", scale=100, worst_is_min=True))
 
     # 4. the service's rate over time, first run of each contender, in the noisiest cell
-    pick = next((c for c in ("fork-storm", "noisy-neighbour", "thrash") if c in cell_keys), cell_keys[0])
+    pick = next((c for c in ("fork-storm", "noisy-neighbour") if c in cell_keys), cell_keys[0])
     fig, ax = plt.subplots(figsize=(9, 4.8))
     cmap = plt.get_cmap("tab10")
     for i, cont in enumerate(contender_keys):
@@ -393,3 +566,46 @@ def plots(out_dir: str, records: list[dict[str, Any]], summary: list[dict[str, A
     plt.close(fig)
     paths.append(p)
     return paths
+
+
+def freeze_plot(out_dir: str, runs: list[dict[str, Any]], contender_keys: list[str]) -> str:
+    """The service's throughput in the freeze, one panel per contender, one
+    line per run, as a share of its baseline; collapse and relief marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conts = [c for c in contender_keys if any(r["contender"] == c for r in runs)]
+    conts += sorted({r["contender"] for r in runs} - set(conts))
+    fig, axes = plt.subplots(len(conts), 1, figsize=(10, 2.2 * len(conts) + 0.8), sharex=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, cont in zip(axes[:, 0], conts):
+        for j, r in enumerate(sorted((r for r in runs if r["contender"] == cont), key=lambda r: r["run"])):
+            svc = r.get("service") or {}
+            base = svc.get("baseline_ops_per_s") or 0
+            pts = throughput.normalised(svc.get("series") or [], base, t_from=-1.5, t_until=r["window_s"])
+            color = cmap(j % 10)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linewidth=0.9,
+                        label=f"run {r['run'] + 1}")
+            f = dict(r["freeze"], **throughput.headline(svc.get("series") or [], base, r["window_s"],
+                                                        r["freeze"].get("kill_s")))
+            if f.get("collapse_s") is not None:
+                ax.axvline(f["collapse_s"], color=color, linestyle=":", linewidth=0.8)
+            if f.get("kill_s") is not None:
+                ax.plot([f["kill_s"]], [105], marker="v", color=color, markersize=6)
+            if f.get("relief_s") is not None:
+                ax.axvline(f["relief_s"], color=color, linestyle="--", linewidth=0.8)
+        ax.axhline(100 * throughput.SHARE, color="grey", linewidth=0.6)
+        ax.set_ylim(0, 150)
+        ax.set_ylabel("% of baseline", fontsize=8)
+        ax.set_title(cont, fontsize=9, loc="left")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("seconds since the hog started (dotted: collapse, ▼: first kill, dashed: relief)")
+    fig.suptitle("The freeze: the service's throughput, per run", fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "freeze.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

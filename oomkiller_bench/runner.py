@@ -24,7 +24,7 @@ from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.files import read_int, read_keyed, read_pids
 from oomkiller.core.rank import Policy, rank
 
-from . import measure, scenarios
+from . import measure, scenarios, throughput
 from .arena import Arena
 from .contenders import Contender, Kill, RunEnv
 from .scenarios import Cell, Launch
@@ -40,7 +40,7 @@ RANK_REPEATS = 3
 @dataclass
 class Files:
     service: str
-    thrash: str | None
+    cells: dict     # the cells' files (Cell.files): key -> path
 
 
 def drop_cache(path: str | None) -> None:
@@ -125,7 +125,8 @@ class Run:
                                "redline_bytes": cell.redline_bytes, "window_s": cell.window_s,
                                "victim_job": cell.victim_job, "error": None}
         drop_cache(self.files.service)
-        drop_cache(self.files.thrash)
+        for path in self.files.cells.values():
+            drop_cache(path)
         running = None
         probe = None
         name = f"oomk-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -137,7 +138,7 @@ class Run:
                 running = self.contender.start(env)
                 launch = Launch(spawn=lambda job, argv: self._spawn(arena, jobs, running, job, argv),
                                 usage_bytes=lambda: _usage(arena), service_file=self.files.service,
-                                thrash_file=self.files.thrash or "", tmpdir=self.tmpdir)
+                                tmpdir=self.tmpdir, files=self.files.cells)
                 self._start_and_wait(launch, "svc", scenarios.service_argv(cell, launch))
                 if cell.scenario == "many-jobs":
                     self._start_and_wait(launch, "fleet", ["fleet", "--cgroups",
@@ -193,7 +194,7 @@ class Run:
         out: dict[str, Any] = {}
         psi_path = os.path.join(arena.v2_path, "memory.pressure")
         tb0 = measure.now_usec()
-        time.sleep(self.baseline_s)
+        time.sleep(max(self.baseline_s, cell.min_baseline_s))
         tb1 = measure.now_usec()
         kp = running.killer_pids()
         cpu1 = measure.tree_cpu_ns(kp) if kp else None
@@ -283,6 +284,8 @@ class Run:
             "ratio": round(rate / base_rate, 4) if base_rate else None,
             "series": [[round((t - t_start) / 1e6, 3), n] for t, n in series if t >= tb0],
         }
+        if cell.scenario == "thrash":
+            out["freeze"] = freeze_figures(out["service"]["series"], base_rate, t_start, window_s, kills, emptied)
         out["killer"] = {
             "pids": kp,
             "cpu_ms": round((cpu2 - cpu1) / 1e6, 3) if cpu1 is not None and cpu2 is not None else None,
@@ -296,6 +299,25 @@ class Run:
             out["bpf"] = {"programs": bpf2, "run_cnt": cnt, "run_time_ns": ns,
                           "ns_per_run": round(ns / cnt, 1) if cnt else None}
         return out
+
+
+def freeze_figures(series: list, baseline_ops_s: float | None, t_start_usec: int, window_s: float,
+                   kills: list[Kill], emptied_usec: int | None) -> dict[str, Any]:
+    """The freeze's headline for one run, times in seconds since the hog
+    started: the service's collapse (under half its baseline rate), its
+    relief (back above half) within the window, the first kill, and the
+    signal that fired (oomkiller's decision record)."""
+    first = kills[0] if kills else None
+
+    def since(t_usec: int | None) -> float | None:
+        return None if t_usec is None else round((t_usec - t_start_usec) / 1e6, 3)
+    kill_s = since(first.t_usec) if first else None
+    out = {"acted": first.by if first else "nobody", "kill_job": first.job if first else None, "kill_s": kill_s,
+           "victim_emptied_s": since(emptied_usec),
+           "decision": first.detail.get("decision") if first else None,
+           "thrash": first.detail.get("thrash") if first else None}
+    out.update(throughput.headline(series, baseline_ops_s, window_s, kill_s))
+    return out
 
 
 def _alloc_rate(lines: list[tuple[int, str]], onset: int | None) -> float | None:
@@ -338,7 +360,7 @@ def idle_run(contender: Contender, files: Files, tmpdir: str, lxcfs_meminfo: str
             jobs = {"svc": arena.job("svc")}
             running = contender.start(RunEnv(arena, tmpdir, "svc", lxcfs_meminfo))
             launch = Launch(spawn=lambda job, argv: run._spawn(arena, jobs, running, job, argv),
-                            usage_bytes=lambda: _usage(arena), service_file=files.service, thrash_file="",
+                            usage_bytes=lambda: _usage(arena), service_file=files.service,
                             tmpdir=tmpdir)
             run._start_and_wait(launch, "svc", scenarios.service_argv(cell, launch))
             time.sleep(IDLE_SETTLE_S)

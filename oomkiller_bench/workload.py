@@ -18,9 +18,6 @@ Roles:
              or with ``--direct`` around it), one byte read from each of 16
              pages of its memory, then a 1 ms pause. What it completes is its
              work.
-``thrash``   reads 4 KiB at random offsets of a file without pause (no
-             read-ahead), in ``--threads`` threads: with the file larger than
-             the arena, its working set never fits and the page cache thrashes.
 ``mapped``   maps ``--file`` and reads one byte of a random page of it at a
              time in ``--threads`` threads, without pause: a service whose
              working set is file-backed, like program text. Its page faults
@@ -30,6 +27,20 @@ Roles:
              ``--child-bytes`` and holds it. Stops after ``--max-children``.
 ``fleet``    forks one ``sleep`` into each of the given cgroups (the many-jobs
              scenario): each child enters its cgroup, then execs ``sleep``.
+
+The healthy loads of the false-positive suite:
+
+``stream``   reads ``--file`` from start to end in 1 MiB reads through the
+             page cache, in a loop (``cat`` of a large file); an operation
+             is 1 MiB read.
+``build``    like a build with a big cache: writes ``--total`` bytes as files
+             of ``--piece`` bytes in ``--dir``, reads them all back, deletes
+             them, in a loop; an operation is one file written or read.
+``spin``     ``--procs`` processes each spinning on a CPU; an operation is
+             100,000 loop turns of the first.
+``burst``    every ``--every-s``: allocates ``--bytes`` of anonymous memory
+             as fast as it can, holds it ``--hold-ms`` and frees it (a
+             short burst of pressure); an operation is one burst.
 """
 from __future__ import annotations
 
@@ -145,36 +156,6 @@ def service(a: argparse.Namespace) -> None:
         time.sleep(SERVICE_PAUSE_S)
 
 
-def thrash(a: argparse.Namespace) -> None:
-    set_name(a.name)
-    fd = os.open(a.file, os.O_RDONLY)
-    size = os.fstat(fd).st_size
-    # Without read-ahead every miss is one page: the working set is what the
-    # random offsets touch, not what the kernel guesses around them.
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-    pages = size // PAGE
-    counts = [0] * a.threads
-
-    def reader(i: int) -> None:
-        rng = random.Random(2 + i)
-        while True:
-            for _ in range(64):
-                os.pread(fd, OP_READ_BYTES, rng.randrange(pages) * PAGE)
-            counts[i] += 64
-
-    for i in range(1, a.threads):
-        threading.Thread(target=reader, args=(i,), daemon=True).start()
-    say("ready")
-    say(f"ops 0 {now_usec()}")
-
-    def report() -> None:
-        while True:
-            time.sleep(a.report_ms / 1000)
-            say(f"ops {sum(counts)} {now_usec()}")
-    threading.Thread(target=report, daemon=True).start()
-    reader(0)
-
-
 def mapped(a: argparse.Namespace) -> None:
     set_name(a.name)
     fd = os.open(a.file, os.O_RDONLY)
@@ -205,6 +186,96 @@ def mapped(a: argparse.Namespace) -> None:
             say(f"ops {sum(counts)} {now_usec()}")
     threading.Thread(target=report, daemon=True).start()
     reader(0)
+
+
+class Counter:
+    """Operations done, reported every ``report_ms`` from a thread of its own."""
+
+    def __init__(self, report_ms: int) -> None:
+        self.n = 0
+        self.period = report_ms / 1000
+        say(f"ops 0 {now_usec()}")
+        threading.Thread(target=self._report, daemon=True).start()
+
+    def _report(self) -> None:
+        while True:
+            time.sleep(self.period)
+            say(f"ops {self.n} {now_usec()}")
+
+
+STREAM_READ_BYTES = 1 << 20
+
+
+def stream(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    fd = os.open(a.file, os.O_RDONLY)
+    say("ready")
+    c = Counter(a.report_ms)
+    while True:
+        off = 0
+        while True:
+            n = len(os.pread(fd, STREAM_READ_BYTES, off))
+            if not n:
+                break
+            off += n
+            c.n += 1
+
+
+def build(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    block = os.urandom(a.piece)
+    say("ready")
+    c = Counter(a.report_ms)
+    while True:
+        names = []
+        for i in range(max(1, a.total // a.piece)):
+            p = os.path.join(a.dir, f"obj-{i}.o")
+            with open(p, "wb") as f:
+                f.write(block)
+            names.append(p)
+            c.n += 1
+        for p in names:
+            with open(p, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+            c.n += 1
+        for p in names:
+            os.unlink(p)
+
+
+SPIN_TURNS = 100_000
+
+
+def spin(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    for _ in range(1, a.procs):
+        if os.fork() == 0:
+            while True:
+                pass
+    say("ready")
+    c = Counter(a.report_ms)
+    while True:
+        for _ in range(SPIN_TURNS):
+            pass
+        c.n += 1
+
+
+def burst(a: argparse.Namespace) -> None:
+    set_name(a.name)
+    say("ready")
+    c = Counter(a.report_ms)
+    while True:
+        t0 = time.monotonic()
+        held = []
+        done = 0
+        while done < a.bytes:
+            n = min(HOG_CHUNK_BYTES, a.bytes - done)
+            held.append(b"\x5a" * n)
+            done += n
+        time.sleep(a.hold_ms / 1000)
+        del held
+        c.n += 1
+        time.sleep(max(0.0, t0 + a.every_s - time.monotonic()))
 
 
 def storm(a: argparse.Namespace) -> None:
@@ -272,11 +343,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--direct", action="store_true", help="read the file with O_DIRECT (no page cache)")
     s.add_argument("--report-ms", type=int, default=100)
     s.add_argument("--name", default="oomk-svc")
-    t = sub.add_parser("thrash")
-    t.add_argument("--file", required=True)
-    t.add_argument("--report-ms", type=int, default=100)
-    t.add_argument("--threads", type=int, default=1)
-    t.add_argument("--name", default="oomk-thrash")
     mp = sub.add_parser("mapped")
     mp.add_argument("--file", required=True)
     mp.add_argument("--report-ms", type=int, default=100)
@@ -291,12 +357,34 @@ def parser() -> argparse.ArgumentParser:
     fl = sub.add_parser("fleet")
     fl.add_argument("--cgroups", required=True, help="a file: one line per child, its cgroup folders")
     fl.add_argument("--name", default="oomk-fleet")
+    st = sub.add_parser("stream")
+    st.add_argument("--file", required=True)
+    st.add_argument("--report-ms", type=int, default=100)
+    st.add_argument("--name", default="oomk-load")
+    b = sub.add_parser("build")
+    b.add_argument("--dir", required=True)
+    b.add_argument("--total", type=int, required=True)
+    b.add_argument("--piece", type=int, default=2 << 20)
+    b.add_argument("--report-ms", type=int, default=100)
+    b.add_argument("--name", default="oomk-load")
+    sp = sub.add_parser("spin")
+    sp.add_argument("--procs", type=int, default=1)
+    sp.add_argument("--report-ms", type=int, default=100)
+    sp.add_argument("--name", default="oomk-load")
+    bu = sub.add_parser("burst")
+    bu.add_argument("--bytes", type=int, required=True)
+    bu.add_argument("--hold-ms", type=int, default=500)
+    bu.add_argument("--every-s", type=float, default=5.0)
+    bu.add_argument("--report-ms", type=int, default=100)
+    bu.add_argument("--name", default="oomk-load")
     return top
 
 
 def main() -> None:
     a = parser().parse_args()
-    {"hog": hog, "service": service, "thrash": thrash, "mapped": mapped, "storm": storm, "fleet": fleet}[a.role](a)
+    roles = {"hog": hog, "service": service, "mapped": mapped, "storm": storm, "fleet": fleet,
+             "stream": stream, "build": build, "spin": spin, "burst": burst}
+    roles[a.role](a)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,20 @@ def test_a_cache_that_fills_the_domain_is_not_squeezed():
     assert g.figs[-1].firing
 
 
+def test_a_small_cache_in_a_mostly_free_domain_is_not_squeezed():
+    """A build-like load just deleted its files: the cache is 1% of the
+    domain, 81% is free, and refaults from before the deletion over that
+    small cache read hundreds of percent a second, with some stall."""
+    f = Feed(free=TOTAL * 81 // 100, lru=TOTAL // 100)
+    f.tick(0, 0, 2)
+    f.tick(5.4, 0.11, 30)
+    assert "thrashing" not in f.states() and f.figs[-1].state == "episode"
+    g = Feed(free=TOTAL // 2, lru=TOTAL // 100)
+    g.tick(0, 0, 2)
+    g.tick(5.4, 0.11, 11)
+    assert g.figs[-1].firing
+
+
 def test_counter_standing_still_does_not_end_the_episode_within_the_flush_delay():
     f = Feed()
     f.tick(0, 0, 2)

@@ -20,7 +20,7 @@ killed), then a score, largest first. The class comes from, in this order:
 5. otherwise normal.
 
 The score is the job's committed memory (what its cgroup is charged, kernel
-memory included, less the clean file cache the kernel can drop, plus swap:
+memory included, less the file cache the kernel can give back, plus swap:
 ``Cgroupfs.charged_bytes``; it counts shared memory once), plus the kernel's own ``oom_score_adj`` bias taken from the job's
 highest adjustment among killable processes: ``adj * domain_total / 1000``, as
 ``oom_badness()`` does, so existing per-process settings keep meaning what

@@ -22,7 +22,11 @@ Signals, all from files the snapshot reads anyway:
   second, more on a loaded machine), so this alone does not clear it.
 * **a squeezed cache**: the file cache holds at most half the domain
   (``MAX_CACHE_PERMYRIAD``); a stream's cache fills it (99%), the frozen
-  arena's held 12%, the rest being what nobody can reclaim.
+  arena's held 12%, the rest being what nobody can reclaim; and that rest
+  is at least half of it: free memory at most half the domain
+  (``MAX_FREE_PERMYRIAD``). A build that deletes its files leaves a small
+  cache in an empty arena (1% of it, 81% free), and refaults from before the
+  deletion over that cache read 536%/s.
 * **free memory**: where no PSI file can be read, the domain's free memory
   must be under the arm line instead: a stream keeps its cache reclaimable
   (half the arena free), a freeze leaves 7 to 13% free.
@@ -70,6 +74,11 @@ STATS_LAG_USEC = 2_100_000
 # the cache is 99% of it, and up to 42% of a second stalled on a loaded
 # machine, so the stall alone cannot tell). The frozen arena kept 12%.
 MAX_CACHE_PERMYRIAD = 5000
+
+# Nor while free memory is over this share of the domain (permyriad): a
+# small cache in a domain that is mostly free was emptied (files deleted),
+# not squeezed. The frozen arena had 7-13% free.
+MAX_FREE_PERMYRIAD = 5000
 
 # Samples closer than this are not a segment of their own: a rate over a few
 # ms is noise (one read-around of 32 pages).
@@ -231,7 +240,7 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
         # unmoved counter cannot confirm the episode goes on.
         return ThrashFigures("episode", **base)
     cache_pm = cur.file_lru_bytes * 10_000 // snap.total_bytes if snap.total_bytes > 0 else 10_000
-    if cache_pm > MAX_CACHE_PERMYRIAD:
+    if cache_pm > MAX_CACHE_PERMYRIAD or free_pm > MAX_FREE_PERMYRIAD:
         return ThrashFigures("episode", **base)
     rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
             f"({cache_pm / 100:.0f}% of the domain) >= {limits.refault_permyriad_per_s / 100:g}%/s "
