@@ -390,7 +390,11 @@ def request(path: str, cmd: str, timeout_s: float = 10.0) -> dict[str, Any]:
                 raise ControlError(f"{path}: no whole reply within {timeout_s:g} s and {MAX_REPLY_BYTES >> 20} MiB",
                                    EXIT_FAILURE)
             s.settimeout(left)
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                raise ControlError(f"{path}: no whole reply within {timeout_s:g} s and {MAX_REPLY_BYTES >> 20} MiB",
+                                   EXIT_FAILURE) from None
             if not chunk:
                 break
             data += chunk
