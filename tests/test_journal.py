@@ -15,6 +15,8 @@ import sys
 import pytest
 
 from oomkiller import config as cfg
+from trees import short_arena, short_config
+
 from oomkiller.output import LEVELS, NOTICE, PriorityFormatter, setup_logging, stderr_is_journal, syslog_priority
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,15 +185,8 @@ def test_a_bad_log_level_flag_is_exit_2_with_a_prefixed_line_under_the_journal(t
 
 def _short_daemon(proc_tree, v2_tree, **conf):
     from oomkiller.daemon import Daemon
-    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
-    proc_tree.proc(4101, "hog", anon_kb=150 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/hog\n")
-    proc_tree.proc(4102, "web", anon_kb=90 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/web\n")
-    # 250 MiB used of 256: 6 MiB free, under the 5% redline
-    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{250 * MiB}\n", memory__stat="anon 1\n")
-    v2_tree.cgroup("arena/hog", (4101,), memory__stat=f"anon {150 * MiB}\nshmem 0\n")
-    v2_tree.cgroup("arena/web", (4102,), memory__stat=f"anon {90 * MiB}\nshmem 0\n")
-    c = cfg.Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root), protect_self=False,
-                   sources=("timer",), **conf)
+    short_arena(proc_tree, v2_tree)
+    c = short_config(proc_tree, v2_tree, **conf)
     return Daemon(c, json_out=io.StringIO(), clock=lambda: 5_000_000_000)
 
 

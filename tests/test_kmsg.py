@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from trees import short_arena, short_config
+
 from oomkiller import config as cfg
 from oomkiller import report
 from oomkiller.kmsg import KMSG_BURST, KernelLog, TokenBucket, open_kmsg
@@ -144,12 +146,9 @@ def test_kmsg_is_on_by_default_and_a_bad_value_is_one_line():
 
 def _short_daemon(proc_tree, v2_tree, klog, **conf):
     from oomkiller.daemon import Daemon
-    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
-    proc_tree.proc(4101, "hog", anon_kb=150 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/hog\n")
-    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{250 * MiB}\n", memory__stat="anon 1\n")
-    v2_tree.cgroup("arena/hog\nfake", (4101,), memory__stat=f"anon {150 * MiB}\nshmem 0\n")
-    c = cfg.Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root), protect_self=False,
-                   sources=("timer",), **conf)
+    # the job's cgroup name holds a newline: the kernel-log line must not
+    short_arena(proc_tree, v2_tree, (("hog\nfake", "hog", 4101, 150),))
+    c = short_config(proc_tree, v2_tree, **conf)
     return Daemon(c, json_out=io.StringIO(), clock=lambda: 5_000_000_000, kernel_log=klog)
 
 

@@ -3,12 +3,13 @@ count, and that nothing the cgroup's owner put there can break the thread or
 be followed."""
 from __future__ import annotations
 
-import errno
 import io
 import os
 import time
 
 import pytest
+
+from trees import short_arena, short_config
 
 from oomkiller import config as cfg
 from oomkiller.cgroupfs import Layout
@@ -204,14 +205,8 @@ def test_the_daemon_marks_after_each_signalled_attempt_and_never_in_a_dry_run(pr
                                                                                dry_run):
     from oomkiller.daemon import Daemon
     from oomkiller.model import PressureEvent
-    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
-    proc_tree.proc(4101, "hog", anon_kb=150 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/hog\n")
-    proc_tree.proc(4102, "web", anon_kb=90 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/web\n")
-    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{250 * MiB}\n", memory__stat="anon 1\n")
-    v2_tree.cgroup("arena/hog", (4101,), memory__stat=f"anon {150 * MiB}\nshmem 0\n")
-    v2_tree.cgroup("arena/web", (4102,), memory__stat=f"anon {90 * MiB}\nshmem 0\n")
-    c = cfg.Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root), protect_self=False,
-                   sources=("timer",), dry_run=dry_run)
+    short_arena(proc_tree, v2_tree)
+    c = short_config(proc_tree, v2_tree, dry_run=dry_run)
     marks = Marks()
     d = Daemon(c, json_out=io.StringIO(), clock=lambda: 5_000_000_000, marks=marks)
     assert (d.killer.before_signal is None) == dry_run

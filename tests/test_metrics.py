@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from trees import short_arena, short_config
+
 from oomkiller import config as cfg
 from oomkiller.metrics import Buckets, cumulative, parse_address
 
@@ -60,12 +62,8 @@ def test_buckets_are_cumulative_in_seconds():
 def _daemon_after_a_kill(proc_tree, v2_tree, monkeypatch):
     from oomkiller.daemon import Daemon
     from oomkiller.model import KillResult, PressureEvent
-    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
-    proc_tree.proc(4101, "hog", anon_kb=150 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/hog\n")
-    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{250 * MiB}\n", memory__stat="anon 1\n")
-    v2_tree.cgroup("arena/hog", (4101,), memory__stat=f"anon {150 * MiB}\nshmem 0\n")
-    c = cfg.Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root), protect_self=False,
-                   sources=("timer",))
+    short_arena(proc_tree, v2_tree, (("hog", "hog", 4101, 150),))
+    c = short_config(proc_tree, v2_tree)
     out = io.StringIO()
     d = Daemon(c, json_out=out, clock=lambda: 5_000_000_000)
 

@@ -109,3 +109,25 @@ class Unreadable:
 
     def read(self, *_):
         raise OSError(self.err, os.strerror(self.err), self.path)
+
+
+def short_arena(proc_tree: ProcTree, v2_tree: CgroupTree,
+                jobs: tuple[tuple[str, str, int, int], ...] = (("hog", "hog", 4101, 150), ("web", "web", 4102, 90))
+                ) -> None:
+    """A 256 MiB cgroup domain at ``arena`` with 250 MiB in use (6 MiB free:
+    under the 5% redline), on a host with 20 of 24 GiB available. Each job
+    is (cgroup name, process name, pid, MiB of anonymous memory)."""
+    mib = 1 << 20
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    v2_tree.cgroup("arena", memory__max=f"{256 * mib}\n", memory__current=f"{250 * mib}\n", memory__stat="anon 1\n")
+    for cgroup, comm, pid, size in jobs:
+        proc_tree.proc(pid, comm, anon_kb=size << 10, shmem_kb=0, swap_kb=0, cgroup=f"0::/arena/{comm}\n")
+        v2_tree.cgroup(f"arena/{cgroup}", (pid,), memory__stat=f"anon {size * mib}\nshmem 0\n")
+
+
+def short_config(proc_tree: ProcTree, v2_tree: CgroupTree, **conf):
+    """The config of a daemon on ``short_arena``: the timer alone, nothing
+    done to the test process itself."""
+    from oomkiller import config as cfg
+    return cfg.Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root),
+                      protect_self=False, sources=("timer",), **conf)
