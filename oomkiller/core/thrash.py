@@ -84,6 +84,14 @@ MAX_FREE_PERMYRIAD = 5000
 # ms is noise (one read-around of 32 pages).
 MIN_SEGMENT_USEC = 50_000
 
+# Nor is a rate over a handful of pages: a segment must refault at least
+# this many pages (1 MiB) to start or continue an episode. A service that
+# first read its file into an empty cache showed 2 refaults "over" the
+# LRU of the sample before (empty): 1239%/s, and the episode that started
+# there stood for the flush delay, until a 500 ms burst of pressure
+# completed it into a kill. A freeze refaults 30,000 pages in 100 ms.
+MIN_SEGMENT_REFAULTS = 256
+
 
 @dataclass(frozen=True)
 class ThrashLimits:
@@ -205,6 +213,8 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         # latest sample that moved it, so that a jump after a flush is spread
         # over the time it stood still.
         last_rate = segment_rate(moved or prev, cur)
+        if cur.refault_pages - (moved or prev).refault_pages < MIN_SEGMENT_REFAULTS:
+            last_rate = min(last_rate, limits.refault_permyriad_per_s - 1)
         moved = cur
         if last_rate < limits.refault_permyriad_per_s:
             onset = None
