@@ -193,6 +193,7 @@ class Daemon:
             self._pressure_looked_usec = t0
             if self.domain.find_pressure():
                 log.info("OOM: the domain's memory stall is read from %s", report.printable(self.domain.pressure_path))
+                self._watch_domain_pressure()
         snap = self.domain.snapshot(t0)
         self.last_snapshot = snap
         wake = core.Wake(t0, snap, tuple(events), lowmem=self.simulate_lowmem,
@@ -417,6 +418,30 @@ class Daemon:
         for fd in added:
             self._ep.register(fd, psi.poll_events)
             self._by_fd[fd] = psi
+
+    def _watch_domain_pressure(self, renew: bool = False) -> None:
+        """The PSI source's trigger on the domain's memory.pressure, found
+        after the start: without it only the host's trigger and the timer
+        would wake the core for the domain's stalls."""
+        psi = self._psi()
+        if psi is None or self._ep is None or not self.domain.pressure_path:
+            return
+        added, dropped = psi.watch_domain(self.domain.pressure_path, renew)
+        if dropped is not None:
+            try:
+                self._ep.unregister(dropped)
+            except (OSError, ValueError):
+                pass
+            self._by_fd.pop(dropped, None)
+            self.unavailable.pop(f"{psi.name} fd {dropped}", None)    # the old domain's file, gone
+            psi.release([dropped])
+        if added is not None:
+            self._ep.register(added, psi.poll_events)
+            self._by_fd[added] = psi
+            log.info("OOM: PSI trigger on %s", report.printable(self.domain.pressure_path))
+        elif self.domain.pressure_path in psi.failed:
+            log.warning("OOM: no PSI trigger on %s: %s", report.printable(self.domain.pressure_path),
+                        psi.failed[self.domain.pressure_path])
 
     def _emit(self, record: R) -> R:
         """One JSON line; the daemon's writer queues it and never blocks."""
@@ -712,7 +737,8 @@ class Daemon:
         self.domain_gone = None
         self.last_snapshot = None
         self.state = core.domain_replaced(self.state)
-        self.domain.find_pressure()
+        if self.domain.find_pressure():
+            self._watch_domain_pressure(renew=True)
         if not self.domain.is_host:
             # The program's domain filter held the old cgroup: every event of
             # the new one would be dropped (and the armed kill never fire).

@@ -44,6 +44,7 @@ class PsiSource:
         self.unprivileged = False
         self._fds: dict[int, str] = {}
         self._jobs: dict[int, str] = {}      # the jobs' triggers, a subset of _fds
+        self._domain_fd: int | None = None   # the domain's own trigger, if set by watch_domain
         self.fired = 0
         self.failed: dict[str, str] = {}
         self._closing: queue.SimpleQueue[int | None] = queue.SimpleQueue()
@@ -84,6 +85,34 @@ class PsiSource:
 
     def fds(self) -> list[int]:
         return list(self._fds)
+
+    def watch_domain(self, path: str, renew: bool = False) -> tuple[int | None, int | None]:
+        """A trigger on the domain's ``memory.pressure`` found after the
+        start (a daemon started on an empty cgroup, a domain removed and made
+        again), in place of the one on the old file: returns (fd added, fd
+        dropped) for the caller's poller, which must take the dropped one out
+        and then ``release()`` it. (None, None) when ``path`` is already
+        watched, unless ``renew`` (a new cgroup at the same path: the old
+        trigger is on the removed one's file); (None, dropped) when it cannot
+        be armed (in ``failed``)."""
+        if not renew and path in self._fds.values() and path not in self._jobs.values():
+            return None, None
+        dropped = None
+        old = self._domain_fd if self._domain_fd is not None else next(
+            (fd for fd, p in self._fds.items() if fd not in self._jobs and p in self.paths[1:]), None)
+        if old is not None and old in self._fds:
+            del self._fds[old]
+            dropped = old
+        self._domain_fd = None
+        try:
+            fd = self._arm(path)
+        except OSError as e:
+            self.failed[path] = e.strerror or str(e)
+            return None, dropped
+        self.failed.pop(path, None)
+        self._fds[fd] = path
+        self._domain_fd = fd
+        return fd, dropped
 
     def track(self, paths: set[str]) -> tuple[list[int], list[int]]:
         """Keep job triggers on exactly ``paths`` (beside the fixed ones):

@@ -164,8 +164,9 @@ def test_an_omit_xattr_counts_only_on_a_root_owned_job(arena, tmp_path, owner):
 
 def test_a_removed_domain_is_one_warning_and_the_daemon_comes_back_to_it(arena, daemon):
     dom = arena.job("dom")
-    d = daemon("--domain", dom.path, "--redline", "1M", "--sleep-ms", "50", "--sources", "timer,memcg")
-    assert json.loads(d.ctl("info", "--json").stdout)["domain_state"] == "live"
+    d = daemon("--domain", dom.path, "--redline", "1M", "--sleep-ms", "50", "--sources", "timer,memcg,psi")
+    info = json.loads(d.ctl("info", "--json").stdout)
+    assert info["domain_state"] == "live" and info["sources"]["psi"]["files"] == 2     # the host's, the domain's
     for path in dict.fromkeys((dom.path, dom.v2_path)):
         os.rmdir(path)
     wait_for(lambda: "GONE" in d.ctl("info").stdout, 5, "info to say the domain is gone")
@@ -177,6 +178,10 @@ def test_a_removed_domain_is_one_warning_and_the_daemon_comes_back_to_it(arena, 
     for path in dict.fromkeys((dom.path, dom.v2_path)):
         os.mkdir(path)
     wait_for(lambda: json.loads(d.ctl("info", "--json").stdout)["domain_state"] == "live", 5, "the domain back")
+    # the PSI trigger on the old cgroup's memory.pressure is replaced by one on the new one's
+    info = json.loads(d.ctl("info", "--json").stdout)
+    assert info["sources"]["psi"]["files"] == 2, info["sources"]
+    assert not [k for k in info["sources"] if k.startswith("psi fd")], info["sources"]
     victim = arena.job("dom/victim")
     p = arena.spawn_idle(victim, 8 * MIB)
     assert d.ctl("lowmem").returncode == 0
