@@ -432,17 +432,24 @@ class Cgroupfs:
         return tuple(out)
 
     def charged_bytes(self, path: str) -> int:
-        """What the job's cgroup holds that reclaim cannot drop, from the
+        return self.charge(path)[0]
+
+    def charge(self, path: str) -> tuple[int, int]:
+        """(charged bytes, refaulted file pages), from one read of
+        ``memory.stat``. The bytes: what the job's cgroup holds that reclaim cannot drop, from the
         kernel's own accounting (summing processes would count shared memory
         once per process that maps it): everything charged to it (anon,
         shmem, and kernel memory such as pipe and socket buffers and page
         tables, which a process can fill without one anonymous page) less the
         file cache the kernel can give back, the rule the domain's free
-        memory follows; plus swap. Without a usage figure: anon + shmem."""
+        memory follows; plus swap. Without a usage figure: anon + shmem.
+        The pages: ``workingset_refault_file`` of the subtree (file pages
+        read back soon after their eviction: the job suffers thrashing), -1
+        if the kernel does not say."""
         try:
             stat = read_keyed(os.path.join(path, "memory.stat"))
         except OSError:
-            return 0
+            return 0, -1
         usage_file, swap = "memory.current", 0
         if self.layout.memory_v1:
             usage_file = "memory.usage_in_bytes"
@@ -461,7 +468,8 @@ class Cgroupfs:
             usage = read_int(os.path.join(path, usage_file)) or 0
         except OSError:
             usage = 0
-        return max(pinned, usage - min(reclaimable_bytes(stat), usage)) + swap
+        refaults = stat.get("workingset_refault_file", stat.get("workingset_refault", -1))
+        return max(pinned, usage - min(reclaimable_bytes(stat), usage)) + swap, refaults
 
     def job(self, path: str, domain_path: str, rule: str = "", budget: list[int] | None = None) -> Job:
         """Read one job; raises ``Vanished`` (a FileNotFoundError) if its
@@ -523,10 +531,11 @@ class Cgroupfs:
         with vanishing(path):
             inode = os.stat(path).st_ino
         xattrs, why = self.trusted_xattrs(path)
+        charged, refaults = self.charge(path)
         return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode,
                    procs=procs, descendants=len(inner) + len(user_inner), xattrs=xattrs,
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
-                   charged_bytes=self.charged_bytes(path), inner=tuple(inner),
+                   charged_bytes=charged, refault_file_pages=refaults, inner=tuple(inner),
                    ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
                    populated=unseen or bool(procs), rule=rule)
 

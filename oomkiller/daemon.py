@@ -25,6 +25,7 @@ from .cgroupfs import Cgroupfs
 from .config import Config
 from .control import ControlServer
 from .core import state as core
+from .core import thrash as thrash_core
 from .core.thrash import ThrashFigures
 from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
@@ -121,6 +122,8 @@ class Daemon:
         self.keep_out = self.cgroupfs.keep_out((1, self.self_pid))
         self.last_snapshot: MemorySnapshot | None = None
         self.last_thrash: ThrashFigures | None = None
+        self._marks: thrash_core.RefaultMarks | None = None
+        self._marks_before: thrash_core.RefaultMarks | None = None
         self._others: tuple[float, list[tuple[int, str]]] | None = None
         self._pressure_looked_usec = 0
         self._quit = False
@@ -169,7 +172,11 @@ class Daemon:
 
     # -- one wake of the core ----------------------------------------------------
     def jobs(self) -> list[Job]:
-        return self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
+        out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
+        # each listing's refault counters, and the one's before, for the
+        # jobs that suffer a thrash (core.thrash.sufferers)
+        self._marks_before, self._marks = self._marks, thrash_core.refault_marks(out, self.now_usec())
+        return out
 
     def _psi(self) -> Any:
         return next((s for s in self.sources if hasattr(s, "track")), None)
@@ -261,9 +268,12 @@ class Daemon:
         shortfall = max(0, res.redline_bytes - snap.free_bytes) if armed else det.shortfall_bytes
         reason = "armed kill in the kernel" if armed else action.reason
         record = self._record(events, snap, res.redline_bytes, shortfall, det.simulated and not armed, reason)
-        if not armed and res.thrash is not None and res.thrash.firing:
-            record = replace(record, thrash=self.thrash_data(res.thrash))
         ranking = action.ranking
+        if not armed and res.thrash is not None and res.thrash.firing:
+            suffer = thrash_core.sufferers(self._marks_before, [c.job for c in ranking.candidates], t_rank)
+            record = replace(record, thrash={**self.thrash_data(res.thrash), "sufferers": suffer})
+            if suffer:
+                log.log(NOTICE, "OOM: thrashing: %s", report.sufferers_text(suffer))
         jobs = [c.job for c in ranking.candidates]
         lines = ["OOM: armed job killed in the kernel at its failed reclaim: finishing it"] if armed else []
         lines += report.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))

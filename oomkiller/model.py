@@ -138,6 +138,9 @@ class Job:
     populated: bool = False
     # what made the cgroup a job (see core.jobrule): "systemd unit", "glob '…'", ...
     rule: str = ""
+    # cumulative workingset_refault_file of its subtree, -1 if unknown: how
+    # much it suffers thrashing (core/thrash.py ``sufferers``)
+    refault_file_pages: int = -1
 
     @property
     def committed_bytes(self) -> int:

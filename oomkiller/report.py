@@ -205,6 +205,13 @@ def format_ranking(ranking: Ranking) -> str:
     return "\n".join(lines) if lines else "no jobs in the domain"
 
 
+def sufferers_text(suffer: list[dict[str, Any]]) -> str:
+    """The jobs whose file pages were read back the most, for the log."""
+    return "refaulted most: " + ", ".join(
+        f"'{printable(d['job'])}' {format_mib(d['refault_pages'] * 4096)} in {d['span_usec'] / 1e6:.2f} s"
+        for d in suffer)
+
+
 def thrash_text(t: dict[str, Any] | None) -> str:
     """The thrash detector's line of ``info``."""
     if not t:

@@ -72,6 +72,21 @@ def test_job_charge_from_memory_stat(proc_tree, v1_tree, v2_tree):
     assert fs2.charged_bytes(str(v2_tree.mem / "j2")) == 1023
 
 
+def test_job_refaults_from_the_same_read(proc_tree, tmp_path, v2_tree):
+    v2_tree.cgroup("j2", memory__stat="anon 1000\nworkingset_refault_file 77\n", memory__current="1000\n")
+    v2_tree.cgroup("old", memory__stat="anon 1000\nworkingset_refault 9\n")
+    v2_tree.cgroup("none", memory__stat="anon 1000\n")
+    fs2 = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    assert fs2.charge(str(v2_tree.mem / "j2")) == (1000, 77)
+    assert fs2.charge(str(v2_tree.mem / "old"))[1] == 9         # before 5.9: one counter
+    assert fs2.charge(str(v2_tree.mem / "none"))[1] == -1
+    assert fs2.charge(str(v2_tree.mem / "gone")) == (0, -1)
+    v1 = CgroupTree(tmp_path / "v1", v2=False)
+    v1.cgroup("j1", memory__stat="workingset_refault_file 5\ntotal_rss 4000\ntotal_workingset_refault_file 50\n")
+    fs = Cgroupfs(str(v1.root), Procfs(str(proc_tree.root)))
+    assert fs.charge(str(v1.mem / "j1"))[1] == 50                # the subtree's
+
+
 def test_job_charge_v1(proc_tree, tmp_path):
     v1 = CgroupTree(tmp_path / "v1", v2=False)
     v1.cgroup("j1", memory__stat="rss 5\ntotal_rss 4000\ntotal_cache 77777\ntotal_shmem 300\ntotal_swap 20\n")

@@ -315,3 +315,25 @@ def test_a_handful_of_refaults_into_an_empty_cache_starts_no_episode():
         states.append(f.state)
     assert "thrashing" not in states
     assert states[1:12] == ["calm"] * 11
+
+
+def test_sufferers_are_the_jobs_that_refaulted_most_since_the_listing_before():
+    from oomkiller.core.thrash import refault_marks, sufferers
+
+    def job(name, inode, refaults):
+        return Job(name=name, path="/d/" + name, inode=inode, refault_file_pages=refaults)
+    before = refault_marks([job("svc", 1, 100), job("hog", 2, 0), job("web", 3, 50), job("old", 4, 7),
+                            job("dunno", 5, -1)], 1_000_000)
+    now = [job("svc", 1, 40_100), job("hog", 2, 0), job("web", 3, 1050), job("old", 44, 30),  # made again
+           job("new", 6, 500), job("dunno", 5, -1)]
+    got = sufferers(before, now, 3_500_000)
+    assert got == [{"job": "svc", "refault_pages": 40_000, "span_usec": 2_500_000},
+                   {"job": "web", "refault_pages": 1000, "span_usec": 2_500_000},
+                   {"job": "new", "refault_pages": 500, "span_usec": 2_500_000}]
+    assert [d["job"] for d in sufferers(before, now, 3_500_000, top=5)] == ["svc", "web", "new", "old"]
+    assert sufferers(None, now, 3_500_000) == []
+    from oomkiller import report
+    assert report.sufferers_text(got[:2]) == (f"refaulted most: 'svc' {report.format_mib(40_000 * 4096)} in 2.50 s, "
+                                              f"'web' {report.format_mib(1000 * 4096)} in 2.50 s")
+    assert report.sufferers_text([{"job": "a\nb", "refault_pages": 1, "span_usec": 0}]).startswith(
+        "refaulted most: 'a\\nb' ")

@@ -264,3 +264,37 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
             return ThrashFigures("episode", **base)
         why = f"{rate}, no stall figures, free {free_pm / 100:.1f}% below the arm line"
     return ThrashFigures("thrashing", reason=f"thrashing: {why}", **base)
+
+
+# -- who suffers ---------------------------------------------------------------
+# The detector asks whether the domain thrashes; the ranker then kills the
+# cause (the largest charge nobody can reclaim). The jobs that suffer are the
+# ones whose file pages are read back: their refault counters between two
+# listings. They are not ranked by it (the service whose program text is
+# evicted is the victim of the freeze, not its cause); the decision record
+# and the log name them, so an operator sees what the kill relieved.
+
+RefaultMarks = tuple[int, dict[tuple[str, int], int]]     # (when, {(path, inode): refaulted pages})
+
+
+def refault_marks(jobs, taken_usec: int) -> RefaultMarks:
+    """Each job's cumulative refault counter at one listing."""
+    return taken_usec, {(j.path, j.inode): j.refault_file_pages for j in jobs if j.refault_file_pages >= 0}
+
+
+def sufferers(before: RefaultMarks | None, jobs, now_usec: int, top: int = 3) -> list[dict]:
+    """The jobs that refaulted the most file pages since the listing
+    ``before`` (a job new since then, or made again at its path, from 0),
+    most first, those with any: ``[{"job", "refault_pages", "span_usec"}]``."""
+    if before is None:
+        return []
+    taken, marks = before
+    out = []
+    for j in jobs:
+        if j.refault_file_pages < 0:
+            continue
+        n = j.refault_file_pages - marks.get((j.path, j.inode), 0)
+        if n > 0:
+            out.append({"job": j.name, "refault_pages": n, "span_usec": max(0, now_usec - taken)})
+    out.sort(key=lambda d: (-d["refault_pages"], d["job"]))
+    return out[:top]

@@ -49,6 +49,9 @@ def test_the_freeze_ends_in_a_kill_of_the_hog(big_arena, daemon, files_dir):
     t = kill["thrash"]
     assert t["state"] == "thrashing" and t["refault_permyriad_per_s"] >= t["limit_refault_permyriad_per_s"]
     assert t["episode_usec"] >= t["sustain_usec"] and t["stall_permyriad"] >= t["limit_stall_permyriad"]
+    # who suffered it: the service, whose file was evicted, not the hog
+    assert t["sufferers"] and t["sufferers"][0]["job"] == "svc", t["sufferers"]
+    assert all(d["job"] != "hog" for d in t["sufferers"]), t["sufferers"]
     assert run.hog_died - run.collapse <= COLLAPSE_TO_KILL_S, run.describe()
     # Frozen, it did under 1% of its baseline; after the kill it reads its
     # evicted file back first (27-96% of the baseline by the third second).
