@@ -116,24 +116,60 @@ class Cgroupfs:
     # -- paths ------------------------------------------------------------
     def resolve(self, spec: str) -> str:
         """A domain spec to an absolute cgroup folder of the memory tree:
-        ``host``, ``parent`` (the cgroup above the daemon's own), or a path."""
+        ``host``, ``parent`` (the cgroup above the daemon's own), or a path.
+
+        In a container with a cgroup namespace of its own, the tree mounted
+        at the root is the namespace's: its top is a cgroup like any other
+        (the pod's, when the runtime roots the namespace there) and may be a
+        domain; only the hierarchy's real root is refused."""
         base = self.layout.jobs_root
         if spec == "host":
             return base
         if spec == "parent":
-            # The cgroup above our own: the pod, for a sidecar container.
-            mem, _ = own_cgroup_paths(os.getpid(), self.layout, self.procfs)
-            if mem in ("", "/"):
-                raise FileNotFoundError("parent: oomkiller's own cgroup is the root (is the cgroup "
-                                        "namespace the host's?): give the pod's cgroup folder")
-            spec = os.path.dirname(mem)
+            return self._parent()
         path = spec if os.path.isabs(spec) and os.path.isdir(spec) else os.path.join(base, spec.lstrip("/"))
         path = os.path.normpath(path)
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "cgroup.procs")):
             raise FileNotFoundError(f"{spec}: not a cgroup folder")
-        if path == os.path.normpath(base):
+        if path == os.path.normpath(base) and self.is_real_root(path):
             raise FileNotFoundError(f"{spec}: the root cgroup: use 'host'")
         return path
+
+    def _parent(self) -> str:
+        """The cgroup above the daemon's own (its pod, for a sidecar), checked
+        against the mounted tree: a container given the host's tree while in
+        a cgroup namespace of its own reads its own path relative to the
+        namespace, and that path means nothing in the host's tree."""
+        base = os.path.normpath(self.layout.jobs_root)
+        mem, _ = own_cgroup_paths(os.getpid(), self.layout, self.procfs)
+        if mem in ("", "/"):
+            raise FileNotFoundError(
+                "parent: oomkiller's own cgroup is the top of the cgroup tree it sees (a container whose "
+                "cgroup namespace starts at its own cgroup?): the pod's cgroup is out of sight; give the "
+                "pod's cgroup folder in the host's tree, or run in the pod's cgroup namespace")
+        own = os.path.normpath(os.path.join(base, mem.lstrip("/")))
+        try:
+            listed = os.getpid() in read_pids(os.path.join(own, "cgroup.procs"))
+        except OSError:
+            listed = False
+        if not listed:
+            raise FileNotFoundError(
+                f"parent: oomkiller's own cgroup {mem} (from /proc/self/cgroup) does not hold it in the "
+                f"tree at {base}: the mounted cgroup tree is not this cgroup namespace's (the host's "
+                "tree in a container with a namespace of its own?): give the pod's cgroup folder")
+        path = os.path.dirname(own)
+        if path == base and self.is_real_root(path):
+            raise FileNotFoundError("parent: the cgroup above oomkiller's own is the root cgroup: use 'host'")
+        return path
+
+    @staticmethod
+    def is_real_root(path: str) -> bool:
+        """Whether a cgroup folder is its hierarchy's root, not only the top
+        of a cgroup namespace's view: the kernel gives the root alone no
+        ``cgroup.type`` (v2) and alone a ``release_agent`` (v1)."""
+        if os.path.exists(os.path.join(path, "cgroup.controllers")):
+            return not os.path.exists(os.path.join(path, "cgroup.type"))
+        return os.path.exists(os.path.join(path, "release_agent"))
 
     def relative(self, path: str) -> str:
         """A cgroup path as ``/proc/PID/cgroup`` shows it."""

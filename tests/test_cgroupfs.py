@@ -335,3 +335,46 @@ def test_one_listing_reads_a_bounded_number_of_cgroups_below_jobs(proc_tree, v2_
     assert c.descendants == 0 and [p.pid for p in c.procs] == [602] and c.populated
     assert c.notes == ("its subtree is not read: this listing read 30 cgroups below jobs already "
                        "(its charge and cgroup.kill still cover it)",)
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["v2", "v1"])
+def test_parent_in_a_cgroup_namespace_is_the_top_of_its_view(tmp_path, proc_tree, v2):
+    # A container runtime rooting the pod's cgroup namespace at the pod's
+    # cgroup: the sidecar reads its own cgroup as /sidecar, and the top of
+    # the tree it mounts is the pod's cgroup, not the hierarchy's root.
+    tree = CgroupTree(tmp_path / "cg", v2=v2)
+    me = os.getpid()
+    proc_tree.proc(me, "oomkiller", anon_kb=1, shmem_kb=0, swap_kb=0,
+                   cgroup="4:memory:/sidecar\n0::/sidecar\n")
+    tree.cgroup("sidecar", (me,))
+    tree.cgroup("app", (me + 1,))
+    fs = Cgroupfs(str(tree.root), Procfs(str(proc_tree.root)))
+    # the hierarchy's own root (v2: no cgroup.type; v1: a release_agent) is
+    # still refused ...
+    if not v2:
+        (tree.mem / "release_agent").write_text("")
+    with pytest.raises(FileNotFoundError, match="the root cgroup: use 'host'"):
+        fs.resolve("parent")
+    # ... and the top of a namespace's view is a domain
+    if v2:
+        (tree.mem / "cgroup.type").write_text("domain\n")
+    else:
+        (tree.mem / "release_agent").unlink()
+    assert fs.resolve("parent") == str(tree.mem)
+    assert fs.relative(fs.resolve("parent")) == "/"
+
+
+def test_parent_says_why_when_the_pod_is_out_of_sight(tmp_path, proc_tree, v2_tree):
+    me = os.getpid()
+    (v2_tree.root / "cgroup.type").write_text("domain\n")
+    v2_tree.cgroup("sidecar", ())
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    # a namespace that starts at the daemon's own cgroup
+    proc_tree.proc(me, "oomkiller", anon_kb=1, shmem_kb=0, swap_kb=0, cgroup="0::/\n")
+    with pytest.raises(FileNotFoundError, match="top of the cgroup tree it sees"):
+        fs.resolve("parent")
+    # the host's tree mounted in a container with a namespace of its own:
+    # /sidecar in the namespace is not /sidecar of that tree
+    (proc_tree.root / str(me) / "cgroup").write_text("0::/sidecar\n")
+    with pytest.raises(FileNotFoundError, match="does not hold it in the tree"):
+        fs.resolve("parent")
