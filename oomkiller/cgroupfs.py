@@ -136,31 +136,43 @@ class Cgroupfs:
         return path
 
     def _parent(self) -> str:
-        """The cgroup above the daemon's own (its pod, for a sidecar), checked
-        against the mounted tree: a container given the host's tree while in
-        a cgroup namespace of its own reads its own path relative to the
-        namespace, and that path means nothing in the host's tree."""
+        """The cgroup above the daemon's own: its pod, for a sidecar."""
         base = os.path.normpath(self.layout.jobs_root)
-        mem, _ = own_cgroup_paths(os.getpid(), self.layout, self.procfs)
-        if mem in ("", "/"):
+        own = self.own_path()
+        if own == base:
+            if self.is_real_root(base):
+                raise FileNotFoundError("parent: oomkiller's own cgroup is the root cgroup: use 'host'")
             raise FileNotFoundError(
                 "parent: oomkiller's own cgroup is the top of the cgroup tree it sees (a container whose "
-                "cgroup namespace starts at its own cgroup?): the pod's cgroup is out of sight; give the "
-                "pod's cgroup folder in the host's tree, or run in the pod's cgroup namespace")
-        own = os.path.normpath(os.path.join(base, mem.lstrip("/")))
-        try:
-            listed = os.getpid() in read_pids(os.path.join(own, "cgroup.procs"))
-        except OSError:
-            listed = False
-        if not listed:
-            raise FileNotFoundError(
-                f"parent: oomkiller's own cgroup {mem} (from /proc/self/cgroup) does not hold it in the "
-                f"tree at {base}: the mounted cgroup tree is not this cgroup namespace's (the host's "
-                "tree in a container with a namespace of its own?): give the pod's cgroup folder")
+                "cgroup namespace starts at its own cgroup): the pod's cgroup is out of sight; mount the "
+                "host's cgroup tree there (read-only will do), or give the pod's cgroup folder")
         path = os.path.dirname(own)
         if path == base and self.is_real_root(path):
             raise FileNotFoundError("parent: the cgroup above oomkiller's own is the root cgroup: use 'host'")
         return path
+
+    def own_path(self) -> str:
+        """The daemon's own cgroup folder in the memory tree.
+
+        ``/proc/self/cgroup`` gives it relative to the daemon's cgroup
+        namespace, which is the tree mounted at the root when a container
+        runtime mounts the namespace's view. When the tree mounted is
+        another's (the host's tree in a container with a namespace of its
+        own, as Kubernetes gives every container), that path means nothing
+        in it, and the cgroup that lists the daemon's pid is looked for
+        instead (once, at start; at most ``MAX_CGROUPS`` read). Raises
+        FileNotFoundError if none lists it."""
+        base = os.path.normpath(self.layout.jobs_root)
+        me = os.getpid()
+        mem, _ = own_cgroup_paths(me, self.layout, self.procfs)
+        own = os.path.normpath(os.path.join(base, mem.lstrip("/")))
+        if _lists(own, me):
+            return own
+        for path in walk_cgroups(base):
+            if _lists(path, me):
+                return os.path.normpath(path)
+        raise FileNotFoundError(f"oomkiller's own cgroup {mem or '/'} (from /proc/self/cgroup) is not in the "
+                                f"tree at {base}, and no cgroup there lists its pid {me}")
 
     @staticmethod
     def is_real_root(path: str) -> bool:
@@ -458,9 +470,16 @@ class Cgroupfs:
         log.warning("OOM: %s", text)
 
     def keep_out(self, pids: tuple[int, ...]) -> tuple[str, ...]:
-        """Absolute memory-tree cgroup folders of some processes."""
+        """Absolute memory-tree cgroup folders of some processes (the
+        daemon's own found as ``own_path`` finds it)."""
         out = []
         for pid in pids:
+            if pid == os.getpid():
+                try:
+                    out.append(self.own_path())
+                    continue
+                except FileNotFoundError:
+                    pass
             groups = self.procfs.cgroups(pid)
             rel = groups.get("memory" if self.layout.memory_v1 else "")
             if rel:
@@ -666,6 +685,15 @@ def subcgroups(path: str) -> list[str]:
             return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
     except OSError:
         return []
+
+
+def _lists(path: str, pid: int) -> bool:
+    """Whether a cgroup's own ``cgroup.procs`` lists a pid (False if it
+    cannot be read)."""
+    try:
+        return pid in read_pids(os.path.join(path, "cgroup.procs"))
+    except OSError:
+        return False
 
 
 def walk_cgroups(root: str, descend: Callable[[str], bool] | None = None, cut: list[str] | None = None,

@@ -366,15 +366,27 @@ def test_parent_in_a_cgroup_namespace_is_the_top_of_its_view(tmp_path, proc_tree
 
 def test_parent_says_why_when_the_pod_is_out_of_sight(tmp_path, proc_tree, v2_tree):
     me = os.getpid()
-    (v2_tree.root / "cgroup.type").write_text("domain\n")
-    v2_tree.cgroup("sidecar", ())
-    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
-    # a namespace that starts at the daemon's own cgroup
     proc_tree.proc(me, "oomkiller", anon_kb=1, shmem_kb=0, swap_kb=0, cgroup="0::/\n")
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    # nothing in the tree holds the daemon
+    with pytest.raises(FileNotFoundError, match=f"no cgroup there lists its pid {me}"):
+        fs.resolve("parent")
+    # a namespace that starts at the daemon's own cgroup, its view mounted
+    (v2_tree.root / "cgroup.type").write_text("domain\n")
+    (v2_tree.root / "cgroup.procs").write_text(f"{me}\n")
     with pytest.raises(FileNotFoundError, match="top of the cgroup tree it sees"):
         fs.resolve("parent")
-    # the host's tree mounted in a container with a namespace of its own:
-    # /sidecar in the namespace is not /sidecar of that tree
-    (proc_tree.root / str(me) / "cgroup").write_text("0::/sidecar\n")
-    with pytest.raises(FileNotFoundError, match="does not hold it in the tree"):
-        fs.resolve("parent")
+
+
+def test_parent_in_the_hosts_tree_seen_from_a_namespace_of_its_own(tmp_path, proc_tree, v2_tree):
+    # Kubernetes: each container's cgroup namespace starts at its own
+    # cgroup, so the sidecar reads its cgroup as / while the tree mounted is
+    # the host's: the cgroup listing its pid is its own.
+    me = os.getpid()
+    proc_tree.proc(me, "oomkiller", anon_kb=1, shmem_kb=0, swap_kb=0, cgroup="0::/\n")
+    pod = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12_34.slice"
+    v2_tree.cgroup(pod + "/cri-containerd-app.scope", (me + 1,))
+    v2_tree.cgroup(pod + "/cri-containerd-sidecar.scope", (me,))
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    assert fs.resolve("parent") == str(v2_tree.root / pod)
+    assert fs.keep_out((me,)) == (str(v2_tree.root / pod / "cri-containerd-sidecar.scope"),)

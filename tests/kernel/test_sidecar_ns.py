@@ -34,14 +34,17 @@ if not shutil.which("unshare") or not shutil.which("setpriv"):
 SIDECAR_CAPS = ("kill", "sys_resource", "ipc_lock")
 APP_UID = 65534
 
-# PID 1 of the pod. argv: "v1" (hybrid) or "v2", "rw" or "ro" (how the
-# cgroup trees are mounted), the control socket, the records file, the
-# daemon's stderr file, then the daemon's arguments.
+# PID 1 of the pod. argv: "v1" (hybrid) or "v2"; the containers' view of
+# the cgroups: "rw" or "ro" (the pod's namespace view, mounted so), or
+# "host-ro" (the host's trees, read-only, and the sidecar in a cgroup
+# namespace that starts at its own cgroup, as in Kubernetes); the runtime's
+# folder; the control socket, the records file, the daemon's stderr file,
+# then the daemon's arguments.
 # Lines on stdin: "hog" starts the hog; end of input ends the pod. It says
 # on stdout what it did, one word a line.
 POD_INIT = r"""
 import os, subprocess, sys
-hybrid, ro, runtime = sys.argv[1] == "v1", sys.argv[2] == "ro", sys.argv[3]
+hybrid, view, runtime = sys.argv[1] == "v1", sys.argv[2], sys.argv[3]
 sock, records, err_path, args = sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7:]
 
 def mount(*a):
@@ -63,7 +66,11 @@ def cgroup_trees(at, opt):
 # the runtime's own handle on the pod's cgroups, which it puts containers in
 trees = cgroup_trees(runtime, "rw")
 # the containers' view
-cgroup_trees("/sys/fs/cgroup", "ro" if ro else "rw")
+if view == "host-ro":
+    for t in (["/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified"] if hybrid else ["/sys/fs/cgroup"]):
+        mount("-o", "remount,bind,ro", t)
+else:
+    cgroup_trees("/sys/fs/cgroup", view)
 
 def enter(name):
     for t in trees:
@@ -90,7 +97,7 @@ say("quiet")
 err = open(err_path, "w")
 caps = os.environ["POD_SIDECAR_CAPS"]
 daemon = subprocess.Popen(
-    ["setpriv", "--bounding-set", "-all," + ",".join("+" + c for c in caps.split(",")),
+    (["unshare", "--cgroup"] if view == "host-ro" else []) + ["setpriv", "--bounding-set", "-all," + ",".join("+" + c for c in caps.split(",")),
      "--inh-caps", "-all", "--no-new-privs",
      sys.executable, "-m", "oomkiller", "run", "--domain", "parent", "--control", sock,
      "--json-log", records, *args],
@@ -164,10 +171,13 @@ class _Sidecar(DaemonProc):
         self.err.close()        # stderr() reads err_path, which the pod writes
 
 
-@pytest.mark.parametrize("mount", ["rw", "ro"])
+@pytest.mark.parametrize("mount", ["rw", "ro", "host-ro"])
 def test_sidecar_in_its_pods_namespaces_kills_the_hogs_container_only(pod, mount):
     # "ro": the cgroup trees read-only, as a runtime mounts them in a
     # container that is not privileged; no cgroup.kill then, signals only.
+    # "host-ro": as in Kubernetes, where each container's cgroup namespace
+    # starts at its own cgroup: the sidecar sees its pod only in the host's
+    # tree, mounted read-only, and finds its own cgroup there by its pid.
     a, jobs, neighbour, tmp_path = pod
     p = _run_pod(a, tmp_path, mount, "--redline", "64M", "--sleep-ms", "100")
     try:
@@ -175,7 +185,8 @@ def test_sidecar_in_its_pods_namespaces_kills_the_hogs_container_only(pod, mount
         assert len(quiet) == 1
         d = _Sidecar(tmp_path)
         try:
-            wait_for(lambda: os.path.exists(d.sock) or p.poll() is not None, 30, "the sidecar's control socket")
+            wait_for(lambda: os.path.exists(d.sock) or p.poll() is not None or "error" in d.stderr(), 30,
+                     "the sidecar's control socket")
         except AssertionError as e:
             raise AssertionError(f"{e}: {d.stderr()}") from None
         # root in the pod, with only the capabilities asked for
@@ -184,12 +195,13 @@ def test_sidecar_in_its_pods_namespaces_kills_the_hogs_container_only(pod, mount
         info_text = _ctl(d, "info")
         info = json.loads(_ctl(d, "info", "--json"))
         # its domain is the pod: the top of its namespace, whose limit is the total
-        assert "  domain: / (/sys/fs/cgroup/" in info_text, info_text
+        top = "/" if mount != "host-ro" else "/" + os.path.relpath(a.path, a.layout.memory_root)
+        assert f"  domain: {top} (/sys/fs/cgroup/" in info_text, info_text
         src = info["sources"]
         assert src["ebpf"]["state"] == "unavailable" and "CAP_BPF" in src["ebpf"]["why"], src["ebpf"]
         assert src["prearm"]["state"] == "unavailable"
         assert src["psi"]["state"] == "live" and src["timer"]["state"] == "live"
-        if mount == "rw" or not a.layout.memory_v1:
+        if mount == "rw" or not a.layout.memory_v1:     # v2's memory.events is read only
             assert src["memcg"]["state"] == "live"
         else:   # v1 thresholds are set by a write to cgroup.event_control
             assert src["memcg"]["state"] == "unavailable"
