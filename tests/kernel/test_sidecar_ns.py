@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import uuid
+
+from pathlib import Path
 
 import pytest
 
@@ -30,8 +33,10 @@ from oomkiller_bench.arena import HOG_SOURCE, IDLE_SOURCE, Arena, ArenaJob
 if not shutil.which("unshare") or not shutil.which("setpriv"):
     pytest.skip("needs util-linux's unshare and setpriv", allow_module_level=True)
 
-# The sidecar's capabilities, as deploy/container/sidecar.yaml adds them.
+# The sidecar's capabilities and sources, as deploy/container/sidecar.yaml has them.
 SIDECAR_CAPS = ("kill", "sys_resource", "ipc_lock")
+SIDECAR_SOURCES = "psi,memcg,timer"
+MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "container" / "sidecar.yaml"
 APP_UID = 65534
 
 # PID 1 of the pod. argv: "v1" (hybrid) or "v2"; the containers' view of
@@ -179,7 +184,7 @@ def test_sidecar_in_its_pods_namespaces_kills_the_hogs_container_only(pod, mount
     # starts at its own cgroup: the sidecar sees its pod only in the host's
     # tree, mounted read-only, and finds its own cgroup there by its pid.
     a, jobs, neighbour, tmp_path = pod
-    p = _run_pod(a, tmp_path, mount, "--redline", "64M", "--sleep-ms", "100")
+    p = _run_pod(a, tmp_path, mount, "--redline", "64M", "--sleep-ms", "100", "--sources", SIDECAR_SOURCES)
     try:
         quiet = _procs(jobs["quiet"])
         assert len(quiet) == 1
@@ -198,14 +203,14 @@ def test_sidecar_in_its_pods_namespaces_kills_the_hogs_container_only(pod, mount
         top = "/" if mount != "host-ro" else "/" + os.path.relpath(a.path, a.layout.memory_root)
         assert f"  domain: {top} (/sys/fs/cgroup/" in info_text, info_text
         src = info["sources"]
-        assert src["ebpf"]["state"] == "unavailable" and "CAP_BPF" in src["ebpf"]["why"], src["ebpf"]
-        assert src["prearm"]["state"] == "unavailable"
+        # no eBPF (not asked for: no CAP_BPF), and info says what it runs on
+        assert src["ebpf"] == src["prearm"] == {"state": "off", "why": "not in sources"}
+        assert "    ebpf: off (why=not in sources)" in info_text, info_text
         assert src["psi"]["state"] == "live" and src["timer"]["state"] == "live"
         if mount == "rw" or not a.layout.memory_v1:     # v2's memory.events is read only
             assert src["memcg"]["state"] == "live"
         else:   # v1 thresholds are set by a write to cgroup.event_control
             assert src["memcg"]["state"] == "unavailable"
-        assert "ebpf: unavailable (why=" in info_text
         # the hog grows in its own container until the sidecar kills it
         p.stdin.write("hog\n")
         p.stdin.flush()
@@ -254,3 +259,11 @@ def _caps(pid: int, names: tuple[str, ...] = ()) -> tuple[int, int]:
         want = sum(1 << CAP_BITS[n] for n in names)
         eff, bnd = eff & want, bnd & want
     return eff, bnd
+
+
+def test_the_manifest_asks_for_what_the_test_gives():
+    text = MANIFEST.read_text()
+    added = re.search(r'add: \[([^]]*)\]', text).group(1)
+    assert sorted(c.strip(' "').lower() for c in added.split(",")) == sorted(SIDECAR_CAPS)
+    assert f'"--sources", "{SIDECAR_SOURCES}"' in text and '"--domain", "parent"' in text
+    assert "privileged" not in text.replace("not privileged", "").replace("Not privileged", "")
