@@ -116,24 +116,72 @@ class Cgroupfs:
     # -- paths ------------------------------------------------------------
     def resolve(self, spec: str) -> str:
         """A domain spec to an absolute cgroup folder of the memory tree:
-        ``host``, ``parent`` (the cgroup above the daemon's own), or a path."""
+        ``host``, ``parent`` (the cgroup above the daemon's own), or a path.
+
+        In a container with a cgroup namespace of its own, the tree mounted
+        at the root is the namespace's: its top is a cgroup like any other
+        (the pod's, when the runtime roots the namespace there) and may be a
+        domain; only the hierarchy's real root is refused."""
         base = self.layout.jobs_root
         if spec == "host":
             return base
         if spec == "parent":
-            # The cgroup above our own: the pod, for a sidecar container.
-            mem, _ = own_cgroup_paths(os.getpid(), self.layout, self.procfs)
-            if mem in ("", "/"):
-                raise FileNotFoundError("parent: oomkiller's own cgroup is the root (is the cgroup "
-                                        "namespace the host's?): give the pod's cgroup folder")
-            spec = os.path.dirname(mem)
+            return self._parent()
         path = spec if os.path.isabs(spec) and os.path.isdir(spec) else os.path.join(base, spec.lstrip("/"))
         path = os.path.normpath(path)
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "cgroup.procs")):
             raise FileNotFoundError(f"{spec}: not a cgroup folder")
-        if path == os.path.normpath(base):
+        if path == os.path.normpath(base) and self.is_real_root(path):
             raise FileNotFoundError(f"{spec}: the root cgroup: use 'host'")
         return path
+
+    def _parent(self) -> str:
+        """The cgroup above the daemon's own: its pod, for a sidecar."""
+        base = os.path.normpath(self.layout.jobs_root)
+        own = self.own_path()
+        if own == base:
+            if self.is_real_root(base):
+                raise FileNotFoundError("parent: oomkiller's own cgroup is the root cgroup: use 'host'")
+            raise FileNotFoundError(
+                "parent: oomkiller's own cgroup is the top of the cgroup tree it sees (a container whose "
+                "cgroup namespace starts at its own cgroup): the pod's cgroup is out of sight; mount the "
+                "host's cgroup tree there (read-only will do), or give the pod's cgroup folder")
+        path = os.path.dirname(own)
+        if path == base and self.is_real_root(path):
+            raise FileNotFoundError("parent: the cgroup above oomkiller's own is the root cgroup: use 'host'")
+        return path
+
+    def own_path(self) -> str:
+        """The daemon's own cgroup folder in the memory tree.
+
+        ``/proc/self/cgroup`` gives it relative to the daemon's cgroup
+        namespace, which is the tree mounted at the root when a container
+        runtime mounts the namespace's view. When the tree mounted is
+        another's (the host's tree in a container with a namespace of its
+        own, as Kubernetes gives every container), that path means nothing
+        in it, and the cgroup that lists the daemon's pid is looked for
+        instead (once, at start; at most ``MAX_CGROUPS`` read). Raises
+        FileNotFoundError if none lists it."""
+        base = os.path.normpath(self.layout.jobs_root)
+        me = os.getpid()
+        mem, _ = own_cgroup_paths(me, self.layout, self.procfs)
+        own = os.path.normpath(os.path.join(base, mem.lstrip("/")))
+        if _lists(own, me):
+            return own
+        for path in walk_cgroups(base):
+            if _lists(path, me):
+                return os.path.normpath(path)
+        raise FileNotFoundError(f"oomkiller's own cgroup {mem or '/'} (from /proc/self/cgroup) is not in the "
+                                f"tree at {base}, and no cgroup there lists its pid {me}")
+
+    @staticmethod
+    def is_real_root(path: str) -> bool:
+        """Whether a cgroup folder is its hierarchy's root, not only the top
+        of a cgroup namespace's view: the kernel gives the root alone no
+        ``cgroup.type`` (v2) and alone a ``release_agent`` (v1)."""
+        if os.path.exists(os.path.join(path, "cgroup.controllers")):
+            return not os.path.exists(os.path.join(path, "cgroup.type"))
+        return os.path.exists(os.path.join(path, "release_agent"))
 
     def relative(self, path: str) -> str:
         """A cgroup path as ``/proc/PID/cgroup`` shows it."""
@@ -422,9 +470,16 @@ class Cgroupfs:
         log.warning("OOM: %s", text)
 
     def keep_out(self, pids: tuple[int, ...]) -> tuple[str, ...]:
-        """Absolute memory-tree cgroup folders of some processes."""
+        """Absolute memory-tree cgroup folders of some processes (the
+        daemon's own found as ``own_path`` finds it)."""
         out = []
         for pid in pids:
+            if pid == os.getpid():
+                try:
+                    out.append(self.own_path())
+                    continue
+                except FileNotFoundError:
+                    pass
             groups = self.procfs.cgroups(pid)
             rel = groups.get("memory" if self.layout.memory_v1 else "")
             if rel:
@@ -639,6 +694,15 @@ def subcgroups(path: str) -> list[str]:
             return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
     except OSError:
         return []
+
+
+def _lists(path: str, pid: int) -> bool:
+    """Whether a cgroup's own ``cgroup.procs`` lists a pid (False if it
+    cannot be read)."""
+    try:
+        return pid in read_pids(os.path.join(path, "cgroup.procs"))
+    except OSError:
+        return False
 
 
 def walk_cgroups(root: str, descend: Callable[[str], bool] | None = None, cut: list[str] | None = None,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, TextIO, TypeVar
 
 from . import report
 from .cgroupfs import Cgroupfs
-from .config import Config
+from .config import SOURCES, Config
 from .control import ControlServer
 from .core import state as core
 from .core import thrash as thrash_core
@@ -502,6 +502,9 @@ class Daemon:
         if self.brake:
             sources["brake"] = {"state": "live", **self.brake.stats()}
         sources.update({name: {"state": "unavailable", "why": why} for name, why in dict(self.unavailable).items()})
+        for name in SOURCES:
+            if name not in sources and name not in self.config.sources:
+                sources[name] = {"state": "off", "why": "not in sources"}
         output = {name: w.stats() for name, w in (("records", self.json_out), ("log", self.log_writer))
                   if hasattr(w, "stats")}
         if self.control is not None:

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import queue
 import select
@@ -81,6 +82,8 @@ from .files import GONE_ERRNOS
 from .model import Candidate, Job, KillResult, Ranking
 from .output import start_thread
 from .procfs import PF_KTHREAD
+
+log = logging.getLogger("oomkiller")
 
 SYS_PROCESS_MRELEASE = 448      # x86_64 and the generic syscall table
 
@@ -98,6 +101,11 @@ MAX_TRACKED_PIDFDS = 256
 # listed, after this long: it is most likely the same process on its way
 # out, but it may be a new one that reused the pid.
 RESIGNAL_USEC = 20_000
+
+# A cgroup.kill that cannot be written for these is not a failed kill: the
+# sweep's signals do the job (a read-only cgroup mount, as a container
+# runtime gives a container that is not privileged).
+NOT_WRITABLE_ERRNOS = frozenset((errno.EROFS, errno.EACCES, errno.EPERM))
 
 # process_mrelease requests waiting for the releasing thread; more are dropped.
 MRELEASE_QUEUE = 64
@@ -191,6 +199,8 @@ class Killer:
         # Called with the job just before its first signal (after the
         # checks that may refuse it); it must not block (marks.CgroupMarks.before).
         self.before_signal: Callable[[Job], None] | None = None
+        # The first cgroup.kill that could not be written, and why ("" if none).
+        self.kill_file_refused = ""
 
     @property
     def mrelease_ok(self) -> bool:
@@ -301,9 +311,15 @@ class _Kill:
                 except OSError as e:
                     for fd in alive.values():
                         os.close(fd)
-                    if e.errno not in GONE_ERRNOS:
+                    if e.errno not in GONE_ERRNOS and e.errno not in NOT_WRITABLE_ERRNOS:
                         raise
-                    # the v2 cgroup went away: signals alone will do
+                    # The v2 cgroup went away, or its cgroup.kill may not be
+                    # written (a container's cgroup tree mounted read-only):
+                    # signals alone will do.
+                    if e.errno in NOT_WRITABLE_ERRNOS and not self.k.kill_file_refused:
+                        self.k.kill_file_refused = f"{kill_file}: {e.strerror}"
+                        log.warning("OOM: cannot write %s (%s): killing by signals "
+                                    "(a read-only cgroup mount?)", kill_file, e.strerror)
                 else:
                     # Ours are only those still alive at the write: writing
                     # cgroup.kill to a cgroup someone else just emptied

@@ -350,3 +350,58 @@ def test_one_listing_reads_a_bounded_number_of_cgroups_below_jobs(proc_tree, v2_
     assert c.descendants == 0 and [p.pid for p in c.procs] == [602] and c.populated
     assert c.notes == ("its subtree is not read: this listing read 30 cgroups below jobs already "
                        "(its charge and cgroup.kill still cover it)",)
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["v2", "v1"])
+def test_parent_in_a_cgroup_namespace_is_the_top_of_its_view(tmp_path, proc_tree, v2):
+    # A container runtime rooting the pod's cgroup namespace at the pod's
+    # cgroup: the sidecar reads its own cgroup as /sidecar, and the top of
+    # the tree it mounts is the pod's cgroup, not the hierarchy's root.
+    tree = CgroupTree(tmp_path / "cg", v2=v2)
+    me = os.getpid()
+    proc_tree.proc(me, "oomkiller", anon_kb=1, shmem_kb=0, swap_kb=0,
+                   cgroup="4:memory:/sidecar\n0::/sidecar\n")
+    tree.cgroup("sidecar", (me,))
+    tree.cgroup("app", (me + 1,))
+    fs = Cgroupfs(str(tree.root), Procfs(str(proc_tree.root)))
+    # the hierarchy's own root (v2: no cgroup.type; v1: a release_agent) is
+    # still refused ...
+    if not v2:
+        (tree.mem / "release_agent").write_text("")
+    with pytest.raises(FileNotFoundError, match="the root cgroup: use 'host'"):
+        fs.resolve("parent")
+    # ... and the top of a namespace's view is a domain
+    if v2:
+        (tree.mem / "cgroup.type").write_text("domain\n")
+    else:
+        (tree.mem / "release_agent").unlink()
+    assert fs.resolve("parent") == str(tree.mem)
+    assert fs.relative(fs.resolve("parent")) == "/"
+
+
+def test_parent_says_why_when_the_pod_is_out_of_sight(tmp_path, proc_tree, v2_tree):
+    me = os.getpid()
+    proc_tree.proc(me, "oomkiller", anon_kb=1, shmem_kb=0, swap_kb=0, cgroup="0::/\n")
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    # nothing in the tree holds the daemon
+    with pytest.raises(FileNotFoundError, match=f"no cgroup there lists its pid {me}"):
+        fs.resolve("parent")
+    # a namespace that starts at the daemon's own cgroup, its view mounted
+    (v2_tree.root / "cgroup.type").write_text("domain\n")
+    (v2_tree.root / "cgroup.procs").write_text(f"{me}\n")
+    with pytest.raises(FileNotFoundError, match="top of the cgroup tree it sees"):
+        fs.resolve("parent")
+
+
+def test_parent_in_the_hosts_tree_seen_from_a_namespace_of_its_own(tmp_path, proc_tree, v2_tree):
+    # Kubernetes: each container's cgroup namespace starts at its own
+    # cgroup, so the sidecar reads its cgroup as / while the tree mounted is
+    # the host's: the cgroup listing its pid is its own.
+    me = os.getpid()
+    proc_tree.proc(me, "oomkiller", anon_kb=1, shmem_kb=0, swap_kb=0, cgroup="0::/\n")
+    pod = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12_34.slice"
+    v2_tree.cgroup(pod + "/cri-containerd-app.scope", (me + 1,))
+    v2_tree.cgroup(pod + "/cri-containerd-sidecar.scope", (me,))
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    assert fs.resolve("parent") == str(v2_tree.root / pod)
+    assert fs.keep_out((me,)) == (str(v2_tree.root / pod / "cri-containerd-sidecar.scope"),)

@@ -261,20 +261,27 @@ def test_processes_put_in_a_slice_are_in_a_job_not_hidden(tmp_path, proc_tree):
     assert not any(n == hide + "/x.scope" for n, *_ in rows)
 
 
-def test_the_daemonsets_globs_make_pods_and_only_pods_jobs_with_either_driver(tmp_path, proc_tree):
+def test_the_daemonsets_rule_ranks_pods_first_with_either_driver_and_protects_the_node(tmp_path, proc_tree):
+    # The DaemonSet gives no --jobs: the default rule knows pods under both
+    # drivers; its --protect globs keep the kubelet and the runtime.
     import re
     from pathlib import Path
     text = (Path(__file__).parent.parent / "deploy/container/daemonset.yaml").read_text()
-    globs = tuple(re.findall(r'"--jobs", "([^"]+)"', text))
-    assert len(globs) == 4 and "auto" not in globs
-    rows = table(walk(build(tmp_path, proc_tree, CONTAINER_HOST), jobs=globs))
-    assert [(n, cls) for n, _, cls, _ in rows] == [
+    assert "--jobs" not in text
+    protect = tuple(re.findall(r'"--protect", "([^"]+)"', text))
+    assert "/system.slice/kubelet.service" in protect and "/system.slice/containerd.service" in protect
+    rows = table(walk(build(tmp_path, proc_tree, CONTAINER_HOST), policy=Policy(protect=protect, self_pid=DAEMON_PID)))
+    assert [(n, cls) for n, _, cls, _ in rows][:3] == [
         ("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod55ee_66ff.slice", "prefer"),
         ("kubepods/burstable/pod0b1c2d3e-aaaa-bbbb-cccc-123456789abc", "normal"),
         ("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod33cc_44dd.slice", "normal"),
-        ("kubepods.slice/kubepods-pod11aa_22bb.slice", "avoid"),
-        ("kubepods/pod9f8e7d6c-dddd-eeee-ffff-cba987654321", "avoid"),
     ]
+    by_name = {n: (cls, killable) for n, _, cls, killable in rows}
+    assert by_name["system.slice/kubelet.service"] == ("protect", False)
+    assert by_name["system.slice/containerd.service"] == ("protect", False)
+    # Guaranteed pods last among what may be killed
+    assert [n for n, _, cls, k in rows if k][-2:] == [
+        "kubepods.slice/kubepods-pod11aa_22bb.slice", "kubepods/pod9f8e7d6c-dddd-eeee-ffff-cba987654321"]
 
 
 def test_a_cgroup_that_cannot_be_read_is_a_job_not_a_crash(tmp_path, proc_tree, monkeypatch):

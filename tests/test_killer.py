@@ -196,3 +196,24 @@ def test_a_transient_unit_removed_as_it_empties_after_our_cgroup_kill_is_our_kil
     (c, r), = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000).walk(ranking)
     assert written == [(str(job_dir / "cgroup.kill"), "1")]
     assert r.ok and r.method == "cgroup.kill" and "vanished before" not in r.error
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES, errno.EPERM])
+def test_a_cgroup_kill_that_may_not_be_written_falls_back_to_signals(proc_tree, v2_tree, monkeypatch, err):
+    # A container runtime mounts the cgroup tree read-only in a container
+    # that is not privileged: the sweep's signals must still kill.
+    from oomkiller import killer as killer_mod
+    proc_tree.proc(NO_SUCH_PID, "hog", anon_kb=90_000, shmem_kb=0, swap_kb=0)
+    job_dir = v2_tree.cgroup("hog.service", (NO_SUCH_PID,), cgroup__kill="", cgroup__events="populated 1\n")
+    cg = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    ranking = rank(cg.jobs(str(v2_tree.mem), ("*",)), Policy(self_pid=os.getpid()), 1 << 30)
+
+    def refuse(path, value):
+        raise OSError(err, os.strerror(err), path)
+    monkeypatch.setattr(killer_mod, "_write", refuse)
+    swept = []
+    monkeypatch.setattr(killer_mod._Kill, "_sweep", lambda self, pids: swept.append(pids) or [])
+    k = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000)
+    (c, r), = k.walk(ranking)
+    assert swept == [[NO_SUCH_PID]] and r.method != "cgroup.kill" and not r.error.startswith("kill failed")
+    assert k.kill_file_refused == f"{job_dir / 'cgroup.kill'}: {os.strerror(err)}"
