@@ -28,6 +28,9 @@
 #                             operator's file is never overwritten
 #   PREFIX/share/man/man8/oomkiller.8
 #                             the man page
+#   PREFIX/share/oomkiller/hooks/notify-desktop, restart-unit
+#                             the example hooks (deploy/hooks/), root's and
+#                             mode 755 as a hook must be; not configured
 #
 # OPTDIR/installed records every file and folder install made, with the
 # config's checksum as installed; uninstall removes exactly those, keeps a
@@ -52,6 +55,8 @@ link_path="$PREFIX/sbin/oomkiller"
 unit_path="$UNITDIR/oomkiller.service"
 conf_path="$SYSCONFDIR/oomkiller/oomkiller.toml"
 man_path="$MANDIR/man8/oomkiller.8"
+hooks_path="$PREFIX/share/oomkiller/hooks"
+HOOKS=(notify-desktop restart-unit)
 venv="$DESTDIR$OPTDIR"
 state="$venv/installed"
 link="$DESTDIR$link_path"
@@ -166,6 +171,10 @@ install_all() {
   put "$unit" "$tmpunit" 0644
   rm -f "$tmpunit"
   put "$man" "$CHECKOUT/deploy/oomkiller.8" 0644
+  local hook
+  for hook in "${HOOKS[@]}"; do
+    put "$DESTDIR$hooks_path/$hook" "$CHECKOUT/deploy/hooks/$hook" 0755
+  done
 
   local conf_sum=$old_conf_sum
   if [ ! -e "$conf" ]; then
@@ -182,6 +191,7 @@ install_all() {
     echo "file $link_path"
     echo "file $unit_path"
     echo "file $man_path"
+    for hook in "${HOOKS[@]}"; do echo "file $hooks_path/$hook"; done
     if [ -n "$conf_sum" ]; then echo "file $conf_path"; fi
     for d in "${old_dirs[@]}" "${made_dirs[@]}"; do echo "dir $d"; done | awk '!seen[$0]++'
   } > "$state.new"

@@ -68,6 +68,43 @@ effective configuration is logged once at start. The shipped file lists
 every key with its default and what it does. A bad value is one line naming
 where it came from and the key, and exit status 2.
 
+[HOOKS]
+.B pre_kill
+and
+.B post_kill
+name programs run before and after a job is signalled (a kill, or the
+SIGTERM of
+.BR term_redline ),
+off the kill loop, one at a time, each killed with its process group at
+.BR hook_timeout_ms .
+Stdin holds the decision's JSON record; the environment holds only
+.B PATH
+and
+.BR OOMKILLER_HOOK ,
+.BR OOMKILLER_SIGNAL ,
+.BR OOMKILLER_TRIGGER ,
+.BR OOMKILLER_REASON ,
+.BR OOMKILLER_DOMAIN ,
+.BR OOMKILLER_JOB ,
+.BR OOMKILLER_CGROUP ,
+.BR OOMKILLER_CGROUP_V2 ,
+.B OOMKILLER_SCORE_BYTES
+and the domain's figures, and for
+.B post_kill
+.BR OOMKILLER_RESULT ,
+.BR OOMKILLER_FREED_BYTES ,
+.B OOMKILLER_PROCS
+and
+.BR OOMKILLER_PIDS .
+A hook must be an executable owned by root and writable by no one else, in
+folders likewise. A kill waits for
+.B pre_kill
+only
+.B pre_kill_wait_ms
+(0: not at all). Failures are logged at warning with the end of the hook's
+stderr and counted in
+.BR "oomkiller info" .
+
 [EXIT STATUS]
 @EXIT@
 
@@ -100,6 +137,11 @@ The control socket. Its folder must be writable by its owner only.
 .I /usr/local/lib/systemd/system/oomkiller.service
 The systemd unit (\fBmake install\fR): the kernel OOM killer kept away,
 memory locked and protected, only the capabilities it uses.
+.TP
+.I /usr/local/share/oomkiller/hooks
+Example hooks: \fBnotify\-desktop\fR (a desktop notification to each user
+with a graphical session) and \fBrestart\-unit\fR (restarts the killed
+service, or a unit named in it).
 .TP
 .I /opt/oomkiller
 The installed package: a virtual environment over the system's Python, whose

@@ -56,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     _policy_args(run)
     run.add_argument("--redline", metavar="SIZE|PCT%", help="kill when free memory is below this (default 5%%)")
     run.add_argument("--sleep-ms", type=int, metavar="N", help="redline check period (default 1000)")
+    run.add_argument("--term-redline", metavar="SIZE|PCT%",
+                     help="the gentler first step: below this much free memory (above the redline), send the top "
+                          "job SIGTERM, once (default 0: off)")
+    run.add_argument("--term-grace-ms", type=int, metavar="N",
+                     help="after a SIGTERM, how long before another job may get one (default 3000)")
     run.add_argument("--fixed-sleep", dest="adaptive_sleep", action="store_false", default=None,
                      help="wake only every sleep duration, also while memory falls (adaptive_sleep = false)")
     run.add_argument("--post-kill-delay-ms", type=int, metavar="N", help="pause after a kill (default 500)")
@@ -69,6 +74,14 @@ def parser() -> argparse.ArgumentParser:
                           "(default all; the timer always runs)")
     run.add_argument("--control", metavar="SOCKET", help="control socket (default /run/oomkiller/control.sock)")
     run.add_argument("--json-log", metavar="FILE", help="where decision records go ('-' = stdout)")
+    run.add_argument("--pre-kill", metavar="PROGRAM",
+                     help="run PROGRAM (an absolute path, owned by root, writable by no one else) before a job is "
+                          "signalled, with the decision as JSON on stdin")
+    run.add_argument("--post-kill", metavar="PROGRAM", help="run PROGRAM after a job was signalled, likewise")
+    run.add_argument("--hook-timeout-ms", type=int, metavar="N",
+                     help="kill a hook and its process group after this long (default 5000)")
+    run.add_argument("--pre-kill-wait-ms", type=int, metavar="N",
+                     help="let a kill wait for --pre-kill this long at most (default 0: it does not wait)")
     run.add_argument("--log-level", metavar="LEVEL",
                      help="debug, info (the default), notice, warning or error: the least a line must be to be logged")
     run.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
@@ -101,7 +114,9 @@ def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
             "adaptive_sleep": "adaptive_sleep", "print_": "print", "dry_run": "dry_run", "post_kill_delay_ms": "post_kill_delay_ms",
             "control": "control_socket", "jobs": "jobs", "protect": "protect", "avoid": "avoid",
             "prefer": "prefer", "json_log": "json_log", "sources": "sources", "cgroup_root": "cgroup_root", "proc_root": "proc_root",
-            "log_level": "log_level"}
+            "log_level": "log_level", "term_redline": "term_redline", "term_grace_ms": "term_grace_ms",
+            "pre_kill": "pre_kill", "post_kill": "post_kill", "hook_timeout_ms": "hook_timeout_ms",
+            "pre_kill_wait_ms": "pre_kill_wait_ms"}
     return {key: getattr(a, attr) for attr, key in keys.items() if getattr(a, attr, None) is not None}
 
 
@@ -266,6 +281,7 @@ def run_command(conf: cfg.Config) -> int:
     from .control import ControlServer, SocketPathError
     from .daemon import Daemon
     from .footprint import one_malloc_arena, protect_self
+    from .hooks import Hooks
     from .kmsg import KernelLog
     from .marks import CgroupMarks
     from .notify import Notifier
@@ -274,6 +290,7 @@ def run_command(conf: cfg.Config) -> int:
     one_malloc_arena()      # before the first thread
     log_writer = setup_logging(LEVELS[conf.log_level])
     dom = _domain(conf)     # a bad domain is a config error, before anything starts
+    conf.check_hooks()      # and a hook that must not run
     log.info("OOM: effective config %s", report.json_line(conf.describe()))
     for pid, name in dom.procfs.other_oom_killers():
         log.warning("OOM: another OOM killer is running: %s (pid %d): two killers act on one shortage, each on "
@@ -296,6 +313,8 @@ def run_command(conf: cfg.Config) -> int:
     kernel_log = KernelLog() if conf.kmsg else None
     marks = CgroupMarks(dom.cgroupfs.layout, dom.path) if conf.cgroup_marks else None
     metrics, metrics_problem = None, ""
+    hooks = Hooks(conf.pre_kill, conf.post_kill, timeout_ms=conf.hook_timeout_ms,
+                  pre_kill_wait_ms=conf.pre_kill_wait_ms, proc_root=conf.proc_root)
     try:
         raise_fd_limit()
         daemon: Daemon | None = None
@@ -309,7 +328,7 @@ def run_command(conf: cfg.Config) -> int:
         built = build_sources(conf, dom)
         daemon = Daemon(conf, domain=dom, json_out=records, log_writer=log_writer, sources=built.sources,
                         unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control,
-                        notifier=notifier, kernel_log=kernel_log, marks=marks, metrics=metrics)
+                        notifier=notifier, kernel_log=kernel_log, marks=marks, metrics=metrics, hooks=hooks)
         daemon.metrics_problem = metrics_problem
         if metrics is not None:
             daemon.publish()
@@ -337,6 +356,7 @@ def run_command(conf: cfg.Config) -> int:
             kernel_log.close()
         if marks is not None:
             marks.close()
+        hooks.close()
         notifier.close()
         if log_writer is not None:
             log_writer.close()

@@ -250,6 +250,14 @@ def _metrics(v: Any) -> str:
     return s
 
 
+def _hook(v: Any) -> str:
+    """"" (none), or an absolute path (what it names is checked at start:
+    ``Config.check_hooks``)."""
+    if v == "":
+        return ""
+    return _abs_path(v)
+
+
 def _log_path(v: Any) -> str:
     """``-`` (stdout) or a file path."""
     return _text(v)
@@ -409,6 +417,20 @@ class Config:
     # A Prometheus endpoint (metrics.py): "" is off; a Unix socket path, or
     # a loopback HOST:PORT (no other address: it has no authentication).
     metrics: str = ""
+    # Hooks (hooks.py): a program run before and after a job is signalled,
+    # off the kill loop, with the decision's record on stdin; "" is none.
+    pre_kill: str = ""
+    post_kill: str = ""
+    # Each run is killed, with its process group, at this limit.
+    hook_timeout_ms: int = 5000
+    # How long a kill may wait for pre_kill to finish (never longer than
+    # hook_timeout_ms); 0: the kill does not wait.
+    pre_kill_wait_ms: int = 0
+    # The gentler first step (off: "0"): below this much free memory, but
+    # above the redline, the top job's processes get SIGTERM, once, and
+    # term_grace_ms before another job may get one (core/decide.py).
+    term_redline: Redline = field(default_factory=Redline)
+    term_grace_ms: int = 3000
     # Where each value that is not a default came from: field name ->
     # (origin, key as written there), for messages about it.
     origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
@@ -424,6 +446,10 @@ class Config:
         if self.arm_redline == DEFAULT_ARM_REDLINE:
             arm = max(arm, min(total_bytes - 1, red + ARM_BAND.resolve_bytes(total_bytes)))
         return max(red, arm)
+
+    def term_line_bytes(self, total_bytes: int) -> int:
+        """The term line in bytes of a domain this big; 0 when it is off."""
+        return self.term_redline.resolve_bytes(total_bytes)
 
     def describe(self) -> dict[str, Any]:
         """The effective config by config-file key."""
@@ -476,6 +502,33 @@ class Config:
         red, arm = self.redline, self.arm_redline
         if bool(red.permyriad) == bool(arm.permyriad):
             self._band_problem(red.permyriad or red.bytes_, arm.permyriad or arm.bytes_)
+        term = self.term_redline
+        if (term.permyriad or term.bytes_) and bool(red.permyriad) == bool(term.permyriad):
+            self._term_problem(red.permyriad or red.bytes_, term.permyriad or term.bytes_)
+
+    def _term_problem(self, red: int, term: int, where: str = "") -> None:
+        """A term line at or below the redline (same unit): the SIGTERM step
+        would never come before the kill. Blames the key set last."""
+        if term > red:
+            return
+        red_from, term_from = self.origins.get("redline"), self.origins.get("term_redline")
+        if red_from and term_from and _rank(red_from) > _rank(term_from):
+            raise self.blame("redline", f"{self.redline.show()} is at or above {self._said('term_redline')}{where}: "
+                                        "the SIGTERM step would never come first (keep the redline below it)")
+        raise self.blame("term_redline", f"{self.term_redline.show()} is at or below {self._said('redline')}{where}: "
+                                         "it must be above the redline (or \"0\": off)")
+
+    def check_hooks(self, euid: int | None = None) -> None:
+        """Raise ConfigError for a hook that must not be run (hooks.hook_problem):
+        it reads the file system, so it is checked by the daemon at start,
+        not by ``load``."""
+        from .hooks import hook_problem
+        for name in ("pre_kill", "post_kill"):
+            path = getattr(self, name)
+            if path:
+                problem = hook_problem(path, euid)
+                if problem:
+                    raise self.blame(name, problem)
 
     def check_domain(self, total_bytes: int) -> None:
         """Raise ConfigError for lines that do harm on a domain of ``total_bytes``:
@@ -488,6 +541,13 @@ class Config:
         if red >= total_bytes:
             raise self.blame("redline", f"{self.redline.show()} is at or above {size}: every job would be killed "
                                         "with no memory pressure at all")
+        term = self.term_line_bytes(total_bytes)
+        if term >= total_bytes:
+            raise self.blame("term_redline", f"{self.term_redline.show()} is at or above {size}: the top job would "
+                                             "be sent SIGTERM with no memory pressure at all")
+        if term and bool(self.redline.permyriad) != bool(self.term_redline.permyriad):
+            self._term_problem(red, term, f" on a domain of {_format_size(total_bytes)}, where they are "
+                                          f"{_format_size(red)} and {_format_size(term)}")
         if "prearm" not in self.sources:
             return
         arm = self.arm_redline.resolve_bytes(total_bytes)
@@ -535,6 +595,13 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "kmsg": ("kmsg", _bool),
     "cgroup_marks": ("cgroup_marks", _bool),
     "metrics": ("metrics", _metrics),
+    "pre_kill": ("pre_kill", _hook),
+    "post_kill": ("post_kill", _hook),
+    "hook_timeout_ms": ("hook_timeout_ms", _int(10, 600_000)),
+    # The kill loop waits this long at most: well inside the watchdog's 30 s.
+    "pre_kill_wait_ms": ("pre_kill_wait_ms", _int(0, 10_000)),
+    "term_redline": ("term_redline", Redline.parse),
+    "term_grace_ms": ("term_grace_ms", _int(0, 3_600_000)),
 }
 
 

@@ -30,12 +30,14 @@ from .core.thrash import ThrashFigures
 from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
 from .footprint import status_bytes
+from . import hooks as hooklib
+from .hooks import Hooks
 from .killer import Killer
 from .kmsg import KernelLog
 from .marks import CgroupMarks
 from .metrics import Buckets
-from .model import (ArmedRecord, DecisionRecord, EventKind, Job, KernelKillRecord, MemorySnapshot, PressureEvent,
-                    Ranking, Record, Result, Source)
+from .model import (ArmedRecord, Candidate, DecisionRecord, EventKind, Job, KernelKillRecord, KillResult,
+                    MemorySnapshot, PressureEvent, Ranking, Record, Result, Source)
 from .notify import Notifier
 from .output import NOTICE, LineWriter
 from .procfs import Procfs
@@ -89,7 +91,7 @@ class Daemon:
                  arm: Arming | None = None, brake: Any = None, log_writer: LineWriter | None = None,
                  control: ControlServer | None = None, notifier: Notifier | None = None,
                  kernel_log: KernelLog | None = None, marks: CgroupMarks | None = None,
-                 metrics: Any = None,
+                 metrics: Any = None, hooks: Hooks | None = None,
                  clock: Callable[[], int] = time.monotonic_ns) -> None:
         """Everything given here is the caller's to close (``cli`` builds and
         closes it); what the daemon makes itself, it closes."""
@@ -141,8 +143,14 @@ class Daemon:
         self.kernel_log = kernel_log
         # systemd-oomd's marks on a killed job's cgroup, by a thread of their own
         self.marks = marks
-        if marks is not None and not config.dry_run:
-            self.killer.before_signal = marks.before
+        # pre_kill and post_kill (hooks.py): the loop only queues; no hook
+        # runs in a dry run
+        self.hooks = hooks if hooks is not None and hooks.enabled and not config.dry_run else None
+        # what pre_kill is told of the walk under way: (record, ranking); None
+        # while no walk is, and for the armed kill's (it has happened)
+        self._pre_kill: tuple[DecisionRecord, Ranking] | None = None
+        if not config.dry_run and (marks is not None or (self.hooks is not None and self.hooks.has(hooklib.PRE_KILL))):
+            self.killer.before_signal = self._before_signal
         # Counters for the metrics endpoint: only the loop writes them, and
         # it publishes a copy (publish) that the metrics thread reads.
         self.wakes_by_source: dict[str, int] = {}
@@ -150,6 +158,7 @@ class Daemon:
         self.freed_bytes_total = 0
         self.event_to_decision = Buckets()
         self.signal_to_empty = Buckets()
+        self.term_counts: dict[str, int] = {}
         self.published: dict[str, Any] | None = None
         # the endpoint's server (metrics.MetricsServer), or why there is none
         self.metrics = metrics
@@ -231,6 +240,9 @@ class Daemon:
                 self._arm(action, snap, events, t0)
             elif isinstance(action, core.TrackTriggers):
                 self._track(action.paths)
+            elif isinstance(action, core.Term):
+                record = self._term(action, res, events, snap, t0, t_rank,
+                                    {"snapshot": t_detect - t0, "rank": t_rank - t_detect})
             else:
                 timings = {"snapshot": t_detect - t0, "rank": t_rank - t_detect}
                 record = self._decision(action, res, events, snap, t0, t_rank, timings)
@@ -291,8 +303,12 @@ class Daemon:
                 if job is not None:
                     self.marks.before(job)
             self._last_kill = f"'{report.printable(action.job_name)}' in the kernel"
-            return self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
-                                      timings_usec=timings))
+            record = self._emit(replace(record, result=Result.KILLED, victim={"job": action.job_name},
+                                        timings_usec=timings))
+            job_c = next((c for c in ranking.candidates if c.job.name == action.job_name), None)
+            if job_c is not None:
+                self._hook(hooklib.POST_KILL, "KILL", record, job_c, "armed", result="killed")
+            return record
         before = snap
         if action.recheck_redline_bytes is not None:
             # Re-check just before acting: ranking took time and the pressure may be gone.
@@ -302,14 +318,19 @@ class Daemon:
                 return self._emit(replace(record, result=Result.RECOVERED, free_at_recheck_bytes=before.free_bytes,
                                           timings_usec=timings))
         return self._kill(ranking, lines, record, before, events, t0, t_rank, timings, action.recheck_redline_bytes,
-                          action.past_gone)
+                          action.past_gone, armed)
 
     def _kill(self, ranking: Ranking, lines: list[str], record: DecisionRecord, before: MemorySnapshot,
               events: list[PressureEvent], t0: int, t_rank: int, timings: dict[str, int],
-              redline_bytes: int | None = None, past_gone: bool = True) -> DecisionRecord:
+              redline_bytes: int | None = None, past_gone: bool = True, armed: bool = False) -> DecisionRecord:
         t_act = self.now_usec()
-        attempts = self.killer.walk(ranking, None if redline_bytes is None else lambda: self._short(redline_bytes),
-                                    past_gone=past_gone)
+        # pre_kill never runs for the armed kill: the kernel has killed already.
+        self._pre_kill = None if armed else (record, ranking)
+        try:
+            attempts = self.killer.walk(ranking, None if redline_bytes is None else lambda: self._short(redline_bytes),
+                                        past_gone=past_gone)
+        finally:
+            self._pre_kill = None
         t_done = self.now_usec()
         # Logging waits until the kill is done: the journal may block under
         # the very pressure being relieved.
@@ -351,13 +372,93 @@ class Daemon:
                 self.kernel_log.kill(report.kmsg_line(c.job.name, r, before.domain, before.free_bytes,
                                                       before.total_bytes), t_done)
             record = replace(record, victim=report.candidate_record(c), freed_bytes=r.freed_bytes)
-        return self._emit(replace(
+        record = self._emit(replace(
             record,
             result=Result.KILLED if victim and not victim[1].dry_run else Result.DRY_RUN if victim else Result.NO_VICTIM,
             attempts=tuple(report.result_record(r) for _, r in attempts),
             timings_usec={"event_to_wake": t0 - first_event_usec, **timings, "recheck": t_act - t_rank,
                           "kill": t_done - t_act, "event_to_decision": t_act - first_event_usec,
                           "total": t_done - t0}))
+        if victim and not victim[1].dry_run:
+            c, r = victim
+            self._hook(hooklib.POST_KILL, "KILL", record, c, "armed" if armed else None,
+                       result="killed" if r.emptied else "not_empty", res=r)
+        return record
+
+    # -- hooks and the SIGTERM step ---------------------------------------------------
+    def _before_signal(self, job: Job) -> None:
+        """The killer's call just before a job's first signal: systemd-oomd's
+        first mark, and pre_kill. Neither blocks (but for pre_kill_wait_ms)."""
+        if self.marks is not None:
+            self.marks.before(job)
+        ctx = self._pre_kill
+        if ctx is not None and self.hooks is not None:
+            record, ranking = ctx
+            c = next((c for c in ranking.candidates if c.job is job), None)
+            if c is not None:
+                self._hook(hooklib.PRE_KILL, "KILL", replace(record, victim=report.candidate_record(c),
+                                                              ts_usec=self.now_usec()), c, None)
+
+    def _hook(self, hook: str, sig: str, record: DecisionRecord, c: Candidate, trigger: str | None,
+              result: str = "", res: KillResult | None = None) -> None:
+        """Queue a hook's run; its stdin and environment are made by the
+        hooks' thread, so the loop does no more than queue."""
+        if self.hooks is None or not self.hooks.has(hook):
+            return
+        trig = trigger or hooklib.trigger_word(record.decision, simulated=record.simulated)
+
+        def make() -> tuple[bytes, dict]:
+            data = record.to_dict()
+            env = hooklib.environment(hook, sig, data, trigger=trig, job_name=report.printable(c.job.name),
+                                      cgroup=c.job.path, cgroup_v2=c.job.v2_path, score_bytes=c.score_bytes,
+                                      result=result, freed_bytes=res.freed_bytes if res else 0,
+                                      pids=res.signalled_pids if res else ())
+            return (report.json_line(data) + "\n").encode(), env
+        if hook == hooklib.PRE_KILL:
+            self.hooks.pre_kill(make)
+        else:
+            self.hooks.post_kill(make)
+
+    def _term(self, action: core.Term, res: Any, events: list[PressureEvent], snap: MemorySnapshot, t0: int,
+              t_rank: int, timings: dict[str, int]) -> DecisionRecord:
+        """The SIGTERM step: the top job's processes get SIGTERM, once; the
+        core gives it term_grace_ms before another job may get one, and
+        the redline's kill applies meanwhile as ever."""
+        c = action.candidate
+        record = self._record(events, snap, res.redline_bytes, max(0, action.term_line_bytes - snap.free_bytes),
+                              False, action.reason)
+        record = replace(record, ranking=tuple(report.candidate_record(x) for x in action.ranking.candidates[:16]),
+                         victim=report.candidate_record(c))
+        t_act = self.now_usec()
+        if not self.config.dry_run:
+            self._hook(hooklib.PRE_KILL, "TERM", replace(record, ts_usec=t_act), c, "term_redline")
+        r = self.killer.term(c)
+        t_done = self.now_usec()
+        self.state = core.termed(self.state, t_done, c.job, r.ok, r.dry_run)
+        name = report.printable(c.job.name)
+        where = (f"{report.format_mib(snap.free_bytes)} free, below term_redline "
+                 f"{report.format_mib(action.term_line_bytes)}")
+        if r.dry_run:
+            log.log(NOTICE, "OOM: would send SIGTERM to job '%s' (%d procs): %s; dry run", name,
+                    len(r.signalled_pids), where)
+        elif r.ok:
+            log.log(NOTICE, "OOM: sent SIGTERM to job '%s' (%d procs): %s; it has %d ms to exit before another "
+                    "job may get one, and is killed at once if free memory falls below the redline", name,
+                    len(r.signalled_pids), where, self.config.term_grace_ms)
+            self.term_counts["signalled"] = self.term_counts.get("signalled", 0) + 1
+        else:
+            log.info("OOM: no SIGTERM for job '%s': %s", name, report.printable(r.error))
+            self.term_counts["failed"] = self.term_counts.get("failed", 0) + 1
+        self._published_usec = 0
+        first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
+        record = self._emit(replace(
+            record, result=Result.DRY_RUN if r.dry_run else Result.TERMED if r.ok else Result.NO_VICTIM,
+            attempts=(report.result_record(r),),
+            timings_usec={"event_to_wake": t0 - first_event_usec, **timings, "term": t_done - t_act,
+                          "event_to_decision": t_act - first_event_usec, "total": t_done - t0}))
+        if r.ok and not r.dry_run:
+            self._hook(hooklib.POST_KILL, "TERM", record, c, "term_redline", result="termed", res=r)
+        return record
 
     def _short(self, redline_bytes: int) -> bool:
         """Still below the redline (asked between walk attempts)."""
@@ -470,6 +571,15 @@ class Daemon:
             self._others = (now, self.procfs.other_oom_killers())
         return self._others[1]
 
+    def term_data(self, total_bytes: int) -> dict[str, Any] | None:
+        """The SIGTERM step for info: its line, grace and count; None if off."""
+        c = self.config
+        if not (c.term_redline.permyriad or c.term_redline.bytes_):
+            return None
+        st = self.state
+        return {"term_redline": str(c.term_redline), "term_line_bytes": c.term_line_bytes(total_bytes),
+                "grace_ms": c.term_grace_ms, "terms": st.terms, "in_episode": len(st.termed)}
+
     def thrash_data(self, figs: ThrashFigures | None) -> dict[str, Any] | None:
         """The thrash detector's figures with the limits they are held to."""
         if figs is None:
@@ -515,6 +625,8 @@ class Daemon:
             output["kmsg"] = self.kernel_log.stats()
         if self.marks is not None:
             output["marks"] = self.marks.stats()
+        if self.hooks is not None:
+            output["hooks"] = self.hooks.stats()
         if self.metrics is not None:
             output["metrics"] = self.metrics.stats()
         elif self.metrics_problem:
@@ -524,6 +636,7 @@ class Daemon:
                 "domain": self.domain.name, "domain_path": self.domain.path, "dry_run": self.config.dry_run,
                 "domain_state": "live" if self.domain_gone is None else f"gone: {self.domain_gone}",
                 "kills": st.kills, "armed_kills": st.armed_kills, "kernel_kills_seen": st.kernel_kills_seen,
+                "term": self.term_data(total),
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
                 "pressure_file": self.domain.pressure_path, "thrash": self.thrash_data(self.last_thrash),
@@ -682,6 +795,9 @@ class Daemon:
             "kernel_kills_seen": self.state.kernel_kills_seen,
             "ebpf": None if ebpf is None else {k: getattr(ebpf, k, 0) for k in
                                                ("lost_perf", "rate_limited", "outside_domain")},
+            "terms": dict(self.term_counts),
+            "hooks": None if self.hooks is None else {k: self.hooks.stats()[k]
+                                                      for k in ("ok", "failed", "timed_out", "dropped")},
             "event_to_decision_seconds": self.event_to_decision.snapshot(),
             "signal_to_empty_seconds": self.signal_to_empty.snapshot(),
         }

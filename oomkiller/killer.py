@@ -245,6 +245,62 @@ class Killer:
                 return KillResult(job, False, False, "none", error=VANISHED_BEFORE_KILL)
             return KillResult(job, False, False, "none", error=f"kill failed: {e}")
 
+    def term(self, c: Candidate) -> KillResult:
+        """The SIGTERM step: SIGTERM, once, to every process of the job's
+        subtree but the spared (as for a kill), each through a pidfd whose
+        pid the subtree listed after it was opened. No waiting: the job has
+        ``term_grace_ms`` to exit, and the core looks again. ``ok`` when at
+        least one process was signalled; method ``term``."""
+        job = c.job
+        if self.dry_run:
+            return KillResult(job, ok=True, dry_run=True, method="term",
+                              signalled_pids=tuple(p.pid for p in job.procs))
+        try:
+            return self._term(c)
+        except OSError as e:
+            if e.errno in GONE_ERRNOS:
+                return KillResult(job, False, False, "none", error=VANISHED_BEFORE_SIGNAL)
+            return KillResult(job, False, False, "none", error=f"SIGTERM failed: {e}")
+
+    def _term(self, c: Candidate) -> KillResult:
+        job = c.job
+        if os.stat(job.path).st_ino != job.inode:
+            return KillResult(job, False, False, "none", error="cgroup was replaced since it was ranked")
+        listed = self.cg.subtree_pids(job.path)
+        if 1 in listed or self.self_pid in listed:
+            return KillResult(job, False, False, "none", error="holds PID 1 or oomkiller: refused")
+        deadline = self.now_usec() + self.timeout_usec
+        proc_root = self.cg.procfs.root
+        signalled: list[int] = []
+        todo = [p for p in listed if p != 1 and p != self.self_pid]
+        # In batches, so that a job of thousands holds few descriptors.
+        while todo and self.now_usec() < deadline:
+            batch, todo = todo[:MAX_TRACKED_PIDFDS], todo[MAX_TRACKED_PIDFDS:]
+            opened: dict[int, int] = {}
+            for pid in batch:
+                try:
+                    opened[pid] = os.pidfd_open(pid)
+                except OSError:
+                    continue        # exited, or out of descriptors: it gets no SIGTERM
+            try:
+                still = set(self.cg.subtree_pids(job.path))
+                for pid, fd in opened.items():
+                    # A pid listed after its pidfd was opened is that process.
+                    if pid not in still or _spared(proc_root, pid) is not False:
+                        continue
+                    try:
+                        signal.pidfd_send_signal(fd, signal.SIGTERM)
+                    except OSError:
+                        continue    # ESRCH: it died in between
+                    signalled.append(pid)
+            finally:
+                for fd in opened.values():
+                    os.close(fd)
+        if not signalled:
+            return KillResult(job, False, False, "none",
+                              error=EMPTIED_BEFORE_SIGNAL if not listed else "no process could be sent SIGTERM")
+        return KillResult(job, True, False, "term", tuple(sorted(signalled)))
+
     def process_mrelease(self, pidfd: int) -> None:
         """Ask for the victim's memory back now; never waits (see ``Releaser``)."""
         self.releaser.submit(pidfd)

@@ -131,6 +131,11 @@ def families(snap: dict[str, Any] | None, own: dict[str, int]) -> list[Any]:
             {(): snap["armed_kills"]})
     counter("kernel_oom_kills_total", "Tasks the kernel's own OOM killer chose (in the domain, or any on a host "
             "domain): kills oomkiller did not prevent.", {(): snap["kernel_kills_seen"]})
+    counter("terms_total", "The SIGTERM step (term_redline): jobs sent SIGTERM (signalled), or not (failed).",
+            {(k,): n for k, n in (snap.get("terms") or {}).items()}, ["result"])
+    if snap.get("hooks") is not None:
+        counter("hook_runs_total", "pre_kill and post_kill runs by how they ended (ok, failed, timed_out), and "
+                "runs dropped with the queue full.", {(k,): n for k, n in snap["hooks"].items()}, ["result"])
     for key, doc in (("event_to_decision_seconds", "From the first event of a wake to the kill decision."),
                      ("signal_to_empty_seconds", "From the signal to the killed job's cgroup being empty.")):
         h = snap[key]

@@ -204,7 +204,7 @@ class KillResult:
     job: Job
     ok: bool
     dry_run: bool
-    method: str                         # "cgroup.kill", "signal", "none"
+    method: str                         # "cgroup.kill", "signal", "none"; "term" for the SIGTERM step
     signalled_pids: tuple[int, ...] = ()
     error: str = ""
     signal_to_empty_usec: int = 0
@@ -215,8 +215,9 @@ class KillResult:
 
     @property
     def emptied(self) -> bool:
-        """Signalled by us and the job emptied: ``signal_to_empty_usec`` holds."""
-        return self.ok and not self.dry_run and not self.left_pids
+        """Signalled by us and the job emptied: ``signal_to_empty_usec`` holds.
+        Never for a SIGTERM (method ``term``), which is not waited for."""
+        return self.ok and not self.dry_run and not self.left_pids and self.method != "term"
 
 
 # -- the JSON records (--json-log): one type each, one serialiser, read back through the type ----------
@@ -229,6 +230,7 @@ class Result(str, enum.Enum):
     KILLED = "killed"
     DRY_RUN = "dry_run"
     NO_VICTIM = "no_victim"     # no candidate could be killed
+    TERMED = "termed"           # the SIGTERM step: the top job was sent SIGTERM
 
     def __str__(self) -> str:
         return self.value
@@ -284,7 +286,8 @@ class DecisionRecord(Record):
 
     EVENT = "oom_decision"
     domain: str
-    decision: str                   # what made the domain low, or "armed kill in the kernel"
+    decision: str                   # what made the domain low, "armed kill in the kernel", or
+                                    # "free below term_redline" (the SIGTERM step)
     redline_bytes: int
     shortfall_bytes: int
     simulated: bool

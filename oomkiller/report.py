@@ -227,6 +227,16 @@ def thrash_text(t: dict[str, Any] | None) -> str:
             f"fired {t['fired']}")
 
 
+def term_text(t: dict[str, Any] | None) -> str:
+    """The SIGTERM step's line of ``info``."""
+    if not t:
+        return "off"
+    line = t["term_redline"]
+    line = f"{line} = {format_size(t['term_line_bytes'])}" if line.endswith("%") else format_size(t["term_line_bytes"])
+    return (f"term_redline {line}, grace {t['grace_ms']} ms, SIGTERMs {t['terms']} "
+            f"(jobs sent one below the line now: {t['in_episode']})")
+
+
 def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
     """``oomkiller info`` as the seed's ``k oom info`` prints it, from the
     data ``info --json`` gives."""
@@ -247,6 +257,7 @@ def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
              "  own memory: " + ", ".join(f"{k} {format_size(v)}" for k, v in own_memory.items()),
              f"  kills: {data['kills']} (in the kernel, armed: {data['armed_kills']}; "
              f"by the kernel's own OOM killer: {data['kernel_kills_seen']})",
+             "  SIGTERM step: " + term_text(data.get("term")),
              "  other OOM killers running: " + (", ".join(f"{printable(n)} (pid {p})"
                                                          for p, n in data.get("other_oom_killers", ()))
                                                 or "none"),

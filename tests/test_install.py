@@ -16,6 +16,7 @@ INSTALLED = {
     "usr/local/sbin/oomkiller",
     "usr/local/lib/systemd/system/oomkiller.service",
     "usr/local/share/man/man8/oomkiller.8",
+    "usr/local/share/oomkiller/hooks/notify-desktop", "usr/local/share/oomkiller/hooks/restart-unit",
     "etc/oomkiller/oomkiller.toml",
 }
 CONF = "etc/oomkiller/oomkiller.toml"

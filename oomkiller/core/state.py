@@ -13,7 +13,8 @@ snapshots of the last pressure span (the stall share and the adaptive
 timer), the thrash detector's samples and episode, when the last walk was (the post-kill hold), whom the kernel holds
 armed and when that choice was last made, when the jobs' PSI triggers were
 last refreshed, the pids we killed lately (the kernel's mark of one of them
-is not a kill of its own), and the counts ``info`` shows.
+is not a kill of its own), the SIGTERM step's last signal and the jobs it
+reached, and the counts ``info`` shows.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..config import Config
-from .decide import decide
+from .decide import decide, decide_term, term_target
 from .detect import detect
 from ..model import (Candidate, Detection, EventKind, Job, KillResult, MemorySnapshot, PressureEvent, Ranking,
                      Source)
@@ -52,6 +53,10 @@ ARM_MIN_PERMYRIAD = 100
 # The stall share is measured over at least this long (see detect.py).
 PRESSURE_SPAN_USEC = 2_000_000
 
+# Jobs sent SIGTERM in this episode below the term line, remembered so
+# that none gets a second (decide.py); an episode has few.
+TERMED_KEPT = 256
+
 # Pids we killed, remembered so that the kernel marking one of them on its
 # way out is not taken for a kill of the kernel's own.
 OUR_VICTIMS_KEPT = 4096
@@ -76,6 +81,12 @@ class CoreState:
     armed_kills: int = 0
     kernel_kills_seen: int = 0
     thrash: ThrashState = ThrashState()
+    # the SIGTERM step: when the last SIGTERM went out, the jobs sent one
+    # in this episode ((path, inode)), when the ranking for it was last made
+    term_usec: int | None = None
+    termed: tuple[tuple[str, int], ...] = ()
+    term_ranked_usec: int = 0
+    terms: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,16 @@ class Walk:
 
 
 @dataclass(frozen=True)
+class Term:
+    """Send SIGTERM to ``candidate``'s processes (the gentler first step):
+    free memory is below the term line, not below the redline."""
+    candidate: Candidate
+    ranking: Ranking
+    reason: str
+    term_line_bytes: int
+
+
+@dataclass(frozen=True)
 class ArmedDone:
     """The kernel killed the armed job's last task: nothing is left to kill."""
     job_name: str
@@ -152,7 +173,7 @@ class ArmedDone:
 
 
 # typing.Union, not `|`: an alias is evaluated at import, and Python 3.9 has no `type | type`.
-Action = Union[Arm, Disarm, TrackTriggers, KernelKill, Note, Hold, Walk, ArmedDone]
+Action = Union[Arm, Disarm, TrackTriggers, KernelKill, Note, Hold, Walk, ArmedDone, Term]
 
 
 @dataclass(frozen=True)
@@ -271,9 +292,16 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
 def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, policy: Policy,
           actions: list[Action], done: dict) -> Step:
     """Not low: keep the top victim armed between the redline and the arm
-    line (disarmed above it), and the biggest jobs' PSI triggers fresh."""
+    line (disarmed above it), the biggest jobs' PSI triggers fresh, and,
+    below the term line, send the top job SIGTERM (decide.py)."""
     snap = wake.snapshot
     arm_line = config.arm_line_bytes(snap.total_bytes)
+    ranked: list[Ranking] = []
+
+    def ranking() -> Ranking:
+        if not ranked:
+            ranked.append(rank(list(jobs or ()), policy, snap.total_bytes))
+        return ranked[0]
     if wake.can_arm:
         # Unlike a kill, arming is not held by the post-kill delay: the last
         # victim's cgroup was empty before its kill returned, so its memory
@@ -287,7 +315,7 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
             if jobs is None:
                 return Step(None, need=Need.JOBS, **done)
             s = dataclasses.replace(s, armed_ranked_usec=snap.taken_usec)
-            top = next(iter(rank(list(jobs), policy, snap.total_bytes).killable()), None)
+            top = next(iter(ranking().killable()), None)
             if (top is None or not top.job.v2_path
                     or top.job.committed_bytes * 10000 < snap.total_bytes * ARM_MIN_PERMYRIAD):
                 # The core chooses who: if the top victim cannot be armed, no one is.
@@ -310,6 +338,25 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
         biggest = sorted(jobs, key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
         actions.append(TrackTriggers(frozenset(os.path.join(j.v2_path, "memory.pressure")
                                                for j in biggest if j.v2_path)))
+    term_line = config.term_line_bytes(snap.total_bytes)
+    if term_line and snap.free_bytes >= term_line:
+        if s.termed or s.term_ranked_usec:
+            s = dataclasses.replace(s, termed=(), term_ranked_usec=0)     # the episode is over
+    elif term_line:
+        dec = decide_term(snap.free_bytes, term_line, wake.now_usec, s.term_usec, config.term_grace_ms * 1000,
+                          s.last_walk_usec, config.post_kill_delay_ms * 1000)
+        if not dec.act:
+            actions.append(Note(f"OOM: no SIGTERM now: {dec.reason}"))
+        elif not (s.term_ranked_usec and snap.taken_usec - s.term_ranked_usec < ARM_RERANK_USEC):
+            # At most every ARM_RERANK_USEC: the job list is the costly read.
+            if jobs is None:
+                return Step(None, need=Need.JOBS, **done)
+            s = dataclasses.replace(s, term_ranked_usec=snap.taken_usec)
+            target, why = term_target(ranking(), s.termed)
+            if target is None:
+                actions.append(Note(f"OOM: no SIGTERM: {why}"))
+            else:
+                actions.append(Term(target, ranking(), dec.reason, term_line))
     return Step(s, tuple(actions), **done)
 
 
@@ -340,6 +387,16 @@ def walked(state: CoreState, now_usec: int, attempts: Sequence[tuple[Candidate, 
     return s, ()
 
 
+def termed(state: CoreState, now_usec: int, job: Job, ok: bool, dry_run: bool = False) -> CoreState:
+    """After a Term: a job signalled (or, in a dry run, that would have
+    been) starts the grace and gets no second SIGTERM in this episode. One
+    that could not be signalled (it emptied, it vanished) starts nothing."""
+    if not ok:
+        return state
+    return dataclasses.replace(state, term_usec=now_usec, termed=(*state.termed, (job.path, job.inode))[-TERMED_KEPT:],
+                               terms=state.terms + (0 if dry_run else 1))
+
+
 def disarmed(state: CoreState) -> CoreState:
     """Stopped, or the domain is gone: nothing stays armed."""
     return dataclasses.replace(state, armed=None, armed_ranked_usec=0)
@@ -349,4 +406,4 @@ def domain_replaced(state: CoreState) -> CoreState:
     """A new cgroup at the domain's path: nothing learned from the old one
     holds (figures, timings, choices); the counts and our victims stay."""
     return CoreState(our_victims=state.our_victims, kills=state.kills, armed_kills=state.armed_kills,
-                     kernel_kills_seen=state.kernel_kills_seen, thrash=state.thrash.reset())
+                     kernel_kills_seen=state.kernel_kills_seen, thrash=state.thrash.reset(), terms=state.terms)
