@@ -440,7 +440,8 @@ class Hooks:
             if not exited:
                 _kill_group(p)
                 self._reap(p)
-                why = "stopping" if self._closing else f"killed at hook_timeout_ms ({int(self.timeout_s * 1000)} ms)"
+                why = ("killed as the daemon stopped" if self._closing else
+                       f"killed at hook_timeout_ms ({int(self.timeout_s * 1000)} ms)")
                 return Outcome(req.hook, req.path, "timed_out", why, out[p.stdout.fileno()],
                                out[p.stderr.fileno()])
             # The hook has exited (not reaped, so its process group cannot
@@ -453,6 +454,8 @@ class Hooks:
             sel.close()
             os.close(pidfd)
         stdout, stderr = out[p.stdout.fileno()], out[p.stderr.fileno()]
+        if self._closing and rc == -signal.SIGKILL:
+            return Outcome(req.hook, req.path, "timed_out", "killed as the daemon stopped", stdout, stderr)
         if rc == 0:
             return Outcome(req.hook, req.path, "ok", "", stdout, stderr)
         if rc is None:

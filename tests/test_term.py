@@ -1,0 +1,209 @@
+"""The SIGTERM step (term_redline) in the pure core, on plain values, and
+its config: which job gets SIGTERM, when, and when nobody does."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from oomkiller import config as cfg
+from oomkiller.config import Config, Redline
+from oomkiller.core import state as core
+from oomkiller.core.decide import decide_term, term_target
+from oomkiller.core.rank import Policy, rank
+from oomkiller.model import EventKind, Job, KillDecision, KillResult, MemorySnapshot, PressureEvent, Proc, Source
+
+MiB = 1 << 20
+TOTAL = 256 * MiB
+# redline 5% = 12.8 MiB, arm line 20% = 51.2 MiB, term line 25% = 64 MiB
+CONF = Config(domain="/arena", protect=("svc",), term_redline=Redline(permyriad=2500))
+SELF = 99999
+GRACE = CONF.term_grace_ms * 1000
+
+
+def snap(free_mib: float, t_usec: int = 0) -> MemorySnapshot:
+    free = int(free_mib * MiB)
+    return MemorySnapshot(domain="/arena", total_bytes=TOTAL, free_bytes=free, used_bytes=TOTAL - free,
+                          reclaimable_bytes=0, taken_usec=t_usec)
+
+
+def job(name: str, mib: int, pid: int) -> Job:
+    return Job(name=name, path=f"/cg/arena/{name}", inode=pid * 10, procs=(Proc(pid, name, mib * MiB, 0, "S", 1),),
+               v2_id=pid * 10, v2_path=f"/cg2/arena/{name}", charged_bytes=mib * MiB)
+
+
+HOG, SVC, TWO = job("hog", 150, 4101), job("svc", 20, 4102), job("two", 60, 4103)
+JOBS = [HOG, SVC, TWO]
+
+
+def run(state, free_mib, t_usec=1_000_000, jobs=JOBS, conf=CONF, can_arm=False):
+    """One wake as the daemon does it: without jobs, then with them if asked."""
+    w = core.Wake(t_usec, snap(free_mib, t_usec), (PressureEvent(Source.TIMER, EventKind.TICK),), can_arm=can_arm)
+    res = core.step(state, conf, w, None, SELF)
+    if res.need is core.Need.JOBS:
+        res = core.step(state, conf, w, jobs, SELF)
+    return res
+
+
+def terms(res) -> list[str]:
+    return [a.candidate.job.name for a in res.actions if isinstance(a, core.Term)]
+
+
+def notes(res) -> list[str]:
+    return [a.text for a in res.actions if isinstance(a, core.Note)]
+
+
+def after_term(res, t_usec, ok=True, dry_run=False):
+    (t,) = [a for a in res.actions if isinstance(a, core.Term)]
+    return core.termed(res.state, t_usec, t.candidate.job, ok, dry_run)
+
+
+# -- the pure decisions ------------------------------------------------------------------
+
+def test_decide_term_acts_only_below_the_line_outside_the_grace_and_the_post_kill_delay():
+    line = 64 * MiB
+    assert decide_term(60 * MiB, 0, 10, None, GRACE, None, 0) == KillDecision(False, "free above term_redline")
+    assert not decide_term(64 * MiB, line, 10, None, GRACE, None, 0).act
+    assert decide_term(60 * MiB, line, 10, None, GRACE, None, 0) == KillDecision(True, "free below term_redline")
+    d = decide_term(60 * MiB, line, 1_000_000, 0, 3_000_000, None, 0)
+    assert d == KillDecision(False, "SIGTERM grace: 2000 ms left")
+    assert decide_term(60 * MiB, line, 3_000_000, 0, 3_000_000, None, 0).act
+    d = decide_term(60 * MiB, line, 3_100_000, 0, 3_000_000, 3_000_000, 500_000)
+    assert d == KillDecision(False, "post-kill delay: 400 ms left")
+
+
+def test_term_target_is_the_top_job_and_never_one_sent_sigterm_already():
+    ranking = rank(JOBS, Policy(("svc",), (), (), SELF), TOTAL)
+    assert term_target(ranking, ())[0].job == HOG
+    top, why = term_target(ranking, {(HOG.path, HOG.inode)})
+    assert top is None and why == "top job 'hog' was sent SIGTERM already: it is left to the redline"
+    # the same path, another cgroup (made again): another job
+    assert term_target(ranking, {(HOG.path, HOG.inode + 1)})[0].job == HOG
+    assert term_target(rank([SVC], Policy(("svc",), (), (), SELF), TOTAL), ()) == (None, "no killable job")
+
+
+# -- the step ------------------------------------------------------------------------------
+
+def test_off_by_default_and_above_the_line_nothing_is_sent():
+    assert terms(run(core.CoreState(), 60, conf=Config(domain="/arena"))) == []
+    res = run(core.CoreState(), 100)
+    assert terms(res) == [] and res.need is core.Need.NOTHING
+
+
+def test_below_the_term_line_the_top_job_gets_sigterm_once_and_the_grace_holds_everyone():
+    t0 = 1_000_000
+    first = core.step(core.CoreState(), CONF, core.Wake(t0, snap(60, t0), ()), None, SELF)
+    assert first.need is core.Need.JOBS         # the ranking needs the job list
+    res = run(core.CoreState(), 60, t0)
+    assert terms(res) == ["hog"]
+    (t,) = [a for a in res.actions if isinstance(a, core.Term)]
+    assert t.reason == "free below term_redline" and t.term_line_bytes == 64 * MiB
+    s = after_term(res, t0)
+    assert s.terms == 1 and s.term_usec == t0 and s.termed == ((HOG.path, HOG.inode),)
+    # within the grace: no one, and no job list read
+    for t in (t0 + 10_000, t0 + GRACE - 1):
+        r = core.step(s, CONF, core.Wake(t, snap(60, t), ()), None, SELF)
+        assert r.need is core.Need.NOTHING and terms(r) == []
+        assert any(n.startswith("OOM: no SIGTERM now: SIGTERM grace: ") for n in notes(r))
+
+
+def test_after_the_grace_a_top_job_that_ignored_its_sigterm_is_left_to_the_redline_and_no_one_else_gets_one():
+    t0 = 1_000_000
+    s = after_term(run(core.CoreState(), 60, t0), t0)
+    r = run(s, 60, t0 + GRACE)
+    assert terms(r) == [] and "OOM: no SIGTERM: top job 'hog' was sent SIGTERM already: it is left to the redline" \
+        in notes(r)
+    # ranked again at most every 250 ms
+    r2 = core.step(r.state, CONF, core.Wake(t0 + GRACE + 10_000, snap(60, t0 + GRACE + 10_000), ()), None, SELF)
+    assert r2.need is core.Need.NOTHING and terms(r2) == []
+    # ... and below the redline the kill applies to it as ever
+    r3 = run(r.state, 10, t0 + GRACE + 20_000)
+    assert [type(a).__name__ for a in r3.actions] == ["Walk"]
+    assert r3.actions[0].ranking.killable()[0].job == HOG
+
+
+def test_after_the_grace_a_new_top_job_gets_its_sigterm():
+    t0 = 1_000_000
+    s = after_term(run(core.CoreState(), 60, t0), t0)
+    r = run(s, 60, t0 + GRACE, jobs=[SVC, TWO])         # hog exited; two is the top now
+    assert terms(r) == ["two"]
+    bigger = dataclasses.replace(TWO, charged_bytes=200 * MiB)
+    r = run(s, 60, t0 + GRACE, jobs=[HOG, SVC, bigger])  # two outgrew the hog that ignored its SIGTERM
+    assert terms(r) == ["two"]
+
+
+def test_below_the_redline_the_kill_applies_at_once_within_the_grace():
+    t0 = 1_000_000
+    s = after_term(run(core.CoreState(), 60, t0), t0)
+    r = run(s, 10, t0 + 1000)
+    assert [type(a).__name__ for a in r.actions] == ["Walk"] and r.actions[0].reason == "free below redline"
+
+
+def test_the_episode_ends_above_the_line_and_the_next_one_starts_afresh():
+    t0 = 1_000_000
+    s = after_term(run(core.CoreState(), 60, t0), t0)
+    r = run(s, 100, t0 + GRACE)
+    assert r.state.termed == () and r.state.terms == 1
+    assert terms(run(r.state, 60, t0 + GRACE + 1)) == ["hog"]
+
+
+def test_the_armed_kill_stays_armed_beside_the_sigterm():
+    res = run(core.CoreState(), 40, can_arm=True)        # below the arm line and the term line
+    assert [type(a).__name__ for a in res.actions] == ["Arm", "Term"]
+    assert res.actions[0].job == HOG and res.state.armed == HOG and terms(res) == ["hog"]
+    s = after_term(res, 1_000_000)
+    assert s.armed == HOG
+
+
+def test_no_sigterm_within_the_post_kill_delay():
+    t0 = 1_000_000
+    s, _ = core.walked(core.CoreState(), t0, [(rank(JOBS, Policy((), (), (), SELF), TOTAL).killable()[0],
+                                               KillResult(HOG, True, False, "cgroup.kill", (4101,)))])
+    r = run(s, 60, t0 + 100_000, jobs=[SVC, TWO])
+    assert terms(r) == [] and any("post-kill delay" in n for n in notes(r))
+    assert terms(run(s, 60, t0 + CONF.post_kill_delay_ms * 1000, jobs=[SVC, TWO])) == ["two"]
+
+
+def test_a_sigterm_that_reached_no_one_starts_no_grace_and_a_dry_run_counts_none():
+    t0 = 1_000_000
+    res = run(core.CoreState(), 60, t0)
+    assert after_term(res, t0, ok=False) == res.state
+    s = after_term(res, t0, dry_run=True)
+    assert s.terms == 0 and s.termed == ((HOG.path, HOG.inode),) and s.term_usec == t0
+    assert core.domain_replaced(after_term(res, t0)).terms == 1
+
+
+# -- the config ----------------------------------------------------------------------------
+
+def test_term_redline_is_off_by_default_and_read_like_the_redline():
+    assert Config().term_line_bytes(TOTAL) == 0
+    assert cfg.load(cli={"term_redline": "0"}).term_line_bytes(TOTAL) == 0
+    assert cfg.load(cli={"term_redline": "10%"}).term_line_bytes(TOTAL) == TOTAL // 10
+    assert cfg.load(environ={"OOMKILLER_TERM_REDLINE": "100M"}).term_line_bytes(TOTAL) == 100 * MiB
+    assert cfg.load(cli={"term_grace_ms": "250"}).term_grace_ms == 250
+    with pytest.raises(cfg.ConfigError, match=r"^command line: bad value for 'term_grace_ms': -1 is outside"):
+        cfg.load(cli={"term_grace_ms": -1})
+    warned = []
+    conf = cfg.load(cmdline="oomkiller.term_redline=10%", warn=warned.append)
+    assert conf.term_line_bytes(TOTAL) == 0
+    assert warned and "a key read only from the config file, environment or flags" in warned[0]
+
+
+def test_term_redline_must_be_above_the_redline_and_below_the_domain(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"'term_redline': 5% is at or below redline \(5%, the default\): "
+                                              r"it must be above the redline"):
+        cfg.load(cli={"term_redline": "5%"})
+    # the key set last is the one blamed
+    toml = tmp_path / "c.toml"
+    toml.write_text('term_redline = "10%"\n')
+    with pytest.raises(cfg.ConfigError, match=r"^command line: bad value for 'redline': 12% is at or above "
+                                              r"term_redline \(10%, "):
+        cfg.load(config_file=str(toml), cli={"redline": "12%"})
+    # mixed kinds: in bytes, once the domain is known
+    conf = cfg.load(cli={"term_redline": "10M"})
+    with pytest.raises(cfg.ConfigError, match=r"10M is at or below redline \(5%, the default\) on a domain of 256M, "
+                                              r"where they are 12.8M and 10M"):
+        conf.check_domain(TOTAL)
+    cfg.load(cli={"term_redline": "20M"}).check_domain(TOTAL)
+    with pytest.raises(cfg.ConfigError, match=r"'term_redline': 300M is at or above the domain's size \(256M\)"):
+        cfg.load(cli={"term_redline": "300M"}).check_domain(TOTAL)
