@@ -207,3 +207,18 @@ def test_term_redline_must_be_above_the_redline_and_below_the_domain(tmp_path):
     cfg.load(cli={"term_redline": "20M"}).check_domain(TOTAL)
     with pytest.raises(cfg.ConfigError, match=r"'term_redline': 300M is at or above the domain's size \(256M\)"):
         cfg.load(cli={"term_redline": "300M"}).check_domain(TOTAL)
+
+
+def test_while_memory_falls_the_timer_also_wakes_halfway_to_the_term_line():
+    from oomkiller.core.timer import redline_tick_usec
+    # 10 MiB fell in 1 s; 20 MiB above the term line (64 MiB): 1 s to it, wake in half
+    hist = (snap(94, 0), snap(84, 1_000_000))
+    assert redline_tick_usec(hist, CONF, running=True, can_arm=True) == 1_000_000
+    hist = (snap(89, 0), snap(79, 1_000_000))
+    assert redline_tick_usec(hist, CONF, running=True, can_arm=True) == 750_000
+    # 20 MiB/s from 79 MiB: the term line is 15 MiB away, the arm line (51.2 MiB), without the step, 27.8
+    hist = (snap(99, 0), snap(79, 1_000_000))
+    assert redline_tick_usec(hist, CONF, running=True, can_arm=True) == 375_000
+    off = Config(domain="/arena")
+    assert redline_tick_usec(hist, off, running=True, can_arm=True) == \
+        (79 * MiB - off.arm_line_bytes(TOTAL)) * 1_000_000 // (20 * MiB) // 2

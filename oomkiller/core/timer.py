@@ -42,8 +42,8 @@ def next_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, running
 
 def redline_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, running: bool, can_arm: bool) -> int:
     """How long the timer sleeps from now: ``sleep_ms``, or while free
-    memory falls, half the time to the next line (the arm line while above
-    it, then the redline) at the rate seen over the kept snapshots (the last
+    memory falls, half the time to the next line (the term line, the arm
+    line, the redline: the nearest below free memory) at the rate seen over the kept snapshots (the last
     pressure span), not under MIN_TICK_USEC. The seed's loop samples at a
     fixed period; a leak crossing the line just after a tick would go unseen
     for a whole period."""
@@ -57,11 +57,14 @@ def redline_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, runn
     fall = ref.free_bytes - last.free_bytes
     if dt <= 0 or fall <= 0:
         return sleep
-    line = config.redline.resolve_bytes(last.total_bytes)
+    red = config.redline.resolve_bytes(last.total_bytes)
+    lines = [red]
+    if config.term_line_bytes(last.total_bytes):
+        lines.append(config.term_line_bytes(last.total_bytes))
     if can_arm:
-        arm_line = config.arm_line_bytes(last.total_bytes)
-        if last.free_bytes > arm_line:
-            line = arm_line
+        lines.append(config.arm_line_bytes(last.total_bytes))
+    # the nearest line still below free memory
+    line = max((x for x in lines if x < last.free_bytes), default=red)
     headroom = last.free_bytes - line
     if headroom <= 0:
         return sleep        # below the redline: the walk and its hold decide
