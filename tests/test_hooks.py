@@ -303,10 +303,12 @@ def test_the_environment_says_what_was_decided():
     assert {k: v for k, v in env.items() if k != "OOMKILLER_PIDS"} == {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "OOMKILLER_HOOK": "post_kill",
         "OOMKILLER_SIGNAL": "KILL", "OOMKILLER_TRIGGER": "redline", "OOMKILLER_REASON": "free below redline",
-        "OOMKILLER_DOMAIN": "/arena", "OOMKILLER_JOB": "hog\\nx", "OOMKILLER_CGROUP": "/cg/hog\nx",
+        "OOMKILLER_DOMAIN_NAME": "/arena", "OOMKILLER_JOB": "hog\\nx", "OOMKILLER_CGROUP": "/cg/hog\nx",
         "OOMKILLER_CGROUP_V2": "", "OOMKILLER_SCORE_BYTES": str(150 * MiB), "OOMKILLER_FREE_BYTES": str(6 * MiB),
         "OOMKILLER_TOTAL_BYTES": str(256 * MiB), "OOMKILLER_REDLINE_BYTES": "13421772", "OOMKILLER_RESULT": "killed",
         "OOMKILLER_FREED_BYTES": str(MiB), "OOMKILLER_PROCS": "100"}
+    # none is a config key: a hook that runs `oomkiller rank` must not configure it
+    assert not {k for k in env if k[len("OOMKILLER_"):].lower() in cfg.config_keys()}
     pre = environment(PRE_KILL, "TERM", rec, trigger="term_redline", job_name="hog", cgroup="/cg/hog", cgroup_v2="",
                       score_bytes=1)
     assert "OOMKILLER_RESULT" not in pre and pre["OOMKILLER_SIGNAL"] == "TERM"

@@ -46,7 +46,7 @@ def test_post_kill_records_the_decision_of_a_real_kill(arena, daemon, tmp_path):
     assert env["OOMKILLER_CGROUP_V2"] == job.v2_path
     assert env["OOMKILLER_RESULT"] == "killed" and env["OOMKILLER_FREED_BYTES"] == str(rec.freed_bytes)
     assert str(hog.pid) in env["OOMKILLER_PIDS"].split()
-    assert env["OOMKILLER_TRIGGER"] in ("redline", "armed") and env["OOMKILLER_DOMAIN"] == rec.domain
+    assert env["OOMKILLER_TRIGGER"] in ("redline", "armed") and env["OOMKILLER_DOMAIN_NAME"] == rec.domain
     assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert not {k for k in env if not k.startswith("OOMKILLER_")} - {"PATH", "PWD", "SHLVL", "_", "OLDPWD"}
     assert "hooks: post_kill=" in d.ctl("info").stdout and ", ok=1, failed=0, timed_out=0, dropped=0" in \
