@@ -370,6 +370,8 @@ def test_a_hanging_pre_kill_does_not_hold_the_kill_and_post_kill_gets_the_record
         "OOMKILLER_JOB": "hog", "OOMKILLER_RESULT": "killed", "OOMKILLER_PIDS": "4101",
         "OOMKILLER_CGROUP": str(v2_tree.root / "arena" / "hog")}
     assert d.info()[1]["output"]["hooks"]["ok"] == 2
+    d.publish()
+    assert d.published["hooks"] == {"ok": 2, "failed": 0, "timed_out": 0, "dropped": 0}
 
 
 def test_pre_kill_wait_ms_lets_the_kill_wait_for_a_quick_hook_and_not_for_a_slow_one(proc_tree, v2_tree, hookdir,

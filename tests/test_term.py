@@ -222,3 +222,47 @@ def test_while_memory_falls_the_timer_also_wakes_halfway_to_the_term_line():
     off = Config(domain="/arena")
     assert redline_tick_usec(hist, off, running=True, can_arm=True) == \
         (79 * MiB - off.arm_line_bytes(TOTAL)) * 1_000_000 // (20 * MiB) // 2
+
+
+# -- in the daemon --------------------------------------------------------------------------
+
+def test_the_daemon_sends_the_sigterm_records_it_and_counts_it(proc_tree, v2_tree, monkeypatch, caplog):
+    import io
+    import logging
+
+    from trees import short_arena, short_config
+
+    from oomkiller.daemon import Daemon
+    from oomkiller.output import NOTICE
+    short_arena(proc_tree, v2_tree)
+    v2_tree.cgroup("arena", memory__current=f"{150 * MiB}\n")     # 106 MiB free: under 128M, over 12.8M
+    d = Daemon(short_config(proc_tree, v2_tree, term_redline=Redline(bytes_=128 * MiB)), json_out=io.StringIO(),
+               clock=lambda: 5_000_000_000)
+    sent = []
+
+    def term(c):
+        sent.append(c.job.name)
+        return KillResult(c.job, ok=True, dry_run=False, method="term", signalled_pids=(4101,))
+    monkeypatch.setattr(d.killer, "term", term)
+    monkeypatch.setattr(d.killer, "walk", lambda *a, **k: pytest.fail("no kill above the redline"))
+    with caplog.at_level(logging.INFO, logger="oomkiller"):
+        rec = d.wake([PressureEvent(Source.TIMER, EventKind.TICK, timestamp_usec=5_000_000)])
+    assert sent == ["hog"] and rec.result == "termed" and rec.decision == "free below term_redline"
+    assert rec.victim["job"] == "hog" and rec.attempts[0]["method"] == "term" and rec.attempts[0]["emptied"] is False
+    assert rec.shortfall_bytes == 128 * MiB - rec.snapshot["free_bytes"]
+    (line,) = [r for r in caplog.records if "SIGTERM" in r.getMessage()]
+    assert line.levelno == NOTICE and line.getMessage().startswith("OOM: sent SIGTERM to job 'hog' (1 procs): ")
+    # the next wake, within the grace: nothing
+    assert d.wake([PressureEvent(Source.TIMER, EventKind.TICK, timestamp_usec=5_000_000)]) is None and sent == ["hog"]
+    data = d.info()[1]["term"]
+    assert data == {"term_redline": str(128 * MiB), "term_line_bytes": 128 * MiB, "grace_ms": 3000, "terms": 1,
+                    "in_episode": 1}
+    assert "SIGTERM step: term_redline 128M, grace 3000 ms, SIGTERMs 1 (jobs sent one below the line now: 1)" \
+        in d.info()[0]
+    d.publish()
+    assert d.published["terms"] == {"signalled": 1}
+    pytest.importorskip("prometheus_client")
+    from oomkiller.metrics import families
+    fams = {f.name: f for f in families(d.published, {})}
+    assert [(s.labels, s.value) for s in fams["oomkiller_terms"].samples if s.name.endswith("_total")] == \
+        [({"result": "signalled"}, 1)]
