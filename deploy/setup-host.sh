@@ -68,6 +68,12 @@ if [ -z "$with_venv" ]; then
   exit 0
 fi
 
+# The tests' own tool from Debian: shellcheck for the example hooks.
+if ! command -v shellcheck >/dev/null 2>&1; then
+  echo "setup: installing shellcheck (the tests check deploy/hooks/ with it)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
