@@ -59,9 +59,11 @@ MAX_USER_CGROUPS = 2_000
 # empty: cgroup.procs files are read one after another, so a process its
 # owner moves between two cgroups of the job can be in none of the reads.
 MEMBER_READS = 5
-# Where the kernel gives no atomic answer (a v1 job with no v2 cgroup) and
-# the job holds anonymous memory, which a process of it most likely owns:
-# read this many times before calling it empty. A mover missed by 40% of
+# Where the kernel gives no atomic answer to believe (a v1 job with no v2
+# cgroup, or one whose v2 cgroup reads unpopulated: its processes may be in
+# another v2 cgroup of their owner's at that instant) and the job holds
+# anonymous memory, which a process of it most likely owns: read this many
+# times before calling it empty. A mover missed by 40% of
 # reads is missed by all of them once in 10^6 listings.
 MEMBER_READS_SUSPECT = 16
 ANON_SUSPECT_BYTES = 1 << 20
@@ -189,7 +191,7 @@ class Cgroupfs:
         that; it is only believed to say "empty" on pure v2, where that
         cgroup is the job. The subtree is also read again, up to
         ``MEMBER_READS`` times in all (``MEMBER_READS_SUSPECT`` with no atomic
-        answer and anonymous memory charged), until two reads in a row list the
+        answer believed and anonymous memory charged), until two reads in a row list the
         same processes (two empty reads do not count as agreeing: each is
         as likely to have missed the mover as the first): the pids are all
         any read saw, and a read that saw one means populated. Raises
@@ -199,7 +201,7 @@ class Cgroupfs:
         if events is False and not self.layout.memory_v1:
             return [], False
         reads = MEMBER_READS
-        if events is None and self._anon_bytes(path) >= ANON_SUSPECT_BYTES:
+        if not events and self.anon_bytes(path) >= ANON_SUSPECT_BYTES:
             reads = MEMBER_READS_SUSPECT
         seen: set[int] = set()
         prev: list[int] = []
@@ -211,7 +213,7 @@ class Cgroupfs:
             prev = pids
         return sorted(seen), bool(seen) or bool(events)
 
-    def _anon_bytes(self, path: str) -> int:
+    def anon_bytes(self, path: str) -> int:
         """Anonymous memory charged to the subtree (0 if unknown)."""
         try:
             stat = read_keyed(os.path.join(path, "memory.stat"))

@@ -209,11 +209,16 @@ class KillResult:
     freed_bytes: int = 0
     left_pids: tuple[int, ...] = ()     # still in the job when the kill gave up (kill_timeout_ms)
     thawed: bool = False                # the job's v1 freezer cgroup, frozen by someone else, was thawed
+    # signalled through their pidfds, alive outside the job when the kill gave up
+    evaded_pids: tuple[int, ...] = ()
+    still_populated: bool = False       # the kernel counted processes in the job when the kill gave up
 
     @property
     def emptied(self) -> bool:
-        """Signalled by us and the job emptied: ``signal_to_empty_usec`` holds."""
-        return self.ok and not self.dry_run and not self.left_pids
+        """Signalled by us, the job emptied and every process we signalled
+        (and kept a pidfd of) died: ``signal_to_empty_usec`` holds."""
+        return (self.ok and not self.dry_run and not self.left_pids and not self.evaded_pids
+                and not self.still_populated)
 
 
 # -- the JSON records (--json-log): one type each, one serialiser, read back through the type ----------

@@ -196,3 +196,87 @@ def test_a_transient_unit_removed_as_it_empties_after_our_cgroup_kill_is_our_kil
     (c, r), = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000).walk(ranking)
     assert written == [(str(job_dir / "cgroup.kill"), "1")]
     assert r.ok and r.method == "cgroup.kill" and "vanished before" not in r.error
+
+
+# -- processes that leave the job while it is killed (real children of the test, fixture cgroups) -----
+
+@pytest.fixture
+def child():
+    """A process of the test's own, older than the current clock tick."""
+    import subprocess
+    import sys
+    from oomkiller.killer import _boot_tick, _start_tick
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    while _start_tick("/proc", p.pid) >= _boot_tick():
+        time.sleep(0.002)
+    yield p
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+
+
+def _moving_job(tmp_path, child, reads, v2: bool, monkeypatch):
+    """A job holding ``child`` in a fixture tree whose subtree reads are
+    ``reads`` in turn (then empty): its process leaves it mid-kill."""
+    from trees import CgroupTree
+    tree = CgroupTree(tmp_path / "cg", v2=v2)
+    files = {"cgroup__kill": "", "cgroup__events": "populated 0\n"} if v2 else {}
+    tree.cgroup("job", (child.pid,), **files)
+    cg = Cgroupfs(str(tree.root), Procfs("/proc"))
+    ranking = rank(cg.jobs(str(tree.mem), ("*",)), Policy(self_pid=os.getpid()), 1 << 30)
+    reads = iter(reads)
+    monkeypatch.setattr(cg, "subtree_pids", lambda path: next(reads, []))
+    return cg, ranking
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["cgroup.kill", "signals"])
+def test_a_process_that_leaves_the_job_after_it_was_listed_dies_by_its_pidfd(tmp_path, child, monkeypatch, v2):
+    from oomkiller import killer as killer_mod
+    # listed by the kill's first read (and, for cgroup.kill, by the read
+    # that confirms it alive just before the write), then gone from the job:
+    # the write, a no-op here as for a process that left, kills no one
+    reads = [[child.pid], [child.pid]] if v2 else [[child.pid]]
+    cg, ranking = _moving_job(tmp_path, child, reads, v2, monkeypatch)
+    written = []
+    monkeypatch.setattr(killer_mod, "_write", lambda path, value: written.append(value))
+    (c, r), = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=5_000_000).walk(ranking)
+    assert child.wait(timeout=10) == -9
+    assert written == (["1"] if v2 else [])
+    assert (r.ok, r.emptied, r.signalled_pids, r.evaded_pids) == (True, True, (child.pid,), ())
+
+
+def test_a_ranked_process_outside_the_job_at_the_kill_is_still_the_jobs(tmp_path, child, monkeypatch):
+    # ranked in the job, out of it at every read of the kill: the same pid
+    # and start time say it is the process ranked
+    cg, ranking = _moving_job(tmp_path, child, [], False, monkeypatch)
+    (c, r), = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=5_000_000).walk(ranking)
+    assert child.wait(timeout=10) == -9
+    assert (r.ok, r.emptied, r.signalled_pids) == (True, True, (child.pid,))
+
+
+def test_a_ranked_pid_whose_holder_started_at_another_time_is_not_signalled(tmp_path, child, monkeypatch):
+    import dataclasses
+    cg, ranking = _moving_job(tmp_path, child, [], False, monkeypatch)
+    c = ranking.candidates[0]
+    other = dataclasses.replace(c.job, procs=tuple(dataclasses.replace(p, start_ticks=p.start_ticks - 1)
+                                                   for p in c.job.procs))
+    r = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000).kill(dataclasses.replace(c, job=other))
+    assert (r.ok, r.error) == (False, EMPTIED_BEFORE_SIGNAL)
+    assert child.poll() is None
+
+
+def test_a_signalled_process_alive_outside_the_job_at_the_deadline_is_an_evasion(tmp_path, child, monkeypatch):
+    from oomkiller import killer as killer_mod
+    cg, ranking = _moving_job(tmp_path, child, [[child.pid]], False, monkeypatch)
+    sent = []
+
+    def pidfd_send_signal(fd, sig):     # a process that outlives our SIGKILL (stuck in the kernel)
+        sent.append(sig)
+    monkeypatch.setattr(killer_mod.signal, "pidfd_send_signal", pidfd_send_signal)
+    (c, r), = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=30_000).walk(ranking)
+    assert sent and child.poll() is None
+    assert (r.ok, r.emptied, r.evaded_pids, r.left_pids) == (True, False, (child.pid,), ())
+    assert "1 evaded" in r.error and str(child.pid) in r.error
+    assert report.result_record(r)["evaded_pids"] == [child.pid]
+    assert "NOT EMPTY" in report.outcome_line(c, r, 0)
+    assert "evaded: 1" in report.kmsg_line("job", r, "host", 1, 2)
