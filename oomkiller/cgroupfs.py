@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .files import Vanished, read_int, read_keyed, read_pids, read_text, vanishing
 from .model import Job
-from .procfs import Procfs
+from .procfs import Procfs, boot_ticks
 from .report import printable
 from .core import jobrule
 from .core.rank import glob_match, xattr_set
@@ -472,6 +472,7 @@ class Cgroupfs:
 
         One walk of the subtree gathers its processes, its descendants and
         their xattrs: with a thousand jobs, every extra walk is felt."""
+        listed_ticks = boot_ticks()
         pids = read_pids(os.path.join(path, "cgroup.procs"))
         inner = []
         user_inner = []
@@ -530,7 +531,7 @@ class Cgroupfs:
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
                    charged_bytes=self.charged_bytes(path), inner=tuple(inner),
                    ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
-                   populated=unseen or bool(procs), rule=rule)
+                   populated=unseen or bool(procs), rule=rule, listed_ticks=listed_ticks)
 
     def jobs(self, domain_path: str, jobs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         """Every job of the domain (see ``job_paths`` and ``job``). A job's
@@ -561,10 +562,12 @@ class Cgroupfs:
         try:
             with vanishing(path):
                 inode = os.stat(path).st_ino
+            listed_ticks = boot_ticks()
             pids = read_pids(os.path.join(path, "cgroup.procs"))
             procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
             v2 = path if not self.layout.memory_v1 else self.v2_mirror(path)
             return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode, procs=procs,
+                       listed_ticks=listed_ticks,
                        charged_bytes=self.charged_bytes(path),
                        notes=(f"read in part: {why}; its subtree is not known",), rule=rule,
                        populated=bool(procs) or bool(v2 and self.events_populated(v2)))

@@ -80,7 +80,7 @@ from .core.rank import OOM_SCORE_ADJ_MIN
 from .files import GONE_ERRNOS
 from .model import Candidate, Job, KillResult, Ranking
 from .output import start_thread
-from .procfs import PF_KTHREAD
+from .procfs import PF_KTHREAD, boot_ticks as _boot_tick, start_ticks as _start_tick
 
 SYS_PROCESS_MRELEASE = 448      # x86_64 and the generic syscall table
 
@@ -415,12 +415,19 @@ class _Kill:
         """Pidfds of the job's processes as ranked that are not in
         ``listed`` but alive: opened, then confirmed by the start time of
         the pid's holder, which with the pid is a process's identity
-        (``Proc.start_ticks``). Those ranked and dead cost one failed
-        ``pidfd_open`` each."""
+        (``Proc.start_ticks``). Only processes that started before the
+        ranking listed the job count: one younger may have taken the pid
+        of a listed process that died before /proc was read. Those ranked
+        and dead cost one failed ``pidfd_open`` each."""
         out: dict[int, int] = {}
         listed_set = set(listed)
         for p in self.job.procs:
-            if p.pid in listed_set or p.pid in (1, self.k.self_pid) or p.kernel_thread or p.start_ticks <= 0:
+            if p.pid in listed_set or p.pid in (1, self.k.self_pid) or p.kernel_thread:
+                continue
+            if not 0 < p.start_ticks < self.job.listed_ticks:
+                # Started after the job's processes were listed (or not
+                # known when): maybe not the process listed but one that
+                # took its pid before /proc was read for the ranking.
                 continue
             try:
                 fd = os.pidfd_open(p.pid)
@@ -682,26 +689,6 @@ def _spared(proc_root: str, pid: int) -> bool | None:
     except (OSError, ValueError, IndexError):
         return None
     return bool(flags & PF_KTHREAD) or adj <= OOM_SCORE_ADJ_MIN
-
-
-def _start_tick(proc_root: str, pid: int) -> int | None:
-    """When the process holding ``pid`` started, in clock ticks since boot
-    (``starttime`` of ``/proc/PID/stat``); None if it is gone."""
-    try:
-        stat = _read(f"{proc_root}/{pid}/stat")
-        return int(stat[stat.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-_TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
-
-
-def _boot_tick() -> int:
-    """Now, in whole clock ticks since boot: a process whose ``starttime``
-    is below it started before now (``starttime`` is its start rounded
-    down to a tick, from the same clock)."""
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) * _TICKS_PER_SEC // 1_000_000_000
 
 
 def _read(path: str) -> bytes:

@@ -138,6 +138,10 @@ class Job:
     populated: bool = False
     # what made the cgroup a job (see core.jobrule): "systemd unit", "glob '…'", ...
     rule: str = ""
+    # boot time in clock ticks just before its processes were listed (0 if
+    # unknown): a process in ``procs`` that started before it is the one
+    # listed, whatever its pid names later (the killer's ``_ranked_away``)
+    listed_ticks: int = dataclasses.field(default=0, compare=False)
 
     @property
     def committed_bytes(self) -> int:

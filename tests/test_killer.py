@@ -205,9 +205,9 @@ def child():
     """A process of the test's own, older than the current clock tick."""
     import subprocess
     import sys
-    from oomkiller.killer import _boot_tick, _start_tick
+    from oomkiller.procfs import boot_ticks, start_ticks
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    while _start_tick("/proc", p.pid) >= _boot_tick():
+    while start_ticks("/proc", p.pid) >= boot_ticks():
         time.sleep(0.002)
     yield p
     if p.poll() is None:
@@ -261,6 +261,19 @@ def test_a_ranked_pid_whose_holder_started_at_another_time_is_not_signalled(tmp_
     other = dataclasses.replace(c.job, procs=tuple(dataclasses.replace(p, start_ticks=p.start_ticks - 1)
                                                    for p in c.job.procs))
     r = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000).kill(dataclasses.replace(c, job=other))
+    assert (r.ok, r.error) == (False, EMPTIED_BEFORE_SIGNAL)
+    assert child.poll() is None
+
+
+def test_a_ranked_process_younger_than_the_listing_is_not_signalled(tmp_path, child, monkeypatch):
+    # it may have taken the pid of a listed process that died before /proc
+    # was read for the ranking: the same pid and start time prove nothing then
+    import dataclasses
+    cg, ranking = _moving_job(tmp_path, child, [], False, monkeypatch)
+    c = ranking.candidates[0]
+    assert c.job.listed_ticks > c.job.procs[0].start_ticks > 0
+    young = dataclasses.replace(c.job, listed_ticks=c.job.procs[0].start_ticks)
+    r = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000).kill(dataclasses.replace(c, job=young))
     assert (r.ok, r.error) == (False, EMPTIED_BEFORE_SIGNAL)
     assert child.poll() is None
 
