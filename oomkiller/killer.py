@@ -195,6 +195,8 @@ class Killer:
         # Called with the job just before its first signal (after the
         # checks that may refuse it); it must not block (marks.CgroupMarks.before).
         self.before_signal: Callable[[Job], None] | None = None
+        # What is left of MOVER_LOOK_MS for the kills of this walk (or kill).
+        self.look_left_usec = MOVER_LOOK_MS * 1000
 
     @property
     def mrelease_ok(self) -> bool:
@@ -216,18 +218,23 @@ class Killer:
         before our signal: with nothing to re-check, the shortage may have
         gone with it."""
         attempts = []
+        self.look_left_usec = MOVER_LOOK_MS * 1000      # shared by the walk's attempts
         for c in ranking.killable():
             if attempts and still_short is not None and not still_short():
                 break
             if attempts and not past_gone and attempts[-1][1].error in GONE_BEFORE_SIGNAL:
                 break
-            res = self.kill(c)
+            res = self.kill(c, walking=True)
             attempts.append((c, res))
             if res.ok:
                 break
         return attempts
 
-    def kill(self, c: Candidate) -> KillResult:
+    def kill(self, c: Candidate, walking: bool = False) -> KillResult:
+        """Kill one job; ``walking`` when part of ``walk``, whose attempts
+        share one ``MOVER_LOOK_MS``."""
+        if not walking:
+            self.look_left_usec = MOVER_LOOK_MS * 1000
         job = c.job
         if self.dry_run:
             return KillResult(job, ok=True, dry_run=True, method="none",
@@ -267,7 +274,6 @@ class _Kill:
         self.thawed = False
         self.start = 0
         self.deadline = 0
-        self.look_end: int | None = None    # when _look_for_movers stops looking
 
     def run(self) -> KillResult:
         job = self.job
@@ -397,19 +403,23 @@ class _Kill:
         that owns it may be moving between the job's cgroups and others of
         its owner's, out of the job at every read so far (migrations take
         milliseconds and come in bursts). Read again, ``MOVER_LOOK_MS`` at
-        most over the whole kill, until one is seen or the charge is gone
+        most over the whole walk (a user who leaves charges in many jobs
+        does not hold it up for each), until one is seen or the charge is gone
         (its process died: the kernel's OOM killer took the job, it exited,
         or our SIGKILL got it); [] if none was seen."""
-        if self.look_end is None:
-            self.look_end = self.k.now_usec() + MOVER_LOOK_MS * 1000
-            if self.deadline:
-                self.look_end = min(self.look_end, self.deadline)
-        while self.k.now_usec() < self.look_end and self.cg.anon_bytes(self.job.path) >= ANON_SUSPECT_BYTES:
-            pids = self.cg.subtree_pids(self.job.path)
-            if pids:
-                return pids
-            self._wait_exits(SWEEP_PAUSE_MS)
-        return []
+        start = self.k.now_usec()
+        end = start + self.k.look_left_usec
+        if self.deadline:
+            end = min(end, self.deadline)
+        try:
+            while self.k.now_usec() < end and self.cg.anon_bytes(self.job.path) >= ANON_SUSPECT_BYTES:
+                pids = self.cg.subtree_pids(self.job.path)
+                if pids:
+                    return pids
+                self._wait_exits(SWEEP_PAUSE_MS)
+            return []
+        finally:
+            self.k.look_left_usec = max(0, self.k.look_left_usec - (self.k.now_usec() - start))
 
     def _ranked_away(self, listed: list[int]) -> dict[int, int]:
         """Pidfds of the job's processes as ranked that are not in

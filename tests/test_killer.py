@@ -293,3 +293,29 @@ def test_a_signalled_process_alive_outside_the_job_at_the_deadline_is_an_evasion
     assert report.result_record(r)["evaded_pids"] == [child.pid]
     assert "NOT EMPTY" in report.outcome_line(c, r, 0)
     assert "evaded: 1" in report.kmsg_line("job", r, "host", 1, 2)
+
+
+def test_the_look_for_movers_is_bounded_once_for_the_whole_walk(proc_tree, v1_tree, monkeypatch):
+    # jobs that read empty with anonymous memory charged (a process that
+    # left charges behind): the walk reads them again, within one bound
+    from oomkiller import killer as killer_mod
+    for i, name in enumerate(("a", "b", "c")):
+        proc_tree.proc(NO_SUCH_PID + i, name, anon_kb=90_000 - i, shmem_kb=0, swap_kb=0)
+        v1_tree.cgroup(name, (NO_SUCH_PID + i,), memory__stat="total_rss 4194304\n")
+    cg = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
+    ranking = rank(cg.jobs(str(v1_tree.mem), ("*",)), Policy(self_pid=os.getpid()), 1 << 30)
+    monkeypatch.setattr(cg, "subtree_pids", lambda path: [])
+    now = [0]
+
+    def clock():        # a read of the subtree takes 1 ms
+        return now[0]
+    real = killer_mod._Kill._wait_exits
+
+    def wait_exits(self, timeout_ms):
+        now[0] += max(timeout_ms, 1) * 1_000_000
+        return real(self, 0)
+    monkeypatch.setattr(killer_mod._Kill, "_wait_exits", wait_exits)
+    k = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=5_000_000, clock=clock)
+    attempts = k.walk(ranking)
+    assert [(c.job.name, r.error) for c, r in attempts] == [(n, EMPTIED_BEFORE_SIGNAL) for n in ("a", "b", "c")]
+    assert now[0] // 1_000_000 == killer_mod.MOVER_LOOK_MS
