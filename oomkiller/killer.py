@@ -14,6 +14,18 @@
   to the reader's cgroup namespace. Rounds repeat until the subtree holds no
   one but the spared, or ``kill_timeout_ms`` has passed.
 
+A process its owner moves out of the job mid-kill (into another cgroup
+they hold) is still the job's: every pidfd confirmed, by a second listing
+or by a start before the read that listed its pid (for the processes as
+ranked: the same pid and start time, from before the ranking's listing),
+gets SIGKILL through the pidfd wherever the process went, also beside
+``cgroup.kill``, which only hits what the cgroup holds at the write. The
+kill is done once the job is empty and every process signalled through a
+kept pidfd has exited; one alive outside the job at the deadline is an
+evasion (``KillResult.evaded_pids``), and the job is not emptied. A job
+that reads empty with anonymous memory charged is read again, up to
+``MOVER_LOOK_MS`` per walk (``_look_for_movers``).
+
 Nothing is ever frozen here. A job someone else froze with the v1 freezer
 is thawed once our SIGKILLs are pending (``_thaw_v1_freezer``): v1 frozen
 tasks act on SIGKILL only once thawed. A SIGKILLed process cannot fork any

@@ -7,10 +7,10 @@ two child cgroups of a job) may move their processes between them at will,
 as fast as a loop writes ``cgroup.procs``. ``cgroup.kill`` kills what the
 cgroup holds at the write, and a subtree read lists what it holds at the
 read: a process that left in between is in neither. Before the pidfd
-signals below, 3 to 5 of 20 kills of such a job were reported killed and
-emptied with the process alive (``cgroup.kill``), and 1 to 3 of 20 ended as
-"emptied before our signal" with it alive (signals alone): the walk then
-moves on to the next, innocent job.
+signals below, 16 of 48 such kills by ``cgroup.kill`` were reported done
+with the process alive, and 1 of 50 by signals ended as "emptied before
+our signal" with it alive, the walk then going on to the next, innocent
+job (50 runs each, 24 MiB hopper, this machine).
 """
 from __future__ import annotations
 
