@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .files import Vanished, read_int, read_keyed, read_pids, read_text, vanishing
 from .model import Job
-from .procfs import Procfs
+from .procfs import Procfs, boot_ticks
 from .report import printable
 from .core import jobrule
 from .core.rank import glob_match, xattr_set
@@ -59,9 +59,11 @@ MAX_USER_CGROUPS = 2_000
 # empty: cgroup.procs files are read one after another, so a process its
 # owner moves between two cgroups of the job can be in none of the reads.
 MEMBER_READS = 5
-# Where the kernel gives no atomic answer (a v1 job with no v2 cgroup) and
-# the job holds anonymous memory, which a process of it most likely owns:
-# read this many times before calling it empty. A mover missed by 40% of
+# Where the kernel gives no atomic answer to believe (a v1 job with no v2
+# cgroup, or one whose v2 cgroup reads unpopulated: its processes may be in
+# another v2 cgroup of their owner's at that instant) and the job holds
+# anonymous memory, which a process of it most likely owns: read this many
+# times before calling it empty. A mover missed by 40% of
 # reads is missed by all of them once in 10^6 listings.
 MEMBER_READS_SUSPECT = 16
 ANON_SUSPECT_BYTES = 1 << 20
@@ -237,7 +239,7 @@ class Cgroupfs:
         that; it is only believed to say "empty" on pure v2, where that
         cgroup is the job. The subtree is also read again, up to
         ``MEMBER_READS`` times in all (``MEMBER_READS_SUSPECT`` with no atomic
-        answer and anonymous memory charged), until two reads in a row list the
+        answer believed and anonymous memory charged), until two reads in a row list the
         same processes (two empty reads do not count as agreeing: each is
         as likely to have missed the mover as the first): the pids are all
         any read saw, and a read that saw one means populated. Raises
@@ -247,7 +249,7 @@ class Cgroupfs:
         if events is False and not self.layout.memory_v1:
             return [], False
         reads = MEMBER_READS
-        if events is None and self._anon_bytes(path) >= ANON_SUSPECT_BYTES:
+        if not events and self.anon_bytes(path) >= ANON_SUSPECT_BYTES:
             reads = MEMBER_READS_SUSPECT
         seen: set[int] = set()
         prev: list[int] = []
@@ -259,7 +261,7 @@ class Cgroupfs:
             prev = pids
         return sorted(seen), bool(seen) or bool(events)
 
-    def _anon_bytes(self, path: str) -> int:
+    def anon_bytes(self, path: str) -> int:
         """Anonymous memory charged to the subtree (0 if unknown)."""
         try:
             stat = read_keyed(os.path.join(path, "memory.stat"))
@@ -533,6 +535,7 @@ class Cgroupfs:
 
         One walk of the subtree gathers its processes, its descendants and
         their xattrs: with a thousand jobs, every extra walk is felt."""
+        listed_ticks = boot_ticks()
         pids = read_pids(os.path.join(path, "cgroup.procs"))
         inner = []
         user_inner = []
@@ -592,7 +595,7 @@ class Cgroupfs:
                    oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
                    charged_bytes=charged, refault_file_pages=refaults, inner=tuple(inner),
                    ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
-                   populated=unseen or bool(procs), rule=rule)
+                   populated=unseen or bool(procs), rule=rule, listed_ticks=listed_ticks)
 
     def jobs(self, domain_path: str, jobs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         """Every job of the domain (see ``job_paths`` and ``job``). A job's
@@ -623,10 +626,12 @@ class Cgroupfs:
         try:
             with vanishing(path):
                 inode = os.stat(path).st_ino
+            listed_ticks = boot_ticks()
             pids = read_pids(os.path.join(path, "cgroup.procs"))
             procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
             v2 = path if not self.layout.memory_v1 else self.v2_mirror(path)
             return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode, procs=procs,
+                       listed_ticks=listed_ticks,
                        charged_bytes=self.charged_bytes(path),
                        notes=(f"read in part: {why}; its subtree is not known",), rule=rule,
                        populated=bool(procs) or bool(v2 and self.events_populated(v2)))

@@ -30,6 +30,8 @@ CONTROL_HELP = {
     "lowmem": "simulate a low-memory event now: the next wake walks the ranking and may kill (root only)",
 }
 CONTROL_COMMANDS = tuple(CONTROL_HELP)
+CONTROL_SOCKET_HELP = ("the daemon's control socket (else $OOMKILLER_CONTROL_SOCKET, else control_socket of the "
+                       "config file, else /run/oomkiller/control.sock)")
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
@@ -89,9 +91,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--print-bpf", action="store_true", help="print the BPF program as it would be compiled, and exit")
     for name, text in CONTROL_HELP.items():
         c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        c.add_argument("--control", metavar="SOCKET", default=None,
-                       help="the daemon's control socket (default /run/oomkiller/control.sock; "
-                            "also $OOMKILLER_CONTROL_SOCKET)")
+        c.add_argument("--control", metavar="SOCKET", default=None, help=CONTROL_SOCKET_HELP)
+        c.add_argument("--config", metavar="FILE", default=None,
+                       help="the daemon's TOML config file, for its control_socket (also $OOMKILLER_CONFIG; "
+                            f"default {cfg.DEFAULT_CONFIG_FILE} if there is one)")
         c.add_argument("--json", action="store_true", help="print the reply as JSON")
     bench = sub.add_parser("bench", help="run the benchmark harness, from a checkout only "
                                          "(python -m oomkiller_bench --help)", add_help=False)
@@ -102,9 +105,7 @@ def parser() -> argparse.ArgumentParser:
                                     "daemon answers, or with any of the options below, ranked here with this "
                                     "command's config.")
     _policy_args(rk)
-    rk.add_argument("--control", metavar="SOCKET", default=None,
-                    help="the daemon's control socket (default /run/oomkiller/control.sock; "
-                         "also $OOMKILLER_CONTROL_SOCKET)")
+    rk.add_argument("--control", metavar="SOCKET", default=None, help=CONTROL_SOCKET_HELP)
     rk.add_argument("--json", action="store_true", help="print the ranking as JSON")
     return top
 
@@ -178,8 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
 
 
+def control_path(a: argparse.Namespace) -> str:
+    """The daemon's control socket, found as the daemon finds it
+    (``config.client_control_socket``); ConfigError if the way is bad."""
+    return cfg.client_control_socket(flag=a.control, config_file=getattr(a, "config", None),
+                                     environ=os.environ, warn=_config_warning)
+
+
 def control_command(a: argparse.Namespace) -> int:
-    path = a.control or os.environ.get("OOMKILLER_CONTROL_SOCKET") or cfg.Config.control_socket
+    path = control_path(a)
     reply = request(path, a.command)
     if a.json:
         print(json.dumps(reply.get("data", {}), indent=2, sort_keys=True))
@@ -252,7 +260,7 @@ def _rank_options_given(a: argparse.Namespace) -> bool:
 def rank_from_daemon(a: argparse.Namespace) -> int | None:
     """The running daemon's own walk, as it would take it now; None when no
     daemon answers (the caller ranks here instead, and says so)."""
-    path = a.control or os.environ.get("OOMKILLER_CONTROL_SOCKET") or cfg.Config.control_socket
+    path = control_path(a)
     try:
         reply = request(path, "rank")
     except ControlError as e:

@@ -756,6 +756,52 @@ def read_config_file(path: str, named_by: str = "") -> dict[str, Any]:
         raise ConfigError(f"{where}: not valid TOML: a number with too many digits") from None
 
 
+# The config file the packaged unit runs the daemon with (deploy/oomkiller.service).
+DEFAULT_CONFIG_FILE = "/etc/oomkiller/oomkiller.toml"
+
+
+def client_control_socket(*, flag: str | None = None, config_file: str | None = None,
+                          environ: Mapping[str, str] | None = None,
+                          default_file: str = DEFAULT_CONFIG_FILE, warn: Warn | None = None) -> str:
+    """The daemon's control socket as a control command finds it, in the
+    daemon's order: the flag, ``$OOMKILLER_CONTROL_SOCKET``, then
+    ``control_socket`` of the config file (``--config``, else
+    ``$OOMKILLER_CONFIG``, else ``default_file`` if there is one), then
+    the default. Each value is checked as the daemon checks it; a config
+    file named on the command line or by the environment that cannot be
+    read, or is not TOML, is a ConfigError. Only ``control_socket`` of the
+    file is read: a bad value of another key is the daemon's to refuse.
+    ``default_file``, which no one named, is passed over with a warning
+    when this user cannot read it."""
+    warn = warn or (lambda _msg: None)
+    environ = environ if environ is not None else {}
+    values: dict[str, Any] = {}
+    origins: dict[str, tuple[str, str]] = {}
+    if flag is not None:
+        _apply(values, origins, [("--control", "control_socket", flag)], "command line")
+    elif environ.get("OOMKILLER_CONTROL_SOCKET") is not None:
+        _apply(values, origins, [("OOMKILLER_CONTROL_SOCKET", "control_socket",
+                                  environ["OOMKILLER_CONTROL_SOCKET"])], "environment")
+    else:
+        named_by = ""
+        if config_file is None and environ.get("OOMKILLER_CONFIG"):
+            config_file, named_by = environ["OOMKILLER_CONFIG"], " (named by OOMKILLER_CONFIG)"
+        raw: dict[str, Any] = {}
+        if config_file is not None:
+            raw = read_config_file(config_file, named_by)
+        elif os.path.lexists(default_file):
+            if os.access(default_file, os.R_OK):
+                config_file = default_file
+                raw = read_config_file(default_file)
+            else:
+                warn(_one_line(f"{default_file}: permission denied: the control socket is taken to be "
+                               f"{Config.control_socket}"))
+        items = [(k, k.replace("-", "_"), v) for k, v in raw.items()
+                 if isinstance(k, str) and k.replace("-", "_") == "control_socket"]
+        _apply(values, origins, items, _one_line(config_file or ""))
+    return values.get("control_socket", Config.control_socket)
+
+
 def load(*, cli: Mapping[str, Any] | None = None, config_file: str | None = None,
          environ: Mapping[str, str] | None = None, cmdline: str | None = None,
          warn: Warn | None = None) -> Config:

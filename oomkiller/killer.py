@@ -14,6 +14,18 @@
   to the reader's cgroup namespace. Rounds repeat until the subtree holds no
   one but the spared, or ``kill_timeout_ms`` has passed.
 
+A process its owner moves out of the job mid-kill (into another cgroup
+they hold) is still the job's: every pidfd confirmed, by a second listing
+or by a start before the read that listed its pid (for the processes as
+ranked: the same pid and start time, from before the ranking's listing),
+gets SIGKILL through the pidfd wherever the process went, also beside
+``cgroup.kill``, which only hits what the cgroup holds at the write. The
+kill is done once the job is empty and every process signalled through a
+kept pidfd has exited; one alive outside the job at the deadline is an
+evasion (``KillResult.evaded_pids``), and the job is not emptied. A job
+that reads empty with anonymous memory charged is read again, up to
+``MOVER_LOOK_MS`` per walk (``_look_for_movers``).
+
 Nothing is ever frozen here. A job someone else froze with the v1 freezer
 is thawed once our SIGKILLs are pending (``_thaw_v1_freezer``): v1 frozen
 tasks act on SIGKILL only once thawed. A SIGKILLed process cannot fork any
@@ -76,12 +88,12 @@ import threading
 import time
 from typing import Callable
 
-from .cgroupfs import Cgroupfs
+from .cgroupfs import ANON_SUSPECT_BYTES, Cgroupfs
 from .core.rank import OOM_SCORE_ADJ_MIN
 from .files import GONE_ERRNOS
 from .model import Candidate, Job, KillResult, Ranking
 from .output import start_thread
-from .procfs import PF_KTHREAD
+from .procfs import PF_KTHREAD, boot_ticks as _boot_tick, start_ticks as _start_tick
 
 log = logging.getLogger("oomkiller")
 
@@ -90,6 +102,10 @@ SYS_PROCESS_MRELEASE = 448      # x86_64 and the generic syscall table
 # How long to wait for exits between rounds when the last one found no one
 # new: exits take well under a millisecond each, so sweeping faster is waste.
 SWEEP_PAUSE_MS = 1
+
+# How long a kill looks for the processes of a job that reads empty but
+# still has anonymous memory charged (``_Kill._look_for_movers``).
+MOVER_LOOK_MS = 50
 
 # Pidfds kept open per kill to time exits and to know a listed pid is still
 # the process already signalled. Beyond this the pidfd is closed right after
@@ -201,6 +217,8 @@ class Killer:
         self.before_signal: Callable[[Job], None] | None = None
         # The first cgroup.kill that could not be written, and why ("" if none).
         self.kill_file_refused = ""
+        # What is left of MOVER_LOOK_MS for the kills of this walk (or kill).
+        self.look_left_usec = MOVER_LOOK_MS * 1000
 
     @property
     def mrelease_ok(self) -> bool:
@@ -222,18 +240,23 @@ class Killer:
         before our signal: with nothing to re-check, the shortage may have
         gone with it."""
         attempts = []
+        self.look_left_usec = MOVER_LOOK_MS * 1000      # shared by the walk's attempts
         for c in ranking.killable():
             if attempts and still_short is not None and not still_short():
                 break
             if attempts and not past_gone and attempts[-1][1].error in GONE_BEFORE_SIGNAL:
                 break
-            res = self.kill(c)
+            res = self.kill(c, walking=True)
             attempts.append((c, res))
             if res.ok:
                 break
         return attempts
 
-    def kill(self, c: Candidate) -> KillResult:
+    def kill(self, c: Candidate, walking: bool = False) -> KillResult:
+        """Kill one job; ``walking`` when part of ``walk``, whose attempts
+        share one ``MOVER_LOOK_MS``."""
+        if not walking:
+            self.look_left_usec = MOVER_LOOK_MS * 1000
         job = c.job
         if self.dry_run:
             return KillResult(job, ok=True, dry_run=True, method="none",
@@ -334,6 +357,7 @@ class _Kill:
         job = self.job
         if os.stat(job.path).st_ino != job.inode:
             return KillResult(job, False, False, "none", error="cgroup was replaced since it was ranked")
+        listed_tick = _boot_tick()
         pids = self.cg.subtree_pids(job.path)
         populated = bool(pids)
         if not pids:
@@ -341,20 +365,37 @@ class _Kill:
             pids, populated = self.cg.recheck_empty(job.path, job.v2_path)
         if 1 in pids or self.k.self_pid in pids:
             return KillResult(job, False, False, "none", error="holds PID 1 or oomkiller: refused")
-        if not populated:
+        # The job's processes as ranked that live on outside it: moved out
+        # since (into another cgroup their owner holds), they are still the
+        # job that was chosen.
+        away = self._ranked_away(pids)
+        if not populated and not away:
+            pids = self._look_for_movers()
+            populated = bool(pids)
+            if 1 in pids or self.k.self_pid in pids:
+                return KillResult(job, False, False, "none", error="holds PID 1 or oomkiller: refused")
+        if not populated and not away:
             return KillResult(job, False, False, "none", error=EMPTIED_BEFORE_SIGNAL)
-        if pids and not set(pids) - self.spared_at_rank:
+        if pids and not set(pids) - self.spared_at_rank and not away:
             return KillResult(job, False, False, "none", error="no killable process when the kill began")
 
-        if self.k.before_signal is not None:
-            self.k.before_signal(job)
+        try:
+            if self.k.before_signal is not None:
+                self.k.before_signal(job)
+        except BaseException:
+            for fd in away.values():
+                os.close(fd)
+            raise
         self.start = self.k.now_usec()
         self.deadline = self.start + self.k.timeout_usec
         method = "signal"
+        alive_after: set[int] = set()
         try:
+            for pid, fd in away.items():
+                self._hit(pid, fd)
             kill_file = None if self.spared_at_rank else self._kill_file(pids)
             if kill_file:
-                alive = self._alive_before_kill(pids) if pids else {}
+                alive, moved = self._alive_before_kill(pids, listed_tick) if pids else ({}, {})
                 # No pid was listed alive to prove the write kills anyone
                 # (they moved between the job's cgroups while read): the
                 # kernel's count, just before it, is the proof.
@@ -365,7 +406,7 @@ class _Kill:
                     self.wrote_kill = True
                     method = "cgroup.kill"
                 except OSError as e:
-                    for fd in alive.values():
+                    for fd in (*alive.values(), *moved.values()):
                         os.close(fd)
                     if e.errno not in GONE_ERRNOS and e.errno not in NOT_WRITABLE_ERRNOS:
                         raise
@@ -377,20 +418,37 @@ class _Kill:
                         log.warning("OOM: cannot write %s (%s): killing by signals "
                                     "(a read-only cgroup mount?)", kill_file, e.strerror)
                 else:
-                    # Ours are only those still alive at the write: writing
-                    # cgroup.kill to a cgroup someone else just emptied
-                    # succeeds and kills no one. Others listed (past
-                    # MAX_TRACKED_PIDFDS) get their SIGKILL by pidfd in the sweep.
+                    # cgroup.kill kills what the cgroup holds at the write:
+                    # one that left it since it was listed (into another
+                    # cgroup its owner holds) is not hit. So each process
+                    # confirmed alive in the job also gets SIGKILL through
+                    # its pidfd, which reaches it wherever it is; ours are
+                    # only those still alive then (writing cgroup.kill to a
+                    # cgroup someone else just emptied succeeds and kills no
+                    # one). Others listed (past MAX_TRACKED_PIDFDS) get
+                    # their SIGKILL by pidfd in the sweep.
                     for pid, fd in alive.items():
+                        try:
+                            signal.pidfd_send_signal(fd, signal.SIGKILL)
+                        except OSError:
+                            pass        # ESRCH: dead already, by the write or on its own
                         self._killed(pid, fd)
-            remaining = self._sweep(pids)
+                    for pid, fd in moved.items():
+                        self._hit(pid, fd)
+            remaining = self._sweep(pids, listed_tick)
             took = self.k.now_usec() - self.start
             self._wait_exits(0)
+            alive_after = set(self.tracked)
         finally:
             for fd in self.tracked.values():
                 os.close(fd)
             self.tracked.clear()
         signalled = tuple(sorted(self.signalled))
+        # Signalled through its pidfd, still alive at the end, and not in the
+        # job: it left it (for a cgroup its owner holds) and outlived our
+        # SIGKILL until the deadline. The job is not done while it lives.
+        evaded = tuple(sorted(alive_after - set(remaining or ())))
+        evasion = f"; {len(evaded)} evaded: alive outside the job: {list(evaded[:8])}" if evaded else ""
         # cgroup.kill written to a job populated right before the write and
         # emptied after it: ours, though no pid of it could be listed.
         ours = bool(signalled) or (self.wrote_kill and self.populated_at_write and not remaining
@@ -399,13 +457,19 @@ class _Kill:
         if self.unseen_left and not remaining:
             return KillResult(job, ours, False, method if ours else "none", signalled,
                               f"still populated after {took // 1000} ms, its processes moving "
-                              "between its cgroups faster than they could be listed", thawed=self.thawed)
+                              "between its cgroups faster than they could be listed" + evasion,
+                              evaded_pids=evaded, still_populated=True, thawed=self.thawed)
         if remaining:
             # Signalled, maybe given back by process_mrelease, but not emptied:
             # no signal_to_empty_usec, and the pids left say so.
             return KillResult(job, ours, False, method if ours else "none", signalled,
-                              f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}",
-                              left_pids=tuple(remaining), thawed=self.thawed)
+                              f"{len(remaining)} procs left after {took // 1000} ms: {remaining[:8]}" + evasion,
+                              left_pids=tuple(remaining), evaded_pids=evaded, thawed=self.thawed)
+        if evaded:
+            # The job emptied, but not by the death of all we signalled.
+            return KillResult(job, True, False, method, signalled,
+                              f"{len(evaded)} evaded after {took // 1000} ms: alive outside the job: "
+                              f"{list(evaded[:8])}", evaded_pids=evaded, thawed=self.thawed)
         if not ours:
             # Someone else's doing (the kernel's OOM killer, an exit): not a kill of ours.
             why = (VANISHED_BEFORE_SIGNAL if remaining is None else
@@ -416,6 +480,58 @@ class _Kill:
                               signal_to_empty_usec=took, signal_to_exit_usec=exit_usec, thawed=self.thawed)
         return KillResult(job, True, False, method, signalled, signal_to_empty_usec=took,
                           signal_to_exit_usec=exit_usec, thawed=self.thawed)
+
+    def _look_for_movers(self) -> list[int]:
+        """The pids of a job that read empty, and whose re-reads found it
+        unpopulated, but that still has anonymous memory charged: a process
+        that owns it may be moving between the job's cgroups and others of
+        its owner's, out of the job at every read so far (migrations take
+        milliseconds and come in bursts). Read again, ``MOVER_LOOK_MS`` at
+        most over the whole walk (a user who leaves charges in many jobs
+        does not hold it up for each), until one is seen or the charge is gone
+        (its process died: the kernel's OOM killer took the job, it exited,
+        or our SIGKILL got it); [] if none was seen."""
+        start = self.k.now_usec()
+        end = start + self.k.look_left_usec
+        if self.deadline:
+            end = min(end, self.deadline)
+        try:
+            while self.k.now_usec() < end and self.cg.anon_bytes(self.job.path) >= ANON_SUSPECT_BYTES:
+                pids = self.cg.subtree_pids(self.job.path)
+                if pids:
+                    return pids
+                self._wait_exits(SWEEP_PAUSE_MS)
+            return []
+        finally:
+            self.k.look_left_usec = max(0, self.k.look_left_usec - (self.k.now_usec() - start))
+
+    def _ranked_away(self, listed: list[int]) -> dict[int, int]:
+        """Pidfds of the job's processes as ranked that are not in
+        ``listed`` but alive: opened, then confirmed by the start time of
+        the pid's holder, which with the pid is a process's identity
+        (``Proc.start_ticks``). Only processes that started before the
+        ranking listed the job count: one younger may have taken the pid
+        of a listed process that died before /proc was read. Those ranked
+        and dead cost one failed ``pidfd_open`` each."""
+        out: dict[int, int] = {}
+        listed_set = set(listed)
+        for p in self.job.procs:
+            if p.pid in listed_set or p.pid in (1, self.k.self_pid) or p.kernel_thread:
+                continue
+            if not 0 < p.start_ticks < self.job.listed_ticks:
+                # Started after the job's processes were listed (or not
+                # known when): maybe not the process listed but one that
+                # took its pid before /proc was read for the ranking.
+                continue
+            try:
+                fd = os.pidfd_open(p.pid)
+            except OSError:
+                continue        # gone (ESRCH), or out of descriptors: the sweep still has the job
+            if _start_tick(self.proc_root, p.pid) == p.start_ticks:
+                out[p.pid] = fd
+            else:
+                os.close(fd)    # gone, and the pid someone else's
+        return out
 
     def _kill_file(self, pids: list[int]) -> str | None:
         """``cgroup.kill`` to write, if the job has one that holds only its own."""
@@ -434,12 +550,15 @@ class _Kill:
         return None
 
     # -- the sweep ----------------------------------------------------------------
-    def _sweep(self, listed: list[int]) -> list[int] | None:
+    def _sweep(self, listed: list[int], listed_tick: int) -> list[int] | None:
         """Rounds of: open pidfds for the listed, read the subtree again,
-        signal those still listed. Returns the pids left at the deadline,
-        [] once only the spared are left, None if the cgroup vanished."""
+        signal those confirmed (``_confirmed``). Returns the pids left at the
+        deadline, [] once only the spared are left and every process
+        signalled through a pidfd we keep has exited, None if the cgroup
+        vanished."""
         while True:
             opened = self._open(listed)
+            read_tick = _boot_tick()
             try:
                 listed = self.cg.subtree_pids(self.job.path)
             except OSError as e:
@@ -448,6 +567,7 @@ class _Kill:
                 # systemd removes a transient scope as soon as it empties:
                 # gone after the signal means done.
                 if e.errno in GONE_ERRNOS:
+                    self._drain_exits()
                     return None
                 raise
             still = set(listed)
@@ -455,10 +575,11 @@ class _Kill:
             for pid, fd in opened.items():
                 # Past the deadline the rest is only closed: a fork bomb can
                 # starve this thread of CPU, and the timeout must hold.
-                if pid in still and self.k.now_usec() < self.deadline:
+                if self.k.now_usec() < self.deadline and self._confirmed(pid, still, listed_tick):
                     fresh += self._hit(pid, fd)
                 else:
-                    os.close(fd)        # gone since the read: whoever has the pid now is not this one
+                    os.close(fd)        # whoever has the pid now may not be the one listed
+            listed_tick = read_tick
             if not self.thaw_checked and (self.signalled or self.wrote_kill):
                 # Our SIGKILLs are pending: let a v1 freeze someone else made end.
                 self.thaw_checked = True
@@ -471,8 +592,11 @@ class _Kill:
                     listed, populated = self.cg.recheck_empty(self.job.path, self.job.v2_path)
                 except OSError as e:
                     if e.errno in GONE_ERRNOS:
+                        self._drain_exits()
                         return None     # removed as it emptied (a transient unit): done
                     raise
+                if not populated and not listed:
+                    listed = self._look_for_movers()
                 left = [p for p in listed if p not in self.exempt]
                 if populated and not listed:
                     if self.k.now_usec() >= self.deadline:
@@ -480,12 +604,43 @@ class _Kill:
                         return []
                     self._wait_exits(0)
                     continue
-            if not left:
-                return []
             now = self.k.now_usec()
+            if not left:
+                # Empty, but a process signalled through its pidfd may have
+                # left the job for another cgroup before it died: done only
+                # once each has exited (its pidfd polls readable), within
+                # the deadline; who is alive then has evaded.
+                self._wait_exits(0)
+                if not self.tracked or now >= self.deadline:
+                    return []
+                self._wait_exits(min(SWEEP_PAUSE_MS, (self.deadline - now) // 1000))
+                continue
             if now >= self.deadline:
                 return left
             self._wait_exits(0 if fresh else min(SWEEP_PAUSE_MS, (self.deadline - now) // 1000))
+
+    def _drain_exits(self) -> None:
+        """The job's cgroup is gone: wait, within the deadline, for those
+        signalled through a pidfd we keep to exit."""
+        while self.tracked:
+            now = self.k.now_usec()
+            if now >= self.deadline:
+                return
+            self._wait_exits(max(1, (self.deadline - now) // 1000))
+
+    def _confirmed(self, pid: int, still: set[int], listed_tick: int) -> bool:
+        """Whether a pidfd opened for a listed pid is the process that was
+        listed: the pid is listed again after it was opened (a live pid is
+        unique; had the listed process died in between, the pidfd's process
+        is dead too and a signal through it fails with ESRCH), or the
+        process holding the pid now started before the read that listed it
+        (it held the pid then, so it is the one listed; what it is doing
+        outside the job now is leaving it). A pid gone from the job whose
+        holder is younger than the listing, or gone, is not confirmed."""
+        if pid in still:
+            return True
+        start = _start_tick(self.proc_root, pid)
+        return start is not None and start < listed_tick
 
     def _thaw_v1_freezer(self) -> bool:
         """Thaw the job's own v1 freezer cgroup (at the job's relative path
@@ -573,13 +728,15 @@ class _Kill:
         else:
             os.close(fd)
 
-    def _alive_before_kill(self, pids: list[int]) -> dict[int, int]:
+    def _alive_before_kill(self, pids: list[int], listed_tick: int) -> tuple[dict[int, int], dict[int, int]]:
         """Pidfds, just before cgroup.kill is written, for the listed pids
-        (up to ``MAX_TRACKED_PIDFDS``) whose process is still the job's and
-        still alive: opened, confirmed by one more read of the subtree (a pid
-        listed after its pidfd was opened is that process), then polled (a
-        pidfd polls readable once its process has exited). These are the
-        pids the write kills; the pidfds go on to time their exits."""
+        (up to ``MAX_TRACKED_PIDFDS``) whose process is still alive: opened,
+        confirmed by one more read of the subtree (``_confirmed``), then
+        polled (a pidfd polls readable once its process has exited). Two
+        maps, pid to pidfd: those still in the job, which the write kills,
+        and those that left it since the first read (the write misses them;
+        they are signalled through their pidfd). The pidfds go on to time
+        their exits."""
         opened = self._open(pids[:MAX_TRACKED_PIDFDS])
         try:
             listed = set(self.cg.subtree_pids(self.job.path))
@@ -588,19 +745,22 @@ class _Kill:
                 os.close(fd)
             raise
         alive: dict[int, int] = {}
+        moved: dict[int, int] = {}
         fd_pid: dict[int, int] = {}
         poller = select.poll()
         for pid, fd in opened.items():
-            if pid in listed:
-                alive[pid] = fd
+            if pid in listed or self._confirmed(pid, listed, listed_tick):
+                (alive if pid in listed else moved)[pid] = fd
                 fd_pid[fd] = pid
                 poller.register(fd, select.POLLIN)
             else:
                 os.close(fd)
         for fd, _ in poller.poll(0):
-            del alive[fd_pid[fd]]
+            pid = fd_pid[fd]
+            alive.pop(pid, None)
+            moved.pop(pid, None)
             os.close(fd)
-        return alive
+        return alive, moved
 
     def _wait_exits(self, timeout_ms: int) -> None:
         """Wait for victims to exit: a pidfd polls readable once its process

@@ -141,6 +141,10 @@ class Job:
     # cumulative workingset_refault_file of its subtree, -1 if unknown: how
     # much it suffers thrashing (core/thrash.py ``sufferers``)
     refault_file_pages: int = -1
+    # boot time in clock ticks just before its processes were listed (0 if
+    # unknown): a process in ``procs`` that started before it is the one
+    # listed, whatever its pid names later (the killer's ``_ranked_away``)
+    listed_ticks: int = dataclasses.field(default=0, compare=False)
 
     @property
     def committed_bytes(self) -> int:
@@ -212,12 +216,17 @@ class KillResult:
     freed_bytes: int = 0
     left_pids: tuple[int, ...] = ()     # still in the job when the kill gave up (kill_timeout_ms)
     thawed: bool = False                # the job's v1 freezer cgroup, frozen by someone else, was thawed
+    # signalled through their pidfds, alive outside the job when the kill gave up
+    evaded_pids: tuple[int, ...] = ()
+    still_populated: bool = False       # the kernel counted processes in the job when the kill gave up
 
     @property
     def emptied(self) -> bool:
-        """Signalled by us and the job emptied: ``signal_to_empty_usec`` holds.
-        Never for a SIGTERM (method ``term``), which is not waited for."""
-        return self.ok and not self.dry_run and not self.left_pids and self.method != "term"
+        """Signalled by us, the job emptied and every process we signalled
+        (and kept a pidfd of) died: ``signal_to_empty_usec`` holds. Never for
+        a SIGTERM (method ``term``), which is not waited for."""
+        return (self.ok and not self.dry_run and not self.left_pids and not self.evaded_pids
+                and not self.still_populated and self.method != "term")
 
 
 # -- the JSON records (--json-log): one type each, one serialiser, read back through the type ----------

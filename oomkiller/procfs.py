@@ -7,6 +7,7 @@ that split is what "committed" means here, so the status file is read by key.
 from __future__ import annotations
 
 import os
+import time
 
 from .files import Vanished, lines, read_kb_fields, read_keyed, read_text
 from .model import Proc
@@ -22,13 +23,39 @@ COMMITTED_KEYS = ("RssAnon", "RssShmem", "VmSwap")
 CMDLINE_MAX_BYTES = 1 << 16
 
 
-# Other user-space OOM killers, by what the kernel names their process (a
-# Python one by its script, the first words of its command line).
+# Other user-space OOM killers, by the name of their executable (a Python
+# one by its script, the first words of its command line): see
+# ``Procfs.other_oom_killers``.
 OTHER_OOM_KILLERS = ("earlyoom", "nohang", "systemd-oomd", "oomd", "low-memory-monitor")
 # The kernel keeps 15 bytes of a process's name (TASK_COMM_LEN less its NUL).
 COMM_LEN = 15
 # Processes looked at, at most, when looking for them.
 MAX_SCAN_PROCS = 100_000
+
+
+_TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks() -> int:
+    """Now, in whole clock ticks since boot: a process whose ``starttime``
+    is below it started before now (``starttime`` is its start rounded
+    down to a tick, from the same clock)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) * _TICKS_PER_SEC // 1_000_000_000
+
+
+def start_ticks(proc_root: str, pid: int) -> int | None:
+    """When the process holding ``pid`` now started, in clock ticks since
+    boot (``starttime`` of ``/proc/PID/stat``); None if it is gone. Read
+    without the ``Vanished`` wrapping: the killer calls it per process."""
+    try:
+        fd = os.open(f"{proc_root}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stat = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Procfs:
@@ -73,7 +100,18 @@ class Procfs:
 
     def other_oom_killers(self) -> list[tuple[int, str]]:
         """Running processes of other OOM killers, as (pid, name): two
-        killers act on the same shortage, each on its own view of it."""
+        killers act on the same shortage, each on its own view of it.
+
+        Any user can name a process ``earlyoom`` (its ``comm`` is the name
+        of the file it ran, and ``prctl`` sets it), so the name only picks
+        whom to look at. One counts if it runs as root (real uid 0: one
+        that is not cannot kill others' processes, and is anyone's to fake)
+        and its executable, as the kernel resolved it (``/proc/PID/exe``),
+        is named after the killer; for a killer that is a script (nohang
+        runs under python3), the executable is a Python interpreter and
+        the script, the first word of the command line after its options,
+        is. A process whose executable cannot be read (gone, or beyond our
+        privileges) does not count."""
         found = []
         try:
             with os.scandir(self.root) as it:
@@ -84,9 +122,14 @@ class Procfs:
             try:
                 comm = read_text(os.path.join(self.root, pid, "comm")).strip()
                 named = next((n for n in OTHER_OOM_KILLERS if n[:COMM_LEN] == comm), None)
-                if named is not None:
+                if named is None and not comm.startswith("python"):
+                    continue
+                if self._real_uid(pid) != 0:
+                    continue
+                exe = self._exe_name(pid)
+                if named is not None and exe == named:
                     found.append((int(pid), named))
-                elif comm.startswith("python"):
+                elif exe.startswith("python"):
                     argv = read_text(os.path.join(self.root, pid, "cmdline"), max_bytes=4096).split("\0")[:3]
                     name = next((os.path.basename(a) for a in argv[1:] if not a.startswith("-")), "")
                     if name in OTHER_OOM_KILLERS:
@@ -94,6 +137,27 @@ class Procfs:
             except (Vanished, OSError, ValueError):
                 continue
         return found
+
+    def _real_uid(self, pid: str) -> int | None:
+        """The real uid of a process (``Uid:`` of its status), None if
+        unknown. The name line before it cannot hold a ``\n``: the kernel
+        escapes it."""
+        for line in lines(read_text(os.path.join(self.root, pid, "status"))):
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+        return None
+
+    def _exe_name(self, pid: str) -> str:
+        """The base name of a process's executable, "" if it cannot be read.
+        A file replaced since it was run (a package upgrade) reads as
+        ``PATH (deleted)``."""
+        try:
+            target = os.readlink(os.path.join(self.root, pid, "exe"))
+        except OSError:
+            return ""
+        if target.endswith(" (deleted)"):
+            target = target[:-len(" (deleted)")]
+        return os.path.basename(target)
 
     def cgroups(self, pid: int) -> dict[str, str]:
         """``/proc/PID/cgroup`` as controller -> path; the v2 entry is under ``""``.

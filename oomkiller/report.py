@@ -175,6 +175,8 @@ def kmsg_line(job_name: str, res: KillResult | None, domain: str, free_bytes: in
             what += f"empty {res.signal_to_empty_usec / 1000:.1f} ms after the signal"
         else:
             what += f"NOT EMPTY: {len(res.left_pids)} procs left"
+            if res.evaded_pids:
+                what += f", evaded: {len(res.evaded_pids)}"
     return f"<4>oomkiller: Killed job '{kmsg_text(job_name)}' {what}; {where}\n"
 
 
@@ -188,7 +190,7 @@ def result_record(res: KillResult) -> dict[str, Any]:
             "method": res.method, "pids": list(res.signalled_pids), "error": res.error,
             "signal_to_empty_usec": res.signal_to_empty_usec, "signal_to_exit_usec": res.signal_to_exit_usec,
             "freed_bytes": res.freed_bytes, "emptied": res.emptied, "left_pids": list(res.left_pids),
-            "thawed": res.thawed}
+            "thawed": res.thawed, "evaded_pids": list(res.evaded_pids), "still_populated": res.still_populated}
 
 
 def json_line(record: dict[str, Any]) -> str:

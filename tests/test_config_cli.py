@@ -3,6 +3,7 @@ traceback, and no hang (a FIFO or a device must not be waited on)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -67,3 +68,48 @@ def test_non_utf8_argument_is_one_line():
     lines = r.stderr.splitlines()
     assert r.returncode == 2 and len(lines) == 1 and b"Traceback" not in r.stderr
     assert lines[0].startswith(b"oomkiller: config error: command line: bad value for 'domain'")
+
+
+def test_a_control_command_finds_the_socket_as_the_daemon_does(tmp_path):
+    from oomkiller.config import Config, client_control_socket
+    named, default = tmp_path / "named.toml", tmp_path / "default.toml"
+    named.write_text('control_socket = "/run/named.sock"\nredline = "no such size"\n')   # other keys: the daemon's
+    default.write_text('control-socket = "/run/default.sock"\n')
+    missing = str(tmp_path / "none.toml")
+
+    def sock(**kw):
+        kw.setdefault("default_file", str(default))
+        return client_control_socket(**kw)
+    assert sock(flag="/run/flag.sock", config_file=str(named),
+                environ={"OOMKILLER_CONTROL_SOCKET": "/run/env.sock"}) == "/run/flag.sock"
+    assert sock(config_file=str(named), environ={"OOMKILLER_CONTROL_SOCKET": "/run/env.sock"}) == "/run/env.sock"
+    assert sock(config_file=str(named), environ={"OOMKILLER_CONFIG": str(default)}) == "/run/named.sock"
+    assert sock(environ={"OOMKILLER_CONFIG": str(named)}) == "/run/named.sock"
+    assert sock() == "/run/default.sock"
+    assert sock(default_file=missing) == Config.control_socket
+    (tmp_path / "plain.toml").write_text('sleep_ms = 10\n')
+    assert sock(config_file=str(tmp_path / "plain.toml")) == Config.control_socket
+
+
+def test_a_bad_way_to_the_control_socket_is_a_config_error(tmp_path):
+    from oomkiller.config import ConfigError, client_control_socket
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[[\n")
+    for kw, problem in ((dict(flag="rel.sock"), "command line: bad value for '--control'"),
+                        (dict(environ={"OOMKILLER_CONTROL_SOCKET": "x" * 200}), "OOMKILLER_CONTROL_SOCKET"),
+                        (dict(config_file=str(bad)), "not valid TOML"),
+                        (dict(environ={"OOMKILLER_CONFIG": str(tmp_path / "none.toml")}),
+                         "none.toml (named by OOMKILLER_CONFIG): no such config file"),
+                        (dict(default_file=str(bad)), "not valid TOML")):
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            client_control_socket(**kw)
+
+
+def test_a_default_config_file_this_user_cannot_read_is_passed_over_with_a_warning(tmp_path, monkeypatch):
+    from oomkiller import config
+    default = tmp_path / "default.toml"
+    default.write_text('control_socket = "/run/default.sock"\n')
+    monkeypatch.setattr(config.os, "access", lambda path, mode: path != str(default))
+    warned = []
+    assert config.client_control_socket(default_file=str(default), warn=warned.append) == config.Config.control_socket
+    assert warned == [f"{default}: permission denied: the control socket is taken to be {config.Config.control_socket}"]

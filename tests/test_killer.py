@@ -212,8 +212,131 @@ def test_a_cgroup_kill_that_may_not_be_written_falls_back_to_signals(proc_tree, 
         raise OSError(err, os.strerror(err), path)
     monkeypatch.setattr(killer_mod, "_write", refuse)
     swept = []
-    monkeypatch.setattr(killer_mod._Kill, "_sweep", lambda self, pids: swept.append(pids) or [])
+    monkeypatch.setattr(killer_mod._Kill, "_sweep", lambda self, pids, *rest: swept.append(pids) or [])
     k = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000)
     (c, r), = k.walk(ranking)
     assert swept == [[NO_SUCH_PID]] and r.method != "cgroup.kill" and not r.error.startswith("kill failed")
     assert k.kill_file_refused == f"{job_dir / 'cgroup.kill'}: {os.strerror(err)}"
+
+
+# -- processes that leave the job while it is killed (real children of the test, fixture cgroups) -----
+
+@pytest.fixture
+def child():
+    """A process of the test's own, older than the current clock tick."""
+    import subprocess
+    import sys
+    from oomkiller.procfs import boot_ticks, start_ticks
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    while start_ticks("/proc", p.pid) >= boot_ticks():
+        time.sleep(0.002)
+    yield p
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+
+
+def _moving_job(tmp_path, child, reads, v2: bool, monkeypatch):
+    """A job holding ``child`` in a fixture tree whose subtree reads are
+    ``reads`` in turn (then empty): its process leaves it mid-kill."""
+    from trees import CgroupTree
+    tree = CgroupTree(tmp_path / "cg", v2=v2)
+    files = {"cgroup__kill": "", "cgroup__events": "populated 0\n"} if v2 else {}
+    tree.cgroup("job", (child.pid,), **files)
+    cg = Cgroupfs(str(tree.root), Procfs("/proc"))
+    ranking = rank(cg.jobs(str(tree.mem), ("*",)), Policy(self_pid=os.getpid()), 1 << 30)
+    reads = iter(reads)
+    monkeypatch.setattr(cg, "subtree_pids", lambda path: next(reads, []))
+    return cg, ranking
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["cgroup.kill", "signals"])
+def test_a_process_that_leaves_the_job_after_it_was_listed_dies_by_its_pidfd(tmp_path, child, monkeypatch, v2):
+    from oomkiller import killer as killer_mod
+    # listed by the kill's first read (and, for cgroup.kill, by the read
+    # that confirms it alive just before the write), then gone from the job:
+    # the write, a no-op here as for a process that left, kills no one
+    reads = [[child.pid], [child.pid]] if v2 else [[child.pid]]
+    cg, ranking = _moving_job(tmp_path, child, reads, v2, monkeypatch)
+    written = []
+    monkeypatch.setattr(killer_mod, "_write", lambda path, value: written.append(value))
+    (c, r), = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=5_000_000).walk(ranking)
+    assert child.wait(timeout=10) == -9
+    assert written == (["1"] if v2 else [])
+    assert (r.ok, r.emptied, r.signalled_pids, r.evaded_pids) == (True, True, (child.pid,), ())
+
+
+def test_a_ranked_process_outside_the_job_at_the_kill_is_still_the_jobs(tmp_path, child, monkeypatch):
+    # ranked in the job, out of it at every read of the kill: the same pid
+    # and start time say it is the process ranked
+    cg, ranking = _moving_job(tmp_path, child, [], False, monkeypatch)
+    (c, r), = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=5_000_000).walk(ranking)
+    assert child.wait(timeout=10) == -9
+    assert (r.ok, r.emptied, r.signalled_pids) == (True, True, (child.pid,))
+
+
+def test_a_ranked_pid_whose_holder_started_at_another_time_is_not_signalled(tmp_path, child, monkeypatch):
+    import dataclasses
+    cg, ranking = _moving_job(tmp_path, child, [], False, monkeypatch)
+    c = ranking.candidates[0]
+    other = dataclasses.replace(c.job, procs=tuple(dataclasses.replace(p, start_ticks=p.start_ticks - 1)
+                                                   for p in c.job.procs))
+    r = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000).kill(dataclasses.replace(c, job=other))
+    assert (r.ok, r.error) == (False, EMPTIED_BEFORE_SIGNAL)
+    assert child.poll() is None
+
+
+def test_a_ranked_process_younger_than_the_listing_is_not_signalled(tmp_path, child, monkeypatch):
+    # it may have taken the pid of a listed process that died before /proc
+    # was read for the ranking: the same pid and start time prove nothing then
+    import dataclasses
+    cg, ranking = _moving_job(tmp_path, child, [], False, monkeypatch)
+    c = ranking.candidates[0]
+    assert c.job.listed_ticks > c.job.procs[0].start_ticks > 0
+    young = dataclasses.replace(c.job, listed_ticks=c.job.procs[0].start_ticks)
+    r = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000).kill(dataclasses.replace(c, job=young))
+    assert (r.ok, r.error) == (False, EMPTIED_BEFORE_SIGNAL)
+    assert child.poll() is None
+
+
+def test_a_signalled_process_alive_outside_the_job_at_the_deadline_is_an_evasion(tmp_path, child, monkeypatch):
+    from oomkiller import killer as killer_mod
+    cg, ranking = _moving_job(tmp_path, child, [[child.pid]], False, monkeypatch)
+    sent = []
+
+    def pidfd_send_signal(fd, sig):     # a process that outlives our SIGKILL (stuck in the kernel)
+        sent.append(sig)
+    monkeypatch.setattr(killer_mod.signal, "pidfd_send_signal", pidfd_send_signal)
+    (c, r), = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=30_000).walk(ranking)
+    assert sent and child.poll() is None
+    assert (r.ok, r.emptied, r.evaded_pids, r.left_pids) == (True, False, (child.pid,), ())
+    assert "1 evaded" in r.error and str(child.pid) in r.error
+    assert report.result_record(r)["evaded_pids"] == [child.pid]
+    assert "NOT EMPTY" in report.outcome_line(c, r, 0)
+    assert "evaded: 1" in report.kmsg_line("job", r, "host", 1, 2)
+
+
+def test_the_look_for_movers_is_bounded_once_for_the_whole_walk(proc_tree, v1_tree, monkeypatch):
+    # jobs that read empty with anonymous memory charged (a process that
+    # left charges behind): the walk reads them again, within one bound
+    from oomkiller import killer as killer_mod
+    for i, name in enumerate(("a", "b", "c")):
+        proc_tree.proc(NO_SUCH_PID + i, name, anon_kb=90_000 - i, shmem_kb=0, swap_kb=0)
+        v1_tree.cgroup(name, (NO_SUCH_PID + i,), memory__stat="total_rss 4194304\n")
+    cg = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
+    ranking = rank(cg.jobs(str(v1_tree.mem), ("*",)), Policy(self_pid=os.getpid()), 1 << 30)
+    monkeypatch.setattr(cg, "subtree_pids", lambda path: [])
+    now = [0]
+
+    def clock():        # a read of the subtree takes 1 ms
+        return now[0]
+    real = killer_mod._Kill._wait_exits
+
+    def wait_exits(self, timeout_ms):
+        now[0] += max(timeout_ms, 1) * 1_000_000
+        return real(self, 0)
+    monkeypatch.setattr(killer_mod._Kill, "_wait_exits", wait_exits)
+    k = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=5_000_000, clock=clock)
+    attempts = k.walk(ranking)
+    assert [(c.job.name, r.error) for c, r in attempts] == [(n, EMPTIED_BEFORE_SIGNAL) for n in ("a", "b", "c")]
+    assert now[0] // 1_000_000 == killer_mod.MOVER_LOOK_MS

@@ -1,5 +1,7 @@
 import errno
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -104,21 +106,59 @@ def test_a_name_cannot_forge_a_status_field(proc_tree, odd):
     assert Procfs(str(proc_tree.root)).proc(34).committed_bytes == 0
 
 
-def test_other_oom_killers_by_name_and_by_script(proc_tree):
-    proc_tree.proc(300, "earlyoom", anon_kb=1, shmem_kb=0, swap_kb=0)
-    proc_tree.proc(301, "python3", anon_kb=2, shmem_kb=0, swap_kb=0)
-    proc_tree.proc(302, "python3", anon_kb=3, shmem_kb=0, swap_kb=0)
-    proc_tree.proc(303, "bash", anon_kb=4, shmem_kb=0, swap_kb=0)
-    proc_tree.proc(304, "systemd-oomd", anon_kb=5, shmem_kb=0, swap_kb=0)
-    proc_tree.proc(306, "low-memory-moni", anon_kb=6, shmem_kb=0, swap_kb=0)
-    for pid, comm, argv in ((300, "earlyoom", ["earlyoom", "-r", "60"]),
-                            (301, "python3", ["/usr/bin/python3", "-u", "/usr/sbin/nohang", "--monitor"]),
-                            (302, "python3", ["python3", "-m", "oomkiller", "run"]),
-                            (303, "bash", ["bash", "-c", "nohang"]),
-                            (304, "systemd-oomd", ["/lib/systemd/systemd-oomd"]),
-                            (306, "low-memory-moni", ["/usr/libexec/low-memory-monitor"])):
-        (proc_tree.root / str(pid) / "comm").write_text(comm + "\n")
-        (proc_tree.root / str(pid) / "cmdline").write_text("\0".join(argv) + "\0")
+def _killer_proc(proc_tree, pid, comm, argv, exe, uid=0):
+    proc_tree.proc(pid, comm, anon_kb=1, shmem_kb=0, swap_kb=0)
+    d = proc_tree.root / str(pid)
+    (d / "comm").write_text(comm + "\n")
+    (d / "cmdline").write_text("\0".join(argv) + "\0")
+    with open(d / "status", "a") as f:
+        f.write(f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+    if exe is not None:
+        os.symlink(exe, d / "exe")
+
+
+def test_other_oom_killers_by_executable_and_by_script(proc_tree):
+    for pid, comm, argv, exe in (
+            (300, "earlyoom", ["earlyoom", "-r", "60"], "/usr/bin/earlyoom"),
+            (301, "python3", ["/usr/bin/python3", "-u", "/usr/sbin/nohang", "--monitor"], "/usr/bin/python3.11"),
+            (302, "python3", ["python3", "-m", "oomkiller", "run"], "/usr/bin/python3.11"),
+            (303, "bash", ["bash", "-c", "nohang"], "/usr/bin/bash"),
+            (304, "systemd-oomd", ["/lib/systemd/systemd-oomd"], "/usr/lib/systemd/systemd-oomd"),
+            (306, "low-memory-moni", ["/usr/libexec/low-memory-monitor"], "/usr/libexec/low-memory-monitor"),
+            (307, "earlyoom", ["earlyoom"], "/usr/bin/earlyoom (deleted)")):      # upgraded since it started
+        _killer_proc(proc_tree, pid, comm, argv, exe)
     (proc_tree.root / "305").mkdir()     # gone while being read: no comm
     assert sorted(Procfs(str(proc_tree.root)).other_oom_killers()) == [
-        (300, "earlyoom"), (301, "nohang"), (304, "systemd-oomd"), (306, "low-memory-monitor")]
+        (300, "earlyoom"), (301, "nohang"), (304, "systemd-oomd"), (306, "low-memory-monitor"), (307, "earlyoom")]
+
+
+def test_a_process_named_after_an_oom_killer_is_not_one(proc_tree):
+    for pid, comm, argv, exe, uid in (
+            (400, "earlyoom", ["earlyoom"], "/usr/bin/sleep", 0),            # root, named so by a link or prctl
+            (401, "earlyoom", ["earlyoom"], "/home/u/earlyoom", 65534),     # the real name, not root
+            (402, "python3", ["python3", "/tmp/nohang"], "/usr/bin/python3", 65534),
+            (403, "nohang", ["nohang"], "/usr/bin/python3", 0),             # an interpreter with no nohang to run
+            (404, "earlyoom", ["earlyoom"], None, 0),                       # exe unreadable: not trusted
+            (405, "python3", ["python3", "/usr/sbin/nohang"], "/usr/bin/perl", 0)):
+        _killer_proc(proc_tree, pid, comm, argv, exe, uid)
+    _killer_proc(proc_tree, 406, "earlyoom", ["earlyoom"], "/usr/bin/earlyoom", 0)
+    (proc_tree.root / "406" / "status").write_text("Name:\tearlyoom\n")    # no Uid line: unknown, not root
+    assert Procfs(str(proc_tree.root)).other_oom_killers() == []
+
+
+def test_a_real_process_named_earlyoom_is_not_taken_for_one(tmp_path):
+    # comm is the name of the file run: a link named earlyoom to sleep
+    import subprocess
+    link = tmp_path / "earlyoom"
+    link.symlink_to("/bin/sleep")
+    p = subprocess.Popen([str(link), "60"])
+    try:
+        for _ in range(1000):
+            if Path(f"/proc/{p.pid}/comm").read_text().strip() == "earlyoom":
+                break
+            time.sleep(0.002)
+        assert Path(f"/proc/{p.pid}/comm").read_text().strip() == "earlyoom"
+        assert p.pid not in [pid for pid, _ in Procfs().other_oom_killers()]
+    finally:
+        p.kill()
+        p.wait()

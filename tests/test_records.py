@@ -51,6 +51,6 @@ def test_every_field_the_readme_names_for_the_record_exists():
     section = readme[readme.index("Beside it, one JSON record per decision"):readme.index("## Control")]
     named = set(re.findall(r"`([a-z_]+)`", section)) - {"json_log", "info"}
     attempt_keys = {"method", "pids", "signal_to_exit_usec", "signal_to_empty_usec", "freed_bytes",
-                    "emptied", "left_pids", "thawed"}
+                    "emptied", "left_pids", "thawed", "evaded_pids", "still_populated"}
     timing_keys = {"event_to_wake", "snapshot", "rank", "recheck", "kill", "event_to_decision", "total"}
     assert named - ALL_RECORD_FIELDS - attempt_keys - timing_keys == set()

@@ -11,6 +11,7 @@ from kproc import wait_for
 
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.killer import Killer, _Kill
+from oomkiller.procfs import start_ticks
 from oomkiller.core.rank import Policy, rank
 
 FORKER = r"""
@@ -135,9 +136,11 @@ def test_a_reused_pid_is_not_signalled(arena):
     kill = _Kill(Killer(cg, dry_run=False, self_pid=0, timeout_usec=1_000_000), c)
     kill.deadline = kill.k.now_usec() + 1_000_000
     # our own pid is not in the job: as if a pid read from the job had been
-    # reused by us before its pidfd was opened. The read after the pidfd was
-    # opened does not list it, so only the job's member is signalled.
-    assert kill._sweep([os.getpid()]) == []
+    # reused by us before its pidfd was opened, so that we started after the
+    # read (listed_tick: our start). The read after the pidfd was opened does
+    # not list it, and we are no older than the read that did: only the
+    # job's member is signalled.
+    assert kill._sweep([os.getpid()], start_ticks("/proc", os.getpid())) == []
     assert list(kill.signalled) == [member.pid] and member.wait(timeout=5) == -signal.SIGKILL
 
 
