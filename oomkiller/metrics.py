@@ -51,6 +51,12 @@ REQUEST_TIMEOUT_S = 1.0
 LISTEN_BACKLOG = 8
 DEFAULT_PORT = 9127
 
+# The kills a daemon can count (daemon.py, Killer.walk): each is exported
+# from the start at 0, so that rate() and increase() see the first kill of
+# each kind (a series that first appears at 1 shows no increase).
+KILL_KINDS = (("cgroup.kill", "emptied"), ("cgroup.kill", "not_empty"), ("cgroup.kill", "failed"),
+              ("signal", "emptied"), ("signal", "not_empty"), ("signal", "failed"), ("none", "dry_run"))
+
 
 class Buckets:
     """A histogram the loop fills: plain integers, no lock (only the loop
@@ -125,7 +131,8 @@ def families(snap: dict[str, Any] | None, own: dict[str, int]) -> list[Any]:
         counter("ebpf_events_outside_domain_total", "eBPF events not sent by design: outside the domain.",
                 {(): ev["outside_domain"]})
     counter("kills_total", "Kill attempts, by method (cgroup.kill, signal, none) and result "
-            "(emptied, not_empty, failed, dry_run).", {k: n for k, n in snap["kills"].items()}, ["method", "result"])
+            "(emptied, not_empty, failed, dry_run).", {**dict.fromkeys(KILL_KINDS, 0), **snap["kills"]},
+            ["method", "result"])
     counter("freed_bytes_total", "Bytes freed by kills (domain used before minus after).", {(): snap["freed_bytes"]})
     counter("armed_kills_total", "Kills of the armed job in the kernel, at its failed reclaim.",
             {(): snap["armed_kills"]})
