@@ -101,6 +101,7 @@ class Recorder:
         self.scrapes: List[Tuple[float, List[Sample]]] = []
         self.last_text = ""
         self.failed = 0
+        self.last_error = ""
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="scrape", daemon=True)
@@ -117,8 +118,9 @@ class Recorder:
                 text = scrape(self.address)
                 self.scrapes.append((round(time.monotonic() - self._t0, 3), samples(text)))
                 self.last_text = text
-            except (OSError, ValueError):
+            except (OSError, ValueError) as e:
                 self.failed += 1
+                self.last_error = str(e) or type(e).__name__
             tick += self.interval_s
             self._stop.wait(max(0.0, tick - time.monotonic()))
 
@@ -718,20 +720,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return demo(a.png, a.seconds, a.keep)
         if a.cmd == "scrape":
             rec = Recorder(a.address).start()
+            end = time.monotonic() + a.seconds
             try:
-                while not a.seconds or rec.scrapes and rec.scrapes[-1][0] < a.seconds:
+                while not a.seconds or time.monotonic() < end:
                     time.sleep(0.2)
             except KeyboardInterrupt:
                 pass
             rec.stop()
             save(rec.scrapes, a.series)
-            print(f"{len(rec.scrapes)} scrapes, {rec.failed} failed")
-            return 0
+            print(f"{len(rec.scrapes)} scrapes, {rec.failed} failed"
+                  + (f" (the last: {rec.last_error})" if rec.failed else ""))
+            return 0 if rec.scrapes else 1
         if a.cmd == "draw":
             draw(load(a.series), a.png)
             return 0
-        text = (open(a.source).read() if os.path.isfile(a.source) else scrape(a.source))
-        print(metric_table(text))
+        if os.path.isfile(a.source):
+            with open(a.source) as f:
+                text = f.read()
+        else:
+            text = scrape(a.source)
+        try:
+            print(metric_table(text))
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"{a.source}: not a metrics page ({e})") from None
         return 0
     except (OSError, ValueError) as e:
         print(f"{a.cmd}: {e}", file=sys.stderr)
