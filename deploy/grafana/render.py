@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -267,11 +268,9 @@ def _eval(node: Any, s: Series) -> Any:
         out = {}
         for k, vs in groups.items():
             stack = np.vstack(vs)
-            with np.errstate(all="ignore"):
-                import warnings
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    r = f(stack, axis=0)
+            with warnings.catch_warnings():          # a column of NaN only: "All-NaN slice"
+                warnings.simplefilter("ignore", RuntimeWarning)
+                r = f(stack, axis=0)
             r[np.all(np.isnan(stack), axis=0)] = np.nan
             out[k] = r
         return out
@@ -532,10 +531,6 @@ def _draw_stat(ax: Any, panel: dict, s: Series) -> None:
         sp.set_visible(False)
     ax.text(0.5, 0.42, text, transform=ax.transAxes, ha="center", va="center", fontsize=16, color="white",
             fontweight="bold")
-
-
-def panel_titles(dashboard: dict) -> List[str]:
-    return [p["title"] for p in dashboard["panels"] if p["type"] != "row"]
 
 
 def draw(scrapes: Sequence[Tuple[float, List[Sample]]], png: str, dashboard_path: str = DASHBOARD,
