@@ -12,7 +12,7 @@
 #   - .venv: Debian's /usr/bin/python3 (bcc is built for it) with the system
 #     site-packages visible, plus from PyPI what the tests and the benchmark
 #     need (pyproject's `test`, `bench` and `man` extras: pytest, hypothesis,
-#     psutil, matplotlib, argparse-manpage, kubernetes-validate); the daemon
+#     psutil, matplotlib, argparse-manpage, kubernetes-validate, promql-parser); the daemon
 #     itself needs none.
 #
 # --no-venv: only the host's part, for `make install` (which makes its own
@@ -77,7 +77,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c "import oomkiller, psutil, pytest, matplotlib, hypothesis, argparse_manpage, prometheus_client, kubernetes_validate" 2>/dev/null; then
+if ! .venv/bin/python -c "import oomkiller, psutil, pytest, matplotlib, hypothesis, argparse_manpage, prometheus_client, kubernetes_validate, promql_parser" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench,man,metrics]'
 fi
 .venv/bin/python -c "import bcc" 2>/dev/null || echo "setup: bcc does not import in .venv: eBPF sources will be unavailable" >&2

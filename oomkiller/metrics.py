@@ -51,6 +51,12 @@ REQUEST_TIMEOUT_S = 1.0
 LISTEN_BACKLOG = 8
 DEFAULT_PORT = 9127
 
+# The kills a daemon can count (daemon.py, Killer.walk): each is exported
+# from the start at 0, so that rate() and increase() see the first kill of
+# each kind (a series that first appears at 1 shows no increase).
+KILL_KINDS = (("cgroup.kill", "emptied"), ("cgroup.kill", "not_empty"), ("cgroup.kill", "failed"),
+              ("signal", "emptied"), ("signal", "not_empty"), ("signal", "failed"), ("none", "dry_run"))
+
 
 class Buckets:
     """A histogram the loop fills: plain integers, no lock (only the loop
@@ -125,14 +131,16 @@ def families(snap: dict[str, Any] | None, own: dict[str, int]) -> list[Any]:
         counter("ebpf_events_outside_domain_total", "eBPF events not sent by design: outside the domain.",
                 {(): ev["outside_domain"]})
     counter("kills_total", "Kill attempts, by method (cgroup.kill, signal, none) and result "
-            "(emptied, not_empty, failed, dry_run).", {k: n for k, n in snap["kills"].items()}, ["method", "result"])
+            "(emptied, not_empty, failed, dry_run).", {**dict.fromkeys(KILL_KINDS, 0), **snap["kills"]},
+            ["method", "result"])
     counter("freed_bytes_total", "Bytes freed by kills (domain used before minus after).", {(): snap["freed_bytes"]})
     counter("armed_kills_total", "Kills of the armed job in the kernel, at its failed reclaim.",
             {(): snap["armed_kills"]})
     counter("kernel_oom_kills_total", "Tasks the kernel's own OOM killer chose (in the domain, or any on a host "
             "domain): kills oomkiller did not prevent.", {(): snap["kernel_kills_seen"]})
     counter("terms_total", "The SIGTERM step (term_redline): jobs sent SIGTERM (signalled), or not (failed).",
-            {(k,): n for k, n in (snap.get("terms") or {}).items()}, ["result"])
+            {("signalled",): 0, ("failed",): 0, **{(k,): n for k, n in (snap.get("terms") or {}).items()}},
+            ["result"])
     if snap.get("hooks") is not None:
         counter("hook_runs_total", "pre_kill and post_kill runs by how they ended (ok, failed, timed_out), and "
                 "runs dropped with the queue full.", {(k,): n for k, n in snap["hooks"].items()}, ["result"])

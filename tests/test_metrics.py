@@ -176,3 +176,22 @@ def test_a_socket_path_that_is_not_safe_is_a_config_error(tmp_path):
     (tmp_path / "open").chmod(0o777)
     with pytest.raises(cfg.ConfigError, match="bad value for 'metrics': .*may be written by other users"):
         cli._metrics_server(cfg.load(cli={"metrics": str(tmp_path / "open" / "m.sock")}), lambda: None)
+
+
+def test_every_kind_of_kill_is_exported_at_zero_before_the_first(proc_tree, v2_tree):
+    """A counter series that first appears at 1 shows no increase(): the
+    first kill of a host would pass unseen by an alert on it."""
+    from prometheus_client.core import CounterMetricFamily
+    from oomkiller.daemon import Daemon
+    from oomkiller.metrics import KILL_KINDS, families
+    short_arena(proc_tree, v2_tree, (("hog", "hog", 4101, 150),))
+    d = Daemon(short_config(proc_tree, v2_tree), json_out=io.StringIO(), clock=lambda: 5_000_000_000)
+    d.publish()
+    (kills,) = [f for f in families(d.published, {}) if f.name == "oomkiller_kills"]
+    assert isinstance(kills, CounterMetricFamily)
+    rows = {(s.labels["method"], s.labels["result"]): s.value for s in kills.samples}
+    assert rows == dict.fromkeys(KILL_KINDS, 0) and ("cgroup.kill", "emptied") in rows
+    d.published["kills"] = {("signal", "emptied"): 2}
+    (kills,) = [f for f in families(d.published, {}) if f.name == "oomkiller_kills"]
+    rows = {(s.labels["method"], s.labels["result"]): s.value for s in kills.samples}
+    assert rows[("signal", "emptied")] == 2 and rows[("cgroup.kill", "emptied")] == 0 and len(rows) == len(KILL_KINDS)
