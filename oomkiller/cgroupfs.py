@@ -665,6 +665,7 @@ class Cgroupfs:
         if tree is None or not tree.still(mark):
             tree = facts.tree = cgtable.survey(path, subcgroups, room, MAX_DEPTH)
         if tree is None or len(tree.below) > room:
+            facts.tree = None       # kept trees fit the listing's budget, all together
             return _descendants(path, notes, room)
         return _descendants(path, notes, room, tree.below)
 
@@ -694,7 +695,7 @@ class Cgroupfs:
             except Vanished:
                 v2 = None
         if self.layout.memory_v1 and pids:
-            facts.v2 = cgtable.survey(v2, subcgroups, MAX_CGROUPS, MAX_DEPTH) if v2 else None
+            facts.v2 = cgtable.survey(v2, subcgroups, cgtable.MAX_V2_TREE, MAX_DEPTH) if v2 else None
             if facts.v2 is not None and facts.v2.inode != v2_id:
                 facts.v2 = None     # made again between the two stats: found again next time
         return v2, v2_id

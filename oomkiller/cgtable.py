@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 MAX_TABLE_JOBS = 20_000
 # Listings of jobs kept (one per domain, rule and cgroups kept out).
 MAX_TABLE_LISTINGS = 4
+# A v2 counterpart with more cgroups below it is not kept (it is found
+# through the job's processes on every listing, as without a table).
+MAX_V2_TREE = 256
 
 
 def mark(path: str) -> tuple[int, int] | None:
