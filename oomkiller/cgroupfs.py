@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from . import cgtable
 from .files import Vanished, read_int, read_keyed, read_pids, read_text, vanishing
 from .model import Job
 from .procfs import Procfs, boot_ticks
@@ -114,6 +115,12 @@ class Cgroupfs:
         self.layout = detect_layout(root)
         self.procfs = procfs or Procfs()
         self._warned: dict[str, float] = {}
+        # The job table (see cgtable): listings of jobs and the facts of
+        # each job kept between listings, checked again on every one.
+        self._listings: dict[tuple, cgtable.Listing] = {}
+        self._facts: dict[str, cgtable.Facts] = {}
+        # listings of jobs taken from the table, and walked afresh
+        self.table_counts = {"kept": 0, "walked": 0}
 
     # -- paths ------------------------------------------------------------
     def resolve(self, spec: str) -> str:
@@ -356,12 +363,15 @@ class Cgroupfs:
 
     # -- jobs -------------------------------------------------------------
     def job_paths(self, domain_path: str, jobs: tuple[str, ...],
-                  keep_out: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+                  keep_out: tuple[str, ...] = (), rec: cgtable.Listing | None = None) -> list[tuple[str, str]]:
         """The domain's job cgroups, each with what made it a job, by the
         rule in ``core.jobrule``: ``jobs`` holds globs and, by default, the
         word ``auto``. ``keep_out`` holds the cgroups of PID 1 and of
         oomkiller itself: a cgroup holding one of them below it is never a
-        job, its children are looked at instead."""
+        job, its children are looked at instead. ``rec``, if given, is
+        filled with what the walk saw, to keep it (see ``cgtable.Listing``)."""
+        rec = rec if rec is not None else cgtable.Listing()
+        entry: dict[str, cgtable.Entry] = {}
         keep_out = tuple(os.path.normpath(k) for k in keep_out)
         globs, auto = jobrule.globs_of(jobs)
         found: list[tuple[str, str]] = []
@@ -373,11 +383,12 @@ class Cgroupfs:
             start, cut = len(found), []
             in_user[0] = True
             try:
-                for _ in walk_cgroups(full, descend, cut, max_cgroups=MAX_USER_CGROUPS):
+                for _ in walk_cgroups(full, descend, cut, max_cgroups=MAX_USER_CGROUPS, listed=rec.listed):
                     pass
             finally:
                 in_user[0] = False
             if cut:
+                rec.keepable = False
                 del found[start:]
                 found.append((full, f"user manager taken whole: {'; '.join(cut)}"))
                 self._warn(full, f"{os.path.relpath(full, domain_path)}: {'; '.join(cut)}: "
@@ -387,9 +398,11 @@ class Cgroupfs:
         whole: dict[str, str] = {}
 
         def descend(full: str) -> bool:
+            rec.note(full)      # before it is read: a change after shows when the walk is checked
             try:
                 return visit(full)
             except OSError as e:
+                rec.keepable = False
                 # Not gone (that is Vanished, handled where read) but not
                 # readable either: its owner shaped it so. With the rule of
                 # names, its parent is a job, whole, so that nothing below
@@ -410,17 +423,23 @@ class Cgroupfs:
                 # Deeper than the walk goes, or a path too long to name what
                 # is below: a job, whole, or what is below would be in none.
                 found.append((full, "cgroup at the walk's depth or path limit: taken whole"))
+                entry[full] = cgtable.Entry(full, found[-1][1])
                 return False
             holds_kept = any(k.startswith(full + "/") for k in keep_out)
+            oom = None
             if not holds_kept:
                 g = next((g for g in globs if glob_match(name, g)), None)
                 if g is not None:
                     found.append((full, f"glob '{g}'"))
+                    entry[full] = cgtable.Entry(full, found[-1][1])
                     return False
-                if self.oom_group(full):
+                oom = self.oom_group(full)
+                if oom:
                     found.append((full, "memory.oom.group"))
+                    entry[full] = cgtable.Entry(full, found[-1][1], oom_read=True, by_oom=True)
                     return False
             if not auto:
+                rec.probes[full] = (oom, None)
                 return True
             verdict, why = jobrule.by_name(name)
             # Only a user's manager where systemd puts it gets a budget of its
@@ -429,37 +448,58 @@ class Cgroupfs:
                        and os.path.basename(os.path.dirname(full)) == "user-" + name.rsplit("@", 1)[-1][:-len(".service")] + ".slice")
             if holds_kept:
                 return user_manager(full) if manager else True
+            own, own_kind = None, ""
             if verdict is not jobrule.Verdict.JOB:
                 try:
                     own = bool(read_pids(os.path.join(full, "cgroup.procs")))
                 except Vanished:
+                    rec.keepable = False
                     return False
                 except OSError:
+                    rec.keepable = False
                     own = False     # a threaded cgroup: its processes show above it
                 if verdict is jobrule.Verdict.CONTENT:
-                    verdict, why = jobrule.by_content(own, bool(subcgroups(full)))
+                    children = bool(subcgroups(full))
+                    # having children decides: the count of its mark must say the same
+                    rec.counted.add(full)
+                    if full in rec.marks and (rec.marks[full][1] > 2) != children:
+                        rec.keepable = False
+                    verdict, why = jobrule.by_content(own, children)
+                    own_kind = "required" if children else "content"
                 elif own:
                     # A slice holds no process under systemd; one that does
                     # (its owner put them there) is a job, or they would be
                     # in none.
                     verdict, why = jobrule.Verdict.JOB, f"{why} with processes of its own"
+                    own_kind = "required"
                 elif manager:
+                    rec.probes[full] = (oom, own)
                     return user_manager(full)
             if verdict is jobrule.Verdict.JOB:
                 found.append((full, why))
+                entry[full] = cgtable.Entry(full, why, oom_read=oom is not None, own=own_kind)
                 return False
+            rec.probes[full] = (oom, own)
             return True
         cut: list[str] = []
-        for _ in walk_cgroups(domain_path, descend, cut, max_cgroups=MAX_DOMAIN_CGROUPS):
+        rec.note(domain_path)
+        for _ in walk_cgroups(domain_path, descend, cut, max_cgroups=MAX_DOMAIN_CGROUPS, listed=rec.listed):
             pass
         if cut:
+            rec.keepable = False
             self._warn("domain", "the walk for jobs: " + "; ".join(cut))
+        if whole:
+            rec.keepable = False
         for top in sorted(whole, key=len):
             if any(top.startswith(t + "/") for t in whole if t != top) or any(
                     top.startswith(p + "/") for p, _ in found):
                 continue    # inside another job taken whole
             found = [(p, w) for p, w in found if p != top and not p.startswith(top + "/")] + [(top, whole[top])]
-        return sorted(found)
+        found.sort()
+        if rec.keepable:
+            rec.entries = [entry[p] for p, _ in found if p in entry]
+            rec.keepable = len(rec.entries) == len(found)
+        return found
 
     def _warn(self, key: str, text: str) -> None:
         """Log ``text`` at most once a minute per ``key`` (a job, or the
@@ -534,9 +574,33 @@ class Cgroupfs:
         read are left out.
 
         One walk of the subtree gathers its processes, its descendants and
-        their xattrs: with a thousand jobs, every extra walk is felt."""
+        their xattrs: with a thousand jobs, every extra walk is felt. The
+        cgroups below the job and its v2 counterpart are kept between
+        listings (see ``cgtable``); its processes, their v2 cgroup and its
+        charge are read every time."""
+        job = self._job(path, domain_path, rule, budget)
+        assert job is not None      # only a kept listing's entry can turn it down
+        return job
+
+    def _job(self, path: str, domain_path: str, rule: str, budget: list[int] | None,
+             entry: cgtable.Entry | None = None, mark: tuple[int, int] | None = None) -> Job | None:
+        """``job``; with the ``entry`` of a kept listing, its rule is found
+        from what is read now, and None is returned if it would not be a
+        job any more. ``mark`` is the cgroup's (inode, link count) if the
+        listing's check stat'ed it."""
         listed_ticks = boot_ticks()
+        if mark is None:
+            with vanishing(path):
+                st = os.stat(path)
+            mark = (st.st_ino, st.st_nlink)
+        facts = self._facts.get(path)
+        if facts is None or facts.inode != mark[0] or facts.domain_path != domain_path:
+            # a cgroup not seen before, or made again at the same path: a new one
+            facts = cgtable.Facts(mark[0], domain_path, _relative_name(path, domain_path))
+            if path in self._facts or len(self._facts) < cgtable.MAX_TABLE_JOBS:
+                self._facts[path] = facts
         pids = read_pids(os.path.join(path, "cgroup.procs"))
+        own = bool(pids)
         inner = []
         user_inner = []
         ignored: list[str] = []
@@ -546,9 +610,9 @@ class Cgroupfs:
             notes.append(f"its subtree is not read: this listing read {MAX_LISTING_CGROUPS} cgroups below jobs "
                          "already (its charge and cgroup.kill still cover it)")
         read = 0
-        for full, inner_pids in (_descendants(path, notes, room) if room > 0 else ()):
+        for full, inner_pids in (self._below(path, facts, mark, notes, room) if room > 0 else ()):
             read += 1
-            rel = os.path.relpath(full, domain_path)
+            rel = _relative_name(full, domain_path)
             try:
                 # The owner chose a name below the job, and could set xattrs
                 # there: only those of cgroups owned by root can protect it
@@ -578,7 +642,51 @@ class Cgroupfs:
             pids, populated = self.recheck_empty(path)
             unseen = populated and not pids
         procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
-        v2 = self.v2_of(path, [p.pid for p in procs])
+        v2, v2_id = self._v2(path, facts, [p.pid for p in procs])
+        xattrs, why = self.trusted_xattrs(path)
+        oom_group = self.oom_group(path)
+        if entry is not None:
+            rule = entry.rule_now(oom_group, own)
+            if rule is None:
+                return None
+        charged, refaults = self.charge(path)
+        return Job(name=facts.name, path=path, inode=mark[0],
+                   procs=procs, descendants=len(inner) + len(user_inner), xattrs=xattrs,
+                   oom_group=oom_group, v2_id=v2_id, v2_path=v2 or "",
+                   charged_bytes=charged, refault_file_pages=refaults, inner=tuple(inner),
+                   ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
+                   populated=unseen or bool(procs), rule=rule, listed_ticks=listed_ticks)
+
+    def _below(self, path: str, facts: cgtable.Facts, mark: tuple[int, int], notes: list[str],
+               room: int) -> Iterator[tuple[str, list[int]]]:
+        """``_descendants`` of a job, walking its subtree only if the one
+        kept in ``facts`` is not still the same (see ``cgtable.Tree``)."""
+        tree = facts.tree
+        if tree is None or not tree.still(mark):
+            tree = facts.tree = cgtable.survey(path, subcgroups, room, MAX_DEPTH)
+        if tree is None or len(tree.below) > room:
+            facts.tree = None       # kept trees fit the listing's budget, all together
+            return _descendants(path, notes, room)
+        return _descendants(path, notes, room, tree.below)
+
+    def _v2(self, path: str, facts: cgtable.Facts, pids: list[int]) -> tuple[str | None, int]:
+        """(v2 counterpart, its inode) of a job holding ``pids`` (see
+        ``v2_of``). On hybrid hosts the one found before is taken again
+        only if it still holds every one of them and no other process: one
+        read of its ``cgroup.procs`` (and of those below it), where
+        ``v2_of`` reads ``/proc/PID/cgroup`` of each process too."""
+        kept = facts.v2 if self.layout.memory_v1 and pids else None
+        if kept is not None and kept.still():
+            held: list[int] | None = []
+            for d in (kept.root, *kept.below):
+                try:
+                    held.extend(read_pids(os.path.join(d, "cgroup.procs")))  # type: ignore[union-attr]
+                except OSError:
+                    held = None
+                    break
+            if held is not None and set(held) == set(pids):
+                return kept.root, kept.inode
+        v2 = self.v2_of(path, pids)
         v2_id = 0
         if v2:
             try:
@@ -586,28 +694,57 @@ class Cgroupfs:
                     v2_id = os.stat(v2).st_ino
             except Vanished:
                 v2 = None
-        with vanishing(path):
-            inode = os.stat(path).st_ino
-        xattrs, why = self.trusted_xattrs(path)
-        charged, refaults = self.charge(path)
-        return Job(name=os.path.relpath(path, domain_path), path=path, inode=inode,
-                   procs=procs, descendants=len(inner) + len(user_inner), xattrs=xattrs,
-                   oom_group=self.oom_group(path), v2_id=v2_id, v2_path=v2 or "",
-                   charged_bytes=charged, refault_file_pages=refaults, inner=tuple(inner),
-                   ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
-                   populated=unseen or bool(procs), rule=rule, listed_ticks=listed_ticks)
+        if self.layout.memory_v1 and pids:
+            facts.v2 = cgtable.survey(v2, subcgroups, cgtable.MAX_V2_TREE, MAX_DEPTH) if v2 else None
+            if facts.v2 is not None and facts.v2.inode != v2_id:
+                facts.v2 = None     # made again between the two stats: found again next time
+        return v2, v2_id
 
     def jobs(self, domain_path: str, jobs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
         """Every job of the domain (see ``job_paths`` and ``job``). A job's
         cgroup is its owner's to shape: an error reading one job that is not
         its being gone is logged (at most once a minute) and that job kept
         with what could be read of it, or left out if nothing could, so
-        that the others are still listed and a kill can still happen."""
+        that the others are still listed and a kill can still happen.
+
+        The walk for jobs is kept between calls, and taken again only if
+        every cgroup it looked at is still there, the same, with the same
+        children, and reads the same where that decided (see
+        ``cgtable.Listing``); else, and whenever a kept job's read says it
+        would not be a job any more, the domain is walked again."""
+        key = (domain_path, tuple(jobs), tuple(keep_out))
+        listing = self._listings.pop(key, None)
+        if listing is not None:
+            marks: dict[str, tuple[int, int]] = {}
+            if listing.still(marks, self.oom_group, self._own_procs):
+                out = self._read_jobs(domain_path, [(e.path, e.rule, e) for e in listing.entries], marks)
+                if out is not None:
+                    self._listings[key] = listing
+                    self.table_counts["kept"] += 1
+                    return out
+        rec = cgtable.Listing()
+        found = self.job_paths(domain_path, jobs, keep_out, rec)
+        if rec.keepable and rec.counts_agree():
+            while len(self._listings) >= cgtable.MAX_TABLE_LISTINGS:
+                self._listings.pop(next(iter(self._listings)))
+            self._listings[key] = rec
+        self.table_counts["walked"] += 1
+        out = self._read_jobs(domain_path, [(p, r, None) for p, r in found], {})
+        assert out is not None      # no entry: nothing to turn down
+        return out
+
+    def _read_jobs(self, domain_path: str, found: list[tuple[str, str, cgtable.Entry | None]],
+                   marks: dict[str, tuple[int, int]]) -> list[Job] | None:
+        """The jobs at ``found`` read (see ``jobs``); None if the entry of a
+        kept listing turns out not to be that job any more."""
         out = []
         budget = [MAX_LISTING_CGROUPS]
-        for path, rule in self.job_paths(domain_path, jobs, keep_out):
+        for path, rule, entry in found:
             try:
-                out.append(self.job(path, domain_path, rule, budget))
+                job = self._job(path, domain_path, rule, budget, entry, marks.get(path))
+                if job is None:
+                    return None
+                out.append(job)
             except Vanished:
                 continue    # removed between the walk and the read: not a job any more
             except Exception as e:     # noqa: BLE001 - one job must not stop the listing
@@ -617,7 +754,15 @@ class Cgroupfs:
                 job = self._partial_job(path, domain_path, why, rule)
                 if job is not None:
                     out.append(job)
+        if len(self._facts) > len(found):
+            # only the jobs of the latest listing are kept (and a job read alone since)
+            listed = {p for p, _, _ in found}
+            self._facts = {p: f for p, f in self._facts.items() if p in listed}
         return out
+
+    def _own_procs(self, path: str) -> bool:
+        """Whether a cgroup holds processes of its own."""
+        return bool(read_pids(os.path.join(path, "cgroup.procs")))
 
     def _partial_job(self, path: str, domain_path: str, why: str, rule: str = "") -> Job | None:
         """What can be read of a job whose full read failed: its cgroup, its
@@ -685,6 +830,15 @@ def reclaimable_bytes(stat: dict[str, int]) -> int:
     return stat.get("inactive_file", 0) + stat.get("active_file", 0) // 2
 
 
+def _relative_name(path: str, domain_path: str) -> str:
+    """``os.path.relpath(path, domain_path)``, without its cost where the
+    path is plainly below (the walks join names to the domain's path)."""
+    if path.startswith(domain_path + "/") and os.path.isabs(domain_path) and domain_path != "/" \
+            and os.path.normpath(domain_path) == domain_path and "/." not in path and "//" not in path:
+        return path[len(domain_path) + 1:]
+    return os.path.relpath(path, domain_path)
+
+
 def report_name(path: str, domain_path: str) -> str:
     """A cgroup's name as a log line shows it: its owner chose it, and it may
     hold newlines or terminal escapes."""
@@ -711,19 +865,23 @@ def _lists(path: str, pid: int) -> bool:
 
 
 def walk_cgroups(root: str, descend: Callable[[str], bool] | None = None, cut: list[str] | None = None,
-                 max_depth: int = MAX_DEPTH, max_cgroups: int = MAX_CGROUPS) -> Iterator[str]:
+                 max_depth: int = MAX_DEPTH, max_cgroups: int = MAX_CGROUPS,
+                 listed: set[str] | None = None) -> Iterator[str]:
     """Every cgroup below ``root``, each folder's children in sorted order,
     depth first; into those for which ``descend`` (if given) is true.
 
     A loop with a stack of its own, not recursion: a subtree can be deeper
     than Python's recursion limit. Cgroups deeper than ``max_depth`` below
     ``root``, and any past the first ``max_cgroups``, are not read; why is
-    added to ``cut`` (once each)."""
+    added to ``cut`` (once each). ``listed``, if given, gets every folder
+    whose children were listed."""
     stack = [(root, 0)]
     seen = 0
     while stack:
         dirpath, depth = stack.pop()
         names = subcgroups(dirpath)
+        if listed is not None:
+            listed.add(dirpath)
         if names and depth >= max_depth:
             if cut is not None and not any(c.startswith("subtree deeper") for c in cut):
                 cut.append(f"subtree deeper than {max_depth} levels: not read below that")
@@ -742,13 +900,15 @@ def walk_cgroups(root: str, descend: Callable[[str], bool] | None = None, cut: l
         stack.extend((c, depth + 1) for c in reversed(children))
 
 
-def _descendants(path: str, cut: list[str], max_cgroups: int = MAX_CGROUPS) -> Iterator[tuple[str, list[int]]]:
+def _descendants(path: str, cut: list[str], max_cgroups: int = MAX_CGROUPS,
+                 below: tuple[str, ...] | None = None) -> Iterator[tuple[str, list[int]]]:
     """Every cgroup below ``path`` with its own processes, passing over those
     that vanish while the subtree is walked; within the bounds of
     ``walk_cgroups``, noting in ``cut`` where it stopped short. A threaded
     cgroup has no ``cgroup.procs`` to read (EOPNOTSUPP): its processes show
-    in its domain cgroup above."""
-    for full in walk_cgroups(path, cut=cut, max_cgroups=max_cgroups):
+    in its domain cgroup above. ``below``, if given, are the cgroups below
+    ``path`` as a walk found them (``cgtable.Tree``): no folder is listed."""
+    for full in (walk_cgroups(path, cut=cut, max_cgroups=max_cgroups) if below is None else below):
         try:
             pids = read_pids(os.path.join(full, "cgroup.procs"))
         except Vanished:

@@ -118,21 +118,34 @@ def _touched(path: str, tree: CgroupTree, proc_root, baseline: list):
 
 @pytest.mark.parametrize("layout", ["v2", "hybrid"])
 @pytest.mark.parametrize("mode", MODES)
-def test_every_read_failing_keeps_the_other_jobs(tmp_path, proc_tree, monkeypatch, layout, mode):
+@pytest.mark.parametrize("kept", [False, True], ids=["walked", "kept"])
+def test_every_read_failing_keeps_the_other_jobs(tmp_path, proc_tree, monkeypatch, layout, mode, kept):
+    """``kept``: the listing before the failing one is kept in the table
+    (cgtable), and the failing one starts from it; a listing after the
+    failure is the baseline again (nothing wrong was kept)."""
     tree = _build(tmp_path, layout, proc_tree)
-    fs = Cgroupfs(str(tmp_path / "cgroup"), Procfs(str(proc_tree.root)))
-    dom = fs.resolve("host")
+
+    def fresh():
+        fs = Cgroupfs(str(tmp_path / "cgroup"), Procfs(str(proc_tree.root)))
+        if kept:
+            fs.jobs(dom, GLOBS)
+        return fs
+    dom = Cgroupfs(str(tmp_path / "cgroup"), Procfs(str(proc_tree.root))).resolve("host")
+    fs = fresh()
     count = Faults(tmp_path)
     monkeypatch.setattr(files_mod, "open", count, raising=False)
     baseline = fs.jobs(dom, GLOBS)
+    assert fs.table_counts["kept"] == int(kept)
     assert sorted(j.name for j in baseline) == [
         "batch.scope", "empty.service", "system.slice/db.service", "system.slice/web.service", "user.slice/grp"]
     assert [p.pid for p in next(j for j in baseline if j.name == "system.slice/web.service").procs] == [101, 102, 103]
     n_reads = len(count.reads)
     assert n_reads > 30
     for k in range(n_reads):
+        monkeypatch.undo()
+        fs = fresh()
         fault = Faults(tmp_path, mode, k)
-        monkeypatch.setattr(files_mod, "open", fault)
+        monkeypatch.setattr(files_mod, "open", fault, raising=False)
         try:
             jobs = fs.jobs(dom, GLOBS)
         finally:
@@ -153,6 +166,7 @@ def test_every_read_failing_keeps_the_other_jobs(tmp_path, proc_tree, monkeypatc
                 # a process or descendant that vanished is dropped from its job
                 assert {p.pid for p in j.procs} <= {p.pid for p in base[name].procs}, what
         assert len(ranking.candidates) == len(jobs)
+        assert fs.jobs(dom, GLOBS) == baseline, f"{what}: not the same once it passed"
 
 
 def test_a_job_removed_between_the_walk_and_its_read_is_dropped(tmp_path, proc_tree, monkeypatch):

@@ -1,0 +1,87 @@
+"""The job table on the real kernel: cgroups made, removed and made again
+at the same path between two listings of an arena are seen, and a listing
+with nothing changed is taken from the table. Each listing is compared with
+one by a Cgroupfs that keeps nothing yet."""
+from __future__ import annotations
+
+import errno
+import os
+
+from kproc import wait_for
+
+from oomkiller.cgroupfs import Cgroupfs
+
+
+def _shape(jobs) -> list:
+    """What a listing says of each job but its memory, which a process that
+    just started changes from one read to the next."""
+    return [(j.name, j.path, j.inode, [p.pid for p in j.procs], j.descendants, j.inner, j.v2_id, j.v2_path,
+             j.rule, j.populated, j.oom_group, j.notes) for j in jobs]
+
+
+def _listing(fs: Cgroupfs, arena) -> dict:
+    got = fs.jobs(arena.path, ("auto",))
+    assert _shape(got) == _shape(Cgroupfs().jobs(arena.path, ("auto",))), "the kept table and a fresh walk disagree"
+    return {j.name: j for j in got}
+
+
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        if e.errno != errno.EBUSY:      # a cgroup whose last task just exited is busy a moment
+            raise
+        return False
+    return True
+
+
+def _remove(arena, job, proc) -> None:
+    """End the job's one process and remove its cgroups (both trees on
+    hybrid hosts)."""
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not Cgroupfs().subtree_pids(job.path), 5, f"{job.name} to empty")
+    for path in dict.fromkeys(p for p in (job.v2_path, job.path) if p):
+        wait_for(lambda: _rmdir(path), 5, f"{path} to be removed")
+        arena._dirs.remove(path)
+
+
+def test_cgroups_made_removed_and_made_again_between_listings(arena):
+    jobs = {n: arena.job(n) for n in ("a", "b", "c")}
+    procs = {n: arena.spawn(j, ["sleep", "600"]) for n, j in jobs.items()}
+    fs = Cgroupfs()
+    first = _listing(fs, arena)
+    assert sorted(first) == ["a", "b", "c"]
+    assert all(first[n].v2_id == jobs[n].v2_id and [p.pid for p in first[n].procs] == [procs[n].pid]
+               for n in first)
+    assert _shape(_listing(fs, arena).values()) == _shape(first.values())
+    assert fs.table_counts == {"kept": 1, "walked": 1}
+
+    # a new job
+    jobs["d"] = arena.job("d")
+    procs["d"] = arena.spawn(jobs["d"], ["sleep", "600"])
+    got = _listing(fs, arena)
+    assert sorted(got) == ["a", "b", "c", "d"] and [p.pid for p in got["d"].procs] == [procs["d"].pid]
+    assert fs.table_counts["walked"] == 2
+
+    # one removed
+    _remove(arena, jobs["b"], procs["b"])
+    assert sorted(_listing(fs, arena)) == ["a", "c", "d"]
+
+    # one removed and made again at the same path: a new cgroup, a new process
+    old = got["c"]
+    _remove(arena, jobs["c"], procs["c"])
+    jobs["c"] = arena.job("c")
+    procs["c"] = arena.spawn(jobs["c"], ["sleep", "600"])
+    got = _listing(fs, arena)
+    assert got["c"].inode == os.stat(jobs["c"].path).st_ino != old.inode
+    assert got["c"].v2_id == jobs["c"].v2_id != old.v2_id
+    assert [p.pid for p in got["c"].procs] == [procs["c"].pid]
+
+    # a cgroup made below a job, and a process moved into it
+    inner = arena.job("a/inner")
+    p = arena.spawn(inner, ["sleep", "600"])
+    got = _listing(fs, arena)
+    assert got["a"].descendants == 1 and sorted(q.pid for q in got["a"].procs) == sorted((procs["a"].pid, p.pid))
+    kept = fs.table_counts["kept"]
+    assert _shape(_listing(fs, arena).values()) == _shape(got.values()) and fs.table_counts["kept"] == kept + 1

@@ -1,0 +1,225 @@
+"""The job table: listings kept between calls see every change made between
+them. Each listing from a kept table is compared with one by a Cgroupfs
+that keeps nothing yet, and the table's counts say whether it was kept."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+import oomkiller.cgtable as cgtable
+from oomkiller.cgroupfs import Cgroupfs
+from oomkiller.procfs import Procfs
+
+from trees import CgroupTree
+
+
+def _listing(fs: Cgroupfs, tree: CgroupTree, proc_tree, jobs=("auto",)) -> dict:
+    dom = fs.resolve("host")
+    got = fs.jobs(dom, jobs)
+    fresh = Cgroupfs(str(tree.root), Procfs(str(proc_tree.root)))
+    assert got == fresh.jobs(dom, jobs), "the kept table and a fresh walk disagree"
+    return {j.name: j for j in got}
+
+
+def _setup(proc_tree, v2_tree):
+    for pid in (801, 802, 803, 804):
+        proc_tree.proc(pid, f"p{pid}", anon_kb=pid, shmem_kb=1, swap_kb=0)
+    v2_tree.cgroup("system.slice")
+    v2_tree.cgroup("system.slice/web.service", (801,))
+    v2_tree.cgroup("system.slice/web.service/worker", (802,))
+    v2_tree.cgroup("system.slice/db.service", (803,))
+    v2_tree.cgroup("batch", (804,))
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    return fs
+
+
+def test_a_second_listing_is_kept_and_the_same(proc_tree, v2_tree):
+    fs = _setup(proc_tree, v2_tree)
+    first = _listing(fs, v2_tree, proc_tree)
+    assert sorted(first) == ["batch", "system.slice/db.service", "system.slice/web.service"]
+    assert fs.table_counts == {"kept": 0, "walked": 1}
+    again = _listing(fs, v2_tree, proc_tree)
+    assert again == first and fs.table_counts == {"kept": 1, "walked": 1}
+
+
+def test_a_job_added_or_removed_between_listings_is_seen(proc_tree, v2_tree):
+    fs = _setup(proc_tree, v2_tree)
+    _listing(fs, v2_tree, proc_tree)
+    proc_tree.proc(805, "new", anon_kb=5, shmem_kb=0, swap_kb=0)
+    v2_tree.cgroup("system.slice/new.service", (805,))
+    got = _listing(fs, v2_tree, proc_tree)
+    assert [p.pid for p in got["system.slice/new.service"].procs] == [805]
+    assert fs.table_counts == {"kept": 0, "walked": 2}
+    shutil.rmtree(v2_tree.mem / "system.slice/db.service")
+    got = _listing(fs, v2_tree, proc_tree)
+    assert sorted(got) == ["batch", "system.slice/new.service", "system.slice/web.service"]
+    # one removed and one made in the same folder: the count is the same
+    shutil.rmtree(v2_tree.mem / "system.slice/new.service")
+    v2_tree.cgroup("system.slice/other.service", (805,))
+    assert sorted(_listing(fs, v2_tree, proc_tree)) == [
+        "batch", "system.slice/other.service", "system.slice/web.service"]
+    assert fs.table_counts["walked"] == 4
+
+
+def _replace(path, make) -> None:
+    """Make the cgroup at ``path`` again: a new folder (a new inode, made
+    while the old one is there, so that the filesystem cannot hand the old
+    inode number back as kernfs never does) moved into its place."""
+    new = str(path) + ".new"
+    make(new)
+    shutil.rmtree(path)
+    os.rename(new, path)
+
+
+def test_a_job_made_again_at_the_same_path_is_a_new_job(proc_tree, v2_tree):
+    fs = _setup(proc_tree, v2_tree)
+    before = _listing(fs, v2_tree, proc_tree)["system.slice/web.service"]
+    assert before.descendants == 1 and [p.pid for p in before.procs] == [801, 802]
+    web = v2_tree.mem / "system.slice/web.service"
+
+    def make(new):
+        os.mkdir(new)
+        (web.parent / os.path.basename(new) / "cgroup.procs").write_text("801\n")
+    _replace(web, make)
+    after = _listing(fs, v2_tree, proc_tree)["system.slice/web.service"]
+    assert after.inode == os.stat(web).st_ino != before.inode
+    assert after.descendants == 0 and [p.pid for p in after.procs] == [801]
+
+
+def test_a_cgroup_made_or_removed_below_a_job_is_seen(proc_tree, v2_tree):
+    fs = _setup(proc_tree, v2_tree)
+    _listing(fs, v2_tree, proc_tree)
+    proc_tree.proc(806, "deep", anon_kb=6, shmem_kb=0, swap_kb=0)
+    v2_tree.cgroup("system.slice/web.service/worker/deep", (806,))
+    web = _listing(fs, v2_tree, proc_tree)["system.slice/web.service"]
+    assert web.descendants == 2 and [p.pid for p in web.procs] == [801, 802, 806]
+    assert fs.table_counts["kept"] == 1     # the domain's walk kept, the job's subtree read again
+    proc_tree.proc(808, "side", anon_kb=8, shmem_kb=0, swap_kb=0)
+    v2_tree.cgroup("system.slice/web.service/side", (808,))     # right below the job
+    web = _listing(fs, v2_tree, proc_tree)["system.slice/web.service"]
+    assert web.descendants == 3 and [p.pid for p in web.procs] == [801, 802, 806, 808]
+    shutil.rmtree(v2_tree.mem / "system.slice/web.service/side")
+    shutil.rmtree(v2_tree.mem / "system.slice/web.service/worker")
+    web = _listing(fs, v2_tree, proc_tree)["system.slice/web.service"]
+    assert web.descendants == 0 and [p.pid for p in web.procs] == [801]
+
+
+def test_what_decided_the_walk_is_read_again(proc_tree, v2_tree):
+    """Without a name that says what it is, a cgroup is a job by what it
+    holds; memory.oom.group makes one; neither makes or removes a cgroup."""
+    fs = _setup(proc_tree, v2_tree)
+    v2_tree.cgroup("grp")
+    v2_tree.cgroup("grp/a")
+    v2_tree.cgroup("grp/b")
+    v2_tree.cgroup("leaf")
+    got = _listing(fs, v2_tree, proc_tree)
+    assert got["leaf"].rule == "empty leaf cgroup" and "grp/a" in got and "grp" not in got
+    # a process in the empty leaf: the same job, its rule says so
+    proc_tree.proc(807, "leafy", anon_kb=7, shmem_kb=0, swap_kb=0)
+    (v2_tree.mem / "leaf" / "cgroup.procs").write_text("807\n")
+    got = _listing(fs, v2_tree, proc_tree)
+    assert got["leaf"].rule == "cgroup with processes" and fs.table_counts["kept"] == 1
+    # a process of its own in a cgroup that held only cgroups: it is the job now
+    (v2_tree.mem / "grp" / "cgroup.procs").write_text("807\n")
+    (v2_tree.mem / "leaf" / "cgroup.procs").write_text("")
+    got = _listing(fs, v2_tree, proc_tree)
+    assert got["grp"].rule == "cgroup with processes" and "grp/a" not in got
+    (v2_tree.mem / "grp" / "cgroup.procs").write_text("")
+    assert "grp/a" in _listing(fs, v2_tree, proc_tree)
+    # memory.oom.group set on a slice: one job; and cleared
+    (v2_tree.mem / "system.slice" / "memory.oom.group").write_text("1\n")
+    got = _listing(fs, v2_tree, proc_tree)
+    assert got["system.slice"].rule == "memory.oom.group" and "system.slice/web.service" not in got
+    (v2_tree.mem / "system.slice" / "memory.oom.group").write_text("0\n")
+    assert "system.slice/web.service" in _listing(fs, v2_tree, proc_tree)
+    # and on a job: its rule says so
+    (v2_tree.mem / "batch" / "memory.oom.group").write_text("1\n")
+    assert _listing(fs, v2_tree, proc_tree)["batch"].rule == "memory.oom.group"
+
+
+def test_a_slice_with_processes_of_its_own_is_a_job_while_it_has_them(proc_tree, v2_tree):
+    fs = _setup(proc_tree, v2_tree)
+    assert "system.slice" not in _listing(fs, v2_tree, proc_tree)
+    (v2_tree.mem / "system.slice" / "cgroup.procs").write_text("804\n")
+    got = _listing(fs, v2_tree, proc_tree)
+    assert got["system.slice"].rule == "slice with processes of its own"
+    (v2_tree.mem / "system.slice" / "cgroup.procs").write_text("")
+    assert "system.slice/web.service" in _listing(fs, v2_tree, proc_tree)
+
+
+def _hybrid(tmp_path, proc_tree):
+    tree = CgroupTree(tmp_path / "cgroup", v2=False)
+    unified = tree.root / "unified"
+    unified.mkdir()
+    (unified / "cgroup.controllers").write_text("")
+    (unified / "cgroup.procs").write_text("")
+    for rel, pids in (("a", (901,)), ("b", (902, 903)), ("b/inner", (904,))):
+        tree.cgroup(rel, pids)
+        (unified / rel).mkdir()
+        (unified / rel / "cgroup.procs").write_text("".join(f"{p}\n" for p in pids))
+        for pid in pids:
+            proc_tree.proc(pid, f"p{pid}", anon_kb=pid, shmem_kb=0, swap_kb=0, cgroup=f"4:memory:/{rel}\n0::/{rel}\n")
+    return tree, unified
+
+
+def test_hybrid_the_v2_counterpart_is_kept_while_it_holds_the_job_alone(tmp_path, proc_tree):
+    tree, unified = _hybrid(tmp_path, proc_tree)
+    fs = Cgroupfs(str(tree.root), Procfs(str(proc_tree.root)))
+    got = _listing(fs, tree, proc_tree, ("*",))
+    assert got["a"].v2_path == str(unified / "a") and got["a"].v2_id == os.stat(unified / "a").st_ino
+    assert got["b"].v2_path == str(unified / "b")
+    reads = []
+    real = fs.procfs.cgroups
+    fs.procfs.cgroups = lambda pid: reads.append(pid) or real(pid)
+    got = _listing(fs, tree, proc_tree, ("*",))
+    assert reads == [] and got["b"].v2_path == str(unified / "b")      # no /proc/PID/cgroup read
+    # another process in a's v2 cgroup: cgroup.kill there would hit it
+    proc_tree.proc(905, "other", anon_kb=1, shmem_kb=0, swap_kb=0, cgroup="4:memory:/\n0::/a\n")
+    (unified / "a" / "cgroup.procs").write_text("901\n905\n")
+    got = _listing(fs, tree, proc_tree, ("*",))
+    assert got["a"].v2_path == "" and got["a"].v2_id == 0
+    (unified / "a" / "cgroup.procs").write_text("901\n")
+    assert _listing(fs, tree, proc_tree, ("*",))["a"].v2_path == str(unified / "a")
+    # b's v2 cgroup made again: its new id
+    old = got["b"].v2_id
+
+    def make(new):
+        os.mkdir(new)
+        os.mkdir(os.path.join(new, "inner"))
+        (unified / "b.new" / "cgroup.procs").write_text("902\n903\n")
+        (unified / "b.new" / "inner" / "cgroup.procs").write_text("904\n")
+    _replace(unified / "b", make)
+    got = _listing(fs, tree, proc_tree, ("*",))
+    assert got["b"].v2_id == os.stat(unified / "b").st_ino != old
+
+
+def test_a_filesystem_whose_link_counts_say_nothing_keeps_nothing(proc_tree, v2_tree, monkeypatch):
+    monkeypatch.setattr(cgtable, "mark", lambda path: (os.stat(path).st_ino, 1))
+    fs = _setup(proc_tree, v2_tree)
+    for _ in range(2):
+        _listing(fs, v2_tree, proc_tree)
+    assert fs.table_counts == {"kept": 0, "walked": 2}
+    assert all(f.tree is None for f in fs._facts.values())
+
+
+def test_the_table_is_bounded(proc_tree, v2_tree, monkeypatch):
+    monkeypatch.setattr(cgtable, "MAX_TABLE_LISTINGS", 2)
+    fs = _setup(proc_tree, v2_tree)
+    dom = fs.resolve("host")
+    for jobs in (("auto",), ("*",), ("*.service",), ("batch",)):
+        fs.jobs(dom, jobs)
+    assert len(fs._listings) == 2
+    # only the jobs of the latest listing are kept
+    assert sorted(fs._facts) == [str(v2_tree.mem / "batch")]
+
+
+@pytest.mark.parametrize("jobs", [("auto",), ("*",)])
+def test_a_listing_cut_short_is_not_kept(proc_tree, v2_tree, monkeypatch, jobs):
+    import oomkiller.cgroupfs as cgroupfs_mod
+    monkeypatch.setattr(cgroupfs_mod, "MAX_DOMAIN_CGROUPS", 1)
+    fs = _setup(proc_tree, v2_tree)
+    for _ in range(2):
+        _listing(fs, v2_tree, proc_tree, jobs)
+    assert fs.table_counts == {"kept": 0, "walked": 2}
