@@ -215,7 +215,9 @@ class Daemon:
         if res.lowmem_consumed:
             self.simulate_lowmem = False
         det = res.detection
-        log.log(logging.INFO if self.printing else logging.DEBUG, report.free_line(snap, det.delta_bytes))
+        level = logging.INFO if self.printing else logging.DEBUG
+        if log.isEnabledFor(level):     # the line is not made on every tick for nothing
+            log.log(level, report.free_line(snap, det.delta_bytes))
         record = None
         for action in res.actions:
             if isinstance(action, core.Note):
