@@ -7,17 +7,23 @@ environment or kernel flag; 3 no daemon answers on the control socket;
 from __future__ import annotations
 
 import argparse
-import faulthandler
-import json
-import logging
 import os
 import sys
-from typing import Any
 
-from . import config as cfg
-from .control import ControlError, request
+from .client import DEFAULT_CONFIG_FILE, DEFAULT_CONTROL_SOCKET, MAX_SOCKET_PATH_BYTES, ControlError, request
+from .exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE
 
-log = logging.getLogger("oomkiller")
+# typing costs a control command 2 ms: the annotations are never evaluated.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from . import config as cfg
+
+# A control command (info, start, stop, print, lowmem, and rank when the
+# daemon answers it) imports only argparse, json, socket and the few light
+# modules above: the daemon, its sources, the config parser and logging are
+# imported by the commands that use them (tests/test_cli_imports.py).
 
 # What each control command asks of the running daemon. Only `info` may be
 # asked by any user; the others need root (the daemon checks SO_PEERCRED).
@@ -49,11 +55,32 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proc-root", metavar="DIR", help=argparse.SUPPRESS)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line. ``only``, a control command or ``rank``: the parser
+    of that command alone (what it parses, and its help, are the same;
+    building the others would only slow the command down)."""
     from . import __version__
     top = argparse.ArgumentParser(prog="oomkiller", description="A low-latency OOM killer for Linux cgroups.")
     top.add_argument("--version", action="version", version=f"oomkiller {__version__}")
     sub = top.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    if only is None:
+        _run_parser(sub)
+    for name, text in CONTROL_HELP.items():
+        if only in (None, name):
+            c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+            c.add_argument("--control", metavar="SOCKET", default=None, help=CONTROL_SOCKET_HELP)
+            c.add_argument("--config", metavar="FILE", default=None,
+                           help="the daemon's TOML config file, for its control_socket (also $OOMKILLER_CONFIG; "
+                                f"default {DEFAULT_CONFIG_FILE} if there is one)")
+            c.add_argument("--json", action="store_true", help="print the reply as JSON")
+    if only is None:
+        _bench_parser(sub)
+    if only in (None, "rank"):
+        _rank_parser(sub)
+    return top
+
+
+def _run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run the daemon")
     _policy_args(run)
     run.add_argument("--redline", metavar="SIZE|PCT%", help="kill when free memory is below this (default 5%%)")
@@ -89,16 +116,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
                      help="per-wake detail (--log-level debug)")
     run.add_argument("--print-bpf", action="store_true", help="print the BPF program as it would be compiled, and exit")
-    for name, text in CONTROL_HELP.items():
-        c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        c.add_argument("--control", metavar="SOCKET", default=None, help=CONTROL_SOCKET_HELP)
-        c.add_argument("--config", metavar="FILE", default=None,
-                       help="the daemon's TOML config file, for its control_socket (also $OOMKILLER_CONFIG; "
-                            f"default {cfg.DEFAULT_CONFIG_FILE} if there is one)")
-        c.add_argument("--json", action="store_true", help="print the reply as JSON")
+
+
+def _bench_parser(sub: Any) -> None:
     bench = sub.add_parser("bench", help="run the benchmark harness, from a checkout only "
                                          "(python -m oomkiller_bench --help)", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the benchmark's own arguments")
+
+
+def _rank_parser(sub: Any) -> None:
     rk = sub.add_parser("rank", help="print the walk a kill would take now, without killing",
                         description="Print the walk a kill would take now, without killing. Without options, the "
                                     "running daemon's own walk, from its control socket (root only); when no "
@@ -107,7 +133,6 @@ def parser() -> argparse.ArgumentParser:
     _policy_args(rk)
     rk.add_argument("--control", metavar="SOCKET", default=None, help=CONTROL_SOCKET_HELP)
     rk.add_argument("--json", action="store_true", help="print the ranking as JSON")
-    return top
 
 
 def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
@@ -135,6 +160,7 @@ def _config_warning(message: str) -> None:
 
 
 def load_config(a: argparse.Namespace) -> cfg.Config:
+    from . import config as cfg
     from .procfs import Procfs
     try:
         cmdline = Procfs().cmdline()
@@ -154,18 +180,35 @@ def main(argv: list[str] | None = None) -> int:
         if importlib.util.find_spec("oomkiller_bench") is None:
             print("oomkiller: the benchmark is not installed; run it from a checkout: python -m oomkiller_bench",
                   file=sys.stderr)
-            return cfg.EXIT_CONFIG
+            return EXIT_CONFIG
         from oomkiller_bench import main as bench_main
         return bench_main(argv[1:])
-    a = parser().parse_args(argv)
+    a = parser(only=argv[0] if argv[:1] and argv[0] in (*CONTROL_COMMANDS, "rank") else None).parse_args(argv)
     try:
         if a.command in CONTROL_COMMANDS:
             return control_command(a)
+        if a.command == "rank" and _rank_asks_daemon_first(a):
+            # No config of this command's own can change the answer: ask
+            # the daemon before reading one (see _rank_asks_daemon_first).
+            done = rank_from_daemon(a)
+            if done is not None:
+                return done
+            return _configured(a, asked_daemon=True)
+        return _configured(a)
+    except ControlError as e:
+        print(f"oomkiller: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def _configured(a: argparse.Namespace, asked_daemon: bool = False) -> int:
+    """The commands that read a config: run, and rank."""
+    from . import config as cfg
+    try:
         if a.command == "run" and a.print_bpf:
             return print_bpf()
         conf = load_config(a)
         if a.command == "rank":
-            if not _rank_options_given(a):
+            if not asked_daemon and not _rank_options_given(a):
                 done = rank_from_daemon(a)
                 if done is not None:
                     return done
@@ -173,33 +216,74 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(conf)
     except cfg.ConfigError as e:
         print(f"{_stderr_prefix(3)}oomkiller: config error: {e}", file=sys.stderr)
-        return cfg.EXIT_CONFIG
+        return EXIT_CONFIG
     except ControlError as e:
         print(f"oomkiller: {e}", file=sys.stderr)
         return e.exit_code
 
 
+def _plain_control_path(a: argparse.Namespace) -> str | None:
+    """The flag or ``$OOMKILLER_CONTROL_SOCKET`` when it is plainly a good
+    socket path (absolute, printable, short enough): the config's checks
+    would pass it unchanged, so it is taken without the config parser (a
+    control command answers in milliseconds: tests/test_cli_imports.py).
+    None otherwise."""
+    given = a.control if a.control is not None else os.environ.get("OOMKILLER_CONTROL_SOCKET")
+    if given is None:
+        # No config file to read either: the default.
+        if getattr(a, "config", None) is None and not os.environ.get("OOMKILLER_CONFIG") \
+                and not os.path.lexists(DEFAULT_CONFIG_FILE):
+            return DEFAULT_CONTROL_SOCKET
+        return None
+    if given.startswith("/") and given.isprintable() \
+            and len(given.encode("utf-8", "surrogatepass")) <= MAX_SOCKET_PATH_BYTES:
+        return given
+    return None
+
+
 def control_path(a: argparse.Namespace) -> str:
-    """The daemon's control socket, found as the daemon finds it
-    (``config.client_control_socket``); ConfigError if the way is bad."""
+    """The daemon's control socket, found as the daemon finds it: the flag,
+    ``$OOMKILLER_CONTROL_SOCKET``, ``control_socket`` of the config file,
+    the default (``config.client_control_socket``); ConfigError if the way
+    is bad."""
+    plain = _plain_control_path(a)
+    if plain is not None:
+        return plain
+    from . import config as cfg
     return cfg.client_control_socket(flag=a.control, config_file=getattr(a, "config", None),
                                      environ=os.environ, warn=_config_warning)
 
 
+class _BadWay(ControlError):
+    """The way to the control socket is bad (a bad flag, variable or config
+    file): one config-error line, exit 2."""
+
+
+def _control_path_or_exit(a: argparse.Namespace) -> str:
+    plain = _plain_control_path(a)
+    if plain is not None:
+        return plain
+    from . import config as cfg
+    try:
+        return control_path(a)
+    except cfg.ConfigError as e:
+        raise _BadWay(f"config error: {e}", EXIT_CONFIG) from None
+
+
 def control_command(a: argparse.Namespace) -> int:
-    path = control_path(a)
-    reply = request(path, a.command)
+    import json
+    reply = request(_control_path_or_exit(a), a.command)
     if a.json:
         print(json.dumps(reply.get("data", {}), indent=2, sort_keys=True))
     else:
         print(_printable_lines(reply.get("text", "")))
-    return cfg.EXIT_OK
+    return EXIT_OK
 
 
 def _printable_lines(text: str) -> str:
     """A reply's text as the terminal gets it: whatever answers on the
     socket could send escape sequences."""
-    from .report import printable
+    from .text import printable
     return "\n".join(printable(line) for line in text.split("\n"))
 
 
@@ -251,40 +335,68 @@ RANK_LOCAL_OPTIONS = ("config", "domain", "jobs", "protect", "avoid", "prefer", 
 def _rank_options_given(a: argparse.Namespace) -> bool:
     """Whether `rank` was given a config of its own, on the command line or
     in OOMKILLER_* variables (but for the control socket's)."""
+    from . import config as cfg
     if any(getattr(a, k, None) is not None for k in RANK_LOCAL_OPTIONS):
         return True
     env = {"OOMKILLER_CONFIG"} | {"OOMKILLER_" + k.upper() for k in cfg.config_keys() if k != "control_socket"}
     return any(k in env for k in os.environ)
 
 
+def _rank_asks_daemon_first(a: argparse.Namespace, cmdline_path: str = "/proc/cmdline") -> bool:
+    """Whether `rank` may ask the daemon before reading a config: nothing
+    but the socket could be configured (no option of RANK_LOCAL_OPTIONS, no
+    OOMKILLER_* variable but the socket's, no oomkiller.* word on the kernel
+    command line) and the socket's path is one the config takes as it is.
+    Then reading the config first could neither fail, warn, nor change the
+    answer, and a control command stays fast; otherwise it is read first,
+    and says what is wrong with it."""
+    if any(getattr(a, k, None) is not None for k in RANK_LOCAL_OPTIONS):
+        return False
+    if any(k.startswith("OOMKILLER_") and k != "OOMKILLER_CONTROL_SOCKET" for k in os.environ):
+        return False
+    if _plain_control_path(a) is None:
+        return False        # the socket is named by a config file, or oddly: read the config first
+    try:
+        with open(cmdline_path, "rb") as f:
+            cmdline = f.read(1 << 16)
+    except OSError:
+        cmdline = b""
+    return b"oomkiller." not in cmdline.lower()
+
+
 def rank_from_daemon(a: argparse.Namespace) -> int | None:
     """The running daemon's own walk, as it would take it now; None when no
     daemon answers (the caller ranks here instead, and says so)."""
-    path = control_path(a)
+    import json
     try:
-        reply = request(path, "rank")
+        reply = request(_control_path_or_exit(a), "rank")
     except ControlError as e:
-        if e.exit_code != cfg.EXIT_UNREACHABLE:
+        if e.exit_code != EXIT_UNREACHABLE:
             raise
         print(f"oomkiller: {e}: ranked here, with this command's config", file=sys.stderr)
         return None
     data = reply.get("data", {})
     print(json.dumps(data.get("ranking", []), indent=2) if a.json else _printable_lines(reply.get("text", "")))
-    return cfg.EXIT_OK
+    return EXIT_OK
 
 
 def rank_command(conf: cfg.Config, as_json: bool) -> int:
     """The walk a kill would take now, through the daemon's own code: its
     job list (with its keep-out set), its policy, its ranker."""
+    import json
+
     from .daemon import Daemon
     ok, text, data = Daemon(conf, domain=_domain(conf)).handle("rank")
     print(json.dumps(data["ranking"], indent=2) if as_json else text)
-    return cfg.EXIT_OK
+    return EXIT_OK
 
 
 def run_command(conf: cfg.Config) -> int:
     """The composition root: everything the daemon uses is built here, handed
     to it, and closed here once, in the reverse order, also on failure."""
+    import faulthandler
+    import logging
+
     from . import report
     from .control import ControlServer, SocketPathError
     from .daemon import Daemon
@@ -295,6 +407,7 @@ def run_command(conf: cfg.Config) -> int:
     from .notify import Notifier
     from .output import LEVELS, OutputPathError, open_record_file, setup_logging
     from .sources.build import build_sources
+    log = logging.getLogger("oomkiller")
     one_malloc_arena()      # before the first thread
     log_writer = setup_logging(LEVELS[conf.log_level])
     dom = _domain(conf)     # a bad domain is a config error, before anything starts
@@ -351,7 +464,7 @@ def run_command(conf: cfg.Config) -> int:
         daemon.run()
     except RuntimeError as e:
         log.error("OOM: %s", e)
-        return cfg.EXIT_FAILURE
+        return EXIT_FAILURE
     finally:
         if built is not None:
             built.close()       # the brake's memory.high goes back
@@ -368,14 +481,17 @@ def run_command(conf: cfg.Config) -> int:
         notifier.close()
         if log_writer is not None:
             log_writer.close()
-    return cfg.EXIT_OK
+    return EXIT_OK
 
 
 def _metrics_server(conf: cfg.Config, snapshot):
     """(server, "") or, when prometheus_client is missing, (None, why) after
     one warning: metrics are optional, killing is not. A path or port that
     cannot be listened on is a config error."""
+    import logging
+
     from .control import SocketPathError
+    log = logging.getLogger("oomkiller")
     try:
         from .metrics import MetricsServer
         return MetricsServer(conf.metrics, snapshot), ""
@@ -401,7 +517,7 @@ def raise_fd_limit() -> None:
 def print_bpf() -> int:
     from .sources.bpf import BpfSource
     print(BpfSource().program_text())
-    return cfg.EXIT_OK
+    return EXIT_OK
 
 
 if __name__ == "__main__":

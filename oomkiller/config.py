@@ -43,17 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Callable, Iterable, Mapping
 
-EXIT_OK = 0
-EXIT_FAILURE = 1        # the daemon failed at run time
-EXIT_CONFIG = 2         # bad command line, config file, environment or kernel flag
-EXIT_UNREACHABLE = 3    # control command: no daemon answers on the socket
-EXIT_DENIED = 4         # control command: the daemon refused it (not root)
+from .exitcodes import (EXIT_CONFIG, EXIT_DENIED, EXIT_FAILURE, EXIT_OK,  # noqa: F401 - known here too
+                        EXIT_UNREACHABLE)
+from .client import DEFAULT_CONTROL_SOCKET
 
 KERNEL_CMDLINE_KEYS = ("redline", "sleep_ms", "autostart")
 
 MAX_SIZE = 1 << 60                  # 1 EiB: no memory domain comes near it
 MAX_CONFIG_FILE_BYTES = 1 << 20     # a config file lists two dozen keys
-MAX_SOCKET_PATH_BYTES = 107         # sun_path is 108 bytes with its NUL
+from .client import DEFAULT_CONFIG_FILE, MAX_SOCKET_PATH_BYTES  # noqa: E402 - shared with the light client
 
 Warn = Callable[[str], None]
 
@@ -363,7 +361,7 @@ class Config:
     # second keeps one kill from being followed by a second on stale numbers.
     post_kill_delay_ms: int = 500
     kill_timeout_ms: int = 5000
-    control_socket: str = "/run/oomkiller/control.sock"
+    control_socket: str = DEFAULT_CONTROL_SOCKET
     # What is a job (core.jobrule): "auto" is the rule of names (systemd
     # units and pods, never slices; elsewhere cgroups holding processes);
     # globs add jobs where they match.
@@ -757,7 +755,6 @@ def read_config_file(path: str, named_by: str = "") -> dict[str, Any]:
 
 
 # The config file the packaged unit runs the daemon with (deploy/oomkiller.service).
-DEFAULT_CONFIG_FILE = "/etc/oomkiller/oomkiller.toml"
 
 
 def client_control_socket(*, flag: str | None = None, config_file: str | None = None,

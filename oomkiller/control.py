@@ -32,17 +32,14 @@ import struct
 import time
 from typing import Any, Callable
 
+from .client import ControlError, request  # noqa: F401 - the client side, for whoever imports it from here
 from .output import start_thread
-from .report import printable
 
 log = logging.getLogger("oomkiller")
 
 ANYONE = frozenset({"info"})
 COMMANDS = ANYONE | {"rank", "start", "stop", "print", "lowmem"}
 MAX_REQUEST_BYTES = 4096
-# A reply larger than this is not the daemon's (a ranking of 10,000 jobs is
-# a few MiB).
-MAX_REPLY_BYTES = 16 << 20
 # A real client sends its one line at once and reads its reply at once.
 CLIENT_DEADLINE_S = 0.2
 # Open connections a user other than root may hold; root's own limit.
@@ -55,12 +52,6 @@ PER_UID_RATE = 100
 SUN_PATH_MAX = 107
 
 Handler = Callable[[str], "tuple[bool, str, dict[str, Any]]"]
-
-
-class ControlError(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class SocketPathError(ValueError):
@@ -361,61 +352,3 @@ def _listening(path: str) -> bool:
     finally:
         probe.close()
     return True
-
-
-def request(path: str, cmd: str, timeout_s: float = 10.0) -> dict[str, Any]:
-    """Send one command to the daemon and return its reply."""
-    from .config import EXIT_DENIED, EXIT_FAILURE, EXIT_UNREACHABLE
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout_s)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                s.connect(path)
-                break
-            except BlockingIOError:
-                # The listen backlog is full (a flood from other users): the
-                # daemon is there, keep knocking until the deadline.
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.01)
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            # One deadline for the whole reply, and a bound on its size:
-            # whatever answers on the socket may trickle or never stop.
-            left = deadline - time.monotonic()
-            if left <= 0 or len(data) > MAX_REPLY_BYTES:
-                raise ControlError(f"{path}: no whole reply within {timeout_s:g} s and {MAX_REPLY_BYTES >> 20} MiB",
-                                   EXIT_FAILURE)
-            s.settimeout(left)
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                raise ControlError(f"{path}: no whole reply within {timeout_s:g} s and {MAX_REPLY_BYTES >> 20} MiB",
-                                   EXIT_FAILURE) from None
-            if not chunk:
-                break
-            data += chunk
-    except (FileNotFoundError, ConnectionRefusedError) as e:
-        raise ControlError(f"no oomkiller daemon at {path}: {e.strerror}", EXIT_UNREACHABLE) from None
-    except PermissionError as e:
-        raise ControlError(f"cannot reach the oomkiller daemon at {path}: {e.strerror}: the socket or a "
-                           "folder above it is closed to this user", EXIT_UNREACHABLE) from None
-    except OSError as e:
-        raise ControlError(f"cannot reach the oomkiller daemon at {path}: {e.strerror or e}",
-                           EXIT_UNREACHABLE) from None
-    finally:
-        s.close()
-    try:
-        reply = json.loads(data.decode())
-    except (ValueError, RecursionError):
-        reply = None
-    if (not isinstance(reply, dict) or not isinstance(reply.get("data", {}), dict)
-            or not isinstance(reply.get("text", ""), str) or not isinstance(reply.get("error", ""), str)):
-        raise ControlError(f"{path}: the daemon sent no valid reply (busy with other clients?)", EXIT_FAILURE)
-    if not reply.get("ok"):
-        raise ControlError(printable(reply.get("error", "failed")),
-                           EXIT_DENIED if reply.get("denied") else EXIT_FAILURE)
-    return reply

@@ -212,9 +212,14 @@ class Daemon:
                 self._watch_domain_pressure()
         snap = self.domain.snapshot(t0)
         self.last_snapshot = snap
+        psi = self._psi()
+        # One read that finds nothing, mostly: whether cgroups came or went
+        # since the jobs' triggers were last refreshed.
+        changed = getattr(psi, "jobs_changed", None)
         wake = core.Wake(t0, snap, tuple(events), lowmem=self.simulate_lowmem,
                          foreign_pids=self._foreign_victims(events), can_arm=self.arm is not None,
-                         can_track=self._psi() is not None and self._ep is not None)
+                         can_track=psi is not None and self._ep is not None,
+                         jobs_changed=changed() if changed is not None else True)
         t_detect = self.now_usec()
         res = core.step(self.state, self.config, wake, None, self.self_pid)
         if res.need is core.Need.JOBS:
@@ -227,7 +232,9 @@ class Daemon:
         if res.lowmem_consumed:
             self.simulate_lowmem = False
         det = res.detection
-        log.log(logging.INFO if self.printing else logging.DEBUG, report.free_line(snap, det.delta_bytes))
+        level = logging.INFO if self.printing else logging.DEBUG
+        if log.isEnabledFor(level):     # the line is not made on every tick for nothing
+            log.log(level, report.free_line(snap, det.delta_bytes))
         record = None
         for action in res.actions:
             if isinstance(action, core.Note):
@@ -239,7 +246,7 @@ class Daemon:
             elif isinstance(action, core.Arm):
                 self._arm(action, snap, events, t0)
             elif isinstance(action, core.TrackTriggers):
-                self._track(action.paths)
+                self._track(action)
             elif isinstance(action, core.Term):
                 record = self._term(action, res, events, snap, t0, t_rank,
                                     {"snapshot": t_detect - t0, "rank": t_rank - t_detect})
@@ -518,10 +525,14 @@ class Daemon:
         self.state = core.disarmed(self.state)
         self._disarm(job)
 
-    def _track(self, paths: frozenset[str]) -> None:
-        """Keep PSI triggers on the biggest jobs' memory.pressure."""
+    def _track(self, action: core.TrackTriggers) -> None:
+        """Keep PSI triggers on the biggest jobs' memory.pressure, and watch
+        the domain for cgroups that come and go until the next refresh."""
         psi = self._psi()
-        added, dropped = psi.track(set(paths))
+        added, dropped = psi.track(set(action.paths))
+        watch = getattr(psi, "watch_jobs", None)
+        if watch is not None:
+            watch(self.domain.path, action.jobs)
         for fd in dropped:
             self._ep.unregister(fd)
             self._by_fd.pop(fd, None)

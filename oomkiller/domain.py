@@ -40,6 +40,10 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
     return max(0, min(limit_bytes, limit_bytes - (usage_bytes - reclaimable)))
 
 
+# What a snapshot reads of /proc/meminfo (the timer reads it every second:
+# the other fifty lines are not parsed).
+MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)"})
+
 # How long the v2 cgroups standing for a cgroup domain are kept before they
 # are looked for again: finding them reads every process of the domain.
 V2_CACHE_S = 5.0
@@ -55,6 +59,7 @@ class Domain:
         self.path = cgroupfs.resolve(spec)
         self.is_host = spec == "host"
         self.pressure_path: str | None = None
+        self._name = ("", "")        # (path, name)
         # (when, v2 counterpart, its path as /proc/PID/cgroup shows it, the ids of its subtree)
         self._v2: tuple[float, str | None, str | None, frozenset[int]] | None = None
         self.find_pressure()
@@ -131,7 +136,10 @@ class Domain:
 
     @property
     def name(self) -> str:
-        return "host" if self.is_host else self.cgroupfs.relative(self.path)
+        # every snapshot carries it: worked out once per path
+        if self._name[0] != self.path:
+            self._name = (self.path, "host" if self.is_host else self.cgroupfs.relative(self.path))
+        return self._name[1]
 
     def exists(self) -> bool:
         """Whether the domain can be read again (the host always can): its
@@ -144,7 +152,7 @@ class Domain:
     def snapshot(self, now_usec: int) -> MemorySnapshot:
         """Free and total memory now. Raises ``DomainGone`` if the domain's
         cgroup has been removed."""
-        mi = self.procfs.meminfo()
+        mi = self.procfs.meminfo(MEMINFO_KEYS)
         total, avail = mi["MemTotal"], mi.get("MemAvailable", mi.get("MemFree", 0))
         some, full = self.stall_usec()
         if self.is_host:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 
 from .files import Vanished, lines, read_kb_fields, read_keyed, read_text
 from .model import Proc
@@ -64,10 +65,10 @@ class Procfs:
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
 
-    def meminfo(self) -> dict[str, int]:
+    def meminfo(self, keys: Iterable[str] | None = None) -> dict[str, int]:
         """``/proc/meminfo`` in bytes, keyed by field name (a count such as
-        ``HugePages_Total`` as it is)."""
-        return read_kb_fields(os.path.join(self.root, "meminfo"))
+        ``HugePages_Total`` as it is); only ``keys`` if given."""
+        return read_kb_fields(os.path.join(self.root, "meminfo"), keys)
 
     def vmstat(self) -> dict[str, int]:
         """``/proc/vmstat``, keyed by counter name (pages and events)."""

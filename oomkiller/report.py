@@ -8,6 +8,7 @@ import json
 from typing import Any, Iterable
 
 from .model import Candidate, KillResult, MemorySnapshot, Proc, Ranking
+from .text import printable  # noqa: F401 - the one printable, used here and by report's users
 
 _UNITS = "BKMGT"
 MIB = 1 << 20
@@ -16,32 +17,6 @@ MIB = 1 << 20
 # the rest is noise beside the jobs walk.
 PROC_LIST_MAX = 32
 PROC_LIST_MIN_BYTES = 1 << 20
-
-
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def printable(name: str) -> str:
-    """A job or process name fit for a log line: backslashes and anything not
-    printable (newlines, carriage returns, escape sequences, bidi controls)
-    escaped as ``\\n``, ``\\r``, ``\\x1b``, ``\\u202e``, so no name can end a
-    line, forge one, or move the terminal's cursor. Names that need none of
-    it come back as they are."""
-    if name.isprintable() and "\\" not in name:
-        return name
-    out = []
-    for ch in name:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x100:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    return "".join(out)
 
 
 def format_size(n: int) -> str:

@@ -127,6 +127,34 @@ def test_job_triggers_are_refreshed_on_calm_timer_ticks_at_most_every_10_s():
     assert run(core.CoreState(), 150, 1_000_000, can_track=False).actions == ()
 
 
+def test_job_triggers_are_refreshed_only_when_the_jobs_may_have_changed():
+    # the first refresh lists the jobs whatever the watch says
+    r = run(core.CoreState(), 150, 1_000_000, jobs_changed=False)
+    assert kinds(r) == ["TrackTriggers"]
+    (track,) = r.actions
+    assert track.jobs == {j.path for j in JOBS}
+    later = 1_000_000 + core.JOB_PSI_REFRESH_USEC
+    # no cgroup came or went and free memory stayed: the jobs are not listed
+    res = core.step(r.state, CONF, core.Wake(later, snap(150, later), (ev(),), can_arm=True, can_track=True,
+                                             jobs_changed=False), None, SELF)
+    assert res.need is core.Need.NOTHING and res.actions == ()
+    # free memory moved by less than JOB_PSI_MOVE_PERMYRIAD of the domain: still not
+    just_under = (TOTAL * core.JOB_PSI_MOVE_PERMYRIAD // 10000 - 1) / MiB
+    assert run(res.state, 150 - just_under, later, jobs_changed=False).actions == ()
+    assert run(res.state, 150 + just_under, later, jobs_changed=False).actions == ()
+    # by that much, either way: listed again
+    moved = (TOTAL * core.JOB_PSI_MOVE_PERMYRIAD // 10000 + 1) / MiB
+    assert kinds(run(res.state, 150 - moved, later, jobs_changed=False)) == ["TrackTriggers"]
+    assert kinds(run(res.state, 150 + moved, later, jobs_changed=False)) == ["TrackTriggers"]
+    # a cgroup came or went: listed again, but not before the refresh period
+    assert kinds(run(res.state, 150, later, jobs_changed=True)) == ["TrackTriggers"]
+    assert run(r.state, 150, later - 1, jobs_changed=True).actions == ()
+    # the free figure of the last refresh is the reference
+    r2 = run(r.state, 150 - moved, later, jobs_changed=False)
+    assert r2.state.triggers_free_bytes == snap(150 - moved).free_bytes
+    assert run(r2.state, 150 - moved, later + core.JOB_PSI_REFRESH_USEC, jobs_changed=False).actions == ()
+
+
 # -- low memory: hold or walk ----------------------------------------------------------------
 
 def test_below_the_redline_the_walk_rechecks_and_a_kill_holds_the_next():

@@ -21,10 +21,18 @@ class FakePsi:
 
     def __init__(self) -> None:
         self.calls: list[set[str]] = []
+        self.watched: list[tuple[str, set[str]]] = []
+        self.changed = True
 
     def track(self, paths: set[str]) -> tuple[list[int], list[int]]:
         self.calls.append(set(paths))
         return [], []
+
+    def watch_jobs(self, domain_path: str, jobs) -> None:
+        self.watched.append((domain_path, set(jobs)))
+
+    def jobs_changed(self) -> bool:
+        return self.changed
 
     def release(self, fds: list[int]) -> None:
         pass
@@ -110,6 +118,31 @@ def test_job_triggers_are_refreshed_on_calm_timer_ticks_only(proc_tree, v2_tree)
     wake("timer")
     assert len(psi.calls) == 2
     assert arm.history == []                # 156 MiB free: above the arm line
+
+
+def test_idle_jobs_are_listed_again_only_when_cgroups_came_or_went(proc_tree, v2_tree, monkeypatch):
+    _arena(proc_tree, v2_tree, 100)
+    now = [1_000_000_000]
+    d, psi, _arm, _out = _daemon(proc_tree, v2_tree, lambda: now[0])
+    listed = []
+    real_jobs = d.jobs
+    monkeypatch.setattr(d, "jobs", lambda: listed.append(now[0]) or real_jobs())
+
+    def tick_after(s: float) -> None:
+        now[0] += int(s * 1e9)
+        d.wake([PressureEvent("timer", "tick", timestamp_usec=now[0] // 1000)])
+
+    psi.changed = False
+    tick_after(0)
+    assert len(listed) == 1 and len(psi.calls) == 1    # the first refresh
+    arena = v2_tree.mem / "arena"
+    assert psi.watched == [(d.domain.path, {str(arena / "hog"), str(arena / "svc")})]
+    for _ in range(6):
+        tick_after(10)
+    assert len(listed) == 1                 # a minute of calm ticks: never listed again
+    psi.changed = True
+    tick_after(10)
+    assert len(listed) == 2 and len(psi.calls) == 2 and len(psi.watched) == 2
 
 
 def test_below_the_arm_line_the_ranking_is_redone_at_most_every_250_ms(proc_tree, v2_tree, monkeypatch):

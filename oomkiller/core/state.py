@@ -39,6 +39,12 @@ from .thrash import ThrashFigures, ThrashLimits, ThrashState, observe
 # lead: never below the arm line.
 JOB_PSI_TRIGGERS = 32
 JOB_PSI_REFRESH_USEC = 10_000_000
+# ... and only when the jobs may have changed: cgroups came or went in the
+# domain (Wake.jobs_changed), or its free memory moved by at least this share
+# of the domain (permyriad) since the last refresh, as a job that grew into
+# the biggest would move it. Listing a thousand idle jobs every 10 s only to
+# find the same biggest ones cost 2.6% of a core.
+JOB_PSI_MOVE_PERMYRIAD = 100
 
 # Below the arm line, the ranking that chooses whom to arm is redone at most
 # this often (and at once after a kill): the timer may wake every 10 ms there,
@@ -76,6 +82,7 @@ class CoreState:
     armed: Job | None = None
     armed_ranked_usec: int = 0
     triggers_refreshed_usec: int = 0
+    triggers_free_bytes: int = 0            # the domain's free memory at that refresh
     our_victims: tuple[int, ...] = ()
     kills: int = 0
     armed_kills: int = 0
@@ -100,6 +107,9 @@ class Wake:
     foreign_pids: frozenset[int] = frozenset()
     can_arm: bool = False                   # the pre-armed kill is live
     can_track: bool = False                 # job PSI triggers can be kept
+    # cgroups came or went in the domain since the triggers were last
+    # refreshed (True when nothing watches for that)
+    jobs_changed: bool = True
 
 
 # -- actions ---------------------------------------------------------------------------
@@ -117,8 +127,11 @@ class Disarm:
 
 @dataclass(frozen=True)
 class TrackTriggers:
-    """Keep PSI triggers on exactly these jobs' pressure files."""
+    """Keep PSI triggers on exactly these jobs' pressure files; ``jobs``:
+    every job's cgroup, of which the listing was made (what below the
+    domain is watched for cgroups that come and go)."""
     paths: frozenset[str]
+    jobs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -328,16 +341,17 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
     if (wake.can_track and any(e.source == Source.TIMER for e in wake.events)
             and not (s.triggers_refreshed_usec
                      and snap.taken_usec - s.triggers_refreshed_usec < JOB_PSI_REFRESH_USEC)
-            and snap.free_bytes >= arm_line):
+            and snap.free_bytes >= arm_line and _jobs_may_have_changed(s, wake)):
         # Only on a timer tick, at most every JOB_PSI_REFRESH_USEC, and only
         # above the arm line: a trigger costs the kernel a poll worker, and
         # its making once came before the arming.
         if jobs is None:
             return Step(None, need=Need.JOBS, **done)
-        s = dataclasses.replace(s, triggers_refreshed_usec=snap.taken_usec)
+        s = dataclasses.replace(s, triggers_refreshed_usec=snap.taken_usec, triggers_free_bytes=snap.free_bytes)
         biggest = sorted(jobs, key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
         actions.append(TrackTriggers(frozenset(os.path.join(j.v2_path, "memory.pressure")
-                                               for j in biggest if j.v2_path)))
+                                               for j in biggest if j.v2_path),
+                                     frozenset(j.path for j in jobs)))
     term_line = config.term_line_bytes(snap.total_bytes)
     if term_line and snap.free_bytes >= term_line:
         if s.termed or s.term_ranked_usec:
@@ -358,6 +372,17 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
             else:
                 actions.append(Term(target, ranking(), dec.reason, term_line))
     return Step(s, tuple(actions), **done)
+
+
+def _jobs_may_have_changed(s: CoreState, wake: Wake) -> bool:
+    """Whether the biggest jobs may not be those the triggers are on: never
+    refreshed, cgroups came or went, or free memory moved by
+    JOB_PSI_MOVE_PERMYRIAD of the domain since. A job that grows while
+    another shrinks as much is not seen; the domain's own triggers, the
+    timer and the eBPF events still are."""
+    snap = wake.snapshot
+    return (not s.triggers_refreshed_usec or wake.jobs_changed
+            or abs(snap.free_bytes - s.triggers_free_bytes) * 10000 >= snap.total_bytes * JOB_PSI_MOVE_PERMYRIAD)
 
 
 def arm_failed(state: CoreState, action: Arm) -> CoreState:

@@ -13,6 +13,11 @@ ask for the configured window first, then fall back to 2 s and say so.
 Closing a trigger is slow: the kernel waits for an RCU grace period
 (8-19 ms here). The loop never does it: it takes the fd out of its epoll
 set and ``release()`` hands it to a closer thread.
+
+Finding the biggest jobs means listing every job. At idle that is wasted:
+between refreshes an inotify watch on the domain's folders (``TreeWatch``)
+says whether cgroups came or went (``jobs_changed``), and the core lists
+the jobs again only then, or when free memory moved (core.state).
 """
 from __future__ import annotations
 
@@ -20,8 +25,11 @@ import errno
 import os
 import queue
 import select
+import struct
 import time
+from typing import Any
 
+from ..cgroupfs import MAX_DOMAIN_CGROUPS, walk_cgroups
 from ..model import EventKind, PressureEvent, Source
 from ..output import start_thread
 from . import SourceUnavailable
@@ -29,6 +37,125 @@ from . import SourceUnavailable
 # The shortest window an unprivileged trigger may use, and the granularity
 # of such windows (kernel/sched/psi.c: psi_trigger_create, "unprivileged").
 UNPRIVILEGED_WINDOW_USEC = 2_000_000
+
+
+# inotify(7)
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW = 0x400, 0x800, 0x4000
+IN_ONLYDIR, IN_DONT_FOLLOW = 0x01000000, 0x02000000
+WATCHED = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
+# Any of these is a change; IN_IGNORED alone (a watch removed) is not.
+CHANGE = WATCHED | IN_Q_OVERFLOW
+_EVENT = struct.Struct("iIII")
+# Folders watched at most (each costs the kernel about 1 KiB, and counts
+# against fs.inotify.max_user_watches): a domain with more folders outside
+# its jobs is taken as changed on every refresh, as before there was a watch.
+MAX_WATCHES = 8192
+
+
+class TreeWatch:
+    """Whether cgroups came or went in a domain since ``watch()``.
+
+    An inotify watch on the domain's folder and on each folder of it that
+    is not a job or inside one: the folders the walk for jobs goes through
+    (a job's own subtree makes no job). cgroupfs reports mkdir and rmdir of
+    a cgroup to its parent's watch (IN_CREATE, IN_DELETE), v1 and v2 alike.
+    Without a watch (no inotify, too many folders, a folder gone while
+    watched) ``changed()`` is always true, and ``problem`` says why."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._wds: dict[str, int] = {}
+        self._libc: Any = None
+        self._errno: Any = None
+        self._changed = True
+        self.problem = "not watched yet"
+
+    def watch(self, domain_path: str, jobs: frozenset[str] | set[str]) -> None:
+        """Watch the domain's folders outside ``jobs`` from now on. Events
+        that came before and were not read by ``changed()`` still count."""
+        folders = [domain_path]
+        cut: list[str] = []
+        for full in walk_cgroups(domain_path, lambda p: p not in jobs, cut, max_cgroups=MAX_DOMAIN_CGROUPS):
+            if full not in jobs:
+                folders.append(full)
+                if len(folders) > MAX_WATCHES:
+                    return self._give_up(f"more than {MAX_WATCHES} cgroups outside jobs")
+        if cut:
+            return self._give_up("; ".join(cut))
+        vanished = False
+        try:
+            if self._fd is None:
+                self._open()
+            add, rm = self._libc.inotify_add_watch, self._libc.inotify_rm_watch
+            wds: dict[str, int] = {}
+            for path in folders:
+                wd = add(self._fd, os.fsencode(path), WATCHED | IN_ONLYDIR | IN_DONT_FOLLOW)
+                if wd < 0:
+                    e = self._errno()
+                    if e not in (errno.ENOENT, errno.ENOTDIR):
+                        raise OSError(e, os.strerror(e), path)
+                    vanished = True     # gone since the walk: a change
+                    continue
+                wds[path] = wd
+            kept = set(wds.values())
+            for wd in set(self._wds.values()) - kept:
+                rm(self._fd, wd)        # EINVAL if its folder went: no matter
+            self._wds = wds
+        except (OSError, AttributeError) as e:     # AttributeError: a libc without inotify
+            return self._give_up(f"inotify: {getattr(e, 'strerror', None) or e}")
+        self.problem = ""
+        self._changed = vanished
+
+    def changed(self) -> bool:
+        """Whether cgroups came or went since ``watch()``: one read, which
+        finds nothing at idle."""
+        if self._fd is None:
+            return True
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._changed = True
+                break
+            if not data:
+                break
+            at = 0
+            while at + _EVENT.size <= len(data):
+                _wd, mask, _cookie, length = _EVENT.unpack_from(data, at)
+                at += _EVENT.size + length
+                if mask & CHANGE:
+                    self._changed = True
+        return self._changed
+
+    def _open(self) -> None:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        self._libc, self._errno = libc, ctypes.get_errno
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        self._fd = fd
+
+    def _give_up(self, why: str) -> None:
+        self.close()
+        self.problem = why
+
+    def stats(self) -> dict:
+        return {"watched_folders": len(self._wds)} if not self.problem else {"tree_watch": self.problem}
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._wds = {}
+        self._changed = True
 
 
 class PsiSource:
@@ -49,6 +176,7 @@ class PsiSource:
         self.failed: dict[str, str] = {}
         self._closing: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._closer = None
+        self._tree = TreeWatch()
 
     def start(self) -> None:
         for path in self.paths:
@@ -135,6 +263,16 @@ class PsiSource:
             added.append(fd)
         return added, closed
 
+    def watch_jobs(self, domain_path: str, jobs: frozenset[str] | set[str]) -> None:
+        """After a refresh from a listing of ``jobs``: watch the domain for
+        cgroups that come and go (see ``jobs_changed``)."""
+        self._tree.watch(domain_path, jobs)
+
+    def jobs_changed(self) -> bool:
+        """Whether cgroups came or went in the domain since the last
+        ``watch_jobs()`` (always true when that cannot be watched)."""
+        return self._tree.changed()
+
     def drain(self, fd: int | None = None) -> list[PressureEvent]:
         if fd not in self._fds:
             return []
@@ -177,9 +315,11 @@ class PsiSource:
                "files": len(self._fds), "job_files": len(self._jobs), "fired": self.fired}
         if self.unprivileged:
             out["note"] = "unprivileged: window rounded to a multiple of 2 s"
+        out.update(self._tree.stats())
         return out
 
     def close(self) -> None:
+        self._tree.close()
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()

@@ -111,3 +111,32 @@ def test_job_triggers_follow_the_job_list(arena):
         wait_for(lambda: not any(os.path.exists(f"/proc/self/fd/{fd}") for fd in added), 5, "the closer")
     finally:
         src.close()
+
+
+def test_job_triggers_know_when_cgroups_came_or_went(arena):
+    """cgroupfs reports mkdir and rmdir of a cgroup to an inotify watch on
+    its parent: the job list is read again only then."""
+    a, b = arena.job("a"), arena.job("b")
+    src = PsiSource([os.path.join(arena.v2_path, "memory.pressure")])
+    src.start()
+    made = []
+    try:
+        assert src.jobs_changed()               # not watched yet
+        src.watch_jobs(arena.path, {a.path, b.path})
+        assert src.stats()["watched_folders"] == 1 and not src.jobs_changed()
+        inner = os.path.join(a.path, "inner")
+        os.mkdir(inner)
+        made.append(inner)
+        assert not src.jobs_changed()           # inside a job: no new job
+        new = os.path.join(arena.path, "new")
+        os.mkdir(new)
+        made.append(new)
+        assert src.jobs_changed()
+        src.watch_jobs(arena.path, {a.path, b.path, new})
+        assert not src.jobs_changed()
+        os.rmdir(made.pop())
+        assert src.jobs_changed()
+    finally:
+        for d in reversed(made):
+            os.rmdir(d)
+        src.close()
