@@ -59,6 +59,11 @@ def start_ticks(proc_root: str, pid: int) -> int | None:
         return None
 
 
+# System accounts (login.defs' SYS_UID_MAX): root and the users packages
+# create for their services, such as systemd-oom.
+SYSTEM_UID_MAX = 999
+
+
 class Procfs:
     """Reads one procfs tree; ``root`` is ``/proc`` except in tests."""
 
@@ -105,8 +110,9 @@ class Procfs:
 
         Any user can name a process ``earlyoom`` (its ``comm`` is the name
         of the file it ran, and ``prctl`` sets it), so the name only picks
-        whom to look at. One counts if it runs as root (real uid 0: one
-        that is not cannot kill others' processes, and is anyone's to fake)
+        whom to look at. One counts if it runs as root or a system account
+        (real uid up to ``SYSTEM_UID_MAX``: systemd-oomd runs as the user
+        systemd-oom; a user's process, 65534's included, is anyone's to fake)
         and its executable, as the kernel resolved it (``/proc/PID/exe``),
         is named after the killer; for a killer that is a script (nohang
         runs under python3), the executable is a Python interpreter and
@@ -125,7 +131,8 @@ class Procfs:
                 named = next((n for n in OTHER_OOM_KILLERS if n[:COMM_LEN] == comm), None)
                 if named is None and not comm.startswith("python"):
                     continue
-                if self._real_uid(pid) != 0:
+                uid = self._real_uid(pid)
+                if uid is None or uid > SYSTEM_UID_MAX:
                     continue
                 exe = self._exe_name(pid)
                 if named is not None and exe == named:

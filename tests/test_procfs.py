@@ -127,15 +127,19 @@ def test_other_oom_killers_by_executable_and_by_script(proc_tree):
             (306, "low-memory-moni", ["/usr/libexec/low-memory-monitor"], "/usr/libexec/low-memory-monitor"),
             (307, "earlyoom", ["earlyoom"], "/usr/bin/earlyoom (deleted)")):      # upgraded since it started
         _killer_proc(proc_tree, pid, comm, argv, exe)
+    # Debian runs systemd-oomd as its own system user
+    _killer_proc(proc_tree, 308, "systemd-oomd", ["/lib/systemd/systemd-oomd"], "/usr/lib/systemd/systemd-oomd", 997)
     (proc_tree.root / "305").mkdir()     # gone while being read: no comm
     assert sorted(Procfs(str(proc_tree.root)).other_oom_killers()) == [
-        (300, "earlyoom"), (301, "nohang"), (304, "systemd-oomd"), (306, "low-memory-monitor"), (307, "earlyoom")]
+        (300, "earlyoom"), (301, "nohang"), (304, "systemd-oomd"), (306, "low-memory-monitor"), (307, "earlyoom"),
+        (308, "systemd-oomd")]
 
 
 def test_a_process_named_after_an_oom_killer_is_not_one(proc_tree):
     for pid, comm, argv, exe, uid in (
             (400, "earlyoom", ["earlyoom"], "/usr/bin/sleep", 0),            # root, named so by a link or prctl
             (401, "earlyoom", ["earlyoom"], "/home/u/earlyoom", 65534),     # the real name, not root
+            (407, "systemd-oomd", ["systemd-oomd"], "/usr/lib/systemd/systemd-oomd", 1000),  # a user ran it
             (402, "python3", ["python3", "/tmp/nohang"], "/usr/bin/python3", 65534),
             (403, "nohang", ["nohang"], "/usr/bin/python3", 0),             # an interpreter with no nohang to run
             (404, "earlyoom", ["earlyoom"], None, 0),                       # exe unreadable: not trusted
