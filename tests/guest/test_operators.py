@@ -54,7 +54,7 @@ def hooked():
 
 def test_a_kill_runs_the_hooks_logs_to_the_kernel_and_a_hanging_hook_does_not_hold_it(hooked):
     d = hooked
-    assert d.info()["hooks"]["ran"] == 0
+    assert d.info()["output"]["hooks"]["ran"] == 0
     oom_before = kernel_oom_kills()
     bystander = start_idle("oomkt-hook-bystander", 16 * MIB)
     t0 = time.monotonic()
@@ -80,7 +80,7 @@ def test_a_kill_runs_the_hooks_logs_to_the_kernel_and_a_hanging_hook_does_not_ho
     assert env["OOMKILLER_RESULT"] == "killed" and int(env["OOMKILLER_FREED_BYTES"]) > 0
 
     # the hanging pre_kill was ended at its limit, and counted
-    hooks = wait_for(lambda: (lambda h: h if h["timed_out"] >= 1 else None)(d.info()["hooks"]),
+    hooks = wait_for(lambda: (lambda h: h if h["timed_out"] >= 1 else None)(d.info()["output"]["hooks"]),
                      HOOK_TIMEOUT_MS / 1000 + 20, "the pre_kill hook to time out")
     assert hooks["ok"] >= 1, hooks
     assert not sh("pgrep", "-f", "sleep 600", check=False).stdout.strip(), "the hanging hook outlived its limit"
