@@ -416,7 +416,11 @@ class _Kill:
                     for fd in (*alive.values(), *moved.values()):
                         os.close(fd)
                     if e.errno not in GONE_ERRNOS and e.errno not in NOT_WRITABLE_ERRNOS:
-                        raise
+                        # Turned down otherwise (EOPNOTSUPP: its owner made
+                        # it threaded since it was checked): the chosen job
+                        # is killed all the same, by signals.
+                        log.debug("OOM: cannot write %s (%s): killing by signals", kill_file,
+                                  e.strerror or e)
                     # The v2 cgroup went away, or its cgroup.kill may not be
                     # written (a container's cgroup tree mounted read-only):
                     # signals alone will do.
