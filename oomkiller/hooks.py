@@ -38,8 +38,11 @@ Which file may be a hook (``hook_problem``): an absolute path to a regular,
 executable file owned by root (or by the daemon's own user when it does
 not run as root), not writable by group or others, in folders that are
 owned the same way and writable by no one else (a sticky folder such as
-``/tmp`` counts as safe: only an entry's owner may replace it). Anything
-else is refused at start with one line, and checked again before each run.
+``/tmp`` counts as safe: only an entry's owner may replace it), reached
+through no symbolic link owned by anyone else (in a sticky folder, whoever
+made a name first owns it, and may point it anywhere). Anything else is
+refused at start with one line, and checked again before each run; the run
+starts the very file checked, not whatever the path leads to by then.
 """
 from __future__ import annotations
 
@@ -107,43 +110,93 @@ def _folders(path: str) -> list[str]:
         d = up
 
 
+# Symbolic links followed, at most, on the way to a hook (the kernel's own limit).
+MAX_LINKS = 40
+
+
+def _follow(path: str, euid: int) -> Tuple[str, list, Optional[str]]:
+    """Follow ``path`` one name at a time as the kernel does: (the file it
+    names, every symbolic link met on the way, a problem or None). A link
+    is a step of the path like a folder: whoever owns it can point it
+    elsewhere at any time, and in a sticky folder such as ``/tmp`` that is
+    whoever made it, maybe before the hook was ever put there. So a link
+    must be owned as the hook is. (``os.path.realpath`` reads links without
+    asking their owner, as the kernel's ``protected_symlinks`` would.)"""
+    todo = [p for p in reversed(path.split("/")) if p not in ("", ".")]
+    cur, links = "/", []
+    while todo:
+        name = todo.pop()
+        if name == "..":
+            cur = os.path.dirname(cur)
+            continue
+        nxt = os.path.join(cur, name)
+        st = os.lstat(nxt)
+        if not stat.S_ISLNK(st.st_mode):
+            cur = nxt
+            continue
+        links.append(nxt)
+        if len(links) > MAX_LINKS:
+            return nxt, links, "too many levels of symbolic links"
+        if not _owner_ok(st.st_uid, euid):
+            return nxt, links, (f"symbolic link {nxt} is owned by uid {st.st_uid}, who could point it at another "
+                                f"program; it must be owned by {_who(euid)}")
+        target = os.readlink(nxt)
+        if target.startswith("/"):
+            cur = "/"
+        todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
+    return cur, links, None
+
+
 def hook_problem(path: str, euid: Optional[int] = None) -> Optional[str]:
     """Why ``path`` may not be run as a hook, or None. It runs with the
-    daemon's privileges, so whoever can change the file, or any folder on
-    its way, could run commands as root."""
+    daemon's privileges, so whoever can change the file, a symbolic link
+    or any folder on its way, could run commands as root."""
+    return resolve_hook(path, euid)[1]
+
+
+def resolve_hook(path: str, euid: Optional[int] = None) -> Tuple[Optional[str], Optional[str]]:
+    """(the file to run, None), or (None, why ``path`` may not be run as a
+    hook): see ``hook_problem``. The file to run is the one checked: the
+    path is not followed again, so a link changed after the check cannot
+    lead elsewhere."""
     euid = os.geteuid() if euid is None else euid
     if not path.startswith("/"):
-        return f"{path}: not an absolute path"
+        return None, f"{path}: not an absolute path"
     try:
-        real = os.path.realpath(path)
-        st = os.stat(real)
+        real, links, problem = _follow(path, euid)
+        if problem:
+            return None, f"{path}: {problem}"
+        st = os.stat(real, follow_symlinks=False)
     except FileNotFoundError:
-        return f"{path}: no such file"
+        return None, f"{path}: no such file"
     except OSError as e:
-        return f"{path}: {e.strerror or e}"
+        return None, f"{path}: {e.strerror or e}"
     where = path if real == path else f"{path} (that is {real})"
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        return f"{where}: {kind}, not a program"
+        return None, f"{where}: {kind}, not a program"
     if not st.st_mode & 0o111 or not os.access(real, os.X_OK):
-        return f"{where}: not executable (chmod 755 it)"
+        return None, f"{where}: not executable (chmod 755 it)"
     if not _owner_ok(st.st_uid, euid):
-        return f"{where}: owned by uid {st.st_uid}; a hook runs with the daemon's privileges, so it must be owned by {_who(euid)}"
+        return None, (f"{where}: owned by uid {st.st_uid}; a hook runs with the daemon's privileges, so it must be "
+                      f"owned by {_who(euid)}")
     if st.st_mode & 0o022:
-        return (f"{where}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); anyone who can "
-                "write it could run commands with the daemon's privileges (chmod go-w it)")
-    for folder in dict.fromkeys(_folders(path) + _folders(real)):
+        return None, (f"{where}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); anyone who can "
+                      "write it could run commands with the daemon's privileges (chmod go-w it)")
+    # The folders of the path as written, of each link met, and of the file.
+    folders = _folders(path) + [f for link in links for f in _folders(link)] + _folders(real)
+    for folder in dict.fromkeys(folders):
         try:
             fs = os.stat(folder)
         except OSError as e:
-            return f"{where}: folder {folder}: {e.strerror or e}"
+            return None, f"{where}: folder {folder}: {e.strerror or e}"
         if not _owner_ok(fs.st_uid, euid):
-            return (f"{where}: folder {folder} is owned by uid {fs.st_uid}, who could replace the hook; "
-                    f"it must be owned by {_who(euid)}")
+            return None, (f"{where}: folder {folder} is owned by uid {fs.st_uid}, who could replace the hook; "
+                          f"it must be owned by {_who(euid)}")
         if fs.st_mode & 0o022 and not fs.st_mode & stat.S_ISVTX:
-            return (f"{where}: folder {folder} is writable by group or others (mode "
-                    f"{stat.S_IMODE(fs.st_mode):04o}), who could replace the hook")
-    return None
+            return None, (f"{where}: folder {folder} is writable by group or others (mode "
+                          f"{stat.S_IMODE(fs.st_mode):04o}), who could replace the hook")
+    return real, None
 
 
 # -- what a hook is told -------------------------------------------------------------
@@ -354,11 +407,10 @@ class Hooks:
         for p in list(self._unreaped):
             if p.poll() is not None:
                 self._unreaped.remove(p)
-        problem = hook_problem(req.path, self.euid)
-        if problem:
+        real, problem = resolve_hook(req.path, self.euid)
+        if problem or real is None:
             return Outcome(req.hook, req.path, "refused", f"not run: {problem}")
         stdin, env = req.make()
-        real = os.path.realpath(req.path)
         try:
             p = subprocess.Popen([req.path], executable=real, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, cwd="/", env=env, close_fds=True,

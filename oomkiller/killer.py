@@ -28,7 +28,8 @@ that reads empty with anonymous memory charged is read again, up to
 
 Nothing is ever frozen here. A job someone else froze with the v1 freezer
 is thawed once our SIGKILLs are pending (``_thaw_v1_freezer``): v1 frozen
-tasks act on SIGKILL only once thawed. A SIGKILLed process cannot fork any
+tasks act on SIGKILL only once thawed; and so is any v1 freezer cgroup
+found frozen holding a process we signalled (``_thaw_where_frozen``). A SIGKILLed process cannot fork any
 more (a fatal signal pending aborts ``fork``), so each round leaves only the children forked since the
 previous read, and a fork bomb runs out of forkers. Freezing first bought
 nothing over that and cost a failure mode: v1 frozen tasks act on SIGKILL
@@ -94,6 +95,7 @@ from .files import GONE_ERRNOS
 from .model import Candidate, Job, KillResult, Ranking
 from .output import start_thread
 from .procfs import PF_KTHREAD, boot_ticks as _boot_tick, start_ticks as _start_tick
+from .report import printable
 
 log = logging.getLogger("oomkiller")
 
@@ -122,6 +124,10 @@ RESIGNAL_USEC = 20_000
 # sweep's signals do the job (a read-only cgroup mount, as a container
 # runtime gives a container that is not privileged).
 NOT_WRITABLE_ERRNOS = frozenset((errno.EROFS, errno.EACCES, errno.EPERM))
+
+# How often a kill looks, at most, for v1 freezer cgroups that hold processes
+# it signalled (``_Kill._thaw_where_frozen``).
+THAW_LOOK_USEC = 50_000
 
 # process_mrelease requests waiting for the releasing thread; more are dropped.
 MRELEASE_QUEUE = 64
@@ -350,6 +356,7 @@ class _Kill:
         self.unseen_left = False            # the deadline came with the job populated, no pid listed
         self.thaw_checked = False
         self.thawed = False
+        self.thaw_looked_usec = -THAW_LOOK_USEC
         self.start = 0
         self.deadline = 0
 
@@ -409,7 +416,11 @@ class _Kill:
                     for fd in (*alive.values(), *moved.values()):
                         os.close(fd)
                     if e.errno not in GONE_ERRNOS and e.errno not in NOT_WRITABLE_ERRNOS:
-                        raise
+                        # Turned down otherwise (EOPNOTSUPP: its owner made
+                        # it threaded since it was checked): the chosen job
+                        # is killed all the same, by signals.
+                        log.debug("OOM: cannot write %s (%s): killing by signals", kill_file,
+                                  e.strerror or e)
                     # The v2 cgroup went away, or its cgroup.kill may not be
                     # written (a container's cgroup tree mounted read-only):
                     # signals alone will do.
@@ -584,6 +595,13 @@ class _Kill:
                 # Our SIGKILLs are pending: let a v1 freeze someone else made end.
                 self.thaw_checked = True
                 self.thawed = self._thaw_v1_freezer()
+            now = self.k.now_usec()
+            if self.signalled and now - self.thaw_looked_usec >= THAW_LOOK_USEC:
+                # ... also where the processes signalled are, which need not
+                # be the job's own freezer cgroup: their owner may have put
+                # them in a frozen one of theirs, before or after our signal.
+                self.thaw_looked_usec = now
+                self.thawed |= self._thaw_where_frozen([*listed, *self.tracked])
             left = [p for p in listed if p not in self.exempt]
             if not listed:
                 # Empty as read is not empty: a process moved between the
@@ -666,6 +684,43 @@ class _Kill:
         except OSError:
             return False        # no freezer cgroup of its own, or gone: nothing to thaw
         return True
+
+    def _thaw_where_frozen(self, pids: list[int]) -> bool:
+        """Thaw the v1 freezer cgroups, frozen or freezing, that hold any of
+        ``pids`` (the signalled still listed or alive); True if one was.
+
+        A v1 freezer cgroup is anyone's who was given one: its owner may move
+        their own processes into it (a v1 move asks only that the process
+        be theirs) and freeze it. The process stays in its memory cgroup,
+        in the job, with our SIGKILL pending and its memory held, until it
+        is thawed: the whole ``kill_timeout_ms`` and the kills after it, a
+        ``remaining`` the walk takes for a kill. The kernel's OOM killer
+        thaws its victims too. Only once our SIGKILLs are pending; at most
+        ``MAX_TRACKED_PIDFDS`` pids' ``/proc/PID/cgroup`` read per look."""
+        layout = self.cg.layout
+        base = os.path.join(layout.root, "freezer")
+        if not layout.memory_v1 or not pids:
+            return False
+        looked: set[str] = set()
+        thawed = False
+        for pid in pids[:MAX_TRACKED_PIDFDS]:
+            if pid not in self.signalled:
+                continue
+            rel = self.cg.procfs.cgroups(pid).get("freezer", "")
+            if rel in ("", "/") or rel in looked or "/.." in rel:
+                continue
+            looked.add(rel)
+            state_file = os.path.join(base, rel.lstrip("/"), "freezer.state")
+            try:
+                if _read(state_file).strip() not in (b"FROZEN", b"FREEZING"):
+                    continue
+                _write(state_file, "THAWED")
+            except OSError:
+                continue        # gone, or no such hierarchy here
+            thawed = True
+            log.warning("OOM: thawed the v1 freezer cgroup %s: it held pid %d of job '%s', killed",
+                        printable(rel), pid, printable(self.job.name))
+        return thawed
 
     def _open(self, listed: list[int]) -> dict[int, int]:
         """Pidfds for the listed pids that may need a signal."""

@@ -52,24 +52,54 @@ def fakes(tmp_path):
 POST = {"OOMKILLER_HOOK": "post_kill", "OOMKILLER_SIGNAL": "KILL"}
 
 
+# A systemctl that knows a few system units, each in its slice.
+SYSTEMCTL = """case $1 in show)
+  case $6 in
+    web@1.service | web.service | sshd.service | systemd-reboot.service) echo system.slice ;;
+    db.service) echo data-db.slice ;;
+  esac ;;
+esac
+"""
+
+
+def restarts(calls) -> list[list[str]]:
+    return [c for c in calls() if c[1] == "restart"]
+
+
 def test_restart_unit_restarts_the_killed_system_service_and_nothing_else(fakes):
     fake, run, calls = fakes
-    fake("systemctl")
+    fake("systemctl", SYSTEMCTL)
     out = run("restart-unit", **POST, OOMKILLER_CGROUP="/sys/fs/cgroup/memory/system.slice/web@1.service",
               OOMKILLER_CGROUP_V2="/sys/fs/cgroup/unified/system.slice/web@1.service")
     assert out.returncode == 0, out.stderr
-    assert calls() == [["systemctl", "restart", "--no-block", "--", "web@1.service"]]
+    assert restarts(calls) == [["systemctl", "restart", "--no-block", "--", "web@1.service"]]
+    assert calls()[0] == ["systemctl", "show", "-p", "Slice", "--value", "--", "web@1.service"]
+    # in nested slices, on a v1 memory hierarchy, and on pure v2
+    assert run("restart-unit", **POST, OOMKILLER_CGROUP="/sys/fs/cgroup/memory/data.slice/data-db.slice/db.service"
+               ).returncode == 0
+    assert run("restart-unit", **POST, OOMKILLER_CGROUP="/sys/fs/cgroup/system.slice/web.service").returncode == 0
+    assert [c[-1] for c in restarts(calls)] == ["web@1.service", "db.service", "web.service"]
     for cgroup in ("/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/x.service",
                    "/sys/fs/cgroup/user.slice/user-1000.slice/session-2.scope",
-                   "/sys/fs/cgroup/kubepods.slice/kubepods-pod1.slice", ""):
+                   "/sys/fs/cgroup/kubepods.slice/kubepods-pod1.slice", "",
+                   # cgroups someone was given, named after system units: not those units'
+                   "/sys/fs/cgroup/unified/arena/u1/systemd-reboot.service",
+                   "/sys/fs/cgroup/unified/arena/u1/system.slice/sshd.service",
+                   "/sys/fs/cgroup/memory/arena/sshd.service",
+                   "/elsewhere/system.slice/sshd.service"):
         assert run("restart-unit", **POST, OOMKILLER_CGROUP=cgroup).returncode == 0
+    # one in slices the unit does not run in
+    out = run("restart-unit", **POST, OOMKILLER_CGROUP="/sys/fs/cgroup/unified/other.slice/sshd.service")
+    assert out.returncode == 1 and "sshd.service runs in system.slice, not in other.slice" in out.stderr
+    out = run("restart-unit", **POST, OOMKILLER_CGROUP="/sys/fs/cgroup/unified/system.slice/gone.service")
+    assert out.returncode == 1 and "gone.service runs in no slice, not in system.slice" in out.stderr
     assert run("restart-unit", **{**POST, "OOMKILLER_SIGNAL": "TERM"},
                OOMKILLER_CGROUP="/sys/fs/cgroup/system.slice/web.service").returncode == 0
-    assert len(calls()) == 1
+    assert len(restarts(calls)) == 3
     # a name someone chose is only ever an argument, and a strange one none
     out = run("restart-unit", **POST, OOMKILLER_CGROUP="/sys/fs/cgroup/system.slice/a$(touch x) b.service")
     assert out.returncode == 1 and "restart-unit: not a unit name: a$(touch x) b.service" in out.stderr
-    assert len(calls()) == 1
+    assert len(restarts(calls)) == 3
     out = run("restart-unit", OOMKILLER_HOOK="pre_kill", OOMKILLER_SIGNAL="KILL")
     assert out.returncode == 2 and "a post_kill hook" in out.stderr
 

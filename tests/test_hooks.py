@@ -107,6 +107,57 @@ def test_a_hook_owned_by_another_user_is_refused_when_the_daemon_runs_as_root(ho
     assert "folder " + str(hookdir) + " is owned by uid 65534, who could replace the hook" in hook_problem(mine)
 
 
+@pytest.mark.skipif(EUID != 0, reason="needs root to give a link to another user")
+def test_a_link_on_the_way_that_another_user_owns_is_refused(hookdir, tmp_path):
+    # A sticky folder as /tmp: the hook's path named there before anything
+    # was put at it (or after a cleaner removed it) is anyone's to make: a
+    # link of theirs to a root-owned program (a shell, fed the record with
+    # its job names on stdin) passed every check on what the link led to.
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    link = sticky / "notify"
+    link.symlink_to("/bin/sh")
+    os.lchown(link, 65534, 65534)
+    assert hook_problem(str(link)) == (f"{link}: symbolic link {link} is owned by uid 65534, who could point it at "
+                                       "another program; it must be owned by root")
+    # ... also as a folder on the way, and further along a chain of links
+    hook = script(hookdir, "ok", "exit 0\n")
+    theirs = sticky / "dir"
+    theirs.symlink_to(hookdir)
+    os.lchown(theirs, 65534, 65534)
+    assert "symbolic link " + str(theirs) + " is owned by uid 65534" in hook_problem(f"{theirs}/ok")
+    chain = hookdir / "chain"
+    chain.symlink_to(link)
+    assert "symbolic link " + str(link) + " is owned by uid 65534" in hook_problem(str(chain))
+    # the daemon's own (root's) links are fine, where no one else may replace them
+    os.lchown(link, 0, 0)
+    assert hook_problem(str(link)) is None
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
+    via = open_dir / "via"
+    via.symlink_to(hook)
+    assert "folder " + str(open_dir) + " is writable by group or others" in hook_problem(str(via))
+
+
+def test_the_file_run_is_the_one_checked_not_where_a_link_leads_later(hookdir, tmp_path, runners):
+    good = script(hookdir, "good", f"echo good > {tmp_path}/ran\n")
+    other = script(hookdir, "other", f"echo other > {tmp_path}/ran\n")
+    link = hookdir / "link"
+    link.symlink_to(good)
+
+    def make():
+        # between the check and the start, the link is pointed elsewhere
+        link.unlink()
+        link.symlink_to(other)
+        return inputs()()
+    h = runners(post_kill=str(link))
+    done = h.submit(POST_KILL, make)
+    assert done is not None and done.wait(20)
+    assert (tmp_path / "ran").read_text() == "good\n"
+
+
 def test_hook_keys_are_read_like_the_others_and_checked_at_start(hookdir):
     ok = script(hookdir, "ok", "exit 0\n")
     conf = cfg.load(cli={"post_kill": ok, "hook_timeout_ms": 250},

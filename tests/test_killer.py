@@ -219,6 +219,28 @@ def test_a_cgroup_kill_that_may_not_be_written_falls_back_to_signals(proc_tree, 
     assert k.kill_file_refused == f"{job_dir / 'cgroup.kill'}: {os.strerror(err)}"
 
 
+def test_a_cgroup_kill_the_kernel_turns_down_falls_back_to_signals(proc_tree, v2_tree, monkeypatch):
+    # Whoever owns the job's cgroup may make it threaded after it was
+    # checked (one write to cgroup.type): cgroup.kill then fails with
+    # EOPNOTSUPP. That failed the kill of the chosen job ("kill failed"),
+    # and the walk went on to the next, innocent one while the hog lived.
+    from oomkiller import killer as killer_mod
+    proc_tree.proc(NO_SUCH_PID, "hog", anon_kb=90_000, shmem_kb=0, swap_kb=0)
+    v2_tree.cgroup("hog.service", (NO_SUCH_PID,), cgroup__kill="", cgroup__events="populated 1\n")
+    cg = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    ranking = rank(cg.jobs(str(v2_tree.mem), ("*",)), Policy(self_pid=os.getpid()), 1 << 30)
+
+    def refuse(path, value):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), path)
+    monkeypatch.setattr(killer_mod, "_write", refuse)
+    swept = []
+    monkeypatch.setattr(killer_mod._Kill, "_sweep", lambda self, pids, *rest: swept.append(pids) or [])
+    k = Killer(cg, dry_run=False, self_pid=os.getpid(), timeout_usec=200_000)
+    (c, r), = k.walk(ranking)
+    assert swept == [[NO_SUCH_PID]] and r.method != "cgroup.kill" and not r.error.startswith("kill failed")
+    assert k.kill_file_refused == ""        # not a read-only mount: nothing to tell the operator
+
+
 # -- processes that leave the job while it is killed (real children of the test, fixture cgroups) -----
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from kproc import DaemonProc, wait_for
 
-from oomkiller import report
+from oomkiller import killer as killer_mod, report
 from oomkiller.cgroupfs import Cgroupfs
 from oomkiller.killer import EMPTIED_BEFORE_SIGNAL, Killer, Releaser
 from oomkiller.core.rank import Policy, rank
@@ -115,9 +115,11 @@ def test_a_fork_bomb_in_a_signal_only_job_is_emptied_within_the_timeout(arena):
     assert wall_usec < releaser.queued * slow.seconds * 1e6
 
 
-def test_the_kill_timeout_holds_when_the_job_cannot_empty(arena):
-    # Frozen below the job: the killer thaws only the job's own freezer
-    # cgroup, so these v1 frozen tasks do not die until this test thaws them.
+def test_the_kill_timeout_holds_when_the_job_cannot_empty(arena, monkeypatch):
+    # Frozen below the job, with the killer's thaw of where its victims are
+    # turned off (test_freeze_elsewhere.py has it): these v1 frozen tasks do
+    # not die until this test thaws them.
+    monkeypatch.setattr(killer_mod._Kill, "_thaw_where_frozen", lambda self, pids: False)
     arena.job("stuck", v2=False, freezer=True)
     inner = arena.job("stuck/inner", v2=False, freezer=True)
     procs = [arena.spawn_idle(inner, 1 << 20) for _ in range(3)]
