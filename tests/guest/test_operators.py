@@ -17,9 +17,12 @@ HOOK_DIR = "/usr/local/libexec/oomkt-hooks"
 # The unit's sandbox lets the daemon (and so its hooks) write only below
 # /sys/fs/cgroup, tracefs and its runtime folder.
 OUT_DIR = "/run/oomkiller"
+# Each file is written whole, then renamed into place, the env one last.
 POST_KILL = f"""#!/bin/sh
-cat > {OUT_DIR}/post-kill.json
-env | grep '^OOMKILLER_' | sort > {OUT_DIR}/post-kill.env
+cat > {OUT_DIR}/post-kill.json.part
+env | grep '^OOMKILLER_' | sort > {OUT_DIR}/post-kill.env.part
+mv {OUT_DIR}/post-kill.json.part {OUT_DIR}/post-kill.json
+mv {OUT_DIR}/post-kill.env.part {OUT_DIR}/post-kill.env
 """
 # A pre_kill that never ends: the kill must not wait for it, and it is
 # killed with its process group at hook_timeout_ms.
