@@ -92,9 +92,12 @@ def test_a_kill_runs_the_hooks_logs_to_the_kernel_and_a_hanging_hook_does_not_ho
     assert f"OOM: pre_kill hook {HOOK_DIR}/pre-kill timed out" in warned, warned[-2000:]
 
     # the kernel log: one line for the kill, as kernel-log alerting reads it
-    kmsg = sh("journalctl", "-k", "-b", "-o", "cat", "--no-pager", check=False).stdout
-    lines = [line for line in kmsg.splitlines() if line.startswith(f"oomkiller: Killed job '{job}'")]
-    assert len(lines) == 1, kmsg[-3000:]
+    # (journald takes the "oomkiller: " the line starts with for its identifier)
+    kmsg = sh("journalctl", "-k", "-b", "-o", "json", "--no-pager", check=False).stdout
+    entries = [json.loads(line) for line in kmsg.splitlines() if line.strip()]
+    lines = [e.get("MESSAGE", "") for e in entries if e.get("SYSLOG_IDENTIFIER") == "oomkiller"
+             and isinstance(e.get("MESSAGE"), str) and e["MESSAGE"].startswith(f"Killed job '{job}' by ")]
+    assert len(lines) == 1, [e.get("MESSAGE") for e in entries][-20:]
     assert " freed (" in lines[0], lines[0]
     assert bystander.active(), "a bystander service was killed"
     assert d.alive()
