@@ -1,6 +1,7 @@
 """Running the daemon as a subprocess in tests, and waiting on conditions."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -55,3 +56,34 @@ def wait_for(cond, timeout_s: float, what: str, step_s: float = 0.01):
             return v
         time.sleep(step_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def rmdir_cgroup(path: str) -> bool:
+    """Remove an empty cgroup folder; False while it is busy (a cgroup whose
+    last task just exited is, a moment), for ``wait_for``."""
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+        return False
+    return True
+
+
+# Moves itself between two cgroups in a tight loop, in every tree given
+# (argv: bytes to hold, then the two places' folders, each a comma-separated
+# list over the trees), holding its memory; a write that fails (a cgroup
+# going away) is passed over.
+HOPPER = r"""
+import os, sys
+held = b"\x5a" * int(sys.argv[1])
+sides = [[os.open(d + "/cgroup.procs", os.O_WRONLY) for d in side.split(",")] for side in sys.argv[2:4]]
+print("ready", flush=True)
+while True:
+    for fds in sides:
+        for fd in fds:
+            try:
+                os.write(fd, b"0")
+            except OSError:
+                pass
+"""

@@ -12,7 +12,6 @@ empty; and that the hook ran each time.
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys

@@ -20,23 +20,10 @@ import sys
 
 import pytest
 
+from kproc import HOPPER
+
 MIB = 1 << 20
 
-# argv: bytes to hold, then the two places' folders, each a comma-separated
-# list over the trees; hops between them in a tight loop.
-HOPPER = r"""
-import os, sys
-held = b"\x5a" * int(sys.argv[1])
-sides = [[os.open(d + "/cgroup.procs", os.O_WRONLY) for d in side.split(",")] for side in sys.argv[2:4]]
-print("ready", flush=True)
-while True:
-    for fds in sides:
-        for fd in fds:
-            try:
-                os.write(fd, b"0")
-            except OSError:
-                pass
-"""
 
 RUNS = 20
 

@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from kproc import HOPPER
+
 MIB = 1 << 20
 NOBODY = 65534
 
@@ -135,19 +137,6 @@ def test_memory_held_in_kernel_buffers_counts_in_the_score(arena):
     assert ranked[0]["score_bytes"] > 90 << 20
 
 
-# Moves itself between two cgroups of its job in a tight loop, in every tree
-# the job has (argv: bytes to hold, then the two cgroups' folders, each as a
-# comma-separated list over the trees), holding its memory.
-HOPPER = r"""
-import os, sys
-held = b"\x5a" * int(sys.argv[1])
-sides = [[os.open(d + "/cgroup.procs", os.O_WRONLY) for d in side.split(",")] for side in sys.argv[2:4]]
-print("ready", flush=True)
-while True:
-    for fds in sides:
-        for fd in fds:
-            os.write(fd, b"0")
-"""
 
 
 def _hopping_job(arena, name: str, v2: bool):

@@ -4,10 +4,9 @@ with nothing changed is taken from the table. Each listing is compared with
 one by a Cgroupfs that keeps nothing yet."""
 from __future__ import annotations
 
-import errno
 import os
 
-from kproc import wait_for
+from kproc import rmdir_cgroup, wait_for
 
 from oomkiller.cgroupfs import Cgroupfs
 
@@ -25,16 +24,6 @@ def _listing(fs: Cgroupfs, arena) -> dict:
     return {j.name: j for j in got}
 
 
-def _rmdir(path: str) -> bool:
-    try:
-        os.rmdir(path)
-    except OSError as e:
-        if e.errno != errno.EBUSY:      # a cgroup whose last task just exited is busy a moment
-            raise
-        return False
-    return True
-
-
 def _remove(arena, job, proc) -> None:
     """End the job's one process and remove its cgroups (both trees on
     hybrid hosts)."""
@@ -42,7 +31,7 @@ def _remove(arena, job, proc) -> None:
     proc.wait()
     wait_for(lambda: not Cgroupfs().subtree_pids(job.path), 5, f"{job.name} to empty")
     for path in dict.fromkeys(p for p in (job.v2_path, job.path) if p):
-        wait_for(lambda: _rmdir(path), 5, f"{path} to be removed")
+        wait_for(lambda: rmdir_cgroup(path), 5, f"{path} to be removed")
         arena._dirs.remove(path)
 
 

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from kproc import wait_for
+from kproc import rmdir_cgroup, wait_for
 
 import oomkiller.files as files_mod
 from oomkiller.cgroupfs import Cgroupfs
@@ -40,18 +40,8 @@ def _remove(arena, job) -> None:
     """Remove an arena job's cgroups (both trees on hybrid hosts); it must be empty."""
     wait_for(lambda: not Cgroupfs().subtree_pids(job.path), 5, f"{job.name} to empty")
     for path in dict.fromkeys((job.v2_path, job.path)):     # one folder on pure v2
-        wait_for(lambda: _rmdir(path), 5, f"{path} to be removed")
+        wait_for(lambda: rmdir_cgroup(path), 5, f"{path} to be removed")
         arena._dirs.remove(path)
-
-
-def _rmdir(path: str) -> bool:
-    try:
-        os.rmdir(path)
-    except OSError as e:
-        if e.errno != errno.EBUSY:      # a cgroup whose last task just exited is busy a moment
-            raise
-        return False
-    return True
 
 
 class RemoveOnRead:
