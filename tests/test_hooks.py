@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import stat
 import subprocess
 import sys
 import time
