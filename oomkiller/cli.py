@@ -435,7 +435,7 @@ def run_command(conf: cfg.Config) -> int:
     marks = CgroupMarks(dom.cgroupfs.layout, dom.path) if conf.cgroup_marks else None
     metrics, metrics_problem = None, ""
     hooks = Hooks(conf.pre_kill, conf.post_kill, timeout_ms=conf.hook_timeout_ms,
-                  pre_kill_wait_ms=conf.pre_kill_wait_ms, proc_root=conf.proc_root)
+                  pre_kill_wait_ms=conf.pre_kill_wait_ms, proc_root=conf.proc_root, subreaper=True)
     try:
         raise_fd_limit()
         daemon: Daemon | None = None

@@ -21,8 +21,9 @@ How it runs: one worker thread takes requests from a bounded queue
 (``HOOK_QUEUE``); a request that finds it full is dropped and counted. Each
 run has ``hook_timeout_ms``: at that limit the hook's whole process group is
 sent SIGKILL. When the hook exits, whatever it left running in its process
-group is killed too (start lasting work with ``systemd-run``), so a hook
-never outlives its run. A non-zero exit, a death by signal, a timeout or a
+group is killed too (start lasting work with ``systemd-run``), and so is
+a child that left the group with a session of its own (the daemon is a
+child subreaper: ``_sweep_orphans``), so a hook never outlives its run. A non-zero exit, a death by signal, a timeout or a
 hook that cannot be started is logged at warning with the tail of its
 stderr, and counted (``info``: ``output: hooks``).
 
@@ -295,7 +296,8 @@ class Hooks:
 
     def __init__(self, pre_kill: str = "", post_kill: str = "", *, timeout_ms: int = 5000,
                  pre_kill_wait_ms: int = 0, max_queue: int = HOOK_QUEUE, euid: Optional[int] = None,
-                 proc_root: str = "/proc", on_outcome: Optional[Callable[[Outcome], None]] = None) -> None:
+                 proc_root: str = "/proc", on_outcome: Optional[Callable[[Outcome], None]] = None,
+                 subreaper: bool = False) -> None:
         self.paths = {PRE_KILL: pre_kill, POST_KILL: post_kill}
         self.timeout_s = timeout_ms / 1000
         self.pre_kill_wait_s = min(pre_kill_wait_ms, timeout_ms) / 1000
@@ -310,6 +312,13 @@ class Hooks:
         self.ran = self.ok = self.failed = self.timed_out = self.dropped = 0
         self.last_error = ""
         self._thread = start_thread(self._run, "oomkiller-hooks") if (pre_kill or post_kill) else None
+        # A hook's child that leaves its session (setsid) escapes the group
+        # kill. As a child subreaper the daemon gets such orphans as its own
+        # children, and each run ends them (``_sweep_orphans``). Only for a
+        # process that starts nothing else: the daemon, not a test runner.
+        self.subreaper = bool(subreaper and self._thread is not None and become_subreaper())
+        self.orphans_killed = 0
+        self._orphans_unreaped: list[int] = []
 
     @property
     def enabled(self) -> bool:
@@ -348,6 +357,8 @@ class Hooks:
         out: dict[str, Any] = {k: v for k, v in self.paths.items() if v}
         out.update({"ran": self.ran, "ok": self.ok, "failed": self.failed, "timed_out": self.timed_out,
                     "dropped": self.dropped, "queued": self._q.qsize()})
+        if self.orphans_killed:
+            out["orphans_killed"] = self.orphans_killed
         if self.last_error:
             out["last_error"] = self.last_error
         return out
@@ -430,6 +441,64 @@ class Hooks:
                     f.close()
                 except OSError:
                     pass
+            if self.subreaper:
+                self._sweep_orphans()
+
+    def _sweep_orphans(self) -> None:
+        """End what a run left that escaped its process group: as a child
+        subreaper the daemon inherits a hook's orphans, so its children
+        outside its own session (hooks run in sessions of their own, and the
+        daemon starts nothing else) are those. Each is signalled through a
+        pidfd opened and then confirmed still ours, and reaped within
+        ORPHAN_REAP_S (the rest on a later run). Rounds, since an orphan's
+        own children come to us as it dies."""
+        me, my_sid = os.getpid(), os.getsid(0)
+        known = {p.pid for p in self._unreaped}
+        for _ in range(ORPHAN_ROUNDS):
+            found = []
+            for pid in _children(me, self.proc_root):
+                if pid in known:
+                    continue
+                try:
+                    if os.getsid(pid) == my_sid:
+                        continue
+                except OSError:
+                    continue
+                found.append(pid)
+            if not found:
+                break
+            for pid in found:
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    continue
+                try:
+                    # not a pid reused since the scan; a zombie (a child
+                    # of the hook's that exited) only wants reaping
+                    if pid in _children(me, self.proc_root, only=pid) and _state(pid, self.proc_root) != "Z":
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                        self.orphans_killed += 1
+                        log.warning("OOM: a hook left pid %d running outside its process group: killed", pid)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            self._orphans_unreaped = list(dict.fromkeys(self._orphans_unreaped + found))
+            self._reap_orphans(ORPHAN_REAP_S)
+
+    def _reap_orphans(self, within_s: float) -> None:
+        end = time.monotonic() + within_s
+        while self._orphans_unreaped:
+            for pid in list(self._orphans_unreaped):
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid          # not ours to reap (any more)
+                if done:
+                    self._orphans_unreaped.remove(pid)
+            if not self._orphans_unreaped or time.monotonic() >= end:
+                return
+            time.sleep(0.005)
 
     def _unprotect(self, pid: int) -> None:
         """What the hook inherited from the daemon and must not keep: its
@@ -552,6 +621,56 @@ class Hooks:
         except subprocess.TimeoutExpired:
             self._unreaped.append(p)     # polled again before the next run
             return None
+
+
+# prctl(2): PR_SET_CHILD_SUBREAPER
+PR_SET_CHILD_SUBREAPER = 36
+# A hook's orphans: how many rounds of their own orphans, and how long to
+# wait for the SIGKILLed to be reaped before the next run tries again.
+ORPHAN_ROUNDS = 8
+ORPHAN_REAP_S = 1.0
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper; False where prctl refuses."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _children(ppid: int, proc_root: str = "/proc", only: Optional[int] = None) -> list[int]:
+    """The pids whose parent is ``ppid`` (``stat``'s fourth field, after the
+    name in parentheses, which may hold anything), among ``only`` if given."""
+    out = []
+    if only is not None:
+        names = [str(only)]
+    else:
+        try:
+            names = [n for n in os.listdir(proc_root) if n.isdigit()]
+        except OSError:
+            return out
+    for name in names:
+        try:
+            with open(f"{proc_root}/{name}/stat", "rb") as f:
+                data = f.read(4096)
+            if int(data[data.rindex(b")") + 2:].split()[1]) == ppid:
+                out.append(int(name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _state(pid: int, proc_root: str = "/proc") -> str:
+    """A process's state letter (``stat``'s third field), "" if unknown."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            data = f.read(4096)
+        return data[data.rindex(b")") + 2:].split()[0].decode()
+    except (OSError, ValueError, IndexError):
+        return ""
 
 
 def _kill_group(p: subprocess.Popen) -> None:

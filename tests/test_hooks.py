@@ -473,3 +473,57 @@ def test_the_armed_kill_runs_post_kill_only(proc_tree, v2_tree, hookdir, tmp_pat
     wait_for(lambda: hooks.ok == 1, "post_kill")
     hooks.close()
     assert ran.read_text() == "post armed\n"
+
+
+# -- a child that leaves the hook's session ------------------------------------------------------
+
+ESCAPER = """#!/bin/sh
+{python} -c 'import os, sys, time
+if os.fork():
+    sys.exit(0)
+os.setsid()
+open("{pidfile}.part", "w").write(str(os.getpid()))
+os.rename("{pidfile}.part", "{pidfile}")
+time.sleep(600)' &
+while [ ! -e {pidfile} ]; do sleep 0.01; done
+exit 0
+"""
+
+RUNNER = """
+import sys, time
+from oomkiller.hooks import POST_KILL, Hooks
+h = Hooks("", sys.argv[1], timeout_ms=10000, subreaper=sys.argv[2] == "1")
+done = h.submit(POST_KILL, lambda: (b"{}", {"PATH": "/usr/bin:/bin"}))
+assert done is not None and done.wait(30)
+print(h.subreaper, h.orphans_killed, flush=True)
+h.close()
+"""
+
+
+@pytest.mark.parametrize("subreaper", [True, False])
+def test_a_child_that_leaves_the_hooks_session_is_ended_by_a_subreaper(hookdir, tmp_path, subreaper):
+    # The group kill at the hook's exit cannot reach a process that made a
+    # session of its own; as a child subreaper the daemon inherits it and
+    # ends it. (Run in a process of its own: a test runner must not be one.)
+    pidfile = tmp_path / "escaped.pid"
+    hook = script(hookdir, "escaper", ESCAPER.format(python=sys.executable, pidfile=pidfile)[len("#!/bin/sh\n"):])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", RUNNER, hook, "1" if subreaper else "0"], capture_output=True,
+                       text=True, timeout=60, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pid = int(pidfile.read_text())
+    try:
+        if subreaper:
+            # (1, or 2 when the first child was still exiting as the hook ended)
+            flag, killed = r.stdout.split()
+            assert flag == "True" and int(killed) in (1, 2), r.stdout
+            assert not os.path.exists(f"/proc/{pid}"), "the escaped child outlived its hook"
+        else:
+            # without it, the escaped child runs on: what the subreaper is for
+            assert r.stdout.split() == ["False", "0"], r.stdout
+            assert os.path.exists(f"/proc/{pid}")
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
