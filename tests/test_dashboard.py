@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from trees import short_arena, short_config
+from trees import killing_walk, short_arena, short_config
 
 pytest.importorskip("prometheus_client", reason="the optional metrics extra is not installed")
 promql_parser = pytest.importorskip("promql_parser", reason="promql-parser (the test extra) is not installed")
@@ -60,19 +60,15 @@ def _exposition(proc_tree, v2_tree, monkeypatch) -> str:
     it) after a kill by a daemon on fixtures with the eBPF source and
     prearm, so that every family is there."""
     from oomkiller.daemon import Daemon
-    from oomkiller.model import KillResult, PressureEvent
+    from oomkiller.model import PressureEvent
     short_arena(proc_tree, v2_tree, (("hog", "hog", 4101, 150),))
     from oomkiller.hooks import Hooks
     hooks = Hooks("", "/bin/true")      # a daemon with a hook exports its runs
     d = Daemon(short_config(proc_tree, v2_tree), json_out=io.StringIO(), clock=lambda: 5_000_000_000,
                sources=[_EbpfSource()], arm=_PreArm(), hooks=hooks)
 
-    def walk(ranking, still_short=None, past_gone=True):
-        cand = ranking.killable()[0]
-        v2_tree.cgroup("arena", memory__current=f"{150 * MiB}\n")
-        return [(cand, KillResult(cand.job, ok=True, dry_run=False, method="cgroup.kill", signalled_pids=(4101,),
-                                  signal_to_empty_usec=3_000))]
-    monkeypatch.setattr(d.killer, "walk", walk)
+    # the domain's use falls by 100 MiB once it is killed
+    monkeypatch.setattr(d.killer, "walk", killing_walk(v2_tree, 150 * MiB))
     d.wake([PressureEvent("timer", "tick", timestamp_usec=4_990_000)])
     d.publish()
     registry = CollectorRegistry(auto_describe=False)

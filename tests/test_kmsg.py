@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from trees import short_arena, short_config
+from trees import short_arena, short_config, wait_until
 
 from oomkiller import config as cfg
 from oomkiller import report
@@ -18,15 +18,6 @@ from oomkiller.kmsg import KMSG_BURST, KernelLog, TokenBucket, open_kmsg
 from oomkiller.model import Job, KillResult
 
 MiB = 1 << 20
-
-
-def _wait(cond, timeout_s=5.0):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _result(name="hog", **kw):
@@ -83,7 +74,7 @@ def test_lines_leave_through_the_writer_and_the_rest_are_counted_as_rate_limited
     try:
         sent = [klog.kill(f"<4>oomkiller: Killed job 'j{i}'\n", 1_000_000 + i) for i in range(KMSG_BURST + 3)]
         assert sent == [True] * KMSG_BURST + [False] * 3
-        assert _wait(lambda: klog.stats()["written"] == KMSG_BURST)
+        assert wait_until(lambda: klog.stats()["written"] == KMSG_BURST)
         got = os.read(r, 65536).decode()
         assert got.splitlines() == [f"<4>oomkiller: Killed job 'j{i}'" for i in range(KMSG_BURST)]
         assert klog.stats()["rate_limited"] == 3 and klog.stats()["errors"] == 0
@@ -116,7 +107,7 @@ def test_write_failures_are_counted_with_their_reason(tmp_path):
     klog = KernelLog(str(tmp_path / "no-such-kmsg"))
     try:
         klog.kill("<4>oomkiller: Killed job 'x'\n", 1)
-        assert _wait(lambda: klog.stats()["errors"] == 1)
+        assert wait_until(lambda: klog.stats()["errors"] == 1)
         assert "No such file" in klog.stats()["last_error"]
     finally:
         klog.close()
@@ -170,7 +161,7 @@ def test_the_daemon_writes_a_line_per_kill_and_none_for_a_dry_run(proc_tree, v2_
             time.sleep(0.1)
             assert klog.stats()["written"] == 0
             return
-        assert _wait(lambda: klog.stats()["written"] == 1)
+        assert wait_until(lambda: klog.stats()["written"] == 1)
         line = os.read(r, 4096).decode()
         assert re.fullmatch(r"<4>oomkiller: Killed job 'hog\\nfake' by cgroup\.kill: 1 procs, \S+ freed \(\d+ bytes\), "
                             r"empty 2\.0 ms after the signal; domain '/arena' had 6M free of 256M\n", line), line

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from trees import short_arena, short_config
+from trees import short_arena, short_config, wait_until
 
 from oomkiller import config as cfg
 from oomkiller.cgroupfs import Layout
@@ -19,15 +19,6 @@ from oomkiller.model import Job, KillResult
 MiB = 1 << 20
 HYBRID = Layout("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", True)
 PURE = Layout("/sys/fs/cgroup", "/sys/fs/cgroup", "/sys/fs/cgroup", False)
-
-
-def _wait(cond, timeout_s=5.0):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _job(path, v2_path="", inode=11, v2_id=0):
@@ -117,7 +108,7 @@ def test_marks_count_as_systemd_oomd_counts(tmp_path, marks_on):
         m.after(payload, 3)
     m.before(plain)
     m.after(plain, 0)       # nothing signalled: no kill count written
-    assert _wait(lambda: m.stats()["marked"] == 5), m.stats()
+    assert wait_until(lambda: m.stats()["marked"] == 5), m.stats()
     unit = root / "dom/app.service"
     assert (os.getxattr(unit, OOMS), os.getxattr(unit, KILL)) == (b"2", b"6")
     assert os.getxattr(root / "dom/plain", OOMS) == b"1"
@@ -135,7 +126,7 @@ def test_what_the_owner_put_there_is_left_alone_and_counted(tmp_path, marks_on):
     os.setxattr(plain, KILL, b"18446744073709551615")
     m.before(_v2job(plain))
     m.after(_v2job(plain), 1)
-    assert _wait(lambda: m.stats()["refused"] == 2), m.stats()
+    assert wait_until(lambda: m.stats()["refused"] == 2), m.stats()
     assert os.getxattr(plain, OOMS) == b"12; rm -rf /" and os.getxattr(plain, KILL) == b"18446744073709551615"
     assert "not a count" in m.stats()["last_error"] or "2^64" in m.stats()["last_error"]
 
@@ -147,16 +138,16 @@ def test_a_symlink_a_replaced_and_a_removed_cgroup_are_not_marked(tmp_path, mark
     victim.mkdir()
     (root / "dom/link.service").symlink_to(victim)
     m.before(_job(str(root / "dom/link.service"), str(root / "dom/link.service"), v2_id=1))
-    assert _wait(lambda: m.stats()["errors"] == 1), m.stats()
+    assert wait_until(lambda: m.stats()["errors"] == 1), m.stats()
     assert os.listxattr(victim) == [] and "link.service" in m.stats()["last_error"]
     plain = root / "dom/plain"
     job = _v2job(plain)
     os.rmdir(plain)
     m.before(job)
-    assert _wait(lambda: m.stats()["gone"] == 1), m.stats()
+    assert wait_until(lambda: m.stats()["gone"] == 1), m.stats()
     plain.mkdir()           # another cgroup at the same path (ext4 may reuse the inode: say it did not)
     m.before(_job(str(plain), str(plain), v2_id=os.stat(plain).st_ino + 1))
-    assert _wait(lambda: m.stats()["gone"] == 2), m.stats()
+    assert wait_until(lambda: m.stats()["gone"] == 2), m.stats()
     assert OOMS not in os.listxattr(plain)
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from trees import short_arena, short_config
+from trees import killing_walk, short_arena, short_config
 
 from oomkiller import config as cfg
 from oomkiller.metrics import Buckets, cumulative, parse_address
@@ -61,19 +61,14 @@ def test_buckets_are_cumulative_in_seconds():
 
 def _daemon_after_a_kill(proc_tree, v2_tree, monkeypatch):
     from oomkiller.daemon import Daemon
-    from oomkiller.model import KillResult, PressureEvent
+    from oomkiller.model import PressureEvent
     short_arena(proc_tree, v2_tree, (("hog", "hog", 4101, 150),))
     c = short_config(proc_tree, v2_tree)
     out = io.StringIO()
     d = Daemon(c, json_out=out, clock=lambda: 5_000_000_000)
 
-    def walk(ranking, still_short=None, past_gone=True):
-        cand = ranking.killable()[0]
-        # the domain's use falls by 100 MiB once it is killed
-        v2_tree.cgroup("arena", memory__current=f"{150 * MiB}\n")
-        return [(cand, KillResult(cand.job, ok=True, dry_run=False, method="cgroup.kill", signalled_pids=(4101,),
-                                  signal_to_empty_usec=3_000))]
-    monkeypatch.setattr(d.killer, "walk", walk)
+    # the domain's use falls by 100 MiB once it is killed
+    monkeypatch.setattr(d.killer, "walk", killing_walk(v2_tree, 150 * MiB))
     rec = d.wake([PressureEvent("timer", "tick", timestamp_usec=4_990_000)])
     d.publish()
     return d, rec

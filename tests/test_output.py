@@ -4,16 +4,9 @@ import time
 
 import pytest
 
+from trees import wait_until
+
 from oomkiller.output import LineWriter, OutputPathError, open_record_file
-
-
-def _wait(cond, timeout_s=5.0):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_records_are_appended(tmp_path):
@@ -80,7 +73,7 @@ def test_a_fifo_with_no_reader_does_not_block_and_drops_when_full(tmp_path):
     # a reader comes: what was queued flows
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     got = b""
-    assert _wait(lambda: w.stats()["written"] > 0)
+    assert wait_until(lambda: w.stats()["written"] > 0)
     while True:
         try:
             chunk = os.read(fd, 1 << 16)
@@ -106,14 +99,14 @@ def test_a_stalled_reader_does_not_block_the_writer(tmp_path):
     assert w.stats()["dropped"] > 0
     os.close(r)
     w.write("one more\n")
-    assert _wait(lambda: w.stats()["errors"] > 0)     # EPIPE, counted
+    assert wait_until(lambda: w.stats()["errors"] > 0)     # EPIPE, counted
     os.close(wfd)
 
 
 def test_write_errors_are_counted(tmp_path):
     w = LineWriter("test", fd=os.open("/dev/full", os.O_WRONLY))
     w.write("x\n")
-    assert _wait(lambda: w.stats()["errors"] == 1)
+    assert wait_until(lambda: w.stats()["errors"] == 1)
     assert "No space left" in w.stats()["last_error"]
 
 

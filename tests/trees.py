@@ -3,6 +3,7 @@ parser that swaps two fields fails."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -131,3 +132,27 @@ def short_config(proc_tree: ProcTree, v2_tree: CgroupTree, **conf):
     from oomkiller import config as cfg
     return cfg.Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root),
                       protect_self=False, sources=("timer",), **conf)
+
+
+def wait_until(cond, timeout_s: float = 5.0) -> bool:
+    """Poll ``cond`` every 10 ms; whether it held within ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def killing_walk(v2_tree: CgroupTree, arena_current_bytes: int, pid: int = 4101):
+    """A stand-in for ``Killer.walk``: the top killable job is killed by
+    ``cgroup.kill`` (``pid`` signalled, empty 3 ms later) and the arena's
+    use falls to ``arena_current_bytes``."""
+    from oomkiller.model import KillResult
+
+    def walk(ranking, still_short=None, past_gone=True):
+        cand = ranking.killable()[0]
+        v2_tree.cgroup("arena", memory__current=f"{arena_current_bytes}\n")
+        return [(cand, KillResult(cand.job, ok=True, dry_run=False, method="cgroup.kill", signalled_pids=(pid,),
+                                  signal_to_empty_usec=3_000))]
+    return walk
