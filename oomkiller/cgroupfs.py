@@ -795,8 +795,11 @@ class Cgroupfs:
                 limit = read_int(os.path.join(path, "memory.limit_in_bytes"))
             if limit is not None and limit >= V1_UNLIMITED:
                 limit = None
+            memsw = stat.get("hierarchical_memsw_limit")
             # v1 keeps subtree totals under total_*; use those names unprefixed.
             stat = {k[len("total_"):]: v for k, v in stat.items() if k.startswith("total_")} or stat
+            if memsw is not None:
+                stat["memsw_limit"] = memsw     # kept for swap(): memory + swap, with swap accounting
             return limit, usage, stat
         stat = read_keyed(os.path.join(path, "memory.stat"))
         usage = read_int(os.path.join(path, "memory.current")) or 0
@@ -815,6 +818,43 @@ class Cgroupfs:
                 break
             p = os.path.dirname(p)
         return limit, usage, {"dirty": stat.get("file_dirty", 0), "writeback": stat.get("file_writeback", 0), **stat}
+
+
+    def swap(self, path: str, stat: dict[str, int], limit: int | None) -> tuple[int | None, int] | None:
+        """(the swap a memory cgroup may use, None if no limit of its own
+        binds it; the swap it uses now), from ``memory()``'s ``stat`` and
+        ``limit``. None if this kernel does not account swap per cgroup
+        (v1 without ``swapaccount``, v2 without ``memory.swap.max``): the
+        host's swap is all there is to go by.
+
+        v2: the tightest ``memory.swap.max`` on the way up, and
+        ``memory.swap.current``. v1: the memory+swap limit less the memory
+        limit, and ``total_swap``. Raises ``Vanished`` if the cgroup is gone."""
+        if self.layout.memory_v1:
+            memsw = stat.get("memsw_limit")
+            if memsw is None or "swap" not in stat:
+                return None
+            cap = None if memsw >= V1_UNLIMITED or limit is None else max(0, memsw - limit)
+            return cap, stat["swap"]
+        try:
+            used = read_int(os.path.join(path, "memory.swap.current")) or 0
+        except Vanished:
+            if not os.path.isdir(path):
+                raise
+            return None     # no swap accounting on this kernel
+        cap = None
+        p = path
+        while True:     # as memory.max: the tightest on the way up binds
+            try:
+                m = read_int(os.path.join(p, "memory.swap.max"))
+            except Vanished:
+                break
+            if m is not None:
+                cap = m if cap is None else min(cap, m)
+            if os.path.normpath(p) == os.path.normpath(self.layout.jobs_root):
+                break
+            p = os.path.dirname(p)
+        return cap, used
 
 
 def reclaimable_bytes(stat: dict[str, int]) -> int:

@@ -317,7 +317,7 @@ def _domain(conf: cfg.Config):
     except (OSError, ValueError) as e:
         raise conf.blame("cgroup_root", why(e)) from None
     try:
-        dom = Domain(conf.domain, procfs, cg)
+        dom = Domain(conf.domain, procfs, cg, count_swap=conf.count_swap)
         snap = dom.snapshot(0)     # a domain whose memory cannot be read is a bad domain
     except (OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
         # RuntimeError (RecursionError among them): a cgroup tree the reads

@@ -401,6 +401,10 @@ class Config:
     # job is throttled while the core decides (cgroup v2 only; off by default:
     # it changes the domain's own settings).
     memory_high_brake: bool = False
+    # Count the room left in the swap the domain may use as free memory, and
+    # its swap in the total (domain.py): a laptop swapping its browser out
+    # has memory to give. Off: free memory is RAM alone, as without swap.
+    count_swap: bool = True
     # mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT) and oom_score_adj -1000.
     protect_self: bool = True
     cgroup_root: str = "/sys/fs/cgroup"
@@ -585,6 +589,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "psi_window_ms": ("psi_window_ms", _int(500, 10_000)),
     "arm_redline": ("arm_redline", Redline.parse),
     "memory_high_brake": ("memory_high_brake", _bool),
+    "count_swap": ("count_swap", _bool),
     "adaptive_sleep": ("adaptive_sleep", _bool),
     "protect_self": ("protect_self", _bool),
     "cgroup_root": ("cgroup_root", _abs_path),

@@ -101,7 +101,7 @@ class Daemon:
         else:
             self.procfs = procfs or Procfs(config.proc_root)
             self.cgroupfs = cgroupfs or Cgroupfs(config.cgroup_root, self.procfs)
-            self.domain = Domain(config.domain, self.procfs, self.cgroupfs)
+            self.domain = Domain(config.domain, self.procfs, self.cgroupfs, count_swap=config.count_swap)
         self.clock = clock
         self.self_pid = os.getpid()
         self.policy = core.policy_for(config, self.self_pid)
@@ -600,6 +600,14 @@ class Daemon:
                 "limit_stall_permyriad": c.thrash_stall_limit_permyriad, "sustain_usec": c.thrash_sustain_ms * 1000,
                 "fired": self.state.thrash.fired}
 
+    def swap_data(self) -> dict[str, Any]:
+        """The swap counted in the domain's free and total memory (see domain.py)."""
+        snap = self.last_snapshot
+        counted = bool(snap is not None and snap.swap_total_bytes)
+        return {"count_swap": self.config.count_swap, "counted": counted,
+                "free_bytes": snap.swap_free_bytes if counted else 0,
+                "total_bytes": snap.swap_total_bytes if counted else 0}
+
     # -- control -----------------------------------------------------------------
     def info(self) -> tuple[str, dict[str, Any]]:
         st = self.state
@@ -651,6 +659,7 @@ class Daemon:
                 "wakes": self.wakes, "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
                 "pressure_file": self.domain.pressure_path, "thrash": self.thrash_data(self.last_thrash),
+                "swap": self.swap_data(),
                 "other_oom_killers": self.other_oom_killers(),
                 "output": output}
         return report.info_text(data, status_bytes()), data

@@ -6,9 +6,17 @@
   ``inactive_file`` and half of ``active_file`` (the active half is the
   working set, which would only be read back in), dirty and writeback pages
   included, as in ``MemAvailable``: reclaim writes them back, and no kill
-  would free them. Anonymous and shmem pages count as
-  unreclaimable: these hosts run without swap. Free is also capped by the host's
-  ``MemAvailable``: a cgroup cannot get what the host does not have.
+  would free them. Anonymous and shmem pages count as unreclaimable (swap is
+  counted apart, below). Free is also capped by the host's ``MemAvailable``:
+  a cgroup cannot get what the host does not have.
+* either way, plus the room left in the swap the domain may use
+  (``count_swap``, on by default), and its swap in the total: a machine
+  that still has swap to fill has memory to give, and a kill while it has
+  would take a laptop's browser for doing what swap is for. The room is the
+  host's ``SwapFree``, or for a cgroup its own swap limit's (v2
+  ``memory.swap.max``, v1 memory+swap less memory), never more than the
+  host's. A machine that stalls on swap-ins is the pressure rule's to catch,
+  as page-cache thrashing is the thrash detector's.
 
 A cgroup domain can be removed under a running oomkiller: ``snapshot()`` then
 raises ``DomainGone``, and ``exists()`` tells, cheaply, when it is back.
@@ -42,7 +50,8 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
 
 # What a snapshot reads of /proc/meminfo (the timer reads it every second:
 # the other fifty lines are not parsed).
-MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)"})
+MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)",
+                          "SwapTotal", "SwapFree"})
 
 # How long the v2 cgroups standing for a cgroup domain are kept before they
 # are looked for again: finding them reads every process of the domain.
@@ -52,8 +61,10 @@ V2_CACHE_S = 5.0
 class Domain:
     """Takes fresh memory snapshots of the host or of one memory cgroup."""
 
-    def __init__(self, spec: str, procfs: Procfs, cgroupfs: Cgroupfs) -> None:
+    def __init__(self, spec: str, procfs: Procfs, cgroupfs: Cgroupfs, count_swap: bool = True) -> None:
         self.spec = spec
+        # Whether the room left in swap counts as free memory (see snapshot)
+        self.count_swap = count_swap
         self.procfs = procfs
         self.cgroupfs = cgroupfs
         self.path = cgroupfs.resolve(spec)
@@ -155,18 +166,31 @@ class Domain:
         mi = self.procfs.meminfo(MEMINFO_KEYS)
         total, avail = mi["MemTotal"], mi.get("MemAvailable", mi.get("MemFree", 0))
         some, full = self.stall_usec()
+        host_swap, host_swap_free = mi.get("SwapTotal", 0), mi.get("SwapFree", 0)
+        counted = self.count_swap and host_swap > 0
         if self.is_host:
             lru = mi.get("Active(file)", -1) + mi.get("Inactive(file)", 0) if "Active(file)" in mi else -1
-            return MemorySnapshot(self.name, total, avail, total - avail, 0, now_usec, full, some,
-                                  self._host_refaults(), lru)
+            swap, swap_free = (host_swap, min(host_swap_free, host_swap)) if counted else (0, 0)
+            return MemorySnapshot(self.name, total + swap, avail + swap_free, total - avail + swap - swap_free, 0,
+                                  now_usec, full, some, self._host_refaults(), lru, swap_free, swap)
         try:
             limit, usage, stat = self.cgroupfs.memory(self.path)
+            sw = self.cgroupfs.swap(self.path, stat, limit) if counted else None
         except Vanished as e:
             raise DomainGone(e.errno, self.path, e.strerror) from None
         limit = min(limit, total) if limit is not None else total
         rec = min(reclaimable_bytes(stat), usage)
         free = min(cgroup_free_bytes(limit, usage, rec), avail)
-        return MemorySnapshot(self.name, limit, free, usage, rec, now_usec, full, some, *refault_figures(stat))
+        swap = swap_free = swap_used = 0
+        if counted:
+            # The swap the domain may still fill: its own limit's room,
+            # never more than the host has left.
+            cap, swap_used = sw if sw is not None else (None, host_swap - host_swap_free)
+            swap = min(cap, host_swap) if cap is not None else host_swap
+            swap_free = max(0, min(swap - swap_used, host_swap_free)) if swap else 0
+            swap_used = swap - swap_free
+        return MemorySnapshot(self.name, limit + swap, free + swap_free, usage + swap_used, rec, now_usec, full,
+                              some, *refault_figures(stat), swap_free, swap)
 
     def _host_refaults(self) -> int:
         """The host's ``workingset_refault_file`` (``workingset_refault``

@@ -30,7 +30,8 @@ class MemorySnapshot:
 
     ``free_bytes`` is what the domain can still hand out without the kernel
     running out: ``MemAvailable`` for the host, for a cgroup its limit minus
-    what it cannot give back (see ``domain.py``).
+    what it cannot give back (see ``domain.py``), plus the room left in the
+    swap it may use; ``total_bytes`` is its memory plus that swap.
     """
 
     domain: str
@@ -43,6 +44,20 @@ class MemorySnapshot:
     some_stall_usec: int = -1   # cumulative "some" memory stall of the domain (PSI total=), -1 if unknown
     refault_file_pages: int = -1    # cumulative workingset_refault_file of the domain, -1 if unknown
     file_lru_bytes: int = -1        # active_file + inactive_file of the domain, -1 if unknown
+    # The swap counted in free_bytes / total_bytes (0 on a host with none, or
+    # with count_swap off): the room left in swap, and all of it.
+    swap_free_bytes: int = 0
+    swap_total_bytes: int = 0
+
+    @property
+    def ram_total_bytes(self) -> int:
+        """The domain's memory without its swap: the limit, or MemTotal."""
+        return self.total_bytes - self.swap_total_bytes
+
+    @property
+    def ram_free_bytes(self) -> int:
+        """Free memory without the room left in swap."""
+        return self.free_bytes - self.swap_free_bytes
 
 
 class Source(str, enum.Enum):

@@ -214,6 +214,18 @@ def term_text(t: dict[str, Any] | None) -> str:
             f"(jobs sent one below the line now: {t['in_episode']})")
 
 
+def swap_text(swap: dict[str, Any] | None) -> str:
+    """The info line on swap: counted in free memory, or why not."""
+    if not swap:
+        return "unknown"
+    if swap.get("counted"):
+        return (f"{format_size(swap['free_bytes'])} free of {format_size(swap['total_bytes'])}, "
+                "counted in free and total memory")
+    if not swap.get("count_swap"):
+        return "not counted (count_swap = false): free memory is RAM alone"
+    return "none for this domain"
+
+
 def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
     """``oomkiller info`` as the seed's ``k oom info`` prints it, from the
     data ``info --json`` gives."""
@@ -231,6 +243,7 @@ def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
              "  pressure file: " + (printable(data["pressure_file"]) if data.get("pressure_file")
                                     else "none (no memory stall figures: the pressure limit is off)"),
              "  thrash: " + thrash_text(data.get("thrash")),
+             "  swap: " + swap_text(data.get("swap")),
              "  own memory: " + ", ".join(f"{k} {format_size(v)}" for k, v in own_memory.items()),
              f"  kills: {data['kills']} (in the kernel, armed: {data['armed_kills']}; "
              f"by the kernel's own OOM killer: {data['kernel_kills_seen']})",

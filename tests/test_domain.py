@@ -247,3 +247,110 @@ def test_refault_figures_of_v2_and_old_kernels_and_the_host(proc_tree, v2_tree):
     proc_tree.meminfo(total_kb=8 << 20, available_kb=6 << 20)
     s = _domain(proc_tree, v2_tree, "host").snapshot(3)
     assert (s.refault_file_pages, s.file_lru_bytes) == (-1, -1)    # no vmstat, no file LRU lines here
+
+
+# -- swap ------------------------------------------------------------------------
+
+def _swap_domain(proc_tree, tree, spec, count_swap=True):
+    procfs = Procfs(str(proc_tree.root))
+    return Domain(spec, procfs, Cgroupfs(str(tree.root), procfs), count_swap=count_swap)
+
+
+def test_a_laptop_swapping_has_memory_to_give(proc_tree, v2_tree):
+    """8 GiB of RAM at 3% available, 8 GiB of swap with 7 free: no redline
+    of 5% is crossed while swap has room; off, RAM alone."""
+    avail = ((8 << 20) * 3 // 100) << 10
+    proc_tree.meminfo(total_kb=8 << 20, available_kb=avail >> 10, swap_total_kb=8 << 20, swap_free_kb=7 << 20)
+    s = _swap_domain(proc_tree, v2_tree, "host").snapshot(0)
+    assert s.total_bytes == 16 << 30 and s.swap_total_bytes == 8 << 30
+    assert s.free_bytes == avail + (7 << 30) and s.swap_free_bytes == 7 << 30
+    assert (s.ram_total_bytes, s.ram_free_bytes) == (8 << 30, avail)
+    assert s.used_bytes == (8 << 30) - avail + (1 << 30)
+    assert s.free_bytes > s.total_bytes * 5 // 100
+    off = _swap_domain(proc_tree, v2_tree, "host", count_swap=False).snapshot(0)
+    assert (off.total_bytes, off.free_bytes, off.swap_total_bytes) == (8 << 30, avail, 0)
+
+
+def test_no_swap_is_the_same_as_before(proc_tree, v2_tree):
+    proc_tree.meminfo(total_kb=4 << 20, available_kb=1 << 20)
+    s = _swap_domain(proc_tree, v2_tree, "host").snapshot(0)
+    assert (s.total_bytes, s.free_bytes, s.swap_total_bytes, s.swap_free_bytes) == (4 << 30, 1 << 30, 0, 0)
+
+
+def test_v2_cgroup_swap_room_is_its_own_limit_and_never_more_than_the_host_has(proc_tree, v2_tree):
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20, swap_total_kb=4 << 20, swap_free_kb=3 << 20)
+    v2_tree.cgroup("outer", memory__max=f"{512 * MiB}\n", memory__current=f"{500 * MiB}\n", memory__stat="",
+                   memory__swap__max=f"{256 * MiB}\n", memory__swap__current=f"{200 * MiB}\n")
+    v2_tree.cgroup("outer/inner", memory__max="max\n", memory__current=f"{500 * MiB}\n",
+                   memory__stat=f"anon {500 * MiB}\ninactive_file 0\nactive_file 0\n",
+                   memory__swap__max="max\n", memory__swap__current=f"{200 * MiB}\n")
+    s = _swap_domain(proc_tree, v2_tree, "outer/inner").snapshot(0)
+    # the tightest swap.max on the way up (256M), less what it uses (200M)
+    assert (s.swap_total_bytes, s.swap_free_bytes) == (256 * MiB, 56 * MiB)
+    assert s.total_bytes == 768 * MiB and s.free_bytes == 12 * MiB + 56 * MiB
+    assert s.used_bytes == 700 * MiB
+    # the host's swap nearly full: its room binds
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20, swap_total_kb=4 << 20, swap_free_kb=10 << 10)
+    s = _swap_domain(proc_tree, v2_tree, "outer/inner").snapshot(0)
+    assert s.swap_free_bytes == 10 * MiB
+    # memory.swap.max 0: no swap for it at all
+    (v2_tree.root / "outer" / "memory.swap.max").write_text("0\n")
+    s = _swap_domain(proc_tree, v2_tree, "outer/inner").snapshot(0)
+    assert (s.swap_total_bytes, s.swap_free_bytes, s.total_bytes, s.free_bytes) == (0, 0, 512 * MiB, 12 * MiB)
+
+
+def test_v2_cgroup_without_swap_accounting_goes_by_the_hosts_swap(proc_tree, v2_tree):
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20, swap_total_kb=2 << 20, swap_free_kb=1 << 20)
+    v2_tree.cgroup("box", memory__max=f"{512 * MiB}\n", memory__current=f"{500 * MiB}\n",
+                   memory__stat=f"anon {500 * MiB}\n")
+    s = _swap_domain(proc_tree, v2_tree, "box").snapshot(0)
+    assert (s.swap_total_bytes, s.swap_free_bytes) == (2 << 30, 1 << 30)
+
+
+def test_v1_cgroup_swap_is_its_memsw_limit_less_its_memory_limit(proc_tree, v1_tree):
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20, swap_total_kb=8 << 20, swap_free_kb=8 << 20)
+    v1_tree.cgroup("arena", memory__limit_in_bytes=f"{256 * MiB}\n", memory__usage_in_bytes=f"{250 * MiB}\n",
+                   memory__stat=(f"hierarchical_memory_limit {256 * MiB}\nhierarchical_memsw_limit {384 * MiB}\n"
+                                 f"total_rss {250 * MiB}\ntotal_swap {100 * MiB}\ntotal_inactive_file 0\n"))
+    s = _swap_domain(proc_tree, v1_tree, "arena").snapshot(0)
+    assert (s.swap_total_bytes, s.swap_free_bytes) == (128 * MiB, 28 * MiB)
+    assert (s.ram_total_bytes, s.ram_free_bytes) == (256 * MiB, 6 * MiB)
+    # no swap accounting (no memsw figures): the host's swap
+    v1_tree.cgroup("open", memory__limit_in_bytes=f"{256 * MiB}\n", memory__usage_in_bytes=f"{250 * MiB}\n",
+                   memory__stat=f"hierarchical_memory_limit {256 * MiB}\ntotal_rss {250 * MiB}\n")
+    s = _swap_domain(proc_tree, v1_tree, "open").snapshot(0)
+    assert (s.swap_total_bytes, s.swap_free_bytes) == (8 << 30, 8 << 30)
+
+
+def _daemon_on_a_swapping_arena(proc_tree, v2_tree, monkeypatch, **conf):
+    """A daemon on ``short_arena`` (6 MiB of 256 free in memory: under the 5%
+    redline) whose arena may still fill 100 of its 128 MiB of swap."""
+    import io
+
+    from oomkiller.daemon import Daemon
+    from oomkiller.model import PressureEvent
+    from trees import killing_walk, short_arena, short_config
+    short_arena(proc_tree, v2_tree)
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20, swap_total_kb=8 << 20, swap_free_kb=7 << 20)
+    v2_tree.cgroup("arena", memory__swap__max=f"{128 * MiB}\n", memory__swap__current=f"{28 * MiB}\n")
+    out = io.StringIO()
+    d = Daemon(short_config(proc_tree, v2_tree, **conf), json_out=out, clock=lambda: 5_000_000_000)
+    monkeypatch.setattr(d.killer, "walk", killing_walk(v2_tree, 100 * MiB))
+    record = d.wake([PressureEvent("timer", "tick", timestamp_usec=4_990_000)])
+    return d, record
+
+
+def test_a_daemon_kills_no_job_while_its_domain_can_still_swap(proc_tree, v2_tree, monkeypatch):
+    d, record = _daemon_on_a_swapping_arena(proc_tree, v2_tree, monkeypatch)
+    assert record is None and d.kills == 0
+    text, data = d.info()
+    assert data["swap"] == {"count_swap": True, "counted": True, "free_bytes": 100 * MiB, "total_bytes": 128 * MiB}
+    assert "swap: 100M free of 128M, counted in free and total memory" in text
+
+
+def test_count_swap_off_kills_by_memory_alone(proc_tree, v2_tree, monkeypatch):
+    d, record = _daemon_on_a_swapping_arena(proc_tree, v2_tree, monkeypatch, count_swap=False)
+    assert record is not None and d.kills == 1 and record.victim["job"] == "hog"
+    text, data = d.info()
+    assert data["swap"]["counted"] is False
+    assert "swap: not counted (count_swap = false): free memory is RAM alone" in text

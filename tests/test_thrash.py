@@ -25,9 +25,10 @@ class Feed:
     """Snapshots every ``step_usec`` with refaults at ``rate`` (share of the
     LRU per second) and some-stall at ``stall`` (share of time)."""
 
-    def __init__(self, free=40 * MIB, step_usec=100_000, psi=True, lru=LRU):
+    def __init__(self, free=40 * MIB, step_usec=100_000, psi=True, lru=LRU, swap_total=0, swap_free=0):
         self.t, self.refaults, self.stall = 1_000_000, 5000, 77_000
         self.free, self.step, self.psi, self.lru = free, step_usec, psi, lru
+        self.swap_total, self.swap_free = swap_total, swap_free
         self.state = ThrashState()
         self.figs = []
 
@@ -37,8 +38,9 @@ class Feed:
             self.refaults += int(rate * self.lru / 4096 * self.step / 1e6)
             self.stall += int(stall * self.step)
             shown = self.refaults if flushed else self.state.last.refault_pages
-            snap = MemorySnapshot("d", TOTAL, self.free, TOTAL - self.free, 0, self.t, -1,
-                                  self.stall if self.psi else -1, shown, self.lru)
+            snap = MemorySnapshot("d", TOTAL + self.swap_total, self.free + self.swap_free, TOTAL - self.free, 0,
+                                  self.t, -1, self.stall if self.psi else -1, shown, self.lru,
+                                  self.swap_free, self.swap_total)
             self.state, f = observe(self.state, snap, LIMITS, ARM_LINE)
             self.figs.append(f)
         return self.figs[-1]
@@ -67,6 +69,18 @@ def test_freeze_fires_after_the_sustain_span_and_says_why():
     assert f.state.fired == 1
     f.tick(14, 0.18, 3)
     assert f.state.fired == 1, "one episode counts once"
+
+
+def test_the_squeeze_is_judged_in_memory_whatever_room_swap_has():
+    """Swap with room (4 GiB, all free) beside a 512 MiB domain frozen in
+    memory: the cache and free shares are of its memory, so it fires as
+    without swap; counted over memory and swap, free would read 89% and
+    the cache 1.5%, and it never would."""
+    f = Feed(swap_total=4 << 30, swap_free=4 << 30)
+    f.tick(0, 0, 5)
+    f.tick(14, 0.18, 11)
+    assert f.figs[-1].firing
+    assert "(12% of the domain)" in f.figs[-1].reason and f.figs[-1].free_permyriad == 781
 
 
 def test_a_burst_shorter_than_the_sustain_never_fires():

@@ -14,10 +14,12 @@ class ProcTree:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def meminfo(self, total_kb: int, available_kb: int, free_kb: int = 0) -> None:
+    def meminfo(self, total_kb: int, available_kb: int, free_kb: int = 0,
+                swap_total_kb: int = 0, swap_free_kb: int = 0) -> None:
         (self.root / "meminfo").write_text(
             f"MemTotal:       {total_kb} kB\nMemFree:        {free_kb} kB\n"
-            f"MemAvailable:   {available_kb} kB\nBuffers:          1231 kB\nHugePages_Total:       7\n")
+            f"MemAvailable:   {available_kb} kB\nBuffers:          1231 kB\n"
+            f"SwapTotal:      {swap_total_kb} kB\nSwapFree:       {swap_free_kb} kB\nHugePages_Total:       7\n")
 
     def proc(self, pid: int, comm: str, *, anon_kb: int, shmem_kb: int, swap_kb: int, file_kb: int = 0,
              adj: int = 0, state: str = "S", flags: int = 0x400100, start: int = 0,

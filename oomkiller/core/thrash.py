@@ -20,7 +20,8 @@ Signals, all from files the snapshot reads anyway:
   memory (PSI ``some``) over the last sustain span. The frozen service is
   stalled 15 to 30% of each second; a stream is stalled too (1 to 42% of a
   second, more on a loaded machine), so this alone does not clear it.
-* **a squeezed cache**: the file cache holds at most half the domain
+* **a squeezed cache** (in memory: the domain's swap is left out of these
+  two shares): the file cache holds at most half the domain
   (``MAX_CACHE_PERMYRIAD``); a stream's cache fills it (99%), the frozen
   arena's held 12%, the rest being what nobody can reclaim; and that rest
   is at least half of it: free memory at most half the domain
@@ -191,7 +192,9 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
             arm_line_bytes: int) -> tuple[ThrashState, ThrashFigures]:
     """One more snapshot: the new state, and what it showed. See the module
     docstring for the rule."""
-    free_pm = snap.free_bytes * 10_000 // snap.total_bytes if snap.total_bytes > 0 else 0
+    # RAM only: the page cache is squeezed in memory, whatever room swap has
+    ram = snap.ram_total_bytes
+    free_pm = snap.ram_free_bytes * 10_000 // ram if ram > 0 else 0
     if not limits.refault_permyriad_per_s:
         return ThrashState(), ThrashFigures("off", free_permyriad=free_pm)
     cur = sample_of(snap)
@@ -249,7 +252,8 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
         # Not long enough yet, or this sample's counter did not move: an
         # unmoved counter cannot confirm the episode goes on.
         return ThrashFigures("episode", **base)
-    cache_pm = cur.file_lru_bytes * 10_000 // snap.total_bytes if snap.total_bytes > 0 else 10_000
+    ram = snap.ram_total_bytes
+    cache_pm = cur.file_lru_bytes * 10_000 // ram if ram > 0 else 10_000
     if cache_pm > MAX_CACHE_PERMYRIAD or free_pm > MAX_FREE_PERMYRIAD:
         return ThrashFigures("episode", **base)
     rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "

@@ -70,7 +70,8 @@ def build_sources(conf: Config, domain: Domain) -> Built:
         else:
             v1 = domain.cgroupfs.layout.memory_v1
             # usage thresholds at the arm line and the redline (v1 fires on crossing either way)
-            lines = [snap.total_bytes - arm_line, snap.total_bytes - redline]
+            # (in memory: usage never passes the limit, whatever swap is counted)
+            lines = [snap.ram_total_bytes - arm_line, snap.ram_total_bytes - redline]
             start("memcg", lambda: MemcgSource(domain.path, v1=v1, thresholds_bytes=lines))
     if conf.memory_high_brake:
         if domain.is_host:
@@ -78,7 +79,7 @@ def build_sources(conf: Config, domain: Domain) -> Built:
         elif domain.cgroupfs.layout.memory_v1:
             unavailable["brake"] = "cgroup v1 has no memory.high"
         else:
-            brake = MemoryHighBrake(domain.path, snap.total_bytes - redline // 2)
+            brake = MemoryHighBrake(domain.path, snap.ram_total_bytes - redline // 2)
             try:
                 brake.start()
             except SourceUnavailable as e:
