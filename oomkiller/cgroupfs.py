@@ -26,7 +26,8 @@ from .model import Job
 from .procfs import Procfs, boot_ticks
 from .report import printable
 from .core import jobrule
-from .core.rank import glob_match, xattr_set
+from .core.rank import glob_match, pod_qos, xattr_set
+from .pods import Pods
 
 # v1 reports "no limit" as the largest page-aligned long.
 V1_UNLIMITED = 1 << 62
@@ -121,6 +122,8 @@ class Cgroupfs:
         self._facts: dict[str, cgtable.Facts] = {}
         # listings of jobs taken from the table, and walked afresh
         self.table_counts = {"kept": 0, "walked": 0}
+        # what the container runtimes say of a pod's containers
+        self.pods = Pods("/")
 
     # -- paths ------------------------------------------------------------
     def resolve(self, spec: str) -> str:
@@ -650,7 +653,9 @@ class Cgroupfs:
             if rule is None:
                 return None
         charged, refaults = self.charge(path)
-        return Job(name=facts.name, path=path, inode=mark[0],
+        # a pod of the kubelet's, at the domain's top (as rank.pod_qos): who it is
+        labels = self.pods.describe(facts.name, [n for n, _ in inner]) if pod_qos(facts.name) else ()
+        return Job(name=facts.name, path=path, inode=mark[0], labels=labels,
                    procs=procs, descendants=len(inner) + len(user_inner), xattrs=xattrs,
                    oom_group=oom_group, v2_id=v2_id, v2_path=v2 or "",
                    charged_bytes=charged, refault_file_pages=refaults, inner=tuple(inner),

@@ -153,6 +153,9 @@ class Job:
     populated: bool = False
     # what made the cgroup a job (see core.jobrule): "systemd unit", "glob '…'", ...
     rule: str = ""
+    # who the job is beyond its cgroup (pods.py): a Kubernetes pod's
+    # ("pod_uid", …), ("pod", "namespace/name"), ("containers", "a,b")
+    labels: tuple[tuple[str, str], ...] = ()
     # cumulative workingset_refault_file of its subtree, -1 if unknown: how
     # much it suffers thrashing (core/thrash.py ``sufferers``)
     refault_file_pages: int = -1
@@ -381,3 +384,14 @@ def parse_record(d: dict[str, Any]) -> Record:
         return cls(**kw)
     except TypeError as e:
         raise ValueError(f"a {d['event']!r} record that does not fit its type: {e}") from None
+
+
+def labels_text(labels: tuple[tuple[str, str], ...]) -> str:
+    """Who a job is, from its ``labels``: ``pod default/web (uid 3f…),
+    containers nginx,log``."""
+    d = dict(labels)
+    pod = d.get("pod", "")
+    text = f"pod {pod} (uid {d.get('pod_uid', '?')})" if pod else f"pod uid {d.get('pod_uid', '?')}"
+    if d.get("containers"):
+        text += f", containers {d['containers']}"
+    return text

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from .model import Candidate, KillResult, MemorySnapshot, Proc, Ranking
+from .model import Candidate, KillResult, MemorySnapshot, Proc, Ranking, labels_text
 from .text import printable  # noqa: F401 - the one printable, used here and by report's users
 
 _UNITS = "BKMGT"
@@ -110,6 +110,13 @@ def walk_lines(ranking: Ranking, attempts: list[tuple[Candidate, KillResult]], n
 
 
 def outcome_line(c: Candidate, res: KillResult, decision_usec: int) -> str:
+    line = _outcome(c, res, decision_usec)
+    if c.job.labels:
+        line += f"; {printable(labels_text(c.job.labels))}"
+    return line
+
+
+def _outcome(c: Candidate, res: KillResult, decision_usec: int) -> str:
     if res.dry_run:
         return (f"OOM: would kill job '{printable(c.job.name)}' ({len(res.signalled_pids)} procs, "
                 f"{format_size(c.job.committed_bytes)} committed); dry run")
@@ -156,8 +163,11 @@ def kmsg_line(job_name: str, res: KillResult | None, domain: str, free_bytes: in
 
 
 def candidate_record(c: Candidate) -> dict[str, Any]:
-    return {"job": c.job.name, "inode": c.job.inode, "class": c.importance.name.lower(),
-            "score_bytes": c.score_bytes, "killable": c.killable, "reasons": list(c.reasons)}
+    out = {"job": c.job.name, "inode": c.job.inode, "class": c.importance.name.lower(),
+           "score_bytes": c.score_bytes, "killable": c.killable, "reasons": list(c.reasons)}
+    if c.job.labels:
+        out["labels"] = dict(c.job.labels)
+    return out
 
 
 def result_record(res: KillResult) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from ..model import Candidate, Importance, Job, Proc, Ranking
+from ..model import Candidate, Importance, Job, Proc, Ranking, labels_text
 
 OOM_SCORE_ADJ_MIN = -1000
 # A user may make thousands of cgroups matching a protect glob: name a few.
@@ -171,8 +171,9 @@ def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
         elif imp is not Importance.PROTECT and not killable:
             reasons.append("empty" if not job.procs else "no killable process")
         rule = (f"job: {job.rule}",) if job.rule else ()
+        who = (labels_text(job.labels),) if job.labels else ()
         cands.append(Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
-                               reasons=(why, *ignored_below(job, policy), *job.ignored_xattrs, *job.notes,
+                               reasons=(why, *who, *ignored_below(job, policy), *job.ignored_xattrs, *job.notes,
                                         *reasons, *rule)))
     # Equal scores (a bias clamped at 0: the kubelet gives every Guaranteed
     # pod oom_score_adj -997) fall back on the charge, then the name.
