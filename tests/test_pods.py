@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from oomkiller import report
@@ -138,3 +139,24 @@ def test_any_annotations_give_text_or_nothing(tmp_path_factory, ann):
     (d / "config.json").write_text(json.dumps({"annotations": ann}))
     got = Pods(str(root)).container("cri-containerd", A)
     assert got is None or (all(isinstance(x, str) and len(x) <= 253 for x in got[:3]) and isinstance(got[3], bool))
+
+
+def test_burstable_pods_rank_by_how_far_usage_exceeds_requests(tmp_path, proc_tree):
+    """The kubelet gives a Burstable container oom_score_adj 1000 - 1000 *
+    request / capacity; the score adds adj * total / 1000, so on a node
+    whose total is its capacity the score is usage - request + total: the
+    pod furthest over its request ranks first, as the kubelet evicts, not
+    the largest."""
+    cap = 16 << 30
+    big = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0001_0001.slice"
+    over = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0002_0002.slice"
+    fs = build(tmp_path, proc_tree, {f"{big}/cri-containerd-{B}.scope": {401: 1024},
+                                     f"{over}/cri-containerd-{C}.scope": {402: 800}})
+    for pid, request_mib in ((401, 900), (402, 100)):
+        (proc_tree.root / str(pid) / "oom_score_adj").write_text(f"{1000 - 1000 * (request_mib << 20) // cap}\n")
+    ranking = rank(fs.jobs(fs.resolve("host"), ("auto",), ()), Policy(self_pid=DAEMON_PID), cap)
+    assert [c.job.name for c in ranking.candidates] == [over, big]
+    # 700 MiB over its request against 124 MiB over, to one step of the
+    # kubelet's integer adj (capacity / 1000) each
+    assert ranking.candidates[0].score_bytes - ranking.candidates[1].score_bytes == \
+        pytest.approx((700 - 124) << 20, abs=2 * cap // 1000)
