@@ -738,6 +738,14 @@ class Cgroupfs:
         assert out is not None      # no entry: nothing to turn down
         return out
 
+    def listing_unchanged(self, domain_path: str, jobs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> bool:
+        """Whether the walk for jobs would find the same jobs as the latest
+        ``jobs()`` of the same arguments: its kept listing is still true
+        (one stat of each cgroup it looked at, and the reads that decided
+        rules). False if there is none (a listing that could not be kept)."""
+        listing = self._listings.get((domain_path, tuple(jobs), tuple(keep_out)))
+        return listing is not None and listing.still({}, self.oom_group, self._own_procs)
+
     def _read_jobs(self, domain_path: str, found: list[tuple[str, str, cgtable.Entry | None]],
                    marks: dict[str, tuple[int, int]]) -> list[Job] | None:
         """The jobs at ``found`` read (see ``jobs``); None if the entry of a

@@ -7,6 +7,7 @@ be tested on hand-built values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -164,7 +165,7 @@ class Job:
     # listed, whatever its pid names later (the killer's ``_ranked_away``)
     listed_ticks: int = dataclasses.field(default=0, compare=False)
 
-    @property
+    @functools.cached_property
     def committed_bytes(self) -> int:
         """The cgroup's own charge where the kernel gives it, else the sum of
         its processes (which counts shared memory once per process). Never

@@ -35,6 +35,11 @@ def format_signed(n: int) -> str:
     return ("-" if n < 0 else "+") + format_size(n)
 
 
+# daemon.LISTING_REUSE_USEC, for the info line (report is imported by the
+# control commands, which must not import the daemon)
+LISTING_REUSE_MS = 250
+
+
 def format_mib(n: int) -> str:
     return f"{n / MIB:.1f}M"
 
@@ -224,6 +229,15 @@ def term_text(t: dict[str, Any] | None) -> str:
             f"(jobs sent one below the line now: {t['in_episode']})")
 
 
+def walks_text(w: dict[str, Any] | None) -> str:
+    """How the walks got their jobs: listed afresh, or a recent listing with
+    the jobs they may kill read again."""
+    if not w:
+        return "-"
+    return (f"{w['listed']} listed every job, {w['reused']} took a listing under "
+            f"{LISTING_REUSE_MS} ms old and read {w['read_again']} jobs again")
+
+
 def swap_text(swap: dict[str, Any] | None) -> str:
     """The info line on swap: counted in free memory, or why not."""
     if not swap:
@@ -254,6 +268,7 @@ def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
                                     else "none (no memory stall figures: the pressure limit is off)"),
              "  thrash: " + thrash_text(data.get("thrash")),
              "  swap: " + swap_text(data.get("swap")),
+             "  walks: " + walks_text(data.get("walk_listings")),
              "  own memory: " + ", ".join(f"{k} {format_size(v)}" for k, v in own_memory.items()),
              f"  kills: {data['kills']} (in the kernel, armed: {data['armed_kills']}; "
              f"by the kernel's own OOM killer: {data['kernel_kills_seen']})",

@@ -39,7 +39,7 @@ def run(state, free_mib, t_usec=0, events=(ev(),), jobs=JOBS, **wake):
     """One wake as the daemon does it: without jobs, then with them if asked."""
     w = core.Wake(t_usec, snap(free_mib, t_usec), tuple(events), **{"can_arm": True, "can_track": True, **wake})
     res = core.step(state, CONF, w, None, SELF)
-    if res.need is core.Need.JOBS:
+    if res.need in (core.Need.JOBS, core.Need.WALK_JOBS):
         res = core.step(state, CONF, w, jobs, SELF)
     elif res.need is core.Need.ARMED_JOB:
         res = core.step(state, CONF, w, [j for j in jobs if j.path == state.armed.path], SELF)

@@ -40,7 +40,7 @@ def run(state, free_mib, t_usec=1_000_000, jobs=JOBS, conf=CONF, can_arm=False):
     """One wake as the daemon does it: without jobs, then with them if asked."""
     w = core.Wake(t_usec, snap(free_mib, t_usec), (PressureEvent(Source.TIMER, EventKind.TICK),), can_arm=can_arm)
     res = core.step(state, conf, w, None, SELF)
-    if res.need is core.Need.JOBS:
+    if res.need in (core.Need.JOBS, core.Need.WALK_JOBS):
         res = core.step(state, conf, w, jobs, SELF)
     return res
 

@@ -227,7 +227,7 @@ def test_step_walks_to_the_cause_not_the_sufferer():
         snap = MemorySnapshot("a", TOTAL, 40 * MIB, TOTAL - 40 * MIB, 0, f.t, -1, f.stall, f.refaults, LRU)
         wake = core.Wake(f.t, snap)
         res = core.step(st, conf, wake, None, 1)
-        if res.need is core.Need.JOBS:
+        if res.need in (core.Need.JOBS, core.Need.WALK_JOBS):
             res = core.step(st, conf, wake, jobs, 1)
         st = res.state
         walk = next((a for a in res.actions if isinstance(a, core.Walk)), None)

@@ -155,27 +155,51 @@ def score(job: Job, killable: list[Proc], total_bytes: int) -> tuple[int, list[s
     return max(s, 0), reasons
 
 
+def candidate(job: Job, policy: Policy, total_bytes: int) -> Candidate:
+    """One job's place in the walk: its class, score and reasons."""
+    imp, why = classify(job, policy)
+    killable = [p for p in job.procs if killable_proc(p, policy.self_pid)]
+    s, reasons = score(job, killable, total_bytes)
+    # Populated with no process listed: they moved between the job's
+    # cgroups while being read. Empty it is not; its charge scores it.
+    moving = not job.procs and job.populated
+    ok = imp is not Importance.PROTECT and (bool(killable) or moving)
+    if moving:
+        reasons.append("processes moved while being read: populated, scored by its charge")
+    elif imp is not Importance.PROTECT and not killable:
+        reasons.append("empty" if not job.procs else "no killable process")
+    rule = (f"job: {job.rule}",) if job.rule else ()
+    who = (labels_text(job.labels),) if job.labels else ()
+    return Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
+                     reasons=(why, *who, *ignored_below(job, policy), *job.ignored_xattrs, *job.notes,
+                              *reasons, *rule))
+
+
+# The candidates of the latest ranking, by the identity of their job: a
+# job read once and ranked again (a walk that reuses a recent listing and
+# reads again only the jobs it walks) is not classified and scored again.
+# Keyed by id() with the job itself kept, so an id is never taken for
+# another job's; a cache only: the result is the same without it.
+_latest: dict[int, tuple[Job, Policy, int, Candidate, tuple]] = {}
+
+
 def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
     """Order every job; skipped ones stay in the list, marked not killable."""
-    cands = []
+    global _latest
+    seen, now = _latest, {}
+    keyed = []
     for job in jobs:
-        imp, why = classify(job, policy)
-        killable = [p for p in job.procs if killable_proc(p, policy.self_pid)]
-        s, reasons = score(job, killable, total_bytes)
-        # Populated with no process listed: they moved between the job's
-        # cgroups while being read. Empty it is not; its charge scores it.
-        moving = not job.procs and job.populated
-        ok = imp is not Importance.PROTECT and (bool(killable) or moving)
-        if moving:
-            reasons.append("processes moved while being read: populated, scored by its charge")
-        elif imp is not Importance.PROTECT and not killable:
-            reasons.append("empty" if not job.procs else "no killable process")
-        rule = (f"job: {job.rule}",) if job.rule else ()
-        who = (labels_text(job.labels),) if job.labels else ()
-        cands.append(Candidate(job=job, importance=imp, score_bytes=s, killable=ok,
-                               reasons=(why, *who, *ignored_below(job, policy), *job.ignored_xattrs, *job.notes,
-                                        *reasons, *rule)))
-    # Equal scores (a bias clamped at 0: the kubelet gives every Guaranteed
-    # pod oom_score_adj -997) fall back on the charge, then the name.
-    cands.sort(key=lambda c: (c.importance, -c.score_bytes, -c.job.committed_bytes, c.job.name))
-    return Ranking(tuple(cands))
+        hit = seen.get(id(job))
+        if hit is not None and hit[0] is job and hit[2] == total_bytes and (hit[1] is policy or hit[1] == policy):
+            c, key = hit[3], hit[4]
+        else:
+            c = candidate(job, policy, total_bytes)
+            # Equal scores (a bias clamped at 0: the kubelet gives every
+            # Guaranteed pod oom_score_adj -997) fall back on the charge,
+            # then the name.
+            key = (c.importance, -c.score_bytes, -job.committed_bytes, job.name)
+        now[id(job)] = (job, policy, total_bytes, c, key)
+        keyed.append((key, c))
+    _latest = now
+    keyed.sort(key=lambda kc: kc[0])
+    return Ranking(tuple(c for _, c in keyed))

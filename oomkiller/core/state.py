@@ -71,6 +71,9 @@ OUR_VICTIMS_KEPT = 4096
 class Need(enum.Enum):
     NOTHING = "nothing"
     JOBS = "jobs"               # every job of the domain
+    # every job of the domain, for a walk: the latest listing may serve if
+    # it is recent and the jobs the walk may kill are read again
+    WALK_JOBS = "walk_jobs"
     ARMED_JOB = "armed_job"     # the armed job, read again ([] if it is gone)
 
 
@@ -295,7 +298,7 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
         actions.append(Hold(dec.reason))
         return Step(s, tuple(actions), lowmem_consumed=True, **done)
     if jobs is None:
-        return Step(None, need=Need.JOBS, **done)
+        return Step(None, need=Need.WALK_JOBS, **done)
     ranking = rank(list(jobs), policy, snap.total_bytes)
     recheck = redline if det.reason == "free below redline" else None
     actions.append(Walk(ranking, dec.reason, recheck, past_gone=recheck is not None or det.simulated))

@@ -1,0 +1,146 @@
+"""A walk takes a recent listing of jobs (below the arm line the arming
+lists them every 250 ms) and reads again only the jobs it may kill: the
+first killable candidates until they are all fresh, and those the events
+name. A listing too old, or a tree where jobs came or went, is listed
+afresh."""
+from __future__ import annotations
+
+import io
+import os
+
+from oomkiller import daemon as daemon_mod
+from oomkiller.daemon import Daemon
+from oomkiller.model import EventKind, PressureEvent, Source
+
+from trees import killing_walk, short_arena, short_config
+
+MIB = 1 << 20
+JOBS = (("hog", "hog", 4101, 150), ("web", "web", 4102, 90), ("db", "db", 4103, 60))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ns = 5_000_000_000
+
+    def __call__(self) -> int:
+        return self.ns
+
+    def advance_ms(self, ms: float) -> None:
+        self.ns += int(ms * 1_000_000)
+
+
+def _daemon(proc_tree, v2_tree, monkeypatch):
+    short_arena(proc_tree, v2_tree, JOBS)
+    clock = Clock()
+    d = Daemon(short_config(proc_tree, v2_tree), json_out=io.StringIO(), clock=clock)
+    reads: list[str] = []
+    real = d.cgroupfs.job
+
+    def job(path, *a, **kw):
+        reads.append(os.path.basename(path))
+        return real(path, *a, **kw)
+    monkeypatch.setattr(d.cgroupfs, "job", job)
+    monkeypatch.setattr(d.killer, "walk", killing_walk(v2_tree, 150 * MIB))
+    return d, clock, reads
+
+
+def _grow(proc_tree, v2_tree, comm, pid, mib):
+    proc_tree.root.joinpath(str(pid)).rename(proc_tree.root / f"old{pid}")
+    proc_tree.proc(pid, comm, anon_kb=mib << 10, shmem_kb=0, swap_kb=0, cgroup=f"0::/arena/{comm}\n")
+    v2_tree.cgroup(f"arena/{comm}", (pid,), memory__stat=f"anon {mib * MIB}\nshmem 0\n")
+
+
+def _tick(d, **kw):
+    return d.wake([PressureEvent(Source.TIMER, EventKind.TICK, **kw)])
+
+
+def test_a_walk_takes_a_recent_listing_and_reads_again_the_jobs_it_may_kill(proc_tree, v2_tree, monkeypatch):
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    listed = d.jobs()
+    assert len(listed) == 3
+    clock.advance_ms(100)
+    rec = _tick(d)
+    assert rec.victim["job"] == "hog"
+    # the hog and the one after it, not the db
+    assert sorted(reads) == ["hog", "web"]
+    assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2}
+    assert rec.timings_usec["listing_age"] == 100_000
+    assert "1 took a listing under 250 ms old and read 2 jobs again" in d.info()[0]
+
+
+def test_a_job_that_grew_past_the_top_is_found_when_the_ranking_moves(proc_tree, v2_tree, monkeypatch):
+    """The hog read again turns out to have shrunk below the web: the web,
+    now first, is read again too, and the db (stale, third) is not needed."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    _grow(proc_tree, v2_tree, "hog", 4101, 20)
+    _grow(proc_tree, v2_tree, "web", 4102, 200)
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "web"
+    assert set(reads) == {"hog", "web", "db"} or set(reads) == {"hog", "web"}
+    assert "db" not in reads[:2]
+
+
+def test_the_events_cgroup_is_read_again_and_its_growth_counts(proc_tree, v2_tree, monkeypatch):
+    """The db grew past everyone since the listing; the reclaim event names
+    its cgroup: it is read again, ranks first and is the one killed."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    _grow(proc_tree, v2_tree, "db", 4103, 400)
+    clock.advance_ms(50)
+    db_id = os.stat(v2_tree.root / "arena" / "db").st_ino
+    rec = d.wake([PressureEvent(Source.EBPF, EventKind.MEMCG_RECLAIM, cgroup_id=db_id)])
+    assert rec.victim["job"] == "db" and reads[0] == "db"
+
+
+def test_without_an_event_a_job_third_in_the_listing_waits_for_the_next_listing(proc_tree, v2_tree, monkeypatch):
+    """The trade, stated: a job that was third 50 ms ago and grew past both
+    above it, with no event naming it, is not read; the walk kills the top
+    of the listing read again. At most LISTING_REUSE_USEC stale, as a
+    listing of every job is stale by the time its last job is read (170 ms
+    for 1000 jobs)."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    _grow(proc_tree, v2_tree, "db", 4103, 400)
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "hog" and "db" not in reads
+
+
+def test_a_listing_too_old_is_listed_again(proc_tree, v2_tree, monkeypatch):
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    clock.advance_ms(daemon_mod.LISTING_REUSE_USEC / 1000 + 1)
+    rec = _tick(d)
+    assert rec.victim["job"] == "hog"
+    assert d.walk_listings["listed"] == 1 and d.walk_listings["reused"] == 0
+    assert "listing_age" not in rec.timings_usec
+
+
+def test_a_new_job_since_the_listing_is_listed_again(proc_tree, v2_tree, monkeypatch):
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    proc_tree.proc(4104, "new", anon_kb=500 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/new\n")
+    v2_tree.cgroup("arena/new", (4104,), memory__stat=f"anon {500 * MIB}\nshmem 0\n")
+    clock.advance_ms(10)
+    rec = _tick(d)
+    assert rec.victim["job"] == "new"
+    assert d.walk_listings == {"listed": 1, "reused": 0, "read_again": 0}
+
+
+def test_a_top_job_gone_since_the_listing_is_dropped(proc_tree, v2_tree, monkeypatch):
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    real = d.cgroupfs.job
+
+    def gone(path, *a, **kw):
+        if path.endswith("/hog"):
+            reads.append("hog")
+            raise FileNotFoundError(2, "gone", path)
+        return real(path, *a, **kw)
+    monkeypatch.setattr(d.cgroupfs, "job", gone)
+    clock.advance_ms(10)
+    rec = _tick(d)
+    assert rec.victim["job"] == "web"
+    assert d.walk_listings["reused"] == 1
