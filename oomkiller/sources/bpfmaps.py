@@ -124,11 +124,12 @@ class Map:
         if said != kernel:
             raise ValueError(f"map {self.name}: described as (type, key, value) {said}, the kernel says {kernel}")
 
-    def _key(self, key) -> ctypes.Array:
+    def _key(self, key) -> bytes:
+        # passed as is: the kernel only reads keys (and updated values)
         raw = bytes(key)
         if len(raw) != self.key_size:
             raise ValueError(f"map {self.name}: a key of {len(raw)} bytes, expected {self.key_size}")
-        return ctypes.create_string_buffer(raw, len(raw))
+        return raw
 
     @property
     def lookup_size(self) -> int:
@@ -152,7 +153,7 @@ class Map:
         k, raw = self._key(key), bytes(value)
         if len(raw) != self.value_size or self.percpu:
             raise ValueError(f"map {self.name}: a value of {len(raw)} bytes, expected {self.value_size}")
-        rc = self.lib.bpf_map_update_elem(self.fd, k, ctypes.create_string_buffer(raw, len(raw)), BPF_ANY)
+        rc = self.lib.bpf_map_update_elem(self.fd, k, raw, BPF_ANY)
         if rc < 0:
             err = _errno(rc)
             raise OSError(err, f"map {self.name}: update: {os.strerror(err)}")
