@@ -458,7 +458,7 @@ def run_command(conf: cfg.Config) -> int:
             problems, before, after = protect_self()
             for problem in problems:
                 log.warning("OOM: %s", problem)
-            log.info("OOM: own memory: %s resident before releasing the compiler, %s after, %s locked",
+            log.info("OOM: own memory: %s resident before trimming, %s after, %s locked",
                      report.format_size(before["VmRSS"]), report.format_size(after["VmRSS"]),
                      report.format_size(after.get("VmLck", 0)))
         daemon.run()

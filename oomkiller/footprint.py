@@ -1,13 +1,14 @@
 """The daemon's own memory: keep what it needs resident, give back the rest.
 
 The killer must keep working under the pressure it fights, so its pages must
-not be reclaimed: it locks them. But compiling the BPF program pulls bcc's
-compiler in (libLLVM and libclang-cpp: about 80 MB resident on these
-machines) and the program never runs the compiler again once loaded. So,
-after the sources have started:
+not be reclaimed: it locks them. bcc's compiler (libLLVM and libclang-cpp:
+about 80 MB resident) is never mapped here: a short-lived child compiles
+and loads the BPF program (``sources/bpfload``). So, after the sources have
+started:
 
-1. the compiler libraries' pages are paged out (``MADV_PAGEOUT``: they are
-   file-backed, nothing is lost) and the C heap is trimmed;
+1. the C heap is trimmed, and the pages of any compiler library something
+   did map are paged out (``MADV_PAGEOUT``: they are file-backed, nothing
+   is lost) and left unlocked;
 2. every other mapping is locked as it is faulted in (``mlock2`` with
    ``MLOCK_ONFAULT``), and, if that worked, so is every future one
    (``mlockall(MCL_FUTURE | MCL_ONFAULT)``): the working set stays resident

@@ -50,12 +50,18 @@ def run_ms(pid: int) -> float:
     return total / 1e6
 
 
-def vm_rss_kb(pid: int) -> int:
+MEMORY_FIELDS = ("VmRSS", "RssAnon", "VmHWM", "VmLck")
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon, VmHWM (the peak RSS) and VmLck of a process, in kB."""
+    out = dict.fromkeys(MEMORY_FIELDS, 0)
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            key = line.split(":", 1)[0]
+            if key in out:
+                out[key] = int(line.split()[1])
+    return out
 
 
 def start(contender: str, arena: Arena, tmp: str) -> subprocess.Popen:
@@ -81,8 +87,10 @@ def measure(contender: str, arena: Arena, seconds: float) -> dict:
         before, run_before = cpu_ms(p.pid), run_ms(p.pid)
         time.sleep(seconds)
         after, run_after = cpu_ms(p.pid), run_ms(p.pid)
+        mem = memory_kb(p.pid)
         return {"contender": contender, "cpu_ms": after - before, "run_ms": run_after - run_before,
-                "seconds": seconds, "rss_mb": vm_rss_kb(p.pid) / 1024}
+                "seconds": seconds, "rss_mb": mem["VmRSS"] / 1024, "anon_mb": mem["RssAnon"] / 1024,
+                "hwm_mb": mem["VmHWM"] / 1024, "lck_mb": mem["VmLck"] / 1024}
     finally:
         p.send_signal(signal.SIGTERM)
         try:
@@ -117,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             r = measure(c, arena, a.seconds)
             print(f"idlecost: {c:28s} {r['run_ms']:7.1f} ms on a CPU in {r['seconds']:g} s "
                   f"({r['run_ms'] / r['seconds'] / 10:.3f}% of a core; utime+stime {r['cpu_ms']:.0f} ms), "
-                  f"VmRSS {r['rss_mb']:.1f} MB", flush=True)
+                  f"VmRSS {r['rss_mb']:.1f} MB (RssAnon {r['anon_mb']:.1f}), VmHWM {r['hwm_mb']:.1f} MB, "
+                  f"VmLck {r['lck_mb']:.1f} MB", flush=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""eBPF source: reclaim and OOM tracepoints, through bcc, as PressureEvents.
+"""eBPF source: reclaim and OOM tracepoints, compiled by bcc, as PressureEvents.
 
 The C program (``oomkiller/bpf/oomkiller.bpf.c``) sums reclaim stall per cgroup, sends
 one ``struct oom_event`` (``oomkiller/bpf/oomkiller.h``) per cgroup per rate-limit
@@ -6,8 +6,11 @@ interval through a perf buffer, and can SIGKILL a task of a pre-armed cgroup
 at its first reclaim. ``Event`` below mirrors the struct; ``layout_check_source``
 turns the mirror into static asserts that fail to compile if the two drift.
 
-bcc is imported only in ``start()``: importing it alone costs about 60 MB of
-RSS, and a daemon without BPF should not pay for it.
+The daemon never imports bcc (importing it alone maps about 60 MB of
+LLVM and libbcc): ``start()`` has a short-lived child process compile, load
+and attach the program (``bpfload``) and hand back the descriptors that keep
+it alive; the maps and the perf buffer are then read through libbpf
+(``bpfmaps``).
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 
 from ..files import read_text
 from ..model import EventKind, PressureEvent, Source
-from . import SourceUnavailable
+from . import SourceUnavailable, bpfload
+from .bpfmaps import Map, PerfBuffer
 
 log = logging.getLogger("oomkiller")
 
@@ -359,7 +363,8 @@ def find_kernel_headers(release: str | None = None, *, modules_dir: str = "/lib/
 class BpfSource:
     """Reclaim and OOM tracepoint events from a bcc program.
 
-    ``start()`` compiles, loads and attaches; ``fds()`` go into the daemon's
+    ``start()`` has the loader compile, load and attach it (within
+    ``load_timeout_s``) and takes over its maps; ``fds()`` go into the daemon's
     selector; ``drain()`` returns the events that arrived, without blocking.
     ``arm(path, cgroup_id)`` makes the kernel SIGKILL a task anywhere in that
     v2 cgroup's subtree whose reclaims keep failing, and report it as
@@ -375,7 +380,8 @@ class BpfSource:
                  modules_dir: str = "/lib/modules", usr_src: str = USR_SRC,
                  kheaders: str = KHEADERS_FILE, perf_pages: int = PERF_PAGES,
                  arm_min_reclaimed_pages: int = ARM_MIN_RECLAIMED_PAGES, prearm: bool = True,
-                 arm_reclaim: str = "memcg", domain_v2: str | None = None) -> None:
+                 arm_reclaim: str = "memcg", domain_v2: str | None = None,
+                 load_timeout_s: float = bpfload.LOAD_TIMEOUT_S) -> None:
         for key, value in (("stall_threshold_usec", stall_threshold_usec), ("window_usec", window_usec),
                            ("rate_limit_usec", rate_limit_usec)):
             if value < 0:
@@ -399,6 +405,7 @@ class BpfSource:
         self.kheaders = kheaders
         self.headers: KernelHeaders | None = None
         self.perf_pages = perf_pages
+        self.load_timeout_s = load_timeout_s
         # A cgroup domain's v2 cgroup: the program sends only its tasks' events.
         self.domain_v2 = domain_v2
         self.domain_filter = "off: the host is the domain" if domain_v2 is None else ""
@@ -406,7 +413,9 @@ class BpfSource:
         self.events_total = 0
         self.events_by_kind: dict[str, int] = {}
         self.load_usec = 0
-        self._bpf = None
+        self._maps: dict[str, Map] = {}
+        self._tracepoint_fds: list[int] = []
+        self._perf: PerfBuffer | None = None
         self._pending: list[PressureEvent] = []
         self._flags: dict[str, bool] = {}
 
@@ -455,16 +464,10 @@ class BpfSource:
     # -- lifetime ---------------------------------------------------------
     def start(self) -> None:
         """Compile, load and attach; raise SourceUnavailable with the reason if that cannot be done."""
-        if self._bpf is not None:
+        if self._perf is not None:
             return
         self._ensure_tracefs()
-        try:
-            import bcc  # Debian's python3-bpfcc
-        except ImportError as e:
-            raise SourceUnavailable(
-                f"python module bcc not importable ({e}): install Debian's python3-bpfcc and run "
-                "with /usr/bin/python3 or a venv made with --system-site-packages "
-                "(the PyPI package named bcc is unrelated)") from None
+        bpfload.check_bcc()
         self.headers = self._find_headers()
         self._flags = tracepoint_flags(self.tracefs)
         if not (self._flags["HAVE_TP_MEMCG_RECLAIM"] or self._flags["HAVE_TP_DIRECT_RECLAIM"]):
@@ -477,29 +480,46 @@ class BpfSource:
         started = time.monotonic()
         if self.headers.how == "usr-src":
             log.info("OOM: ebpf: %s", self.headers.note)
+        # BCC_KERNEL_SOURCE is set for the loader's compile alone when the
+        # headers are a tree found here (or the operator's split tree).
+        reply, fds = bpfload.load({"src": src, "cflags": self.cflags(), "kernel_source": self.headers.source_dir},
+                                  self.load_timeout_s)
         try:
-            bpf = _with_captured_stderr(lambda: self._compile(bcc))
-        except _CapturedError as e:
-            raise SourceUnavailable(self._explain(e)) from None
-        self._bpf = bpf
-        try:
-            bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages, lost_cb=self._on_lost)
-        except Exception as e:
+            self._adopt(reply, fds)
+        except (SourceUnavailable, OSError, ValueError, KeyError, TypeError) as e:
             self.close()
             raise SourceUnavailable(f"BPF program loaded but its maps could not be opened: {e}") from None
         if self.domain_v2 is not None:
             self._set_domain(self.domain_v2)
         self.load_usec = int((time.monotonic() - started) * 1e6)
 
+    def _adopt(self, reply: dict, fds: list[int]) -> None:
+        """Take the loader's descriptors over: each is owned by exactly one
+        map, one attachment, or closed here."""
+        left = dict(enumerate(fds))
+        try:
+            for name, m in reply["maps"].items():
+                fd = left.pop(int(m["fd"]))
+                self._maps[str(name)] = Map(str(name), fd)
+                self._maps[str(name)].check(int(m["type"]), int(m["key_size"]), int(m["value_size"]))
+            for _tp, index in sorted(reply["tracepoints"].items()):
+                self._tracepoint_fds.append(left.pop(int(index)))
+            if "events" not in self._maps or "counters" not in self._maps:
+                raise KeyError("events and counters")
+            self._perf = PerfBuffer(self._maps["events"].fd, self.perf_pages, self._on_event, self._on_lost)
+        finally:
+            for fd in left.values():
+                os.close(fd)
+
     def set_domain(self, path: str | None) -> None:
         """A new cgroup at the domain's path: filter by it. When its v2
         cgroup is not known, the filter is emptied: every event passes."""
-        if self._bpf is None or self.domain_v2 is None:
+        if self._perf is None or self.domain_v2 is None:
             return      # not loaded, or compiled without the filter (the host)
         if path is None:
             try:
-                del self._bpf[b"domain_cg"][0]
-            except Exception:      # noqa: BLE001 - already empty
+                self._maps["domain_cg"].delete(_u32(0))
+            except (OSError, KeyError):
                 pass
             self.domain_filter = "off: the new domain cgroup's v2 counterpart is not known"
             return
@@ -512,13 +532,13 @@ class BpfSource:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                self._bpf[b"domain_cg"][0] = fd
+                self._maps["domain_cg"].update(_u32(0), _u32(fd))
             finally:
                 os.close(fd)
-        except Exception as e:     # noqa: BLE001 - the filter is an economy, not a need
+        except (OSError, KeyError, ValueError) as e:     # the filter is an economy, not a need
             try:
-                del self._bpf[b"domain_cg"][0]      # an empty slot lets every event pass
-            except Exception:      # noqa: BLE001
+                self._maps["domain_cg"].delete(_u32(0))      # an empty slot lets every event pass
+            except (OSError, KeyError):
                 pass
             self.domain_filter = f"off: {path}: {e}"
             log.warning("OOM: ebpf: events are not filtered to the domain: %s: %s", path, e)
@@ -527,13 +547,23 @@ class BpfSource:
 
     def close(self) -> None:
         """Detach the probes and free the maps (and with them any armed kill)."""
-        bpf, self._bpf = self._bpf, None
-        if bpf is not None:
-            bpf.cleanup()
+        perf, self._perf = self._perf, None
+        if perf is not None:
+            perf.close()
+        maps, self._maps = self._maps, {}
+        for m in maps.values():
+            m.close()
+        fds, self._tracepoint_fds = self._tracepoint_fds, []
+        for fd in fds:
+            os.close(fd)        # the last descriptor of a tracepoint's event: detached
 
     @property
     def live(self) -> bool:
-        return self._bpf is not None
+        return self._perf is not None
+
+    def map(self, name: str) -> Map:
+        """One of the loaded program's maps (KeyError: not loaded, or not in this build)."""
+        return self._maps[name]
 
     def _ensure_tracefs(self) -> None:
         if os.path.isdir(os.path.join(self.tracefs, "events")):
@@ -556,58 +586,24 @@ class BpfSource:
     def _find_headers(self) -> KernelHeaders:
         return find_kernel_headers(modules_dir=self.modules_dir, usr_src=self.usr_src, kheaders=self.kheaders)
 
-    def _compile(self, bcc):
-        """bcc.BPF with BCC_KERNEL_SOURCE set to the source half for the
-        compile alone when the headers are a tree found here (or the
-        operator's split tree): bcc reads it with getenv() as it compiles,
-        and the daemon's children should not inherit it."""
-        src = os.path.join(self.bpf_dir, PROGRAM_FILE)
-        headers = self.headers
-        if headers is None or not headers.source_dir:
-            return bcc.BPF(src_file=src.encode(), cflags=self.cflags())
-        given = os.environ.get("BCC_KERNEL_SOURCE")
-        os.environ["BCC_KERNEL_SOURCE"] = headers.source_dir
-        try:
-            return bcc.BPF(src_file=src.encode(), cflags=self.cflags())
-        finally:
-            if given is None:
-                os.environ.pop("BCC_KERNEL_SOURCE", None)
-            else:
-                os.environ["BCC_KERNEL_SOURCE"] = given
-
-    def _explain(self, e: "_CapturedError") -> str:
-        text = f"{e.error} {e.log}"
-        first = next((ln.strip() for ln in e.log.splitlines() if "error" in ln.lower()), "")
-        if "Operation not permitted" in text or "Permission denied" in text:
-            return (f"BPF not permitted ({e.error}): run as root, or with CAP_BPF, CAP_PERFMON "
-                    "and CAP_SYS_RESOURCE")
-        if "kernel headers" in text.lower():
-            return f"bcc cannot find kernel headers: install linux-headers-{os.uname().release}"
-        if "compile" in str(e.error).lower():
-            return f"BPF program failed to compile: {first or e.error}"
-        return f"BPF program failed to load or attach: {e.error}" + (f" ({first})" if first else "")
-
     # -- events -----------------------------------------------------------
     def fds(self) -> list[int]:
         """File descriptors of the perf-buffer readers, one per CPU, readable when events wait."""
-        if self._bpf is None:
-            return []
-        from bcc.libbcc import lib
-        return [lib.perf_reader_fd(reader) for reader in self._bpf.perf_buffers.values()]
+        return self._perf.fds() if self._perf is not None else []
 
     def drain(self, fd: int | None = None) -> list[PressureEvent]:
         """The events that arrived since the last call; never blocks."""
-        if self._bpf is not None:
-            # Not perf_buffer_poll(0): the kernel's perf_poll() reports POLLIN
+        if self._perf is not None:
+            # Not a poll of the rings: the kernel's perf_poll() reports POLLIN
             # once per wakeup (it swaps rb->poll to 0), so after the daemon's
-            # selector has seen a reader ready a second poll finds nothing and
+            # selector has seen a ring ready a second poll finds nothing and
             # the events would wait for the next wakeup. Read every ring instead.
-            self._bpf.perf_buffer_consume()
+            self._perf.consume()
         out, self._pending = self._pending, []
         return out
 
-    def _on_event(self, _cpu, data, size) -> None:
-        event = decode(ctypes.string_at(data, size))
+    def _on_event(self, _cpu: int, raw: bytes) -> None:
+        event = decode(raw)
         self.events_total += 1
         self.events_by_kind[event.kind] = self.events_by_kind.get(event.kind, 0) + 1
         self._pending.append(event)
@@ -617,9 +613,9 @@ class BpfSource:
 
     # -- counters ---------------------------------------------------------
     def _counter(self, index: int) -> int:
-        if self._bpf is None:
+        if self._perf is None:
             return 0
-        return int(self._bpf[b"counters"].sum(ctypes.c_int(index)).value)
+        return self._maps["counters"].percpu_sum_u64(_u32(index))
 
     @property
     def rate_limited(self) -> int:
@@ -649,7 +645,7 @@ class BpfSource:
             "prearm": self.prearm,
             "load_usec": self.load_usec,
             "kernel_headers": (self.headers.source_dir or self.headers.how) if self.headers else "",
-            "attached_tracepoints": self._bpf.num_open_tracepoints() if self._bpf is not None else 0,
+            "attached_tracepoints": len(self._tracepoint_fds),
             "tracepoints": sorted(tp for flag, tps in TRACEPOINT_FLAGS.items()
                                   if self._flags.get(flag) for tp in tps),
             "stall_threshold_usec": self.stall_threshold_usec,
@@ -659,14 +655,32 @@ class BpfSource:
         }
 
 
-class _CapturedError(Exception):
+def _u32(value: int) -> bytes:
+    return bytes(ctypes.c_uint32(value))
+
+
+def explain(e: "CapturedError") -> str:
+    """A failed bcc compile, load or attach as one line saying what to do."""
+    text = f"{e.error} {e.log}"
+    first = next((ln.strip() for ln in e.log.splitlines() if "error" in ln.lower()), "")
+    if "Operation not permitted" in text or "Permission denied" in text:
+        return (f"BPF not permitted ({e.error}): run as root, or with CAP_BPF, CAP_PERFMON "
+                "and CAP_SYS_RESOURCE")
+    if "kernel headers" in text.lower():
+        return f"bcc cannot find kernel headers: install linux-headers-{os.uname().release}"
+    if "compile" in str(e.error).lower():
+        return f"BPF program failed to compile: {first or e.error}"
+    return f"BPF program failed to load or attach: {e.error}" + (f" ({first})" if first else "")
+
+
+class CapturedError(Exception):
     def __init__(self, error: BaseException, log: str) -> None:
         super().__init__(str(error))
         self.error = error
         self.log = log
 
 
-def _with_captured_stderr(fn):
+def with_captured_stderr(fn):
     """Run ``fn`` with fd 2 sent to a file: bcc's compiler writes its diagnostics
     there from C++, and a failure should become one clear line, not a page.
     Warnings of a successful run are passed on to stderr."""
@@ -685,7 +699,7 @@ def _with_captured_stderr(fn):
         log.seek(0)
         text = log.read().decode("utf-8", "replace")
     if error is not None:
-        raise _CapturedError(error, text)
+        raise CapturedError(error, text)
     if text.strip():
         sys.stderr.write(text)
     return result
@@ -702,11 +716,13 @@ class PreArm:
     def __init__(self, source: BpfSource) -> None:
         self.source = source
 
-    def _maps(self):
-        bpf = self.source._bpf
-        if bpf is None or not self.source.prearm:
+    def _maps(self) -> tuple[Map, Map]:
+        if not self.source.live or not self.source.prearm:
             raise RuntimeError("PreArm without a loaded pre-arm program")
-        return bpf[b"armed"], bpf[b"armed_cg"]
+        try:
+            return self.source.map("armed"), self.source.map("armed_cg")
+        except KeyError:
+            raise RuntimeError("PreArm without a loaded pre-arm program") from None
 
     def arm(self, cgroup_path: str, cgroup_id: int) -> None:
         """SIGKILL, from the kernel, a task anywhere under the v2 cgroup
@@ -716,20 +732,20 @@ class PreArm:
             raise ValueError(f"refusing to arm cgroup id {cgroup_id}: the root cgroup or none")
         fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            armed_cg[0] = fd
+            armed_cg.update(_u32(0), _u32(fd))
         finally:
             os.close(fd)        # the map holds its own reference to the cgroup
-        armed[ctypes.c_int(0)] = ctypes.c_uint64(cgroup_id)
+        armed.update(_u32(0), bytes(ctypes.c_uint64(cgroup_id)))
 
     def disarm(self) -> None:
         try:
             armed, armed_cg = self._maps()
         except RuntimeError:
             return              # unloaded: nothing is armed
-        armed[ctypes.c_int(0)] = ctypes.c_uint64(0)
+        armed.update(_u32(0), bytes(ctypes.c_uint64(0)))
         try:
-            del armed_cg[0]
-        except Exception:
+            armed_cg.delete(_u32(0))
+        except OSError:
             pass                # already empty
 
     @property
@@ -737,9 +753,10 @@ class PreArm:
         """The armed cgroup v2 id, 0 when disarmed (or unloaded)."""
         try:
             armed, _ = self._maps()
-            return int(armed[ctypes.c_int(0)].value)
-        except (RuntimeError, KeyError):
+            raw = armed.lookup(_u32(0))
+        except (RuntimeError, OSError):
             return 0
+        return ctypes.c_uint64.from_buffer_copy(raw).value if raw else 0
 
     def stats(self) -> dict:
         return {"armed_cgroup_id": self.armed}
