@@ -449,7 +449,8 @@ def run_command(conf: cfg.Config) -> int:
         built = build_sources(conf, dom)
         daemon = Daemon(conf, domain=dom, json_out=records, log_writer=log_writer, sources=built.sources,
                         unavailable=built.unavailable, arm=built.arm, brake=built.brake, control=control,
-                        notifier=notifier, kernel_log=kernel_log, marks=marks, metrics=metrics, hooks=hooks)
+                        notifier=notifier, kernel_log=kernel_log, marks=marks, metrics=metrics, hooks=hooks,
+                        background_listing=True)
         daemon.metrics_problem = metrics_problem
         if metrics is not None:
             daemon.publish()

@@ -34,6 +34,7 @@ from . import hooks as hooklib
 from .hooks import Hooks
 from .killer import Killer
 from .kmsg import KernelLog
+from .lister import Lister
 from .marks import CgroupMarks
 from .metrics import Buckets
 from .model import (ArmedRecord, Candidate, DecisionRecord, EventKind, Job, KernelKillRecord, KillResult,
@@ -62,14 +63,18 @@ OTHERS_SCAN_S = 60.0
 PRESSURE_LOOK_USEC = 10_000_000
 
 # A walk takes the latest listing of jobs instead of listing them all again
-# when it is at most this old (below the arm line the arming lists every
-# core.ARM_RERANK_USEC, so a walk there finds one) and no job came or went
-# since; it reads again only the jobs it may kill: the first WALK_FRESH
+# when it is at most this old (below the arm line the arming asks for one
+# every core.ARM_RERANK_USEC, so a walk there finds one) and no job came or
+# went since; it reads again only the jobs it may kill: the first WALK_FRESH
 # killable candidates of the ranking, again until they are all fresh, and
 # the jobs the events name. A listing of 1000 jobs takes some 170 ms, which
-# the kill then waits for; one job's read, 0.2 ms. More than
-# WALK_MAX_READS reads and it lists them all.
+# the kill then waited for; one job's read, 0.2 ms. More than
+# WALK_MAX_READS reads and it lists them all. 500 ms: a listing made in the
+# background (lister.py) every 250 ms that itself takes up to 250 ms.
 LISTING_REUSE_USEC = report.LISTING_REUSE_MS * 1000
+# With background listing (lister.py), the core's other needs take a listing
+# up to this old while the next is made; an older one is made on the loop.
+LISTING_ASYNC_MAX_USEC = 1_000_000
 WALK_FRESH = 2
 WALK_MAX_READS = 8
 
@@ -104,7 +109,7 @@ class Daemon:
                  control: ControlServer | None = None, notifier: Notifier | None = None,
                  kernel_log: KernelLog | None = None, marks: CgroupMarks | None = None,
                  metrics: Any = None, hooks: Hooks | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock: Callable[[], int] = time.monotonic_ns, background_listing: bool = False) -> None:
         """Everything given here is the caller's to close (``cli`` builds and
         closes it); what the daemon makes itself, it closes."""
         self.config = config
@@ -138,6 +143,12 @@ class Daemon:
         self.last_thrash: ThrashFigures | None = None
         # the latest listing of every job: (when, jobs); and how walks got theirs
         self._listed: tuple[int, list[Job]] | None = None
+        # listings made in a thread of their own (lister.py), with a Cgroupfs of their own
+        self.lister: Lister | None = None
+        if background_listing:
+            cg = self.cgroupfs
+            self.lister = Lister(lambda: Cgroupfs(cg.root, self.procfs), self.domain.path, config.jobs,
+                                 self.keep_out, self.now_usec)
         self.walk_listings = {"listed": 0, "reused": 0, "read_again": 0}
         self._jobs_changed = True
         self._walk_listing_age = 0      # of the listing the latest walk took, 0 if it listed afresh
@@ -198,18 +209,41 @@ class Daemon:
 
     # -- one wake of the core ----------------------------------------------------
     def jobs(self) -> list[Job]:
+        """Every job, listed now, on the loop."""
         out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
-        now = self.now_usec()
-        self._listed = (now, out)
+        self._set_listed(self.now_usec(), out)
+        return out
+
+    def _set_listed(self, when: int, jobs: list[Job]) -> None:
+        self._listed = (when, jobs)
         # each listing's refault counters, and the one's before, for the
         # jobs that suffer a thrash (core.thrash.sufferers)
-        self._marks_before, self._marks = self._marks, thrash_core.refault_marks(out, now)
-        return out
+        self._marks_before, self._marks = self._marks, thrash_core.refault_marks(jobs, when)
+
+    def _adopt(self) -> None:
+        """Take the background listing finished since, if newer."""
+        done = self.lister.take() if self.lister is not None else None
+        if done is not None and (self._listed is None or done[1] > self._listed[0]):
+            self._set_listed(done[1], done[2])
+
+    def core_jobs(self) -> list[Job]:
+        """The jobs for the core's needs other than a walk (arming, the SIGTERM
+        step, the jobs' PSI triggers): with background listing, the latest
+        listing while it is under LISTING_ASYNC_MAX_USEC old, a new one asked
+        for once it is LISTING_REUSE_USEC old; else, or with none, listed now."""
+        self._adopt()
+        listed = self._listed
+        if self.lister is None or listed is None or self.now_usec() - listed[0] >= LISTING_ASYNC_MAX_USEC:
+            return self.jobs()
+        if self.now_usec() - listed[0] >= LISTING_REUSE_USEC:
+            self.lister.request()
+        return listed[1]
 
     def walk_jobs(self, events: list[PressureEvent], total_bytes: int) -> list[Job]:
         """The jobs for a walk: the latest listing if it may serve (see
         LISTING_REUSE_USEC), with the jobs the walk may kill read again;
         else every job, listed now."""
+        self._adopt()
         listed = self._listed
         if (listed is None or self.now_usec() - listed[0] > LISTING_REUSE_USEC
                 or (self._jobs_changed
@@ -295,7 +329,7 @@ class Daemon:
         res = core.step(self.state, self.config, wake, None, self.self_pid)
         walk_age = 0
         if res.need is core.Need.JOBS:
-            res = core.step(self.state, self.config, wake, self.jobs(), self.self_pid)
+            res = core.step(self.state, self.config, wake, self.core_jobs(), self.self_pid)
         elif res.need is core.Need.WALK_JOBS:
             self._walk_listing_age = 0
             res = core.step(self.state, self.config, wake, self.walk_jobs(events, snap.total_bytes), self.self_pid)
@@ -736,6 +770,7 @@ class Daemon:
                 "kills": st.kills, "armed_kills": st.armed_kills, "kernel_kills_seen": st.kernel_kills_seen,
                 "term": self.term_data(total),
                 "wakes": self.wakes, "walk_listings": dict(self.walk_listings),
+                "background_listings": dict(self.lister.counts) if self.lister is not None else None,
                 "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
                 "pressure_file": self.domain.pressure_path, "thrash": self.thrash_data(self.last_thrash),
@@ -877,6 +912,8 @@ class Daemon:
             else:
                 self.control.stop()         # no more requests; its maker closes it
             self._disarm_now()
+            if self.lister is not None:
+                self.lister.close()
             log.info("OOM: oomkiller stopped after %d kills", self.kills)
 
     def publish(self) -> None:

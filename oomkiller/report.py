@@ -37,7 +37,7 @@ def format_signed(n: int) -> str:
 
 # daemon.LISTING_REUSE_USEC, for the info line (report is imported by the
 # control commands, which must not import the daemon)
-LISTING_REUSE_MS = 250
+LISTING_REUSE_MS = 500
 
 
 def format_mib(n: int) -> str:

@@ -65,7 +65,7 @@ def test_a_walk_takes_a_recent_listing_and_reads_again_the_jobs_it_may_kill(proc
     assert sorted(reads) == ["hog", "web"]
     assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2}
     assert rec.timings_usec["listing_age"] == 100_000
-    assert "1 took a listing under 250 ms old and read 2 jobs again" in d.info()[0]
+    assert "1 took a listing under 500 ms old and read 2 jobs again" in d.info()[0]
 
 
 def test_a_job_that_grew_past_the_top_is_found_when_the_ranking_moves(proc_tree, v2_tree, monkeypatch):
@@ -144,3 +144,53 @@ def test_a_top_job_gone_since_the_listing_is_dropped(proc_tree, v2_tree, monkeyp
     rec = _tick(d)
     assert rec.victim["job"] == "web"
     assert d.walk_listings["reused"] == 1
+
+
+# -- listings made in the background ---------------------------------------------
+
+def _bg_daemon(proc_tree, v2_tree):
+    short_arena(proc_tree, v2_tree, JOBS)
+    clock = Clock()
+    d = Daemon(short_config(proc_tree, v2_tree), json_out=io.StringIO(), clock=clock, background_listing=True)
+    return d, clock
+
+
+def test_the_core_takes_the_latest_listing_while_the_next_is_made_in_the_background(proc_tree, v2_tree):
+    from trees import wait_until
+    d, clock = _bg_daemon(proc_tree, v2_tree)
+    try:
+        first = d.core_jobs()               # none yet: listed on the loop
+        assert d.lister.counts["listed"] == 0 and len(first) == 3
+        clock.advance_ms(100)
+        assert d.core_jobs() is first       # recent: taken as it is, nothing asked
+        assert not d.lister._want.is_set() and d.lister.counts["listed"] == 0
+        proc_tree.proc(4104, "new", anon_kb=10 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/new\n")
+        v2_tree.cgroup("arena/new", (4104,), memory__stat=f"anon {10 * MIB}\nshmem 0\n")
+        clock.advance_ms(daemon_mod.LISTING_REUSE_USEC / 1000)
+        assert d.core_jobs() is first       # old enough to ask for the next; this one serves meanwhile
+        assert wait_until(lambda: d.lister.counts["listed"] == 1)
+        later = d.core_jobs()               # the background's, taken
+        assert sorted(j.name for j in later) == ["db", "hog", "new", "web"]
+        assert d.info()[1]["background_listings"] == {"listed": 1, "failed": 0}
+        clock.advance_ms(daemon_mod.LISTING_ASYNC_MAX_USEC / 1000)
+        walked = d.walk_listings["listed"]
+        assert d.core_jobs() is not later   # too old to serve: listed on the loop
+        assert d.walk_listings["listed"] == walked
+    finally:
+        d.lister.close()
+
+
+def test_a_background_listing_that_fails_is_said_and_the_loop_lists(proc_tree, v2_tree, monkeypatch, caplog):
+    from trees import wait_until
+    d, clock = _bg_daemon(proc_tree, v2_tree)
+    try:
+        first = d.core_jobs()
+        monkeypatch.setattr(d.lister._fs, "jobs", lambda *a: (_ for _ in ()).throw(OSError(5, "EIO")))
+        clock.advance_ms(daemon_mod.LISTING_REUSE_USEC / 1000)
+        assert d.core_jobs() is first
+        assert wait_until(lambda: d.lister.counts["failed"] == 1)
+        assert "listing jobs in the background failed" in caplog.text
+        clock.advance_ms(daemon_mod.LISTING_ASYNC_MAX_USEC / 1000)
+        assert len(d.core_jobs()) == 3      # the loop's own
+    finally:
+        d.lister.close()
