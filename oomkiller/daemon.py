@@ -72,9 +72,14 @@ PRESSURE_LOOK_USEC = 10_000_000
 # WALK_MAX_READS reads and it lists them all. 500 ms: a listing made in the
 # background (lister.py) every 250 ms that itself takes up to 250 ms.
 LISTING_REUSE_USEC = report.LISTING_REUSE_MS * 1000
-# With background listing (lister.py), the core's other needs take a listing
-# up to this old while the next is made; an older one is made on the loop.
+# With background listing (lister.py), the core's other needs (arming, the
+# SIGTERM step, the PSI triggers) take a listing up to this old, its top jobs
+# read again, while the next is made; with none such they wait for one
+# (core.PENDING): none of them is worth holding the loop.
 LISTING_ASYNC_MAX_USEC = 1_000_000
+# A walk with no listing it may take waits this long at most for the one
+# under way in the background before it lists on the loop.
+LISTER_WAIT_S = 2.0
 WALK_FRESH = 2
 WALK_MAX_READS = 8
 
@@ -142,13 +147,16 @@ class Daemon:
         self.last_snapshot: MemorySnapshot | None = None
         self.last_thrash: ThrashFigures | None = None
         # the latest listing of every job: (when, jobs); and how walks got theirs
-        self._listed: tuple[int, list[Job]] | None = None
+        self._listed: tuple[int, list[Job], Cgroupfs] | None = None
         # listings made in a thread of their own (lister.py), with a Cgroupfs of their own
         self.lister: Lister | None = None
         if background_listing:
             cg = self.cgroupfs
             self.lister = Lister(lambda: Cgroupfs(cg.root, self.procfs), self.domain.path, config.jobs,
-                                 self.keep_out, self.now_usec)
+                                 self.keep_out, self.now_usec, on_done=self._listing_done)
+        # a need of the core's waits for a listing (core.PENDING): the loop is
+        # woken when it is ready, to finish it
+        self._awaiting_listing = False
         self.walk_listings = {"listed": 0, "reused": 0, "read_again": 0}
         self._jobs_changed = True
         self._walk_listing_age = 0      # of the listing the latest walk took, 0 if it listed afresh
@@ -211,11 +219,11 @@ class Daemon:
     def jobs(self) -> list[Job]:
         """Every job, listed now, on the loop."""
         out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
-        self._set_listed(self.now_usec(), out)
+        self._set_listed(self.now_usec(), out, self.cgroupfs)
         return out
 
-    def _set_listed(self, when: int, jobs: list[Job]) -> None:
-        self._listed = (when, jobs)
+    def _set_listed(self, when: int, jobs: list[Job], fs: Cgroupfs) -> None:
+        self._listed = (when, jobs, fs)
         # each listing's refault counters, and the one's before, for the
         # jobs that suffer a thrash (core.thrash.sufferers)
         self._marks_before, self._marks = self._marks, thrash_core.refault_marks(jobs, when)
@@ -224,39 +232,72 @@ class Daemon:
         """Take the background listing finished since, if newer."""
         done = self.lister.take() if self.lister is not None else None
         if done is not None and (self._listed is None or done[1] > self._listed[0]):
-            self._set_listed(done[1], done[2])
+            self._set_listed(done[1], done[2], self.lister.fs)
 
-    def core_jobs(self) -> list[Job]:
-        """The jobs for the core's needs other than a walk (arming, the SIGTERM
-        step, the jobs' PSI triggers): with background listing, the latest
-        listing while it is under LISTING_ASYNC_MAX_USEC old, a new one asked
-        for once it is LISTING_REUSE_USEC old; else, or with none, listed now."""
-        self._adopt()
+    def _usable(self, max_age_usec: int) -> bool:
+        """Whether the latest listing may serve: under ``max_age_usec`` old,
+        and no job came or went since (the PSI source's watch, else the
+        listing's own check: one stat per cgroup it looked at)."""
         listed = self._listed
-        if self.lister is None or listed is None or self.now_usec() - listed[0] >= LISTING_ASYNC_MAX_USEC:
+        return (listed is not None and self.now_usec() - listed[0] < max_age_usec
+                and (not self._jobs_changed
+                     or listed[2].listing_unchanged(self.domain.path, self.config.jobs, self.keep_out)))
+
+    def _listing_done(self) -> None:
+        """In the lister's thread: wake the loop if a need waits for it."""
+        if self._awaiting_listing:
+            self._nudge()
+
+    def core_jobs(self, events: list[PressureEvent] = (), total_bytes: int = 0) -> Any:
+        """The jobs for the core's needs other than a walk (arming, the SIGTERM
+        step, the jobs' PSI triggers). Listed now without background listing;
+        with it, the latest listing under LISTING_ASYNC_MAX_USEC old with the
+        jobs at its top read again (``_confirmed``), a new one asked for once
+        it is LISTING_REUSE_USEC old; with none such, ``core.PENDING`` (the
+        core leaves it for a later wake) and a listing asked for."""
+        if self.lister is None:
             return self.jobs()
-        if self.now_usec() - listed[0] >= LISTING_REUSE_USEC:
+        self._adopt()
+        jobs = None
+        if self._usable(LISTING_ASYNC_MAX_USEC):
+            if self.now_usec() - self._listed[0] >= LISTING_REUSE_USEC:
+                self.lister.request()
+            jobs = self._confirmed(events, total_bytes)
+        self._awaiting_listing = jobs is None
+        if jobs is None:
             self.lister.request()
-        return listed[1]
+            return core.PENDING
+        return jobs
 
     def walk_jobs(self, events: list[PressureEvent], total_bytes: int) -> list[Job]:
         """The jobs for a walk: the latest listing if it may serve (see
-        LISTING_REUSE_USEC), with the jobs the walk may kill read again;
-        else every job, listed now."""
+        LISTING_REUSE_USEC), with the jobs the walk may kill read again; else
+        the background listing under way, waited for; else every job, listed
+        now."""
         self._adopt()
-        listed = self._listed
-        if (listed is None or self.now_usec() - listed[0] > LISTING_REUSE_USEC
-                or (self._jobs_changed
-                    and not self.cgroupfs.listing_unchanged(self.domain.path, self.config.jobs, self.keep_out))):
-            self.walk_listings["listed"] += 1
-            return self.jobs()
-        jobs = list(listed[1])
+        if not self._usable(LISTING_REUSE_USEC) and self.lister is not None and self.lister.busy:
+            # the listing under way ends sooner than a new one would
+            self.lister.wait(LISTER_WAIT_S)
+            self._adopt()
+        if not self._usable(LISTING_REUSE_USEC):
+            return self._listed_instead()
+        age = self.now_usec() - self._listed[0]
+        jobs = self._confirmed(events, total_bytes, count=True)
+        if jobs is None:
+            return self._listed_instead()
+        self._walk_listing_age = max(1, age)
+        return jobs
+
+    def _confirmed(self, events: list[PressureEvent], total_bytes: int, count: bool = False) -> list[Job] | None:
+        """The latest listing with the jobs named by the events' cgroups
+        read again, then the first WALK_FRESH killable candidates read again
+        until they all are fresh; None past WALK_MAX_READS reads or on a read
+        that fails but for the job being gone (list again)."""
+        jobs = list(self._listed[1])
         fresh: set[int] = set()
         reads = 0
 
         def read_again(job: Job) -> bool:
-            """Replace ``job`` by a fresh read of it (drop it if it is gone);
-            False if it could not be read."""
             nonlocal reads
             reads += 1
             at = next(i for i, j in enumerate(jobs) if j is job)
@@ -274,17 +315,17 @@ class Daemon:
         named = {e.cgroup_id for e in events if e.cgroup_id}
         for job in [j for j in jobs if j.v2_id and j.v2_id in named][:WALK_MAX_READS // 2]:
             if not read_again(job):
-                return self._listed_instead()
+                return None
         while True:
             top = rank(jobs, self.policy, total_bytes).killable()[:WALK_FRESH]
             stale = [c.job for c in top if id(c.job) not in fresh]
             if not stale:
                 break
             if reads + len(stale) > WALK_MAX_READS or not all(read_again(j) for j in stale):
-                return self._listed_instead()
-        self.walk_listings["reused"] += 1
-        self.walk_listings["read_again"] += reads
-        self._walk_listing_age = max(1, self.now_usec() - listed[0])
+                return None
+        if count:
+            self.walk_listings["reused"] += 1
+            self.walk_listings["read_again"] += reads
         return jobs
 
     def _listed_instead(self) -> list[Job]:
@@ -329,7 +370,7 @@ class Daemon:
         res = core.step(self.state, self.config, wake, None, self.self_pid)
         walk_age = 0
         if res.need is core.Need.JOBS:
-            res = core.step(self.state, self.config, wake, self.core_jobs(), self.self_pid)
+            res = core.step(self.state, self.config, wake, self.core_jobs(events, snap.total_bytes), self.self_pid)
         elif res.need is core.Need.WALK_JOBS:
             self._walk_listing_age = 0
             res = core.step(self.state, self.config, wake, self.walk_jobs(events, snap.total_bytes), self.self_pid)
@@ -871,6 +912,11 @@ class Daemon:
                             self._disarm_now()
                         elif self.simulate_lowmem:
                             events.append(PressureEvent(Source.CONTROL, EventKind.LOWMEM, timestamp_usec=self.now_usec()))
+                        if self._awaiting_listing and self.running:
+                            # the listing a need waited for is ready: a tick finishes it
+                            self._awaiting_listing = False
+                            events.append(PressureEvent(Source.TIMER, EventKind.TICK, timestamp_usec=self.now_usec(),
+                                                        detail="jobs listed"))
                     elif fd in by_fd:
                         events.extend(self._drain(ep, by_fd, fd, mask))
                 now = self.now_usec()

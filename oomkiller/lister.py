@@ -29,16 +29,20 @@ FAILURE_LOG_S = 60.0
 
 class Lister:
     def __init__(self, make_fs: Callable[[], Cgroupfs], domain_path: str, jobs: tuple[str, ...],
-                 keep_out: tuple[str, ...], clock_usec: Callable[[], int]) -> None:
+                 keep_out: tuple[str, ...], clock_usec: Callable[[], int],
+                 on_done: Callable[[], None] | None = None) -> None:
         self._fs = make_fs()
         self._args = (domain_path, tuple(jobs), tuple(keep_out))
         self._clock = clock_usec
+        self._on_done = on_done     # called from this thread when a listing is ready
         self._want = threading.Event()
+        self._finished = threading.Event()
         self._lock = threading.Lock()
         self._done: tuple[int, int, list[Job]] | None = None     # (started, finished, jobs), not taken yet
         self._stop = False
         self._failed_at = 0.0
         self.busy = False
+        self._finished.set()        # none under way
         self.counts = {"listed": 0, "failed": 0}
         self._thread = threading.Thread(target=self._run, name="oomkiller-lister", daemon=True)
         self._thread.start()
@@ -55,6 +59,16 @@ class Lister:
             done, self._done = self._done, None
         return done
 
+    @property
+    def fs(self) -> Cgroupfs:
+        """Its own reads, for ``listing_unchanged`` of what it listed."""
+        return self._fs
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait for the listing under way to end, at most ``timeout_s``;
+        whether one ended (True at once if none is under way)."""
+        return self._finished.wait(timeout_s)
+
     def close(self) -> None:
         self._stop = True
         self._want.set()
@@ -67,6 +81,7 @@ class Lister:
             if self._stop:
                 return
             self.busy = True
+            self._finished.clear()
             started = self._clock()
             try:
                 jobs = self._fs.jobs(*self._args)
@@ -76,9 +91,13 @@ class Lister:
                     self._failed_at = time.monotonic()
                     log.warning("OOM: listing jobs in the background failed (%s: %s); the loop lists them",
                                 type(e).__name__, e)
+                self._finished.set()
                 continue
             finally:
                 self.busy = False
             self.counts["listed"] += 1
             with self._lock:
                 self._done = (started, self._clock(), jobs)
+            self._finished.set()
+            if self._on_done is not None:
+                self._on_done()

@@ -156,41 +156,60 @@ def _bg_daemon(proc_tree, v2_tree):
 
 
 def test_the_core_takes_the_latest_listing_while_the_next_is_made_in_the_background(proc_tree, v2_tree):
+    from oomkiller.core import state as core
     from trees import wait_until
     d, clock = _bg_daemon(proc_tree, v2_tree)
     try:
-        first = d.core_jobs()               # none yet: listed on the loop
-        assert d.lister.counts["listed"] == 0 and len(first) == 3
+        # none yet: the arming waits, and a listing is asked for
+        assert d.core_jobs() is core.PENDING
+        assert wait_until(lambda: d.lister.counts["listed"] == 1)
+        first = d.core_jobs()
+        assert sorted(j.name for j in first) == ["db", "hog", "web"]
+        assert d.walk_listings["listed"] == 0       # never on the loop
         clock.advance_ms(100)
-        assert d.core_jobs() is first       # recent: taken as it is, nothing asked
-        assert not d.lister._want.is_set() and d.lister.counts["listed"] == 0
+        again = d.core_jobs()                       # recent: its top two read again, no new listing
+        assert [j.name for j in again] == [j.name for j in first] and d.lister.counts["listed"] == 1
         proc_tree.proc(4104, "new", anon_kb=10 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/new\n")
         v2_tree.cgroup("arena/new", (4104,), memory__stat=f"anon {10 * MIB}\nshmem 0\n")
-        clock.advance_ms(daemon_mod.LISTING_REUSE_USEC / 1000)
-        assert d.core_jobs() is first       # old enough to ask for the next; this one serves meanwhile
-        assert wait_until(lambda: d.lister.counts["listed"] == 1)
-        later = d.core_jobs()               # the background's, taken
+        assert d.core_jobs() is core.PENDING        # a job came: not the same jobs any more
+        assert wait_until(lambda: d.lister.counts["listed"] == 2)
+        later = d.core_jobs()
         assert sorted(j.name for j in later) == ["db", "hog", "new", "web"]
-        assert d.info()[1]["background_listings"] == {"listed": 1, "failed": 0}
+        assert d.info()[1]["background_listings"] == {"listed": 2, "failed": 0}
         clock.advance_ms(daemon_mod.LISTING_ASYNC_MAX_USEC / 1000)
-        walked = d.walk_listings["listed"]
-        assert d.core_jobs() is not later   # too old to serve: listed on the loop
-        assert d.walk_listings["listed"] == walked
+        assert d.core_jobs() is core.PENDING        # too old
     finally:
         d.lister.close()
 
 
-def test_a_background_listing_that_fails_is_said_and_the_loop_lists(proc_tree, v2_tree, monkeypatch, caplog):
+def test_an_arming_while_jobs_are_pending_is_left_for_a_later_wake(proc_tree, v2_tree):
+    """The core, given PENDING, arms nobody and does not count it as a
+    rerank: the next wake with a listing arms the top job."""
+    from oomkiller.core import state as core
+    from test_core_state import CONF as conf, JOBS as CORE_JOBS, snap
+    # 40 MiB free: under the arm line (51.2 MiB), over the redline
+    w = core.Wake(1_000_000, snap(40, 1_000_000), (PressureEvent(Source.TIMER, EventKind.TICK),), can_arm=True)
+    first = core.step(core.CoreState(), conf, w, None, 1)
+    assert first.need is core.Need.JOBS
+    res = core.step(core.CoreState(), conf, w, core.PENDING, 1)
+    assert res.state.armed is None and res.state.armed_ranked_usec == 0
+    assert not [a for a in res.actions if type(a).__name__ == "Arm"]
+    res = core.step(res.state, conf, w, CORE_JOBS, 1)
+    assert [type(a).__name__ for a in res.actions if type(a).__name__ == "Arm"] == ["Arm"]
+
+
+def test_a_background_listing_that_fails_is_said_and_the_walk_lists_on_the_loop(proc_tree, v2_tree, monkeypatch,
+                                                                                   caplog):
+    from oomkiller.core import state as core
     from trees import wait_until
     d, clock = _bg_daemon(proc_tree, v2_tree)
     try:
-        first = d.core_jobs()
         monkeypatch.setattr(d.lister._fs, "jobs", lambda *a: (_ for _ in ()).throw(OSError(5, "EIO")))
-        clock.advance_ms(daemon_mod.LISTING_REUSE_USEC / 1000)
-        assert d.core_jobs() is first
+        assert d.core_jobs() is core.PENDING
         assert wait_until(lambda: d.lister.counts["failed"] == 1)
         assert "listing jobs in the background failed" in caplog.text
-        clock.advance_ms(daemon_mod.LISTING_ASYNC_MAX_USEC / 1000)
-        assert len(d.core_jobs()) == 3      # the loop's own
+        assert d.core_jobs() is core.PENDING
+        jobs = d.walk_jobs([], 256 * MIB)           # a walk does not wait on it: the loop lists
+        assert len(jobs) == 3 and d.walk_listings["listed"] == 1
     finally:
         d.lister.close()

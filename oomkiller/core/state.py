@@ -5,7 +5,10 @@ snapshot, the events that caused it) and returns the new state and the
 actions to carry out. Listing the jobs is the costly read, so ``step`` first
 runs without them and says whether it needs them (``Need.JOBS``, or
 ``Need.ARMED_JOB`` for the one job that was armed); the daemon reads them
-and calls ``step`` again with the same state and wake. ``walked`` takes the
+and calls ``step`` again with the same state and wake. A daemon that lists
+jobs in the background may answer ``Need.JOBS`` with ``PENDING``: no listing
+recent enough yet; what needed the jobs (arming, the SIGTERM step, the PSI
+triggers) is then left for a later wake, as if not due yet. ``walked`` takes the
 result of a walk the daemon carried out.
 
 What lives here, and nowhere else: the previous free figure and the
@@ -66,6 +69,14 @@ TERMED_KEPT = 256
 # Pids we killed, remembered so that the kernel marking one of them on its
 # way out is not taken for a kill of the kernel's own.
 OUR_VICTIMS_KEPT = 4096
+
+
+class _Pending(tuple):
+    """The type of ``PENDING``."""
+
+
+# The jobs are being listed (in the background): what needs them waits.
+PENDING = _Pending()
 
 
 class Need(enum.Enum):
@@ -327,6 +338,8 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
             if s.armed is not None:
                 actions.append(Disarm(s.armed))
             s = dataclasses.replace(s, armed=None, armed_ranked_usec=0)
+        elif jobs is PENDING:
+            pass        # chosen once they are listed
         elif not (s.armed_ranked_usec and snap.taken_usec - s.armed_ranked_usec < ARM_RERANK_USEC):
             if jobs is None:
                 return Step(None, need=Need.JOBS, **done)
@@ -341,7 +354,7 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
             elif s.armed is None or s.armed.v2_id != top.job.v2_id:
                 actions.append(Arm(top.job, s.armed))
                 s = dataclasses.replace(s, armed=top.job)
-    if (wake.can_track and any(e.source == Source.TIMER for e in wake.events)
+    if (wake.can_track and jobs is not PENDING and any(e.source == Source.TIMER for e in wake.events)
             and not (s.triggers_refreshed_usec
                      and snap.taken_usec - s.triggers_refreshed_usec < JOB_PSI_REFRESH_USEC)
             and snap.free_bytes >= arm_line and _jobs_may_have_changed(s, wake)):
@@ -364,6 +377,8 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
                           s.last_walk_usec, config.post_kill_delay_ms * 1000)
         if not dec.act:
             actions.append(Note(f"OOM: no SIGTERM now: {dec.reason}"))
+        elif jobs is PENDING:
+            pass        # once they are listed
         elif not (s.term_ranked_usec and snap.taken_usec - s.term_ranked_usec < ARM_RERANK_USEC):
             # At most every ARM_RERANK_USEC: the job list is the costly read.
             if jobs is None:
