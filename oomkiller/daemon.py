@@ -10,6 +10,7 @@ killer) and reports each decision as the seed's lines and one JSON record.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from dataclasses import replace
@@ -141,8 +142,12 @@ class Daemon:
         self.keep_out = self.cgroupfs.keep_out((1, self.self_pid))
         self.last_snapshot: MemorySnapshot | None = None
         self.last_thrash: ThrashFigures | None = None
-        # the latest listing of every job: (when, jobs); and how walks got theirs
-        self._listed: tuple[int, list[Job]] | None = None
+        # the latest listing of every job: (when, jobs, the free memory it
+        # saw); and how walks got theirs
+        self._listed: tuple[int, list[Job], int | None] | None = None
+        # (when, free bytes) of the latest snapshots: the free memory a
+        # listing made in the background saw
+        self._frees: collections.deque = collections.deque(maxlen=64)
         # listings made in a thread of their own (lister.py), with a Cgroupfs of their own
         self.lister: Lister | None = None
         if background_listing:
@@ -211,11 +216,12 @@ class Daemon:
     def jobs(self) -> list[Job]:
         """Every job, listed now, on the loop."""
         out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
-        self._set_listed(self.now_usec(), out)
+        now = self.now_usec()
+        self._set_listed(now, out, self._free_now(now))
         return out
 
-    def _set_listed(self, when: int, jobs: list[Job]) -> None:
-        self._listed = (when, jobs)
+    def _set_listed(self, when: int, jobs: list[Job], free: int | None) -> None:
+        self._listed = (when, jobs, free)
         # each listing's refault counters, and the one's before, for the
         # jobs that suffer a thrash (core.thrash.sufferers)
         self._marks_before, self._marks = self._marks, thrash_core.refault_marks(jobs, when)
@@ -224,7 +230,7 @@ class Daemon:
         """Take the background listing finished since, if newer."""
         done = self.lister.take() if self.lister is not None else None
         if done is not None and (self._listed is None or done[1] > self._listed[0]):
-            self._set_listed(done[1], done[2])
+            self._set_listed(done[1], done[2], self._free_while(done[0], done[1]))
 
     def core_jobs(self) -> list[Job]:
         """The jobs for the core's needs other than a walk (arming, the SIGTERM
@@ -239,13 +245,38 @@ class Daemon:
             self.lister.request()
         return listed[1]
 
-    def walk_jobs(self, events: list[PressureEvent], total_bytes: int) -> list[Job]:
+    def _free_while(self, started: int, finished: int) -> int | None:
+        """The most free memory the loop's snapshots saw while a listing
+        ran from ``started`` to ``finished`` (and the one before it): no
+        less than any job of it saw. None if there is none."""
+        seen = [f for t, f in self._frees if started < t <= finished]
+        before = [f for t, f in self._frees if t <= started]
+        if before:
+            seen.append(before[-1])
+        return max(seen) if seen else None
+
+    def _free_now(self, now: int) -> int | None:
+        """The domain's free memory as a listing taken at ``now`` saw it:
+        this wake's snapshot, else a new one; None if it cannot be read."""
+        snap = self.last_snapshot
+        if snap is not None and now - snap.taken_usec <= LISTING_REUSE_USEC:
+            return snap.free_bytes
+        try:
+            return self.domain.snapshot(now).free_bytes
+        except Exception:   # noqa: BLE001 - then no walk takes this listing
+            return None
+
+    def walk_jobs(self, events: list[PressureEvent], total_bytes: int,
+                  free_bytes: int | None = None) -> list[Job]:
         """The jobs for a walk: the latest listing if it may serve (see
         LISTING_REUSE_USEC), with the jobs the walk may kill read again;
-        else every job, listed now."""
+        else every job, listed now. ``free_bytes`` is the domain's free
+        memory now: if it fell since the listing by as much as the top
+        job leads the first job not read again, that job may have grown
+        past it unseen, and every job is listed."""
         self._adopt()
         listed = self._listed
-        if (listed is None or self.now_usec() - listed[0] > LISTING_REUSE_USEC
+        if (listed is None or self.now_usec() - listed[0] > LISTING_REUSE_USEC or listed[2] is None
                 or (self._jobs_changed
                     and not self.cgroupfs.listing_unchanged(self.domain.path, self.config.jobs, self.keep_out))):
             self.walk_listings["listed"] += 1
@@ -276,11 +307,24 @@ class Daemon:
             if not read_again(job):
                 return self._listed_instead()
         while True:
-            top = rank(jobs, self.policy, total_bytes).killable()[:WALK_FRESH]
+            ranking = rank(jobs, self.policy, total_bytes)
+            top = ranking.killable()[:WALK_FRESH]
             stale = [c.job for c in top if id(c.job) not in fresh]
             if not stale:
                 break
             if reads + len(stale) > WALK_MAX_READS or not all(read_again(j) for j in stale):
+                return self._listed_instead()
+        # A job not read again is as the listing saw it. What the domain's
+        # free memory lost since, some job took: if that is as much as the
+        # top leads the first job not read again (of its class, or empty
+        # then), that job may now be the top.
+        fell = listed[2] - (free_bytes if free_bytes is not None else listed[2])
+        if top and fell > 0:
+            first = top[0]
+            rival = max((c.score_bytes for c in ranking.candidates
+                         if id(c.job) not in fresh and c.importance is first.importance
+                         and (c.killable or not c.job.procs)), default=None)
+            if rival is not None and rival + fell >= first.score_bytes:
                 return self._listed_instead()
         self.walk_listings["reused"] += 1
         self.walk_listings["read_again"] += reads
@@ -316,6 +360,7 @@ class Daemon:
                 self._watch_domain_pressure()
         snap = self.domain.snapshot(t0)
         self.last_snapshot = snap
+        self._frees.append((snap.taken_usec, snap.free_bytes))
         psi = self._psi()
         # One read that finds nothing, mostly: whether cgroups came or went
         # since the jobs' triggers were last refreshed.
@@ -332,7 +377,7 @@ class Daemon:
             res = core.step(self.state, self.config, wake, self.core_jobs(), self.self_pid)
         elif res.need is core.Need.WALK_JOBS:
             self._walk_listing_age = 0
-            res = core.step(self.state, self.config, wake, self.walk_jobs(events, snap.total_bytes), self.self_pid)
+            res = core.step(self.state, self.config, wake, self.walk_jobs(events, snap.total_bytes, snap.free_bytes), self.self_pid)
             walk_age = self._walk_listing_age
         elif res.need is core.Need.ARMED_JOB:
             res = core.step(self.state, self.config, wake, self._armed_job_again(), self.self_pid)

@@ -96,7 +96,8 @@ def test_the_events_cgroup_is_read_again_and_its_growth_counts(proc_tree, v2_tre
 
 def test_without_an_event_a_job_third_in_the_listing_waits_for_the_next_listing(proc_tree, v2_tree, monkeypatch):
     """The trade, stated: a job that was third 50 ms ago and grew past both
-    above it, with no event naming it, is not read; the walk kills the top
+    above it, with no event naming it and the domain's free memory steady
+    (the fixture's use does not move), is not read; the walk kills the top
     of the listing read again. At most LISTING_REUSE_USEC stale, as a
     listing of every job is stale by the time its last job is read (170 ms
     for 1000 jobs)."""
@@ -194,3 +195,32 @@ def test_a_background_listing_that_fails_is_said_and_the_loop_lists(proc_tree, v
         assert len(d.core_jobs()) == 3      # the loop's own
     finally:
         d.lister.close()
+
+
+def test_a_job_not_read_again_that_may_have_grown_past_the_top_is_listed_again(proc_tree, v2_tree, monkeypatch):
+    """The domain lost 110 MiB of free memory since the listing, more than
+    the hog (150 MiB) leads the db (60 MiB, third, not named by an event):
+    the db may be the top now, so every job is listed, and the db, grown
+    to 200 MiB, is the one killed."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    v2_tree.cgroup("arena", memory__current=f"{140 * MIB}\n")
+    d.jobs()
+    _grow(proc_tree, v2_tree, "db", 4103, 200)
+    v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "db"
+    assert d.walk_listings == {"listed": 1, "reused": 0, "read_again": 0}
+
+
+def test_a_fall_in_free_memory_smaller_than_the_lead_keeps_the_listing(proc_tree, v2_tree, monkeypatch):
+    """20 MiB less free since the listing cannot have lifted the web (90 MiB)
+    or the db (60 MiB) past the hog (150 MiB): the listing serves."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    v2_tree.cgroup("arena", memory__current=f"{230 * MIB}\n")
+    d.jobs()
+    v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "hog"
+    assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2}
