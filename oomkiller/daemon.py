@@ -317,14 +317,15 @@ class Daemon:
         # A job not read again is as the listing saw it. What the domain's
         # free memory lost since, some job took: if that is as much as the
         # top leads the first job not read again (of its class, or empty
-        # then), that job may now be the top.
+        # then), or as its whole score (a job the listing missed), that
+        # job may now be the top.
         fell = listed[2] - (free_bytes if free_bytes is not None else listed[2])
         if top and fell > 0:
             first = top[0]
             rival = max((c.score_bytes for c in ranking.candidates
                          if id(c.job) not in fresh and c.importance is first.importance
-                         and (c.killable or not c.job.procs)), default=None)
-            if rival is not None and rival + fell >= first.score_bytes:
+                         and (c.killable or not c.job.procs)), default=0)
+            if rival + fell >= first.score_bytes:
                 return self._listed_instead()
         self.walk_listings["reused"] += 1
         self.walk_listings["read_again"] += reads

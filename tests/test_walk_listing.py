@@ -224,3 +224,24 @@ def test_a_fall_in_free_memory_smaller_than_the_lead_keeps_the_listing(proc_tree
     rec = _tick(d)
     assert rec.victim["job"] == "hog"
     assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2}
+
+
+def test_a_job_the_listing_missed_that_took_more_than_the_top_has_is_listed(proc_tree, v2_tree, monkeypatch):
+    """Both jobs of the listing read again, none left to compare with, and
+    a cgroup the listing does not hold (here the check that no job came or
+    went is made to miss it) took 160 MiB of free memory, more than the
+    top's whole score: every job is listed, and the new one is killed."""
+    short_arena(proc_tree, v2_tree)
+    clock = Clock()
+    d = Daemon(short_config(proc_tree, v2_tree), json_out=io.StringIO(), clock=clock)
+    monkeypatch.setattr(d.killer, "walk", killing_walk(v2_tree, 150 * MIB))
+    v2_tree.cgroup("arena", memory__current=f"{90 * MIB}\n")
+    d.jobs()
+    proc_tree.proc(4104, "new", anon_kb=400 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/new\n")
+    v2_tree.cgroup("arena/new", (4104,), memory__stat=f"anon {400 * MIB}\nshmem 0\n")
+    v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+    monkeypatch.setattr(d.cgroupfs, "listing_unchanged", lambda *a, **kw: True)
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "new"
+    assert d.walk_listings["listed"] == 1
