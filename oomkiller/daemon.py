@@ -143,8 +143,8 @@ class Daemon:
         self.last_snapshot: MemorySnapshot | None = None
         self.last_thrash: ThrashFigures | None = None
         # the latest listing of every job: (when, jobs, the free memory it
-        # saw); and how walks got theirs
-        self._listed: tuple[int, list[Job], int | None] | None = None
+        # saw, the cgroupfs listing kept for it); and how walks got theirs
+        self._listed: tuple[int, list[Job], int | None, object] | None = None
         # (when, free bytes) of the latest snapshots: the free memory a
         # listing made in the background saw
         self._frees: collections.deque = collections.deque(maxlen=64)
@@ -215,13 +215,14 @@ class Daemon:
     # -- one wake of the core ----------------------------------------------------
     def jobs(self) -> list[Job]:
         """Every job, listed now, on the loop."""
-        out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
+        kept: list = []
+        out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out, kept)
         now = self.now_usec()
-        self._set_listed(now, out, self._free_now(now))
+        self._set_listed(now, out, self._free_now(now), kept[0] if kept else None)
         return out
 
-    def _set_listed(self, when: int, jobs: list[Job], free: int | None) -> None:
-        self._listed = (when, jobs, free)
+    def _set_listed(self, when: int, jobs: list[Job], free: int | None, kept: object) -> None:
+        self._listed = (when, jobs, free, kept)
         # each listing's refault counters, and the one's before, for the
         # jobs that suffer a thrash (core.thrash.sufferers)
         self._marks_before, self._marks = self._marks, thrash_core.refault_marks(jobs, when)
@@ -230,7 +231,7 @@ class Daemon:
         """Take the background listing finished since, if newer."""
         done = self.lister.take() if self.lister is not None else None
         if done is not None and (self._listed is None or done[1] > self._listed[0]):
-            self._set_listed(done[1], done[2], self._free_while(done[0], done[1]))
+            self._set_listed(done[1], done[2], self._free_while(done[0], done[1]), done[3])
 
     def core_jobs(self) -> list[Job]:
         """The jobs for the core's needs other than a walk (arming, the SIGTERM
@@ -278,7 +279,7 @@ class Daemon:
         listed = self._listed
         if (listed is None or self.now_usec() - listed[0] > LISTING_REUSE_USEC or listed[2] is None
                 or (self._jobs_changed
-                    and not self.cgroupfs.listing_unchanged(self.domain.path, self.config.jobs, self.keep_out))):
+                    and not self.cgroupfs.listing_unchanged(listed[3]))):
             self.walk_listings["listed"] += 1
             return self.jobs()
         jobs = list(listed[1])

@@ -245,3 +245,20 @@ def test_a_job_the_listing_missed_that_took_more_than_the_top_has_is_listed(proc
     rec = _tick(d)
     assert rec.victim["job"] == "new"
     assert d.walk_listings["listed"] == 1
+
+
+def test_a_rank_command_between_the_listing_and_the_walk_does_not_vouch_for_the_loops_listing(
+        proc_tree, v2_tree, monkeypatch):
+    """The operator's ``rank`` (the control thread) lists the jobs after a
+    new one came; the check that no job came or went must be about the
+    loop's own listing, which lacks it, not about the latest one kept."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    proc_tree.proc(4104, "new", anon_kb=400 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/new\n")
+    v2_tree.cgroup("arena/new", (4104,), memory__stat=f"anon {400 * MIB}\nshmem 0\n")
+    ok, _text, data = d.handle("rank")
+    assert ok and data["ranking"][0]["job"] == "new"
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "new"
+    assert d.walk_listings["listed"] == 1
