@@ -303,8 +303,13 @@ class Daemon:
             fresh.add(id(new))
             return True
 
+        # An event names its task's cgroup, which is the job's own only if
+        # the task is not in a cgroup below it (a pod's container, a
+        # service's sub-cgroup): its process names the job too.
         named = {e.cgroup_id for e in events if e.cgroup_id}
-        for job in [j for j in jobs if j.v2_id and j.v2_id in named][:WALK_MAX_READS // 2]:
+        named_pids = {e.pid for e in events if e.pid}
+        for job in [j for j in jobs if (j.v2_id and j.v2_id in named)
+                    or (named_pids and any(p.pid in named_pids for p in j.procs))][:WALK_MAX_READS // 2]:
             if not read_again(job):
                 return self._listed_instead()
         while True:

@@ -262,3 +262,21 @@ def test_a_rank_command_between_the_listing_and_the_walk_does_not_vouch_for_the_
     rec = _tick(d)
     assert rec.victim["job"] == "new"
     assert d.walk_listings["listed"] == 1
+
+
+def test_an_event_in_a_cgroup_below_a_job_names_that_job_by_its_pid(proc_tree, v2_tree, monkeypatch):
+    """A process of the db runs in a cgroup below the job (as a pod's
+    containers, a service's sub-cgroups): the reclaim event's cgroup is
+    that one, not the job's. The event's process names the job: it is
+    read again, has grown past everyone, and is the one killed."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    proc_tree.proc(4105, "worker", anon_kb=1 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/db/w\n")
+    w = v2_tree.cgroup("arena/db/w", (4105,))
+    d.jobs()
+    proc_tree.root.joinpath("4105").rename(proc_tree.root / "old4105")
+    proc_tree.proc(4105, "worker", anon_kb=400 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/db/w\n")
+    v2_tree.cgroup("arena/db", (4103,), memory__stat=f"anon {460 * MIB}\nshmem 0\n")
+    clock.advance_ms(50)
+    rec = d.wake([PressureEvent(Source.EBPF, EventKind.MEMCG_RECLAIM, cgroup_id=os.stat(w).st_ino, pid=4105)])
+    assert rec.victim["job"] == "db" and reads[0] == "db"
+    assert d.walk_listings["reused"] == 1
