@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import os
 
+import pytest
+
 from oomkiller import daemon as daemon_mod
 from oomkiller.daemon import Daemon
 from oomkiller.model import EventKind, PressureEvent, Source
@@ -280,3 +282,29 @@ def test_an_event_in_a_cgroup_below_a_job_names_that_job_by_its_pid(proc_tree, v
     rec = d.wake([PressureEvent(Source.EBPF, EventKind.MEMCG_RECLAIM, cgroup_id=os.stat(w).st_ino, pid=4105)])
     assert rec.victim["job"] == "db" and reads[0] == "db"
     assert d.walk_listings["reused"] == 1
+
+
+@pytest.mark.parametrize("fall, victim", [(True, "db"), (False, "hog")])
+def test_a_background_listing_is_held_to_the_free_memory_seen_while_it_ran(proc_tree, v2_tree, monkeypatch,
+                                                                            fall, victim):
+    """A listing made in the background: the loop's snapshots say what
+    free memory was while it ran (116 MiB); 110 MiB of it gone since is
+    more than the hog leads the db, which is listed again and killed. The
+    same listing with 20 MiB gone is taken, its top read again."""
+    from trees import wait_until
+    d, clock = _bg_daemon(proc_tree, v2_tree)
+    monkeypatch.setattr(d.killer, "walk", killing_walk(v2_tree, 150 * MIB))
+    try:
+        v2_tree.cgroup("arena", memory__current=f"{140 * MIB if fall else 230 * MIB}\n")
+        d.wake([])                          # a snapshot: 116 MiB free (or 26)
+        clock.advance_ms(10)
+        d.lister.request()
+        assert wait_until(lambda: d.lister.counts["listed"] == 1)
+        _grow(proc_tree, v2_tree, "db", 4103, 200)
+        v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+        clock.advance_ms(50)
+        rec = _tick(d)
+        assert rec.victim["job"] == victim
+        assert d.walk_listings["reused"] == (0 if fall else 1)
+    finally:
+        d.lister.close()
