@@ -705,7 +705,8 @@ class Cgroupfs:
                 facts.v2 = None     # made again between the two stats: found again next time
         return v2, v2_id
 
-    def jobs(self, domain_path: str, jobs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> list[Job]:
+    def jobs(self, domain_path: str, jobs: tuple[str, ...], keep_out: tuple[str, ...] = (),
+             kept: list | None = None) -> list[Job]:
         """Every job of the domain (see ``job_paths`` and ``job``). A job's
         cgroup is its owner's to shape: an error reading one job that is not
         its being gone is logged (at most once a minute) and that job kept
@@ -716,7 +717,10 @@ class Cgroupfs:
         every cgroup it looked at is still there, the same, with the same
         children, and reads the same where that decided (see
         ``cgtable.Listing``); else, and whenever a kept job's read says it
-        would not be a job any more, the domain is walked again."""
+        would not be a job any more, the domain is walked again.
+
+        ``kept`` gets the listing kept for this one (none if it could not
+        be kept), for ``listing_unchanged``."""
         key = (domain_path, tuple(jobs), tuple(keep_out))
         listing = self._listings.pop(key, None)
         if listing is not None:
@@ -726,6 +730,8 @@ class Cgroupfs:
                 if out is not None:
                     self._listings[key] = listing
                     self.table_counts["kept"] += 1
+                    if kept is not None:
+                        kept.append(listing)
                     return out
         rec = cgtable.Listing()
         found = self.job_paths(domain_path, jobs, keep_out, rec)
@@ -733,18 +739,22 @@ class Cgroupfs:
             while len(self._listings) >= cgtable.MAX_TABLE_LISTINGS:
                 self._listings.pop(next(iter(self._listings)))
             self._listings[key] = rec
+            if kept is not None:
+                kept.append(rec)
         self.table_counts["walked"] += 1
         out = self._read_jobs(domain_path, [(p, r, None) for p, r in found], {})
         assert out is not None      # no entry: nothing to turn down
         return out
 
-    def listing_unchanged(self, domain_path: str, jobs: tuple[str, ...], keep_out: tuple[str, ...] = ()) -> bool:
-        """Whether the walk for jobs would find the same jobs as the latest
-        ``jobs()`` of the same arguments: its kept listing is still true
-        (one stat of each cgroup it looked at, and the reads that decided
-        rules). False if there is none (a listing that could not be kept)."""
-        listing = self._listings.get((domain_path, tuple(jobs), tuple(keep_out)))
-        return listing is not None and listing.still({}, self.oom_group, self._own_procs)
+    def listing_unchanged(self, listing: object) -> bool:
+        """Whether the walk for jobs would find the same jobs as the
+        ``jobs()`` that kept ``listing`` (its ``kept``; this Cgroupfs's or
+        another's): that listing is still true (one stat of each cgroup
+        it looked at, and the reads that decided rules). False if there is
+        none (a listing that could not be kept). Not the latest listing
+        kept here: another ``jobs()`` since (the control thread's
+        ``rank``) may hold jobs the caller's listing lacks."""
+        return isinstance(listing, cgtable.Listing) and listing.still({}, self.oom_group, self._own_procs)
 
     def _read_jobs(self, domain_path: str, found: list[tuple[str, str, cgtable.Entry | None]],
                    marks: dict[str, tuple[int, int]]) -> list[Job] | None:

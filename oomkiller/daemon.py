@@ -10,6 +10,7 @@ killer) and reports each decision as the seed's lines and one JSON record.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from dataclasses import replace
@@ -146,8 +147,12 @@ class Daemon:
         self.keep_out = self.cgroupfs.keep_out((1, self.self_pid))
         self.last_snapshot: MemorySnapshot | None = None
         self.last_thrash: ThrashFigures | None = None
-        # the latest listing of every job: (when, jobs); and how walks got theirs
-        self._listed: tuple[int, list[Job], Cgroupfs] | None = None
+        # the latest listing of every job: (when, jobs, the free memory it
+        # saw, the cgroupfs listing kept for it); and how walks got theirs
+        self._listed: tuple[int, list[Job], int | None, object] | None = None
+        # (when, free bytes) of the latest snapshots: the free memory a
+        # listing made in the background saw
+        self._frees: collections.deque = collections.deque(maxlen=64)
         # listings made in a thread of their own (lister.py), with a Cgroupfs of their own
         self.lister: Lister | None = None
         if background_listing:
@@ -218,12 +223,14 @@ class Daemon:
     # -- one wake of the core ----------------------------------------------------
     def jobs(self) -> list[Job]:
         """Every job, listed now, on the loop."""
-        out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
-        self._set_listed(self.now_usec(), out, self.cgroupfs)
+        kept: list = []
+        out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out, kept)
+        now = self.now_usec()
+        self._set_listed(now, out, self._free_now(now), kept[0] if kept else None)
         return out
 
-    def _set_listed(self, when: int, jobs: list[Job], fs: Cgroupfs) -> None:
-        self._listed = (when, jobs, fs)
+    def _set_listed(self, when: int, jobs: list[Job], free: int | None, kept: object) -> None:
+        self._listed = (when, jobs, free, kept)
         # each listing's refault counters, and the one's before, for the
         # jobs that suffer a thrash (core.thrash.sufferers)
         self._marks_before, self._marks = self._marks, thrash_core.refault_marks(jobs, when)
@@ -232,23 +239,28 @@ class Daemon:
         """Take the background listing finished since, if newer."""
         done = self.lister.take() if self.lister is not None else None
         if done is not None and (self._listed is None or done[1] > self._listed[0]):
-            self._set_listed(done[1], done[2], self.lister.fs)
+            self._set_listed(done[1], done[2], self._free_while(done[0], done[1]), done[3])
 
     def _usable(self, max_age_usec: int) -> bool:
         """Whether the latest listing may serve: under ``max_age_usec`` old,
         and no job came or went since (the PSI source's watch, else the
         listing's own check: one stat per cgroup it looked at)."""
         listed = self._listed
-        return (listed is not None and self.now_usec() - listed[0] < max_age_usec
-                and (not self._jobs_changed
-                     or listed[2].listing_unchanged(self.domain.path, self.config.jobs, self.keep_out)))
+        return (listed is not None and self.now_usec() - listed[0] < max_age_usec and listed[2] is not None
+                and (not self._jobs_changed or self.cgroupfs.listing_unchanged(listed[3])))
+
+    def saw(self, snap: MemorySnapshot) -> None:
+        """A fresh snapshot of the domain: the latest, and one of those a
+        listing made meanwhile in the background is measured against."""
+        self.last_snapshot = snap
+        self._frees.append((snap.taken_usec, snap.free_bytes))
 
     def _listing_done(self) -> None:
         """In the lister's thread: wake the loop if a need waits for it."""
         if self._awaiting_listing:
             self._nudge()
 
-    def core_jobs(self, events: list[PressureEvent] = (), total_bytes: int = 0) -> Any:
+    def core_jobs(self, events: list[PressureEvent] = (), total_bytes: int = 0, free_bytes: int | None = None) -> Any:
         """The jobs for the core's needs other than a walk (arming, the SIGTERM
         step, the jobs' PSI triggers). Listed now without background listing;
         with it, the latest listing under LISTING_ASYNC_MAX_USEC old with the
@@ -262,18 +274,41 @@ class Daemon:
         if self._usable(LISTING_ASYNC_MAX_USEC):
             if self.now_usec() - self._listed[0] >= LISTING_REUSE_USEC:
                 self.lister.request()
-            jobs = self._confirmed(events, total_bytes)
+            jobs = self._confirmed(events, total_bytes, free_bytes)
         self._awaiting_listing = jobs is None
         if jobs is None:
             self.lister.request()
             return core.PENDING
         return jobs
 
-    def walk_jobs(self, events: list[PressureEvent], total_bytes: int) -> list[Job]:
+    def _free_while(self, started: int, finished: int) -> int | None:
+        """The most free memory the loop's snapshots saw while a listing
+        ran from ``started`` to ``finished`` (and the one before it): no
+        less than any job of it saw. None if there is none."""
+        seen = [f for t, f in self._frees if started < t <= finished]
+        before = [f for t, f in self._frees if t <= started]
+        if before:
+            seen.append(before[-1])
+        return max(seen) if seen else None
+
+    def _free_now(self, now: int) -> int | None:
+        """The domain's free memory as a listing taken at ``now`` saw it:
+        this wake's snapshot, else a new one; None if it cannot be read."""
+        snap = self.last_snapshot
+        if snap is not None and now - snap.taken_usec <= LISTING_REUSE_USEC:
+            return snap.free_bytes
+        try:
+            return self.domain.snapshot(now).free_bytes
+        except Exception:   # noqa: BLE001 - then no walk takes this listing
+            return None
+
+    def walk_jobs(self, events: list[PressureEvent], total_bytes: int,
+                  free_bytes: int | None = None) -> list[Job]:
         """The jobs for a walk: the latest listing if it may serve (see
         LISTING_REUSE_USEC), with the jobs the walk may kill read again; else
         the background listing under way, waited for; else every job, listed
-        now."""
+        now. ``free_bytes`` is the domain's free memory now (see
+        ``_confirmed``)."""
         self._adopt()
         if not self._usable(LISTING_REUSE_USEC) and self.lister is not None and self.lister.busy:
             # the listing under way ends sooner than a new one would
@@ -282,18 +317,23 @@ class Daemon:
         if not self._usable(LISTING_REUSE_USEC):
             return self._listed_instead()
         age = self.now_usec() - self._listed[0]
-        jobs = self._confirmed(events, total_bytes, count=True)
+        jobs = self._confirmed(events, total_bytes, free_bytes, count=True)
         if jobs is None:
             return self._listed_instead()
         self._walk_listing_age = max(1, age)
         return jobs
 
-    def _confirmed(self, events: list[PressureEvent], total_bytes: int, count: bool = False) -> list[Job] | None:
-        """The latest listing with the jobs named by the events' cgroups
-        read again, then the first WALK_FRESH killable candidates read again
-        until they all are fresh; None past WALK_MAX_READS reads or on a read
-        that fails but for the job being gone (list again)."""
-        jobs = list(self._listed[1])
+    def _confirmed(self, events: list[PressureEvent], total_bytes: int, free_bytes: int | None,
+                   count: bool = False) -> list[Job] | None:
+        """The latest listing with the jobs named by the events (their
+        cgroups, their processes) read again, then the first WALK_FRESH
+        killable candidates read again until they all are fresh; None past
+        WALK_MAX_READS reads, on a read that fails but for the job being gone,
+        or when free memory (``free_bytes``, now) fell since the listing by
+        as much as the top job leads the first job not read again: that job
+        may have grown past it unseen (list again)."""
+        listed = self._listed
+        jobs = list(listed[1])
         fresh: set[int] = set()
         reads = 0
 
@@ -312,16 +352,35 @@ class Daemon:
             fresh.add(id(new))
             return True
 
+        # An event names its task's cgroup, which is the job's own only if
+        # the task is not in a cgroup below it (a pod's container, a
+        # service's sub-cgroup): its process names the job too.
         named = {e.cgroup_id for e in events if e.cgroup_id}
-        for job in [j for j in jobs if j.v2_id and j.v2_id in named][:WALK_MAX_READS // 2]:
+        named_pids = {e.pid for e in events if e.pid}
+        for job in [j for j in jobs if (j.v2_id and j.v2_id in named)
+                    or (named_pids and any(p.pid in named_pids for p in j.procs))][:WALK_MAX_READS // 2]:
             if not read_again(job):
                 return None
         while True:
-            top = rank(jobs, self.policy, total_bytes).killable()[:WALK_FRESH]
+            ranking = rank(jobs, self.policy, total_bytes)
+            top = ranking.killable()[:WALK_FRESH]
             stale = [c.job for c in top if id(c.job) not in fresh]
             if not stale:
                 break
             if reads + len(stale) > WALK_MAX_READS or not all(read_again(j) for j in stale):
+                return None
+        # A job not read again is as the listing saw it. What the domain's
+        # free memory lost since, some job took: if that is as much as the
+        # top leads the first job not read again (of its class, or empty
+        # then), or as its whole score (a job the listing missed), that
+        # job may now be the top.
+        fell = listed[2] - (free_bytes if free_bytes is not None else listed[2])
+        if top and fell > 0:
+            first = top[0]
+            rival = max((c.score_bytes for c in ranking.candidates
+                         if id(c.job) not in fresh and c.importance is first.importance
+                         and (c.killable or not c.job.procs)), default=0)
+            if rival + fell >= first.score_bytes:
                 return None
         if count:
             self.walk_listings["reused"] += 1
@@ -356,7 +415,7 @@ class Daemon:
                 log.info("OOM: the domain's memory stall is read from %s", report.printable(self.domain.pressure_path))
                 self._watch_domain_pressure()
         snap = self.domain.snapshot(t0)
-        self.last_snapshot = snap
+        self.saw(snap)
         psi = self._psi()
         # One read that finds nothing, mostly: whether cgroups came or went
         # since the jobs' triggers were last refreshed.
@@ -370,10 +429,11 @@ class Daemon:
         res = core.step(self.state, self.config, wake, None, self.self_pid)
         walk_age = 0
         if res.need is core.Need.JOBS:
-            res = core.step(self.state, self.config, wake, self.core_jobs(events, snap.total_bytes), self.self_pid)
+            res = core.step(self.state, self.config, wake, self.core_jobs(events, snap.total_bytes, snap.free_bytes),
+                            self.self_pid)
         elif res.need is core.Need.WALK_JOBS:
             self._walk_listing_age = 0
-            res = core.step(self.state, self.config, wake, self.walk_jobs(events, snap.total_bytes), self.self_pid)
+            res = core.step(self.state, self.config, wake, self.walk_jobs(events, snap.total_bytes, snap.free_bytes), self.self_pid)
             walk_age = self._walk_listing_age
         elif res.need is core.Need.ARMED_JOB:
             res = core.step(self.state, self.config, wake, self._armed_job_again(), self.self_pid)

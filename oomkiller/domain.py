@@ -15,7 +15,7 @@
   would take a laptop's browser for doing what swap is for. The room is the
   host's ``SwapFree``, or for a cgroup its own swap limit's (v2
   ``memory.swap.max``, v1 memory+swap less memory), never more than the
-  host's. A machine that stalls on swap-ins is the pressure rule's to catch,
+  host's. Swap in RAM (zram) counts only for what compression saves. A machine that stalls on swap-ins is the pressure rule's to catch,
   as page-cache thrashing is the thrash detector's.
 
 A cgroup domain can be removed under a running oomkiller: ``snapshot()`` then
@@ -24,10 +24,11 @@ raises ``DomainGone``, and ``exists()`` tells, cheaply, when it is back.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from .cgroupfs import MAX_DOMAIN_CGROUPS, Cgroupfs, reclaimable_bytes, walk_cgroups
-from .files import Vanished, read_psi_totals, vanishing
+from .files import Vanished, read_psi_totals, read_text, vanishing
 from .model import MemorySnapshot
 from .procfs import Procfs
 
@@ -53,6 +54,10 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
 MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)",
                           "SwapTotal", "SwapFree"})
 
+# A swap area kept in memory, compressed (zram): /proc/swaps names its device
+_ZRAM = re.compile(r"/dev/(zram[0-9]+)")
+SYS_BLOCK = "/sys/block"
+
 # How long the v2 cgroups standing for a cgroup domain are kept before they
 # are looked for again: finding them reads every process of the domain.
 V2_CACHE_S = 5.0
@@ -67,6 +72,7 @@ class Domain:
         self.count_swap = count_swap
         self.procfs = procfs
         self.cgroupfs = cgroupfs
+        self.sys_block = SYS_BLOCK      # where a zram device's mm_stat is read
         self.path = cgroupfs.resolve(spec)
         self.is_host = spec == "host"
         self.pressure_path: str | None = None
@@ -167,6 +173,10 @@ class Domain:
         total, avail = mi["MemTotal"], mi.get("MemAvailable", mi.get("MemFree", 0))
         some, full = self.stall_usec()
         host_swap, host_swap_free = mi.get("SwapTotal", 0), mi.get("SwapFree", 0)
+        if self.count_swap and host_swap > 0:
+            in_ram, in_ram_room = self._swap_in_ram()
+            host_swap = max(0, host_swap - in_ram)
+            host_swap_free = max(0, min(host_swap_free - in_ram_room, host_swap))
         counted = self.count_swap and host_swap > 0
         if self.is_host:
             lru = mi.get("Active(file)", -1) + mi.get("Inactive(file)", 0) if "Active(file)" in mi else -1
@@ -191,6 +201,34 @@ class Domain:
             swap_used = swap - swap_free
         return MemorySnapshot(self.name, limit + swap, free + swap_free, usage + swap_used, rec, now_usec, full,
                               some, *refault_figures(stat), swap_free, swap)
+
+    def _swap_in_ram(self) -> tuple[int, int]:
+        """The part of the host's swap (size, room) that is not memory to
+        give: a zram device keeps what is swapped to it in RAM, compressed,
+        so its room frees only what compression saves. Each device is
+        counted at the share its stored pages save (``mm_stat``: memory
+        used of the data stored); all of it is left out while that is
+        unknown (nothing stored yet, or unreadable)."""
+        try:
+            areas = self.procfs.swaps()
+        except (OSError, ValueError):
+            return 0, 0
+        size = room = 0
+        for name, area, used in areas:
+            m = _ZRAM.fullmatch(name)
+            if m is None:
+                continue
+            cost_pm = 1000      # of what it stores, per mille, the RAM it takes
+            try:
+                stat = read_text(os.path.join(self.sys_block, m.group(1), "mm_stat"), max_bytes=4096).split()
+                orig, used_total = int(stat[0]), int(stat[2])
+                if orig > 0:
+                    cost_pm = min(1000, used_total * 1000 // orig)
+            except (OSError, ValueError, IndexError):
+                pass
+            size += area * cost_pm // 1000
+            room += max(0, area - used) * cost_pm // 1000
+        return size, room
 
     def _host_refaults(self) -> int:
         """The host's ``workingset_refault_file`` (``workingset_refault``

@@ -38,7 +38,8 @@ class Lister:
         self._want = threading.Event()
         self._finished = threading.Event()
         self._lock = threading.Lock()
-        self._done: tuple[int, int, list[Job]] | None = None     # (started, finished, jobs), not taken yet
+        # (started, finished, jobs, the listing kept for them), not taken yet
+        self._done: tuple[int, int, list[Job], object] | None = None
         self._stop = False
         self._failed_at = 0.0
         self.busy = False
@@ -52,9 +53,10 @@ class Lister:
         it lists once more after)."""
         self._want.set()
 
-    def take(self) -> tuple[int, int, list[Job]] | None:
+    def take(self) -> tuple[int, int, list[Job], object] | None:
         """The listing finished since the last take, if any: (when it
-        started, when it finished, its jobs)."""
+        started, when it finished, its jobs, the ``Cgroupfs`` listing kept
+        for them, for ``listing_unchanged``)."""
         with self._lock:
             done, self._done = self._done, None
         return done
@@ -84,7 +86,8 @@ class Lister:
             self._finished.clear()
             started = self._clock()
             try:
-                jobs = self._fs.jobs(*self._args)
+                kept: list = []
+                jobs = self._fs.jobs(*self._args, kept)
             except Exception as e:  # noqa: BLE001 - the loop lists itself then; say why, seldom
                 self.counts["failed"] += 1
                 if time.monotonic() - self._failed_at >= FAILURE_LOG_S:
@@ -97,7 +100,7 @@ class Lister:
                 self.busy = False
             self.counts["listed"] += 1
             with self._lock:
-                self._done = (started, self._clock(), jobs)
+                self._done = (started, self._clock(), jobs, kept[0] if kept else None)
             self._finished.set()
             if self._on_done is not None:
                 self._on_done()

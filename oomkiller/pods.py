@@ -132,7 +132,7 @@ class Pods:
 
     def describe(self, name: str, inner: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         """Labels of a pod job (``name``, with the names of the cgroups
-        below it): ``pod_uid``, and where a runtime says, ``pod``
+        below it, of which its children are its containers): ``pod_uid``, and where a runtime says, ``pod``
         (namespace/name) and ``containers`` (their names, comma-separated).
         Empty if ``name`` is not a pod's cgroup."""
         uid = pod_uid(name)
@@ -142,6 +142,11 @@ class Pods:
         pod = ""
         names: list[str] = []
         for sub in inner:
+            # A container's cgroup is the pod's child. Deeper down, a
+            # container that may write its own cgroup tree names cgroups
+            # as it likes, another pod's container's id among them.
+            if sub.rpartition("/")[0] != name:
+                continue
             c = container_id(sub)
             if c is None:
                 continue

@@ -79,6 +79,16 @@ class Procfs:
         """``/proc/vmstat``, keyed by counter name (pages and events)."""
         return read_keyed(os.path.join(self.root, "vmstat"))
 
+    def swaps(self) -> list[tuple[str, int, int]]:
+        """``/proc/swaps``: (file name as the kernel escapes it, size, used)
+        in bytes for each swap area; lines of another shape are left out."""
+        out = []
+        for line in lines(read_text(os.path.join(self.root, "swaps"))):
+            parts = line.split()
+            if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
+                out.append((parts[0], int(parts[2]) << 10, int(parts[3]) << 10))
+        return out
+
     def cmdline(self) -> str:
         """The kernel command line. Boot loaders pass bytes: those that are
         not UTF-8 are replaced, so that they cannot stop the daemon."""

@@ -85,3 +85,34 @@ def test_a_missing_bcc_is_found_without_importing_it(monkeypatch, tmp_path):
     monkeypatch.delitem(sys.modules, "bcc", raising=False)
     with pytest.raises(SourceUnavailable, match="python module bcc not importable .*python3-bpfcc"):
         bpfload.check_bcc()
+
+
+def _closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("reply", [
+    # a descriptor described as a map that is not one (a tracepoint's, a pipe)
+    {"maps": {"events": {"fd": 0, "type": 4, "key_size": 4, "value_size": 4}}, "tracepoints": {"a/b": 1}},
+    # maps and tracepoints of the wrong shape
+    {"maps": [], "tracepoints": {}},
+    {"maps": {}, "tracepoints": ["a/b"]},
+    {"maps": {"events": "x"}, "tracepoints": {}},
+])
+def test_an_answer_that_does_not_fit_is_unavailable_and_every_descriptor_is_closed(reply):
+    """What the daemon takes over from the loader: a descriptor it cannot
+    use is closed, not kept (a tracepoint's would keep the program
+    attached), and an answer of the wrong shape is an error the source
+    reports, not an exception that stops the daemon's start."""
+    from oomkiller.sources.bpf import BpfSource
+    r, w = os.pipe()
+    src = BpfSource()
+    with pytest.raises((SourceUnavailable, OSError, ValueError, KeyError, TypeError)):
+        src._adopt(reply, [r, w])
+    src.close()
+    assert _closed(r) and _closed(w)
+    assert not src.live

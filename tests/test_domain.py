@@ -354,3 +354,59 @@ def test_count_swap_off_kills_by_memory_alone(proc_tree, v2_tree, monkeypatch):
     text, data = d.info()
     assert data["swap"]["counted"] is False
     assert "swap: not counted (count_swap = false): free memory is RAM alone" in text
+
+
+def _zram(proc_tree, tmp_path, areas, mm_stat):
+    """/proc/swaps with ``areas`` ((name, size KiB, used KiB)); zram0's
+    mm_stat (orig_data_size compr_data_size mem_used_total ...), or none."""
+    (proc_tree.root / "swaps").write_text("Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n" + "".join(
+        f"{name:<40}{'partition' if 'zram' in name else 'file'}\t{size}\t{used}\t100\n" for name, size, used in areas))
+    block = tmp_path / "sys-block"
+    (block / "zram0").mkdir(parents=True, exist_ok=True)
+    if mm_stat is not None:
+        (block / "zram0" / "mm_stat").write_text(mm_stat)
+    return str(block)
+
+
+def test_zram_room_counts_only_what_compression_saves(proc_tree, v2_tree, tmp_path):
+    """8 GiB of RAM at 1% available and a zram device of 8 GiB holding 6 GiB
+    of data that barely compresses (5.9 GiB of RAM for it): its 2 GiB of
+    room would free some 35 MiB. Counted in full, free memory read 2 GiB
+    and no 5% redline was crossed while the machine had nothing left."""
+    avail_kb = (8 << 20) // 100
+    proc_tree.meminfo(total_kb=8 << 20, available_kb=avail_kb, swap_total_kb=8 << 20, swap_free_kb=2 << 20)
+    orig, used = 6 << 30, (59 << 30) // 10
+    dom = _swap_domain(proc_tree, v2_tree, "host")
+    dom.sys_block = _zram(proc_tree, tmp_path, [("/dev/zram0", 8 << 20, 6 << 20)], f"{orig} {used - 4096} {used} 0\n")
+    s = dom.snapshot(0)
+    cost_pm = used * 1000 // orig
+    assert s.swap_total_bytes == (8 << 30) - (8 << 30) * cost_pm // 1000
+    assert s.swap_free_bytes == (2 << 30) - (2 << 30) * cost_pm // 1000
+    assert s.free_bytes == (avail_kb << 10) + s.swap_free_bytes
+    assert s.free_bytes < s.total_bytes * 5 // 100
+
+
+def test_zram_with_nothing_stored_or_unreadable_is_left_out_and_disk_swap_counts(proc_tree, v2_tree, tmp_path):
+    """A disk swap file beside zram counts in full; zram whose compression
+    is not known yet (nothing stored, or no mm_stat) counts for nothing."""
+    proc_tree.meminfo(total_kb=8 << 20, available_kb=1 << 20, swap_total_kb=12 << 20, swap_free_kb=11 << 20)
+    areas = [("/dev/zram0", 8 << 20, 0), ("/swap\\040file", 4 << 20, 1 << 20)]
+    for mm_stat in ("0 0 0 0 0 0 0 0 0\n", None, "garbage\n"):
+        dom = _swap_domain(proc_tree, v2_tree, "host")
+        dom.sys_block = _zram(proc_tree, tmp_path, areas, mm_stat)
+        if mm_stat is None:
+            (tmp_path / "sys-block" / "zram0" / "mm_stat").unlink(missing_ok=True)
+        s = dom.snapshot(0)
+        assert (s.swap_total_bytes, s.swap_free_bytes) == (4 << 30, 3 << 30), mm_stat
+
+
+def test_zram_in_a_cgroup_domain_never_counts_more_than_the_host_has_beyond_it(proc_tree, v2_tree, tmp_path):
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20, swap_total_kb=4 << 20, swap_free_kb=3 << 20)
+    v2_tree.cgroup("arena", memory__max=f"{512 * MiB}\n", memory__current=f"{500 * MiB}\n",
+                   memory__stat=f"anon {500 * MiB}\ninactive_file 0\nactive_file 0\n",
+                   memory__swap__max="max\n", memory__swap__current=f"{100 * MiB}\n")
+    dom = _swap_domain(proc_tree, v2_tree, "arena")
+    dom.sys_block = _zram(proc_tree, tmp_path, [("/dev/zram0", 4 << 20, 1 << 20)], None)
+    s = dom.snapshot(0)
+    assert (s.swap_total_bytes, s.swap_free_bytes) == (0, 0)
+    assert s.free_bytes == 12 * MiB

@@ -160,3 +160,23 @@ def test_burstable_pods_rank_by_how_far_usage_exceeds_requests(tmp_path, proc_tr
     # kubelet's integer adj (capacity / 1000) each
     assert ranking.candidates[0].score_bytes - ranking.candidates[1].score_bytes == \
         pytest.approx((700 - 124) << 20, abs=2 * cap // 1000)
+
+
+def test_a_cgroup_named_after_another_pods_container_deep_in_a_pod_names_nothing(tmp_path, proc_tree):
+    """A container that may write its own cgroup tree (privileged, or
+    running systemd) makes cgroups below its own named after another pod's
+    containers: only the pod's children are its containers, so its pod is
+    not called the other pod and does not list the other's containers."""
+    f = "f" * 64    # no bundle
+    lone = "kubepods.slice/kubepods-pod99990000_1111.slice"
+    fs = build(tmp_path, proc_tree, {
+        **SHAPE,
+        f"{CRIO_POD}/{D}/cri-containerd-{B}.scope": {210: 5},
+        f"{lone}/cri-containerd-{f}.scope/cri-containerd-{A}.scope/cri-containerd-{C}.scope": {211: 5},
+    })
+    fs.pods = Pods(str(_runtime(tmp_path)))
+    jobs = {j.name: j for j in fs.jobs(fs.resolve("host"), ("auto",), fs.keep_out((1, DAEMON_PID)))}
+    assert dict(jobs[CRIO_POD].labels) == {"pod_uid": "0b1c2d3e-aaaa-bbbb-cccc-123456789abc",
+                                           "pod": "batch/report-x1", "containers": "report"}
+    assert dict(jobs[lone].labels) == {"pod_uid": "99990000-1111"}
+    assert dict(jobs[POD].labels)["containers"] == "nginx,log"

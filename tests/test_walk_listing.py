@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import os
 
+import pytest
+
 from oomkiller import daemon as daemon_mod
 from oomkiller.daemon import Daemon
 from oomkiller.model import EventKind, PressureEvent, Source
@@ -96,7 +98,8 @@ def test_the_events_cgroup_is_read_again_and_its_growth_counts(proc_tree, v2_tre
 
 def test_without_an_event_a_job_third_in_the_listing_waits_for_the_next_listing(proc_tree, v2_tree, monkeypatch):
     """The trade, stated: a job that was third 50 ms ago and grew past both
-    above it, with no event naming it, is not read; the walk kills the top
+    above it, with no event naming it and the domain's free memory steady
+    (the fixture's use does not move), is not read; the walk kills the top
     of the listing read again. At most LISTING_REUSE_USEC stale, as a
     listing of every job is stale by the time its last job is read (170 ms
     for 1000 jobs)."""
@@ -161,6 +164,7 @@ def test_the_core_takes_the_latest_listing_while_the_next_is_made_in_the_backgro
     d, clock = _bg_daemon(proc_tree, v2_tree)
     try:
         # none yet: the arming waits, and a listing is asked for
+        d.saw(d.domain.snapshot(d.now_usec()))      # as each wake does
         assert d.core_jobs() is core.PENDING
         assert wait_until(lambda: d.lister.counts["listed"] == 1)
         first = d.core_jobs()
@@ -173,6 +177,7 @@ def test_the_core_takes_the_latest_listing_while_the_next_is_made_in_the_backgro
         v2_tree.cgroup("arena/new", (4104,), memory__stat=f"anon {10 * MIB}\nshmem 0\n")
         assert d.core_jobs() is core.PENDING        # a job came: not the same jobs any more
         assert wait_until(lambda: d.lister.counts["listed"] == 2)
+        d.saw(d.domain.snapshot(d.now_usec()))
         later = d.core_jobs()
         assert sorted(j.name for j in later) == ["db", "hog", "new", "web"]
         assert d.info()[1]["background_listings"] == {"listed": 2, "failed": 0}
@@ -211,5 +216,116 @@ def test_a_background_listing_that_fails_is_said_and_the_walk_lists_on_the_loop(
         assert d.core_jobs() is core.PENDING
         jobs = d.walk_jobs([], 256 * MIB)           # a walk does not wait on it: the loop lists
         assert len(jobs) == 3 and d.walk_listings["listed"] == 1
+    finally:
+        d.lister.close()
+
+
+def test_a_job_not_read_again_that_may_have_grown_past_the_top_is_listed_again(proc_tree, v2_tree, monkeypatch):
+    """The domain lost 110 MiB of free memory since the listing, more than
+    the hog (150 MiB) leads the db (60 MiB, third, not named by an event):
+    the db may be the top now, so every job is listed, and the db, grown
+    to 200 MiB, is the one killed."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    v2_tree.cgroup("arena", memory__current=f"{140 * MIB}\n")
+    d.jobs()
+    _grow(proc_tree, v2_tree, "db", 4103, 200)
+    v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "db"
+    assert d.walk_listings == {"listed": 1, "reused": 0, "read_again": 0}
+
+
+def test_a_fall_in_free_memory_smaller_than_the_lead_keeps_the_listing(proc_tree, v2_tree, monkeypatch):
+    """20 MiB less free since the listing cannot have lifted the web (90 MiB)
+    or the db (60 MiB) past the hog (150 MiB): the listing serves."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    v2_tree.cgroup("arena", memory__current=f"{230 * MIB}\n")
+    d.jobs()
+    v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "hog"
+    assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2}
+
+
+def test_a_job_the_listing_missed_that_took_more_than_the_top_has_is_listed(proc_tree, v2_tree, monkeypatch):
+    """Both jobs of the listing read again, none left to compare with, and
+    a cgroup the listing does not hold (here the check that no job came or
+    went is made to miss it) took 160 MiB of free memory, more than the
+    top's whole score: every job is listed, and the new one is killed."""
+    short_arena(proc_tree, v2_tree)
+    clock = Clock()
+    d = Daemon(short_config(proc_tree, v2_tree), json_out=io.StringIO(), clock=clock)
+    monkeypatch.setattr(d.killer, "walk", killing_walk(v2_tree, 150 * MIB))
+    v2_tree.cgroup("arena", memory__current=f"{90 * MIB}\n")
+    d.jobs()
+    proc_tree.proc(4104, "new", anon_kb=400 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/new\n")
+    v2_tree.cgroup("arena/new", (4104,), memory__stat=f"anon {400 * MIB}\nshmem 0\n")
+    v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+    monkeypatch.setattr(d.cgroupfs, "listing_unchanged", lambda *a, **kw: True)
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "new"
+    assert d.walk_listings["listed"] == 1
+
+
+def test_a_rank_command_between_the_listing_and_the_walk_does_not_vouch_for_the_loops_listing(
+        proc_tree, v2_tree, monkeypatch):
+    """The operator's ``rank`` (the control thread) lists the jobs after a
+    new one came; the check that no job came or went must be about the
+    loop's own listing, which lacks it, not about the latest one kept."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    proc_tree.proc(4104, "new", anon_kb=400 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/new\n")
+    v2_tree.cgroup("arena/new", (4104,), memory__stat=f"anon {400 * MIB}\nshmem 0\n")
+    ok, _text, data = d.handle("rank")
+    assert ok and data["ranking"][0]["job"] == "new"
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "new"
+    assert d.walk_listings["listed"] == 1
+
+
+def test_an_event_in_a_cgroup_below_a_job_names_that_job_by_its_pid(proc_tree, v2_tree, monkeypatch):
+    """A process of the db runs in a cgroup below the job (as a pod's
+    containers, a service's sub-cgroups): the reclaim event's cgroup is
+    that one, not the job's. The event's process names the job: it is
+    read again, has grown past everyone, and is the one killed."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    proc_tree.proc(4105, "worker", anon_kb=1 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/db/w\n")
+    w = v2_tree.cgroup("arena/db/w", (4105,))
+    d.jobs()
+    proc_tree.root.joinpath("4105").rename(proc_tree.root / "old4105")
+    proc_tree.proc(4105, "worker", anon_kb=400 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/db/w\n")
+    v2_tree.cgroup("arena/db", (4103,), memory__stat=f"anon {460 * MIB}\nshmem 0\n")
+    clock.advance_ms(50)
+    rec = d.wake([PressureEvent(Source.EBPF, EventKind.MEMCG_RECLAIM, cgroup_id=os.stat(w).st_ino, pid=4105)])
+    assert rec.victim["job"] == "db" and reads[0] == "db"
+    assert d.walk_listings["reused"] == 1
+
+
+@pytest.mark.parametrize("fall, victim", [(True, "db"), (False, "hog")])
+def test_a_background_listing_is_held_to_the_free_memory_seen_while_it_ran(proc_tree, v2_tree, monkeypatch,
+                                                                            fall, victim):
+    """A listing made in the background: the loop's snapshots say what
+    free memory was while it ran (116 MiB); 110 MiB of it gone since is
+    more than the hog leads the db, which is listed again and killed. The
+    same listing with 20 MiB gone is taken, its top read again."""
+    from trees import wait_until
+    d, clock = _bg_daemon(proc_tree, v2_tree)
+    monkeypatch.setattr(d.killer, "walk", killing_walk(v2_tree, 150 * MIB))
+    try:
+        v2_tree.cgroup("arena", memory__current=f"{140 * MIB if fall else 230 * MIB}\n")
+        d.wake([])                          # a snapshot: 116 MiB free (or 26)
+        clock.advance_ms(10)
+        d.lister.request()
+        assert wait_until(lambda: d.lister.counts["listed"] == 1)
+        _grow(proc_tree, v2_tree, "db", 4103, 200)
+        v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+        clock.advance_ms(50)
+        rec = _tick(d)
+        assert rec.victim["job"] == victim
+        assert d.walk_listings["reused"] == (0 if fall else 1)
     finally:
         d.lister.close()

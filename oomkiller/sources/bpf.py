@@ -498,11 +498,18 @@ class BpfSource:
         map, one attachment, or closed here."""
         left = dict(enumerate(fds))
         try:
-            for name, m in reply["maps"].items():
+            maps, tracepoints = reply.get("maps"), reply.get("tracepoints")
+            if not isinstance(maps, dict) or not isinstance(tracepoints, dict):
+                raise ValueError("the loader's answer has no maps and tracepoints")
+            for name, m in maps.items():
                 fd = left.pop(int(m["fd"]))
-                self._maps[str(name)] = Map(str(name), fd)
+                try:
+                    self._maps[str(name)] = Map(str(name), fd)
+                except BaseException:
+                    os.close(fd)        # not a map: owned by nothing else
+                    raise
                 self._maps[str(name)].check(int(m["type"]), int(m["key_size"]), int(m["value_size"]))
-            for _tp, index in sorted(reply["tracepoints"].items()):
+            for _tp, index in sorted(tracepoints.items()):
                 self._tracepoint_fds.append(left.pop(int(index)))
             if "events" not in self._maps or "counters" not in self._maps:
                 raise KeyError("events and counters")
