@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 
 # <uid> of the kubelet's pod cgroup names; the systemd driver writes its
 # dashes as underscores
@@ -104,12 +105,14 @@ class Pods:
     def __init__(self, root: str = "/") -> None:
         self.root = root
         self._seen: dict[str, tuple[str, str, str, bool]] = {}
+        self._lock = threading.Lock()
 
     def container(self, runtime: str, cid: str) -> tuple[str, str, str, bool] | None:
         """(namespace, pod name, container name, is the sandbox) of one
         container, None if no runtime says."""
-        if cid in self._seen:
-            return self._seen[cid]
+        got = self._seen.get(cid)
+        if got is not None:
+            return got
         found = None
         for rel in BUNDLES.get(runtime, ()):
             ann = _read_config(os.path.join(self.root, rel.format(id=cid)))
@@ -125,9 +128,11 @@ class Pods:
                 break
         if found is not None:
             # not a miss: the runtime may write a new container's bundle later
-            if len(self._seen) >= MAX_CACHED:
-                self._seen.pop(next(iter(self._seen)))
-            self._seen[cid] = found
+            # the loop and the control thread's rank share it: one at a time
+            with self._lock:
+                if len(self._seen) >= MAX_CACHED:
+                    self._seen.pop(next(iter(self._seen)))
+                self._seen[cid] = found
         return found
 
     def describe(self, name: str, inner: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
