@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from oomkiller.files import parse_kb_fields, read_kb_fields, read_keyed, read_text
+from oomkiller.files import parse_kb_fields, read_kb_fields, read_keyed, read_psi_totals, read_text
 
 from . import daemon, is_root, pick, print_list
 from . import markdown as md
@@ -588,6 +588,99 @@ def freeze_figures(series: list[tuple[float, int]], baseline_ops_s: float | None
     return out
 
 
+class DetectorTrace:
+    """oomkiller's thrash detector (core/thrash.py) with the shipped limits,
+    fed the host snapshots the harness takes itself every ``WATCH_STEP_S``,
+    whoever the contender: when it would fire, and which of its figures held
+    it back until then."""
+
+    def __init__(self, t_start: float) -> None:
+        from oomkiller.cgroupfs import Cgroupfs
+        from oomkiller.config import Config
+        from oomkiller.core import thrash
+        from oomkiller.core.state import thrash_limits
+        from oomkiller.domain import Domain
+        from oomkiller.procfs import Procfs
+        self.thrash = thrash
+        procfs = Procfs("/proc")
+        self.domain = Domain("host", procfs, Cgroupfs(CGROUP_ROOT, procfs))
+        config = Config()
+        self.limits = thrash_limits(config)
+        self.arm_line = config.arm_line_bytes
+        self.state = thrash.ThrashState()
+        self.t_start = t_start
+        self.trace: list[list[Any]] = []
+        self.io: list[tuple[float, int]] = []
+
+    def take(self, now: float) -> None:
+        try:
+            snap = self.domain.snapshot(int(now * 1e6))
+        except (OSError, ValueError, KeyError):
+            return
+        self.state, figs = self.thrash.observe(self.state, snap, self.limits, self.arm_line(snap.total_bytes))
+        cache_pm = snap.file_lru_bytes * 10_000 // snap.total_bytes if snap.total_bytes > 0 else -1
+        # I/O stall ("some") over the last second, beside the memory stall
+        # the detector reads: re-reads of pages evicted before they were
+        # activated stall on I/O, not on memory.
+        io_pm = None
+        try:
+            io = read_psi_totals("/proc/pressure/io").get("some", -1)
+        except (OSError, ValueError):
+            io = -1
+        if io >= 0:
+            self.io.append((now, io))
+            while len(self.io) >= 2 and now - self.io[1][0] >= 1.0:
+                self.io.pop(0)
+            t0, io0 = self.io[0]
+            if now - t0 >= 0.5:
+                io_pm = int((io - io0) * 10_000 / ((now - t0) * 1e6))
+        self.trace.append([round(now - self.t_start, 2), figs.state, figs.refault_permyriad_per_s,
+                           figs.stall_permyriad, cache_pm, figs.free_permyriad, figs.episode_usec // 1000, io_pm])
+
+    def summary(self, until_s: float | None) -> dict[str, Any]:
+        return detector_summary(self.trace, until_s)
+
+
+# A trace row: [seconds since the hog started, state, refaults permyriad/s,
+# memory stall permyriad, file cache permyriad of MemTotal, free permyriad,
+# episode ms, I/O stall permyriad over the last second]
+TRACE_KEYS = ("t_s", "state", "refault_pm_s", "stall_pm", "cache_pm", "free_pm", "episode_ms", "io_stall_pm")
+
+
+def detector_summary(trace: list[list[Any]], until_s: float | None) -> dict[str, Any]:
+    """From a detector trace (up to ``until_s``, the hog's death, if given):
+    the first sample that fired, the first episode's start, and the share of
+    the samples after the hog started that held each figure to its line."""
+    rows = [dict(zip(TRACE_KEYS, r)) for r in trace if until_s is None or r[0] <= until_s]
+    after = [r for r in rows if r["t_s"] >= 0]
+    fired = next((r["t_s"] for r in after if r["state"] == "thrashing"), None)
+    episode = next((r["t_s"] for r in after if r["state"] in ("episode", "thrashing")), None)
+    judged = [r for r in after if r["state"] in ("episode", "thrashing") and r["episode_ms"] >= 1000]
+
+    def share(pred) -> float | None:
+        return round(sum(1 for r in judged if pred(r)) / len(judged), 3) if judged else None
+
+    from oomkiller.core.thrash import MAX_CACHE_PERMYRIAD, MAX_FREE_PERMYRIAD
+    limits = DETECTOR_LIMITS
+    return {"fired_s": fired, "first_episode_s": episode, "samples": len(after), "sustained_samples": len(judged),
+            "stall_under_limit": share(lambda r: r["stall_pm"] is not None and r["stall_pm"] < limits["stall_pm"]),
+            "cache_over_half": share(lambda r: r["cache_pm"] > MAX_CACHE_PERMYRIAD),
+            "free_over_half": share(lambda r: r["free_pm"] > MAX_FREE_PERMYRIAD),
+            "median_refault_pm_s": median([r["refault_pm_s"] for r in after if r["state"] != "calm"]),
+            "median_stall_pm": median([r["stall_pm"] for r in judged]),
+            "median_io_stall_pm": median([r["io_stall_pm"] for r in judged]),
+            "trace": trace}
+
+
+def _detector_limits() -> dict[str, int]:
+    from oomkiller.config import Config
+    c = Config()
+    return {"refault_pm_s": c.thrash_refault_limit_permyriad, "stall_pm": c.thrash_stall_limit_permyriad}
+
+
+DETECTOR_LIMITS = _detector_limits()
+
+
 class FreezeWatch:
     """The freeze's window, from the hog's start: until ``FREEZE_WINDOW_S``
     after it holds all it was told to (its ``capped`` line), or, once it
@@ -604,6 +697,7 @@ class FreezeWatch:
         self.t_held: float | None = None
         self.available: list[tuple[float, int]] = []
         self.psi_max: dict[str, float] = {}
+        self.detector = DetectorTrace(t_start)
 
     def series(self, ops: list[tuple[int, int]]) -> list[tuple[float, int]]:
         return [(round(t / 1e6 - self.t_start, 3), n) for t, n in ops]
@@ -618,6 +712,7 @@ class FreezeWatch:
                 if len(f) == 3 and f[0] == "capped" and f[2].isdigit():
                     self.t_held = int(f[2]) / 1e6
         self.available.append((now, meminfo()["MemAvailable"]))
+        self.detector.take(now)
         for name, path in PSI_FILES.items():
             try:
                 avg = psi_avg10(read_text(path))
@@ -666,6 +761,7 @@ class FreezeWatch:
         out["held_available_pct"] = ({"min": round(100 * min(hold) / mem_total, 1),
                                       "median": round(100 * median(hold) / mem_total, 1)} if hold else None)
         out["psi_avg10_max"] = {k: round(v, 2) for k, v in sorted(self.psi_max.items())}
+        out["detector"] = self.detector.summary(None if t_dead is None else kill_s)
         out["series"] = [[t, n] for t, n in series if t >= -FREEZE_BASELINE_S]
         return out
 
@@ -1151,6 +1247,7 @@ def line(r: dict) -> str:
                 f"  collapse {f.get('collapse_s')}  kill {f.get('kill_s')}  relief "
                 f"{'never' if f.get('never') else f.get('relief_s')}  after collapse {f.get('share_after_collapse')}"
                 f"  avail min {a.get('min')}%  psi {f.get('psi_avg10_max')}"
+                f"  detector {({k: v for k, v in (f.get('detector') or {}).items() if k != 'trace'})}"
                 f"  {('| ' + r['kill_lines'][0][:160]) if r.get('kill_lines') else ''}  [{r['wall_s']} s]")
     return (f"{head}  killed by {r['killed_by']}{'' if r.get('right') else ' WRONG'}{coll}"
             f"  onset->death {ms(r.get('onset_to_death_ms'))}  start->death {ms(r.get('start_to_death_ms'))}"
