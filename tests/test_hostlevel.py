@@ -142,3 +142,22 @@ def test_the_freeze_table():
     assert "| kernel alone | nobody (timeout) | 0/1 | 0.90 | — | — | never | 1% | — |" in text
     assert "| oomkiller | oomkiller | 1/1 | 1.20 | 2.50 | 3.10 | 1.90 | 1% | 12 |" in text
     assert "killed by oomkiller" in hl.line(dict(run, wall_s=3.0))
+
+
+def test_detector_summary_says_when_it_fired_and_what_held_it():
+    # [t_s, state, refault permyriad/s, stall permyriad, cache pm, free pm, episode ms, io stall pm]
+    trace = [[-0.5, "calm", 0, None, 4200, 7000, 0, None],
+             [0.5, "calm", 500, None, 3000, 3000, 0, 100],
+             [1.0, "episode", 2500, 2000, 1900, 1400, 0, 700],
+             [2.0, "episode", 5000, 800, 1900, 1400, 1000, 1200],     # sustained, stall under 10%
+             [2.5, "episode", 5200, 900, 1900, 1400, 1500, 1300],
+             [3.0, "thrashing", 6000, 1200, 1900, 1400, 2000, 1100],
+             [4.0, "calm", 0, None, 3500, 6600, 0, 200]]
+    s = hl.detector_summary(trace, None)
+    assert (s["fired_s"], s["first_episode_s"], s["samples"], s["sustained_samples"]) == (3.0, 1.0, 6, 3)
+    assert s["stall_under_limit"] == round(2 / 3, 3)
+    assert (s["cache_over_half"], s["free_over_half"]) == (0.0, 0.0)
+    assert s["median_stall_pm"] == 900 and s["median_io_stall_pm"] == 1200
+    # up to the hog's death only: the kill at 2.6 s came before the trace fired
+    assert hl.detector_summary(trace, 2.6)["fired_s"] is None
+    assert hl.detector_summary([], None)["stall_under_limit"] is None
