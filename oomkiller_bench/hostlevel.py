@@ -28,6 +28,16 @@ it). Measures:
 * *service work*: the protected service's operations per second from the
   hog's start to its death, as a share of its rate in the baseline.
 
+The ``freeze`` scenario is the arena's thrash cell at host level: the
+protected service reads a file through ``mmap`` at random pages (the
+``mapped`` role), the hog fills anonymous memory until MemAvailable would be
+13% of MemTotal and holds it, and nothing ends the run but the hog's death
+or ``FREEZE_WINDOW_S`` after it holds. Its headline is the service's:
+*collapse* and *relief* (``throughput.py``), the kill, and the service's
+share of its baseline after the collapse; beside them the PSI averages the
+PSI-based contenders act on, and oomkiller's thrash detector (shipped
+limits) run on the harness's own host snapshots, whoever the contender.
+
 Times under emulation are slower than on hardware: the table gives each
 contender's median onset-to-death time as a ratio to the kernel's and to
 oomkiller's in the same machine and the same run of the benchmark.
