@@ -161,3 +161,18 @@ def test_detector_summary_says_when_it_fired_and_what_held_it():
     # up to the hog's death only: the kill at 2.6 s came before the trace fired
     assert hl.detector_summary(trace, 2.6)["fired_s"] is None
     assert hl.detector_summary([], None)["stall_under_limit"] is None
+
+
+def test_a_dip_while_the_hog_fills_is_not_the_freeze():
+    # halved by the hog's fill from 0.5 s to 2 s, back until 4 s, then frozen;
+    # the hog holds from 3 s, is killed at 10 s, the service back at 11 s
+    s = _series([(0.5, 1000), (2.0, 100), (4.0, 1000), (11.0, 10), (20.0, 1000)])
+    c, r, dips = hl.freeze_collapse(s, 1000.0, 3.0, 10.0, 20.0)
+    assert dips == 1 and 4.0 <= c <= 4.6 and 11.0 <= r <= 11.7
+    f = hl.freeze_figures(s, 1000.0, 3.0, 10.0, 20.0)
+    assert (f["collapse_s"], f["relief_s"], f["dips"]) == (c, r, 1)
+    # a relief after the hog holds, with the hog alive, is a relief: the freeze ended by itself
+    c2, r2, dips2 = hl.freeze_collapse(s, 1000.0, 1.0, None, 20.0)
+    assert dips2 == 0 and c2 < 2.0 and 2.0 <= r2 <= 2.7
+    # a hog killed while it filled: the relief after the kill counts
+    assert hl.freeze_collapse(s, 1000.0, None, 1.5, 20.0)[2] == 0
