@@ -1173,11 +1173,12 @@ def summarize(records: list[dict], scens: list[str], conts: list[str]) -> dict[s
 def freeze_run(r: dict) -> dict[str, Any]:
     """One freeze run's row: who killed and the headline's figures."""
     f = r.get("freeze") or {}
-    keys = ("collapse_s", "kill_s", "relief_s", "collapse_to_relief_s", "collapse_to_kill_s", "never",
+    keys = ("collapse_s", "kill_s", "relief_s", "collapse_to_relief_s", "collapse_to_kill_s", "never", "dips",
             "share_after_collapse", "held_s", "held_available_pct", "psi_avg10_max")
     return {"run": r.get("run"), "killed_by": r.get("killed_by"), "right": r.get("right"),
             "collateral": r.get("collateral"), "kill_line": (r.get("kill_lines") or [None])[0],
-            **{k: f.get(k) for k in keys}}
+            **{k: f.get(k) for k in keys},
+            "detector": {k: v for k, v in (f.get("detector") or {}).items() if k != "trace"}}
 
 
 def freeze_rows(cell: dict, order: list[str], labels: dict[str, str]) -> list[list[str]]:
@@ -1213,6 +1214,50 @@ def freeze_rows(cell: dict, order: list[str], labels: dict[str, str]) -> list[li
     return rows
 
 
+def freeze_signal_rows(cell: dict, order: list[str], labels: dict[str, str]) -> list[list[str]]:
+    """What the PSI-based contenders and oomkiller's thrash detector saw, per
+    run: the highest PSI avg10 of the host's memory and I/O and of
+    system.slice's memory, and when the detector (shipped limits, on the
+    harness's snapshots) started an episode and fired, with its medians."""
+    def s(v, fmt="{:.1f}"):
+        return md.DASH if v is None else fmt.format(v)
+
+    def each(runs, fn):
+        return ", ".join(fn(r) for r in runs)
+
+    def psi(r, k):
+        return s((r.get("psi_avg10_max") or {}).get(k))
+
+    def det(r, k, scale=1.0, fmt="{:.1f}"):
+        v = (r.get("detector") or {}).get(k)
+        return s(None if v is None else v * scale, fmt)
+    rows = []
+    for k in order:
+        v = cell.get(k)
+        if not v or not v.get("freeze"):
+            continue
+        runs = v["freeze"]
+        rows.append([labels.get(k, k), each(runs, lambda r: s(r.get("held_s"), "{:.2f}")),
+                     each(runs, lambda r: psi(r, "memory some")), each(runs, lambda r: psi(r, "io some")),
+                     each(runs, lambda r: psi(r, "system.slice memory full")),
+                     each(runs, lambda r: det(r, "first_episode_s", fmt="{:.2f}")),
+                     each(runs, lambda r: det(r, "fired_s", fmt="{:.2f}")),
+                     each(runs, lambda r: det(r, "median_refault_pm_s", 0.01, "{:.0f}")),
+                     each(runs, lambda r: det(r, "median_stall_pm", 0.01)),
+                     each(runs, lambda r: det(r, "median_io_stall_pm", 0.01))])
+    return rows
+
+
+FREEZE_SIGNALS_TEXT = ("The signals, per run. *Held*: when the hog had filled all it holds (— : killed before). "
+                       "PSI: the highest avg10 (%) seen every 0.25 s until the kill or the window's end: the "
+                       "host's memory and I/O `some`, and system.slice's memory `full` (what systemd-oomd's "
+                       "ManagedOOMMemoryPressureLimit= is held to). *Detector*: oomkiller's thrash detector with "
+                       "its shipped limits (refaults 20%/s of the file cache, memory stall 10%, 1 s) fed the "
+                       "harness's own host snapshots every 0.25 s, whoever the contender, until the hog died: "
+                       "when its first episode began and when it fired, and, over the samples of episodes a "
+                       "second old or more, the median refault rate (%/s of the file cache), memory stall (PSI "
+                       "`some`, %) and I/O stall (%).")
+
 FREEZE_TEXT = ("Times in seconds since the hog started. *Collapse*: the end of the first half-second window of "
                "the service's reads under 50% of its baseline that stays under for 1 s; *relief*: the first "
                "window wholly after it back at 50% or more for 1 s; *never*: no relief in the window. *Kill*: "
@@ -1247,6 +1292,10 @@ def markdown(meta: dict, scens: list[dict], conts: list[dict], summary: dict) ->
             out += md.table(["contender", "killed by", "right", "collapse", "kill", "relief", "collapse → relief",
                              "service after the collapse", "min MemAvailable %"],
                             freeze_rows(cell, [c["key"] for c in conts], labels), align="lllrrrrrr")
+            out += ["", FREEZE_SIGNALS_TEXT, ""]
+            out += md.table(["contender", "held", "host memory some", "host I/O some", "system.slice memory full",
+                             "detector: episode", "fired", "refaults %/s", "memory stall %", "I/O stall %"],
+                            freeze_signal_rows(cell, [c["key"] for c in conts], labels), align="lrrrrrrrrr")
             out.append("")
             continue
         rows = []

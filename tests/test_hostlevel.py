@@ -142,6 +142,14 @@ def test_the_freeze_table():
     assert "| kernel alone | nobody (timeout) | 0/1 | 0.90 | — | — | never | 1% | — |" in text
     assert "| oomkiller | oomkiller | 1/1 | 1.20 | 2.50 | 3.10 | 1.90 | 1% | 12 |" in text
     assert "killed by oomkiller" in hl.line(dict(run, wall_s=3.0))
+    # the signals' table: PSI maxima and the detector, per run
+    run["freeze"].update(psi_avg10_max={"memory some": 14.8, "io some": 12.5, "system.slice memory full": 0.3},
+                         detector={"first_episode_s": 3.38, "fired_s": 6.23, "median_refault_pm_s": 4854,
+                                   "median_stall_pm": 1130.5, "median_io_stall_pm": 1304, "trace": [[0]]})
+    summary = hl.summarize([run], ["freeze"], ["oomkiller"])
+    assert "trace" not in summary["freeze"]["oomkiller"]["freeze"][0]["detector"]
+    rows = hl.freeze_signal_rows(summary["freeze"], ["oomkiller"], {})
+    assert rows == [["oomkiller", "1.00", "14.8", "12.5", "0.3", "3.38", "6.23", "49", "11.3", "13.0"]]
 
 
 def test_detector_summary_says_when_it_fired_and_what_held_it():
