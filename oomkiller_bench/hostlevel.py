@@ -28,6 +28,16 @@ it). Measures:
 * *service work*: the protected service's operations per second from the
   hog's start to its death, as a share of its rate in the baseline.
 
+The ``freeze`` scenario is the arena's thrash cell at host level: the
+protected service reads a file through ``mmap`` at random pages (the
+``mapped`` role), the hog fills anonymous memory until MemAvailable would be
+13% of MemTotal and holds it, and nothing ends the run but the hog's death
+or ``FREEZE_WINDOW_S`` after it holds. Its headline is the service's:
+*collapse* and *relief* (``throughput.py``), the kill, and the service's
+share of its baseline after the collapse; beside them the PSI averages the
+PSI-based contenders act on, and oomkiller's thrash detector (shipped
+limits) run on the harness's own host snapshots, whoever the contender.
+
 Times under emulation are slower than on hardware: the table gives each
 contender's median onset-to-death time as a ratio to the kernel's and to
 oomkiller's in the same machine and the same run of the benchmark.
@@ -48,10 +58,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from oomkiller.files import parse_kb_fields, read_kb_fields, read_keyed, read_text
+from oomkiller.files import parse_kb_fields, read_kb_fields, read_keyed, read_psi_totals, read_text
 
 from . import daemon, is_root, pick, print_list
 from . import markdown as md
+from . import throughput
 from .contenders import nohang_config
 from .measure import parse_ops
 from .records import group, load_results, split, stamp, write_results
@@ -90,8 +101,19 @@ class Scenario:
     lead_mib: int = 0         # slow leak: start this far above the onset
     timeout_s: float = RUN_TIMEOUT_S
     child_mib: int = 0        # fork storm: each child holds this much
+    leave_percent: int = 0    # the freeze: the hog leaves this share of MemTotal available
+
+    @property
+    def freeze(self) -> bool:
+        return self.leave_percent > 0
 
     def describe(self) -> str:
+        if self.freeze:
+            return (f"the freeze: the protected service reads one byte of a random page of a "
+                    f"{FREEZE_FILE_BYTES // MIB} MiB file through mmap in {FREEZE_THREADS} threads (a file-backed "
+                    f"working set, like program text); a hog (nice 19) fills anonymous memory as fast as it can until "
+                    f"MemAvailable would be {self.leave_percent}% of MemTotal, and holds it; watched until "
+                    f"{FREEZE_WINDOW_S:g} s after the hog holds (or {FREEZE_AFTER_DEATH_S:g} s after it died)")
         if self.child_mib:
             return (f"a service forks a child every {STORM_INTERVAL_MS} ms that holds {self.child_mib} MiB, up to "
                     f"{HOG_CAP_SHARE:g}× MemTotal in all, beside the protected service; the job is dead when its "
@@ -107,6 +129,9 @@ class Scenario:
             return ["storm", "--child-bytes", str(self.child_mib * MIB), "--interval-ms", str(STORM_INTERVAL_MS),
                     "--max-children", str(cap // (self.child_mib * MIB)), "--name", "oomk-hog",
                     "--child-name", "oomk-hog-child"]
+        if self.freeze:
+            cap = freeze_hog_bytes(mem_total, mem_available, self.leave_percent)
+            return ["hog", "--prefill", str(cap), "--cap", str(cap), "--name", "oomk-hog"]
         prefill = 0
         if self.lead_mib:
             prefill = max(0, mem_available - onset_bytes(mem_total) - self.lead_mib * MIB)
@@ -116,12 +141,39 @@ class Scenario:
 
 STORM_INTERVAL_MS = 20
 
+# The freeze: the working set the service reads through mmap, as the arena's
+# thrash cell (a third of the guest's MemTotal), in as many threads.
+FREEZE_FILE_BYTES = 200 * MIB
+FREEZE_THREADS = 2
+# Relief must come within this long after the hog holds ("never" otherwise),
+# as the arena's thrash cell watches it 40 s.
+FREEZE_WINDOW_S = 40.0
+# After the hog's death: how long the service is watched for its relief.
+FREEZE_AFTER_DEATH_S = 15.0
+# The mapped service's baseline: its rate over this long before the hog.
+FREEZE_BASELINE_S = 2.0
+# Faulting 200 MiB in from the guest's disk under emulation is slow.
+FREEZE_READY_S = 240
+
 SCENARIOS = {s.key: s for s in (
     Scenario("fast-hog", "fast hog, max rate", 0),
     Scenario("slow-leak", "slow leak, 16 MB/s", 16, lead_mib=32),
     # A job that is never emptied by the kernel: time out sooner.
     Scenario("fork-storm", "fork storm, 8 MiB children", 0, timeout_s=30, child_mib=8),
+    # The hog leaves 13% of MemTotal available: above the 10% lines of
+    # earlyoom, nohang and oomkiller-10 (MemAvailable must stay over them
+    # for this to be the freeze rather than a low-memory race).
+    Scenario("freeze", "the freeze (mapped working set, anonymous hog holding)", 0,
+             timeout_s=FREEZE_WINDOW_S + 60, leave_percent=13),
 )}
+
+
+def freeze_hog_bytes(mem_total: int, mem_available: int, leave_percent: int) -> int:
+    """What the freeze's hog holds: all that is available when it starts
+    (the service's file cached, which the kernel then evicts for it) but
+    ``leave_percent`` of MemTotal; never more than ``HOG_CAP_SHARE`` of it."""
+    want = mem_available - mem_total * leave_percent // 100
+    return max(0, min(want, int(mem_total * HOG_CAP_SHARE)))
 
 
 def onset_bytes(mem_total: int) -> int:
@@ -499,6 +551,257 @@ class Sampler(threading.Thread):
             os.close(fd)
 
 
+# -- the freeze ------------------------------------------------------------------------
+
+WATCH_STEP_S = 0.25
+PSI_FILES = {"memory": "/proc/pressure/memory", "io": "/proc/pressure/io",
+             "system.slice memory": f"{CGROUP_ROOT}/{SLICE}/memory.pressure"}
+
+
+def psi_avg10(text: str) -> dict[str, float]:
+    """``{"some": avg10, "full": avg10}`` from a PSI file's text."""
+    out = {}
+    for ln in text.splitlines():
+        kind, _, rest = ln.partition(" ")
+        for f in rest.split():
+            k, _, v = f.partition("=")
+            if k == "avg10":
+                try:
+                    out[kind] = float(v)
+                except ValueError:
+                    pass
+    return out
+
+
+def freeze_collapse(series: list[tuple[float, int]], baseline_ops_s: float | None, held_s: float | None,
+                    kill_s: float | None, end_s: float) -> tuple[float | None, float | None, int]:
+    """``(collapse_s, relief_s, dips)``: the freeze's collapse and relief
+    (``throughput.collapse_and_relief``), where a relief that came while
+    the hog lived and had not yet filled all it holds was a dip in the fill
+    (on two emulated CPUs the hog's faults alone may halve the service's
+    rate for a second): the collapse is looked for again after it, and
+    ``dips`` counts them."""
+    if not baseline_ops_s:
+        return None, None, 0
+    t_from, dips = 0.0, 0
+    while True:
+        collapse, relief = throughput.collapse_and_relief(series, baseline_ops_s, t_from, end_s)
+        if collapse is None or relief is None:
+            return collapse, relief, dips
+        if relief >= min(x for x in (kill_s, held_s, float("inf")) if x is not None):
+            return collapse, relief, dips
+        dips += 1
+        t_from = relief
+
+
+def freeze_figures(series: list[tuple[float, int]], baseline_ops_s: float | None, held_s: float | None,
+                   kill_s: float | None, end_s: float) -> dict[str, Any]:
+    """The freeze's headline for one run from the service's reports
+    (``[(seconds since the hog started, ops so far)]``), with
+    ``throughput.headline``: the collapse (under half the baseline for a
+    second), the relief (back at half or more for a second) up to
+    ``end_s``, the kill (the hog's cgroup empty) and the service's rate
+    from the collapse to the kill (or to ``end_s``) as a share of its
+    baseline. Times in seconds since the hog started; None for what did
+    not happen."""
+    out: dict[str, Any] = {"baseline_ops_s": None if baseline_ops_s is None else round(baseline_ops_s, 1),
+                           "held_s": held_s, "kill_s": kill_s, "end_s": round(end_s, 3)}
+    collapse, relief, dips = freeze_collapse(series, baseline_ops_s, held_s, kill_s, end_s)
+
+    def gap(a: float | None, b: float | None) -> float | None:
+        return round(b - a, 3) if a is not None and b is not None else None
+    out.update(collapse_s=collapse, relief_s=relief, collapse_to_relief_s=gap(collapse, relief),
+               collapse_to_kill_s=gap(collapse, kill_s), dips=dips)
+    share = None
+    if collapse is not None and baseline_ops_s:
+        until = kill_s if kill_s is not None and kill_s > collapse else end_s
+        r = throughput.rate(series, collapse, until)
+        share = None if r is None else round(r / baseline_ops_s, 4)
+    out["share_after_collapse"] = share
+    # "never": collapsed, and no relief up to the end of the window
+    out["never"] = collapse is not None and out["relief_s"] is None
+    return out
+
+
+class DetectorTrace:
+    """oomkiller's thrash detector (core/thrash.py) with the shipped limits,
+    fed the host snapshots the harness takes itself every ``WATCH_STEP_S``,
+    whoever the contender: when it would fire, and which of its figures held
+    it back until then."""
+
+    def __init__(self, t_start: float) -> None:
+        from oomkiller.cgroupfs import Cgroupfs
+        from oomkiller.config import Config
+        from oomkiller.core import thrash
+        from oomkiller.core.state import thrash_limits
+        from oomkiller.domain import Domain
+        from oomkiller.procfs import Procfs
+        self.thrash = thrash
+        procfs = Procfs("/proc")
+        self.domain = Domain("host", procfs, Cgroupfs(CGROUP_ROOT, procfs))
+        config = Config()
+        self.limits = thrash_limits(config)
+        self.arm_line = config.arm_line_bytes
+        self.state = thrash.ThrashState()
+        self.t_start = t_start
+        self.trace: list[list[Any]] = []
+        self.io: list[tuple[float, int]] = []
+
+    def take(self, now: float) -> None:
+        try:
+            snap = self.domain.snapshot(int(now * 1e6))
+        except (OSError, ValueError, KeyError):
+            return
+        self.state, figs = self.thrash.observe(self.state, snap, self.limits, self.arm_line(snap.total_bytes))
+        cache_pm = snap.file_lru_bytes * 10_000 // snap.total_bytes if snap.total_bytes > 0 else -1
+        # I/O stall ("some") over the last second, beside the memory stall
+        # the detector reads: re-reads of pages evicted before they were
+        # activated stall on I/O, not on memory.
+        io_pm = None
+        try:
+            io = read_psi_totals("/proc/pressure/io").get("some", -1)
+        except (OSError, ValueError):
+            io = -1
+        if io >= 0:
+            self.io.append((now, io))
+            while len(self.io) >= 2 and now - self.io[1][0] >= 1.0:
+                self.io.pop(0)
+            t0, io0 = self.io[0]
+            if now - t0 >= 0.5:
+                io_pm = int((io - io0) * 10_000 / ((now - t0) * 1e6))
+        self.trace.append([round(now - self.t_start, 2), figs.state, figs.refault_permyriad_per_s,
+                           figs.stall_permyriad, cache_pm, figs.free_permyriad, figs.episode_usec // 1000, io_pm])
+
+    def summary(self, until_s: float | None) -> dict[str, Any]:
+        return detector_summary(self.trace, until_s)
+
+
+# A trace row: [seconds since the hog started, state, refaults permyriad/s,
+# memory stall permyriad, file cache permyriad of MemTotal, free permyriad,
+# episode ms, I/O stall permyriad over the last second]
+TRACE_KEYS = ("t_s", "state", "refault_pm_s", "stall_pm", "cache_pm", "free_pm", "episode_ms", "io_stall_pm")
+
+
+def detector_summary(trace: list[list[Any]], until_s: float | None) -> dict[str, Any]:
+    """From a detector trace (up to ``until_s``, the hog's death, if given):
+    the first sample that fired, the first episode's start, and the share of
+    the samples after the hog started that held each figure to its line."""
+    rows = [dict(zip(TRACE_KEYS, r)) for r in trace if until_s is None or r[0] <= until_s]
+    after = [r for r in rows if r["t_s"] >= 0]
+    fired = next((r["t_s"] for r in after if r["state"] == "thrashing"), None)
+    episode = next((r["t_s"] for r in after if r["state"] in ("episode", "thrashing")), None)
+    judged = [r for r in after if r["state"] in ("episode", "thrashing") and r["episode_ms"] >= 1000]
+
+    def share(pred) -> float | None:
+        return round(sum(1 for r in judged if pred(r)) / len(judged), 3) if judged else None
+
+    from oomkiller.core.thrash import MAX_CACHE_PERMYRIAD, MAX_FREE_PERMYRIAD
+    limits = DETECTOR_LIMITS
+    return {"fired_s": fired, "first_episode_s": episode, "samples": len(after), "sustained_samples": len(judged),
+            "stall_under_limit": share(lambda r: r["stall_pm"] is not None and r["stall_pm"] < limits["stall_pm"]),
+            "cache_over_half": share(lambda r: r["cache_pm"] > MAX_CACHE_PERMYRIAD),
+            "free_over_half": share(lambda r: r["free_pm"] > MAX_FREE_PERMYRIAD),
+            "median_refault_pm_s": median([r["refault_pm_s"] for r in after if r["state"] != "calm"]),
+            "median_stall_pm": median([r["stall_pm"] for r in judged]),
+            "median_io_stall_pm": median([r["io_stall_pm"] for r in judged]),
+            "trace": trace}
+
+
+def _detector_limits() -> dict[str, int]:
+    from oomkiller.config import Config
+    c = Config()
+    return {"refault_pm_s": c.thrash_refault_limit_permyriad, "stall_pm": c.thrash_stall_limit_permyriad}
+
+
+DETECTOR_LIMITS = _detector_limits()
+
+
+class FreezeWatch:
+    """The freeze's window, from the hog's start: until ``FREEZE_WINDOW_S``
+    after it holds all it was told to (its ``capped`` line), or, once it
+    died, until the service is relieved, it never collapsed, or
+    ``FREEZE_AFTER_DEATH_S`` passed. Every ``WATCH_STEP_S`` it also takes
+    MemAvailable and the PSI averages (the figures the PSI-based contenders
+    act on)."""
+
+    def __init__(self, sampler: Sampler, hog_out: str, svc_out: str, t_start: float) -> None:
+        self.sampler = sampler
+        self.hog_out = hog_out
+        self.svc_out = svc_out
+        self.t_start = t_start
+        self.t_held: float | None = None
+        self.available: list[tuple[float, int]] = []
+        self.psi_max: dict[str, float] = {}
+        self.detector = DetectorTrace(t_start)
+
+    def series(self, ops: list[tuple[int, int]]) -> list[tuple[float, int]]:
+        return [(round(t / 1e6 - self.t_start, 3), n) for t, n in ops]
+
+    def baseline(self, series: list[tuple[float, int]]) -> float | None:
+        return throughput.rate(series, -FREEZE_BASELINE_S, 0.0)
+
+    def take(self, now: float) -> None:
+        if self.t_held is None:
+            for ln in read(self.hog_out).splitlines():
+                f = ln.split()
+                if len(f) == 3 and f[0] == "capped" and f[2].isdigit():
+                    self.t_held = int(f[2]) / 1e6
+        self.available.append((now, meminfo()["MemAvailable"]))
+        self.detector.take(now)
+        for name, path in PSI_FILES.items():
+            try:
+                avg = psi_avg10(read_text(path))
+            except OSError:
+                continue
+            for kind, v in avg.items():
+                k = f"{name} {kind}"
+                self.psi_max[k] = max(self.psi_max.get(k, 0.0), v)
+
+    def settled(self, now: float, dead: float) -> bool:
+        """After the hog's death: the service relieved (and held there for a
+        second, as the headline wants), or it never collapsed."""
+        series = self.series(parse_ops(read(self.svc_out).splitlines()))
+        base = self.baseline(series)
+        if not base or not series:
+            return False
+        held = None if self.t_held is None else self.t_held - self.t_start
+        collapse, relief, _ = freeze_collapse(series, base, held, dead - self.t_start, series[-1][0])
+        if relief is not None:
+            return series[-1][0] >= relief + throughput.HOLD_S
+        return collapse is None and now - dead >= 3 * throughput.HOLD_S
+
+    def run(self, deadline: float) -> bool:
+        """Watch; True if the window closed with the hog alive."""
+        while True:
+            now = time.monotonic()
+            self.take(now)
+            dead = self.sampler.t_dead
+            if dead is not None:
+                if now >= dead + FREEZE_AFTER_DEATH_S or self.settled(now, dead):
+                    return False
+            elif (self.t_held is not None and now >= self.t_held + FREEZE_WINDOW_S) or now >= deadline:
+                return True
+            time.sleep(WATCH_STEP_S)
+
+    def figures(self, ops: list[tuple[int, int]], t_dead: float | None, mem_total: int) -> dict[str, Any]:
+        series = self.series(ops)
+        held_s = None if self.t_held is None else round(self.t_held - self.t_start, 3)
+        kill_s = None if t_dead is None else round(t_dead - self.t_start, 3)
+        end_s = series[-1][0] if series else 0.0
+        if held_s is not None:
+            end_s = min(end_s, held_s + FREEZE_WINDOW_S)
+        out = freeze_figures(series, self.baseline(series), held_s, kill_s, end_s)
+        # MemAvailable while the hog held (to its death, or the window's end)
+        hold = [a for t, a in self.available
+                if self.t_held is not None and self.t_held <= t and (t_dead is None or t < t_dead)]
+        out["held_available_pct"] = ({"min": round(100 * min(hold) / mem_total, 1),
+                                      "median": round(100 * median(hold) / mem_total, 1)} if hold else None)
+        out["psi_avg10_max"] = {k: round(v, 2) for k, v in sorted(self.psi_max.items())}
+        out["detector"] = self.detector.summary(None if t_dead is None else kill_s)
+        out["series"] = [[t, n] for t, n in series if t >= -FREEZE_BASELINE_S]
+        return out
+
+
 class HostBench:
     def __init__(self, a: argparse.Namespace, scens: list[Scenario], conts: list[Contender], runs: int) -> None:
         self.a = a
@@ -524,6 +827,9 @@ class HostBench:
         lock_self()
         self.service_file = os.path.join(DATA_DIR, "service.dat")
         make_file(self.service_file, SERVICE_FILE_BYTES)
+        self.freeze_file = os.path.join(DATA_DIR, "freeze.dat")
+        if any(s.freeze for s in self.scens):
+            make_file(self.freeze_file, FREEZE_FILE_BYTES)
         for c in self.conts:
             c.keep_dir = self.out
         every = contenders()
@@ -588,31 +894,52 @@ class HostBench:
         svc = f"{UNIT_PREFIX}svc-{tag}.service"
         hog = f"{UNIT_PREFIX}hog-{tag}.service"
         svc_out = os.path.join(RUN_DIR, f"svc-{tag}.out")
+        hog_out = os.path.join(RUN_DIR, f"hog-{tag}.out")
         t_wall0 = time.monotonic()
         sampler = None
         try:
             rec["settle_s"] = round(settle(self.idle_available), 2)
             unlink(svc_out)
+            unlink(hog_out)
+            if s.freeze:
+                work = ["mapped", "--file", self.freeze_file, "--threads", str(FREEZE_THREADS)]
+            else:
+                work = ["service", "--hold", str(SERVICE_HOLD_BYTES), "--file", self.service_file, "--direct"]
             sh("systemd-run", "--quiet", f"--unit={svc}", "--property=Restart=no", "--property=Type=exec",
                "--property=ManagedOOMPreference=avoid", f"--property=StandardOutput=file:{svc_out}",
-               "--", sys.executable, "-S", WORKLOAD, "service", "--hold", str(SERVICE_HOLD_BYTES),
-               "--file", self.service_file, "--direct", "--name", SERVICE_NAME, check=True)
-            if not wait_for(lambda: "ready" in read(svc_out), 60, 0.1):
+               "--", sys.executable, "-S", WORKLOAD, *work, "--name", SERVICE_NAME, check=True)
+            t_ready0 = time.monotonic()
+            if not wait_for(lambda: "ready" in read(svc_out), FREEZE_READY_S if s.freeze else 60, 0.1):
                 raise RuntimeError("the protected service did not get ready")
-            time.sleep(BASELINE_S)
+            if s.freeze:
+                rec["service_ready_s"] = round(time.monotonic() - t_ready0, 1)
+            baseline_s = FREEZE_BASELINE_S if s.freeze else BASELINE_S
+            time.sleep(baseline_s)
             before = {"oom": vmstat_oom_kills(), "svc": show(svc, "MainPID")["MainPID"], "killer": c.state(),
                       "system": {u: show(u, "MainPID")["MainPID"] for u in SYSTEM_SERVICES}}
             m = meminfo()
             argv = s.hog_argv(self.mem_total, m["MemAvailable"])
             rec["hog_prefill_mib"] = int(argv[2]) // MIB
+            rec["available_at_start_mib"] = m["MemAvailable"] // MIB
             sampler = Sampler(self.mem_total, f"{CGROUP_ROOT}/{SLICE}/{hog}")
             since = time.time()
             t_start = time.monotonic()
             sampler.start()
+            # The freeze's hog runs at nice 19: on the guest's two emulated
+            # CPUs a hog filling at full speed beside the service halves its
+            # rate by taking the CPU alone, before memory is short; the
+            # collapse should be the squeeze's doing.
+            hog_props = [f"--property=StandardOutput=file:{hog_out}", "--property=Nice=19"] if s.freeze \
+                else ["--property=StandardOutput=null"]
             sh("systemd-run", "--quiet", f"--unit={hog}", "--property=Restart=no", "--property=Type=exec",
-               "--property=StandardOutput=null", "--", sys.executable, "-S", WORKLOAD, *argv, check=True)
-            sampler.join(s.timeout_s)
-            timed_out = sampler.is_alive()
+               *hog_props, "--", sys.executable, "-S", WORKLOAD, *argv, check=True)
+            watch = None
+            if s.freeze:
+                watch = FreezeWatch(sampler, hog_out, svc_out, t_start)
+                timed_out = watch.run(t_start + s.timeout_s)
+            else:
+                sampler.join(s.timeout_s)
+                timed_out = sampler.is_alive()
             if timed_out:
                 sh("systemctl", "kill", "--signal=SIGKILL", hog)
                 sampler.join(10)
@@ -636,10 +963,12 @@ class HostBench:
                     rec["died_before_onset"] = True
             ops = parse_ops(read(svc_out).splitlines())
             t0_us = int(t_start * 1e6)
-            base = ops_rate(ops, t0_us - int(BASELINE_S * 1e6), t0_us)
+            base = ops_rate(ops, t0_us - int(baseline_s * 1e6), t0_us)
             during = ops_rate(ops, t0_us, int((t_dead or time.monotonic()) * 1e6))
             rec["service_ops_s"] = {"baseline": base and round(base, 1), "during": during and round(during, 1)}
             rec["service_work"] = round(during / base, 3) if base and during is not None else None
+            if watch is not None:
+                rec["freeze"] = watch.figures(ops, None if timed_out else t_dead, self.mem_total)
         except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError, OSError) as e:
             rec["error"] = str(e)[-1000:]
         finally:
@@ -649,6 +978,7 @@ class HostBench:
                 sh("systemctl", "stop", u)
                 sh("systemctl", "reset-failed", u)
             unlink(svc_out)
+            unlink(hog_out)
         rec["wall_s"] = round(time.monotonic() - t_wall0, 1)
         return rec
 
@@ -658,17 +988,14 @@ class HostBench:
                                "hog_status": res.get("ExecMainStatus"), "kernel_oom_kills": oom,
                                "kill_lines": lines[:5], "timed_out": timed_out}
         out["killed_by"] = who_killed(c.key if c.unit else None, out)
-        svc_ok = svc_state.get("ActiveState") == "active" and svc_state.get("MainPID") == before["svc"]
-        killer_ok = (after_killer["alive"] and after_killer["pid"] == before["killer"]["pid"]
-                     and after_killer["restarts"] == before["killer"]["restarts"])
         system = {u: show(u, "MainPID")["MainPID"] for u in SYSTEM_SERVICES}
-        collateral = [u for u in SYSTEM_SERVICES if system[u] != before["system"][u]]
-        if not svc_ok:
-            collateral.insert(0, "protected service")
-        if not killer_ok:
-            collateral.append(f"{c.key} itself")
-        out["collateral"] = collateral
-        out["right"] = not timed_out and not collateral
+        out.update(verdict(
+            timed_out=timed_out,
+            service_lived=svc_state.get("ActiveState") == "active" and svc_state.get("MainPID") == before["svc"],
+            killer_lived=(after_killer["alive"] and after_killer["pid"] == before["killer"]["pid"]
+                          and after_killer["restarts"] == before["killer"]["restarts"]),
+            system_changed=[u for u in SYSTEM_SERVICES if system[u] != before["system"][u]],
+            contender=c.key))
         return out
 
     # ---- output
@@ -692,6 +1019,21 @@ class HostBench:
         write_results(self.out, markdown(meta, scens, conts, summary),
                       {"meta": meta, "scenarios": scens, "contenders": conts, "summary": summary,
                        "runs": self.records})
+
+
+def verdict(*, timed_out: bool, service_lived: bool, killer_lived: bool, system_changed: list[str],
+            contender: str) -> dict[str, Any]:
+    """Right or wrong, whatever the scenario: the hog died before the
+    window closed (the harness ends it then: nobody did), and the protected
+    service, the contender and the system's own services kept their
+    processes. In the freeze the kernel alone stays wrong: the hog holds,
+    nobody ends it."""
+    collateral = list(system_changed)
+    if not service_lived:
+        collateral.insert(0, "protected service")
+    if not killer_lived:
+        collateral.append(f"{contender} itself")
+    return {"collateral": collateral, "right": not timed_out and not collateral}
 
 
 def who_killed(contender: str | None, r: dict) -> str:
@@ -719,6 +1061,10 @@ def rerender(path: str, out: str) -> int:
     for r in data["runs"]:
         if "error" not in r:
             r["killed_by"] = who_killed(r["contender"] if units.get(r["contender"]) else None, r)
+        f = r.get("freeze")
+        if f and f.get("series"):
+            f.update(freeze_figures([tuple(p) for p in f["series"]], f.get("baseline_ops_s"), f.get("held_s"),
+                                    f.get("kill_s"), f["end_s"]))
     data["summary"] = summarize(data["runs"], [s["key"] for s in data["scenarios"]],
                                 [c["key"] for c in data["contenders"]])
     write_results(out, markdown(data["meta"], data["scenarios"], data["contenders"], data["summary"]), data)
@@ -813,6 +1159,8 @@ def summarize(records: list[dict], scens: list[str], conts: list[str]) -> dict[s
                        "start_to_death_ms": median([r.get("start_to_death_ms") for r in rs]),
                        "service_work": median([r.get("service_work") for r in rs]),
                        "min_available_mib": median([r.get("min_available_mib") for r in rs])}
+            if any(r.get("freeze") for r in rs):
+                cell[c]["freeze"] = [freeze_run(r) for r in rs]
         for ref in ("kernel", "oomkiller"):
             base = (cell.get(ref) or {}).get("onset_to_death_ms")
             for v in cell.values():
@@ -820,6 +1168,102 @@ def summarize(records: list[dict], scens: list[str], conts: list[str]) -> dict[s
                 v[f"vs_{ref}"] = round(t / base, 3) if t is not None and base else None
         out[s] = cell
     return out
+
+
+def freeze_run(r: dict) -> dict[str, Any]:
+    """One freeze run's row: who killed and the headline's figures."""
+    f = r.get("freeze") or {}
+    keys = ("collapse_s", "kill_s", "relief_s", "collapse_to_relief_s", "collapse_to_kill_s", "never", "dips",
+            "share_after_collapse", "held_s", "held_available_pct", "psi_avg10_max")
+    return {"run": r.get("run"), "killed_by": r.get("killed_by"), "right": r.get("right"),
+            "collateral": r.get("collateral"), "kill_line": (r.get("kill_lines") or [None])[0],
+            **{k: f.get(k) for k in keys},
+            "detector": {k: v for k, v in (f.get("detector") or {}).items() if k != "trace"}}
+
+
+def freeze_rows(cell: dict, order: list[str], labels: dict[str, str]) -> list[list[str]]:
+    """The freeze's table: per contender, each run's figures, comma-separated."""
+    def s(v):
+        return md.DASH if v is None else f"{v:.2f}"
+
+    def each(runs, fmt):
+        return ", ".join(fmt(r) for r in runs)
+
+    def relief(r):
+        if r.get("collapse_to_relief_s") is not None:
+            return s(r["collapse_to_relief_s"])
+        return "never" if r.get("never") else md.DASH
+
+    def avail(r):
+        a = r.get("held_available_pct")
+        return md.DASH if not a else f"{a['min']:.0f}"
+
+    rows = []
+    for k in order:
+        v = cell.get(k)
+        if not v or not v.get("freeze"):
+            continue
+        runs = v["freeze"]
+        who = ", ".join(f"{w} ×{n}" if n > 1 else w for w, n in sorted(v["killed_by"].items())) or md.DASH
+        if v["errors"]:
+            who += f" ({v['errors']} run(s) failed)"
+        rows.append([labels.get(k, k), who, f"{v['right']}/{v['runs']}", each(runs, lambda r: s(r["collapse_s"])),
+                     each(runs, lambda r: s(r["kill_s"])), each(runs, lambda r: s(r["relief_s"])),
+                     each(runs, relief), each(runs, lambda r: md.pct(r["share_after_collapse"])),
+                     each(runs, avail)])
+    return rows
+
+
+def freeze_signal_rows(cell: dict, order: list[str], labels: dict[str, str]) -> list[list[str]]:
+    """What the PSI-based contenders and oomkiller's thrash detector saw, per
+    run: the highest PSI avg10 of the host's memory and I/O and of
+    system.slice's memory, and when the detector (shipped limits, on the
+    harness's snapshots) started an episode and fired, with its medians."""
+    def s(v, fmt="{:.1f}"):
+        return md.DASH if v is None else fmt.format(v)
+
+    def each(runs, fn):
+        return ", ".join(fn(r) for r in runs)
+
+    def psi(r, k):
+        return s((r.get("psi_avg10_max") or {}).get(k))
+
+    def det(r, k, scale=1.0, fmt="{:.1f}"):
+        v = (r.get("detector") or {}).get(k)
+        return s(None if v is None else v * scale, fmt)
+    rows = []
+    for k in order:
+        v = cell.get(k)
+        if not v or not v.get("freeze"):
+            continue
+        runs = v["freeze"]
+        rows.append([labels.get(k, k), each(runs, lambda r: s(r.get("held_s"), "{:.2f}")),
+                     each(runs, lambda r: psi(r, "memory some")), each(runs, lambda r: psi(r, "io some")),
+                     each(runs, lambda r: psi(r, "system.slice memory full")),
+                     each(runs, lambda r: det(r, "first_episode_s", fmt="{:.2f}")),
+                     each(runs, lambda r: det(r, "fired_s", fmt="{:.2f}")),
+                     each(runs, lambda r: det(r, "median_refault_pm_s", 0.01, "{:.0f}")),
+                     each(runs, lambda r: det(r, "median_stall_pm", 0.01)),
+                     each(runs, lambda r: det(r, "median_io_stall_pm", 0.01))])
+    return rows
+
+
+FREEZE_SIGNALS_TEXT = ("The signals, per run. *Held*: when the hog had filled all it holds (— : killed before). "
+                       "PSI: the highest avg10 (%) seen every 0.25 s until the kill or the window's end: the "
+                       "host's memory and I/O `some`, and system.slice's memory `full` (what systemd-oomd's "
+                       "ManagedOOMMemoryPressureLimit= is held to). *Detector*: oomkiller's thrash detector with "
+                       "its shipped limits (refaults 20%/s of the file cache, memory stall 10%, 1 s) fed the "
+                       "harness's own host snapshots every 0.25 s, whoever the contender, until the hog died: "
+                       "when its first episode began and when it fired, and, over the samples of episodes a "
+                       "second old or more, the median refault rate (%/s of the file cache), memory stall (PSI "
+                       "`some`, %) and I/O stall (%).")
+
+FREEZE_TEXT = ("Times in seconds since the hog started. *Collapse*: the end of the first half-second window of "
+               "the service's reads under 50% of its baseline that stays under for 1 s; *relief*: the first "
+               "window wholly after it back at 50% or more for 1 s; *never*: no relief in the window. *Kill*: "
+               "the hog's cgroup empty. *Service after the collapse*: its rate from the collapse to the kill (or "
+               "to the window's end) as a share of its baseline. *MemAvailable*: the lowest while the hog held, "
+               "in % of MemTotal.")
 
 
 def markdown(meta: dict, scens: list[dict], conts: list[dict], summary: dict) -> str:
@@ -843,6 +1287,17 @@ def markdown(meta: dict, scens: list[dict], conts: list[dict], summary: dict) ->
         if not cell:
             continue
         out += [f"## {s['title']}", "", s["describe"] + ".", ""]
+        if s["key"] == "freeze":
+            out += [FREEZE_TEXT, ""]
+            out += md.table(["contender", "killed by", "right", "collapse", "kill", "relief", "collapse → relief",
+                             "service after the collapse", "min MemAvailable %"],
+                            freeze_rows(cell, [c["key"] for c in conts], labels), align="lllrrrrrr")
+            out += ["", FREEZE_SIGNALS_TEXT, ""]
+            out += md.table(["contender", "held", "host memory some", "host I/O some", "system.slice memory full",
+                             "detector: episode", "fired", "refaults %/s", "memory stall %", "I/O stall %"],
+                            freeze_signal_rows(cell, [c["key"] for c in conts], labels), align="lrrrrrrrrr")
+            out.append("")
+            continue
         rows = []
         for k in [c["key"] for c in conts]:
             v = cell.get(k)
@@ -879,6 +1334,15 @@ def line(r: dict) -> str:
     def ms(v):
         return "-" if v is None else f"{v:.0f} ms"
     coll = f" collateral: {', '.join(r['collateral'])}" if r.get("collateral") else ""
+    f = r.get("freeze")
+    if f:
+        a = f.get("held_available_pct") or {}
+        return (f"{head}  killed by {r['killed_by']}{'' if r.get('right') else ' WRONG'}{coll}  held {f.get('held_s')}"
+                f"  collapse {f.get('collapse_s')}  kill {f.get('kill_s')}  relief "
+                f"{'never' if f.get('never') else f.get('relief_s')}  after collapse {f.get('share_after_collapse')}"
+                f"  avail min {a.get('min')}%  psi {f.get('psi_avg10_max')}"
+                f"  detector {({k: v for k, v in (f.get('detector') or {}).items() if k != 'trace'})}"
+                f"  {('| ' + r['kill_lines'][0][:160]) if r.get('kill_lines') else ''}  [{r['wall_s']} s]")
     return (f"{head}  killed by {r['killed_by']}{'' if r.get('right') else ' WRONG'}{coll}"
             f"  onset->death {ms(r.get('onset_to_death_ms'))}  start->death {ms(r.get('start_to_death_ms'))}"
             f"  min avail {r.get('min_available_mib')} MiB  svc {r.get('service_work')}"
