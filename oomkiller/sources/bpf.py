@@ -415,6 +415,7 @@ class BpfSource:
         self.load_usec = 0
         self._maps: dict[str, Map] = {}
         self._tracepoint_fds: list[int] = []
+        self._prog_fds: list[int] = []      # the programs, held to be seen (bpftool prog show --pid)
         self._perf: PerfBuffer | None = None
         self._pending: list[PressureEvent] = []
         self._flags: dict[str, bool] = {}
@@ -511,6 +512,15 @@ class BpfSource:
                 self._maps[str(name)].check(int(m["type"]), int(m["key_size"]), int(m["value_size"]))
             for _tp, index in sorted(tracepoints.items()):
                 self._tracepoint_fds.append(left.pop(int(index)))
+            progs = reply.get("progs") or {}
+            if not isinstance(progs, dict):
+                raise ValueError("the loader's programs are not a mapping")
+            for _name, index in sorted(progs.items()):
+                fd = left.pop(int(index))
+                if _fd_kind(fd) != "anon_inode:bpf-prog":
+                    os.close(fd)
+                    raise ValueError("the loader sent a program descriptor that is not a BPF program")
+                self._prog_fds.append(fd)
             if "events" not in self._maps or "counters" not in self._maps:
                 raise KeyError("events and counters")
             self._perf = PerfBuffer(self._maps["events"].fd, self.perf_pages, self._on_event, self._on_lost)
@@ -563,6 +573,9 @@ class BpfSource:
         fds, self._tracepoint_fds = self._tracepoint_fds, []
         for fd in fds:
             os.close(fd)        # the last descriptor of a tracepoint's event: detached
+        fds, self._prog_fds = self._prog_fds, []
+        for fd in fds:
+            os.close(fd)
 
     @property
     def live(self) -> bool:
@@ -678,6 +691,14 @@ def explain(e: "CapturedError") -> str:
     if "compile" in str(e.error).lower():
         return f"BPF program failed to compile: {first or e.error}"
     return f"BPF program failed to load or attach: {e.error}" + (f" ({first})" if first else "")
+
+
+def _fd_kind(fd: int) -> str:
+    """What a descriptor of this process is (``anon_inode:bpf-prog``...), "" if unknown."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
 
 
 class CapturedError(Exception):

@@ -37,6 +37,10 @@ def test_the_daemon_holds_the_program_without_the_compiler_and_events_arrive(are
     assert info["sources"]["prearm"]["state"] == "live"
     # The loader has exited and been reaped; what it loaded lives on.
     assert children(d.p.pid) == []
+    # and the daemon holds its programs, as `bpftool prog show --pid` and the
+    # benchmark's BPF run-time figures find them
+    from oomkiller_bench.measure import bpf_prog_stats
+    assert len(bpf_prog_stats([d.p.pid])) >= 2
     names = {name for _lo, _hi, name in mappings(f"/proc/{d.p.pid}/maps")}
     compiler = sorted(n for n in names if any(lib in os.path.basename(n) for lib in COMPILER_MAPPINGS))
     assert compiler == [], compiler
