@@ -78,6 +78,9 @@ LISTING_REUSE_USEC = report.LISTING_REUSE_MS * 1000
 # read again, while the next is made; with none such they wait for one
 # (core.PENDING): none of them is worth holding the loop.
 LISTING_ASYNC_MAX_USEC = 1_000_000
+# A listing that took less than this is made on the loop when one is
+# needed: few jobs, and the arming it serves is worth more than the wait.
+SYNC_LISTING_MAX_USEC = 20_000
 # A walk with no listing it may take waits this long at most for the one
 # under way in the background before it lists on the loop.
 LISTER_WAIT_S = 2.0
@@ -162,6 +165,8 @@ class Daemon:
         # a need of the core's waits for a listing (core.PENDING): the loop is
         # woken when it is ready, to finish it
         self._awaiting_listing = False
+        # how long the latest listing took (0: none yet, so the first is on the loop)
+        self._listing_usec = 0
         self.walk_listings = {"listed": 0, "reused": 0, "read_again": 0}
         self._jobs_changed = True
         self._walk_listing_age = 0      # of the listing the latest walk took, 0 if it listed afresh
@@ -224,8 +229,10 @@ class Daemon:
     def jobs(self) -> list[Job]:
         """Every job, listed now, on the loop."""
         kept: list = []
+        t0 = self.now_usec()
         out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out, kept)
         now = self.now_usec()
+        self._listing_usec = now - t0
         self._set_listed(now, out, self._free_now(now), kept[0] if kept else None)
         return out
 
@@ -238,6 +245,8 @@ class Daemon:
     def _adopt(self) -> None:
         """Take the background listing finished since, if newer."""
         done = self.lister.take() if self.lister is not None else None
+        if done is not None:
+            self._listing_usec = done[1] - done[0]
         if done is not None and (self._listed is None or done[1] > self._listed[0]):
             self._set_listed(done[1], done[2], self._free_while(done[0], done[1]), done[3])
 
@@ -267,9 +276,11 @@ class Daemon:
         jobs at its top read again (``_confirmed``), a new one asked for once
         it is LISTING_REUSE_USEC old; with none such, ``core.PENDING`` (the
         core leaves it for a later wake) and a listing asked for."""
-        if self.lister is None:
-            return self.jobs()
         self._adopt()
+        if self.lister is None or self._listing_usec < SYNC_LISTING_MAX_USEC:
+            # a listing this quick (a domain of few jobs) is not worth waiting
+            # a wake for: arming sooner is (a fast hog fills 50 MiB in 40 ms)
+            return self.jobs()
         jobs = None
         if self._usable(LISTING_ASYNC_MAX_USEC):
             if self.now_usec() - self._listed[0] >= LISTING_REUSE_USEC:

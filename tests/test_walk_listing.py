@@ -151,17 +151,21 @@ def test_a_top_job_gone_since_the_listing_is_dropped(proc_tree, v2_tree, monkeyp
 
 # -- listings made in the background ---------------------------------------------
 
-def _bg_daemon(proc_tree, v2_tree):
+def _bg_daemon(proc_tree, v2_tree, monkeypatch=None):
+    if monkeypatch is not None:
+        # every listing in the background, however quick (see the test after)
+        monkeypatch.setattr(daemon_mod, "SYNC_LISTING_MAX_USEC", 0)
     short_arena(proc_tree, v2_tree, JOBS)
     clock = Clock()
     d = Daemon(short_config(proc_tree, v2_tree), json_out=io.StringIO(), clock=clock, background_listing=True)
     return d, clock
 
 
-def test_the_core_takes_the_latest_listing_while_the_next_is_made_in_the_background(proc_tree, v2_tree):
+def test_the_core_takes_the_latest_listing_while_the_next_is_made_in_the_background(proc_tree, v2_tree,
+                                                                                     monkeypatch):
     from oomkiller.core import state as core
     from trees import wait_until
-    d, clock = _bg_daemon(proc_tree, v2_tree)
+    d, clock = _bg_daemon(proc_tree, v2_tree, monkeypatch)
     try:
         # none yet: the arming waits, and a listing is asked for
         d.saw(d.domain.snapshot(d.now_usec()))      # as each wake does
@@ -207,7 +211,7 @@ def test_a_background_listing_that_fails_is_said_and_the_walk_lists_on_the_loop(
                                                                                    caplog):
     from oomkiller.core import state as core
     from trees import wait_until
-    d, clock = _bg_daemon(proc_tree, v2_tree)
+    d, clock = _bg_daemon(proc_tree, v2_tree, monkeypatch)
     try:
         monkeypatch.setattr(d.lister._fs, "jobs", lambda *a: (_ for _ in ()).throw(OSError(5, "EIO")))
         assert d.core_jobs() is core.PENDING
@@ -327,5 +331,19 @@ def test_a_background_listing_is_held_to_the_free_memory_seen_while_it_ran(proc_
         rec = _tick(d)
         assert rec.victim["job"] == victim
         assert d.walk_listings["reused"] == (0 if fall else 1)
+    finally:
+        d.lister.close()
+
+
+def test_a_quick_listing_is_made_on_the_loop_for_the_arming(proc_tree, v2_tree):
+    """A domain of few jobs lists in well under SYNC_LISTING_MAX_USEC: the
+    arming gets them at once, not a wake later (a fast hog fills the arm
+    line's 50 MiB in some 40 ms)."""
+    d, clock = _bg_daemon(proc_tree, v2_tree)
+    try:
+        d.saw(d.domain.snapshot(d.now_usec()))
+        jobs = d.core_jobs()
+        assert sorted(j.name for j in jobs) == ["db", "hog", "web"]
+        assert d.lister.counts["listed"] == 0
     finally:
         d.lister.close()
