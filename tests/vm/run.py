@@ -13,11 +13,13 @@ disks:
 * ``vdc`` (serial ``oomk-out``): a raw disk the guest writes ``/results`` to as a
   tar before it powers off;
 * ``vdd`` (serial ``oomk-img``, unless ``--no-container-image``): the
-  oomkiller container image as an OCI archive, read-only, which the container
-  tests (tests/guest/test_containers.py) ``podman load``. The guest has no
-  network: the image is built here, by ``deploy/container/build-image.sh``
-  from the checkout and Debian's archive, and cached in
-  ``/var/cache/oomkiller-vm-container/`` under a hash of what goes into it.
+  oomkiller container image in a podman image store (an ext4 file system),
+  read-only, which the container tests (tests/guest/test_containers.py) mount
+  as an additional image store. The guest has no network: the image is built
+  here, by ``deploy/container/build-image.sh`` from the checkout and Debian's
+  archive, ``podman save``-d as an OCI archive and ``podman load``-ed into a
+  store of its own, and cached in ``/var/cache/oomkiller-vm-container/`` under
+  a hash of what goes into it.
 
 The guest's ``/results`` ends up in ``--out``; ``--out``/vm/ holds the runner's
 own files (``status.json``, ``command.log``, ``journal.txt``, ``dmesg.txt``) and
@@ -52,7 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "deploy" / "vm" / "build-image.sh"
 CONTAINER_CACHE = Path(os.environ.get("OOMKILLER_VM_CONTAINER_CACHE", "/var/cache/oomkiller-vm-container"))
-# The serial the guest finds the image archive's disk by.
+# The serial the guest finds the image store's disk by.
 CONTAINER_DISK_SERIAL = "oomk-img"
 
 GUEST_TIER_CMD = ("python -m pytest -p no:cacheprovider -q -ra -o junit_family=xunit2 "
@@ -156,23 +158,23 @@ def container_key(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_container_archive(root: Path = REPO, force: bool = False) -> tuple[Path, dict]:
-    """The oomkiller image built from ``root`` as an OCI archive (gzipped
-    layers), from the cache or built now; returns its path and what the build
-    took (``build.json`` beside it). Needs root, mmdebstrap and podman (it
+def ensure_container_image(root: Path = REPO, force: bool = False) -> tuple[Path, dict]:
+    """The oomkiller image built from ``root``, in a podman image store on an
+    ext4 file system image, from the cache or built now; returns the file
+    system image's path and what the build took (``build.json`` beside it). Needs root, mmdebstrap and podman (it
     installs them when missing, as the VM image's build does)."""
     key = container_key(root)
     entry = CONTAINER_CACHE / key
-    archive, meta = entry / "oomkiller.oci.tar", entry / "build.json"
+    disk, meta = entry / "images.ext4", entry / "build.json"
     CONTAINER_CACHE.mkdir(parents=True, exist_ok=True)
     with open(CONTAINER_CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)        # one build at a time; a second caller then finds it
-        if not force and archive.exists() and meta.exists():
-            return archive, json.loads(meta.read_text())
-        return _build_container_archive(root, key, entry, archive)
+        if not force and disk.exists() and meta.exists():
+            return disk, json.loads(meta.read_text())
+        return _build_container_image(root, key, entry, disk)
 
 
-def _build_container_archive(root: Path, key: str, entry: Path, archive: Path) -> tuple[Path, dict]:
+def _build_container_image(root: Path, key: str, entry: Path, disk: Path) -> tuple[Path, dict]:
     need = [pkg for cmd, pkg in (("mmdebstrap", "mmdebstrap"), ("podman", "podman")) if not shutil.which(cmd)]
     if need:
         print(f"vm: installing {' '.join(need)} (to build the container image)", file=sys.stderr)
@@ -192,25 +194,49 @@ def _build_container_archive(root: Path, key: str, entry: Path, archive: Path) -
         t1 = time.monotonic()
         size = int(subprocess.run(["podman", "image", "inspect", tag, "--format", "{{.Size}}"],
                                   capture_output=True, text=True, check=True).stdout.strip())
-        subprocess.run(["podman", "save", "--quiet", "--format", "oci-archive", "-o", str(tmp / archive.name), tag],
+        work = tmp / "work"
+        subprocess.run(["podman", "save", "--quiet", "--format", "oci-archive", "-o", str(work) + ".oci.tar", tag],
                        check=True)
         t2 = time.monotonic()
         subprocess.run(["podman", "rmi", "--force", tag], capture_output=True)
-        # a virtio disk is read in 512-byte sectors: the tail must be whole
-        # ones (zeros after the tar's end are fine for tar)
-        with open(tmp / archive.name, "r+b") as f:
-            f.truncate(-(-f.seek(0, 2) // 512) * 512)
-        info = {"key": key, "tag": tag, "image_bytes": size, "archive_bytes": (tmp / archive.name).stat().st_size,
-                "build_s": round(t1 - t0, 1), "save_s": round(t2 - t1, 1)}
+        # The guest's podman would take minutes to load the archive (its
+        # gzipped layers, under TCG): podman loads it here into a store of
+        # its own, which goes in as an ext4 file system without a journal,
+        # for the guest to mount read-only as an additional image store.
+        store = work / "storage"
+        runroot = tempfile.mkdtemp(prefix="oomk-run-")     # podman wants it under 50 characters
+        try:
+            subprocess.run(["podman", "--root", str(store), "--runroot", runroot, "--storage-driver", "overlay",
+                            "load", "--quiet", "--input", str(work) + ".oci.tar"], check=True,
+                           stdout=subprocess.DEVNULL)
+        finally:
+            shutil.rmtree(runroot, ignore_errors=True)
+        for extra in ("libpod", "tmp", "mounts", "overlay-containers", "defaultNetworkBackend"):
+            path = store / extra
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        used = sum(f.stat().st_size for f in store.rglob("*") if f.is_file() and not f.is_symlink())
+        size_mib = used * 5 // 4 // (1 << 20) + 64
+        subprocess.run(["mke2fs", "-q", "-t", "ext4", "-m", "0", "-O", "^has_journal", "-L", "oomk-images",
+                        "-d", str(store), str(tmp / disk.name), f"{size_mib}M"], check=True)
+        archive_bytes = Path(str(work) + ".oci.tar").stat().st_size
+        shutil.rmtree(work)
+        os.unlink(str(work) + ".oci.tar")
+        t3 = time.monotonic()
+        info = {"key": key, "tag": tag, "image_bytes": size, "archive_bytes": archive_bytes,
+                "store_bytes": used, "build_s": round(t1 - t0, 1), "save_s": round(t2 - t1, 1),
+                "store_s": round(t3 - t2, 1)}
         (tmp / "build.json").write_text(json.dumps(info, indent=2))
-        # keep only this entry: an archive is 150 MB
+        # keep only this entry: the store is 450 MB
         for old in CONTAINER_CACHE.iterdir():
             if old.is_dir() and not old.name.startswith("."):
                 shutil.rmtree(old, ignore_errors=True)
         tmp.rename(entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return archive, info
+    return disk, info
 
 
 def checkout_files(root: Path) -> list[str]:
@@ -277,10 +303,10 @@ def read_output_disk(path: Path, out_dir: Path) -> int:
 
 
 def qemu_argv(image_dir: Path, overlay: Path, input_disk: Path, output_disk: Path, console: Path,
-              mem_mib: int, cpus: int, container_archive: Path | None = None) -> list[str]:
+              mem_mib: int, cpus: int, container_disk: Path | None = None) -> list[str]:
     extra = []
-    if container_archive is not None:
-        extra = ["-drive", f"file={container_archive},format=raw,if=none,id=img,readonly=on",
+    if container_disk is not None:
+        extra = ["-drive", f"file={container_disk},format=raw,if=none,id=img,readonly=on",
                  "-device", f"virtio-blk-pci,drive=img,serial={CONTAINER_DISK_SERIAL}"]
     return [
         "qemu-system-x86_64", "-name", "oomk-vm",
@@ -304,7 +330,7 @@ def qemu_argv(image_dir: Path, overlay: Path, input_disk: Path, output_disk: Pat
 def run_vm(cmd: str = GUEST_TIER_CMD, out_dir: Path | str = REPO / "build" / "vm", *, timeout_s: float = 1500,
            image_dir: Path | None = None, mem_mib: int = GUEST_MEM_MIB, cpus: int = GUEST_CPUS,
            checkout: Path = REPO, keep: bool = False, echo_console: bool = False,
-           container_archive: Path | None = None, container_info: dict | None = None) -> VmRun:
+           container_disk: Path | None = None, container_info: dict | None = None) -> VmRun:
     """Boot once, run ``cmd`` in the guest (bash, in the checkout), return what came back.
 
     ``timeout_s`` bounds the whole boot; the guest gets a little less for the
@@ -325,12 +351,12 @@ def run_vm(cmd: str = GUEST_TIER_CMD, out_dir: Path | str = REPO / "build" / "vm
         # The guest's own timeout leaves a minute for booting and one for
         # writing results and powering off.
         job = {"cmd": cmd, "timeout_s": int(max(60, timeout_s - 120))}
-        if container_archive is not None:
+        if container_disk is not None:
             job["container_image"] = dict(container_info or {}, disk_serial=CONTAINER_DISK_SERIAL)
         write_input_disk(input_disk, checkout, job)
         with open(output_disk, "wb") as f:
             f.truncate(OUTPUT_DISK_BYTES)
-        argv = qemu_argv(image_dir, overlay, input_disk, output_disk, run.console, mem_mib, cpus, container_archive)
+        argv = qemu_argv(image_dir, overlay, input_disk, output_disk, run.console, mem_mib, cpus, container_disk)
         (out_dir / "vm" / "qemu-argv.json").write_text(json.dumps(argv, indent=1))
         _boot(run, argv, work, timeout_s, echo_console)
         read_output_disk(output_disk, out_dir)
@@ -454,18 +480,18 @@ def main(argv: list[str] | None = None) -> int:
         print("vm: needs root (builds the image, makes a cgroup for QEMU)", file=sys.stderr)
         return 2
     image_dir = ensure_image(force=a.rebuild)
-    archive = info = None
+    disk = info = None
     if not a.no_container_image:
-        archive, info = ensure_container_archive(Path(a.checkout).resolve(), force=a.rebuild_container)
-        print(f"vm: container image {info['tag']}: {info['image_bytes'] >> 20} MiB, archive {archive} "
-              f"({info['archive_bytes'] >> 20} MiB; built in {info['build_s']} s, saved in {info['save_s']} s)",
-              file=sys.stderr)
+        disk, info = ensure_container_image(Path(a.checkout).resolve(), force=a.rebuild_container)
+        print(f"vm: container image {info['tag']}: {info['image_bytes'] >> 20} MiB ({info['archive_bytes'] >> 20} "
+              f"MiB as an OCI archive), built in {info['build_s']} s, saved in {info['save_s']} s, in a store "
+              f"({disk}) in {info['store_s']} s", file=sys.stderr)
     if a.build_only:
         print(image_dir)
         return 0
     run = run_vm(a.cmd, Path(a.out), timeout_s=a.timeout, image_dir=image_dir, mem_mib=a.mem, cpus=a.cpus,
                  checkout=Path(a.checkout), keep=a.keep, echo_console=a.console,
-                 container_archive=archive, container_info=info)
+                 container_disk=disk, container_info=info)
     print(f"vm: {run.summary()}; results in {run.out_dir}", file=sys.stderr)
     if not run.finished:
         print(run.console_tail(), file=sys.stderr)
