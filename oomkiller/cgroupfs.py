@@ -108,6 +108,11 @@ def own_cgroup_paths(pid: int | str, layout: Layout, procfs: Procfs | None = Non
     return mem.rstrip("/"), v2.rstrip("/")
 
 
+# The subgroup crun makes in a container's systemd scope on cgroup v2 (its
+# run.oci.systemd.subgroup annotation, "container" unless set).
+CRUN_SUBGROUP = "container"
+
+
 class Cgroupfs:
     """One cgroup hierarchy; ``root`` is ``/sys/fs/cgroup`` except in tests."""
 
@@ -148,9 +153,18 @@ class Cgroupfs:
         return path
 
     def _parent(self) -> str:
-        """The cgroup above the daemon's own: its pod, for a sidecar."""
+        """The cgroup above the daemon's container's: its pod, for a sidecar.
+
+        The container's cgroup is the daemon's own, except under crun with
+        the systemd driver on cgroup v2 (podman; CRI-O where crun is the
+        runtime): crun puts a container's processes in a ``container``
+        subgroup of the container's scope (``libpod-<id>.scope/container``,
+        ``crio-<id>.scope/container``), so the scope is the container's
+        cgroup and the pod is above it."""
         base = os.path.normpath(self.layout.jobs_root)
         own = self.own_path()
+        if os.path.basename(own) == CRUN_SUBGROUP and os.path.basename(os.path.dirname(own)).endswith(".scope"):
+            own = os.path.dirname(own)
         if own == base:
             if self.is_real_root(base):
                 raise FileNotFoundError("parent: oomkiller's own cgroup is the root cgroup: use 'host'")

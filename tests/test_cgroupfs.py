@@ -405,3 +405,20 @@ def test_parent_in_the_hosts_tree_seen_from_a_namespace_of_its_own(tmp_path, pro
     fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
     assert fs.resolve("parent") == str(v2_tree.root / pod)
     assert fs.keep_out((me,)) == (str(v2_tree.root / pod / "cri-containerd-sidecar.scope"),)
+
+
+def test_parent_steps_over_cruns_subgroup_in_a_containers_scope(tmp_path, proc_tree, v2_tree):
+    # crun with the systemd driver on v2 (podman, CRI-O on crun) puts a
+    # container's processes in <scope>/container: the pod is above the scope.
+    me = os.getpid()
+    proc_tree.proc(me, "oomkiller", anon_kb=1, shmem_kb=0, swap_kb=0, cgroup="0::/\n")
+    pod = "machine.slice/machine-libpod_pod_ab12.slice"
+    v2_tree.cgroup(pod + "/libpod-app.scope/container", (me + 1,))
+    v2_tree.cgroup(pod + "/libpod-sidecar.scope/container", (me,))
+    fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
+    assert fs.resolve("parent") == str(v2_tree.root / pod)
+    # a cgroup named "container" that is not in a scope is the container's own
+    v2_tree.cgroup("box/container", ())
+    (v2_tree.root / pod / "libpod-sidecar.scope/container/cgroup.procs").write_text("")
+    (v2_tree.root / "box/container/cgroup.procs").write_text(f"{me}\n")
+    assert fs.resolve("parent") == str(v2_tree.root / "box")

@@ -5,7 +5,8 @@
 #
 # JOB_JSON holds {"cmd": "...", "timeout_s": N}. The command runs through
 # bash in /opt/oomkiller with the project's venv first on PATH,
-# RESULTS_DIR exported as $OOMK_VM_RESULTS and OOMK_VM_GUEST=1, inside a
+# RESULTS_DIR exported as $OOMK_VM_RESULTS, JOB_JSON as $OOMK_VM_JOB (the
+# container image's disk is described there) and OOMK_VM_GUEST=1, inside a
 # transient scope of its own (oomk-job.scope) that has Delegate=yes, so the
 # job may make cgroups below it (an arena), and ManagedOOMPreference=omit, so
 # the OOM killers under test never take it for a job to kill. Whatever the
@@ -40,7 +41,8 @@ print(int(job.get("timeout_s", 3600)), job["cmd"])' "$job")
   systemctl show multi-user.target -p ActiveEnterTimestampMonotonic --value | sed 's/^/multi_user_reached_usec /'
 } > "$meta/boot.txt" 2>&1
 # (OOMK_, not OOMKILLER_: the daemon reads every OOMKILLER_* as a config key.)
-export PATH=/opt/oomkiller/.venv/bin:$PATH OOMK_VM_RESULTS=$results OOMK_VM_GUEST=1 PYTHONDONTWRITEBYTECODE=1
+export PATH=/opt/oomkiller/.venv/bin:$PATH OOMK_VM_RESULTS=$results OOMK_VM_GUEST=1 PYTHONDONTWRITEBYTECODE=1 \
+  OOMK_VM_JOB=$job
 # The boot unit keeps itself out of the kernel OOM killer's reach
 # (OOMScoreAdjust=-1000); the job and what it starts are ordinary processes.
 echo 0 > /proc/$$/oom_score_adj

@@ -39,7 +39,10 @@ _tier: list[GuestTier] = []
 
 @pytest.fixture(scope="session")
 def guest_tier() -> GuestTier:
-    run = vm_run.run_vm(vm_run.GUEST_TIER_CMD, vm_run.REPO / "build" / "vm", timeout_s=BOOT_TIMEOUT_S)
+    # the container tests' image, built from this checkout (or cached)
+    disk, info = vm_run.ensure_container_image(vm_run.REPO)
+    run = vm_run.run_vm(vm_run.GUEST_TIER_CMD, vm_run.REPO / "build" / "vm", timeout_s=BOOT_TIMEOUT_S,
+                        container_disk=disk, container_info=info)
     tier = GuestTier(run)
     report = run.out_dir / "guest-tests.json"
     if report.exists():
@@ -62,6 +65,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         tr.write_line(f"image {img.get('key')}: kernel {img.get('kernel')}, {img.get('rootfs_used_mib')} MiB of files "
                       f"in a {img.get('image_mib')} MiB ext4 image, built in {img.get('total_s')} s")
     tr.write_line(run.summary())
+    ci = run.container_info
+    if ci:
+        tr.write_line(f"container image {ci['tag']}: {ci['image_bytes'] >> 20} MiB ({ci['archive_bytes'] >> 20} MiB "
+                      f"as an OCI archive), built in {ci['build_s']} s, saved in {ci['save_s']} s, put in an image "
+                      f"store in {ci.get('store_s')} s")
     for t in tier.tests.values():
         tr.write_line(f"  {t['outcome']:<8} {t['duration_s']:7.1f} s  {t['nodeid']}")
     tr.write_line(f"results, journal and console: {run.out_dir}")

@@ -4,14 +4,22 @@
     python -m tests.vm.run --cmd 'python -m oomkiller_bench --out $OOMK_VM_RESULTS/bench' --out bench-vm
 
 The image is built or found by ``deploy/vm/build-image.sh``. Each run boots it
-once, copy-on-write (a qcow2 overlay that is thrown away), with three virtio
+once, copy-on-write (a qcow2 overlay that is thrown away), with these virtio
 disks:
 
 * ``vda``: the image, ``root=/dev/vda``;
 * ``vdb`` (serial ``oomk-in``): a tar of the checkout and ``job.json``, read by
   the image's ``oomkiller-vm-boot``, which runs ``deploy/vm/guest-run.sh``;
 * ``vdc`` (serial ``oomk-out``): a raw disk the guest writes ``/results`` to as a
-  tar before it powers off.
+  tar before it powers off;
+* ``vdd`` (serial ``oomk-img``, unless ``--no-container-image``): the
+  oomkiller container image in a podman image store (an ext4 file system),
+  read-only, which the container tests (tests/guest/test_containers.py) mount
+  as an additional image store. The guest has no network: the image is built
+  here, by ``deploy/container/build-image.sh`` from the checkout and Debian's
+  archive, ``podman save``-d as an OCI archive and ``podman load``-ed into a
+  store of its own, and cached in ``/var/cache/oomkiller-vm-container/`` under
+  a hash of what goes into it.
 
 The guest's ``/results`` ends up in ``--out``; ``--out``/vm/ holds the runner's
 own files (``status.json``, ``command.log``, ``journal.txt``, ``dmesg.txt``) and
@@ -27,6 +35,8 @@ the guest did not get as far as finishing it (the console tail says why).
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import io
 import json
 import os
@@ -43,6 +53,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "deploy" / "vm" / "build-image.sh"
+CONTAINER_CACHE = Path(os.environ.get("OOMKILLER_VM_CONTAINER_CACHE", "/var/cache/oomkiller-vm-container"))
+# The serial the guest finds the image store's disk by.
+CONTAINER_DISK_SERIAL = "oomk-img"
 
 GUEST_TIER_CMD = ("python -m pytest -p no:cacheprovider -q -ra -o junit_family=xunit2 "
                   "--junitxml=/results/junit.xml tests/guest")
@@ -93,6 +106,7 @@ class VmRun:
     qemu_peak_bytes: int = 0          # the arena's peak charge, page cache included
     qemu_peak_anon_bytes: int = 0     # QEMU's largest RssAnon seen (sampled twice a second)
     image: dict = field(default_factory=dict)
+    container_info: dict | None = None   # the container image's build (None: no image attached)
     problem: str = ""
 
     @property
@@ -124,6 +138,105 @@ def ensure_image(force: bool = False) -> Path:
     if p.returncode != 0:
         raise RuntimeError(f"{BUILD_SCRIPT} failed with status {p.returncode}")
     return Path(p.stdout.strip().splitlines()[-1])
+
+
+def container_inputs(root: Path) -> list[str]:
+    """What the container image is made of: the build's own files and the
+    context its Containerfile copies (pyproject.toml, README.md, LICENSE,
+    oomkiller/); a change to any of them builds the image again."""
+    names = checkout_files(root)
+    return [n for n in names
+            if n.startswith(("deploy/container/", "oomkiller/")) and "__pycache__" not in n
+            or n in (".dockerignore", "pyproject.toml", "README.md", "LICENSE")]
+
+
+def container_key(root: Path) -> str:
+    h = hashlib.sha256()
+    for name in container_inputs(root):
+        h.update(name.encode() + b"\0")
+        h.update((root / name).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def ensure_container_image(root: Path = REPO, force: bool = False) -> tuple[Path, dict]:
+    """The oomkiller image built from ``root``, in a podman image store on an
+    ext4 file system image, from the cache or built now; returns the file
+    system image's path and what the build took (``build.json`` beside it). Needs root, mmdebstrap and podman (it
+    installs them when missing, as the VM image's build does)."""
+    key = container_key(root)
+    entry = CONTAINER_CACHE / key
+    disk, meta = entry / "images.ext4", entry / "build.json"
+    CONTAINER_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CONTAINER_CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)        # one build at a time; a second caller then finds it
+        if not force and disk.exists() and meta.exists():
+            return disk, json.loads(meta.read_text())
+        return _build_container_image(root, key, entry, disk)
+
+
+def _build_container_image(root: Path, key: str, entry: Path, disk: Path) -> tuple[Path, dict]:
+    need = [pkg for cmd, pkg in (("mmdebstrap", "mmdebstrap"), ("podman", "podman")) if not shutil.which(cmd)]
+    if need:
+        print(f"vm: installing {' '.join(need)} (to build the container image)", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *need], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), stdout=subprocess.DEVNULL)
+    tag = f"localhost/oomkiller:vm-{key}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}.", dir=CONTAINER_CACHE))
+    try:
+        t0 = time.monotonic()
+        # build-image.sh's own output goes to our stderr: stdout is the
+        # caller's (--build-only prints paths there)
+        p = subprocess.run(["sh", str(root / "deploy" / "container" / "build-image.sh"), tag],
+                           stdout=sys.stderr, cwd=root)
+        if p.returncode != 0:
+            raise RuntimeError(f"deploy/container/build-image.sh failed with status {p.returncode}")
+        t1 = time.monotonic()
+        size = int(subprocess.run(["podman", "image", "inspect", tag, "--format", "{{.Size}}"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+        work = tmp / "work"
+        subprocess.run(["podman", "save", "--quiet", "--format", "oci-archive", "-o", str(work) + ".oci.tar", tag],
+                       check=True)
+        t2 = time.monotonic()
+        subprocess.run(["podman", "rmi", "--force", tag], capture_output=True)
+        # The guest's podman would take minutes to load the archive (its
+        # gzipped layers, under TCG): podman loads it here into a store of
+        # its own, which goes in as an ext4 file system without a journal,
+        # for the guest to mount read-only as an additional image store.
+        store = work / "storage"
+        runroot = tempfile.mkdtemp(prefix="oomk-run-")     # podman wants it under 50 characters
+        try:
+            subprocess.run(["podman", "--root", str(store), "--runroot", runroot, "--storage-driver", "overlay",
+                            "load", "--quiet", "--input", str(work) + ".oci.tar"], check=True,
+                           stdout=subprocess.DEVNULL)
+        finally:
+            shutil.rmtree(runroot, ignore_errors=True)
+        for extra in ("libpod", "tmp", "mounts", "overlay-containers", "defaultNetworkBackend"):
+            path = store / extra
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        used = sum(f.stat().st_size for f in store.rglob("*") if f.is_file() and not f.is_symlink())
+        size_mib = used * 5 // 4 // (1 << 20) + 64
+        subprocess.run(["mke2fs", "-q", "-t", "ext4", "-m", "0", "-O", "^has_journal", "-L", "oomk-images",
+                        "-d", str(store), str(tmp / disk.name), f"{size_mib}M"], check=True)
+        archive_bytes = Path(str(work) + ".oci.tar").stat().st_size
+        shutil.rmtree(work)
+        os.unlink(str(work) + ".oci.tar")
+        t3 = time.monotonic()
+        info = {"key": key, "tag": tag, "image_bytes": size, "archive_bytes": archive_bytes,
+                "store_bytes": used, "build_s": round(t1 - t0, 1), "save_s": round(t2 - t1, 1),
+                "store_s": round(t3 - t2, 1)}
+        (tmp / "build.json").write_text(json.dumps(info, indent=2))
+        # keep only this entry: the store is 450 MB
+        for old in CONTAINER_CACHE.iterdir():
+            if old.is_dir() and not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return disk, info
 
 
 def checkout_files(root: Path) -> list[str]:
@@ -190,7 +303,11 @@ def read_output_disk(path: Path, out_dir: Path) -> int:
 
 
 def qemu_argv(image_dir: Path, overlay: Path, input_disk: Path, output_disk: Path, console: Path,
-              mem_mib: int, cpus: int) -> list[str]:
+              mem_mib: int, cpus: int, container_disk: Path | None = None) -> list[str]:
+    extra = []
+    if container_disk is not None:
+        extra = ["-drive", f"file={container_disk},format=raw,if=none,id=img,readonly=on",
+                 "-device", f"virtio-blk-pci,drive=img,serial={CONTAINER_DISK_SERIAL}"]
     return [
         "qemu-system-x86_64", "-name", "oomk-vm",
         "-accel", f"tcg,thread=multi,tb-size={TB_SIZE_MIB}",
@@ -207,12 +324,13 @@ def qemu_argv(image_dir: Path, overlay: Path, input_disk: Path, output_disk: Pat
         "-device", "virtio-blk-pci,drive=in,serial=oomk-in",
         "-drive", f"file={output_disk},format=raw,if=none,id=out",
         "-device", "virtio-blk-pci,drive=out,serial=oomk-out",
-    ]
+    ] + extra
 
 
 def run_vm(cmd: str = GUEST_TIER_CMD, out_dir: Path | str = REPO / "build" / "vm", *, timeout_s: float = 1500,
            image_dir: Path | None = None, mem_mib: int = GUEST_MEM_MIB, cpus: int = GUEST_CPUS,
-           checkout: Path = REPO, keep: bool = False, echo_console: bool = False) -> VmRun:
+           checkout: Path = REPO, keep: bool = False, echo_console: bool = False,
+           container_disk: Path | None = None, container_info: dict | None = None) -> VmRun:
     """Boot once, run ``cmd`` in the guest (bash, in the checkout), return what came back.
 
     ``timeout_s`` bounds the whole boot; the guest gets a little less for the
@@ -224,7 +342,7 @@ def run_vm(cmd: str = GUEST_TIER_CMD, out_dir: Path | str = REPO / "build" / "vm
     (out_dir / "vm").mkdir(parents=True)
     image_dir = image_dir or ensure_image()
     work = Path(tempfile.mkdtemp(prefix="oomk-vm-"))
-    run = VmRun(out_dir=out_dir, console=out_dir / "vm" / "console.log")
+    run = VmRun(out_dir=out_dir, console=out_dir / "vm" / "console.log", container_info=container_info)
     try:
         run.image = json.loads((image_dir / "build.json").read_text())
         overlay, input_disk, output_disk = work / "root.qcow2", work / "in.tar", work / "out.raw"
@@ -232,10 +350,13 @@ def run_vm(cmd: str = GUEST_TIER_CMD, out_dir: Path | str = REPO / "build" / "vm
                         str(image_dir / "rootfs.ext4"), str(overlay)], check=True)
         # The guest's own timeout leaves a minute for booting and one for
         # writing results and powering off.
-        write_input_disk(input_disk, checkout, {"cmd": cmd, "timeout_s": int(max(60, timeout_s - 120))})
+        job = {"cmd": cmd, "timeout_s": int(max(60, timeout_s - 120))}
+        if container_disk is not None:
+            job["container_image"] = dict(container_info or {}, disk_serial=CONTAINER_DISK_SERIAL)
+        write_input_disk(input_disk, checkout, job)
         with open(output_disk, "wb") as f:
             f.truncate(OUTPUT_DISK_BYTES)
-        argv = qemu_argv(image_dir, overlay, input_disk, output_disk, run.console, mem_mib, cpus)
+        argv = qemu_argv(image_dir, overlay, input_disk, output_disk, run.console, mem_mib, cpus, container_disk)
         (out_dir / "vm" / "qemu-argv.json").write_text(json.dumps(argv, indent=1))
         _boot(run, argv, work, timeout_s, echo_console)
         read_output_disk(output_disk, out_dir)
@@ -254,7 +375,8 @@ def run_vm(cmd: str = GUEST_TIER_CMD, out_dir: Path | str = REPO / "build" / "vm
         "rc": run.rc, "qemu_rc": run.qemu_rc, "timed_out": run.timed_out, "boot_s": run.boot_s,
         "job_s": run.job_s, "total_s": run.total_s, "qemu_peak_bytes": run.qemu_peak_bytes,
         "qemu_peak_anon_bytes": run.qemu_peak_anon_bytes,
-        "guest_mem_mib": mem_mib, "cpus": cpus, "image": run.image, "problem": run.problem}, indent=2))
+        "guest_mem_mib": mem_mib, "cpus": cpus, "image": run.image, "container_image": container_info,
+        "problem": run.problem}, indent=2))
     return run
 
 
@@ -348,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkout", default=str(REPO), help="the tree to pass in (default: this checkout)")
     ap.add_argument("--build-only", action="store_true", help="build or find the image, print its folder, and exit")
     ap.add_argument("--rebuild", action="store_true", help="build the image even if it is cached")
+    ap.add_argument("--no-container-image", action="store_true",
+                    help="attach no container image (the container tests then fail, saying so)")
+    ap.add_argument("--rebuild-container", action="store_true", help="build the container image even if it is cached")
     ap.add_argument("--keep", action="store_true", help="keep the overlay and disks (their folder is printed)")
     ap.add_argument("--console", action="store_true", help="copy the guest's console to stderr as it comes")
     a = ap.parse_args(argv)
@@ -355,11 +480,18 @@ def main(argv: list[str] | None = None) -> int:
         print("vm: needs root (builds the image, makes a cgroup for QEMU)", file=sys.stderr)
         return 2
     image_dir = ensure_image(force=a.rebuild)
+    disk = info = None
+    if not a.no_container_image:
+        disk, info = ensure_container_image(Path(a.checkout).resolve(), force=a.rebuild_container)
+        print(f"vm: container image {info['tag']}: {info['image_bytes'] >> 20} MiB ({info['archive_bytes'] >> 20} "
+              f"MiB as an OCI archive), built in {info['build_s']} s, saved in {info['save_s']} s, in a store "
+              f"({disk}) in {info['store_s']} s", file=sys.stderr)
     if a.build_only:
         print(image_dir)
         return 0
     run = run_vm(a.cmd, Path(a.out), timeout_s=a.timeout, image_dir=image_dir, mem_mib=a.mem, cpus=a.cpus,
-                 checkout=Path(a.checkout), keep=a.keep, echo_console=a.console)
+                 checkout=Path(a.checkout), keep=a.keep, echo_console=a.console,
+                 container_disk=disk, container_info=info)
     print(f"vm: {run.summary()}; results in {run.out_dir}", file=sys.stderr)
     if not run.finished:
         print(run.console_tail(), file=sys.stderr)
