@@ -1181,13 +1181,24 @@ def freeze_run(r: dict) -> dict[str, Any]:
             "detector": {k: v for k, v in (f.get("detector") or {}).items() if k != "trace"}}
 
 
+def _freeze_cells(cell: dict, order: list[str]):
+    """(contender, its cell) of each contender with freeze runs, in ``order``."""
+    for k in order:
+        v = cell.get(k)
+        if v and v.get("freeze"):
+            yield k, v
+
+
+def _each(runs, fn) -> str:
+    """Each run's figure, comma-separated."""
+    return ", ".join(fn(r) for r in runs)
+
+
 def freeze_rows(cell: dict, order: list[str], labels: dict[str, str]) -> list[list[str]]:
     """The freeze's table: per contender, each run's figures, comma-separated."""
     def s(v):
         return md.DASH if v is None else f"{v:.2f}"
-
-    def each(runs, fmt):
-        return ", ".join(fmt(r) for r in runs)
+    each = _each
 
     def relief(r):
         if r.get("collapse_to_relief_s") is not None:
@@ -1199,10 +1210,7 @@ def freeze_rows(cell: dict, order: list[str], labels: dict[str, str]) -> list[li
         return md.DASH if not a else f"{a['min']:.0f}"
 
     rows = []
-    for k in order:
-        v = cell.get(k)
-        if not v or not v.get("freeze"):
-            continue
+    for k, v in _freeze_cells(cell, order):
         runs = v["freeze"]
         who = ", ".join(f"{w} ×{n}" if n > 1 else w for w, n in sorted(v["killed_by"].items())) or md.DASH
         if v["errors"]:
@@ -1221,9 +1229,7 @@ def freeze_signal_rows(cell: dict, order: list[str], labels: dict[str, str]) -> 
     harness's snapshots) started an episode and fired, with its medians."""
     def s(v, fmt="{:.1f}"):
         return md.DASH if v is None else fmt.format(v)
-
-    def each(runs, fn):
-        return ", ".join(fn(r) for r in runs)
+    each = _each
 
     def psi(r, k):
         return s((r.get("psi_avg10_max") or {}).get(k))
@@ -1232,10 +1238,7 @@ def freeze_signal_rows(cell: dict, order: list[str], labels: dict[str, str]) -> 
         v = (r.get("detector") or {}).get(k)
         return s(None if v is None else v * scale, fmt)
     rows = []
-    for k in order:
-        v = cell.get(k)
-        if not v or not v.get("freeze"):
-            continue
+    for k, v in _freeze_cells(cell, order):
         runs = v["freeze"]
         rows.append([labels.get(k, k), each(runs, lambda r: s(r.get("held_s"), "{:.2f}")),
                      each(runs, lambda r: psi(r, "memory some")), each(runs, lambda r: psi(r, "io some")),
