@@ -127,6 +127,8 @@ class Cgroupfs:
         self._facts: dict[str, cgtable.Facts] = {}
         # listings of jobs taken from the table, and walked afresh
         self.table_counts = {"kept": 0, "walked": 0}
+        # jobs of listings read in full, and taken as read before (unchanged)
+        self.job_reads = {"read": 0, "reused": 0}
         # what the container runtimes say of a pod's containers
         self.pods = Pods("/")
 
@@ -295,14 +297,20 @@ class Cgroupfs:
 
     def xattrs(self, path: str) -> tuple[tuple[str, str], ...]:
         """The systemd-oomd xattrs set on a cgroup, trusted or not."""
+        # One listxattr, then a get only of those set: most cgroups have none.
+        try:
+            names = os.listxattr(path)
+        except OSError:
+            # xattrs unsupported on this cgroupfs, or the cgroup is gone
+            # (it has none then; its other reads tell it is gone)
+            return ()
         out = []
         for name in XATTRS:
-            try:
-                out.append((name, os.getxattr(path, name).decode(errors="replace")))
-            except OSError:
-                # Not set, or xattrs unsupported on this cgroupfs. A cgroup
-                # that is gone has none; its other reads tell it is gone.
-                pass
+            if name in names:
+                try:
+                    out.append((name, os.getxattr(path, name).decode(errors="replace")))
+                except OSError:
+                    pass    # removed since
         return tuple(out)
 
     def owner_uid(self, path: str) -> int:
@@ -560,13 +568,16 @@ class Cgroupfs:
         The pages: ``workingset_refault_file`` of the subtree (file pages
         read back soon after their eviction: the job suffers thrashing), -1
         if the kernel does not say."""
+        return self._charge(path)[:2]
+
+    def _charge(self, path: str) -> tuple[int, int, int]:
+        """``charge``, and the usage it read (0 if none)."""
         try:
             stat = read_keyed(os.path.join(path, "memory.stat"))
         except OSError:
-            return 0, -1
-        usage_file, swap = "memory.current", 0
+            return 0, -1, 0
+        swap = 0
         if self.layout.memory_v1:
-            usage_file = "memory.usage_in_bytes"
             # v1 keeps subtree totals under total_*; total_rss is anonymous memory (THP included)
             stat = {k[len("total_"):]: v for k, v in stat.items() if k.startswith("total_")} or stat
             anon, swap = stat.get("rss", 0), stat.get("swap", 0)
@@ -579,11 +590,14 @@ class Cgroupfs:
                 pass
         pinned = anon + stat.get("shmem", 0)
         try:
-            usage = read_int(os.path.join(path, usage_file)) or 0
+            usage = read_int(self._usage_file(path)) or 0
         except OSError:
             usage = 0
         refaults = stat.get("workingset_refault_file", stat.get("workingset_refault", -1))
-        return max(pinned, usage - min(reclaimable_bytes(stat), usage)) + swap, refaults
+        return max(pinned, usage - min(reclaimable_bytes(stat), usage)) + swap, refaults, usage
+
+    def _usage_file(self, path: str) -> str:
+        return os.path.join(path, "memory.usage_in_bytes" if self.layout.memory_v1 else "memory.current")
 
     def job(self, path: str, domain_path: str, rule: str = "", budget: list[int] | None = None) -> Job:
         """Read one job; raises ``Vanished`` (a FileNotFoundError) if its
@@ -600,11 +614,17 @@ class Cgroupfs:
         return job
 
     def _job(self, path: str, domain_path: str, rule: str, budget: list[int] | None,
-             entry: cgtable.Entry | None = None, mark: tuple[int, int] | None = None) -> Job | None:
+             entry: cgtable.Entry | None = None, mark: tuple[int, int] | None = None,
+             reuse: bool = False) -> Job | None:
         """``job``; with the ``entry`` of a kept listing, its rule is found
         from what is read now, and None is returned if it would not be a
         job any more. ``mark`` is the cgroup's (inode, link count) if the
-        listing's check stat'ed it."""
+        listing's check stat'ed it. With ``reuse``, what did not change
+        since the job's last full read is taken from it (see ``cgtable``):
+        its processes' ``/proc`` reads while they are the same processes
+        with the same ``oom_score_adj``, its charge while its usage is the
+        same; and the job read before itself, the very object, if nothing
+        read differs from it."""
         listed_ticks = boot_ticks()
         if mark is None:
             with vanishing(path):
@@ -616,6 +636,9 @@ class Cgroupfs:
             facts = cgtable.Facts(mark[0], domain_path, _relative_name(path, domain_path))
             if path in self._facts or len(self._facts) < cgtable.MAX_TABLE_JOBS:
                 self._facts[path] = facts
+        last = facts.last if reuse else None
+        if last is not None and time.monotonic() - last.at >= cgtable.refresh_after(facts.inode):
+            last = None
         pids = read_pids(os.path.join(path, "cgroup.procs"))
         own = bool(pids)
         inner = []
@@ -658,7 +681,16 @@ class Cgroupfs:
         elif not pids:
             pids, populated = self.recheck_empty(path)
             unseen = populated and not pids
-        procs = tuple(p for p in map(self.procfs.proc, sorted(set(pids))) if p is not None)
+        key = tuple(sorted(set(pids)))
+        procs = adjs = None
+        reused = False      # anything taken from the last full read
+        if last is not None and key and key == last.pids:
+            adjs = tuple(map(self.procfs.oom_score_adj, key))
+            if adjs == last.adjs:
+                procs, listed_ticks, reused = last.job.procs, last.job.listed_ticks, True
+        if procs is None:
+            procs = tuple(p for p in map(self.procfs.proc, key) if p is not None)
+            adjs = tuple(p.oom_score_adj for p in procs) if len(procs) == len(key) else None
         v2, v2_id = self._v2(path, facts, [p.pid for p in procs])
         xattrs, why = self.trusted_xattrs(path)
         oom_group = self.oom_group(path)
@@ -666,15 +698,37 @@ class Cgroupfs:
             rule = entry.rule_now(oom_group, own)
             if rule is None:
                 return None
-        charged, refaults = self.charge(path)
+        usage = None
+        if last is not None:
+            try:
+                usage = read_int(self._usage_file(path)) or 0
+            except (OSError, ValueError):
+                pass
+        if usage is not None and abs(usage - last.usage) <= cgtable.REUSE_USAGE_SLACK:
+            charged, refaults, usage = last.job.charged_bytes, last.job.refault_file_pages, last.usage
+            reused = True
+        else:
+            charged, refaults, usage = self._charge(path)
         # a pod of the kubelet's, at the domain's top (as rank.pod_qos): who it is
         labels = self.pods.describe(facts.name, [n for n, _ in inner]) if pod_qos(facts.name) else ()
-        return Job(name=facts.name, path=path, inode=mark[0], labels=labels,
-                   procs=procs, descendants=len(inner) + len(user_inner), xattrs=xattrs,
-                   oom_group=oom_group, v2_id=v2_id, v2_path=v2 or "",
-                   charged_bytes=charged, refault_file_pages=refaults, inner=tuple(inner),
-                   ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
-                   populated=unseen or bool(procs), rule=rule, listed_ticks=listed_ticks)
+        job = Job(name=facts.name, path=path, inode=mark[0], labels=labels,
+                  procs=procs, descendants=len(inner) + len(user_inner), xattrs=xattrs,
+                  oom_group=oom_group, v2_id=v2_id, v2_path=v2 or "",
+                  charged_bytes=charged, refault_file_pages=refaults, inner=tuple(inner),
+                  ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
+                  populated=unseen or bool(procs), rule=rule, listed_ticks=listed_ticks)
+        if last is not None and job == last.job:
+            self.job_reads["reused"] += 1
+            return last.job         # the same object: its ranking is kept too (rank._latest)
+        self.job_reads["read"] += 1
+        # What the next listing may take from this read: only from a read
+        # whole (every process listed read, nothing left out, a usage read),
+        # dated by its oldest part.
+        if adjs is None or None in adjs or notes or usage <= 0 or not key:
+            facts.last = None
+        else:
+            facts.last = cgtable.Read(job, key, adjs, usage, last.at if reused else time.monotonic())
+        return job
 
     def _below(self, path: str, facts: cgtable.Facts, mark: tuple[int, int], notes: list[str],
                room: int) -> Iterator[tuple[str, list[int]]]:
@@ -720,7 +774,7 @@ class Cgroupfs:
         return v2, v2_id
 
     def jobs(self, domain_path: str, jobs: tuple[str, ...], keep_out: tuple[str, ...] = (),
-             kept: list | None = None) -> list[Job]:
+             kept: list | None = None, reuse: bool = True) -> list[Job]:
         """Every job of the domain (see ``job_paths`` and ``job``). A job's
         cgroup is its owner's to shape: an error reading one job that is not
         its being gone is logged (at most once a minute) and that job kept
@@ -734,13 +788,14 @@ class Cgroupfs:
         would not be a job any more, the domain is walked again.
 
         ``kept`` gets the listing kept for this one (none if it could not
-        be kept), for ``listing_unchanged``."""
+        be kept), for ``listing_unchanged``. Without ``reuse``, every job is
+        read in full (see ``_job``)."""
         key = (domain_path, tuple(jobs), tuple(keep_out))
         listing = self._listings.pop(key, None)
         if listing is not None:
             marks: dict[str, tuple[int, int]] = {}
             if listing.still(marks, self.oom_group, self._own_procs):
-                out = self._read_jobs(domain_path, [(e.path, e.rule, e) for e in listing.entries], marks)
+                out = self._read_jobs(domain_path, [(e.path, e.rule, e) for e in listing.entries], marks, reuse)
                 if out is not None:
                     self._listings[key] = listing
                     self.table_counts["kept"] += 1
@@ -756,7 +811,7 @@ class Cgroupfs:
             if kept is not None:
                 kept.append(rec)
         self.table_counts["walked"] += 1
-        out = self._read_jobs(domain_path, [(p, r, None) for p, r in found], {})
+        out = self._read_jobs(domain_path, [(p, r, None) for p, r in found], {}, reuse)
         assert out is not None      # no entry: nothing to turn down
         return out
 
@@ -771,14 +826,14 @@ class Cgroupfs:
         return isinstance(listing, cgtable.Listing) and listing.still({}, self.oom_group, self._own_procs)
 
     def _read_jobs(self, domain_path: str, found: list[tuple[str, str, cgtable.Entry | None]],
-                   marks: dict[str, tuple[int, int]]) -> list[Job] | None:
+                   marks: dict[str, tuple[int, int]], reuse: bool = True) -> list[Job] | None:
         """The jobs at ``found`` read (see ``jobs``); None if the entry of a
         kept listing turns out not to be that job any more."""
         out = []
         budget = [MAX_LISTING_CGROUPS]
         for path, rule, entry in found:
             try:
-                job = self._job(path, domain_path, rule, budget, entry, marks.get(path))
+                job = self._job(path, domain_path, rule, budget, entry, marks.get(path), reuse)
                 if job is None:
                     return None
                 out.append(job)

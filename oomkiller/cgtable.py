@@ -4,8 +4,21 @@ Listing the jobs of a domain from scratch reads every cgroup of the domain's
 tree and of each job's subtree: with a thousand jobs, a third of a second on
 every wake. Most of it does not change while a cgroup exists: which cgroups
 there are, and so which are jobs, their names, the cgroups below each job,
-the v2 cgroup standing for a v1 job. What a job holds (its processes, its
-charge) is still read fresh on every listing (see ``Cgroupfs.job``).
+the v2 cgroup standing for a v1 job.
+
+What a job holds (its processes, their ``oom_score_adj``, its charge) can
+change at any time, but for most jobs, most of the time, it does not: a
+listing reads in full only the jobs that changed (see ``Cgroupfs._job``).
+A job is taken as it was read before when its processes (``cgroup.procs``
+of its cgroups), their ``oom_score_adj`` and its memory usage (one small
+file) are as they were, within ``REUSE_USAGE_SLACK``, and its full read is
+younger than ``refresh_after``. The rest of a read (``/proc`` status of each
+process, ``memory.stat``, xattrs, the v2 counterpart) is what costs: in a
+listing of a thousand idle jobs, about nine reads of every ten. What is
+kept can be that old at most: its charge ``REUSE_USAGE_SLACK`` off
+(``memory.stat`` parts that move without the usage moving, and the
+processes' committed memory), its xattrs and names ``refresh_after`` old.
+A walk reads again the jobs it may kill before it does (``Daemon._confirmed``).
 
 A kept tree is checked again, without listing a folder, by one ``stat`` of
 each of its cgroups: the kernel's cgroup filesystem (kernfs) gives a cgroup's
@@ -29,6 +42,11 @@ from dataclasses import dataclass, field
 MAX_TABLE_JOBS = 20_000
 # Listings of jobs kept (one per domain, rule and cgroups kept out).
 MAX_TABLE_LISTINGS = 4
+# A job's charge may move this much, and its full read be this old, for
+# the job to be taken as read before (see the module's docstring). The
+# usage file moves in steps (v1 charges per CPU in batches of 32 pages).
+REUSE_USAGE_SLACK = 256 << 10
+REUSE_MAX_AGE_S = 5.0
 # A v2 counterpart with more cgroups below it is not kept (it is found
 # through the job's processes on every listing, as without a table).
 MAX_V2_TREE = 256
@@ -103,6 +121,26 @@ class Facts:
     name: str
     tree: Tree | None = None
     v2: Tree | None = None          # the v2 counterpart and its subtree
+    last: Read | None = None        # its latest full read
+
+
+@dataclass(frozen=True)
+class Read:
+    """A job as read in full, and what says it has not changed since."""
+
+    job: object                     # the Job
+    pids: tuple[int, ...]           # sorted, of the job's cgroups and those below
+    adjs: tuple[int, ...]           # each one's oom_score_adj
+    usage: int                      # memory.current (v2), memory.usage_in_bytes (v1)
+    at: float                       # time.monotonic() of the read
+
+
+def refresh_after(inode: int) -> float:
+    """How old a job's full read may be before it is read in full again:
+    between half of REUSE_MAX_AGE_S and all of it, by its cgroup's inode,
+    so that jobs read in full together (the first listing) are not all
+    read in full again together."""
+    return REUSE_MAX_AGE_S * (32 + inode % 32) / 64
 
 
 @dataclass(frozen=True)

@@ -398,6 +398,15 @@ class Daemon:
             self.walk_listings["read_again"] += reads
         return jobs
 
+    def job_reads(self) -> dict[str, int]:
+        """Jobs of listings read in full, and taken as read before (they had
+        not changed), on the loop and in the background together."""
+        out = dict(self.cgroupfs.job_reads)
+        if self.lister is not None:
+            for k, v in self.lister.fs.job_reads.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
     def _listed_instead(self) -> list[Job]:
         self.walk_listings["listed"] += 1
         return self.jobs()
@@ -883,6 +892,7 @@ class Daemon:
                 "term": self.term_data(total),
                 "wakes": self.wakes, "walk_listings": dict(self.walk_listings),
                 "background_listings": dict(self.lister.counts) if self.lister is not None else None,
+                "job_reads": self.job_reads(),
                 "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
                 "pressure_file": self.domain.pressure_path, "thrash": self.thrash_data(self.last_thrash),
@@ -907,8 +917,9 @@ class Daemon:
         if cmd == "rank":
             snap = self.domain.snapshot(self.now_usec())
             # Not self.jobs(): the loop's own listing (and the refault marks
-            # the thrash sufferers are measured from) are the loop's.
-            jobs = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out)
+            # the thrash sufferers are measured from) are the loop's. Every
+            # job read in full: what an operator asks for is shown as it is.
+            jobs = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out, reuse=False)
             ranking = rank(jobs, self.policy, snap.total_bytes)
             return True, report.format_ranking(ranking), {"ranking": [report.candidate_record(c) for c in ranking.candidates]}
         if cmd == "start":

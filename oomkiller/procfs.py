@@ -94,6 +94,13 @@ class Procfs:
         not UTF-8 are replaced, so that they cannot stop the daemon."""
         return read_text(os.path.join(self.root, "cmdline"), max_bytes=CMDLINE_MAX_BYTES)
 
+    def oom_score_adj(self, pid: int) -> int | None:
+        """A process's ``oom_score_adj``; None if it is gone or unreadable."""
+        try:
+            return int(read_text(os.path.join(self.root, str(pid), "oom_score_adj")).strip() or 0)
+        except (OSError, ValueError):
+            return None
+
     def proc(self, pid: int) -> Proc | None:
         """One process, or None if it is gone (or turned out to be another)."""
         base = os.path.join(self.root, str(pid))

@@ -238,6 +238,13 @@ def walks_text(w: dict[str, Any] | None) -> str:
             f"{LISTING_REUSE_MS} ms old and read {w['read_again']} jobs again")
 
 
+def job_reads_text(r: dict[str, int] | None) -> str:
+    """How the listings read their jobs: in full, or unchanged since."""
+    if not r:
+        return "-"
+    return f"{r['read']} read in full, {r['reused']} unchanged since their last read and taken as read"
+
+
 def swap_text(swap: dict[str, Any] | None) -> str:
     """The info line on swap: counted in free memory, or why not."""
     if not swap:
@@ -269,6 +276,7 @@ def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
              "  thrash: " + thrash_text(data.get("thrash")),
              "  swap: " + swap_text(data.get("swap")),
              "  walks: " + walks_text(data.get("walk_listings")),
+             "  jobs listed: " + job_reads_text(data.get("job_reads")),
              "  own memory: " + ", ".join(f"{k} {format_size(v)}" for k, v in own_memory.items()),
              f"  kills: {data['kills']} (in the kernel, armed: {data['armed_kills']}; "
              f"by the kernel's own OOM killer: {data['kernel_kills_seen']})",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -27,10 +28,15 @@ def _setup(proc_tree, v2_tree):
     for pid in (801, 802, 803, 804):
         proc_tree.proc(pid, f"p{pid}", anon_kb=pid, shmem_kb=1, swap_kb=0)
     v2_tree.cgroup("system.slice")
-    v2_tree.cgroup("system.slice/web.service", (801,))
-    v2_tree.cgroup("system.slice/web.service/worker", (802,))
-    v2_tree.cgroup("system.slice/db.service", (803,))
-    v2_tree.cgroup("batch", (804,))
+    # each with a usage: a job that did not change is taken as read before
+    v2_tree.cgroup("system.slice/web.service", (801,), memory__current="8011776\n",
+                   memory__stat="anon 4096\nfile 8192\n")
+    v2_tree.cgroup("system.slice/web.service/worker", (802,), memory__current="8015872\n",
+                   memory__stat="anon 4096\nfile 8192\n")
+    v2_tree.cgroup("system.slice/db.service", (803,), memory__current="8019968\n",
+                   memory__stat="anon 4096\nfile 8192\n")
+    v2_tree.cgroup("batch", (804,), memory__current="8024064\n",
+                   memory__stat="anon 4096\nfile 8192\n")
     fs = Cgroupfs(str(v2_tree.root), Procfs(str(proc_tree.root)))
     return fs
 
@@ -42,6 +48,9 @@ def test_a_second_listing_is_kept_and_the_same(proc_tree, v2_tree):
     assert fs.table_counts == {"kept": 0, "walked": 1}
     again = _listing(fs, v2_tree, proc_tree)
     assert again == first and fs.table_counts == {"kept": 1, "walked": 1}
+    # nothing changed: each job is the very one read before (its ranking kept too)
+    assert all(again[n] is first[n] for n in first)
+    assert fs.job_reads == {"read": 3, "reused": 3}
 
 
 def test_a_job_added_or_removed_between_listings_is_seen(proc_tree, v2_tree):
@@ -156,7 +165,7 @@ def _hybrid(tmp_path, proc_tree):
     (unified / "cgroup.controllers").write_text("")
     (unified / "cgroup.procs").write_text("")
     for rel, pids in (("a", (901,)), ("b", (902, 903)), ("b/inner", (904,))):
-        tree.cgroup(rel, pids)
+        tree.cgroup(rel, pids, memory__usage_in_bytes=f"{sum(pids) << 12}\n")
         (unified / rel).mkdir()
         (unified / rel / "cgroup.procs").write_text("".join(f"{p}\n" for p in pids))
         for pid in pids:
@@ -223,3 +232,80 @@ def test_a_listing_cut_short_is_not_kept(proc_tree, v2_tree, monkeypatch, jobs):
     for _ in range(2):
         _listing(fs, v2_tree, proc_tree, jobs)
     assert fs.table_counts == {"kept": 0, "walked": 2}
+
+
+# -- a job read in full only when it changed ----------------------------------
+
+def _job_files(v2_tree, rel, anon_kb):
+    d = v2_tree.mem / rel
+    (d / "memory.stat").write_text(f"anon {anon_kb << 10}\nfile 4096\nshmem 0\n")
+
+
+CHANGES = {
+    "a process came": lambda p, t: (p.proc(805, "new", anon_kb=5, shmem_kb=0, swap_kb=0),
+                                    (t.mem / "batch" / "cgroup.procs").write_text("804\n805\n")),
+    "a process left": lambda p, t: (t.mem / "system.slice/web.service/worker" / "cgroup.procs").write_text(""),
+    "oom_score_adj": lambda p, t: (p.root / "804" / "oom_score_adj").write_text("500\n"),
+    "usage and charge": lambda p, t: ((t.mem / "batch" / "memory.current").write_text(f"{8024064 + (1 << 20)}\n"),
+                                      _job_files(t, "batch", 9000)),
+    "a cgroup below": lambda p, t: t.cgroup("batch/sub"),
+    "memory.oom.group": lambda p, t: (t.mem / "batch" / "memory.oom.group").write_text("1\n"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_job_that_changed_is_read_again(proc_tree, v2_tree, change):
+    """Each change a ranking depends on makes the job be read again; the
+    listing is compared with a fresh one by ``_listing``, the others kept."""
+    fs = _setup(proc_tree, v2_tree)
+    for rel in ("batch", "system.slice/db.service", "system.slice/web.service"):
+        _job_files(v2_tree, rel, 100)
+    first = _listing(fs, v2_tree, proc_tree)
+    CHANGES[change](proc_tree, v2_tree)
+    got = _listing(fs, v2_tree, proc_tree)
+    changed = [n for n in first if got[n] is not first[n]]
+    assert changed == (["system.slice/web.service"] if change == "a process left" else ["batch"])
+    assert fs.job_reads["reused"] == 2
+
+
+def test_what_moves_without_the_usage_is_kept_only_so_long(proc_tree, v2_tree, monkeypatch):
+    """A charge that moved within REUSE_USAGE_SLACK of the usage, and a
+    process's name, are as last read until the read is refresh_after old;
+    a job read for a walk (``job``) is always read in full."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    fs = _setup(proc_tree, v2_tree)
+    _job_files(v2_tree, "batch", 100)
+    dom = fs.resolve("host")
+    first = {j.name: j for j in fs.jobs(dom, ("auto",))}
+    _job_files(v2_tree, "batch", 20000)     # the charge moved, not the usage
+    (proc_tree.root / "804" / "stat").write_text(
+        (proc_tree.root / "804" / "stat").read_text().replace("(p804)", "(renamed)"))
+    age = cgtable.refresh_after(os.stat(v2_tree.mem / "batch").st_ino)
+    assert cgtable.REUSE_MAX_AGE_S / 2 <= age < cgtable.REUSE_MAX_AGE_S
+    clock[0] += age - 0.01
+    got = {j.name: j for j in fs.jobs(dom, ("auto",))}
+    assert got["batch"] is first["batch"]
+    fresh = fs.job(str(v2_tree.mem / "batch"), dom, got["batch"].rule)
+    assert fresh.charged_bytes > first["batch"].charged_bytes and fresh.procs[0].name == "renamed"
+    clock[0] += 0.02
+    got = {j.name: j for j in fs.jobs(dom, ("auto",))}
+    assert got["batch"] == fresh and got["batch"] is not first["batch"]
+    assert got["system.slice/db.service"] is not first["system.slice/db.service"] or (
+        cgtable.refresh_after(os.stat(v2_tree.mem / "system.slice/db.service").st_ino) > age)
+
+
+def test_a_job_read_in_part_is_not_kept(proc_tree, v2_tree):
+    """A process listed but gone from /proc when read: the next listing
+    reads the job in full again."""
+    fs = _setup(proc_tree, v2_tree)
+    (v2_tree.mem / "batch" / "cgroup.procs").write_text("804\n899\n")     # 899: no /proc entry
+    _listing(fs, v2_tree, proc_tree)
+    reads = fs.job_reads["read"]
+    _listing(fs, v2_tree, proc_tree)
+    assert fs.job_reads["read"] == reads + 1
+
+
+def test_the_refresh_is_spread_over_jobs():
+    ages = {cgtable.refresh_after(i) for i in range(64)}
+    assert len(ages) == 32 and min(ages) == cgtable.REUSE_MAX_AGE_S / 2 and max(ages) < cgtable.REUSE_MAX_AGE_S

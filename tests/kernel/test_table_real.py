@@ -74,3 +74,43 @@ def test_cgroups_made_removed_and_made_again_between_listings(arena):
     assert got["a"].descendants == 1 and sorted(q.pid for q in got["a"].procs) == sorted((procs["a"].pid, p.pid))
     kept = fs.table_counts["kept"]
     assert _shape(_listing(fs, arena).values()) == _shape(got.values()) and fs.table_counts["kept"] == kept + 1
+
+
+GROWER = """
+import sys
+held = [b"\\x5a" * (8 << 20)]
+print("ready", flush=True)
+for line in sys.stdin:
+    held.append(b"\\x5a" * int(line))
+    print("grown", flush=True)
+"""
+
+
+def test_a_listing_reads_in_full_only_the_jobs_that_changed(arena):
+    """Between two listings nothing changed: each job is the one read
+    before. A job that grew, one whose process changed its oom_score_adj
+    and one with a new process are read again, and only they."""
+    import subprocess
+    import sys
+    jobs = {n: arena.job(n) for n in ("a", "b", "c", "d")}
+    procs = {n: arena.spawn(j, [sys.executable, "-c", GROWER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True) for n, j in jobs.items()}
+    for p in procs.values():
+        assert p.stdout.readline().strip() == "ready"
+    fs = Cgroupfs()
+    first = _listing(fs, arena)
+    again = _listing(fs, arena)
+    assert [n for n in first if again[n] is not first[n]] == []
+    # b grows by 32 MiB, c's process lowers its priority for the kill, a gets a second process
+    procs["b"].stdin.write(f"{32 << 20}\n")
+    procs["b"].stdin.flush()
+    assert procs["b"].stdout.readline().strip() == "grown"
+    with open(f"/proc/{procs['c'].pid}/oom_score_adj", "w") as f:
+        f.write("300")
+    extra = arena.spawn(jobs["a"], ["sleep", "600"])
+    got = _listing(fs, arena)
+    assert sorted(n for n in got if got[n] is not first[n]) == ["a", "b", "c"]
+    assert got["b"].charged_bytes >= first["b"].charged_bytes + (32 << 20)
+    assert [p.oom_score_adj for p in got["c"].procs] == [300]
+    assert sorted(p.pid for p in got["a"].procs) == sorted((procs["a"].pid, extra.pid))
+    assert fs.job_reads["reused"] >= 4 + 1
