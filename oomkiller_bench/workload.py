@@ -330,7 +330,7 @@ def fleet(a: argparse.Namespace) -> None:
     for i in range(0, len(groups), FLEET_BATCH):
         batch = groups[i:i + FLEET_BATCH]
         pids = [os.posix_spawn(sleep, ["sleep", "3600"], {}) for _ in batch]
-        late = wait_asleep(pids, FLEET_SETTLE_S)
+        late = wait_asleep([proc_pid(p) for p in pids], FLEET_SETTLE_S)
         if late:
             say(f"error: {len(late)} sleep process(es) did not fall asleep within {FLEET_SETTLE_S:g} s "
                 f"(pid {late[0]})")
@@ -348,6 +348,27 @@ def fleet(a: argparse.Namespace) -> None:
             os.wait()
         except ChildProcessError:
             time.sleep(1)
+
+
+def proc_pid(pid: int) -> int:
+    """``pid`` (in this process's pid namespace) as ``/proc`` names it: they
+    differ in a pid namespace of its own under the host's ``/proc`` (the
+    namespace view the benchmark gives earlyoom and nohang). A pidfd's
+    fdinfo says the pid in the namespace of the ``/proc`` read."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return pid
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    finally:
+        os.close(fd)
+    return pid
 
 
 def asleep(pid: int) -> bool:
