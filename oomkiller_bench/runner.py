@@ -165,6 +165,7 @@ class Run:
                     running.stop()
                     if hasattr(running, "results"):
                         rec["daemon_results"] = running.results()
+                        rec["daemon_records"] = running.decisions()
                 for r in self.readers.values():
                     r.join(0.5)
         rec["wall_s"] = round(time.monotonic() - t_wall, 2)

@@ -98,3 +98,22 @@ def test_the_10000_job_cell_is_in_full_and_only_named_in_short():
     assert "many-jobs-10000" not in {c.key for c in scenarios.cells("ci")}
     # the fleet is not a job of the arena: it lives beside it
     assert "fleet" not in scenarios.job_names(big) and len(scenarios.job_names(big)) == 10002
+
+
+def test_a_runs_daemon_records_are_kept_in_short():
+    from oomkiller.model import parse_record
+    from oomkiller_bench import daemon
+
+    walk = {"event": "oom_decision", "domain": "/a", "decision": "free below redline", "redline_bytes": 1,
+            "shortfall_bytes": 2, "simulated": False, "dry_run": False, "snapshot": {}, "result": "recovered",
+            "woken_by": [{"source": "memcg", "timestamp_usec": 100}], "ts_usec": 2_100,
+            "timings_usec": {"rank": 1_900, "listing_age": 16}}
+    armed = {"event": "armed", "domain": "/a", "job": "hog", "cgroup_id": 5, "free_bytes": 1, "arm_line_bytes": 2,
+             "ts_usec": 50}
+    recs = [parse_record(walk), parse_record(armed)] * 10
+    out = daemon.decisions(recs)
+    assert len(out) == daemon.KEPT_RECORDS
+    assert out[0] == {"event": "oom_decision", "ts_usec": 2_100, "result": "recovered",
+                      "decision": "free below redline", "job": None, "woken_by": "memcg", "wake_usec": 100,
+                      "timings_usec": {"rank": 1_900, "listing_age": 16}}
+    assert out[1]["job"] == "hog" and out[1]["woken_by"] is None
