@@ -24,7 +24,8 @@ def run(n, contender, i, ms, by=None, cpu=30.0, error=None):
     return {"cell": f"many-jobs-{n}", "scenario": "many-jobs", "contender": contender, "run": i, "error": error,
             "window_s": 3.0, "t_start_usec": 1_000_000, "t_end_usec": 4_000_000, "onset_to_decision_ms": ms,
             "killed_by": by or ("daemon" if contender.startswith("oomk-") else contender),
-            "killer": {"cpu_ms": cpu}}
+            "killer": {"cpu_ms": cpu}, "psi_ms": {"some": 1.0, "full": 0.0},
+            "service": {"ratio": 1.0, "series": [[0.0, 0], [1.0, 100]], "alive": True}}
 
 
 def records():
