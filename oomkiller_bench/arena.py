@@ -24,10 +24,12 @@ that cgroup to be delegated (``systemd-run --scope -p Delegate=yes ...``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -209,6 +211,24 @@ class Arena:
             _write(os.path.join(path, "pids.max"), str(pids_max))
         return job
 
+    def side_job(self, name: str) -> ArenaJob:
+        """A cgroup beside the arena (a sibling, ``<arena name>-<name>``, in
+        each hierarchy), with no limit of its own: what its processes touch
+        is not charged to the arena. It is removed on close with the arena's
+        own, and its processes killed with theirs. A process started here
+        and then moved into a job of the arena leaves the memory it touched
+        before the move charged here (cgroup charges do not follow a task),
+        so the job holds a live process that costs it next to nothing."""
+        path = os.path.join(os.path.dirname(self.path), f"{self.name}-{name}")
+        self._mkdir(path)
+        job = ArenaJob(name=name, path=path, v2_path=path)
+        if self.layout.memory_v1:
+            job.v2_path = ""
+            if self.v2_path:
+                job.v2_path = os.path.join(os.path.dirname(self.v2_path), f"{self.name}-{name}")
+                self._mkdir(job.v2_path)
+        return job
+
     def _v1_mirror(self, controller: str, memory_path: str) -> str:
         """Make the cgroup of a v1 controller at the relative path of a
         memory cgroup of ours; folders above it that did not exist are made
@@ -271,6 +291,12 @@ class Arena:
         return total
 
     def close(self) -> None:
+        """Kill what the arena holds and remove its cgroups. A Ctrl-C meanwhile
+        (10,000 jobs take seconds) is held until they are gone, then raised."""
+        with _sigint_held():
+            self._close()
+
+    def _close(self) -> None:
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
@@ -331,6 +357,25 @@ class Arena:
                 finally:
                     os.close(fd)
             time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold SIGINT off (main thread only: the only one that may set
+    handlers) for the block; raise KeyboardInterrupt after it if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came = []
+    before = signal.signal(signal.SIGINT, lambda *_: came.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if came and before is signal.default_int_handler:
+        raise KeyboardInterrupt
+    if came and callable(before):
+        before(signal.SIGINT, None)
 
 
 def _wait_ready(p: subprocess.Popen) -> None:

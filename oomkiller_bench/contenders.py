@@ -216,6 +216,9 @@ class RunningDaemon(Running):
     def results(self) -> dict[str, int]:
         return daemon.results(daemon.read_records(self.json_log))
 
+    def decisions(self) -> list[dict[str, Any]]:
+        return daemon.decisions(daemon.read_records(self.json_log))
+
     def stderr(self) -> str:
         try:
             with open(self.err_path) as f:

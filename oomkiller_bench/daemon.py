@@ -57,3 +57,21 @@ def decision_usec(rec: dict[str, Any]) -> int:
 def results(records: list[dict[str, Any]]) -> dict[str, int]:
     """How many decisions ended in each result (killed, recovered, ...)."""
     return tally(r.get("result", "?") for r in records)
+
+
+# A run's records kept in its result, at most: the daemon makes a few per run.
+KEPT_RECORDS = 16
+
+
+def decisions(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every record of a run, in short: its event, result and decision, what
+    woke the daemon and when, and what each step took (``timings_usec``).
+    Where another killer won, these say where the daemon's time went."""
+    out = []
+    for r in records[:KEPT_RECORDS]:
+        woke = (r.get("woken_by") or [{}])[0]
+        out.append({"event": r.get("event"), "ts_usec": r.get("ts_usec"), "result": r.get("result"),
+                    "decision": r.get("decision"), "job": r.get("job") or (r.get("victim") or {}).get("job"),
+                    "woken_by": woke.get("source"), "wake_usec": woke.get("timestamp_usec"),
+                    "timings_usec": dict(r.get("timings_usec") or {})})
+    return out

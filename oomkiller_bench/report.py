@@ -437,6 +437,8 @@ def plots(out_dir: str, records: list[dict[str, Any]], summary: list[dict[str, A
     freeze = [r for r in ok if r.get("scenario") == "thrash" and r.get("freeze")]
     if freeze:
         paths.append(freeze_plot(out_dir, freeze, contender_keys))
+    if len(scale_points(ok, cells)) >= 2:
+        paths.append(scale_plot(out_dir, ok, cells, contender_keys))
     # The false-positive suite has no onset to time: its table says it all;
     # the freeze is timed from its collapse, in its own plot.
     cells = [c for c in cells if c["scenario"] not in ("healthy", "thrash")]
@@ -606,6 +608,115 @@ def freeze_plot(out_dir: str, runs: list[dict[str, Any]], contender_keys: list[s
     fig.suptitle("The freeze: the service's throughput, per run", fontsize=10)
     fig.tight_layout()
     path = os.path.join(out_dir, "freeze.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# Where a run that decided at or before the onset is drawn on the scale plot's
+# log axis.
+SCALE_FLOOR_MS = 0.1
+
+
+def scale_points(records: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[int, str]:
+    """``jobs -> cell key`` of the many-jobs cells that have runs without an
+    error in ``records``."""
+    ran = {r["cell"] for r in records if not r.get("error")}
+    return {int(c["params"]["jobs"]): c["key"] for c in cells
+            if c.get("scenario") == "many-jobs" and c["key"] in ran}
+
+
+def own_kill(contender: str, killed_by: str | None) -> bool:
+    """Whether the first kill of a run was the contender's own: oomkiller's
+    contenders kill as ``daemon``, the others under their own name."""
+    return killed_by == ("daemon" if contender.startswith("oomk-") else contender)
+
+
+def cpu_ms_per_s(r: dict[str, Any]) -> float | None:
+    """The killer's CPU time in a run's window per second of it (the
+    windows of the cells differ), at least SCALE_FLOOR_MS for a log axis."""
+    cpu = (r.get("killer") or {}).get("cpu_ms")
+    t0, t1 = r.get("t_start_usec"), r.get("t_end_usec")
+    span_s = (t1 - t0) / 1e6 if isinstance(t0, int) and isinstance(t1, int) and t1 > t0 else r.get("window_s")
+    if not isinstance(cpu, (int, float)) or not span_s:
+        return None
+    return max(cpu / span_s, SCALE_FLOOR_MS)
+
+
+def scale_plot(out_dir: str, records: list[dict[str, Any]], cells: list[dict[str, Any]],
+               contender_keys: list[str]) -> str:
+    """Cost against the number of jobs, one line per contender, log-log:
+    onset → decision (every run a dot, hollow when another killer was first;
+    the line through the medians, a bar over the range), and the killer's
+    CPU time in the run's window per second of it. Raises ValueError
+    without runs of two many-jobs cells at least."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    points = scale_points(records, cells)
+    if len(points) < 2:
+        raise ValueError(f"a scale plot needs runs of two many-jobs cells at least, not {len(points)}")
+    ok = [r for r in records if not r.get("error") and r["cell"] in points.values()]
+    conts = [c for c in contender_keys if any(r["contender"] == c for r in ok)]
+    conts += sorted({r["contender"] for r in ok} - set(conts))
+    jobs = sorted(points)
+    fig, (lat_ax, cpu_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    cmap = plt.get_cmap("tab10")
+    fmt = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+    for i, cont in enumerate(conts):
+        color = cmap(i % 10)
+        # a little sideways per contender, so ranges do not hide each other
+        nudge = 1.0 + 0.06 * (i - (len(conts) - 1) / 2)
+        lat_line, cpu_line = [], []
+        for n in jobs:
+            rs = [r for r in ok if r["cell"] == points[n] and r["contender"] == cont]
+            lat = numbers(r.get("onset_to_decision_ms") for r in rs)
+            for r in rs:
+                v = r.get("onset_to_decision_ms")
+                if v is None:
+                    continue
+                own = own_kill(cont, r.get("killed_by"))
+                lat_ax.scatter([n * nudge], [max(v, SCALE_FLOOR_MS)], s=14, zorder=3, linewidths=0.8,
+                               facecolors=color if own else "none", edgecolors=color)
+            if lat:
+                m = median(lat)
+                lo, hi = max(min(lat), SCALE_FLOOR_MS), max(max(lat), SCALE_FLOOR_MS)
+                lat_ax.vlines(n * nudge, lo, hi, color=color, linewidth=1.0, alpha=0.7)
+                lat_line.append((n * nudge, max(m, SCALE_FLOOR_MS)))
+            per_s = numbers(cpu_ms_per_s(r) for r in rs)
+            if per_s:
+                m = median(per_s)
+                cpu_ax.vlines(n * nudge, min(per_s), max(per_s), color=color, linewidth=1.0, alpha=0.7)
+                cpu_line.append((n * nudge, m))
+        if lat_line:
+            lat_ax.plot(*zip(*lat_line), color=color, marker="o", markersize=4, linewidth=1.2, label=cont)
+        if cpu_line:
+            cpu_ax.plot(*zip(*cpu_line), color=color, marker="o", markersize=4, linewidth=1.2, label=cont)
+    for ax in (lat_ax, cpu_ax):
+        ax.set_xscale("log")
+        ax.set_xticks(jobs)
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+        ax.set_xlabel("idle jobs beside the hog")
+        ax.grid(which="both", alpha=0.3)
+        if ax.has_data():
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(fmt)
+    lat_ax.set_ylabel("onset → kill decision, ms")
+    lat_ax.set_title("Onset → decision: median, range, each run", fontsize=10)
+    cpu_ax.set_ylabel("killer CPU in the run's window, ms per s")
+    cpu_ax.set_title("The killer's CPU per second of the run (1000 = a whole core)", fontsize=10)
+    handles = [Line2D([], [], color=cmap(i % 10), marker="o", markersize=4, label=c) for i, c in enumerate(conts)]
+    handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="grey",
+                          label="run where another killer was first"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"Cost against the number of jobs (runs at or before the onset drawn at {SCALE_FLOOR_MS:g} ms)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    path = os.path.join(out_dir, "scale.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

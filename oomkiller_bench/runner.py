@@ -32,6 +32,9 @@ from .stats import median
 
 WORKLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workload.py")
 READY_TIMEOUT_S = 30
+# The fleet starts its sleepers at about 0.6 ms each here (10,000: 6 s);
+# this much more per job bounds the wait for it on a slower or busier host.
+FLEET_S_PER_JOB = 0.005
 PSI_FILE_HOST = "/proc/pressure/memory"
 # The many-jobs scenario times `oomkiller rank` this many times per run and keeps the median.
 RANK_REPEATS = 3
@@ -141,8 +144,10 @@ class Run:
                                 tmpdir=self.tmpdir, files=self.files.cells)
                 self._start_and_wait(launch, "svc", scenarios.service_argv(cell, launch))
                 if cell.scenario == "many-jobs":
+                    jobs["fleet"] = arena.side_job("fleet")
                     self._start_and_wait(launch, "fleet", ["fleet", "--cgroups",
-                                                           scenarios.fleet_file(cell, jobs, launch)])
+                                                           scenarios.fleet_file(cell, jobs, launch)],
+                                         READY_TIMEOUT_S + cell.params["jobs"] * FLEET_S_PER_JOB)
                     self._wait_fleet(arena, jobs, cell.params["jobs"])
                 if self.rank_probe:
                     rec["rank"] = measure_rank(arena)
@@ -160,6 +165,7 @@ class Run:
                     running.stop()
                     if hasattr(running, "results"):
                         rec["daemon_results"] = running.results()
+                        rec["daemon_records"] = running.decisions()
                 for r in self.readers.values():
                     r.join(0.5)
         rec["wall_s"] = round(time.monotonic() - t_wall, 2)
@@ -174,10 +180,12 @@ class Run:
         self.readers[job] = measure.LineReader(p.stdout, f"out-{job}")
         return p
 
-    def _start_and_wait(self, launch: Launch, job: str, argv: list[str]) -> None:
+    def _start_and_wait(self, launch: Launch, job: str, argv: list[str], timeout_s: float = READY_TIMEOUT_S) -> None:
         launch.spawn(job, argv)
-        if not self.readers[job].wait_ready(READY_TIMEOUT_S):
-            raise RuntimeError(f"workload {job} did not start (exit {self.procs[job].poll()})")
+        if not self.readers[job].wait_ready(timeout_s):
+            said = [line for _, line in self.readers[job].lines if line.startswith("error")]
+            raise RuntimeError(f"workload {job} did not start (exit {self.procs[job].poll()})"
+                               + (f": {said[-1]}" if said else ""))
 
     def _wait_fleet(self, arena, jobs, n: int) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
