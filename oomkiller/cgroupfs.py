@@ -570,12 +570,12 @@ class Cgroupfs:
         if the kernel does not say."""
         return self._charge(path)[:2]
 
-    def _charge(self, path: str) -> tuple[int, int, int]:
-        """``charge``, and the usage it read (0 if none)."""
+    def _charge(self, path: str) -> tuple[int, int, int | None]:
+        """``charge``, and the usage it read (None if it read none)."""
         try:
             stat = read_keyed(os.path.join(path, "memory.stat"))
         except OSError:
-            return 0, -1, 0
+            return 0, -1, None
         swap = 0
         if self.layout.memory_v1:
             # v1 keeps subtree totals under total_*; total_rss is anonymous memory (THP included)
@@ -591,10 +591,11 @@ class Cgroupfs:
         pinned = anon + stat.get("shmem", 0)
         try:
             usage = read_int(self._usage_file(path)) or 0
+            read = True
         except OSError:
-            usage = 0
+            usage, read = 0, False
         refaults = stat.get("workingset_refault_file", stat.get("workingset_refault", -1))
-        return max(pinned, usage - min(reclaimable_bytes(stat), usage)) + swap, refaults, usage
+        return max(pinned, usage - min(reclaimable_bytes(stat), usage)) + swap, refaults, usage if read else None
 
     def _usage_file(self, path: str) -> str:
         return os.path.join(path, "memory.usage_in_bytes" if self.layout.memory_v1 else "memory.current")
@@ -724,7 +725,7 @@ class Cgroupfs:
         # What the next listing may take from this read: only from a read
         # whole (every process listed read, nothing left out, a usage read),
         # dated by its oldest part.
-        if adjs is None or None in adjs or notes or usage <= 0 or not key:
+        if adjs is None or None in adjs or notes or usage is None or not key:
             facts.last = None
         else:
             facts.last = cgtable.Read(job, key, adjs, usage, last.at if reused else time.monotonic())

@@ -78,6 +78,16 @@ LISTING_REUSE_USEC = report.LISTING_REUSE_MS * 1000
 # read again, while the next is made; with none such they wait for one
 # (core.PENDING): none of them is worth holding the loop.
 LISTING_ASYNC_MAX_USEC = 1_000_000
+# Both ages grow with the time a listing takes (the latest one's), by these
+# factors: with ten thousand jobs a listing takes most of a second, and
+# one that must be younger than it takes to make could never be had; the
+# walk's check of free memory since the listing still holds. The next
+# listing is asked for once the latest is as old as one takes to make, so
+# the thread lists at most half the time.
+LISTING_REUSE_FACTOR = 1.5
+LISTING_ASYNC_FACTOR = 2.0
+# ... but never past this (a listing slowed by a stalled machine).
+LISTING_MAX_AGE_USEC = 3_000_000
 # A listing that took less than this is made on the loop when one is
 # needed: few jobs, and the arming it serves is worth more than the wait.
 SYNC_LISTING_MAX_USEC = 20_000
@@ -282,8 +292,8 @@ class Daemon:
             # a wake for: arming sooner is (a fast hog fills 50 MiB in 40 ms)
             return self.jobs()
         jobs = None
-        if self._usable(LISTING_ASYNC_MAX_USEC):
-            if self.now_usec() - self._listed[0] >= LISTING_REUSE_USEC:
+        if self._usable(self._max_age(LISTING_ASYNC_MAX_USEC, LISTING_ASYNC_FACTOR)):
+            if self.now_usec() - self._listed[0] >= self._max_age(LISTING_REUSE_USEC, 1.0):
                 self.lister.request()
             jobs = self._confirmed(events, total_bytes, free_bytes)
         self._awaiting_listing = jobs is None
@@ -291,6 +301,11 @@ class Daemon:
             self.lister.request()
             return core.PENDING
         return jobs
+
+    def _max_age(self, floor_usec: int, factor: float) -> int:
+        """How old a listing may be: ``floor_usec``, or ``factor`` times
+        as long as the latest listing took, if more."""
+        return max(floor_usec, min(LISTING_MAX_AGE_USEC, int(factor * self._listing_usec)))
 
     def _free_while(self, started: int, finished: int) -> int | None:
         """The most free memory the loop's snapshots saw while a listing
@@ -321,11 +336,12 @@ class Daemon:
         now. ``free_bytes`` is the domain's free memory now (see
         ``_confirmed``)."""
         self._adopt()
-        if not self._usable(LISTING_REUSE_USEC) and self.lister is not None and self.lister.busy:
+        max_age = self._max_age(LISTING_REUSE_USEC, LISTING_REUSE_FACTOR)
+        if not self._usable(max_age) and self.lister is not None and self.lister.busy:
             # the listing under way ends sooner than a new one would
             self.lister.wait(LISTER_WAIT_S)
             self._adopt()
-        if not self._usable(LISTING_REUSE_USEC):
+        if not self._usable(max_age):
             return self._listed_instead()
         age = self.now_usec() - self._listed[0]
         jobs = self._confirmed(events, total_bytes, free_bytes, count=True)

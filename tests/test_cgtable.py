@@ -309,3 +309,19 @@ def test_a_job_read_in_part_is_not_kept(proc_tree, v2_tree):
 def test_the_refresh_is_spread_over_jobs():
     ages = {cgtable.refresh_after(i) for i in range(64)}
     assert len(ages) == 32 and min(ages) == cgtable.REUSE_MAX_AGE_S / 2 and max(ages) < cgtable.REUSE_MAX_AGE_S
+
+
+def test_a_job_charged_nothing_is_kept_too(proc_tree, v2_tree):
+    """Charges stay where they were made: a process moved into a new cgroup
+    leaves it at 0 bytes, which is a usage read, not a failed read."""
+    fs = _setup(proc_tree, v2_tree)
+    (v2_tree.mem / "batch" / "memory.current").write_text("0\n")
+    first = _listing(fs, v2_tree, proc_tree)
+    assert _listing(fs, v2_tree, proc_tree)["batch"] is first["batch"]
+
+
+def test_a_job_whose_charge_cannot_be_read_is_read_in_full_again(proc_tree, v2_tree):
+    fs = _setup(proc_tree, v2_tree)
+    (v2_tree.mem / "batch" / "memory.stat").unlink()
+    first = _listing(fs, v2_tree, proc_tree)
+    assert _listing(fs, v2_tree, proc_tree)["batch"] is not first["batch"]

@@ -121,6 +121,24 @@ def test_a_listing_too_old_is_listed_again(proc_tree, v2_tree, monkeypatch):
     assert "listing_age" not in rec.timings_usec
 
 
+@pytest.mark.parametrize("took_ms, age_ms, reused", [
+    (800, 1150, True), (800, 1250, False),          # 1.5 times as long as it took to make
+    (100, 450, True), (100, 550, False),            # but at least LISTING_REUSE_USEC
+    (9000, 2900, True), (9000, 3100, False),        # and at most LISTING_MAX_AGE_USEC
+])
+def test_a_listing_slow_to_make_may_be_older(proc_tree, v2_tree, monkeypatch, took_ms, age_ms, reused):
+    """Ten thousand jobs take most of a second to list: a walk may take a
+    listing as old as 1.5 times that (the free-memory check still holds),
+    or it would wait for one on every wake."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    d._listing_usec = took_ms * 1000
+    clock.advance_ms(age_ms)
+    rec = _tick(d)
+    assert rec.victim["job"] == "hog"
+    assert d.walk_listings["reused"] == int(reused) and d.walk_listings["listed"] == int(not reused)
+
+
 def test_a_new_job_since_the_listing_is_listed_again(proc_tree, v2_tree, monkeypatch):
     d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
     d.jobs()
