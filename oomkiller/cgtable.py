@@ -15,9 +15,9 @@ file) are as they were, within ``REUSE_USAGE_SLACK``, and its full read is
 younger than ``refresh_after``. The rest of a read (``/proc`` status of each
 process, ``memory.stat``, xattrs, the v2 counterpart) is what costs: in a
 listing of a thousand idle jobs, about nine reads of every ten. What is
-kept can be that old at most: its charge ``REUSE_USAGE_SLACK`` off
-(``memory.stat`` parts that move without the usage moving, and the
-processes' committed memory), its xattrs and names ``refresh_after`` old.
+kept can be that old at most: its charge (``memory.stat`` parts that
+move without the usage moving) and its processes' names and committed
+memory, ``refresh_after`` old.
 A walk reads again the jobs it may kill before it does (``Daemon._confirmed``).
 
 A kept tree is checked again, without listing a folder, by one ``stat`` of
@@ -42,11 +42,16 @@ from dataclasses import dataclass, field
 MAX_TABLE_JOBS = 20_000
 # Listings of jobs kept (one per domain, rule and cgroups kept out).
 MAX_TABLE_LISTINGS = 4
-# A job's charge may move this much, and its full read be this old, for
-# the job to be taken as read before (see the module's docstring). The
-# usage file moves in steps (v1 charges per CPU in batches of 32 pages).
+# A job's usage may move this much, and its full read be this old, for the
+# job to be taken as read before (see the module's docstring). The usage
+# file moves in steps (v1 charges per CPU in batches of 32 pages). A job
+# with file cache beyond the slack (usage over its charge) could turn it
+# into memory nobody can reclaim with its usage unmoved (at a limit of its
+# own), so it is read in full more often; a job whose usage is all charge
+# cannot grow its charge without its usage.
 REUSE_USAGE_SLACK = 256 << 10
-REUSE_MAX_AGE_S = 5.0
+REUSE_MAX_AGE_S = 10.0
+REUSE_MAX_AGE_PINNED_S = 60.0
 # A v2 counterpart with more cgroups below it is not kept (it is found
 # through the job's processes on every listing, as without a table).
 MAX_V2_TREE = 256
@@ -135,12 +140,13 @@ class Read:
     at: float                       # time.monotonic() of the read
 
 
-def refresh_after(inode: int) -> float:
+def refresh_after(inode: int, pinned: bool = False) -> float:
     """How old a job's full read may be before it is read in full again:
-    between half of REUSE_MAX_AGE_S and all of it, by its cgroup's inode,
-    so that jobs read in full together (the first listing) are not all
-    read in full again together."""
-    return REUSE_MAX_AGE_S * (32 + inode % 32) / 64
+    between half of REUSE_MAX_AGE_S (REUSE_MAX_AGE_PINNED_S if its usage
+    was all charge) and all of it, by its cgroup's inode, so that jobs read
+    in full together (the first listing) are not all read in full again
+    together."""
+    return (REUSE_MAX_AGE_PINNED_S if pinned else REUSE_MAX_AGE_S) * (32 + inode % 32) / 64
 
 
 @dataclass(frozen=True)

@@ -416,11 +416,13 @@ class Daemon:
 
     def job_reads(self) -> dict[str, int]:
         """Jobs of listings read in full, and taken as read before (they had
-        not changed), on the loop and in the background together."""
+        not changed), on the loop and in the background together; and how
+        long the latest listing took."""
         out = dict(self.cgroupfs.job_reads)
         if self.lister is not None:
             for k, v in self.lister.fs.job_reads.items():
                 out[k] = out.get(k, 0) + v
+        out["latest_listing_usec"] = self._listing_usec
         return out
 
     def _listed_instead(self) -> list[Job]:

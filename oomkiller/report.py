@@ -242,7 +242,9 @@ def job_reads_text(r: dict[str, int] | None) -> str:
     """How the listings read their jobs: in full, or unchanged since."""
     if not r:
         return "-"
-    return f"{r['read']} read in full, {r['reused']} unchanged since their last read and taken as read"
+    took = r.get("latest_listing_usec")
+    return (f"{r['read']} read in full, {r['reused']} unchanged since their last read and taken as read"
+            + (f"; the latest listing took {took / 1000:.1f} ms" if took else ""))
 
 
 def swap_text(swap: dict[str, Any] | None) -> str:

@@ -561,7 +561,8 @@ def plots(out_dir: str, records: list[dict[str, Any]], summary: list[dict[str, A
     ax.set_ylabel("service operations / s")
     ax.set_title(f"Protected service's throughput over one run of {pick} (0 once it was killed)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, -0.14), frameon=False)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, -0.14), frameon=False)
     fig.tight_layout()
     p = os.path.join(out_dir, "service-timeline.png")
     fig.savefig(p, dpi=110)

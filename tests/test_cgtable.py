@@ -236,9 +236,10 @@ def test_a_listing_cut_short_is_not_kept(proc_tree, v2_tree, monkeypatch, jobs):
 
 # -- a job read in full only when it changed ----------------------------------
 
-def _job_files(v2_tree, rel, anon_kb):
+def _job_files(v2_tree, rel, anon_kb, cache_kb=4):
     d = v2_tree.mem / rel
-    (d / "memory.stat").write_text(f"anon {anon_kb << 10}\nfile 4096\nshmem 0\n")
+    (d / "memory.stat").write_text(f"anon {anon_kb << 10}\nfile {cache_kb << 10}\ninactive_file {cache_kb << 10}\n"
+                                   "shmem 0\n")
 
 
 CHANGES = {
@@ -275,7 +276,7 @@ def test_what_moves_without_the_usage_is_kept_only_so_long(proc_tree, v2_tree, m
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     fs = _setup(proc_tree, v2_tree)
-    _job_files(v2_tree, "batch", 100)
+    _job_files(v2_tree, "batch", 100, cache_kb=4096)        # cache that could turn into a charge
     dom = fs.resolve("host")
     first = {j.name: j for j in fs.jobs(dom, ("auto",))}
     _job_files(v2_tree, "batch", 20000)     # the charge moved, not the usage
@@ -291,8 +292,6 @@ def test_what_moves_without_the_usage_is_kept_only_so_long(proc_tree, v2_tree, m
     clock[0] += 0.02
     got = {j.name: j for j in fs.jobs(dom, ("auto",))}
     assert got["batch"] == fresh and got["batch"] is not first["batch"]
-    assert got["system.slice/db.service"] is not first["system.slice/db.service"] or (
-        cgtable.refresh_after(os.stat(v2_tree.mem / "system.slice/db.service").st_ino) > age)
 
 
 def test_a_job_read_in_part_is_not_kept(proc_tree, v2_tree):
@@ -306,9 +305,27 @@ def test_a_job_read_in_part_is_not_kept(proc_tree, v2_tree):
     assert fs.job_reads["read"] == reads + 1
 
 
-def test_the_refresh_is_spread_over_jobs():
-    ages = {cgtable.refresh_after(i) for i in range(64)}
-    assert len(ages) == 32 and min(ages) == cgtable.REUSE_MAX_AGE_S / 2 and max(ages) < cgtable.REUSE_MAX_AGE_S
+@pytest.mark.parametrize("pinned", [False, True])
+def test_the_refresh_is_spread_over_jobs(pinned):
+    most = cgtable.REUSE_MAX_AGE_PINNED_S if pinned else cgtable.REUSE_MAX_AGE_S
+    ages = {cgtable.refresh_after(i, pinned) for i in range(64)}
+    assert len(ages) == 32 and min(ages) == most / 2 and max(ages) < most
+
+
+def test_a_job_all_charge_is_read_in_full_less_often(proc_tree, v2_tree, monkeypatch):
+    """Its charge cannot grow but with its usage: read in full again only
+    after the longer refresh."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    fs = _setup(proc_tree, v2_tree)
+    _job_files(v2_tree, "batch", 100, cache_kb=0)
+    dom = fs.resolve("host")
+    first = {j.name: j for j in fs.jobs(dom, ("auto",))}
+    inode = os.stat(v2_tree.mem / "batch").st_ino
+    clock[0] += cgtable.refresh_after(inode, pinned=True) - 0.01
+    assert {j.name: j for j in fs.jobs(dom, ("auto",))}["batch"] is first["batch"]
+    clock[0] += 0.02
+    assert {j.name: j for j in fs.jobs(dom, ("auto",))}["batch"] is not first["batch"]
 
 
 def test_a_job_charged_nothing_is_kept_too(proc_tree, v2_tree):
