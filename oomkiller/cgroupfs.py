@@ -600,6 +600,11 @@ class Cgroupfs:
     def _usage_file(self, path: str) -> str:
         return os.path.join(path, "memory.usage_in_bytes" if self.layout.memory_v1 else "memory.current")
 
+    def usage(self, path: str) -> int:
+        """A cgroup's memory usage: one small read. Raises ``Vanished`` if
+        it is gone, OSError or ValueError if it cannot be read."""
+        return read_int(self._usage_file(path)) or 0
+
     def job(self, path: str, domain_path: str, rule: str = "", budget: list[int] | None = None) -> Job:
         """Read one job; raises ``Vanished`` (a FileNotFoundError) if its
         cgroup is gone. Descendants and processes that vanish while being
@@ -718,7 +723,8 @@ class Cgroupfs:
                   oom_group=oom_group, v2_id=v2_id, v2_path=v2 or "",
                   charged_bytes=charged, refault_file_pages=refaults, inner=tuple(inner),
                   ignored_xattrs=(*why, *ignored), user_inner=tuple(user_inner), notes=tuple(notes),
-                  populated=unseen or bool(procs), rule=rule, listed_ticks=listed_ticks)
+                  populated=unseen or bool(procs), rule=rule, listed_ticks=listed_ticks,
+                  usage_bytes=-1 if usage is None else usage)
         if last is not None and job == last.job:
             self.job_reads["reused"] += 1
             return last.job         # the same object: its ranking is kept too (rank._latest)

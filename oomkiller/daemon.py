@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Protocol, TextIO, TypeVar
 
 from . import report
+from . import cgtable
 from .cgroupfs import Cgroupfs
 from .config import SOURCES, Config
 from .control import ControlServer
@@ -82,10 +83,11 @@ LISTING_ASYNC_MAX_USEC = 1_000_000
 # factors: with ten thousand jobs a listing takes most of a second, and
 # one that must be younger than it takes to make could never be had; the
 # walk's check of free memory since the listing still holds. The next
-# listing is asked for once the latest is as old as one takes to make, so
-# the thread lists at most half the time.
-LISTING_REUSE_FACTOR = 1.5
-LISTING_ASYNC_FACTOR = 2.0
+# listing is asked for once the latest is as old as one takes to make (so
+# the thread lists at most half the time), on a wake: the latest is up to
+# about three times as old as one takes when the next is ready.
+LISTING_REUSE_FACTOR = 3.0
+LISTING_ASYNC_FACTOR = 3.0
 # ... but never past this (a listing slowed by a stalled machine).
 LISTING_MAX_AGE_USEC = 3_000_000
 # A listing that took less than this is made on the loop when one is
@@ -96,6 +98,15 @@ SYNC_LISTING_MAX_USEC = 20_000
 LISTER_WAIT_S = 2.0
 WALK_FRESH = 2
 WALK_MAX_READS = 8
+# A walk whose listing may be stale reads every job's usage; more jobs than
+# this grew since, and it lists them all instead.
+SWEEP_MAX_READS = 16
+# A listing older than the walk may take (above) but younger than this, with
+# no job come or gone since, serves a walk through that sweep rather than
+# waiting for the next (the PSI triggers' refresh lists every 10 s above the
+# arm line): a job's oom_score_adj or xattrs changed since, with no growth,
+# are seen this late at most.
+LISTING_SWEEP_MAX_USEC = 12_000_000
 
 
 class EventSource(Protocol):
@@ -177,9 +188,10 @@ class Daemon:
         self._awaiting_listing = False
         # how long the latest listing took (0: none yet, so the first is on the loop)
         self._listing_usec = 0
-        self.walk_listings = {"listed": 0, "reused": 0, "read_again": 0}
+        self.walk_listings = {"listed": 0, "reused": 0, "read_again": 0, "swept": 0}
         self._jobs_changed = True
         self._walk_listing_age = 0      # of the listing the latest walk took, 0 if it listed afresh
+        self._walk_timings: dict[str, int] = {}     # its parts (usec)
         self._marks: thrash_core.RefaultMarks | None = None
         self._marks_before: thrash_core.RefaultMarks | None = None
         self._others: tuple[float, list[tuple[int, str]]] | None = None
@@ -337,46 +349,69 @@ class Daemon:
         ``_confirmed``)."""
         self._adopt()
         max_age = self._max_age(LISTING_REUSE_USEC, LISTING_REUSE_FACTOR)
+        t0 = self.now_usec()
+        self._walk_timings = {}
+        if not self._usable(max_age) and self._usable(LISTING_SWEEP_MAX_USEC):
+            # older, but no job came or went: each job's usage says which
+            # grew, sooner than a listing of every job (waited for, or made)
+            age = self.now_usec() - self._listed[0]
+            t1 = self.now_usec()
+            jobs = self._confirmed(events, total_bytes, free_bytes, count=True, sweep=True)
+            if jobs is not None:
+                self._walk_listing_age = max(1, age)
+                self._walk_timings["listing_check"] = t1 - t0
+                self._walk_timings["read_again"] = self.now_usec() - t1
+                return jobs
         if not self._usable(max_age) and self.lister is not None and self.lister.busy:
             # the listing under way ends sooner than a new one would
+            t1 = self.now_usec()
             self.lister.wait(LISTER_WAIT_S)
+            self._walk_timings["listing_wait"] = self.now_usec() - t1
             self._adopt()
         if not self._usable(max_age):
             return self._listed_instead()
         age = self.now_usec() - self._listed[0]
+        t1 = self.now_usec()
         jobs = self._confirmed(events, total_bytes, free_bytes, count=True)
         if jobs is None:
             return self._listed_instead()
         self._walk_listing_age = max(1, age)
+        self._walk_timings["listing_check"] = t1 - t0 - self._walk_timings.get("listing_wait", 0)
+        self._walk_timings["read_again"] = self.now_usec() - t1
         return jobs
 
     def _confirmed(self, events: list[PressureEvent], total_bytes: int, free_bytes: int | None,
-                   count: bool = False) -> list[Job] | None:
+                   count: bool = False, sweep: bool = False) -> list[Job] | None:
         """The latest listing with the jobs named by the events (their
         cgroups, their processes) read again, then the first WALK_FRESH
-        killable candidates read again until they all are fresh; None past
-        WALK_MAX_READS reads, on a read that fails but for the job being gone,
-        or when free memory (``free_bytes``, now) fell since the listing by
-        as much as the top job leads the first job not read again: that job
-        may have grown past it unseen (list again)."""
+        killable candidates read again until they all are fresh. When free
+        memory (``free_bytes``, now) fell since the listing by as much as
+        the top job leads the first job not read again (that job may have
+        grown past it unseen), or with ``sweep``: every other job's usage
+        read, those that grew read again in full, and the top made fresh
+        again. None past WALK_MAX_READS reads (and SWEEP_MAX_READS jobs
+        that grew), or on a read that fails but for the job being gone:
+        list again."""
         listed = self._listed
         jobs = list(listed[1])
         fresh: set[int] = set()
         reads = 0
+        grew = 0        # what the jobs read again gained since the listing (less what they gave back)
 
         def read_again(job: Job) -> bool:
-            nonlocal reads
+            nonlocal reads, grew
             reads += 1
             at = next(i for i, j in enumerate(jobs) if j is job)
             try:
                 new = self.cgroupfs.job(job.path, self.domain.path, job.rule)
             except FileNotFoundError:       # Vanished: removed since the listing
-                del jobs[at]
+                del jobs[at]                # (what it held is not counted as given back)
                 return True
             except Exception:   # noqa: BLE001 - a job the listing read in part, or worse: list again
                 return False
             jobs[at] = new
             fresh.add(id(new))
+            grew += new.committed_bytes - job.committed_bytes
             return True
 
         # An event names its task's cgroup, which is the job's own only if
@@ -388,27 +423,50 @@ class Daemon:
                     or (named_pids and any(p.pid in named_pids for p in j.procs))][:WALK_MAX_READS // 2]:
             if not read_again(job):
                 return None
+        allowed = WALK_MAX_READS
+        swept = False
         while True:
-            ranking = rank(jobs, self.policy, total_bytes)
-            top = ranking.killable()[:WALK_FRESH]
-            stale = [c.job for c in top if id(c.job) not in fresh]
-            if not stale:
+            while True:
+                ranking = rank(jobs, self.policy, total_bytes)
+                top = ranking.killable()[:WALK_FRESH]
+                stale = [c.job for c in top if id(c.job) not in fresh]
+                if not stale:
+                    break
+                if reads + len(stale) > allowed or not all(read_again(j) for j in stale):
+                    return None
+            # A job not read again is as the listing saw it. What the
+            # domain's free memory lost since, some job took: less what the
+            # jobs read again are seen to have taken, if that is as much as
+            # the top leads the first job not read again (of its class, or
+            # empty then), or as its whole score (a job the listing missed),
+            # that job may now be the top.
+            fell = listed[2] - (free_bytes if free_bytes is not None else listed[2]) - grew
+            trips = False
+            if top and fell > 0:
+                first = top[0]
+                rival = max((c.score_bytes for c in ranking.candidates
+                             if id(c.job) not in fresh and c.importance is first.importance
+                             and (c.killable or not c.job.procs)), default=0)
+                trips = rival + fell >= first.score_bytes
+            if swept:
+                if trips:
+                    return None     # no job listed took it: one the listing lacks may have
                 break
-            if reads + len(stale) > WALK_MAX_READS or not all(read_again(j) for j in stale):
+            if not (trips or sweep):
+                break
+            # Which jobs grew since the listing: each one's usage, one small
+            # read (a tenth of a full read); those read again in full.
+            t_sweep = self.now_usec()
+            grown = self._grown([j for j in jobs if id(j) not in fresh])
+            if grown is None or len(grown) > SWEEP_MAX_READS:
                 return None
-        # A job not read again is as the listing saw it. What the domain's
-        # free memory lost since, some job took: if that is as much as the
-        # top leads the first job not read again (of its class, or empty
-        # then), or as its whole score (a job the listing missed), that
-        # job may now be the top.
-        fell = listed[2] - (free_bytes if free_bytes is not None else listed[2])
-        if top and fell > 0:
-            first = top[0]
-            rival = max((c.score_bytes for c in ranking.candidates
-                         if id(c.job) not in fresh and c.importance is first.importance
-                         and (c.killable or not c.job.procs)), default=0)
-            if rival + fell >= first.score_bytes:
+            allowed += len(grown)
+            if not all(read_again(j) for j in grown):
                 return None
+            swept = True
+            self._walk_timings["sweep"] = self.now_usec() - t_sweep
+        if swept and count:
+            self.walk_listings["swept"] += 1
         if count:
             self.walk_listings["reused"] += 1
             self.walk_listings["read_again"] += reads
@@ -423,6 +481,24 @@ class Daemon:
             for k, v in self.lister.fs.job_reads.items():
                 out[k] = out.get(k, 0) + v
         out["latest_listing_usec"] = self._listing_usec
+        return out
+
+    def _grown(self, jobs: list[Job]) -> list[Job] | None:
+        """Those of ``jobs`` whose usage grew by more than
+        cgtable.REUSE_USAGE_SLACK since they were read (or was not known
+        then), and those gone; None if a usage cannot be read (in doubt:
+        list again)."""
+        out = []
+        for job in jobs:
+            try:
+                now = self.cgroupfs.usage(job.path)
+            except FileNotFoundError:       # Vanished: read_again drops it
+                out.append(job)
+                continue
+            except (OSError, ValueError):
+                return None
+            if job.usage_bytes < 0 or now - job.usage_bytes > cgtable.REUSE_USAGE_SLACK:
+                out.append(job)
         return out
 
     def _listed_instead(self) -> list[Job]:
@@ -502,8 +578,10 @@ class Daemon:
             else:
                 timings = {"snapshot": t_detect - t0, "rank": t_rank - t_detect}
                 if walk_age:
-                    # the walk took the listing this old, its top jobs read again
+                    # the walk took the listing this old, its top jobs read
+                    # again: how long it waited for it, checked it, read again
                     timings["listing_age"] = walk_age
+                    timings.update(self._walk_timings)
                 record = self._decision(action, res, events, snap, t0, t_rank, timings)
         return record
 

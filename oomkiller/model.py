@@ -164,6 +164,10 @@ class Job:
     # unknown): a process in ``procs`` that started before it is the one
     # listed, whatever its pid names later (the killer's ``_ranked_away``)
     listed_ticks: int = dataclasses.field(default=0, compare=False)
+    # the cgroup's usage (memory.current; memory.usage_in_bytes on v1) as
+    # its charge was read, -1 if unknown: what a walk compares it with to
+    # find the jobs that grew since a listing (Daemon._confirmed)
+    usage_bytes: int = dataclasses.field(default=-1, compare=False)
 
     @functools.cached_property
     def committed_bytes(self) -> int:

@@ -234,8 +234,9 @@ def walks_text(w: dict[str, Any] | None) -> str:
     the jobs they may kill read again."""
     if not w:
         return "-"
-    return (f"{w['listed']} listed every job, {w['reused']} took a listing under "
-            f"{LISTING_REUSE_MS} ms old and read {w['read_again']} jobs again")
+    return (f"{w['listed']} listed every job, {w['reused']} took a recent listing and "
+            f"read {w['read_again']} jobs again" + (f" ({w['swept']} of them after reading every job's usage)"
+                                                   if w.get("swept") else ""))
 
 
 def job_reads_text(r: dict[str, int] | None) -> str:

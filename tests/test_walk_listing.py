@@ -49,7 +49,8 @@ def _daemon(proc_tree, v2_tree, monkeypatch):
 def _grow(proc_tree, v2_tree, comm, pid, mib):
     proc_tree.root.joinpath(str(pid)).rename(proc_tree.root / f"old{pid}")
     proc_tree.proc(pid, comm, anon_kb=mib << 10, shmem_kb=0, swap_kb=0, cgroup=f"0::/arena/{comm}\n")
-    v2_tree.cgroup(f"arena/{comm}", (pid,), memory__stat=f"anon {mib * MIB}\nshmem 0\n")
+    v2_tree.cgroup(f"arena/{comm}", (pid,), memory__stat=f"anon {mib * MIB}\nshmem 0\n",
+                   memory__current=f"{mib * MIB}\n")
 
 
 def _tick(d, **kw):
@@ -65,9 +66,9 @@ def test_a_walk_takes_a_recent_listing_and_reads_again_the_jobs_it_may_kill(proc
     assert rec.victim["job"] == "hog"
     # the hog and the one after it, not the db
     assert sorted(reads) == ["hog", "web"]
-    assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2}
+    assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2, "swept": 0}
     assert rec.timings_usec["listing_age"] == 100_000
-    assert "1 took a listing under 500 ms old and read 2 jobs again" in d.info()[0]
+    assert "1 took a recent listing and read 2 jobs again" in d.info()[0]
 
 
 def test_a_job_that_grew_past_the_top_is_found_when_the_ranking_moves(proc_tree, v2_tree, monkeypatch):
@@ -114,21 +115,42 @@ def test_without_an_event_a_job_third_in_the_listing_waits_for_the_next_listing(
 def test_a_listing_too_old_is_listed_again(proc_tree, v2_tree, monkeypatch):
     d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
     d.jobs()
-    clock.advance_ms(daemon_mod.LISTING_REUSE_USEC / 1000 + 1)
+    clock.advance_ms(daemon_mod.LISTING_SWEEP_MAX_USEC / 1000 + 1)
     rec = _tick(d)
     assert rec.victim["job"] == "hog"
     assert d.walk_listings["listed"] == 1 and d.walk_listings["reused"] == 0
     assert "listing_age" not in rec.timings_usec
 
 
+@pytest.mark.parametrize("grown", [None, "db"])
+def test_an_older_listing_serves_once_every_jobs_usage_is_read(proc_tree, v2_tree, monkeypatch, grown):
+    """Older than a walk takes as it is, younger than LISTING_SWEEP_MAX_USEC,
+    no job come or gone: each job's usage is read, only those that grew
+    are read in full, and the top two are fresh. A db grown past the hog
+    is found so, and killed."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    if grown:
+        v2_tree.cgroup("arena", memory__current=f"{140 * MIB}\n")
+    d.jobs()
+    if grown:
+        _grow(proc_tree, v2_tree, grown, 4103, 200)
+        v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+    clock.advance_ms(5000)
+    rec = _tick(d)
+    assert rec.victim["job"] == (grown or "hog")
+    assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2 if not grown else 3, "swept": 1}
+    assert sorted(reads) == sorted(["hog", "web"] + ([grown] if grown else []))
+    assert rec.timings_usec["listing_age"] == 5_000_000 and "sweep" in rec.timings_usec
+
+
 @pytest.mark.parametrize("took_ms, age_ms, reused", [
-    (800, 1150, True), (800, 1250, False),          # 1.5 times as long as it took to make
+    (800, 2350, True), (800, 2450, False),          # 3 times as long as it took to make
     (100, 450, True), (100, 550, False),            # but at least LISTING_REUSE_USEC
     (9000, 2900, True), (9000, 3100, False),        # and at most LISTING_MAX_AGE_USEC
 ])
 def test_a_listing_slow_to_make_may_be_older(proc_tree, v2_tree, monkeypatch, took_ms, age_ms, reused):
     """Ten thousand jobs take most of a second to list: a walk may take a
-    listing as old as 1.5 times that (the free-memory check still holds),
+    listing as old as 3 times that (the free-memory check still holds),
     or it would wait for one on every wake."""
     d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
     d.jobs()
@@ -136,7 +158,8 @@ def test_a_listing_slow_to_make_may_be_older(proc_tree, v2_tree, monkeypatch, to
     clock.advance_ms(age_ms)
     rec = _tick(d)
     assert rec.victim["job"] == "hog"
-    assert d.walk_listings["reused"] == int(reused) and d.walk_listings["listed"] == int(not reused)
+    # older: taken only once every job's usage is read (the sweep)
+    assert d.walk_listings["reused"] == 1 and d.walk_listings["swept"] == int(not reused)
 
 
 def test_a_new_job_since_the_listing_is_listed_again(proc_tree, v2_tree, monkeypatch):
@@ -147,7 +170,7 @@ def test_a_new_job_since_the_listing_is_listed_again(proc_tree, v2_tree, monkeyp
     clock.advance_ms(10)
     rec = _tick(d)
     assert rec.victim["job"] == "new"
-    assert d.walk_listings == {"listed": 1, "reused": 0, "read_again": 0}
+    assert d.walk_listings == {"listed": 1, "reused": 0, "read_again": 0, "swept": 0}
 
 
 def test_a_top_job_gone_since_the_listing_is_dropped(proc_tree, v2_tree, monkeypatch):
@@ -242,20 +265,28 @@ def test_a_background_listing_that_fails_is_said_and_the_walk_lists_on_the_loop(
         d.lister.close()
 
 
-def test_a_job_not_read_again_that_may_have_grown_past_the_top_is_listed_again(proc_tree, v2_tree, monkeypatch):
+@pytest.mark.parametrize("usage_known", [True, False])
+def test_a_job_not_read_again_that_may_have_grown_past_the_top_is_found(proc_tree, v2_tree, monkeypatch,
+                                                                        usage_known):
     """The domain lost 110 MiB of free memory since the listing, more than
     the hog (150 MiB) leads the db (60 MiB, third, not named by an event):
-    the db may be the top now, so every job is listed, and the db, grown
-    to 200 MiB, is the one killed."""
+    the db may be the top now. Each job's usage says the db grew: it is
+    read again, and the db, grown to 200 MiB, is the one killed. A usage
+    that cannot be read: every job is listed again."""
     d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
     v2_tree.cgroup("arena", memory__current=f"{140 * MIB}\n")
     d.jobs()
     _grow(proc_tree, v2_tree, "db", 4103, 200)
     v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+    if not usage_known:
+        monkeypatch.setattr(d.cgroupfs, "usage", lambda path: (_ for _ in ()).throw(OSError(5, "EIO", path)))
     clock.advance_ms(50)
     rec = _tick(d)
     assert rec.victim["job"] == "db"
-    assert d.walk_listings == {"listed": 1, "reused": 0, "read_again": 0}
+    if usage_known:
+        assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 3, "swept": 1}
+    else:
+        assert d.walk_listings == {"listed": 1, "reused": 0, "read_again": 0, "swept": 0}
 
 
 def test_a_fall_in_free_memory_smaller_than_the_lead_keeps_the_listing(proc_tree, v2_tree, monkeypatch):
@@ -268,7 +299,7 @@ def test_a_fall_in_free_memory_smaller_than_the_lead_keeps_the_listing(proc_tree
     clock.advance_ms(50)
     rec = _tick(d)
     assert rec.victim["job"] == "hog"
-    assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2}
+    assert d.walk_listings == {"listed": 0, "reused": 1, "read_again": 2, "swept": 0}
 
 
 def test_a_job_the_listing_missed_that_took_more_than_the_top_has_is_listed(proc_tree, v2_tree, monkeypatch):
@@ -348,7 +379,8 @@ def test_a_background_listing_is_held_to_the_free_memory_seen_while_it_ran(proc_
         clock.advance_ms(50)
         rec = _tick(d)
         assert rec.victim["job"] == victim
-        assert d.walk_listings["reused"] == (0 if fall else 1)
+        # the fall: each job's usage read finds the db grown
+        assert d.walk_listings["reused"] == 1 and d.walk_listings["swept"] == int(fall)
     finally:
         d.lister.close()
 

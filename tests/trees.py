@@ -125,7 +125,8 @@ def short_arena(proc_tree: ProcTree, v2_tree: CgroupTree,
     v2_tree.cgroup("arena", memory__max=f"{256 * mib}\n", memory__current=f"{250 * mib}\n", memory__stat="anon 1\n")
     for cgroup, comm, pid, size in jobs:
         proc_tree.proc(pid, comm, anon_kb=size << 10, shmem_kb=0, swap_kb=0, cgroup=f"0::/arena/{comm}\n")
-        v2_tree.cgroup(f"arena/{cgroup}", (pid,), memory__stat=f"anon {size * mib}\nshmem 0\n")
+        v2_tree.cgroup(f"arena/{cgroup}", (pid,), memory__stat=f"anon {size * mib}\nshmem 0\n",
+                       memory__current=f"{size * mib}\n")
 
 
 def short_config(proc_tree: ProcTree, v2_tree: CgroupTree, **conf):
