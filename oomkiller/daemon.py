@@ -277,8 +277,25 @@ class Daemon:
         and no job came or went since (the PSI source's watch, else the
         listing's own check: one stat per cgroup it looked at)."""
         listed = self._listed
-        return (listed is not None and self.now_usec() - listed[0] < max_age_usec and listed[2] is not None
-                and (not self._jobs_changed or self.cgroupfs.listing_unchanged(listed[3])))
+        if listed is None or self.now_usec() - listed[0] >= max_age_usec or listed[2] is None:
+            return False
+        if not self._jobs_changed:
+            return True
+        # Cgroups came or went since the watch was set: watched afresh
+        # (events already queued still count), then the listing checked.
+        # If it still holds, nothing came or went that the new watch did not
+        # see, and the next wakes need not check it again (with ten thousand
+        # jobs, a tenth of a second each).
+        psi = self._psi()
+        watch = getattr(psi, "watch_jobs", None)
+        if watch is not None:
+            psi.jobs_changed()                  # what is queued, read before the watch is set again
+            watch(self.domain.path, frozenset(j.path for j in listed[1]))
+        if not self.cgroupfs.listing_unchanged(listed[3]):
+            return False
+        if watch is not None and not psi.jobs_changed():
+            self._jobs_changed = False
+        return True
 
     def saw(self, snap: MemorySnapshot) -> None:
         """A fresh snapshot of the domain: the latest, and one of those a

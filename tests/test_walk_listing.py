@@ -397,3 +397,45 @@ def test_a_quick_listing_is_made_on_the_loop_for_the_arming(proc_tree, v2_tree):
         assert d.lister.counts["listed"] == 0
     finally:
         d.lister.close()
+
+
+class _Watch:
+    """The PSI source's watch for cgroups that come and go, as the daemon
+    sees it: ``changed`` until watched afresh."""
+
+    def __init__(self) -> None:
+        self.changed, self.watched = True, []
+
+    def track(self, paths):
+        return [], []
+
+    def watch_jobs(self, domain_path, jobs):
+        self.watched.append(frozenset(jobs))
+        self.changed = False
+
+    def jobs_changed(self):
+        return self.changed
+
+
+def test_a_listing_checked_after_a_change_is_watched_afresh_and_not_checked_again(proc_tree, v2_tree,
+                                                                                    monkeypatch):
+    """Cgroups came or went since the watch was set: the listing is checked
+    (one stat per cgroup: a tenth of a second at ten thousand jobs) once,
+    with the watch set again first; the next walks trust the watch."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    watch = _Watch()
+    monkeypatch.setattr(d, "_psi", lambda: watch)
+    checks = []
+    real = d.cgroupfs.listing_unchanged
+    monkeypatch.setattr(d.cgroupfs, "listing_unchanged", lambda listing: checks.append(1) or real(listing))
+    d.jobs()
+    d._jobs_changed = True
+    for _ in range(3):
+        clock.advance_ms(10)
+        assert d._usable(daemon_mod.LISTING_REUSE_USEC)
+    assert len(checks) == 1 and len(watch.watched) == 1 and not d._jobs_changed
+    assert sorted(os.path.basename(p) for p in watch.watched[0]) == ["db", "hog", "web"]
+    # a cgroup made after the watch was set: the watch says so, the check fails
+    d._jobs_changed = watch.changed = True
+    v2_tree.cgroup("arena/new")
+    assert not d._usable(daemon_mod.LISTING_REUSE_USEC) and d._jobs_changed
