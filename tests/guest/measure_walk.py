@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--profile-walks", type=int, default=10)
     ap.add_argument("--config", default="/etc/oomkiller/oomkiller.toml", help="for the profiled walks")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--trace", action="store_true", help="run the daemon under walktrace.py")
     ap.add_argument("--no-kills", dest="kills", action="store_false")
     a = ap.parse_args()
     results = os.environ.get("OOMK_VM_RESULTS", ".")
@@ -128,10 +129,15 @@ def main() -> int:
     out["services"] = len(units)
     print(f"{len(units)} services and scopes in system.slice", flush=True)
     if a.kills:
-        d = Daemon().start()
+        trace = "/run/oomkiller/walktrace.jsonl"
+        d = Daemon(exec_start=(f"{sys.executable} {HERE}/walktrace.py run --config /etc/oomkiller/oomkiller.toml"
+                               if a.trace else "")).start()
         try:
             out["kills"] = kills(d, a.runs)
             out["info"] = {k: d.info()[k] for k in ("walk_listings", "background_listings", "wakes")}
+            if a.trace and os.path.exists(trace):
+                with open(trace) as src, open(os.path.join(results, "walktrace.jsonl"), "w") as dst:
+                    dst.write(src.read())
         finally:
             d.stop()
             stop_test_units()
