@@ -118,6 +118,8 @@ def main() -> int:
     ap.add_argument("--config", default="/etc/oomkiller/oomkiller.toml", help="for the profiled walks")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--trace", action="store_true", help="run the daemon under walktrace.py")
+    ap.add_argument("--early-listing", action="store_true",
+                    help="with --trace: ask for the next background listing sooner (see walktrace.py)")
     ap.add_argument("--no-kills", dest="kills", action="store_false")
     a = ap.parse_args()
     results = os.environ.get("OOMK_VM_RESULTS", ".")
@@ -131,7 +133,8 @@ def main() -> int:
     if a.kills:
         trace = "/run/oomkiller/walktrace.jsonl"
         d = Daemon(exec_start=(f"{sys.executable} {HERE}/walktrace.py run --config /etc/oomkiller/oomkiller.toml"
-                               if a.trace else "")).start()
+                               if a.trace else ""),
+                   **({"OOMK_WALKTRACE_EARLY": "1"} if a.early_listing else {})).start()
         try:
             out["kills"] = kills(d, a.runs)
             out["info"] = {k: d.info()[k] for k in ("walk_listings", "background_listings", "wakes")}

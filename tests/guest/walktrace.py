@@ -4,7 +4,13 @@ walk and listing steps timed and written to ``$OOMK_WALKTRACE`` (JSON
 lines): each wake that walked (what ``walk_jobs`` found, how long each step
 took), each listing (on the loop or in the listing thread) and each
 snapshot. For measure_walk.py's ``--trace``; nothing in the daemon changes
-but the time the tracing itself takes."""
+but the time the tracing itself takes.
+
+With ``OOMK_WALKTRACE_EARLY=1`` (measure_walk.py's ``--early-listing``), an
+experiment: the core's needs ask for the next background listing once the
+latest is as old as ``LISTING_REUSE_USEC`` less twice the time the latest
+took, so that it lands before the one in hand is too old for a walk (the
+daemon asks once it is ``LISTING_REUSE_USEC`` old)."""
 from __future__ import annotations
 
 import json
@@ -64,6 +70,19 @@ timed(daemon.Daemon, "wake", "wake", lambda d, out: {"walked": out is not None})
 timed(cgroupfs.Cgroupfs, "jobs", "listing", lambda fs, out: {"jobs": len(out)})
 timed(cgroupfs.Cgroupfs, "job", "job_read")
 timed(domain.Domain, "snapshot", "snapshot")
+
+if os.environ.get("OOMK_WALKTRACE_EARLY") == "1":
+    _core_jobs = daemon.Daemon.core_jobs
+
+    def core_jobs(self, *a, **kw):
+        self._adopt()
+        listed = self._listed
+        if self.lister is not None and listed is not None and not self.lister.busy:
+            if self.now_usec() - listed[0] >= daemon.LISTING_REUSE_USEC - 2 * self._listing_usec:
+                self.lister.request()
+                emit(what="early_request", at=now_us(), usec=0, age=self.now_usec() - listed[0])
+        return _core_jobs(self, *a, **kw)
+    daemon.Daemon.core_jobs = core_jobs
 
 _wait = daemon.Lister.wait
 
