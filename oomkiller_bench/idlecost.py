@@ -82,12 +82,21 @@ def run_ms(pid: int) -> float:
 
 
 def wakes(sock: str) -> dict[str, int]:
-    """oomkiller's wakes so far by source (``info``), {} if it does not say."""
+    """oomkiller's wakes so far, what its sources saw (a PSI trigger that
+    fired, eBPF events) and the background listings it made (``info``);
+    {} if it does not say."""
     try:
         data = request(sock, "info", timeout_s=5).get("data", {})
     except (ControlError, OSError):
         return {}
-    return {"all": data.get("wakes", 0), **data.get("wakes_by_source", {})}
+    out = {"all": data.get("wakes", 0)}
+    for name, src in data.get("sources", {}).items():
+        for key in ("fired", "events"):
+            if isinstance(src.get(key), int):
+                out[f"{name}_{key}"] = src[key]
+    out["listed"] = ((data.get("background_listings") or {}).get("listed", 0)
+                     + (data.get("walk_listings") or {}).get("listed", 0))
+    return out
 
 
 MEMORY_FIELDS = ("VmRSS", "RssAnon", "VmHWM", "VmLck")
