@@ -100,38 +100,46 @@ class HeldFile:
     replaced by another file at the same path while open (procfs files;
     a cgroup's file, until the cgroup is removed).
 
-    A read that finds what the file belongs to gone raises ``Vanished``
-    and lets the file go: the next read opens the path again (a cgroup
-    made anew there). Reads from several threads are safe (``pread`` keeps
-    no offset); ``close()`` is for the owner, once no read is under way."""
+    A read through the held descriptor that fails (what the file belonged
+    to is gone: a cgroup removed, maybe made anew at the same path) opens
+    the path again and reads that, as ``read_text`` would; only that
+    failing raises (``Vanished`` if gone). Reads from several threads are
+    safe (``pread`` keeps no offset); ``close()`` is for the owner."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._f = None
 
     def read(self) -> str:
-        with vanishing(self.path):
-            f = self._f
-            if f is None:
-                f = self._f = open(self.path, "rb", buffering=0)
+        f = self._f
+        if f is not None:
             try:
-                fd = f.fileno()
-                data = os.pread(fd, READ_CHUNK_BYTES, 0)
-                if len(data) == READ_CHUNK_BYTES:
-                    parts = [data]
-                    while data:
-                        data = os.pread(fd, READ_CHUNK_BYTES, sum(map(len, parts)))
-                        parts.append(data)
-                    data = b"".join(parts)
+                return _pread_all(f.fileno())
+            except OSError:
+                self.close()
+        with vanishing(self.path):
+            f = self._f = open(self.path, "rb", buffering=0)
+            try:
+                return _pread_all(f.fileno())
             except OSError:
                 self.close()
                 raise
-        return data.decode("utf-8", errors="replace")
 
     def close(self) -> None:
         f, self._f = self._f, None
         if f is not None:
             f.close()
+
+
+def _pread_all(fd: int) -> str:
+    data = os.pread(fd, READ_CHUNK_BYTES, 0)
+    if len(data) == READ_CHUNK_BYTES:
+        parts = [data]
+        while data:
+            data = os.pread(fd, READ_CHUNK_BYTES, sum(map(len, parts)))
+            parts.append(data)
+        data = b"".join(parts)
+    return data.decode("utf-8", errors="replace")
 
 
 def lines(text: str) -> list[str]:

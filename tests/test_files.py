@@ -168,24 +168,40 @@ def test_a_held_file_longer_than_a_read_is_read_whole(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("err", [errno.ENODEV, errno.ESRCH])
-def test_a_held_file_whose_cgroup_went_is_vanished_and_opened_again_next_time(tmp_path, monkeypatch, err):
+def test_a_held_file_whose_cgroup_went_is_opened_again_and_vanished_if_gone(tmp_path, monkeypatch, err):
     path = _file(tmp_path, "memory.pressure", PRESSURE)
     held = HeldFile(path)
     assert held.read() == PRESSURE
     real_pread = os.pread
+    failing = []
 
-    def gone(fd, n, off):
-        raise OSError(err, os.strerror(err))
-    monkeypatch.setattr(files_mod.os, "pread", gone)
+    def pread(fd, n, off):
+        if failing:
+            failing.pop()
+            raise OSError(err, os.strerror(err))
+        return real_pread(fd, n, off)
+    monkeypatch.setattr(files_mod.os, "pread", pread)
+    # A cgroup removed and made anew at the same path: the held descriptor
+    # fails once, and the path opened again reads the new one.
+    os.unlink(path)
+    _file(tmp_path, "memory.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n")
+    failing.append(1)
+    assert parse_psi_totals(held.read()) == {"some": 5}
+    # Gone for good: the path is not there to open again.
+    os.unlink(path)
+    failing.append(1)
+    with pytest.raises(Vanished) as info:
+        held.read()
+    assert info.value.errno == errno.ENOENT and info.value.filename == path and not failing
+    # There, but failing as a removed cgroup's file does, held and opened
+    # again: vanished.
+    _file(tmp_path, "memory.pressure", PRESSURE)
+    assert held.read() == PRESSURE
+    failing[:] = [1, 1]
     with pytest.raises(Vanished) as info:
         held.read()
     assert info.value.errno == err and info.value.filename == path
-    monkeypatch.setattr(files_mod.os, "pread", real_pread)
-    os.unlink(path)
-    with pytest.raises(Vanished):       # let go: the path is opened again, and is not there
-        held.read()
-    _file(tmp_path, "memory.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n")
-    assert parse_psi_totals(held.read()) == {"some": 5}
+    assert held.read() == PRESSURE
 
 
 def test_read_pids(tmp_path):
