@@ -1135,7 +1135,8 @@ class Daemon:
                     deadline = min(deadline, self.now_usec() + self.next_tick_usec())
                 if notifier is not None:
                     self._send_status(notifier)
-                if self.now_usec() - self._published_usec >= PUBLISH_USEC:
+                if self.metrics is not None and self.now_usec() - self._published_usec >= PUBLISH_USEC:
+                    # only for the endpoint: it reads the eBPF counters' maps
                     self.publish()
         finally:
             if notifier is not None:

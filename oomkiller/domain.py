@@ -28,7 +28,7 @@ import re
 import time
 
 from .cgroupfs import MAX_DOMAIN_CGROUPS, Cgroupfs, reclaimable_bytes, walk_cgroups
-from .files import Vanished, read_psi_totals, read_text, vanishing
+from .files import HeldFile, Vanished, parse_psi_totals, read_text, vanishing
 from .model import MemorySnapshot
 from .procfs import Procfs
 
@@ -51,6 +51,7 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
 
 # What a snapshot reads of /proc/meminfo (the timer reads it every second:
 # the other fifty lines are not parsed).
+REFAULT_KEYS = ("workingset_refault_file", "workingset_refault")
 MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)",
                           "SwapTotal", "SwapFree"})
 
@@ -76,6 +77,7 @@ class Domain:
         self.path = cgroupfs.resolve(spec)
         self.is_host = spec == "host"
         self.pressure_path: str | None = None
+        self._pressure: HeldFile | None = None      # pressure_path, kept open: read on every wake
         self._name = ("", "")        # (path, name)
         # (when, v2 counterpart, its path as /proc/PID/cgroup shows it, the ids of its subtree)
         self._v2: tuple[float, str | None, str | None, frozenset[int]] | None = None
@@ -142,8 +144,13 @@ class Domain:
         """(some, full) cumulative memory stall of the domain, -1 each if unknown."""
         if not self.pressure_path:
             return -1, -1
+        held = self._pressure
+        if held is None or held.path != self.pressure_path:
+            if held is not None:
+                held.close()
+            held = self._pressure = HeldFile(self.pressure_path)
         try:
-            totals = read_psi_totals(self.pressure_path)
+            totals = parse_psi_totals(held.read())
         except (OSError, ValueError):
             return -1, -1
         return totals.get("some", -1), totals.get("full", -1)
@@ -234,7 +241,7 @@ class Domain:
         """The host's ``workingset_refault_file`` (``workingset_refault``
         before 5.9), -1 if it cannot be read."""
         try:
-            vm = self.procfs.vmstat()
+            vm = self.procfs.vmstat(REFAULT_KEYS)
         except (OSError, ValueError):
             return -1
         return vm.get("workingset_refault_file", vm.get("workingset_refault", -1))

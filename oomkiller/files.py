@@ -13,7 +13,10 @@ Each shape of file the kernel writes is parsed here once:
 * anything else as text: ``read_text``.
 
 A caller that holds a file open and reads it again and again parses what it
-read with ``parse_kb_fields`` or ``parse_keyed``.
+read with ``parse_kb_fields`` or ``parse_keyed``; ``HeldFile`` holds one
+open for it (the files every wake reads: ``/proc/meminfo``,
+``/proc/vmstat``, the domain's ``memory.pressure``). ``pick_keyed`` takes a
+few keys of a long ``key N`` text without parsing the rest.
 
 What a file belongs to, a process or a cgroup, can go away at any time: every
 reader raises ``Vanished`` then, and this module alone decides which errors
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import Iterable, Iterator
 
 # What reading a file of a process or cgroup that is going away gives:
@@ -88,6 +92,56 @@ def read_text(path: str, max_bytes: int | None = None) -> str:
             return f.read(max_bytes).decode("utf-8", errors="replace")
 
 
+class HeldFile:
+    """A kernel file kept open and read from its start each time
+    (``pread``): the open and the close that ``read_text`` makes are two
+    system calls of three, and on a busy or emulated machine (TCG) they
+    cost more than the read. For files read on every wake, that are never
+    replaced by another file at the same path while open (procfs files;
+    a cgroup's file, until the cgroup is removed).
+
+    A read through the held descriptor that fails (what the file belonged
+    to is gone: a cgroup removed, maybe made anew at the same path) opens
+    the path again and reads that, as ``read_text`` would; only that
+    failing raises (``Vanished`` if gone). Reads from several threads are
+    safe (``pread`` keeps no offset); ``close()`` is for the owner."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._f = None
+
+    def read(self) -> str:
+        f = self._f
+        if f is not None:
+            try:
+                return _pread_all(f.fileno())
+            except OSError:
+                self.close()
+        with vanishing(self.path):
+            f = self._f = open(self.path, "rb", buffering=0)
+            try:
+                return _pread_all(f.fileno())
+            except OSError:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        f, self._f = self._f, None
+        if f is not None:
+            f.close()
+
+
+def _pread_all(fd: int) -> str:
+    data = os.pread(fd, READ_CHUNK_BYTES, 0)
+    if len(data) == READ_CHUNK_BYTES:
+        parts = [data]
+        while data:
+            data = os.pread(fd, READ_CHUNK_BYTES, sum(map(len, parts)))
+            parts.append(data)
+        data = b"".join(parts)
+    return data.decode("utf-8", errors="replace")
+
+
 def lines(text: str) -> list[str]:
     """The lines of a kernel file: split on ``\n`` alone, the one line end
     the kernel writes and the one character it refuses in a cgroup's name."""
@@ -108,20 +162,40 @@ def parse_kb_fields(text: str, keys: Iterable[str] | None = None, *, kb: bool = 
     """The ``Key:  N kB`` fields of a text in bytes (in kB with ``kb``); a
     field of one number without a unit (a count, such as ``Threads`` or
     ``HugePages_Total``) as it is. Other lines (``Name:``, ``Uid:``) are
-    left out, and so is every key not in ``keys`` if it is given."""
-    wanted = None if keys is None else frozenset(keys)
+    left out, and so is every key not in ``keys`` if it is given (those
+    are found by search, not by splitting every line: a listing reads a
+    ``status`` of some 55 lines for 3 of them)."""
     scale = 1 if kb else 1024
     out = {}
-    for line in lines(text):
-        key, _, rest = line.partition(":")
-        if wanted is not None and key not in wanted:
-            continue
+    found = ((line.partition(":")[::2] for line in lines(text)) if keys is None
+             else _lines_of(text, keys, ":"))
+    for key, rest in found:
         parts = rest.split()
         if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
             out[key] = int(parts[0]) * scale
         elif len(parts) == 1 and parts[0].lstrip("-").isdigit():
             out[key] = int(parts[0])
     return out
+
+
+def _lines_of(text: str, keys: Iterable[str], sep: str) -> Iterator[tuple[str, str]]:
+    """(key, the rest of its line) for each of ``keys`` that begins a line
+    of ``text`` followed by ``sep``, the first such line; found by search.
+    A key that could not begin such a line (empty, or holding ``sep`` or a
+    line end) is not looked for."""
+    for key in keys:
+        if not key or sep in key or "\n" in key:
+            continue
+        head = key + sep
+        if text.startswith(head):
+            at = len(head)
+        else:
+            at = text.find("\n" + head)
+            if at < 0:
+                continue
+            at += len(head) + 1
+        end = text.find("\n", at)
+        yield key, text[at:] if end < 0 else text[at:end]
 
 
 def read_kb_fields(path: str, keys: Iterable[str] | None = None, *, kb: bool = False) -> dict[str, int]:
@@ -137,6 +211,20 @@ def parse_keyed(text: str) -> dict[str, int]:
         parts = line.split()
         if len(parts) == 2 and parts[1].lstrip("-").isdigit():
             out[parts[0]] = int(parts[1])
+    return out
+
+
+def pick_keyed(text: str, keys: Iterable[str]) -> dict[str, int]:
+    """``parse_keyed(text)`` of ``keys`` alone, found by search: a long file
+    such as ``/proc/vmstat`` (some 180 lines) read for one or two counters
+    is not split into lines: the key and its number apart by one space, as
+    the kernel writes them. A key that is not there, or whose line is of
+    another shape, is left out."""
+    out = {}
+    for key, rest in _lines_of(text, keys, " "):
+        parts = rest.split()
+        if len(parts) == 1 and parts[0].lstrip("-").isdigit() and key.split() == [key]:
+            out[key] = int(parts[0])
     return out
 
 
@@ -157,8 +245,13 @@ def read_psi_totals(path: str) -> dict[str, int]:
     """``{"some": usec, "full": usec}``: the ``total=`` stall times of a PSI
     file (``/proc/pressure/memory``, ``memory.pressure``); a line without
     one is left out. Raises ``Vanished`` if it is gone."""
+    return parse_psi_totals(read_text(path))
+
+
+def parse_psi_totals(text: str) -> dict[str, int]:
+    """``read_psi_totals`` of a PSI file's text."""
     out = {}
-    for line in lines(read_text(path)):
+    for line in lines(text):
         kind, *fields = line.split() or [""]
         for field in fields:
             k, _, v = field.partition("=")

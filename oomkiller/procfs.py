@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Iterable
 
-from .files import Vanished, lines, read_kb_fields, read_keyed, read_text
+from .files import HeldFile, Vanished, lines, parse_kb_fields, parse_keyed, pick_keyed, read_kb_fields, read_text
 from .model import Proc
 
 PF_KTHREAD = 0x00200000     # include/linux/sched.h
@@ -69,15 +69,20 @@ class Procfs:
 
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
+        # read on every wake: kept open (files.HeldFile)
+        self._meminfo = HeldFile(os.path.join(root, "meminfo"))
+        self._vmstat = HeldFile(os.path.join(root, "vmstat"))
 
     def meminfo(self, keys: Iterable[str] | None = None) -> dict[str, int]:
         """``/proc/meminfo`` in bytes, keyed by field name (a count such as
         ``HugePages_Total`` as it is); only ``keys`` if given."""
-        return read_kb_fields(os.path.join(self.root, "meminfo"), keys)
+        return parse_kb_fields(self._meminfo.read(), keys)
 
-    def vmstat(self) -> dict[str, int]:
-        """``/proc/vmstat``, keyed by counter name (pages and events)."""
-        return read_keyed(os.path.join(self.root, "vmstat"))
+    def vmstat(self, keys: Iterable[str] | None = None) -> dict[str, int]:
+        """``/proc/vmstat``, keyed by counter name (pages and events); only
+        ``keys`` if given (found without parsing the rest)."""
+        text = self._vmstat.read()
+        return parse_keyed(text) if keys is None else pick_keyed(text, keys)
 
     def swaps(self) -> list[tuple[str, int, int]]:
         """``/proc/swaps``: (file name as the kernel escapes it, size, used)

@@ -7,8 +7,9 @@ import os
 import pytest
 
 import oomkiller.files as files_mod
-from oomkiller.files import (GONE_ERRNOS, Vanished, parse_kb_fields, parse_keyed, read_int, read_kb_fields,
-                             read_keyed, read_pids, read_psi_totals, read_text, vanishing)
+from oomkiller.files import (GONE_ERRNOS, HeldFile, Vanished, parse_kb_fields, parse_keyed, parse_psi_totals,
+                             pick_keyed, read_int, read_kb_fields, read_keyed, read_pids, read_psi_totals, read_text,
+                             vanishing)
 
 from trees import Unreadable
 
@@ -104,6 +105,103 @@ def test_read_keyed(tmp_path):
         "oom_kill_disable": 0, "under_oom": 0, "oom_kill": 3}
     assert read_keyed(_file(tmp_path, "odd", "a -5\nb 1 2\nc x\n\nd 7\n")) == {"a": -5, "d": 7}
     assert parse_keyed("populated 1\nfrozen 0\n") == {"populated": 1, "frozen": 0}
+
+
+VMSTAT = """\
+nr_free_pages 4101
+workingset_refault_anon 7
+workingset_refault_file 93
+workingset_refault 1200
+pgfault -3
+odd 1 2
+nr_dirty x
+"""
+
+
+def test_pick_keyed_is_parse_keyed_of_the_keys_it_is_given():
+    everything = parse_keyed(VMSTAT)
+    for key in ["nr_free_pages", "workingset_refault_anon", "workingset_refault_file", "workingset_refault",
+                "pgfault", "odd", "nr_dirty", "nr_free", "workingset", "refault", "absent", "", "x", " ",
+                "odd 1", "nr_free_pages\n"]:
+        assert pick_keyed(VMSTAT, [key]) == {k: v for k, v in everything.items() if k == key}, key
+    # a key is a whole word at a line's start, first line and last included
+    assert pick_keyed(VMSTAT, ("workingset_refault", "nr_free_pages")) == {"workingset_refault": 1200,
+                                                                          "nr_free_pages": 4101}
+    assert pick_keyed("a 1", ["a"]) == {"a": 1}
+    assert pick_keyed("xa 1\nb a 2\n", ["a"]) == {}
+    assert pick_keyed("", ["a"]) == {}
+
+
+def test_the_kb_fields_asked_for_are_those_of_every_line():
+    for text in (MEMINFO, STATUS, "Name:\tx\x1cVmSwap: 9 kB\nVmRSS:\t4 kB\n", "VmRSS:\t4 kB", "", ":\n"):
+        everything = parse_kb_fields(text)
+        keys = [*everything, "Name", "Uid", "State", "VmSwap", "VmLck", "Mem", "MemTotal:", "", "x\nVmRSS", ":"]
+        for key in keys:
+            assert parse_kb_fields(text, [key]) == {k: v for k, v in everything.items() if k == key}, (text, key)
+        assert parse_kb_fields(text, keys, kb=True) == parse_kb_fields(text, kb=True)
+
+
+def test_a_held_file_is_opened_once_and_read_from_its_start_each_time(tmp_path, monkeypatch):
+    path = _file(tmp_path, "memory.pressure", PRESSURE)
+    opened = []
+    real_open = open
+
+    def counting(p, *a, **kw):
+        opened.append(p)
+        return real_open(p, *a, **kw)
+    monkeypatch.setattr(files_mod, "open", counting, raising=False)
+    held = HeldFile(path)
+    assert parse_psi_totals(held.read()) == {"some": 123456, "full": 7890}
+    with real_open(path, "w") as f:      # rewritten in place, as the kernel's files change
+        f.write(PRESSURE.replace("123456", "99"))
+    assert parse_psi_totals(held.read()) == {"some": 99, "full": 7890}
+    assert opened == [path]
+    held.close()
+    held.close()
+    assert held.read() == PRESSURE.replace("123456", "99") and opened == [path, path]
+
+
+def test_a_held_file_longer_than_a_read_is_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(files_mod, "READ_CHUNK_BYTES", 8)
+    for text in (VMSTAT, VMSTAT[:16], VMSTAT[:8], ""):
+        assert HeldFile(_file(tmp_path, "vmstat", text)).read() == text
+
+
+@pytest.mark.parametrize("err", [errno.ENODEV, errno.ESRCH])
+def test_a_held_file_whose_cgroup_went_is_opened_again_and_vanished_if_gone(tmp_path, monkeypatch, err):
+    path = _file(tmp_path, "memory.pressure", PRESSURE)
+    held = HeldFile(path)
+    assert held.read() == PRESSURE
+    real_pread = os.pread
+    failing = []
+
+    def pread(fd, n, off):
+        if failing:
+            failing.pop()
+            raise OSError(err, os.strerror(err))
+        return real_pread(fd, n, off)
+    monkeypatch.setattr(files_mod.os, "pread", pread)
+    # A cgroup removed and made anew at the same path: the held descriptor
+    # fails once, and the path opened again reads the new one.
+    os.unlink(path)
+    _file(tmp_path, "memory.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n")
+    failing.append(1)
+    assert parse_psi_totals(held.read()) == {"some": 5}
+    # Gone for good: the path is not there to open again.
+    os.unlink(path)
+    failing.append(1)
+    with pytest.raises(Vanished) as info:
+        held.read()
+    assert info.value.errno == errno.ENOENT and info.value.filename == path and not failing
+    # There, but failing as a removed cgroup's file does, held and opened
+    # again: vanished.
+    _file(tmp_path, "memory.pressure", PRESSURE)
+    assert held.read() == PRESSURE
+    failing[:] = [1, 1]
+    with pytest.raises(Vanished) as info:
+        held.read()
+    assert info.value.errno == err and info.value.filename == path
+    assert held.read() == PRESSURE
 
 
 def test_read_pids(tmp_path):

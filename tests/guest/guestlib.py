@@ -168,8 +168,9 @@ class Daemon:
     """The deployed daemon (deploy/oomkiller.service), with ``env`` on top of
     BASE_ENV in a drop-in."""
 
-    def __init__(self, **env: str) -> None:
+    def __init__(self, exec_start: str = "", **env: str) -> None:
         self.env = {**BASE_ENV, **env}
+        self.exec_start = exec_start    # instead of the unit's own, if given
         self.pid = 0
         self.start_s = 0.0
 
@@ -177,6 +178,8 @@ class Daemon:
         os.makedirs(os.path.dirname(DROPIN), exist_ok=True)
         with open(DROPIN, "w") as f:
             f.write("[Service]\n" + "".join(f'Environment="{k}={v}"\n' for k, v in self.env.items()))
+            if self.exec_start:
+                f.write(f"ExecStart=\nExecStart={self.exec_start}\n")
         sh("systemctl", "daemon-reload")
         t0 = time.monotonic()
         sh("systemctl", "restart", DAEMON_UNIT)
