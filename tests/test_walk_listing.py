@@ -439,3 +439,24 @@ def test_a_listing_checked_after_a_change_is_watched_afresh_and_not_checked_agai
     d._jobs_changed = watch.changed = True
     v2_tree.cgroup("arena/new")
     assert not d._usable(daemon_mod.LISTING_REUSE_USEC) and d._jobs_changed
+
+
+def test_a_process_moved_into_a_job_read_again_does_not_hide_what_another_took(proc_tree, v2_tree, monkeypatch):
+    """A process with 140 MiB of its own moves into the web (second, read
+    again) from a cgroup outside the jobs: its charge stays where it was,
+    so the web's score rises by 50 MiB while the domain's free memory does
+    not fall by a byte of it. Meanwhile the db (third, not read again)
+    grew by 110 MiB, past the hog, and the domain lost those 110 MiB. What
+    the jobs read again took is their charge, not a process's memory that
+    came without one: the fall trips the check, the db is found and killed
+    (the web's owner must not be able to steer the kill to the hog)."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    v2_tree.cgroup("arena", memory__current=f"{140 * MIB}\n")
+    d.jobs()
+    proc_tree.proc(4106, "mover", anon_kb=140 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/web\n")
+    v2_tree.cgroup("arena/web", (4102, 4106))       # charge and usage unchanged: they stayed behind
+    _grow(proc_tree, v2_tree, "db", 4103, 170)
+    v2_tree.cgroup("arena", memory__current=f"{250 * MIB}\n")
+    clock.advance_ms(50)
+    rec = _tick(d)
+    assert rec.victim["job"] == "db"
