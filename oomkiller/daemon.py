@@ -428,7 +428,12 @@ class Daemon:
                 return False
             jobs[at] = new
             fresh.add(id(new))
-            grew += new.committed_bytes - job.committed_bytes
+            # What the domain lost to it: its charge, not its score. A
+            # process moved in brings its memory but leaves its charge behind
+            # (and the domain lost nothing to the move); an unknown charge
+            # counts as no gain, so the check below errs toward listing.
+            if new.charged_bytes and job.charged_bytes:
+                grew += new.charged_bytes - job.charged_bytes
             return True
 
         # An event names its task's cgroup, which is the job's own only if
