@@ -460,3 +460,57 @@ def test_a_process_moved_into_a_job_read_again_does_not_hide_what_another_took(p
     clock.advance_ms(50)
     rec = _tick(d)
     assert rec.victim["job"] == "db"
+
+
+class _TreeWatchPsi:
+    """The PSI source's watch for cgroups that come and go, the real one
+    (inotify on the fixture's folders)."""
+
+    def __init__(self) -> None:
+        from oomkiller.sources.psi import TreeWatch
+        self.tree = TreeWatch()
+
+    def track(self, paths):
+        return [], []
+
+    def watch_jobs(self, domain_path, jobs):
+        self.tree.watch(domain_path, jobs)
+
+    def jobs_changed(self):
+        return self.tree.changed()
+
+
+def test_a_watch_set_afresh_for_a_listing_that_failed_its_check_is_not_trusted(proc_tree, v2_tree, monkeypatch):
+    """The listing's job ``x`` (a cgroup with processes of its own) is
+    removed and made again as a folder of jobs (``x/a``). A walk's check
+    sets the watch afresh for the listing it holds, where ``x`` is a job,
+    so ``x`` is not watched; the check then fails and the jobs are listed
+    again. That watch, set for jobs that were not the domain's any more,
+    must not vouch for the new listing: a job made later below ``x``
+    (``x/b``, 400 MiB of a process moved in, its charge left behind) would
+    go unseen and the hog be killed in its place."""
+    import shutil
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    proc_tree.proc(4107, "x", anon_kb=1 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/x\n")
+    x = v2_tree.cgroup("arena/x", (4107,), memory__stat=f"anon {MIB}\nshmem 0\n", memory__current=f"{MIB}\n")
+    psi = _TreeWatchPsi()
+    monkeypatch.setattr(d, "_psi", lambda: psi)
+    try:
+        listed = d.jobs()
+        assert "x" in [j.name for j in listed]
+        psi.watch_jobs(d.domain.path, frozenset(j.path for j in listed))     # as a refresh of the triggers does
+        shutil.rmtree(x)
+        (proc_tree.root / "4107" / "cgroup").write_text("0::/arena/x/a\n")
+        v2_tree.cgroup("arena/x/a", (4107,), memory__stat=f"anon {MIB}\nshmem 0\n", memory__current=f"{MIB}\n")
+        d._jobs_changed = psi.jobs_changed()        # as the next wake does
+        assert d._jobs_changed
+        clock.advance_ms(10)
+        assert not d._usable(daemon_mod.LISTING_REUSE_USEC)
+        assert "x/a" in [j.name for j in d.jobs()]
+        clock.advance_ms(10)
+        proc_tree.proc(4108, "mover", anon_kb=400 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/x/b\n")
+        v2_tree.cgroup("arena/x/b", (4108,), memory__stat="anon 0\nshmem 0\n", memory__current="0\n")
+        rec = _tick(d)
+        assert rec.victim["job"] == "x/b"
+    finally:
+        psi.tree.close()
