@@ -190,6 +190,9 @@ class Daemon:
         self._listing_usec = 0
         self.walk_listings = {"listed": 0, "reused": 0, "read_again": 0, "swept": 0}
         self._jobs_changed = True
+        # the PSI source's watch was last set for a listing found stale
+        # since: it says nothing of the domain's folders (see _usable)
+        self._watch_stale = False
         self._walk_listing_age = 0      # of the listing the latest walk took, 0 if it listed afresh
         self._walk_timings: dict[str, int] = {}     # its parts (usec)
         self._marks: thrash_core.RefaultMarks | None = None
@@ -292,7 +295,12 @@ class Daemon:
             psi.jobs_changed()                  # what is queued, read before the watch is set again
             watch(self.domain.path, frozenset(j.path for j in listed[1]))
         if not self.cgroupfs.listing_unchanged(listed[3]):
+            # The watch just set is of folders outside jobs the domain may
+            # not have any more (one that was a job may hold jobs now, not
+            # watched): it vouches for no listing until it is set again.
+            self._watch_stale = watch is not None
             return False
+        self._watch_stale = False
         if watch is not None and not psi.jobs_changed():
             self._jobs_changed = False
         return True
@@ -556,7 +564,7 @@ class Daemon:
         # One read that finds nothing, mostly: whether cgroups came or went
         # since the jobs' triggers were last refreshed.
         changed = getattr(psi, "jobs_changed", None)
-        self._jobs_changed = changed() if changed is not None else True
+        self._jobs_changed = (changed() if changed is not None else True) or self._watch_stale
         wake = core.Wake(t0, snap, tuple(events), lowmem=self.simulate_lowmem,
                          foreign_pids=self._foreign_victims(events), can_arm=self.arm is not None,
                          can_track=psi is not None and self._ep is not None,
@@ -885,6 +893,7 @@ class Daemon:
         watch = getattr(psi, "watch_jobs", None)
         if watch is not None:
             watch(self.domain.path, action.jobs)
+            self._watch_stale = False
         for fd in dropped:
             self._ep.unregister(fd)
             self._by_fd.pop(fd, None)
