@@ -342,3 +342,23 @@ def test_a_job_whose_charge_cannot_be_read_is_read_in_full_again(proc_tree, v2_t
     (v2_tree.mem / "batch" / "memory.stat").unlink()
     first = _listing(fs, v2_tree, proc_tree)
     assert _listing(fs, v2_tree, proc_tree)["batch"] is not first["batch"]
+
+
+def test_a_job_with_swap_is_read_in_full_as_often_as_one_with_cache(proc_tree, v2_tree, monkeypatch):
+    """At a limit of its own, a job's usage stays put while what no longer
+    fits goes to swap: its charge (swap counted) grows with its usage
+    unmoved, as a job's cache can turn into charge. It is not "all charge"
+    (read in full only every 30-60 s): its swap is read within the shorter
+    refresh, as its cache would be."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    fs = _setup(proc_tree, v2_tree)
+    _job_files(v2_tree, "batch", 100, cache_kb=0)
+    swap = v2_tree.mem / "batch" / "memory.swap.current"
+    swap.write_text(f"{100 << 20}\n")
+    dom = fs.resolve("host")
+    first = {j.name: j for j in fs.jobs(dom, ("auto",))}["batch"]
+    swap.write_text(f"{900 << 20}\n")
+    clock[0] += cgtable.REUSE_MAX_AGE_S
+    got = {j.name: j for j in fs.jobs(dom, ("auto",))}["batch"]
+    assert got.charged_bytes == first.charged_bytes + (800 << 20)
