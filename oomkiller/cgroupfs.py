@@ -643,8 +643,10 @@ class Cgroupfs:
             if path in self._facts or len(self._facts) < cgtable.MAX_TABLE_JOBS:
                 self._facts[path] = facts
         last = facts.last if reuse else None
+        # all charge: no cache beyond the slack that could turn into charge,
+        # nor swap (counted in the charge, not the usage) that could grow
         if last is not None and time.monotonic() - last.at >= cgtable.refresh_after(
-                facts.inode, last.usage - last.job.charged_bytes <= cgtable.REUSE_USAGE_SLACK):
+                facts.inode, abs(last.usage - last.job.charged_bytes) <= cgtable.REUSE_USAGE_SLACK):
             last = None
         pids = read_pids(os.path.join(path, "cgroup.procs"))
         own = bool(pids)

@@ -47,7 +47,9 @@ MAX_TABLE_LISTINGS = 4
 # file moves in steps (v1 charges per CPU in batches of 32 pages). A job
 # with file cache beyond the slack (usage over its charge) could turn it
 # into memory nobody can reclaim with its usage unmoved (at a limit of its
-# own), so it is read in full more often; a job whose usage is all charge
+# own), so it is read in full more often, and so is a job with swap beyond
+# the slack (counted in its charge, not its usage: at a limit of its own it
+# swaps more with its usage unmoved); a job whose usage is all charge
 # cannot grow its charge without its usage.
 REUSE_USAGE_SLACK = 256 << 10
 REUSE_MAX_AGE_S = 10.0
