@@ -362,3 +362,21 @@ def test_a_job_with_swap_is_read_in_full_as_often_as_one_with_cache(proc_tree, v
     clock[0] += cgtable.REUSE_MAX_AGE_S
     got = {j.name: j for j in fs.jobs(dom, ("auto",))}["batch"]
     assert got.charged_bytes == first.charged_bytes + (800 << 20)
+
+
+def test_jobs_read_alone_and_gone_are_not_kept_without_bound(proc_tree, v2_tree, monkeypatch):
+    """The loop reads alone the jobs a walk or an arming may kill, and with
+    listings made in the background it may not list for days: what it kept
+    of jobs read so, each with its last full read (a Job and its
+    processes), must not pile up as jobs come and go (a transient unit per
+    task) until it reaches the table's bound of twenty thousand."""
+    monkeypatch.setattr(cgtable, "MAX_READ_ALONE", 8, raising=False)
+    fs = _setup(proc_tree, v2_tree)
+    dom = fs.resolve("host")
+    fs.jobs(dom, ("auto",))
+    for i in range(40):
+        path = v2_tree.cgroup(f"system.slice/run-u{i}.scope", (803,), memory__current="4096\n",
+                              memory__stat="anon 4096\n")
+        fs.job(str(path), dom, "systemd unit")
+        shutil.rmtree(path)
+    assert len(fs._facts) <= 3 + 8
