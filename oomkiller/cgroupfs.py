@@ -125,6 +125,9 @@ class Cgroupfs:
         # each job kept between listings, checked again on every one.
         self._listings: dict[tuple, cgtable.Listing] = {}
         self._facts: dict[str, cgtable.Facts] = {}
+        # the jobs of the latest listing, and those read alone since (oldest first)
+        self._listed: frozenset[str] = frozenset()
+        self._alone: dict[str, None] = {}
         # listings of jobs taken from the table, and walked afresh
         self.table_counts = {"kept": 0, "walked": 0}
         # jobs of listings read in full, and taken as read before (unchanged)
@@ -615,9 +618,25 @@ class Cgroupfs:
         cgroups below the job and its v2 counterpart are kept between
         listings (see ``cgtable``); its processes, their v2 cgroup and its
         charge are read every time."""
-        job = self._job(path, domain_path, rule, budget)
+        try:
+            job = self._job(path, domain_path, rule, budget)
+        finally:
+            self._read_alone(path)
         assert job is not None      # only a kept listing's entry can turn it down
         return job
+
+    def _read_alone(self, path: str) -> None:
+        """Bound the facts kept of jobs read alone that no listing holds
+        (cgtable.MAX_READ_ALONE): the loop may not list for long, and those
+        jobs may be gone."""
+        if path in self._listed:
+            return
+        self._alone.pop(path, None)
+        self._alone[path] = None
+        while len(self._alone) > cgtable.MAX_READ_ALONE:
+            old = next(iter(self._alone))
+            del self._alone[old]
+            self._facts.pop(old, None)
 
     def _job(self, path: str, domain_path: str, rule: str, budget: list[int] | None,
              entry: cgtable.Entry | None = None, mark: tuple[int, int] | None = None,
@@ -856,10 +875,12 @@ class Cgroupfs:
                 job = self._partial_job(path, domain_path, why, rule)
                 if job is not None:
                     out.append(job)
+        listed = frozenset(p for p, _, _ in found)
+        self._listed = listed
         if len(self._facts) > len(found):
             # only the jobs of the latest listing are kept (and a job read alone since)
-            listed = {p for p, _, _ in found}
             self._facts = {p: f for p, f in self._facts.items() if p in listed}
+        self._alone = {p: None for p in self._alone if p in self._facts and p not in listed}
         return out
 
     def _own_procs(self, path: str) -> bool:

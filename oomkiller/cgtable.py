@@ -40,6 +40,10 @@ from dataclasses import dataclass, field
 # Trees of cgroups below jobs and v2 counterparts kept, at most (one per job;
 # each tree itself is bounded by the listing's budget, MAX_LISTING_CGROUPS).
 MAX_TABLE_JOBS = 20_000
+# Facts of jobs read alone (a walk's or an arming's reads, see
+# ``Cgroupfs.job``) and not in the latest listing, kept at most: the oldest
+# go first. A listing keeps only its own jobs' facts.
+MAX_READ_ALONE = 256
 # Listings of jobs kept (one per domain, rule and cgroups kept out).
 MAX_TABLE_LISTINGS = 4
 # A job's usage may move this much, and its full read be this old, for the
