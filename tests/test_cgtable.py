@@ -380,3 +380,22 @@ def test_jobs_read_alone_and_gone_are_not_kept_without_bound(proc_tree, v2_tree,
         fs.job(str(path), dom, "systemd unit")
         shutil.rmtree(path)
     assert len(fs._facts) <= 3 + 8
+
+
+def test_a_job_scored_by_its_processes_sees_them_shrink(proc_tree, v2_tree):
+    """A process moved into a job brings its memory and leaves its charge
+    behind: the job is scored by that process's own memory (more than its
+    charge). When the process gives most of it back, the job's usage does
+    not move (the pages were never charged to it), so the usage cannot say
+    the job changed: its processes are read again, or the job would keep
+    its old score, and its place at the top, for up to a minute."""
+    fs = _setup(proc_tree, v2_tree)
+    (v2_tree.mem / "batch" / "memory.current").write_text("0\n")
+    (v2_tree.mem / "batch" / "memory.stat").write_text("anon 0\nshmem 0\n")
+    proc_tree.root.joinpath("804").rename(proc_tree.root / "old804")
+    proc_tree.proc(804, "p804", anon_kb=1 << 20, shmem_kb=0, swap_kb=0)
+    first = _listing(fs, v2_tree, proc_tree)
+    assert first["batch"].committed_bytes == 1 << 30
+    status = proc_tree.root / "804" / "status"
+    status.write_text(status.read_text().replace(f"RssAnon:\t{1 << 20} kB", "RssAnon:\t1024 kB"))
+    assert _listing(fs, v2_tree, proc_tree)["batch"].committed_bytes == 1 << 20
