@@ -712,7 +712,11 @@ class Cgroupfs:
         key = tuple(sorted(set(pids)))
         procs = adjs = None
         reused = False      # anything taken from the last full read
-        if last is not None and key and key == last.pids:
+        # Its processes are taken as read only while they do not score it: a
+        # process moved in scores the job by its own memory, charged elsewhere,
+        # which it can give back with this job's usage unmoved.
+        if (last is not None and key and key == last.pids
+                and last.job.committed_bytes == last.job.charged_bytes):
             adjs = tuple(map(self.procfs.oom_score_adj, key))
             if adjs == last.adjs:
                 procs, listed_ticks, reused = last.job.procs, last.job.listed_ticks, True

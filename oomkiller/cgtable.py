@@ -12,7 +12,10 @@ listing reads in full only the jobs that changed (see ``Cgroupfs._job``).
 A job is taken as it was read before when its processes (``cgroup.procs``
 of its cgroups), their ``oom_score_adj`` and its memory usage (one small
 file) are as they were, within ``REUSE_USAGE_SLACK``, and its full read is
-younger than ``refresh_after``. The rest of a read (``/proc`` status of each
+younger than ``refresh_after``; its processes only while its charge, not
+their own memory, scores it (``Job.committed_bytes``: a process moved in
+brings memory charged elsewhere, and can give it back with this job's
+usage unmoved). The rest of a read (``/proc`` status of each
 process, ``memory.stat``, xattrs, the v2 counterpart) is what costs: in a
 listing of a thousand idle jobs, about nine reads of every ten. What is
 kept can be that old at most: its charge (``memory.stat`` parts that
