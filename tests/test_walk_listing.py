@@ -514,3 +514,18 @@ def test_a_watch_set_afresh_for_a_listing_that_failed_its_check_is_not_trusted(p
         assert rec.victim["job"] == "x/b"
     finally:
         psi.tree.close()
+
+
+def test_a_rank_command_reads_with_a_table_of_its_own(proc_tree, v2_tree, monkeypatch):
+    """``rank`` runs in the control thread, while the loop lists and reads
+    jobs: a table shared between them is mutated from both (the facts
+    pruned and rebuilt as the other iterates them: a RuntimeError in the
+    loop at worst). The loop's table is left as it was."""
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    d.jobs()
+    facts, counts = dict(d.cgroupfs._facts), dict(d.cgroupfs.job_reads)
+    lasts = {p: f.last for p, f in facts.items()}
+    ok, _text, data = d.handle("rank")
+    assert ok and data["ranking"][0]["job"] == "hog"
+    assert d.cgroupfs.job_reads == counts and d.cgroupfs._facts == facts
+    assert {p: f.last for p, f in d.cgroupfs._facts.items()} == lasts
