@@ -631,11 +631,12 @@ class Cgroupfs:
         jobs may be gone."""
         if path in self._listed:
             return
-        self._alone.pop(path, None)
-        self._alone[path] = None
-        while len(self._alone) > cgtable.MAX_READ_ALONE:
-            old = next(iter(self._alone))
-            del self._alone[old]
+        alone = self._alone
+        alone.pop(path, None)
+        alone[path] = None
+        while len(alone) > cgtable.MAX_READ_ALONE:
+            old = next(iter(alone))
+            alone.pop(old, None)
             self._facts.pop(old, None)
 
     def _job(self, path: str, domain_path: str, rule: str, budget: list[int] | None,

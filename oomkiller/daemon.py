@@ -179,6 +179,7 @@ class Daemon:
         self._frees: collections.deque = collections.deque(maxlen=64)
         # listings made in a thread of their own (lister.py), with a Cgroupfs of their own
         self.lister: Lister | None = None
+        self._rank_fs: Cgroupfs | None = None     # the control thread's, for ``rank``
         if background_listing:
             cg = self.cgroupfs
             self.lister = Lister(lambda: Cgroupfs(cg.root, self.procfs), self.domain.path, config.jobs,
@@ -1046,7 +1047,11 @@ class Daemon:
             # Not self.jobs(): the loop's own listing (and the refault marks
             # the thrash sufferers are measured from) are the loop's. Every
             # job read in full: what an operator asks for is shown as it is.
-            jobs = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out, reuse=False)
+            # A Cgroupfs of its own: this runs in the control thread, and the
+            # loop's table is mutated by the loop as it lists and reads.
+            if self._rank_fs is None:
+                self._rank_fs = Cgroupfs(self.cgroupfs.root, self.procfs)
+            jobs = self._rank_fs.jobs(self.domain.path, self.config.jobs, self.keep_out, reuse=False)
             ranking = rank(jobs, self.policy, snap.total_bytes)
             return True, report.format_ranking(ranking), {"ranking": [report.candidate_record(c) for c in ranking.candidates]}
         if cmd == "start":
