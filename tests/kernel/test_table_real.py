@@ -114,3 +114,36 @@ def test_a_listing_reads_in_full_only_the_jobs_that_changed(arena):
     assert [p.oom_score_adj for p in got["c"].procs] == [300]
     assert sorted(p.pid for p in got["a"].procs) == sorted((procs["a"].pid, extra.pid))
     assert fs.job_reads["reused"] >= 4 + 1
+
+
+SHRINKER = """
+import sys
+held = [b"\\x5a" * (64 << 20)]
+print("ready", flush=True)
+for line in sys.stdin:
+    held.clear()
+    print("freed", flush=True)
+"""
+
+
+def test_a_job_scored_by_a_process_moved_in_sees_it_give_memory_back(arena):
+    """A process that made 64 MiB in job a moves into job b: the charge
+    stays with a, and b is scored by the process's own memory. The process
+    then gives it back; b's usage does not move (it was never charged to
+    b), and the next listing must still see b shrink, not keep its score."""
+    import subprocess
+    import sys
+    a, b = arena.job("a"), arena.job("b")
+    p = arena.spawn(a, [sys.executable, "-c", SHRINKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    for d in b.cgroups():
+        with open(os.path.join(d, "cgroup.procs"), "w") as f:
+            f.write(str(p.pid))
+    fs = Cgroupfs()
+    first = _listing(fs, arena)
+    assert first["b"].committed_bytes >= 64 << 20 > first["b"].charged_bytes
+    p.stdin.write("free\n")
+    p.stdin.flush()
+    assert p.stdout.readline().strip() == "freed"
+    got = _listing(fs, arena)
+    assert got["b"].committed_bytes < 16 << 20
