@@ -529,3 +529,25 @@ def test_a_rank_command_reads_with_a_table_of_its_own(proc_tree, v2_tree, monkey
     assert ok and data["ranking"][0]["job"] == "hog"
     assert d.cgroupfs.job_reads == counts and d.cgroupfs._facts == facts
     assert {p: f.last for p, f in d.cgroupfs._facts.items()} == lasts
+
+
+def test_a_walk_that_lists_reads_in_full_the_jobs_it_may_kill(proc_tree, v2_tree, monkeypatch):
+    """A listing takes a job as read before while its usage holds; at a
+    limit of its own, the web's cache turned into 100 MiB more anonymous
+    memory with its usage unmoved. A cgroup came since the loop's listing:
+    the walk lists again, and that listing takes the web as read 2 s ago.
+    The walk reads in full the jobs it may kill before it kills: the web,
+    190 MiB now, is the top, not the hog."""
+    import time
+    monkeypatch.setattr(time, "monotonic", lambda: 1000.0)     # the web's last full read stays recent
+    d, clock, reads = _daemon(proc_tree, v2_tree, monkeypatch)
+    web = v2_tree.mem / "arena" / "web"
+    (web / "memory.current").write_text(f"{200 * MIB}\n")
+    (web / "memory.stat").write_text(f"anon {90 * MIB}\nfile {110 * MIB}\ninactive_file {110 * MIB}\nshmem 0\n")
+    d.jobs()
+    (web / "memory.stat").write_text(f"anon {190 * MIB}\nfile {10 * MIB}\ninactive_file {10 * MIB}\nshmem 0\n")
+    v2_tree.cgroup("arena/idle")
+    clock.advance_ms(2000)
+    rec = _tick(d)
+    assert d.walk_listings["listed"] == 1
+    assert rec.victim["job"] == "web"
