@@ -395,12 +395,12 @@ class Daemon:
             self._walk_timings["listing_wait"] = self.now_usec() - t1
             self._adopt()
         if not self._usable(max_age):
-            return self._listed_instead()
+            return self._listed_instead(events, total_bytes, free_bytes)
         age = self.now_usec() - self._listed[0]
         t1 = self.now_usec()
         jobs = self._confirmed(events, total_bytes, free_bytes, count=True)
         if jobs is None:
-            return self._listed_instead()
+            return self._listed_instead(events, total_bytes, free_bytes)
         self._walk_listing_age = max(1, age)
         self._walk_timings["listing_check"] = t1 - t0 - self._walk_timings.get("listing_wait", 0)
         self._walk_timings["read_again"] = self.now_usec() - t1
@@ -532,9 +532,16 @@ class Daemon:
                 out.append(job)
         return out
 
-    def _listed_instead(self) -> list[Job]:
+    def _listed_instead(self, events: list[PressureEvent], total_bytes: int, free_bytes: int | None) -> list[Job]:
+        """Every job listed now, and those the walk may kill read in full:
+        the listing takes jobs whose usage held as read before (see
+        ``Cgroupfs._job``), and a charge can move inside the same usage."""
         self.walk_listings["listed"] += 1
-        return self.jobs()
+        jobs = self.jobs()
+        if self._listed[2] is None:
+            return jobs
+        again = self._confirmed(events, total_bytes, free_bytes)
+        return jobs if again is None else again
 
     def _psi(self) -> Any:
         return next((s for s in self.sources if hasattr(s, "track")), None)
