@@ -218,9 +218,9 @@ class Daemon:
         # pre_kill and post_kill (hooks.py): the loop only queues; no hook
         # runs in a dry run
         self.hooks = hooks if hooks is not None and hooks.enabled and not config.dry_run else None
-        # what pre_kill is told of the walk under way: (record, ranking); None
+        # what pre_kill is told of the walk under way: (what makes its record, ranking); None
         # while no walk is, and for the armed kill's (it has happened)
-        self._pre_kill: tuple[DecisionRecord, Ranking] | None = None
+        self._pre_kill: tuple[Callable[[], tuple[DecisionRecord, list[str]]], Ranking] | None = None
         if not config.dry_run and (marks is not None or (self.hooks is not None and self.hooks.has(hooklib.PRE_KILL))):
             self.killer.before_signal = self._before_signal
         # Counters for the metrics endpoint: only the loop writes them, and
@@ -654,18 +654,32 @@ class Daemon:
         armed = res.armed_hit
         shortfall = max(0, res.redline_bytes - snap.free_bytes) if armed else det.shortfall_bytes
         reason = "armed kill in the kernel" if armed else action.reason
-        record = self._record(events, snap, res.redline_bytes, shortfall, det.simulated and not armed, reason)
         ranking = action.ranking
+        thrash = None
         if not armed and res.thrash is not None and res.thrash.firing:
             suffer = thrash_core.sufferers(self._marks_before, [c.job for c in ranking.candidates], t_rank)
-            record = replace(record, thrash={**self.thrash_data(res.thrash), "sufferers": suffer})
+            thrash = {**self.thrash_data(res.thrash), "sufferers": suffer}
             if suffer:
                 log.log(NOTICE, "OOM: thrashing: %s", report.sufferers_text(suffer))
-        jobs = [c.job for c in ranking.candidates]
-        lines = ["OOM: armed job killed in the kernel at its failed reclaim: finishing it"] if armed else []
-        lines += report.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
-        record = replace(record, ranking=tuple(report.candidate_record(c) for c in ranking.candidates[:16]))
+        made: list[tuple[DecisionRecord, list[str]]] = []
+
+        def record_and_lines() -> tuple[DecisionRecord, list[str]]:
+            """The record so far and the lines before the walk's, made once:
+            after the signal, unless pre_kill needs the record sooner (the
+            snapshot as a dict, every process's line and the candidates are
+            milliseconds on a slow machine)."""
+            if not made:
+                record = self._record(events, snap, res.redline_bytes, shortfall, det.simulated and not armed, reason)
+                if thrash is not None:
+                    record = replace(record, thrash=thrash)
+                jobs = [c.job for c in ranking.candidates]
+                lines = ["OOM: armed job killed in the kernel at its failed reclaim: finishing it"] if armed else []
+                lines += report.lowmem_lines(shortfall, (p for j in jobs for p in j.procs))
+                made.append((replace(record, ranking=tuple(report.candidate_record(c)
+                                                           for c in ranking.candidates[:16])), lines))
+            return made[0]
         if isinstance(action, core.ArmedDone):
+            record, lines = record_and_lines()
             self._log(lines)
             log.log(NOTICE, "OOM: armed job '%s' is already empty", report.printable(action.job_name))
             if self.kernel_log is not None:
@@ -689,24 +703,27 @@ class Daemon:
             # Re-check just before acting: ranking took time and the pressure may be gone.
             before = self.domain.snapshot(self.now_usec())
             if before.free_bytes >= action.recheck_redline_bytes:
+                record, lines = record_and_lines()
                 self._log(lines + [f"OOM: {report.format_mib(before.free_bytes)} free again: no kill"])
                 return self._emit(replace(record, result=Result.RECOVERED, free_at_recheck_bytes=before.free_bytes,
                                           timings_usec=timings))
-        return self._kill(ranking, lines, record, before, events, t0, t_rank, timings, action.recheck_redline_bytes,
-                          action.past_gone, armed)
+        return self._kill(ranking, record_and_lines, before, events, t0, t_rank, timings,
+                          action.recheck_redline_bytes, action.past_gone, armed)
 
-    def _kill(self, ranking: Ranking, lines: list[str], record: DecisionRecord, before: MemorySnapshot,
-              events: list[PressureEvent], t0: int, t_rank: int, timings: dict[str, int],
+    def _kill(self, ranking: Ranking, record_and_lines: Callable[[], tuple[DecisionRecord, list[str]]],
+              before: MemorySnapshot, events: list[PressureEvent], t0: int, t_rank: int, timings: dict[str, int],
               redline_bytes: int | None = None, past_gone: bool = True, armed: bool = False) -> DecisionRecord:
         t_act = self.now_usec()
         # pre_kill never runs for the armed kill: the kernel has killed already.
-        self._pre_kill = None if armed else (record, ranking)
+        self._pre_kill = None if armed else (record_and_lines, ranking)
         try:
             attempts = self.killer.walk(ranking, None if redline_bytes is None else lambda: self._short(redline_bytes),
                                         past_gone=past_gone)
         finally:
             self._pre_kill = None
         t_done = self.now_usec()
+        record, lines = record_and_lines()
+        lines = list(lines)
         # Logging waits until the kill is done: the journal may block under
         # the very pressure being relieved.
         try:
@@ -767,11 +784,11 @@ class Daemon:
         if self.marks is not None:
             self.marks.before(job)
         ctx = self._pre_kill
-        if ctx is not None and self.hooks is not None:
-            record, ranking = ctx
+        if ctx is not None and self.hooks is not None and self.hooks.has(hooklib.PRE_KILL):
+            record_and_lines, ranking = ctx
             c = next((c for c in ranking.candidates if c.job is job), None)
             if c is not None:
-                self._hook(hooklib.PRE_KILL, "KILL", replace(record, victim=report.candidate_record(c),
+                self._hook(hooklib.PRE_KILL, "KILL", replace(record_and_lines()[0], victim=report.candidate_record(c),
                                                               ts_usec=self.now_usec()), c, None)
 
     def _hook(self, hook: str, sig: str, record: DecisionRecord, c: Candidate, trigger: str | None,

@@ -407,6 +407,7 @@ def test_a_hanging_pre_kill_does_not_hold_the_kill_and_post_kill_gets_the_record
     pre_record = parse_record(json.loads(wait_for(lambda: pre_started.exists() and pre_started.read_text(),
                                                   "pre_kill's stdin")))
     assert pre_record.victim["job"] == "hog" and pre_record.result == "" and pre_record.attempts == ()
+    assert "hog" in [c["job"] for c in pre_record.ranking] and pre_record.snapshot["free_bytes"] >= 0
     assert not (tmp_path / "post.json").exists()       # post_kill waits its turn behind pre_kill
     release.touch()
     wait_for(lambda: hooks.ok == 2, "both hooks")
@@ -422,6 +423,31 @@ def test_a_hanging_pre_kill_does_not_hold_the_kill_and_post_kill_gets_the_record
     assert d.info()[1]["output"]["hooks"]["ok"] == 2
     d.publish()
     assert d.published["hooks"] == {"ok": 2, "failed": 0, "timed_out": 0, "dropped": 0}
+
+
+def test_the_record_and_its_lines_are_made_after_the_signal_unless_pre_kill_needs_them(proc_tree, v2_tree, hookdir,
+                                                                                        tmp_path, runners,
+                                                                                        monkeypatch):
+    # Every process's line, the candidates and the snapshot as a dict are
+    # milliseconds on a slow machine: the kill does not wait for them.
+    from oomkiller import report
+    real = report.lowmem_lines
+    for hook, signalled in (("post_kill", True), ("pre_kill", False)):
+        seen: list = []
+        made: list = []
+
+        def lines(*a, **kw):
+            made.append(bool(seen))         # the fake walk's signal came first
+            return real(*a, **kw)
+        monkeypatch.setattr(report, "lowmem_lines", lines)
+        hooks = runners(**{hook: script(hookdir, hook, "cat > /dev/null\n")})
+        d = _daemon(proc_tree, v2_tree, hooks)
+        monkeypatch.setattr(d.killer, "walk", _fake_walk(d, seen))
+        record = d.wake([PressureEvent(Source.TIMER, EventKind.TICK, timestamp_usec=5_000_000)])
+        assert record.result == "killed" and record.victim["job"] == "hog", record
+        assert made == [signalled], hook
+        assert "hog" in [c["job"] for c in record.ranking] and record.snapshot["free_bytes"] >= 0
+        wait_for(lambda: hooks.ok == 1, hook)
 
 
 def test_pre_kill_wait_ms_lets_the_kill_wait_for_a_quick_hook_and_not_for_a_slow_one(proc_tree, v2_tree, hookdir,

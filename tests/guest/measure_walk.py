@@ -9,7 +9,9 @@ grow one after another until it kills each. For each kill it keeps the
 decision record's ``timings_usec``: wake → decision is ``event_to_decision``
 less ``event_to_wake`` (the snapshot, the walk's jobs and ranking, and the
 re-check before the signal); ``listing_age`` is there when the walk took a
-recent listing instead of listing every job on the loop.
+recent listing instead of listing every job on the loop, with the parts of
+that (``listing_wait``, ``listing_check``, ``read_again``, and ``sweep``
+when it read every job's usage).
 
 Then (``--profile``, on by default) it profiles the walk in this process:
 a Daemon on the same host domain and config, dry run, woken by ``lowmem``
@@ -146,7 +148,8 @@ def main() -> int:
             stop_test_units()
         w2d = [r["wake_to_decision_usec"] for r in out["kills"] if r.get("wake_to_decision_usec") is not None]
         print(f"wake -> decision: {summary(w2d)}", flush=True)
-        for key in ("snapshot", "rank", "recheck", "event_to_wake", "listing_age"):
+        for key in ("snapshot", "rank", "listing_wait", "listing_check", "read_again", "sweep", "recheck",
+                    "event_to_wake", "listing_age"):
             print(f"  {key}: {summary([r['timings_usec'][key] for r in out['kills'] if key in r.get('timings_usec', {})])}")
         print(f"  info: {out['info']}", flush=True)
     if a.profile:

@@ -22,7 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from oomkiller import cgroupfs, daemon, domain  # noqa: E402
+from oomkiller import cgroupfs, daemon, domain, procfs  # noqa: E402
 from oomkiller.cli import main  # noqa: E402
 
 OUT = open(os.environ.get("OOMK_WALKTRACE", "/run/oomkiller/walktrace.jsonl"), "a", buffering=1)
@@ -66,7 +66,48 @@ timed(daemon.Daemon, "_confirmed", "confirmed", lambda d, out: {"ok": out is not
 timed(daemon.Daemon, "_usable", "usable", lambda d, out: {"ok": out, "jobs_changed": d._jobs_changed,
                                                          "age": d.now_usec() - d._listed[0] if d._listed else None})
 timed(daemon.Daemon, "core_jobs", "core_jobs", lambda d, out: {"pending": not isinstance(out, list)})
-timed(daemon.Daemon, "wake", "wake", lambda d, out: {"walked": out is not None})
+# The parts of a wake on the loop, summed per wake (usec, calls) and written
+# with its row: kept in memory, so that timing them costs a clock read each.
+PARTS: dict = {}
+MAIN = threading.main_thread()
+
+
+def part(owner, name, key):
+    real = getattr(owner, name)
+
+    def wrapper(*a, **kw):
+        if threading.current_thread() is not MAIN:
+            return real(*a, **kw)
+        t0 = time.monotonic_ns()
+        try:
+            return real(*a, **kw)
+        finally:
+            p = PARTS.setdefault(key, [0, 0])
+            p[0] += (time.monotonic_ns() - t0) // 1000
+            p[1] += 1
+    setattr(owner, name, wrapper)
+
+
+for _cls, _name in ((cgroupfs.Cgroupfs, "usage"), (cgroupfs.Cgroupfs, "_charge"), (cgroupfs.Cgroupfs, "_v2"),
+                    (cgroupfs.Cgroupfs, "_below"), (cgroupfs.Cgroupfs, "trusted_xattrs"),
+                    (cgroupfs.Cgroupfs, "oom_group"), (cgroupfs.Cgroupfs, "recheck_empty"),
+                    (procfs.Procfs, "proc"), (procfs.Procfs, "oom_score_adj"),
+                    (daemon.Daemon, "_record"), (daemon.Daemon, "_grown"), (daemon.report, "lowmem_lines"),
+                    (daemon.report, "candidate_record")):
+    part(_cls, _name, _name)
+part(daemon, "rank", "rank_in_walk")           # the walk's own rankings (_confirmed)
+part(daemon.core, "rank", "rank_in_core")      # the core's (core.step)
+part(cgroupfs, "read_pids", "read_pids")   # cgroup.procs: in _job, recheck_empty, the listing check
+timed(daemon.Daemon, "wake", "wake", lambda d, out: {"walked": out is not None, "parts": dict(PARTS)})
+_timed_wake = daemon.Daemon.wake
+
+
+def wake_parts(self, *a, **kw):
+    PARTS.clear()
+    return _timed_wake(self, *a, **kw)
+
+
+daemon.Daemon.wake = wake_parts
 timed(cgroupfs.Cgroupfs, "jobs", "listing", lambda fs, out: {"jobs": len(out)})
 timed(cgroupfs.Cgroupfs, "job", "job_read")
 timed(domain.Domain, "snapshot", "snapshot")
