@@ -713,11 +713,13 @@ class Cgroupfs:
         key = tuple(sorted(set(pids)))
         procs = adjs = None
         reused = False      # anything taken from the last full read
-        # Its processes are taken as read only while they do not score it: a
-        # process moved in scores the job by its own memory, charged elsewhere,
-        # which it can give back with this job's usage unmoved.
+        # Its processes are taken as read only while they do not score it
+        # (by more than the usage's slack: the score is as close as the
+        # charge's): a process moved in scores the job by its own memory,
+        # charged elsewhere, which it can give back with this job's usage
+        # unmoved.
         if (last is not None and key and key == last.pids
-                and last.job.committed_bytes == last.job.charged_bytes):
+                and last.job.committed_bytes - last.job.charged_bytes <= cgtable.REUSE_USAGE_SLACK):
             adjs = tuple(map(self.procfs.oom_score_adj, key))
             if adjs == last.adjs:
                 procs, listed_ticks, reused = last.job.procs, last.job.listed_ticks, True

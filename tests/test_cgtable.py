@@ -399,3 +399,20 @@ def test_a_job_scored_by_its_processes_sees_them_shrink(proc_tree, v2_tree):
     status = proc_tree.root / "804" / "status"
     status.write_text(status.read_text().replace(f"RssAnon:\t{1 << 20} kB", "RssAnon:\t1024 kB"))
     assert _listing(fs, v2_tree, proc_tree)["batch"].committed_bytes == 1 << 20
+
+
+@pytest.mark.parametrize("anon_kb, read_again", [(100, False), (1024, True)])
+def test_processes_read_again_only_while_their_own_memory_scores_the_job(proc_tree, v2_tree, anon_kb, read_again):
+    """A job charged nothing (its process moved in, its charge stayed
+    behind) is scored by its process's own memory: that is read again on
+    every listing once it leads the charge by more than the usage's slack;
+    within it, the score is as close as a charge taken as read."""
+    fs = _setup(proc_tree, v2_tree)
+    proc_tree.proc(810, "moved", anon_kb=anon_kb, shmem_kb=0, swap_kb=0)
+    v2_tree.cgroup("moved", (810,), memory__current="0\n", memory__stat="anon 0\nfile 0\n")
+    _listing(fs, v2_tree, proc_tree)
+    reads = []
+    real = fs.procfs.proc
+    fs.procfs.proc = lambda pid: reads.append(pid) or real(pid)
+    _listing(fs, v2_tree, proc_tree)
+    assert (810 in reads) == read_again
