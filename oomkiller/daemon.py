@@ -280,9 +280,18 @@ class Daemon:
         """Whether the latest listing may serve: under ``max_age_usec`` old,
         and no job came or went since (the PSI source's watch, else the
         listing's own check: one stat per cgroup it looked at)."""
+        return self._young(max_age_usec) and self._holds()
+
+    def _young(self, max_age_usec: int) -> bool:
+        """Whether there is a listing under ``max_age_usec`` old, made while
+        free memory was known."""
         listed = self._listed
-        if listed is None or self.now_usec() - listed[0] >= max_age_usec or listed[2] is None:
-            return False
+        return listed is not None and self.now_usec() - listed[0] < max_age_usec and listed[2] is not None
+
+    def _holds(self) -> bool:
+        """Whether no job came or went since the latest listing (see
+        ``_usable``)."""
+        listed = self._listed
         if not self._jobs_changed:
             return True
         # Cgroups came or went since the watch was set: watched afresh
@@ -377,33 +386,34 @@ class Daemon:
         max_age = self._max_age(LISTING_REUSE_USEC, LISTING_REUSE_FACTOR)
         t0 = self.now_usec()
         self._walk_timings = {}
-        if not self._usable(max_age) and self._usable(LISTING_SWEEP_MAX_USEC):
+        # Whether no job came or went is checked once for a listing: the
+        # age comes first, and the check only for the listing taken.
+        if not self._young(max_age) and self._young(LISTING_SWEEP_MAX_USEC) and self._holds():
             # older, but no job came or went: each job's usage says which
             # grew, sooner than a listing of every job (waited for, or made)
-            age = self.now_usec() - self._listed[0]
-            t1 = self.now_usec()
-            jobs = self._confirmed(events, total_bytes, free_bytes, count=True, sweep=True)
+            jobs = self._take(events, total_bytes, free_bytes, t0, sweep=True)
             if jobs is not None:
-                self._walk_listing_age = max(1, age)
-                self._walk_timings["listing_check"] = t1 - t0
-                self._walk_timings["read_again"] = self.now_usec() - t1
                 return jobs
-        if not self._usable(max_age) and self.lister is not None and self.lister.busy:
+        if not self._young(max_age) and self.lister is not None and self.lister.busy:
             # the listing under way ends sooner than a new one would
             t1 = self.now_usec()
             self.lister.wait(LISTER_WAIT_S)
             self._walk_timings["listing_wait"] = self.now_usec() - t1
             self._adopt()
-        if not self._usable(max_age):
-            return self._listed_instead(events, total_bytes, free_bytes)
+        jobs = self._take(events, total_bytes, free_bytes, t0) if self._usable(max_age) else None
+        return jobs if jobs is not None else self._listed_instead(events, total_bytes, free_bytes)
+
+    def _take(self, events: list[PressureEvent], total_bytes: int, free_bytes: int | None, t0: int,
+              sweep: bool = False) -> list[Job] | None:
+        """The latest listing for a walk, confirmed (``_confirmed``), with
+        its age and how long it took since ``t0`` kept for the record."""
         age = self.now_usec() - self._listed[0]
         t1 = self.now_usec()
-        jobs = self._confirmed(events, total_bytes, free_bytes, count=True)
-        if jobs is None:
-            return self._listed_instead(events, total_bytes, free_bytes)
-        self._walk_listing_age = max(1, age)
-        self._walk_timings["listing_check"] = t1 - t0 - self._walk_timings.get("listing_wait", 0)
-        self._walk_timings["read_again"] = self.now_usec() - t1
+        jobs = self._confirmed(events, total_bytes, free_bytes, count=True, sweep=sweep)
+        if jobs is not None:
+            self._walk_listing_age = max(1, age)
+            self._walk_timings["listing_check"] = t1 - t0 - self._walk_timings.get("listing_wait", 0)
+            self._walk_timings["read_again"] = self.now_usec() - t1
         return jobs
 
     def _confirmed(self, events: list[PressureEvent], total_bytes: int, free_bytes: int | None,
