@@ -32,7 +32,7 @@ FREEZE_CONTENDERS = ("kernel", "oomk-defaults", "earlyoom", "nohang")
 
 # The healthy workloads of the false-positive suite (issue "End the freeze"),
 # in report order.
-HEALTHY = ("stream", "build", "fits", "cpu", "burst")
+HEALTHY = ("stream", "stream-held", "build", "fits", "cpu", "burst")
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,9 @@ HEALTHY_WINDOW_S = {"ci": 10.0, "short": 10.0, "full": 60.0}
 HEALTHY_TEXT = {
     "stream": "a healthy load: `cat` of a {stream_mib} MiB file (twice the {limit} MiB arena) through the page "
               "cache, in a loop; the service beside it",
+    "stream-held": "a healthy load that holds {hold_percent}% of the {limit} MiB arena (anonymous) and streams a "
+                   "{stream_mib} MiB file through what is left of the page cache, in a loop: the cache is squeezed "
+                   "and refaults as in the freeze, but nothing waits on memory; the service beside it",
     "build": "a healthy load like a build with a big cache: writes {build_mib} MiB (twice the arena) as "
              "{piece_mib} MiB files, reads them all back, deletes them, in a loop; the service beside it",
     "fits": "a healthy load whose working set fits: the service reads a {fits_mib} MiB file through mmap at "
@@ -173,6 +176,7 @@ def healthy_cells(mode: str) -> list[Cell]:
     fits = lim // 8
     per = {
         "stream": ({"stream_mib": 2 * lim // MIB}, {"stream": 2 * lim}, "service", ""),
+        "stream-held": ({"stream_mib": 2 * lim // MIB, "hold_percent": 60}, {"stream": 2 * lim}, "service", ""),
         "build": ({"build_mib": 2 * lim // MIB, "piece_mib": 2}, {}, "service", ""),
         "fits": ({"fits_mib": fits // MIB, "hold_percent": 60}, {"fits": fits}, "mapped", "fits"),
         "cpu": ({"procs": cpus}, {}, "service", ""),
@@ -260,6 +264,9 @@ def healthy_argv(cell: Cell, launch: Launch) -> list[str]:
     load = p["load"]
     if load == "stream":
         return ["stream", "--file", launch.files["stream"], *name]
+    if load == "stream-held":
+        return ["stream", "--file", launch.files["stream"], "--hold",
+                str(cell.limit_bytes * p["hold_percent"] // 100), *name]
     if load == "build":
         work = os.path.join(launch.tmpdir, f"build-{cell.key}")
         os.makedirs(work, exist_ok=True)

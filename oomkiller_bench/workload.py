@@ -210,6 +210,12 @@ STREAM_READ_BYTES = 1 << 20
 
 def stream(a: argparse.Namespace) -> None:
     set_name(a.name)
+    held = []
+    done = 0
+    while done < a.hold:
+        n = min(HOG_CHUNK_BYTES, a.hold - done)
+        held.append(b"\x5a" * n)
+        done += n
     fd = os.open(a.file, os.O_RDONLY)
     say("ready")
     c = Counter(a.report_ms)
@@ -429,6 +435,7 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--name", default="oomk-fleet")
     st = sub.add_parser("stream")
     st.add_argument("--file", required=True)
+    st.add_argument("--hold", type=int, default=0, help="anonymous memory to hold while streaming")
     st.add_argument("--report-ms", type=int, default=100)
     st.add_argument("--name", default="oomk-load")
     b = sub.add_parser("build")

@@ -187,6 +187,8 @@ def test_argv_of_the_healthy_loads(tmp_path):
     la = launch(tmp_path)
     assert scenarios.victim_argv(cs["healthy-stream"], la) == ["stream", "--file", "/stream.dat", "--name",
                                                                "oomk-load"]
+    assert scenarios.victim_argv(cs["healthy-stream-held"], la) == [
+        "stream", "--file", "/stream.dat", "--hold", str((256 << 20) * 60 // 100), "--name", "oomk-load"]
     build = scenarios.victim_argv(cs["healthy-build"], la)
     assert build[:2] == ["build", "--dir"] and build[3:7] == ["--total", str(512 << 20), "--piece", str(2 << 20)]
     assert scenarios.victim_argv(cs["healthy-fits"], la)[:3] == ["hog", "--cap", str((256 << 20) * 60 // 100)]

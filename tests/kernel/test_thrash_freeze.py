@@ -59,15 +59,17 @@ def test_the_freeze_ends_in_a_kill_of_the_hog(big_arena, daemon, files_dir):
     assert big_arena.kernel_oom_kills() == 0
 
 
-@pytest.mark.parametrize("kind", ["stream", "fits"])
+@pytest.mark.parametrize("kind", ["stream", "stream-held", "fits"])
 def test_a_healthy_busy_arena_is_not_killed(arena, daemon, files_dir, kind):
     run = thrash_scene.healthy(arena, daemon, files_dir, kind, seconds=20)
     print(run.describe())
     assert run.progress > 0, f"{kind}: the load did no work, so it proves nothing"
     assert run.kills == 0 and run.decisions == [], run.describe()
     assert run.alive
-    if kind == "stream":
-        # It did refault: the detector saw episodes and held back.
+    if kind.startswith("stream"):
+        # It did refault: the detector saw episodes and held back. Beside a
+        # job holding 60% the cache is squeezed as in the freeze (the cache
+        # and free-memory gates pass); only the memory stall holds it back.
         assert run.max_refault_permyriad_per_s >= 2000, run.describe()
 
 

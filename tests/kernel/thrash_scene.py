@@ -191,22 +191,24 @@ class HealthyRun:
 def healthy(arena, start_daemon, tmpdir: str, kind: str, seconds: float = 20.0) -> HealthyRun:
     """A healthy busy load in ``arena`` for ``seconds`` with the daemon on its
     defaults: ``stream`` (cat of a file twice the arena's size, in a loop),
+    ``stream-held`` (the same beside a job holding 60%),
     ``compile`` (COMPILE_LIKE), ``fits`` (the freeze's service on a working
     set that fits beside a hog at 60%)."""
     limit = arena.limit_bytes
     job = arena.job("load")
     d = start_daemon("--domain", arena.path, "--jobs", "*")
     procs = []
-    if kind == "stream":
+    if kind in ("stream", "stream-held"):
         path = file_of(os.path.join(tmpdir, f"stream-{2 * limit // MIB}M.dat"), 2 * limit)
         procs.append(arena.spawn(job, ["/bin/sh", "-c", f'echo ready; n=0; while :; do cat "{path}" >/dev/null; '
                                                         f'n=$((n+1)); echo "ops $n 0"; done'],
                                  stdout=subprocess.PIPE, text=True))
-    elif kind == "compile":
-        work = os.path.join(tmpdir, "build")
-        os.makedirs(work, exist_ok=True)
-        procs.append(arena.spawn(job, [sys.executable, "-S", "-c", COMPILE_LIKE, work, str(2 * limit), str(2 * MIB)],
-                                 stdout=subprocess.PIPE, text=True))
+        if kind == "stream-held":
+            # beside a job holding 60%: the cache is squeezed to under half
+            # the arena and refaults as in the freeze; the refaults are the
+            # stream's own, and nothing waits on memory
+            procs.append(arena.spawn(arena.job("hog"), workload("hog", "--cap", str(limit * 6 // 10)),
+                                     stdout=subprocess.PIPE, text=True))
     elif kind == "fits":
         path = file_of(os.path.join(tmpdir, f"fits-{limit // 8 // MIB}M.dat"), limit // 8)
         procs.append(arena.spawn(job, workload("mapped", "--file", path), stdout=subprocess.PIPE, text=True))
