@@ -102,12 +102,30 @@ class Scenario:
     timeout_s: float = RUN_TIMEOUT_S
     child_mib: int = 0        # fork storm: each child holds this much
     leave_percent: int = 0    # the freeze: the hog leaves this share of MemTotal available
+    healthy: str = ""         # a healthy load (HEALTHY_LOADS): nobody should kill anything
 
     @property
     def freeze(self) -> bool:
-        return self.leave_percent > 0
+        return self.leave_percent > 0 and not self.healthy
+
+    @property
+    def mapped(self) -> bool:
+        """The protected service reads a file through mmap (the freeze's
+        working set, or the healthy loads' smaller one)."""
+        return self.freeze or bool(self.healthy)
+
+    @property
+    def big_working_set(self) -> bool:
+        """The service reads the freeze's file (the freeze, and its bursts),
+        not the small one that fits."""
+        return self.freeze or self.healthy == "burst"
 
     def describe(self) -> str:
+        if self.healthy:
+            return HEALTHY_LOADS[self.healthy].format(
+                fits=HEALTHY_FITS_BYTES // MIB, freeze=FREEZE_FILE_BYTES // MIB, window=HEALTHY_WINDOW_S,
+                leave=self.leave_percent,
+                stream="a file as large as MemTotal", hold_ms=BURST_HOLD_MS, every=BURST_EVERY_S)
         if self.freeze:
             return (f"the freeze: the protected service reads one byte of a random page of a "
                     f"{FREEZE_FILE_BYTES // MIB} MiB file through mmap in {FREEZE_THREADS} threads (a file-backed "
@@ -123,8 +141,10 @@ class Scenario:
         return (f"a service fills memory at once to {self.lead_mib} MiB above the onset, then leaks "
                 f"{self.rate_mb_s:g} MB/s, beside the protected service")
 
-    def hog_argv(self, mem_total: int, mem_available: int) -> list[str]:
+    def hog_argv(self, mem_total: int, mem_available: int, stream_file: str = "") -> list[str]:
         cap = int(mem_total * HOG_CAP_SHARE)
+        if self.healthy:
+            return healthy_argv(self.healthy, mem_total, mem_available, self.leave_percent, stream_file)
         if self.child_mib:
             return ["storm", "--child-bytes", str(self.child_mib * MIB), "--interval-ms", str(STORM_INTERVAL_MS),
                     "--max-children", str(cap // (self.child_mib * MIB)), "--name", "oomk-hog",
@@ -155,6 +175,37 @@ FREEZE_BASELINE_S = 2.0
 # Faulting 200 MiB in from the guest's disk under emulation is slow.
 FREEZE_READY_S = 240
 
+# The false-positive suite at host level: each load beside the protected
+# service, which reads a working set that fits through mmap; nobody should
+# kill anything in the window.
+HEALTHY_WINDOW_S = 60.0
+HEALTHY_FITS_BYTES = 32 * MIB
+BURST_HOLD_MS = 500
+BURST_EVERY_S = 5.0
+HEALTHY_LOADS = {
+    "stream": "a healthy load: `cat`-like reads of {stream} through the page cache, in a loop, beside the "
+              "protected service reading a {fits} MiB file through mmap; {window:g} s, nobody should kill",
+    "stream-held": "a healthy load that holds anonymous memory until MemAvailable would be {leave}% of MemTotal "
+                   "and streams {stream} through what is left of the page cache, in a loop: the cache is "
+                   "squeezed and refaults as in the freeze, but the refaults are the stream's own; beside the "
+                   "protected service reading a {fits} MiB file through mmap; {window:g} s, nobody should kill",
+    "burst": "the freeze for {hold_ms} ms at a time: every {every:g} s a job fills anonymous memory until "
+             "MemAvailable would be {leave}% of MemTotal, holds it {hold_ms} ms and frees it, beside the protected "
+             "service reading the freeze's {freeze} MiB file through mmap; {window:g} s, nobody should kill",
+}
+
+
+def healthy_argv(load: str, mem_total: int, mem_available: int, leave_percent: int, stream_file: str) -> list[str]:
+    fill = freeze_hog_bytes(mem_total, mem_available, leave_percent) if leave_percent else 0
+    name = ["--name", COMM["load"]]
+    if load in ("stream", "stream-held"):
+        return ["stream", "--file", stream_file, "--hold", str(fill), *name]
+    if load == "burst":
+        return ["burst", "--bytes", str(fill), "--hold-ms", str(BURST_HOLD_MS), "--every-s", str(BURST_EVERY_S),
+                *name]
+    raise ValueError(load)
+
+
 SCENARIOS = {s.key: s for s in (
     Scenario("fast-hog", "fast hog, max rate", 0),
     Scenario("slow-leak", "slow leak, 16 MB/s", 16, lead_mib=32),
@@ -165,6 +216,16 @@ SCENARIOS = {s.key: s for s in (
     # for this to be the freeze rather than a low-memory race).
     Scenario("freeze", "the freeze (mapped working set, anonymous hog holding)", 0,
              timeout_s=FREEZE_WINDOW_S + 60, leave_percent=13),
+    Scenario("healthy-stream", "healthy: a stream", 0, timeout_s=HEALTHY_WINDOW_S, healthy="stream"),
+    # 40% left: the cache squeezed under half of memory, as the freeze's
+    # detector gates want, with room for the stream's read-ahead.
+    Scenario("healthy-stream-held", "healthy: a held heap and a stream", 0, timeout_s=HEALTHY_WINDOW_S,
+             leave_percent=40, healthy="stream-held"),
+    # The freeze for 500 ms at a time: the same working set, the same 13%
+    # left. A 32 MiB working set stayed cached at 13% and at 8% left (not a
+    # refault): the page cache given up was others'.
+    Scenario("healthy-burst", "healthy: bursts of 500 ms", 0, timeout_s=HEALTHY_WINDOW_S, leave_percent=13,
+             healthy="burst"),
 )}
 
 
@@ -646,6 +707,7 @@ class DetectorTrace:
         self.t_start = t_start
         self.trace: list[list[Any]] = []
         self.io: list[tuple[float, int]] = []
+        self.ws: list[tuple[float, dict[str, int]]] = []
 
     def take(self, now: float) -> None:
         try:
@@ -670,7 +732,28 @@ class DetectorTrace:
             if now - t0 >= 0.5:
                 io_pm = int((io - io0) * 10_000 / ((now - t0) * 1e6))
         self.trace.append([round(now - self.t_start, 2), figs.state, figs.refault_permyriad_per_s,
-                           figs.stall_permyriad, cache_pm, figs.free_permyriad, figs.episode_usec // 1000, io_pm])
+                           figs.stall_permyriad, cache_pm, figs.free_permyriad, figs.episode_usec // 1000, io_pm,
+                           *self.workingset(now)])
+
+    def workingset(self, now: float) -> tuple[int | None, int | None]:
+        """Of the file refaults over the last second, the shares (permyriad)
+        the kernel activated (their refault distance within the working set)
+        and restored (active before their eviction: a memory stall)."""
+        try:
+            v = read_keyed("/proc/vmstat")
+        except (OSError, ValueError):
+            return None, None
+        keys = ("workingset_refault_file", "workingset_activate_file", "workingset_restore_file")
+        if not all(k in v for k in keys):
+            return None, None
+        self.ws.append((now, {k: v[k] for k in keys}))
+        while len(self.ws) >= 2 and now - self.ws[1][0] >= 1.0:
+            self.ws.pop(0)
+        t0, w0 = self.ws[0]
+        n = self.ws[-1][1]["workingset_refault_file"] - w0["workingset_refault_file"]
+        if now - t0 < 0.5 or n <= 0:
+            return None, None
+        return tuple((self.ws[-1][1][k] - w0[k]) * 10_000 // n for k in keys[1:])
 
     def summary(self, until_s: float | None) -> dict[str, Any]:
         return detector_summary(self.trace, until_s)
@@ -678,8 +761,10 @@ class DetectorTrace:
 
 # A trace row: [seconds since the hog started, state, refaults permyriad/s,
 # memory stall permyriad, file cache permyriad of MemTotal, free permyriad,
-# episode ms, I/O stall permyriad over the last second]
-TRACE_KEYS = ("t_s", "state", "refault_pm_s", "stall_pm", "cache_pm", "free_pm", "episode_ms", "io_stall_pm")
+# episode ms, I/O stall permyriad over the last second, and of the refaults
+# over the last second the shares activated and restored, permyriad]
+TRACE_KEYS = ("t_s", "state", "refault_pm_s", "stall_pm", "cache_pm", "free_pm", "episode_ms", "io_stall_pm",
+              "activate_pm", "restore_pm")
 
 
 def detector_summary(trace: list[list[Any]], until_s: float | None) -> dict[str, Any]:
@@ -704,6 +789,9 @@ def detector_summary(trace: list[list[Any]], until_s: float | None) -> dict[str,
             "median_refault_pm_s": median([r["refault_pm_s"] for r in after if r["state"] != "calm"]),
             "median_stall_pm": median([r["stall_pm"] for r in judged]),
             "median_io_stall_pm": median([r["io_stall_pm"] for r in judged]),
+            # the workingset shares while in an episode (trace rows of older runs lack them)
+            "median_activate_pm": median([r.get("activate_pm") for r in after if r["state"] != "calm"]),
+            "median_restore_pm": median([r.get("restore_pm") for r in after if r["state"] != "calm"]),
             "trace": trace}
 
 
@@ -802,6 +890,38 @@ class FreezeWatch:
         return out
 
 
+class HealthyWatch(FreezeWatch):
+    """A healthy load's window: ``HEALTHY_WINDOW_S`` from its start, ended
+    at once if it dies (a false kill); the same figures as the freeze's."""
+
+    def run(self, deadline: float) -> bool:
+        """Watch; True if the load lived through the window (right)."""
+        while True:
+            now = time.monotonic()
+            self.take(now)
+            if self.sampler.t_dead is not None:
+                return False
+            if now >= deadline:
+                return True
+            time.sleep(WATCH_STEP_S)
+
+    def figures(self, ops: list[tuple[int, int]], t_dead: float | None, mem_total: int) -> dict[str, Any]:
+        series = self.series(ops)
+        base = self.baseline(series)
+        end_s = series[-1][0] if series else 0.0
+        rate = throughput.rate(series, 0.0, end_s) if series else None
+        avail = [a for t, a in self.available if t >= self.t_start]
+        det = self.detector.summary(None)
+        return {"baseline_ops_s": None if base is None else round(base, 1),
+                "service_share": round(rate / base, 4) if rate is not None and base else None,
+                "kill_s": None if t_dead is None else round(t_dead - self.t_start, 3),
+                "min_available_pct": round(100 * min(avail) / mem_total, 1) if avail else None,
+                "psi_avg10_max": {k: round(v, 2) for k, v in sorted(self.psi_max.items())},
+                "detector": det,
+                "max_refault_pm_s": max((r[2] for r in det["trace"] if r[0] >= 0), default=None),
+                "max_stall_pm": max((r[3] for r in det["trace"] if r[0] >= 0 and r[3] is not None), default=None)}
+
+
 class HostBench:
     def __init__(self, a: argparse.Namespace, scens: list[Scenario], conts: list[Contender], runs: int) -> None:
         self.a = a
@@ -828,8 +948,14 @@ class HostBench:
         self.service_file = os.path.join(DATA_DIR, "service.dat")
         make_file(self.service_file, SERVICE_FILE_BYTES)
         self.freeze_file = os.path.join(DATA_DIR, "freeze.dat")
-        if any(s.freeze for s in self.scens):
+        if any(s.big_working_set for s in self.scens):
             make_file(self.freeze_file, FREEZE_FILE_BYTES)
+        self.fits_file = os.path.join(DATA_DIR, "fits.dat")
+        self.stream_file = os.path.join(DATA_DIR, "stream.dat")
+        if any(s.healthy for s in self.scens):
+            make_file(self.fits_file, HEALTHY_FITS_BYTES)
+        if any(s.healthy.startswith("stream") for s in self.scens):
+            make_file(self.stream_file, self.mem_total)
         for c in self.conts:
             c.keep_dir = self.out
         every = contenders()
@@ -901,25 +1027,27 @@ class HostBench:
             rec["settle_s"] = round(settle(self.idle_available), 2)
             unlink(svc_out)
             unlink(hog_out)
-            if s.freeze:
-                work = ["mapped", "--file", self.freeze_file, "--threads", str(FREEZE_THREADS)]
+            if s.mapped:
+                work = ["mapped", "--file", self.freeze_file if s.big_working_set else self.fits_file,
+                        "--threads", str(FREEZE_THREADS)]
             else:
                 work = ["service", "--hold", str(SERVICE_HOLD_BYTES), "--file", self.service_file, "--direct"]
             sh("systemd-run", "--quiet", f"--unit={svc}", "--property=Restart=no", "--property=Type=exec",
                "--property=ManagedOOMPreference=avoid", f"--property=StandardOutput=file:{svc_out}",
                "--", sys.executable, "-S", WORKLOAD, *work, "--name", SERVICE_NAME, check=True)
             t_ready0 = time.monotonic()
-            if not wait_for(lambda: "ready" in read(svc_out), FREEZE_READY_S if s.freeze else 60, 0.1):
+            if not wait_for(lambda: "ready" in read(svc_out), FREEZE_READY_S if s.mapped else 60, 0.1):
                 raise RuntimeError("the protected service did not get ready")
-            if s.freeze:
+            if s.mapped:
                 rec["service_ready_s"] = round(time.monotonic() - t_ready0, 1)
-            baseline_s = FREEZE_BASELINE_S if s.freeze else BASELINE_S
+            baseline_s = FREEZE_BASELINE_S if s.mapped else BASELINE_S
             time.sleep(baseline_s)
             before = {"oom": vmstat_oom_kills(), "svc": show(svc, "MainPID")["MainPID"], "killer": c.state(),
                       "system": {u: show(u, "MainPID")["MainPID"] for u in SYSTEM_SERVICES}}
             m = meminfo()
-            argv = s.hog_argv(self.mem_total, m["MemAvailable"])
-            rec["hog_prefill_mib"] = int(argv[2]) // MIB
+            argv = s.hog_argv(self.mem_total, m["MemAvailable"], self.stream_file)
+            rec["hog_prefill_mib"] = next((int(argv[i + 1]) for i, x in enumerate(argv[:-1])
+                                           if x in ("--prefill", "--hold", "--bytes")), 0) // MIB
             rec["available_at_start_mib"] = m["MemAvailable"] // MIB
             sampler = Sampler(self.mem_total, f"{CGROUP_ROOT}/{SLICE}/{hog}")
             since = time.time()
@@ -930,12 +1058,12 @@ class HostBench:
             # rate by taking the CPU alone, before memory is short; the
             # collapse should be the squeeze's doing.
             hog_props = [f"--property=StandardOutput=file:{hog_out}", "--property=Nice=19"] if s.freeze \
-                else ["--property=StandardOutput=null"]
+                else [f"--property=StandardOutput=file:{hog_out}"] if s.healthy else ["--property=StandardOutput=null"]
             sh("systemd-run", "--quiet", f"--unit={hog}", "--property=Restart=no", "--property=Type=exec",
                *hog_props, "--", sys.executable, "-S", WORKLOAD, *argv, check=True)
             watch = None
-            if s.freeze:
-                watch = FreezeWatch(sampler, hog_out, svc_out, t_start)
+            if s.mapped:
+                watch = (HealthyWatch if s.healthy else FreezeWatch)(sampler, hog_out, svc_out, t_start)
                 timed_out = watch.run(t_start + s.timeout_s)
             else:
                 sampler.join(s.timeout_s)
@@ -968,7 +1096,10 @@ class HostBench:
             rec["service_ops_s"] = {"baseline": base and round(base, 1), "during": during and round(during, 1)}
             rec["service_work"] = round(during / base, 3) if base and during is not None else None
             if watch is not None:
-                rec["freeze"] = watch.figures(ops, None if timed_out else t_dead, self.mem_total)
+                rec["healthy" if s.healthy else "freeze"] = watch.figures(ops, None if timed_out else t_dead,
+                                                                          self.mem_total)
+            if s.healthy:
+                rec.update(healthy_verdict(rec, c.key if c.unit else None, timed_out, bool(lines), oom))
         except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError, OSError) as e:
             rec["error"] = str(e)[-1000:]
         finally:
@@ -1034,6 +1165,22 @@ def verdict(*, timed_out: bool, service_lived: bool, killer_lived: bool, system_
     if not killer_lived:
         collateral.append(f"{contender} itself")
     return {"collateral": collateral, "right": not timed_out and not collateral}
+
+
+def healthy_verdict(rec: dict, contender: str | None, lived: bool, contender_killed: bool,
+                    oom: int) -> dict[str, Any]:
+    """A healthy load's run: right when nobody killed anything and nothing
+    else died. A kill counts whenever it came: the contender's kill at the
+    window's last moment is logged although the load lived the window."""
+    if oom:
+        killed = "kernel"
+    elif contender_killed:
+        killed = contender or "unknown (a signal)"
+    elif not lived:
+        killed = rec.get("killed_by") or "unknown"
+    else:
+        killed = "nobody"
+    return {"killed_by": killed, "right": killed == "nobody" and not rec.get("collateral")}
 
 
 def who_killed(contender: str | None, r: dict) -> str:
@@ -1161,6 +1308,8 @@ def summarize(records: list[dict], scens: list[str], conts: list[str]) -> dict[s
                        "min_available_mib": median([r.get("min_available_mib") for r in rs])}
             if any(r.get("freeze") for r in rs):
                 cell[c]["freeze"] = [freeze_run(r) for r in rs]
+            if any(r.get("healthy") for r in rs):
+                cell[c]["healthy"] = [healthy_run(r) for r in rs]
         for ref in ("kernel", "oomkiller"):
             base = (cell.get(ref) or {}).get("onset_to_death_ms")
             for v in cell.values():
@@ -1179,6 +1328,54 @@ def freeze_run(r: dict) -> dict[str, Any]:
             "collateral": r.get("collateral"), "kill_line": (r.get("kill_lines") or [None])[0],
             **{k: f.get(k) for k in keys},
             "detector": {k: v for k, v in (f.get("detector") or {}).items() if k != "trace"}}
+
+
+def healthy_run(r: dict) -> dict[str, Any]:
+    """One healthy run's row: who killed (nobody is right) and the signals."""
+    h = r.get("healthy") or {}
+    det = h.get("detector") or {}
+    return {"run": r.get("run"), "killed_by": r.get("killed_by"), "right": r.get("right"),
+            "collateral": r.get("collateral"), "kill_line": (r.get("kill_lines") or [None])[0],
+            **{k: h.get(k) for k in ("kill_s", "service_share", "min_available_pct", "psi_avg10_max",
+                                     "max_refault_pm_s", "max_stall_pm")},
+            "detector": {k: v for k, v in det.items() if k != "trace"}}
+
+
+def healthy_rows(cell: dict, order: list[str], labels: dict[str, str]) -> list[list[str]]:
+    """The false-positive table: per contender, who killed, and per run what
+    the load did to the signals and what the detector (shipped limits, on
+    the harness's snapshots) made of them."""
+    def s(v, fmt="{:.1f}"):
+        return md.DASH if v is None else fmt.format(v)
+    rows = []
+    for k in order:
+        v = cell.get(k)
+        if not v or not v.get("healthy"):
+            continue
+        runs = v["healthy"]
+        who = ", ".join(f"{'nobody' if w == 'nobody (timeout)' else w} ×{n}" if n > 1 else
+                        ('nobody' if w == 'nobody (timeout)' else w) for w, n in sorted(v["killed_by"].items()))
+        if v["errors"]:
+            who += f" ({v['errors']} run(s) failed)"
+        rows.append([labels.get(k, k), who or md.DASH, f"{v['right']}/{v['runs']}",
+                     _each(runs, lambda r: s(r.get("min_available_pct"), "{:.0f}")),
+                     _each(runs, lambda r: s((r.get("psi_avg10_max") or {}).get("memory some"))),
+                     _each(runs, lambda r: s((r.get("psi_avg10_max") or {}).get("io some"))),
+                     _each(runs, lambda r: s(None if r.get("max_refault_pm_s") is None
+                                             else r["max_refault_pm_s"] / 100, "{:.0f}")),
+                     _each(runs, lambda r: s(None if r.get("max_stall_pm") is None else r["max_stall_pm"] / 100)),
+                     _each(runs, lambda r: s((r.get("detector") or {}).get("fired_s"), "{:.2f}")),
+                     _each(runs, lambda r: md.pct(r.get("service_share")))])
+    return rows
+
+
+HEALTHY_TEXT = ("*Right*: the load lived the whole window and nothing else died (a kill by anyone, the kernel "
+                "too, is wrong). *MemAvailable*: the lowest in the window, % of MemTotal. PSI: the highest "
+                "avg10 (%) of the host's memory and I/O `some`. *Refaults* and *memory stall*: the highest the "
+                "thrash detector (shipped limits, fed the harness's own snapshots every 0.25 s, whoever the "
+                "contender) saw, %/s of the file cache and % of its last second; *fired*: when it would have "
+                "fired (— : never). *Service*: the protected service's reads over the window as a share of its "
+                "baseline.")
 
 
 def _freeze_cells(cell: dict, order: list[str]):
@@ -1290,6 +1487,13 @@ def markdown(meta: dict, scens: list[dict], conts: list[dict], summary: dict) ->
         if not cell:
             continue
         out += [f"## {s['title']}", "", s["describe"] + ".", ""]
+        if s["key"].startswith("healthy-"):
+            out += [HEALTHY_TEXT, ""]
+            out += md.table(["contender", "killed by", "right", "min MemAvailable %", "memory some", "I/O some",
+                             "refaults %/s", "memory stall %", "detector fired", "service"],
+                            healthy_rows(cell, [c["key"] for c in conts], labels), align="lllrrrrrrr")
+            out.append("")
+            continue
         if s["key"] == "freeze":
             out += [FREEZE_TEXT, ""]
             out += md.table(["contender", "killed by", "right", "collapse", "kill", "relief", "collapse → relief",
@@ -1337,6 +1541,14 @@ def line(r: dict) -> str:
     def ms(v):
         return "-" if v is None else f"{v:.0f} ms"
     coll = f" collateral: {', '.join(r['collateral'])}" if r.get("collateral") else ""
+    h = r.get("healthy")
+    if h:
+        return (f"{head}  killed by {r['killed_by']}{'' if r.get('right') else ' WRONG'}{coll}"
+                f"  kill {h.get('kill_s')}  avail min {h.get('min_available_pct')}%  psi {h.get('psi_avg10_max')}"
+                f"  refaults max {h.get('max_refault_pm_s')}  stall max {h.get('max_stall_pm')}"
+                f"  detector {({k: v for k, v in (h.get('detector') or {}).items() if k != 'trace'})}"
+                f"  svc {h.get('service_share')}"
+                f"  {('| ' + r['kill_lines'][0][:160]) if r.get('kill_lines') else ''}  [{r['wall_s']} s]")
     f = r.get("freeze")
     if f:
         a = f.get("held_available_pct") or {}

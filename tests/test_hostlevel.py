@@ -184,3 +184,55 @@ def test_a_dip_while_the_hog_fills_is_not_the_freeze():
     assert dips2 == 0 and c2 < 2.0 and 2.0 <= r2 <= 2.7
     # a hog killed while it filled: the relief after the kill counts
     assert hl.freeze_collapse(s, 1000.0, None, 1.5, 20.0)[2] == 0
+
+
+# -- the false-positive suite at host level ------------------------------------------
+
+def test_the_healthy_loads_command_lines():
+    total, avail = 594 * hl.MIB, 420 * hl.MIB
+    held = hl.SCENARIOS["healthy-stream-held"]
+    argv = held.hog_argv(total, avail, "/s.dat")
+    # it holds until 40% of MemTotal is left, then streams the file
+    assert argv[:3] == ["stream", "--file", "/s.dat"]
+    assert int(argv[argv.index("--hold") + 1]) == avail - total * 40 // 100
+    assert hl.SCENARIOS["healthy-stream"].hog_argv(total, avail, "/s.dat")[3:5] == ["--hold", "0"]
+    burst = hl.SCENARIOS["healthy-burst"].hog_argv(total, avail)
+    # each burst is the freeze's fill (13% of MemTotal left) for 500 ms
+    assert int(burst[burst.index("--bytes") + 1]) == avail - total * 13 // 100
+    assert burst[burst.index("--hold-ms") + 1] == "500"
+    for s in ("healthy-stream", "healthy-stream-held", "healthy-burst"):
+        sc = hl.SCENARIOS[s]
+        assert sc.mapped and not sc.freeze and "nobody should kill" in sc.describe()
+
+
+def test_the_healthy_table():
+    def rec(contender, killed_by, right, kill_s=None):
+        return {"scenario": "healthy-burst", "contender": contender, "run": 0, "killed_by": killed_by,
+                "right": right, "collateral": [], "kill_lines": [],
+                "healthy": {"kill_s": kill_s, "service_share": 0.97, "min_available_pct": 12.6,
+                            "psi_avg10_max": {"memory some": 3.1, "io some": 8.0}, "max_refault_pm_s": 250000,
+                            "max_stall_pm": 2100, "detector": {"fired_s": None, "trace": [[0]]}}}
+    summary = hl.summarize([rec("oomkiller", "nobody", True),
+                            rec("earlyoom", "earlyoom", False, kill_s=0.4)],
+                           ["healthy-burst"], ["oomkiller", "earlyoom"])
+    assert "trace" not in summary["healthy-burst"]["oomkiller"]["healthy"][0]["detector"]
+    text = hl.markdown({"command": "x", "kernel": "Linux 6.1", "cpus": 2, "mem_total_mib": 594, "swap_total_mib": 0,
+                        "started": "now", "duration_s": 1, "onset_percent": 10},
+                       [{"key": "healthy-burst", "title": "bursts", "describe": "d"}],
+                       [{"key": "oomkiller", "label": "oomkiller", "describe": ""},
+                        {"key": "earlyoom", "label": "earlyoom", "describe": ""}], summary)
+    assert "| oomkiller | nobody | 1/1 | 13 | 3.1 | 8.0 | 2500 | 21.0 | — | 97% |" in text
+    assert "| earlyoom | earlyoom | 0/1 |" in text
+    assert "WRONG" in hl.line(dict(rec("earlyoom", "earlyoom", False, 0.4), wall_s=61.0))
+
+
+def test_a_healthy_load_killed_at_the_windows_end_is_a_kill():
+    # the window closed with the load alive, but oomkiller's kill record
+    # came a moment later: a false kill all the same
+    rec = {"killed_by": "nobody (timeout)", "collateral": []}
+    assert hl.healthy_verdict(rec, "oomkiller", True, True, 0) == {"killed_by": "oomkiller", "right": False}
+    assert hl.healthy_verdict(rec, "oomkiller", True, False, 0) == {"killed_by": "nobody", "right": True}
+    assert hl.healthy_verdict(rec, None, True, False, 1) == {"killed_by": "kernel", "right": False}
+    died = {"killed_by": "unknown (failed)", "collateral": []}
+    assert hl.healthy_verdict(died, "earlyoom", False, False, 0)["killed_by"] == "unknown (failed)"
+    assert not hl.healthy_verdict({"collateral": ["protected service"]}, "x", True, False, 0)["right"]
