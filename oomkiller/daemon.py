@@ -994,6 +994,7 @@ class Daemon:
         c = self.config
         return {**figs.as_dict(), "limit_refault_permyriad_per_s": c.thrash_refault_limit_permyriad,
                 "limit_stall_permyriad": c.thrash_stall_limit_permyriad, "sustain_usec": c.thrash_sustain_ms * 1000,
+                "limit_activated_permyriad": thrash_core.MIN_ACTIVATED_PERMYRIAD,
                 "fired": self.state.thrash.fired}
 
     def swap_data(self) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
 
 # What a snapshot reads of /proc/meminfo (the timer reads it every second:
 # the other fifty lines are not parsed).
-REFAULT_KEYS = ("workingset_refault_file", "workingset_refault")
+REFAULT_KEYS = ("workingset_refault_file", "workingset_refault", "workingset_activate_file", "workingset_activate")
 MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)",
                           "SwapTotal", "SwapFree"})
 
@@ -188,8 +188,9 @@ class Domain:
         if self.is_host:
             lru = mi.get("Active(file)", -1) + mi.get("Inactive(file)", 0) if "Active(file)" in mi else -1
             swap, swap_free = (host_swap, min(host_swap_free, host_swap)) if counted else (0, 0)
+            refaults, activated = self._host_workingset()
             return MemorySnapshot(self.name, total + swap, avail + swap_free, total - avail + swap - swap_free, 0,
-                                  now_usec, full, some, self._host_refaults(), lru, swap_free, swap)
+                                  now_usec, full, some, refaults, lru, swap_free, swap, activate_file_pages=activated)
         try:
             limit, usage, stat = self.cgroupfs.memory(self.path)
             sw = self.cgroupfs.swap(self.path, stat, limit) if counted else None
@@ -207,7 +208,7 @@ class Domain:
             swap_free = max(0, min(swap - swap_used, host_swap_free)) if swap else 0
             swap_used = swap - swap_free
         return MemorySnapshot(self.name, limit + swap, free + swap_free, usage + swap_used, rec, now_usec, full,
-                              some, *refault_figures(stat), swap_free, swap)
+                              some, *refault_figures(stat), swap_free, swap, activate_file_pages=activated_pages(stat))
 
     def _swap_in_ram(self) -> tuple[int, int]:
         """The part of the host's swap (size, room) that is not memory to
@@ -237,14 +238,23 @@ class Domain:
             room += max(0, area - used) * cost_pm // 1000
         return size, room
 
-    def _host_refaults(self) -> int:
-        """The host's ``workingset_refault_file`` (``workingset_refault``
-        before 5.9), -1 if it cannot be read."""
+    def _host_workingset(self) -> tuple[int, int]:
+        """The host's ``workingset_refault_file`` and
+        ``workingset_activate_file`` (``workingset_refault`` and
+        ``workingset_activate`` before 5.9), -1 each if it cannot be read."""
         try:
             vm = self.procfs.vmstat(REFAULT_KEYS)
         except (OSError, ValueError):
-            return -1
-        return vm.get("workingset_refault_file", vm.get("workingset_refault", -1))
+            return -1, -1
+        return vm.get("workingset_refault_file", vm.get("workingset_refault", -1)), activated_pages(vm)
+
+
+def activated_pages(stat: dict[str, int]) -> int:
+    """The refaulted file pages the kernel activated at once
+    (``workingset_activate_file``, ``workingset_activate`` before 5.9), from a
+    v2 memory cgroup's stat or ``/proc/vmstat``; -1 where not given (v1
+    memory cgroups count only the refaults)."""
+    return stat.get("workingset_activate_file", stat.get("workingset_activate", -1))
 
 
 def refault_figures(stat: dict[str, int]) -> tuple[int, int]:

@@ -49,6 +49,10 @@ class MemorySnapshot:
     # with count_swap off): the room left in swap, and all of it.
     swap_free_bytes: int = 0
     swap_total_bytes: int = 0
+    # cumulative workingset_activate_file of the domain: the refaults the
+    # kernel put straight back on the active list (evicted within the
+    # working set's size), -1 if unknown (v1 memory cgroups do not give it)
+    activate_file_pages: int = -1
 
     @property
     def ram_total_bytes(self) -> int:

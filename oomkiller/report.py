@@ -215,8 +215,11 @@ def thrash_text(t: dict[str, Any] | None) -> str:
             f"(limit {t['limit_refault_permyriad_per_s'] / 100:g}%/s), episode {t['episode_usec'] // 1000} ms "
             f"(sustain {t['sustain_usec'] // 1000} ms), memory stall "
             + (f"{stall / 100:.1f}%" if stall is not None else "-" if t["state"] == "calm" else "unknown")
-            + f" (limit {t['limit_stall_permyriad'] / 100:g}%), free {t['free_permyriad'] / 100:.1f}%, "
-            f"fired {t['fired']}")
+            + f" (limit {t['limit_stall_permyriad'] / 100:g}%)"
+            + ("" if t.get("activated_permyriad") is None
+               else f", activated {t['activated_permyriad'] / 100:.1f}% of the refaults (at least "
+                    f"{t.get('limit_activated_permyriad', 0) / 100:g}%)")
+            + f", free {t['free_permyriad'] / 100:.1f}%, fired {t['fired']}")
 
 
 def term_text(t: dict[str, Any] | None) -> str:

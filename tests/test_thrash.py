@@ -25,8 +25,11 @@ class Feed:
     """Snapshots every ``step_usec`` with refaults at ``rate`` (share of the
     LRU per second) and some-stall at ``stall`` (share of time)."""
 
-    def __init__(self, free=40 * MIB, step_usec=100_000, psi=True, lru=LRU, swap_total=0, swap_free=0):
+    def __init__(self, free=40 * MIB, step_usec=100_000, psi=True, lru=LRU, swap_total=0, swap_free=0,
+                 activated=None):
         self.t, self.refaults, self.stall = 1_000_000, 5000, 77_000
+        # the share of the refaults the kernel activates; None: unknown (v1)
+        self.activated, self.activations = activated, 300
         self.free, self.step, self.psi, self.lru = free, step_usec, psi, lru
         self.swap_total, self.swap_free = swap_total, swap_free
         self.state = ThrashState()
@@ -35,12 +38,15 @@ class Feed:
     def tick(self, rate: float, stall: float, n: int = 1, flushed: bool = True):
         for _ in range(n):
             self.t += self.step
-            self.refaults += int(rate * self.lru / 4096 * self.step / 1e6)
+            n_ref = int(rate * self.lru / 4096 * self.step / 1e6)
+            self.refaults += n_ref
+            self.activations += int(n_ref * (self.activated or 0))
             self.stall += int(stall * self.step)
             shown = self.refaults if flushed else self.state.last.refault_pages
             snap = MemorySnapshot("d", TOTAL + self.swap_total, self.free + self.swap_free, TOTAL - self.free, 0,
                                   self.t, -1, self.stall if self.psi else -1, shown, self.lru,
-                                  self.swap_free, self.swap_total)
+                                  self.swap_free, self.swap_total,
+                                  activate_file_pages=-1 if self.activated is None else self.activations)
             self.state, f = observe(self.state, snap, LIMITS, ARM_LINE)
             self.figs.append(f)
         return self.figs[-1]
@@ -112,6 +118,48 @@ def test_a_stream_that_refaults_but_does_not_stall_never_fires():
     f = Feed(free=250 * MIB, lru=250 * MIB)
     f.tick(9.5, 0.08, 100)
     assert "thrashing" not in f.states() and f.figs[-1].state == "episode"
+
+
+def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
+    """A stream beside a held heap at host level: refaults over the limit,
+    the cache under half, free under half, and kswapd's reclaim stalling
+    the host 11% of a second; but not one refault activated (a stream
+    refaults each page a whole file later, beyond the working set). The
+    freeze's refaults are 1.8-23% activated."""
+    stream = Feed(activated=0.0)
+    stream.tick(0, 0, 5)
+    fig = stream.tick(14, 0.11, 30)
+    assert "thrashing" not in stream.states()
+    assert fig.state == "episode" and fig.activated_permyriad == 0 and fig.stall_permyriad == 1100
+    freeze = Feed(activated=0.02)
+    freeze.tick(0, 0, 5)
+    freeze.tick(14, 0.18, 11)
+    fig = freeze.figs[-1]
+    assert fig.firing and fig.activated_permyriad == pytest.approx(200, abs=2)
+    assert fig.reason == ("thrashing: refaults 1400%/s of the file cache (12% of the domain; 2.0% of them activated)"
+                          " >= 20%/s for 1000 ms, memory stall 18.0% >= 10%")
+    # A spike of activated refaults late in the stream's long episode (hot
+    # pages of other programs evicted, as seen at host level): it must hold
+    # the whole sustain span, measured from its first sample, not from the
+    # episode's onset.
+    stream.activated = 0.03
+    stream.tick(14, 0.15, 5)
+    stream.activated = 0.0
+    stream.tick(14, 0.15, 3)
+    assert "thrashing" not in stream.states()
+    stream.activated = 0.03
+    stream.tick(14, 0.15, 10)
+    assert "thrashing" not in stream.states()
+    assert stream.tick(14, 0.15).firing         # held for the sustain span
+    # just under the share: held
+    low = Feed(activated=0.004)
+    low.tick(0, 0, 5)
+    low.tick(14, 0.18, 20)
+    assert "thrashing" not in low.states()
+    # v1 gives no activation counter: the rule is left out
+    v1 = Feed()
+    v1.tick(0, 0, 5)
+    assert v1.tick(14, 0.18, 11).firing and v1.figs[-1].activated_permyriad is None
 
 
 def test_a_cache_that_fills_the_domain_is_not_squeezed():
@@ -302,6 +350,10 @@ def test_info_line():
          "sustain_usec": 1_000_000, "fired": 1}
     assert thrash_text(t) == ("thrashing, refaults 1831.1%/s of the file cache (limit 20%/s), episode 1046 ms "
                               "(sustain 1000 ms), memory stall 22.2% (limit 10%), free 9.6%, fired 1")
+    # with the activation counter (v2, the host): the share of the refaults
+    assert thrash_text({**t, "activated_permyriad": 290, "limit_activated_permyriad": 50}) == (
+        "thrashing, refaults 1831.1%/s of the file cache (limit 20%/s), episode 1046 ms (sustain 1000 ms), memory "
+        "stall 22.2% (limit 10%), activated 2.9% of the refaults (at least 0.5%), free 9.6%, fired 1")
     assert "memory stall - " in thrash_text({**t, "state": "calm", "stall_permyriad": None})
     assert "memory stall unknown " in thrash_text({**t, "state": "episode", "stall_permyriad": None})
     assert thrash_text({"state": "unknown"}) == "unknown (no refault or file cache figures)"
