@@ -190,7 +190,8 @@ class Domain:
             swap, swap_free = (host_swap, min(host_swap_free, host_swap)) if counted else (0, 0)
             refaults, activated = self._host_workingset()
             return MemorySnapshot(self.name, total + swap, avail + swap_free, total - avail + swap - swap_free, 0,
-                                  now_usec, full, some, refaults, lru, swap_free, swap, activate_file_pages=activated)
+                                  now_usec, full, some, refaults, lru, swap_free, swap, activate_file_pages=activated,
+                                  activate_of_pages=refaults)
         try:
             limit, usage, stat = self.cgroupfs.memory(self.path)
             sw = self.cgroupfs.swap(self.path, stat, limit) if counted else None
@@ -207,8 +208,17 @@ class Domain:
             swap = min(cap, host_swap) if cap is not None else host_swap
             swap_free = max(0, min(swap - swap_used, host_swap_free)) if swap else 0
             swap_used = swap - swap_free
+        refaults, lru = refault_figures(stat)
+        activated, of, host = activated_pages(stat), refaults, False
+        if activated < 0 and refaults >= 0:
+            # v1 counts the cgroup's refaults but not their activations:
+            # the host's share stands in (a stream in the domain adds only
+            # refaults nobody activates to it; see core/thrash.py)
+            of, activated = self._host_workingset()
+            host = True
         return MemorySnapshot(self.name, limit + swap, free + swap_free, usage + swap_used, rec, now_usec, full,
-                              some, *refault_figures(stat), swap_free, swap, activate_file_pages=activated_pages(stat))
+                              some, refaults, lru, swap_free, swap, activate_file_pages=activated,
+                              activate_of_pages=of, activations_host=host)
 
     def _swap_in_ram(self) -> tuple[int, int]:
         """The part of the host's swap (size, room) that is not memory to

@@ -49,10 +49,14 @@ class MemorySnapshot:
     # with count_swap off): the room left in swap, and all of it.
     swap_free_bytes: int = 0
     swap_total_bytes: int = 0
-    # cumulative workingset_activate_file of the domain: the refaults the
-    # kernel put straight back on the active list (evicted within the
-    # working set's size), -1 if unknown (v1 memory cgroups do not give it)
+    # cumulative workingset_activate_file: the refaults the kernel put
+    # straight back on the active list (evicted within the working set's
+    # size), -1 if unknown; and the refault counter they are a share of.
+    # The domain's own, or the host's where the domain counts no
+    # activations (a v1 memory cgroup): then ``activations_host``.
     activate_file_pages: int = -1
+    activate_of_pages: int = -1
+    activations_host: bool = False
 
     @property
     def ram_total_bytes(self) -> int:

@@ -217,8 +217,9 @@ def thrash_text(t: dict[str, Any] | None) -> str:
             + (f"{stall / 100:.1f}%" if stall is not None else "-" if t["state"] == "calm" else "unknown")
             + f" (limit {t['limit_stall_permyriad'] / 100:g}%)"
             + ("" if t.get("activated_permyriad") is None
-               else f", activated {t['activated_permyriad'] / 100:.1f}% of the refaults (at least "
-                    f"{t.get('limit_activated_permyriad', 0) / 100:g}%)")
+               else f", activated {t['activated_permyriad'] / 100:.1f}% of the "
+                    + ("host's " if t.get("activated_host") else "")
+                    + f"refaults (at least {t.get('limit_activated_permyriad', 0) / 100:g}%)")
             + f", free {t['free_permyriad'] / 100:.1f}%, fired {t['fired']}")
 
 

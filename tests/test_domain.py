@@ -237,8 +237,12 @@ def test_an_empty_hybrid_domain_finds_its_pressure_file_by_path(proc_tree, v1_tr
     s = d.snapshot(1)
     assert (s.some_stall_usec, s.full_stall_usec) == (4321, 1234)
     assert (s.refault_file_pages, s.file_lru_bytes) == (98765, 8 * MiB)
-    # v1 counts no activations: the working-set rule is left out there
-    assert s.activate_file_pages == -1
+    # v1 counts no activations: the host's share stands in, once readable
+    assert (s.activate_file_pages, s.activate_of_pages, s.activations_host) == (-1, -1, True)
+    (proc_tree.root / "vmstat").write_text("workingset_refault_file 5000\nworkingset_activate_file 120\n")
+    s = _domain(proc_tree, v1_tree, "outer/self/arena").snapshot(2)
+    assert (s.refault_file_pages, s.activate_file_pages, s.activate_of_pages) == (98765, 120, 5000)
+    assert s.activations_host
 
 
 def test_activations_of_a_v2_domain_and_of_the_host(proc_tree, v2_tree):
@@ -251,11 +255,13 @@ def test_activations_of_a_v2_domain_and_of_the_host(proc_tree, v2_tree):
                    memory__stat="anon 1\nactive_file 4096\ninactive_file 4096\nworkingset_refault_file 900\n"
                                 "workingset_activate_file 27\n")
     s = _domain(proc_tree, v2_tree, "box").snapshot(2)
-    assert (s.refault_file_pages, s.activate_file_pages) == (900, 27)
+    assert (s.refault_file_pages, s.activate_file_pages, s.activate_of_pages) == (900, 27, 900)
+    assert not s.activations_host
     (proc_tree.root / "vmstat").write_text("nr_free_pages 1\nworkingset_refault_file 5000\n"
                                            "workingset_activate_file 120\nworkingset_restore_file 7\n")
     s = _domain(proc_tree, v2_tree, "host").snapshot(3)
-    assert (s.refault_file_pages, s.activate_file_pages) == (5000, 120)
+    assert (s.refault_file_pages, s.activate_file_pages, s.activate_of_pages) == (5000, 120, 5000)
+    assert not s.activations_host
 
 
 def test_refault_figures_of_v2_and_old_kernels_and_the_host(proc_tree, v2_tree):

@@ -31,9 +31,10 @@ Signals, all from files the snapshot reads anyway:
 * **free memory**: where no PSI file can be read, the domain's free memory
   must be under the arm line instead: a stream keeps its cache reclaimable
   (half the arena free), a freeze leaves 7 to 13% free.
-* **working set, not a stream**: for the last sustain span, in every
-  segment, at least ``MIN_ACTIVATED_PERMYRIAD`` of the refaults must be ones
-  the kernel activated at once (``workingset_activate_file``: the page was evicted less than a
+* **working set, not a stream**: of the refaults over the last sustain span,
+  at least ``MIN_ACTIVATED_PERMYRIAD`` must be ones the kernel activated at
+  once, or free memory fell by ``MIN_FALL_PERMYRIAD`` of the domain over it
+  (``workingset_activate_file``: the page was evicted less than a
   working set's worth of evictions ago, so it would have stayed with a
   little more memory). A stream that reads a file larger than its cache
   refaults each page a whole file's worth later: none is ever activated.
@@ -41,8 +42,19 @@ Signals, all from files the snapshot reads anyway:
   (each second), a stream and a stream beside a job holding 60% exactly 0.
   At host level the memory stall counts kswapd's reclaim, and a stream
   beside a held heap reached the stall limit in the VM guest: this is what
-  tells them apart. v1 memory cgroups give no activation counter; there the
-  rule is left out.
+  tells them apart. v1 memory cgroups count their refaults but not the
+  activations: there the host's share (``/proc/vmstat``) stands in. A
+  stream in the domain adds only refaults nobody activates to it; a freeze
+  in the domain (1.8% activated or more) is hidden only if the rest of the
+  host refaults hundreds of times more, none of it activated. Judged over
+  the sustain span, not segment by segment: single 100 ms segments of the
+  freeze dipped to 0.07%. The freeze's first 0.7-2 s of refaults in the
+  arena had none activated (the pages the hog's fill evicted first came
+  back from beyond the shrinking working set): free memory falling fast
+  stands in for the share then. What it leaves: a stream
+  beside a held heap at host level once showed 0.8-3.8% activated for 1.3 s
+  (the hot pages of other programs, evicted and read back: a real, short
+  thrash), enough to fire over a sustain span that held the stall too.
 
 Counters lag: v1 memory cgroups (and v2 ones, between flushes) may show
 ``workingset_refault_file`` unchanged for up to two seconds while pages
@@ -111,6 +123,14 @@ MIN_SEGMENT_REFAULTS = 256
 # share says nothing and is not applied.
 MIN_ACTIVATED_PERMYRIAD = 50
 
+# ... unless free memory fell by at least this share of the domain
+# (permyriad) over the sustain span: memory is being taken now, and the
+# pages it evicted first come back from beyond the working set as it
+# shrinks. The arena's freeze refaulted for 0.7-2 s with none activated
+# while the hog filled (its free memory fell from 50% to 10% in under a
+# second); a held heap beside a stream takes nothing more.
+MIN_FALL_PERMYRIAD = 500
+
 
 @dataclass(frozen=True)
 class ThrashLimits:
@@ -129,6 +149,8 @@ class ThrashSample:
     file_lru_bytes: int
     some_stall_usec: int        # cumulative PSI "some" of the domain, -1 if unknown
     activate_pages: int = -1    # cumulative workingset_activate_file, -1 if unknown
+    activate_of_pages: int = -1     # the refault counter those are a share of
+    free_bytes: int = -1        # the domain's free memory, swap left out
 
 
 @dataclass(frozen=True)
@@ -142,10 +164,6 @@ class ThrashState:
     moved: ThrashSample | None = None       # the latest sample whose refault counter moved
     onset: ThrashSample | None = None       # the first sample of the episode, None if none
     last_rate_permyriad_per_s: int = 0      # rate of the latest segment that moved the counter
-    # the first sample of the episode since which every sample's stall
-    # window held MIN_ACTIVATED_PERMYRIAD of activated refaults; None if
-    # not so now (or the counter is unknown)
-    squeezed: ThrashSample | None = None
     fired: int = 0                          # episodes that fired, for info
     fired_onset_usec: int = -1              # the onset of the episode counted last in ``fired``
 
@@ -170,6 +188,7 @@ class ThrashFigures:
     free_permyriad: int = 0
     reason: str = ""
     activated_permyriad: int | None = None  # of the refaults over the stall window, None if unknown
+    activated_host: bool = False            # ... of the host's refaults (a v1 domain)
 
     @property
     def firing(self) -> bool:
@@ -178,7 +197,8 @@ class ThrashFigures:
     def as_dict(self) -> dict:
         return {"state": self.state, "refault_permyriad_per_s": self.refault_permyriad_per_s,
                 "episode_usec": self.episode_usec, "stall_permyriad": self.stall_permyriad,
-                "free_permyriad": self.free_permyriad, "activated_permyriad": self.activated_permyriad}
+                "free_permyriad": self.free_permyriad, "activated_permyriad": self.activated_permyriad,
+                "activated_host": self.activated_host}
 
 
 def sample_of(snap: MemorySnapshot) -> ThrashSample | None:
@@ -186,7 +206,7 @@ def sample_of(snap: MemorySnapshot) -> ThrashSample | None:
     if snap.refault_file_pages < 0 or snap.file_lru_bytes < 0:
         return None
     return ThrashSample(snap.taken_usec, snap.refault_file_pages, snap.file_lru_bytes, snap.some_stall_usec,
-                        snap.activate_file_pages)
+                        snap.activate_file_pages, snap.activate_of_pages, snap.ram_free_bytes)
 
 
 def segment_rate(prev: ThrashSample, cur: ThrashSample) -> int:
@@ -208,9 +228,11 @@ def stall_share(start: ThrashSample, cur: ThrashSample) -> int | None:
 
 def activated_share(start: ThrashSample, cur: ThrashSample) -> int | None:
     """Of the file refaults between two samples, the share (permyriad) the
-    kernel activated at once; None if unknown or over too few refaults."""
-    n = cur.refault_pages - start.refault_pages
-    if start.activate_pages < 0 or cur.activate_pages < 0 or n < MIN_SEGMENT_REFAULTS:
+    kernel activated at once (of the counter ``activate_of_pages``: the
+    domain's refaults, or the host's); None if unknown or over too few
+    refaults."""
+    n = cur.activate_of_pages - start.activate_of_pages
+    if min(start.activate_pages, cur.activate_pages, start.activate_of_pages) < 0 or n < MIN_SEGMENT_REFAULTS:
         return None
     return min(10_000, max(0, cur.activate_pages - start.activate_pages) * 10_000 // n)
 
@@ -245,9 +267,7 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         # new to judge; the next segment is measured from ``prev``.
         return state, _figures(state, prev, limits, arm_line_bytes, snap, free_pm, fresh=False)
     onset, moved, last_rate = state.onset, state.moved, state.last_rate_permyriad_per_s
-    segment_activated = None
     if cur.refault_pages != prev.refault_pages:
-        segment_activated = activated_share(moved or prev, cur)
         # The counter moved: this segment's rate is fresh. Measured from the
         # latest sample that moved it, so that a jump after a flush is spread
         # over the time it stood still.
@@ -265,15 +285,8 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
     elif moved is None or cur.taken_usec - moved.taken_usec >= STATS_LAG_USEC:
         # Still for longer than any flush delay: nothing refaults.
         onset, last_rate = None, 0
-    recent = _keep(state.recent, cur, limits.sustain_usec)
-    squeezed = state.squeezed if onset is not None else None
-    # Judged segment by segment, so that a dip ends it; over the sustain
-    # span where a segment refaulted too few pages to say.
-    activated = segment_activated if segment_activated is not None else activated_share(recent[0], cur)
-    if onset is not None and activated is not None:
-        squeezed = (squeezed or cur) if activated >= MIN_ACTIVATED_PERMYRIAD else None
-    new = dataclasses.replace(state, recent=recent, moved=moved, onset=onset, last_rate_permyriad_per_s=last_rate,
-                              squeezed=squeezed)
+    new = dataclasses.replace(state, recent=_keep(state.recent, cur, limits.sustain_usec), moved=moved, onset=onset,
+                              last_rate_permyriad_per_s=last_rate)
     figs = _figures(new, cur, limits, arm_line_bytes, snap, free_pm, fresh=moved is cur)
     if figs.firing and onset.taken_usec != state.fired_onset_usec:
         new = dataclasses.replace(new, fired=state.fired + 1, fired_onset_usec=onset.taken_usec)
@@ -291,7 +304,7 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     stall = stall_share(st.recent[0], cur) if st.recent else None
     activated = activated_share(st.recent[0], cur) if st.recent else None
     base = dict(refault_permyriad_per_s=st.last_rate_permyriad_per_s, episode_usec=span, stall_permyriad=stall,
-                free_permyriad=free_pm, activated_permyriad=activated)
+                free_permyriad=free_pm, activated_permyriad=activated, activated_host=snap.activations_host)
     if span < limits.sustain_usec or not fresh:
         # Not long enough yet, or this sample's counter did not move: an
         # unmoved counter cannot confirm the episode goes on.
@@ -300,10 +313,13 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     cache_pm = cur.file_lru_bytes * 10_000 // ram if ram > 0 else 10_000
     if cache_pm > MAX_CACHE_PERMYRIAD or free_pm > MAX_FREE_PERMYRIAD:
         return ThrashFigures("episode", **base)
-    if activated is not None and (st.squeezed is None or cur.taken_usec - st.squeezed.taken_usec < limits.sustain_usec):
-        # the refaults were a working set's for less than the sustain span
+    start = st.recent[0] if st.recent else cur
+    fell = (start.free_bytes - cur.free_bytes) * 10_000 // ram if ram > 0 and start.free_bytes >= 0 else 0
+    if activated is not None and activated < MIN_ACTIVATED_PERMYRIAD and fell < MIN_FALL_PERMYRIAD:
         return ThrashFigures("episode", **base)
-    ws = "" if activated is None else f"; {activated / 100:.1f}% of them activated"
+    whose = "the host's" if snap.activations_host else "them"
+    ws = "" if activated is None else f"; {activated / 100:.1f}% of {whose} activated" + (
+        f", free memory fell {fell / 100:.0f}% of the domain" if activated < MIN_ACTIVATED_PERMYRIAD else "")
     rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
             f"({cache_pm / 100:.0f}% of the domain{ws}) >= {limits.refault_permyriad_per_s / 100:g}%/s "
             f"for {span // 1000} ms")

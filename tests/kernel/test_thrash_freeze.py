@@ -69,8 +69,13 @@ def test_a_healthy_busy_arena_is_not_killed(arena, daemon, files_dir, kind):
     if kind.startswith("stream"):
         # It did refault: the detector saw episodes and held back. Beside a
         # job holding 60% the cache is squeezed as in the freeze (the cache
-        # and free-memory gates pass); only the memory stall holds it back.
+        # and free-memory gates pass), and under a loaded CPU the stall
+        # crossed its limit (16% seen): the refaults are a stream's, none
+        # activated (the host's share, v1 counting none per cgroup).
         assert run.max_refault_permyriad_per_s >= 2000, run.describe()
+    if kind == "stream-held":
+        assert run.activated, f"no activation figures: {run.describe()}"
+        assert sorted(run.activated)[len(run.activated) // 2] < 50, run.describe()
 
 
 def test_info_shows_the_pressure_file_of_an_empty_domain_and_the_detector(arena, daemon):

@@ -179,13 +179,15 @@ class HealthyRun:
     states: dict = field(default_factory=dict)      # thrash state -> samples seen in info
     max_refault_permyriad_per_s: int = 0
     max_stall_permyriad: int = 0
+    activated: list = field(default_factory=list)   # activated share of the refaults, per episode sample
     progress: int = 0
 
     def describe(self) -> str:
         return (f"{self.name}: {self.seconds:.0f} s, kills {self.kills}, decisions {len(self.decisions)}, "
                 f"thrash states seen {self.states}, peak refaults {self.max_refault_permyriad_per_s / 100:.0f}%/s, "
                 f"peak stall over an episode's last second {self.max_stall_permyriad / 100:.1f}%, "
-                f"work done {self.progress}")
+                f"activated {sorted(self.activated)[len(self.activated) // 2] / 100 if self.activated else '-'}% "
+                f"(median), work done {self.progress}")
 
 
 def healthy(arena, start_daemon, tmpdir: str, kind: str, seconds: float = 20.0) -> HealthyRun:
@@ -232,6 +234,8 @@ def healthy(arena, start_daemon, tmpdir: str, kind: str, seconds: float = 20.0) 
                 run.max_refault_permyriad_per_s = max(run.max_refault_permyriad_per_s, t["refault_permyriad_per_s"])
                 if t.get("stall_permyriad") is not None and t["state"] != "calm":
                     run.max_stall_permyriad = max(run.max_stall_permyriad, t["stall_permyriad"])
+                if t.get("activated_permyriad") is not None and t["state"] != "calm":
+                    run.activated.append(t["activated_permyriad"])
         time.sleep(0.2)
     run.alive = all(p.poll() is None for p in procs)
     run.progress = ops.points[-1][1] if ops.points else 0
