@@ -85,12 +85,16 @@ def kernel_oom_kills() -> int:
     return read_keyed("/proc/vmstat").get("oom_kill", 0)
 
 
-def mem_available_bytes() -> int:
+def meminfo_bytes(key: str) -> int:
     with open("/proc/meminfo") as f:
         for line in f:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no MemAvailable in /proc/meminfo")
+    raise AssertionError(f"no {key} in /proc/meminfo")
+
+
+def mem_available_bytes() -> int:
+    return meminfo_bytes("MemAvailable")
 
 
 def main_pids(units=SYSTEM_SERVICES) -> dict[str, int]:
