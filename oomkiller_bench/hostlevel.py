@@ -189,9 +189,10 @@ HEALTHY_LOADS = {
                    "and streams {stream} through what is left of the page cache, in a loop: the cache is "
                    "squeezed and refaults as in the freeze, but the refaults are the stream's own; beside the "
                    "protected service reading a {fits} MiB file through mmap; {window:g} s, nobody should kill",
-    "burst": "the freeze for {hold_ms} ms at a time: every {every:g} s a job fills anonymous memory until "
+    "burst": "the freeze's fill, held {hold_ms} ms: every {every:g} s a job fills anonymous memory until "
              "MemAvailable would be {leave}% of MemTotal, holds it {hold_ms} ms and frees it, beside the protected "
-             "service reading the freeze's {freeze} MiB file through mmap; {window:g} s, nobody should kill",
+             "service reading the freeze's {freeze} MiB file through mmap; {window:g} s, nobody should kill (under "
+             "emulation the fill itself takes seconds: the squeeze lasts longer than {hold_ms} ms)",
 }
 
 
@@ -224,7 +225,7 @@ SCENARIOS = {s.key: s for s in (
     # The freeze for 500 ms at a time: the same working set, the same 13%
     # left. A 32 MiB working set stayed cached at 13% and at 8% left (not a
     # refault): the page cache given up was others'.
-    Scenario("healthy-burst", "healthy: bursts of 500 ms", 0, timeout_s=HEALTHY_WINDOW_S, leave_percent=13,
+    Scenario("healthy-burst", "healthy: the freeze's fill, held 500 ms", 0, timeout_s=HEALTHY_WINDOW_S, leave_percent=13,
              healthy="burst"),
 )}
 
