@@ -148,8 +148,9 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
     stream.activated = 0.0
     stream.tick(14, 0.15, 9)
     assert "thrashing" not in stream.states()
-    # just under the share: held
-    low = Feed(activated=0.004)
+    # under the share, and the activated ones at 4.2%/s of the cache, under
+    # that rate too: held
+    low = Feed(activated=0.003)
     low.tick(0, 0, 5)
     low.tick(14, 0.18, 20)
     assert "thrashing" not in low.states()
@@ -171,6 +172,15 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
         slow.free -= TOTAL * 4 // 1000          # 4% a second: a held heap's slow growth
         slow.tick(14, 0.3)
     assert "thrashing" not in slow.states()
+    # Someone streams a big file beside the freeze: 99% of the refaults are
+    # the stream's, none activated, so the freeze's 15% reads 0.2%. The
+    # activated refaults alone still come at 14%/s of the cache.
+    diluted = Feed(activated=0.002)
+    diluted.tick(0, 0, 5)
+    diluted.tick(70, 0.18, 10)
+    fig = diluted.tick(70, 0.18)
+    assert fig.firing and fig.activated_permyriad == pytest.approx(20, abs=1)
+    assert "0.2% of them activated, 14%/s of the file cache)" in fig.reason, fig.reason
     # no activation counter at all: the rule is left out
     v1 = Feed()
     v1.tick(0, 0, 5)
