@@ -154,22 +154,34 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
     low.tick(0, 0, 5)
     low.tick(14, 0.18, 20)
     assert "thrashing" not in low.states()
-    # The freeze's first second: the hog's fill takes free memory from 50% to
-    # 8% of the domain, and the pages it evicted first come back from beyond
-    # the shrinking working set, none activated. Memory being taken stands
-    # in for the share; it must fall 5% of the domain over the sustain span.
+    # The freeze's first seconds: the hog's fill takes free memory from 50%
+    # to 8% of the domain in half a second, and the pages it evicted first
+    # come back from beyond the shrinking working set, none activated for
+    # up to 2 s. Memory taken since a sustain span before the episode
+    # stands in for the share, for the episode's first three spans.
     filling = Feed(activated=0.0, free=TOTAL // 2)
     filling.tick(0, 0, 5)
-    for _ in range(11):
-        filling.free -= TOTAL * 42 // 1000
+    for _ in range(5):
+        filling.free -= TOTAL * 84 // 1000
         filling.tick(14, 0.3)
+    filling.tick(14, 0.3, 6)
     assert filling.figs[-1].firing and filling.figs[-1].activated_permyriad == 0
     assert "(12% of the domain; 0.0% of them activated, free memory fell 42% of the domain)" in \
         filling.figs[-1].reason
+    # ... but not past them: a heap filled just before a stream's episode
+    # leaves the stall alone to hold the detector back only that long
+    late = Feed(activated=0.0, free=TOTAL // 2)
+    late.tick(0, 0, 5)
+    for _ in range(5):
+        late.free -= TOTAL * 84 // 1000
+        late.tick(14, 0.05)
+    late.tick(14, 0.05, 26)                     # stall under the limit for 3 s
+    late.tick(14, 0.3, 15)
+    assert "thrashing" not in late.states()
     slow = Feed(activated=0.0, free=TOTAL // 2)
     slow.tick(0, 0, 5)
-    for _ in range(20):
-        slow.free -= TOTAL * 4 // 1000          # 4% a second: a held heap's slow growth
+    for _ in range(40):
+        slow.free -= TOTAL * 1 // 1000          # 1% a second: a held heap's slow growth
         slow.tick(14, 0.3)
     assert "thrashing" not in slow.states()
     # Someone streams a big file beside the freeze: 99% of the refaults are

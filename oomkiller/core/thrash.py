@@ -36,8 +36,9 @@ Signals, all from files the snapshot reads anyway:
   once, or the activated ones alone come at
   ``MIN_ACTIVATED_RATE_PERMYRIAD_PER_S`` of the file cache per second (a
   share anyone can dilute by streaming beside the freeze; a rate no one
-  can), or free memory fell by ``MIN_FALL_PERMYRIAD`` of the domain over it
-  (``workingset_activate_file``: the page was evicted less than a
+  can), or, in the episode's first ``FALL_SPANS`` sustain spans, free
+  memory fell by ``MIN_FALL_PERMYRIAD`` of the domain since a sustain span
+  before its onset (``workingset_activate_file``: the page was evicted less than a
   working set's worth of evictions ago, so it would have stayed with a
   little more memory). A stream that reads a file larger than its cache
   refaults each page a whole file's worth later: none is ever activated.
@@ -127,12 +128,14 @@ MIN_SEGMENT_REFAULTS = 256
 MIN_ACTIVATED_PERMYRIAD = 50
 
 # ... unless free memory fell by at least this share of the domain
-# (permyriad) over the sustain span: memory is being taken now, and the
-# pages it evicted first come back from beyond the working set as it
-# shrinks. The arena's freeze refaulted for 0.7-2 s with none activated
-# while the hog filled (its free memory fell from 50% to 10% in under a
-# second); a held heap beside a stream takes nothing more.
+# (permyriad) from a sustain span before the episode's onset, and the
+# episode is at most FALL_SPANS sustain spans old: memory was being taken
+# as it began, and the pages taken first come back from beyond the working
+# set as it shrinks. The arena's freeze refaulted for its first 0.7-2 s with
+# none activated (its free memory fell from 50% to 10% in half a second,
+# before the onset); a held heap beside a stream was filled long before.
 MIN_FALL_PERMYRIAD = 500
+FALL_SPANS = 3
 
 # ... or unless the activated refaults alone come at this rate (permyriad of
 # the file LRU per second): a share can be diluted by anyone who streams a
@@ -175,6 +178,9 @@ class ThrashState:
     last_rate_permyriad_per_s: int = 0      # rate of the latest segment that moved the counter
     fired: int = 0                          # episodes that fired, for info
     fired_onset_usec: int = -1              # the onset of the episode counted last in ``fired``
+    # the most free memory (swap left out) from a sustain span before the
+    # episode's onset on, -1 outside an episode: how much was taken since
+    free_before: int = -1
 
     @property
     def last(self) -> ThrashSample | None:
@@ -304,8 +310,13 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
     elif moved is None or cur.taken_usec - moved.taken_usec >= STATS_LAG_USEC:
         # Still for longer than any flush delay: nothing refaults.
         onset, last_rate = None, 0
-    new = dataclasses.replace(state, recent=_keep(state.recent, cur, limits.sustain_usec), moved=moved, onset=onset,
-                              last_rate_permyriad_per_s=last_rate)
+    recent = _keep(state.recent, cur, limits.sustain_usec)
+    free_before = -1
+    if onset is not None:
+        free_before = max(state.free_before if state.onset is onset else max(s.free_bytes for s in recent),
+                          cur.free_bytes)
+    new = dataclasses.replace(state, recent=recent, moved=moved, onset=onset, last_rate_permyriad_per_s=last_rate,
+                              free_before=free_before)
     figs = _figures(new, cur, limits, arm_line_bytes, snap, free_pm, fresh=moved is cur)
     if figs.firing and onset.taken_usec != state.fired_onset_usec:
         new = dataclasses.replace(new, fired=state.fired + 1, fired_onset_usec=onset.taken_usec)
@@ -333,7 +344,9 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     if cache_pm > MAX_CACHE_PERMYRIAD or free_pm > MAX_FREE_PERMYRIAD:
         return ThrashFigures("episode", **base)
     start = st.recent[0] if st.recent else cur
-    fell = (start.free_bytes - cur.free_bytes) * 10_000 // ram if ram > 0 and start.free_bytes >= 0 else 0
+    fell = 0
+    if span <= FALL_SPANS * limits.sustain_usec and st.free_before >= 0 and cur.free_bytes >= 0 and ram > 0:
+        fell = (st.free_before - cur.free_bytes) * 10_000 // ram
     act_rate = activated_rate(start, cur) or 0
     whose = "the host's" if snap.activations_host else "them"
     ws = "" if activated is None else f"; {activated / 100:.1f}% of {whose} activated"
