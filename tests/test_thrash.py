@@ -142,15 +142,15 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
                           " >= 20%/s for 1000 ms, memory stall 18.0% >= 10%")
     # A segment of activated refaults late in the stream's long episode (hot
     # pages of other programs evicted once): judged over the sustain span,
-    # 3% in one segment of ten is 0.3%.
-    stream.activated = 0.03
+    # 0.5% in one segment of ten is 0.05%, at 0.7%/s of the cache.
+    stream.activated = 0.005
     stream.tick(14, 0.15)
     stream.activated = 0.0
     stream.tick(14, 0.15, 9)
     assert "thrashing" not in stream.states()
-    # under the share, and the activated ones at 4.2%/s of the cache, under
+    # under the share, and the activated ones at 0.7%/s of the cache, under
     # that rate too: held
-    low = Feed(activated=0.003)
+    low = Feed(activated=0.0005)
     low.tick(0, 0, 5)
     low.tick(14, 0.18, 20)
     assert "thrashing" not in low.states()
@@ -168,16 +168,29 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
     assert filling.figs[-1].firing and filling.figs[-1].activated_permyriad == 0
     assert "(12% of the domain; 0.0% of them activated, free memory fell 42% of the domain)" in \
         filling.figs[-1].reason
-    # ... but not past them: a heap filled just before a stream's episode
-    # leaves the stall alone to hold the detector back only that long
+    # ... but not after three sustain spans and the flush delay: a heap filled
+    # before a stream's episode leaves the stall alone to hold the detector
+    # back only that long
     late = Feed(activated=0.0, free=TOTAL // 2)
     late.tick(0, 0, 5)
     for _ in range(5):
         late.free -= TOTAL * 84 // 1000
         late.tick(14, 0.05)
-    late.tick(14, 0.05, 26)                     # stall under the limit for 3 s
+    late.tick(14, 0.05, 52)                     # stall under the limit for 5.2 s
     late.tick(14, 0.3, 15)
     assert "thrashing" not in late.states()
+    # A freeze that begins while a stream's episode runs (a backup, or a
+    # user's decoy: 99.8% of the refaults, none activated): the fill is seen
+    # however old the episode is.
+    decoy = Feed(activated=0.0, free=TOTAL // 2)
+    decoy.tick(0, 0, 5)
+    decoy.tick(70, 0.05, 100)                   # 10 s of the decoy's episode
+    assert "thrashing" not in decoy.states()
+    for _ in range(5):
+        decoy.free -= TOTAL * 84 // 1000
+        decoy.tick(70, 0.3)
+    decoy.tick(70, 0.3, 6)
+    assert decoy.figs[-1].firing and "free memory fell 42% of the domain" in decoy.figs[-1].reason
     slow = Feed(activated=0.0, free=TOTAL // 2)
     slow.tick(0, 0, 5)
     for _ in range(40):
@@ -197,6 +210,21 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
     v1 = Feed()
     v1.tick(0, 0, 5)
     assert v1.tick(14, 0.18, 11).firing and v1.figs[-1].activated_permyriad is None
+    # the host's activations over a v1 domain's cache are no rate of the
+    # domain's: there the share alone (0.1% here, at 1.4%/s) decides
+    v1 = Feed(activated=0.001)
+    v1.host = True
+    v1.tick(0, 0, 5)
+    v1.tick(14, 0.18, 20)
+    assert "thrashing" not in v1.states()
+    # an activation counter that went back (the domain made again between
+    # two samples) starts over, as the refault counter's does
+    again = Feed(activated=0.02)
+    again.tick(0, 0, 5)
+    again.tick(14, 0.18, 8)
+    again.activations = 0
+    again.tick(14, 0.18)
+    assert again.figs[-1].state == "calm" and again.state.onset is None
     # a v1 domain judged on the host's share says so
     v1 = Feed(activated=0.02)
     v1.host = True

@@ -33,24 +33,26 @@ Signals, all from files the snapshot reads anyway:
   (half the arena free), a freeze leaves 7 to 13% free.
 * **working set, not a stream**: of the refaults over the last sustain span,
   at least ``MIN_ACTIVATED_PERMYRIAD`` must be ones the kernel activated at
-  once, or the activated ones alone come at
-  ``MIN_ACTIVATED_RATE_PERMYRIAD_PER_S`` of the file cache per second (a
-  share anyone can dilute by streaming beside the freeze; a rate no one
-  can), or, in the episode's first ``FALL_SPANS`` sustain spans, free
-  memory fell by ``MIN_FALL_PERMYRIAD`` of the domain since a sustain span
-  before its onset (``workingset_activate_file``: the page was evicted less than a
+  once (``workingset_activate_file``: the page was evicted less than a
   working set's worth of evictions ago, so it would have stayed with a
-  little more memory). A stream that reads a file larger than its cache
+  little more memory); or the activated ones alone come at
+  ``MIN_ACTIVATED_RATE_PERMYRIAD_PER_S`` of the file cache per second (a
+  share anyone can dilute by streaming beside the freeze, a rate no one
+  can); or free memory fell by ``MIN_FALL_PERMYRIAD`` of the domain within
+  the last ``FALL_SPANS`` sustain spans (and the flush delay). A stream that reads a file larger than its cache
   refaults each page a whole file's worth later: none is ever activated.
   Measured in this host's arena: the freeze 1.8 to 23% of its refaults
   (each second), a stream and a stream beside a job holding 60% exactly 0.
   At host level the memory stall counts kswapd's reclaim, and a stream
   beside a held heap reached the stall limit in the VM guest: this is what
   tells them apart. v1 memory cgroups count their refaults but not the
-  activations: there the host's share (``/proc/vmstat``) stands in. A
-  stream in the domain adds only refaults nobody activates to it; a freeze
-  in the domain (1.8% activated or more) is hidden only if the rest of the
-  host refaults hundreds of times more, none of it activated. Judged over
+  activations: there the host's share (``/proc/vmstat``) stands in, and
+  the rate is not used (the host's activations over the domain's cache
+  would be no rate of the domain's). A stream in the domain adds only
+  refaults nobody activates to it. A share is diluted under the limit by a
+  stream elsewhere that refaults (share / 0.5% - 1) times the freeze's
+  refaults: 2.6 times for a freeze at 1.8%, 30 times at 15%; the rate and
+  the fall then decide. Judged over
   the sustain span, not segment by segment: single 100 ms segments of the
   freeze dipped to 0.07%. The freeze's first 0.7-2 s of refaults in the
   arena had none activated (the pages the hog's fill evicted first came
@@ -128,20 +130,22 @@ MIN_SEGMENT_REFAULTS = 256
 MIN_ACTIVATED_PERMYRIAD = 50
 
 # ... unless free memory fell by at least this share of the domain
-# (permyriad) from a sustain span before the episode's onset, and the
-# episode is at most FALL_SPANS sustain spans old: memory was being taken
-# as it began, and the pages taken first come back from beyond the working
-# set as it shrinks. The arena's freeze refaulted for its first 0.7-2 s with
-# none activated (its free memory fell from 50% to 10% in half a second,
-# before the onset); a held heap beside a stream was filled long before.
+# (permyriad) within the last FALL_SPANS sustain spans, the flush delay
+# added: memory is being taken, and the pages taken first come back from
+# beyond the working set as it shrinks. The arena's freeze refaulted for its
+# first 0.7-2 s with none activated (its free memory fell from 50% to 10%
+# in half a second); a held heap beside a stream was filled long before.
+# Not tied to the episode's onset: a freeze that begins while a stream's
+# episode runs (a backup, or a user's decoy) is seen taking memory too.
 MIN_FALL_PERMYRIAD = 500
 FALL_SPANS = 3
 
 # ... or unless the activated refaults alone come at this rate (permyriad of
 # the file LRU per second): a share can be diluted by anyone who streams a
 # big file beside the freeze (on the host, any user can), a rate cannot. The
-# arena's freeze: about 200%/s; at host level in the VM guest 1.6-12%/s.
-MIN_ACTIVATED_RATE_PERMYRIAD_PER_S = 500
+# arena's freeze: about 200%/s; at host level in the VM guest 1.6-12%/s; a
+# stream: 0.
+MIN_ACTIVATED_RATE_PERMYRIAD_PER_S = 100
 
 
 @dataclass(frozen=True)
@@ -178,9 +182,9 @@ class ThrashState:
     last_rate_permyriad_per_s: int = 0      # rate of the latest segment that moved the counter
     fired: int = 0                          # episodes that fired, for info
     fired_onset_usec: int = -1              # the onset of the episode counted last in ``fired``
-    # the most free memory (swap left out) from a sustain span before the
-    # episode's onset on, -1 outside an episode: how much was taken since
-    free_before: int = -1
+    # (taken_usec, free memory without swap) of the samples of the last
+    # FALL_SPANS sustain spans and the flush delay, oldest first
+    frees: tuple[tuple[int, int], ...] = ()
 
     @property
     def last(self) -> ThrashSample | None:
@@ -282,7 +286,8 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
     if cur is None:
         return state.reset(), ThrashFigures("unknown", free_permyriad=free_pm)
     prev = state.last
-    if prev is None or cur.taken_usec <= prev.taken_usec or cur.refault_pages < prev.refault_pages:
+    if (prev is None or cur.taken_usec <= prev.taken_usec or cur.refault_pages < prev.refault_pages
+            or cur.activate_pages < prev.activate_pages or cur.activate_of_pages < prev.activate_of_pages):
         # The first sample, or counters that went back (a new cgroup at the
         # domain's path): start over from this one.
         return (dataclasses.replace(state.reset(), recent=(cur,), moved=cur),
@@ -310,13 +315,10 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
     elif moved is None or cur.taken_usec - moved.taken_usec >= STATS_LAG_USEC:
         # Still for longer than any flush delay: nothing refaults.
         onset, last_rate = None, 0
-    recent = _keep(state.recent, cur, limits.sustain_usec)
-    free_before = -1
-    if onset is not None:
-        free_before = max(state.free_before if state.onset is onset else max(s.free_bytes for s in recent),
-                          cur.free_bytes)
-    new = dataclasses.replace(state, recent=recent, moved=moved, onset=onset, last_rate_permyriad_per_s=last_rate,
-                              free_before=free_before)
+    span = FALL_SPANS * limits.sustain_usec + STATS_LAG_USEC
+    frees = tuple(f for f in state.frees if cur.taken_usec - f[0] <= span) + ((cur.taken_usec, cur.free_bytes),)
+    new = dataclasses.replace(state, recent=_keep(state.recent, cur, limits.sustain_usec), moved=moved, onset=onset,
+                              last_rate_permyriad_per_s=last_rate, frees=frees)
     figs = _figures(new, cur, limits, arm_line_bytes, snap, free_pm, fresh=moved is cur)
     if figs.firing and onset.taken_usec != state.fired_onset_usec:
         new = dataclasses.replace(new, fired=state.fired + 1, fired_onset_usec=onset.taken_usec)
@@ -344,10 +346,11 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     if cache_pm > MAX_CACHE_PERMYRIAD or free_pm > MAX_FREE_PERMYRIAD:
         return ThrashFigures("episode", **base)
     start = st.recent[0] if st.recent else cur
-    fell = 0
-    if span <= FALL_SPANS * limits.sustain_usec and st.free_before >= 0 and cur.free_bytes >= 0 and ram > 0:
-        fell = (st.free_before - cur.free_bytes) * 10_000 // ram
-    act_rate = activated_rate(start, cur) or 0
+    most = max((f for _, f in st.frees), default=-1)
+    fell = (most - cur.free_bytes) * 10_000 // ram if most >= 0 and cur.free_bytes >= 0 and ram > 0 else 0
+    # the host's activations over the domain's cache would be no rate of
+    # the domain's: a v1 domain has the share and the fall only
+    act_rate = 0 if snap.activations_host else activated_rate(start, cur) or 0
     whose = "the host's" if snap.activations_host else "them"
     ws = "" if activated is None else f"; {activated / 100:.1f}% of {whose} activated"
     if activated is not None and activated < MIN_ACTIVATED_PERMYRIAD:
