@@ -168,7 +168,7 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
     assert filling.figs[-1].firing and filling.figs[-1].activated_permyriad == 0
     assert "(12% of the domain; 0.0% of them activated, free memory fell 42% of the domain)" in \
         filling.figs[-1].reason
-    # ... but not after three sustain spans and the flush delay: a heap filled
+    # ... but not after the sustain span and the flush delay: a heap filled
     # before a stream's episode leaves the stall alone to hold the detector
     # back only that long
     late = Feed(activated=0.0, free=TOTAL // 2)
@@ -176,7 +176,7 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
     for _ in range(5):
         late.free -= TOTAL * 84 // 1000
         late.tick(14, 0.05)
-    late.tick(14, 0.05, 52)                     # stall under the limit for 5.2 s
+    late.tick(14, 0.05, 32)                     # stall under the limit for 3.2 s
     late.tick(14, 0.3, 15)
     assert "thrashing" not in late.states()
     # A freeze that begins while a stream's episode runs (a backup, or a

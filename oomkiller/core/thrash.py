@@ -39,8 +39,9 @@ Signals, all from files the snapshot reads anyway:
   ``MIN_ACTIVATED_RATE_PERMYRIAD_PER_S`` of the file cache per second (a
   share anyone can dilute by streaming beside the freeze, a rate no one
   can); or free memory fell by ``MIN_FALL_PERMYRIAD`` of the domain within
-  the last ``FALL_SPANS`` sustain spans (and the flush delay). A stream that reads a file larger than its cache
-  refaults each page a whole file's worth later: none is ever activated.
+  the last ``FALL_SPANS`` sustain span and the flush delay. A stream that
+  reads a file larger than its cache refaults each page a whole file's
+  worth later: none is ever activated.
   Measured in this host's arena: the freeze 1.8 to 23% of its refaults
   (each second), a stream and a stream beside a job holding 60% exactly 0.
   At host level the memory stall counts kswapd's reclaim, and a stream
@@ -130,7 +131,7 @@ MIN_SEGMENT_REFAULTS = 256
 MIN_ACTIVATED_PERMYRIAD = 50
 
 # ... unless free memory fell by at least this share of the domain
-# (permyriad) within the last FALL_SPANS sustain spans, the flush delay
+# (permyriad) within the last FALL_SPANS sustain span, the flush delay
 # added: memory is being taken, and the pages taken first come back from
 # beyond the working set as it shrinks. The arena's freeze refaulted for its
 # first 0.7-2 s with none activated (its free memory fell from 50% to 10%
@@ -138,7 +139,10 @@ MIN_ACTIVATED_PERMYRIAD = 50
 # Not tied to the episode's onset: a freeze that begins while a stream's
 # episode runs (a backup, or a user's decoy) is seen taking memory too.
 MIN_FALL_PERMYRIAD = 500
-FALL_SPANS = 3
+# One sustain span: the fall and the episode's first span; the flush delay
+# on top, for an onset a v1 counter shows late. Longer would leave a heap
+# filled just before a stream's episode to the stall alone for longer.
+FALL_SPANS = 1
 
 # ... or unless the activated refaults alone come at this rate (permyriad of
 # the file LRU per second): a share can be diluted by anyone who streams a
@@ -183,7 +187,7 @@ class ThrashState:
     fired: int = 0                          # episodes that fired, for info
     fired_onset_usec: int = -1              # the onset of the episode counted last in ``fired``
     # (taken_usec, free memory without swap) of the samples of the last
-    # FALL_SPANS sustain spans and the flush delay, oldest first
+    # FALL_SPANS sustain span and the flush delay, oldest first
     frees: tuple[tuple[int, int], ...] = ()
 
     @property
