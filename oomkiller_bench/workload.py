@@ -91,15 +91,16 @@ def hold_forever() -> None:
         time.sleep(3600)
 
 
+def filled(nbytes: int) -> list:
+    """``nbytes`` of anonymous memory, touched, in chunks: hold the list."""
+    return [b"\x5a" * min(HOG_CHUNK_BYTES, nbytes - off) for off in range(0, nbytes, HOG_CHUNK_BYTES)]
+
+
 def hog(a: argparse.Namespace) -> None:
     set_name(a.name)
-    held = []
-    done = 0
     say("ready")
-    while done < a.prefill:
-        n = min(HOG_CHUNK_BYTES, a.prefill - done)
-        held.append(b"\x5a" * n)
-        done += n
+    held = filled(a.prefill)
+    done = a.prefill
     say(f"alloc {done} {now_usec()}")
     t0 = time.monotonic()
     base = done
@@ -210,12 +211,7 @@ STREAM_READ_BYTES = 1 << 20
 
 def stream(a: argparse.Namespace) -> None:
     set_name(a.name)
-    held = []
-    done = 0
-    while done < a.hold:
-        n = min(HOG_CHUNK_BYTES, a.hold - done)
-        held.append(b"\x5a" * n)
-        done += n
+    held = filled(a.hold)   # noqa: F841 - held while streaming
     fd = os.open(a.file, os.O_RDONLY)
     say("ready")
     c = Counter(a.report_ms)
@@ -274,12 +270,7 @@ def burst(a: argparse.Namespace) -> None:
     c = Counter(a.report_ms)
     while True:
         t0 = time.monotonic()
-        held = []
-        done = 0
-        while done < a.bytes:
-            n = min(HOG_CHUNK_BYTES, a.bytes - done)
-            held.append(b"\x5a" * n)
-            done += n
+        held = filled(a.bytes)
         time.sleep(a.hold_ms / 1000)
         del held
         c.n += 1

@@ -20,6 +20,11 @@ Memory Pressure Monitored CGroups:
 """.splitlines()
 
 
+# what a run's results carry to the report's header
+META = {"command": "x", "kernel": "Linux 6.1", "cpus": 2, "mem_total_mib": 594, "swap_total_mib": 0,
+        "started": "now", "duration_s": 1, "onset_percent": 10}
+
+
 def test_oomctl_dump_says_what_systemd_oomd_watches():
     assert hl.oomctl_watching(OOMCTL_DUMP) == \
         "memory pressure watched on /system.slice (limit 10.00%), default duration 1s"
@@ -134,8 +139,7 @@ def test_the_freeze_table():
                                          "held_available_pct": None}}
     summary = hl.summarize([run, kern], ["freeze"], ["kernel", "oomkiller"])
     assert [r["never"] for r in summary["freeze"]["kernel"]["freeze"]] == [True]
-    text = hl.markdown({"command": "x", "kernel": "Linux 6.1", "cpus": 2, "mem_total_mib": 594, "swap_total_mib": 0,
-                        "started": "now", "duration_s": 1, "onset_percent": 10},
+    text = hl.markdown(META,
                        [{"key": "freeze", "title": "the freeze", "describe": "d"}],
                        [{"key": "kernel", "label": "kernel alone", "describe": ""},
                         {"key": "oomkiller", "label": "oomkiller", "describe": ""}], summary)
@@ -216,8 +220,7 @@ def test_the_healthy_table():
                             rec("earlyoom", "earlyoom", False, kill_s=0.4)],
                            ["healthy-burst"], ["oomkiller", "earlyoom"])
     assert "trace" not in summary["healthy-burst"]["oomkiller"]["healthy"][0]["detector"]
-    text = hl.markdown({"command": "x", "kernel": "Linux 6.1", "cpus": 2, "mem_total_mib": 594, "swap_total_mib": 0,
-                        "started": "now", "duration_s": 1, "onset_percent": 10},
+    text = hl.markdown(META,
                        [{"key": "healthy-burst", "title": "bursts", "describe": "d"}],
                        [{"key": "oomkiller", "label": "oomkiller", "describe": ""},
                         {"key": "earlyoom", "label": "earlyoom", "describe": ""}], summary)
