@@ -25,6 +25,12 @@ META = {"command": "x", "kernel": "Linux 6.1", "cpus": 2, "mem_total_mib": 594, 
         "started": "now", "duration_s": 1, "onset_percent": 10}
 
 
+def report(scenario: str, labels: dict[str, str], summary: dict) -> str:
+    """The markdown report of one scenario for the contenders ``labels``."""
+    return hl.markdown(META, [{"key": scenario, "title": scenario, "describe": "d"}],
+                       [{"key": k, "label": v, "describe": ""} for k, v in labels.items()], summary)
+
+
 def test_oomctl_dump_says_what_systemd_oomd_watches():
     assert hl.oomctl_watching(OOMCTL_DUMP) == \
         "memory pressure watched on /system.slice (limit 10.00%), default duration 1s"
@@ -139,10 +145,7 @@ def test_the_freeze_table():
                                          "held_available_pct": None}}
     summary = hl.summarize([run, kern], ["freeze"], ["kernel", "oomkiller"])
     assert [r["never"] for r in summary["freeze"]["kernel"]["freeze"]] == [True]
-    text = hl.markdown(META,
-                       [{"key": "freeze", "title": "the freeze", "describe": "d"}],
-                       [{"key": "kernel", "label": "kernel alone", "describe": ""},
-                        {"key": "oomkiller", "label": "oomkiller", "describe": ""}], summary)
+    text = report("freeze", {"kernel": "kernel alone", "oomkiller": "oomkiller"}, summary)
     assert "| kernel alone | nobody (timeout) | 0/1 | 0.90 | — | — | never | 1% | — |" in text
     assert "| oomkiller | oomkiller | 1/1 | 1.20 | 2.50 | 3.10 | 1.90 | 1% | 12 |" in text
     assert "killed by oomkiller" in hl.line(dict(run, wall_s=3.0))
@@ -220,10 +223,7 @@ def test_the_healthy_table():
                             rec("earlyoom", "earlyoom", False, kill_s=0.4)],
                            ["healthy-burst"], ["oomkiller", "earlyoom"])
     assert "trace" not in summary["healthy-burst"]["oomkiller"]["healthy"][0]["detector"]
-    text = hl.markdown(META,
-                       [{"key": "healthy-burst", "title": "bursts", "describe": "d"}],
-                       [{"key": "oomkiller", "label": "oomkiller", "describe": ""},
-                        {"key": "earlyoom", "label": "earlyoom", "describe": ""}], summary)
+    text = report("healthy-burst", {"oomkiller": "oomkiller", "earlyoom": "earlyoom"}, summary)
     assert "| oomkiller | nobody | 1/1 | 13 | 3.1 | 8.0 | 2500 | 21.0 | — | 97% |" in text
     assert "| earlyoom | earlyoom | 0/1 |" in text
     assert "WRONG" in hl.line(dict(rec("earlyoom", "earlyoom", False, 0.4), wall_s=61.0))
