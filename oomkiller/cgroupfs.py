@@ -134,6 +134,8 @@ class Cgroupfs:
         self.job_reads = {"read": 0, "reused": 0}
         # what the container runtimes say of a pod's containers
         self.pods = Pods("/")
+        # called before each job a listing reads (the lister's pause for the loop)
+        self.between_jobs: Callable[[], None] | None = None
 
     # -- paths ------------------------------------------------------------
     def resolve(self, spec: str) -> str:
@@ -867,7 +869,10 @@ class Cgroupfs:
         kept listing turns out not to be that job any more."""
         out = []
         budget = [MAX_LISTING_CGROUPS]
+        between = self.between_jobs
         for path, rule, entry in found:
+            if between is not None:
+                between()
             try:
                 job = self._job(path, domain_path, rule, budget, entry, marks.get(path), reuse)
                 if job is None:

@@ -10,8 +10,10 @@ killer) and reports each decision as the seed's lines and one JSON record.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
+import gc
 import logging
 from dataclasses import replace
 import os
@@ -44,7 +46,7 @@ from .model import (ArmedRecord, Candidate, DecisionRecord, EventKind, Job, Kern
 from .notify import Notifier
 from .output import NOTICE, LineWriter
 from .procfs import Procfs
-from .core.rank import rank
+from .core.rank import rank, rerank
 
 log = logging.getLogger("oomkiller")
 
@@ -56,6 +58,10 @@ FAILURE_LOG_USEC = 60_000_000
 # The loop publishes its counters for the metrics endpoint at most this
 # often, and after every kill (a scrape every 15 s sees figures <= 1 s old).
 PUBLISH_USEC = 1_000_000
+# The garbage collector's passes on the loop (``Daemon._collect``): this
+# often while the domain is calm, and at least this often whatever it is.
+GC_CALM_EVERY_USEC = 60_000_000
+GC_EVERY_USEC = 600_000_000
 
 # Other OOM killers are looked for in /proc at most this often (for info).
 OTHERS_SCAN_S = 60.0
@@ -174,6 +180,11 @@ class Daemon:
         # the latest listing of every job: (when, jobs, the free memory it
         # saw, the cgroupfs listing kept for it); and how walks got theirs
         self._listed: tuple[int, list[Job], int | None, object] | None = None
+        # its ranking (made in the lister's thread, or on first need), and
+        # the one before, whose candidates the next ranking takes for the
+        # jobs that did not change (``rank``'s prior)
+        self._ranking: Ranking | None = None
+        self._ranking_prior: Ranking | None = None
         # (when, free bytes) of the latest snapshots: the free memory a
         # listing made in the background saw
         self._frees: collections.deque = collections.deque(maxlen=64)
@@ -183,7 +194,8 @@ class Daemon:
         if background_listing:
             cg = self.cgroupfs
             self.lister = Lister(lambda: Cgroupfs(cg.root, self.procfs), self.domain.path, config.jobs,
-                                 self.keep_out, self.now_usec, on_done=self._listing_done)
+                                 self.keep_out, self.now_usec, on_done=self._listing_done,
+                                 finish=self._finish_listing)
         # a need of the core's waits for a listing (core.PENDING): the loop is
         # woken when it is ready, to finish it
         self._awaiting_listing = False
@@ -238,6 +250,10 @@ class Daemon:
         self._published_usec = 0
         self._status_sent = ""
         self._last_kill = ""
+        # the loop's own passes of the garbage collector (see run, _collect)
+        self._collected_usec = 0
+        self.gc_passes = 0
+        self.gc_latest_usec = 0
         self._live = "timer"        # the live sources, named once the loop runs
 
     def now_usec(self) -> int:
@@ -262,11 +278,40 @@ class Daemon:
         self._set_listed(now, out, self._free_now(now), kept[0] if kept else None)
         return out
 
-    def _set_listed(self, when: int, jobs: list[Job], free: int | None, kept: object) -> None:
+    def _set_listed(self, when: int, jobs: list[Job], free: int | None, kept: object,
+                    made: tuple[Ranking | None, Any] | None = None) -> None:
+        """The latest listing, with what the lister's thread made of it
+        (``_finish_listing``) or, made on the loop, nothing yet."""
         self._listed = (when, jobs, free, kept)
+        if self._ranking is not None:
+            self._ranking_prior = self._ranking
+        ranking, marks = made if made is not None else (None, None)
+        self._ranking = ranking
         # each listing's refault counters, and the one's before, for the
         # jobs that suffer a thrash (core.thrash.sufferers)
-        self._marks_before, self._marks = self._marks, thrash_core.refault_marks(jobs, when)
+        self._marks_before, self._marks = self._marks, (marks if marks is not None
+                                                        else thrash_core.refault_marks(jobs, when))
+
+    def _finish_listing(self, jobs: list[Job], when: int) -> tuple[Ranking | None, Any]:
+        """In the lister's thread: what the loop would otherwise make of a
+        listing when it takes it (its ranking, where each job is in it, the
+        refault counters), made here, off the loop."""
+        snap = self.last_snapshot
+        ranking = None
+        if snap is not None:
+            ranking = rank(jobs, self.policy, snap.total_bytes, self._ranking or self._ranking_prior)
+            ranking.named       # noqa: B018 - made now, not by the walk that needs it
+        return ranking, thrash_core.refault_marks(jobs, when)
+
+    def _listed_ranking(self, total_bytes: int) -> Ranking:
+        """The latest listing's ranking for ``total_bytes``: the one made
+        with it if it fits, else made now (taking the earlier ranking's
+        candidates for the jobs that did not change)."""
+        ranking = self._ranking
+        if ranking is None or ranking.made_for is None or ranking.made_for[1] != total_bytes:
+            ranking = rank(self._listed[1], self.policy, total_bytes, ranking or self._ranking_prior)
+            self._ranking = ranking
+        return ranking
 
     def _adopt(self) -> None:
         """Take the background listing finished since, if newer."""
@@ -274,7 +319,7 @@ class Daemon:
         if done is not None:
             self._listing_usec = done[1] - done[0]
         if done is not None and (self._listed is None or done[1] > self._listed[0]):
-            self._set_listed(done[1], done[2], self._free_while(done[0], done[1]), done[3])
+            self._set_listed(done[1], done[2], self._free_while(done[0], done[1]), done[3], done[4])
 
     def _usable(self, max_age_usec: int) -> bool:
         """Whether the latest listing may serve: under ``max_age_usec`` old,
@@ -337,7 +382,8 @@ class Daemon:
         if self.lister is None or self._listing_usec < SYNC_LISTING_MAX_USEC:
             # a listing this quick (a domain of few jobs) is not worth waiting
             # a wake for: arming sooner is (a fast hog fills 50 MiB in 40 ms)
-            return self.jobs()
+            self.jobs()
+            return self._listed_ranking(total_bytes)
         jobs = None
         if self._usable(self._max_age(LISTING_ASYNC_MAX_USEC, LISTING_ASYNC_FACTOR)):
             if self.now_usec() - self._listed[0] >= self._max_age(LISTING_REUSE_USEC, 1.0):
@@ -397,7 +443,11 @@ class Daemon:
         if not self._young(max_age) and self.lister is not None and self.lister.busy:
             # the listing under way ends sooner than a new one would
             t1 = self.now_usec()
-            self.lister.wait(LISTER_WAIT_S)
+            self.lister.release()       # (held while the loop wakes)
+            try:
+                self.lister.wait(LISTER_WAIT_S)
+            finally:
+                self.lister.hold()
             self._walk_timings["listing_wait"] = self.now_usec() - t1
             self._adopt()
         jobs = self._take(events, total_bytes, free_bytes, t0) if self._usable(max_age) else None
@@ -417,63 +467,67 @@ class Daemon:
         return jobs
 
     def _confirmed(self, events: list[PressureEvent], total_bytes: int, free_bytes: int | None,
-                   count: bool = False, sweep: bool = False) -> list[Job] | None:
-        """The latest listing with the jobs named by the events (their
-        cgroups, their processes) read again, then the first WALK_FRESH
-        killable candidates read again until they all are fresh. When free
-        memory (``free_bytes``, now) fell since the listing by as much as
-        the top job leads the first job not read again (that job may have
-        grown past it unseen), or with ``sweep``: every other job's usage
-        read, those that grew read again in full, and the top made fresh
-        again. None past WALK_MAX_READS reads (and SWEEP_MAX_READS jobs
-        that grew), or on a read that fails but for the job being gone:
-        list again."""
+                   count: bool = False, sweep: bool = False) -> Ranking | None:
+        """The latest listing's ranking with the jobs named by the events
+        (their cgroups, their processes) read again, then the first
+        WALK_FRESH killable candidates read again until they all are fresh.
+        When free memory (``free_bytes``, now) fell since the listing by as
+        much as the top job leads the first job not read again (that job may
+        have grown past it unseen), or with ``sweep``: every other job's
+        usage read, those that grew read again in full, and the top made
+        fresh again. None past WALK_MAX_READS reads (and SWEEP_MAX_READS
+        jobs that grew), or on a read that fails but for the job being gone:
+        list again. A job read again is placed again in the ranking; the
+        others keep their place (``rank.rerank``): no walk sorts every job."""
         listed = self._listed
-        jobs = list(listed[1])
+        ranking = self._listed_ranking(total_bytes)
         fresh: set[int] = set()
         reads = 0
         grew = 0        # what the jobs read again gained since the listing (less what they gave back)
 
-        def read_again(job: Job) -> bool:
-            nonlocal reads, grew
-            reads += 1
-            at = next(i for i, j in enumerate(jobs) if j is job)
-            try:
-                new = self.cgroupfs.job(job.path, self.domain.path, job.rule)
-            except FileNotFoundError:       # Vanished: removed since the listing
-                del jobs[at]                # (what it held is not counted as given back)
-                return True
-            except Exception:   # noqa: BLE001 - a job the listing read in part, or worse: list again
-                return False
-            jobs[at] = new
-            fresh.add(id(new))
-            # What the domain lost to it: its charge, not its score. A
-            # process moved in brings its memory but leaves its charge behind
-            # (and the domain lost nothing to the move); an unknown charge
-            # counts as no gain, so the check below errs toward listing.
-            if new.charged_bytes and job.charged_bytes:
-                grew += new.charged_bytes - job.charged_bytes
-            return True
+        def read_again(jobs: list[Job]) -> bool:
+            nonlocal reads, grew, ranking
+            changes: list[tuple[Job, Job | None]] = []
+            ok = True
+            for job in jobs:
+                reads += 1
+                try:
+                    new = self.cgroupfs.job(job.path, self.domain.path, job.rule)
+                except FileNotFoundError:       # Vanished: removed since the listing
+                    changes.append((job, None))     # (what it held is not counted as given back)
+                    continue
+                except Exception:   # noqa: BLE001 - a job the listing read in part, or worse: list again
+                    ok = False
+                    break
+                changes.append((job, new))
+                fresh.add(id(new))
+                # What the domain lost to it: its charge, not its score. A
+                # process moved in brings its memory but leaves its charge
+                # behind (and the domain lost nothing to the move); an
+                # unknown charge counts as no gain, so the check below errs
+                # toward listing.
+                if new.charged_bytes and job.charged_bytes:
+                    grew += new.charged_bytes - job.charged_bytes
+            if ok and changes:
+                ranking = rerank(ranking, changes, self.policy, total_bytes)
+            return ok
 
         # An event names its task's cgroup, which is the job's own only if
         # the task is not in a cgroup below it (a pod's container, a
         # service's sub-cgroup): its process names the job too.
         named = {e.cgroup_id for e in events if e.cgroup_id}
         named_pids = {e.pid for e in events if e.pid}
-        for job in [j for j in jobs if (j.v2_id and j.v2_id in named)
-                    or (named_pids and any(p.pid in named_pids for p in j.procs))][:WALK_MAX_READS // 2]:
-            if not read_again(job):
-                return None
+        if (named or named_pids) and not read_again(ranking.jobs_named(named, named_pids)[:WALK_MAX_READS // 2]):
+            return None
         allowed = WALK_MAX_READS
         swept = False
         while True:
             while True:
-                ranking = rank(jobs, self.policy, total_bytes)
-                top = ranking.killable()[:WALK_FRESH]
+                top = ranking.top(WALK_FRESH)
                 stale = [c.job for c in top if id(c.job) not in fresh]
                 if not stale:
                     break
-                if reads + len(stale) > allowed or not all(read_again(j) for j in stale):
+                if reads + len(stale) > allowed or not read_again(stale):
                     return None
             # A job not read again is as the listing saw it. What the
             # domain's free memory lost since, some job took: less what the
@@ -485,10 +539,7 @@ class Daemon:
             trips = False
             if top and fell > 0:
                 first = top[0]
-                rival = max((c.score_bytes for c in ranking.candidates
-                             if id(c.job) not in fresh and c.importance is first.importance
-                             and (c.killable or not c.job.procs)), default=0)
-                trips = rival + fell >= first.score_bytes
+                trips = _rival(ranking, first.importance, fresh) + fell >= first.score_bytes
             if swept:
                 if trips:
                     return None     # no job listed took it: one the listing lacks may have
@@ -498,11 +549,11 @@ class Daemon:
             # Which jobs grew since the listing: each one's usage, one small
             # read (a tenth of a full read); those read again in full.
             t_sweep = self.now_usec()
-            grown = self._grown([j for j in jobs if id(j) not in fresh])
+            grown = self._grown([c.job for c in ranking.candidates if id(c.job) not in fresh])
             if grown is None or len(grown) > SWEEP_MAX_READS:
                 return None
             allowed += len(grown)
-            if not all(read_again(j) for j in grown):
+            if not read_again(grown):
                 return None
             swept = True
             self._walk_timings["sweep"] = self.now_usec() - t_sweep
@@ -511,17 +562,20 @@ class Daemon:
         if count:
             self.walk_listings["reused"] += 1
             self.walk_listings["read_again"] += reads
-        return jobs
+        return ranking
 
     def job_reads(self) -> dict[str, int]:
         """Jobs of listings read in full, and taken as read before (they had
-        not changed), on the loop and in the background together; and how
-        long the latest listing took."""
+        not changed), on the loop and in the background together; how
+        long the latest listing took; the loop's passes of the garbage
+        collector, and how long the latest took."""
         out = dict(self.cgroupfs.job_reads)
         if self.lister is not None:
             for k, v in self.lister.fs.job_reads.items():
                 out[k] = out.get(k, 0) + v
         out["latest_listing_usec"] = self._listing_usec
+        out["gc_passes"] = self.gc_passes
+        out["gc_latest_usec"] = self.gc_latest_usec
         return out
 
     def _grown(self, jobs: list[Job]) -> list[Job] | None:
@@ -551,14 +605,24 @@ class Daemon:
         if self._listed[2] is None:
             return jobs
         again = self._confirmed(events, total_bytes, free_bytes)
-        return jobs if again is None else again
+        return self._listed_ranking(total_bytes) if again is None else again
 
     def _psi(self) -> Any:
         return next((s for s in self.sources if hasattr(s, "track")), None)
 
     def wake(self, events: list[PressureEvent]) -> DecisionRecord | None:
         """Snapshot, step the core, carry out what it says. Returns the
-        decision record when a walk happened (or was held back)."""
+        decision record when a walk happened (or was held back). A listing
+        in the background waits meanwhile (``Lister.hold``)."""
+        if self.lister is None:
+            return self._wake(events)
+        self.lister.hold()
+        try:
+            return self._wake(events)
+        finally:
+            self.lister.release()
+
+    def _wake(self, events: list[PressureEvent]) -> DecisionRecord | None:
         t0 = self.now_usec()
         self.wakes += 1
         for src in {str(e.source) for e in events}:
@@ -1133,6 +1197,16 @@ class Daemon:
                  self.domain.name, self.config.redline, self.config.sleep_ms, self._live,
                  ", dry run" if self.config.dry_run else "")
         deadline = self.now_usec()
+        # The collector runs on the loop, when memory is plenty (``_collect``),
+        # never in the middle of a walk, or of the lister's listing while an
+        # event waits for the GIL: with ten thousand jobs, one pass over the
+        # objects takes some 40 ms. What start-up made lives as long as the
+        # daemon, and is left out of every pass.
+        gc_was = gc.isenabled()
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        self._collected_usec = deadline
         notifier = self.notifier if self.notifier is not None and self.notifier.enabled else None
         if notifier is not None:
             # The sources are live and the control socket is served: ready,
@@ -1189,6 +1263,7 @@ class Daemon:
                     deadline = min(deadline, self.now_usec() + self.next_tick_usec())
                 if notifier is not None:
                     self._send_status(notifier)
+                self._collect()
                 if self.metrics is not None and self.now_usec() - self._published_usec >= PUBLISH_USEC:
                     # only for the endpoint: it reads the eBPF counters' maps
                     self.publish()
@@ -1210,7 +1285,30 @@ class Daemon:
             self._disarm_now()
             if self.lister is not None:
                 self.lister.close()
+            gc.unfreeze()
+            if gc_was:
+                gc.enable()
             log.info("OOM: oomkiller stopped after %d kills", self.kills)
+
+    def _collect(self) -> None:
+        """A pass of the garbage collector, on the loop, every
+        GC_CALM_EVERY_USEC while the domain is calm (free memory above the
+        arm line, nothing armed, no walk in that time), and at least every
+        GC_EVERY_USEC whatever it is: only cycles wait for it (everything
+        else is freed as it is dropped), and they are few."""
+        now = self.now_usec()
+        since = now - self._collected_usec
+        if since < GC_CALM_EVERY_USEC:
+            return
+        snap = self.last_snapshot
+        calm = (snap is not None and snap.free_bytes >= self.config.arm_line_bytes(snap.total_bytes)
+                and self.state.armed is None and now - (self.state.last_walk_usec or 0) >= GC_CALM_EVERY_USEC)
+        if calm or since >= GC_EVERY_USEC:
+            gc.collect()
+            done = self.now_usec()
+            self.gc_passes += 1
+            self.gc_latest_usec = done - now
+            self._collected_usec = done
 
     def publish(self) -> None:
         """A copy of the counters for the metrics thread: plain values, one
@@ -1333,6 +1431,23 @@ class Daemon:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._quit = True
+
+
+def _rival(ranking: Ranking, importance: Any, fresh: set[int]) -> int:
+    """The score of the first job of ``importance``'s class not read again
+    (``fresh`` holds those that were) that is killable, or empty (it may
+    have filled since): the class's largest, as the walk is ordered."""
+    cands = ranking.candidates
+    if len(ranking.keys) != len(cands):     # not ordered by ``rank``: look at them all
+        return max((c.score_bytes for c in cands if c.importance == importance and id(c.job) not in fresh
+                    and (c.killable or not c.job.procs)), default=0)
+    for i in range(bisect.bisect_left(ranking.keys, (importance,)), len(cands)):
+        c = cands[i]
+        if c.importance != importance:
+            break       # past the class
+        if id(c.job) not in fresh and (c.killable or not c.job.procs):
+            return c.score_bytes
+    return 0
 
 
 def _drain_pipe(fd: int) -> None:

@@ -247,7 +247,7 @@ class Killer:
         gone with it."""
         attempts = []
         self.look_left_usec = MOVER_LOOK_MS * 1000      # shared by the walk's attempts
-        for c in ranking.killable():
+        for c in ranking.walk():
             if attempts and still_short is not None and not still_short():
                 break
             if attempts and not past_gone and attempts[-1][1].error in GONE_BEFORE_SIGNAL:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from .cgroupfs import Cgroupfs
 from .model import Job
@@ -25,21 +25,34 @@ from .model import Job
 log = logging.getLogger("oomkiller")
 
 FAILURE_LOG_S = 60.0
+# The longest a listing waits for the loop before each job (see ``hold``):
+# a loop that is stuck does not stop the listings.
+HOLD_MAX_S = 1.0
 
 
 class Lister:
     def __init__(self, make_fs: Callable[[], Cgroupfs], domain_path: str, jobs: tuple[str, ...],
                  keep_out: tuple[str, ...], clock_usec: Callable[[], int],
-                 on_done: Callable[[], None] | None = None) -> None:
+                 on_done: Callable[[], None] | None = None,
+                 finish: Callable[[list[Job], int], Any] | None = None) -> None:
         self._fs = make_fs()
+        self._fs.between_jobs = self._between_jobs
         self._args = (domain_path, tuple(jobs), tuple(keep_out))
         self._clock = clock_usec
         self._on_done = on_done     # called from this thread when a listing is ready
+        # what the loop would make of a listing when it takes it, made here
+        # (the daemon's ranking of it): given the jobs and when they were
+        # listed; its failure costs only that (the loop makes it then)
+        self._finish = finish
+        # set while the loop wakes: the listing waits between jobs (``hold``)
+        self._go = threading.Event()
+        self._go.set()
         self._want = threading.Event()
         self._finished = threading.Event()
         self._lock = threading.Lock()
-        # (started, finished, jobs, the listing kept for them), not taken yet
-        self._done: tuple[int, int, list[Job], object] | None = None
+        # (started, finished, jobs, the listing kept for them, what
+        # ``finish`` made of them), not taken yet
+        self._done: tuple[int, int, list[Job], object, Any] | None = None
         self._stop = False
         self._failed_at = 0.0
         self.busy = False
@@ -48,15 +61,30 @@ class Lister:
         self._thread = threading.Thread(target=self._run, name="oomkiller-lister", daemon=True)
         self._thread.start()
 
+    def hold(self) -> None:
+        """The loop wakes: a listing under way waits before its next job
+        until ``release`` (at most HOLD_MAX_S a job), so that the loop's
+        reads do not queue for the GIL behind the listing's (each read the
+        loop makes gives the GIL away, and the listing could keep it up to
+        the interpreter's switch interval, 5 ms, every time)."""
+        self._go.clear()
+
+    def release(self) -> None:
+        self._go.set()
+
+    def _between_jobs(self) -> None:
+        self._go.wait(HOLD_MAX_S)
+
     def request(self) -> None:
         """Ask for a listing (one at a time: asked again while it lists,
         it lists once more after)."""
         self._want.set()
 
-    def take(self) -> tuple[int, int, list[Job], object] | None:
+    def take(self) -> tuple[int, int, list[Job], object, Any] | None:
         """The listing finished since the last take, if any: (when it
         started, when it finished, its jobs, the ``Cgroupfs`` listing kept
-        for them, for ``listing_unchanged``)."""
+        for them, for ``listing_unchanged``, what ``finish`` made of them or
+        None)."""
         with self._lock:
             done, self._done = self._done, None
         return done
@@ -88,6 +116,14 @@ class Lister:
             try:
                 kept: list = []
                 jobs = self._fs.jobs(*self._args, kept)
+                finished = self._clock()
+                made = None
+                if self._finish is not None:
+                    try:
+                        made = self._finish(jobs, finished)
+                    except Exception as e:  # noqa: BLE001 - the loop makes it itself then
+                        log.debug("OOM: a listing's ranking in the background failed: %s: %s",
+                                  type(e).__name__, e)
             except Exception as e:  # noqa: BLE001 - the loop lists itself then; say why, seldom
                 self.counts["failed"] += 1
                 if time.monotonic() - self._failed_at >= FAILURE_LOG_S:
@@ -100,7 +136,7 @@ class Lister:
                 self.busy = False
             self.counts["listed"] += 1
             with self._lock:
-                self._done = (started, self._clock(), jobs, kept[0] if kept else None)
+                self._done = (started, finished, jobs, kept[0] if kept else None, made)
             self._finished.set()
             if self._on_done is not None:
                 self._on_done()

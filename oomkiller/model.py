@@ -204,12 +204,58 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Ranking:
-    """The ordered walk: killable candidates first to last, skipped ones where they fall."""
+    """The ordered walk: killable candidates first to last, skipped ones where they fall.
+
+    One made by ``core.rank.rank`` also keeps each candidate's sort key and
+    what it was ranked for (the policy, the domain's total), so that a few
+    jobs read again can be placed again without sorting every job
+    (``core.rank.rerank``)."""
 
     candidates: tuple[Candidate, ...] = ()
+    keys: tuple[tuple, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    made_for: Any = dataclasses.field(default=None, compare=False, repr=False)    # (policy, total bytes)
 
     def killable(self) -> tuple[Candidate, ...]:
-        return tuple(c for c in self.candidates if c.killable)
+        return tuple(self.walk())
+
+    def walk(self):
+        """The killable candidates, first to last, as they are asked for."""
+        return (c for c in self.candidates if c.killable)
+
+    def top(self, n: int) -> tuple[Candidate, ...]:
+        """The first ``n`` killable candidates, without going further."""
+        out = []
+        for c in self.walk():
+            if len(out) == n:
+                break
+            out.append(c)
+        return tuple(out)
+
+    def jobs(self) -> tuple[Job, ...]:
+        return tuple(c.job for c in self.candidates)
+
+    @functools.cached_property
+    def named(self) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+        """Where each job is in the walk, by its v2 cgroup id and by each of
+        its processes' pids: the jobs an event names are found without
+        looking at every job (made once per ranking)."""
+        by_id: dict[int, list[int]] = {}
+        by_pid: dict[int, list[int]] = {}
+        for i, c in enumerate(self.candidates):
+            job = c.job
+            if job.v2_id:
+                by_id.setdefault(job.v2_id, []).append(i)
+            for p in job.procs:
+                by_pid.setdefault(p.pid, []).append(i)
+        return by_id, by_pid
+
+    def jobs_named(self, cgroup_ids, pids) -> list[Job]:
+        """The jobs whose v2 cgroup is one of ``cgroup_ids`` or that hold
+        one of ``pids``, in the walk's order."""
+        by_id, by_pid = self.named
+        at = {i for cid in cgroup_ids for i in by_id.get(cid, ())}
+        at.update(i for pid in pids for i in by_pid.get(pid, ()))
+        return [self.candidates[i].job for i in sorted(at)]
 
 
 @dataclass(frozen=True)

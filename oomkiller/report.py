@@ -248,8 +248,11 @@ def job_reads_text(r: dict[str, int] | None) -> str:
     if not r:
         return "-"
     took = r.get("latest_listing_usec")
+    gc = r.get("gc_passes")
     return (f"{r['read']} read in full, {r['reused']} unchanged since their last read and taken as read"
-            + (f"; the latest listing took {took / 1000:.1f} ms" if took else ""))
+            + (f"; the latest listing took {took / 1000:.1f} ms" if took else "")
+            + (f"; garbage collected {gc} times while calm, the latest in {r.get('gc_latest_usec', 0) / 1000:.1f} ms"
+               if gc else ""))
 
 
 def swap_text(swap: dict[str, Any] | None) -> str:

@@ -127,3 +127,82 @@ def test_a_protect_glob_below_counts_only_on_a_cgroup_root_made():
     (c,) = rank([many], pol, GiB).candidates
     assert len([x for x in c.reasons if "ignored below" in x]) == 3
     assert "and 7 more cgroups below matching a protect glob, not owned by root" in c.reasons
+
+
+# -- the ranking a walk updates (rerank) -------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from oomkiller.core.rank import rerank  # noqa: E402
+
+_JOB = st.builds(
+    lambda n, mb, adj, kind, charged: Job(
+        name=f"j{n}", path=f"/x/j{n}", inode=n + 10, v2_id=n + 10,
+        procs=() if kind == "empty" else (Proc(n + 100, f"p{n}", mb << 20, -1000 if kind == "unkillable" else adj,
+                                               "S", n),),
+        xattrs=(("user.oomd_avoid", "1"),) if kind == "avoid" else (("user.oomd_omit", "1"),) if kind == "omit" else (),
+        charged_bytes=charged << 20),
+    st.integers(0, 40), st.integers(0, 64), st.sampled_from([0, 0, 500, -500]),
+    st.sampled_from(["plain", "plain", "empty", "unkillable", "avoid", "omit"]), st.sampled_from([0, 0, 32]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_JOB, max_size=25, unique_by=lambda j: j.name), st.data())
+def test_rerank_places_the_jobs_read_again_as_a_whole_ranking_would(jobs, data):
+    """A walk reads a few jobs again and places only them again: the
+    ranking it gets is the one ranking every job afresh would give, jobs
+    dropped (gone) and jobs whose score moved up or down alike."""
+    policy = Policy(prefer=("j1*",))
+    before = rank(jobs, policy, 8 * GiB)
+    assert [c.job for c in before.candidates] == [c.job for c in rank(list(reversed(jobs)), policy, 8 * GiB).candidates]
+    changes, now = [], list(jobs)
+    for old in data.draw(st.lists(st.sampled_from(jobs), unique=True, max_size=5)) if jobs else ():
+        new = data.draw(st.one_of(st.none(), _JOB.map(lambda j, old=old: Job(
+            name=old.name, path=old.path, inode=old.inode, v2_id=old.v2_id, procs=j.procs, xattrs=j.xattrs,
+            charged_bytes=j.charged_bytes))))
+        changes.append((old, new))
+        at = next(i for i, j in enumerate(now) if j is old)
+        if new is None:
+            del now[at]
+        else:
+            now[at] = new
+    after = rerank(before, changes, policy, 8 * GiB)
+    whole = rank(now, policy, 8 * GiB)
+    assert [c.job for c in after.candidates] == [c.job for c in whole.candidates]
+    assert after.candidates == whole.candidates and after.keys == whole.keys
+    assert after.top(2) == whole.killable()[:2] and tuple(after.walk()) == whole.killable()
+
+
+def test_a_ranking_for_another_total_or_policy_is_ranked_again():
+    a, b = job("a", proc(11, 10, adj=900)), job("b", proc(12, 100))
+    small = rank([a, b], Policy(), 100 << 20)
+    assert order(small) == [("b", True), ("a", True)]          # 10 + 90 MiB of bias ties b's 100: b's charge
+    assert rank(small, Policy(), 100 << 20) is small
+    big = rank(small, Policy(), 64 * GiB)
+    assert order(big) == [("a", True), ("b", True)]            # 90% of 64 GiB
+    assert order(rank(small, Policy(avoid=("a",)), 100 << 20)) == [("b", True), ("a", True)]
+    c = job("c", proc(13, 5000))
+    assert order(rerank(small, [(b, c)], Policy(avoid=("a",)), 100 << 20)) == [("c", True), ("a", True)]
+
+
+def test_a_listings_ranking_takes_the_earlier_candidates_of_the_jobs_that_did_not_change(monkeypatch):
+    import oomkiller.core.rank as rank_mod
+    jobs = [job(f"j{i}", proc(i + 10, i)) for i in range(20)]
+    first = rank(jobs, Policy(), 8 * GiB)
+    made = []
+    real = rank_mod.candidate
+    monkeypatch.setattr(rank_mod, "candidate", lambda j, *a: made.append(j.name) or real(j, *a))
+    grown = job("j3", proc(13, 500))
+    second = rank([*jobs[:3], grown, *jobs[4:]], Policy(), 8 * GiB, prior=first)
+    assert made == ["j3"] and second.candidates[0].job is grown
+    rank(jobs, Policy(), 8 * GiB, prior=rank(jobs, Policy(), 4 * GiB))
+    assert len(made) == 1 + 20 + 20      # a prior for another total is not taken
+
+
+def test_the_jobs_an_event_names_are_found_by_cgroup_and_by_pid():
+    a = Job(name="a", path="/x/a", inode=1, v2_id=77, procs=(proc(5, 10),))
+    b = Job(name="b", path="/x/b", inode=2, procs=(proc(6, 90), proc(7, 1)))
+    r = rank([a, b, job("c", proc(8, 50))], Policy(), 8 * GiB)
+    assert r.jobs_named({77}, ()) == [a]
+    assert r.jobs_named((), {7, 5}) == [b, a]         # in the walk's order
+    assert r.jobs_named({78}, {9}) == []

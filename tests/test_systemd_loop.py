@@ -203,3 +203,52 @@ def test_the_loop_publishes_its_counters_for_a_metrics_endpoint(tmp_path, proc_t
     assert d.published is not None and d.published["ebpf"] == {"lost_perf": 0, "rate_limited": 0,
                                                                  "outside_domain": 0}
     assert served.reads >= 3
+
+
+def test_the_collector_runs_on_the_loop_while_calm_and_is_given_back_after(tmp_path, proc_tree, v2_tree,
+                                                                             monkeypatch):
+    """While the loop runs, the garbage collector never starts by itself
+    (not in a walk, not in the lister's listing while an event waits for
+    the GIL): the loop makes its passes while memory is plenty. After the
+    loop, the collector is as it was."""
+    import gc
+    from oomkiller import daemon as daemon_mod
+    monkeypatch.setattr(daemon_mod, "GC_CALM_EVERY_USEC", 200_000)
+    seen = []
+
+    def check(d) -> None:
+        seen.append((gc.isenabled(), d.gc_passes))
+    assert gc.isenabled()
+    _got, _start, d = _run(tmp_path, proc_tree, v2_tree, sleep_ms=50, watchdog_usec=60_000_000,
+                           actions=[(0.1, check), (1.5, check)])
+    assert seen[0] == (False, 0)
+    assert seen[1][0] is False and seen[1][1] >= 2
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert "garbage collected" in d.info()[0]
+
+
+def test_the_collector_waits_while_memory_is_short_but_not_for_ever(tmp_path, proc_tree, v2_tree, monkeypatch):
+    from oomkiller import daemon as daemon_mod
+    monkeypatch.setattr(daemon_mod, "GC_CALM_EVERY_USEC", 100_000)
+    monkeypatch.setattr(daemon_mod, "GC_EVERY_USEC", 1_000_000)
+    # 30 MiB free of the arena's 256: under the arm line, over the redline
+    _arena(proc_tree, v2_tree)
+    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{226 * MiB}\n", memory__stat="anon 1\n")
+    conf = Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root), protect_self=False,
+                  control_socket=str(tmp_path / "control.sock"))
+    d = Daemon(conf)
+    now = [10_000_000]
+    d.clock = lambda: now[0] * 1000
+    d.last_snapshot = d.domain.snapshot(d.now_usec())
+    d._collected_usec = now[0]
+    now[0] += 500_000
+    d._collect()
+    assert d.gc_passes == 0                     # short: not yet
+    now[0] += 600_000
+    d._collect()
+    assert d.gc_passes == 1                     # but at least every GC_EVERY_USEC
+    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{50 * MiB}\n", memory__stat="anon 1\n")
+    d.last_snapshot = d.domain.snapshot(d.now_usec())
+    now[0] += 150_000
+    d._collect()
+    assert d.gc_passes == 2                     # calm again: every GC_CALM_EVERY_USEC

@@ -12,7 +12,7 @@ import pytest
 
 from oomkiller import daemon as daemon_mod
 from oomkiller.daemon import Daemon
-from oomkiller.model import EventKind, PressureEvent, Source
+from oomkiller.model import EventKind, PressureEvent, Ranking, Source
 
 from trees import killing_walk, short_arena, short_config
 
@@ -29,6 +29,11 @@ class Clock:
 
     def advance_ms(self, ms: float) -> None:
         self.ns += int(ms * 1_000_000)
+
+
+def _jobs(got):
+    """The jobs a daemon hands the core: a ranking of them, or a list."""
+    return got.jobs() if isinstance(got, Ranking) else got
 
 
 def _daemon(proc_tree, v2_tree, monkeypatch):
@@ -213,18 +218,18 @@ def test_the_core_takes_the_latest_listing_while_the_next_is_made_in_the_backgro
         assert d.core_jobs() is core.PENDING
         assert wait_until(lambda: d.lister.counts["listed"] == 1)
         first = d.core_jobs()
-        assert sorted(j.name for j in first) == ["db", "hog", "web"]
+        assert sorted(j.name for j in _jobs(first)) == ["db", "hog", "web"]
         assert d.walk_listings["listed"] == 0       # never on the loop
         clock.advance_ms(100)
         again = d.core_jobs()                       # recent: its top two read again, no new listing
-        assert [j.name for j in again] == [j.name for j in first] and d.lister.counts["listed"] == 1
+        assert [j.name for j in _jobs(again)] == [j.name for j in _jobs(first)] and d.lister.counts["listed"] == 1
         proc_tree.proc(4104, "new", anon_kb=10 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/new\n")
         v2_tree.cgroup("arena/new", (4104,), memory__stat=f"anon {10 * MIB}\nshmem 0\n")
         assert d.core_jobs() is core.PENDING        # a job came: not the same jobs any more
         assert wait_until(lambda: d.lister.counts["listed"] == 2)
         d.saw(d.domain.snapshot(d.now_usec()))
         later = d.core_jobs()
-        assert sorted(j.name for j in later) == ["db", "hog", "new", "web"]
+        assert sorted(j.name for j in _jobs(later)) == ["db", "hog", "new", "web"]
         assert d.info()[1]["background_listings"] == {"listed": 2, "failed": 0}
         clock.advance_ms(daemon_mod.LISTING_ASYNC_MAX_USEC / 1000)
         assert d.core_jobs() is core.PENDING        # too old
@@ -260,7 +265,7 @@ def test_a_background_listing_that_fails_is_said_and_the_walk_lists_on_the_loop(
         assert "listing jobs in the background failed" in caplog.text
         assert d.core_jobs() is core.PENDING
         jobs = d.walk_jobs([], 256 * MIB)           # a walk does not wait on it: the loop lists
-        assert len(jobs) == 3 and d.walk_listings["listed"] == 1
+        assert len(_jobs(jobs)) == 3 and d.walk_listings["listed"] == 1
     finally:
         d.lister.close()
 
@@ -393,7 +398,7 @@ def test_a_quick_listing_is_made_on_the_loop_for_the_arming(proc_tree, v2_tree):
     try:
         d.saw(d.domain.snapshot(d.now_usec()))
         jobs = d.core_jobs()
-        assert sorted(j.name for j in jobs) == ["db", "hog", "web"]
+        assert sorted(j.name for j in _jobs(jobs)) == ["db", "hog", "web"]
         assert d.lister.counts["listed"] == 0
     finally:
         d.lister.close()
@@ -551,3 +556,69 @@ def test_a_walk_that_lists_reads_in_full_the_jobs_it_may_kill(proc_tree, v2_tree
     rec = _tick(d)
     assert d.walk_listings["listed"] == 1
     assert rec.victim["job"] == "web"
+
+
+def test_a_background_listing_waits_between_jobs_while_the_loop_wakes(proc_tree, v2_tree, monkeypatch):
+    """The loop's reads do not queue for the GIL behind a listing: while
+    the loop wakes, the listing waits before its next job; released, it
+    goes on; a loop that never releases holds it at most HOLD_MAX_S a job."""
+    import threading
+    import time
+    from oomkiller import lister as lister_mod
+    from trees import wait_until
+    d, clock = _bg_daemon(proc_tree, v2_tree, monkeypatch)
+    try:
+        d.saw(d.domain.snapshot(d.now_usec()))
+        fs = d.lister.fs
+        read, real = [], fs._job
+        entered = threading.Event()
+
+        def job(path, *a, **kw):
+            read.append(path)
+            entered.set()
+            return real(path, *a, **kw)
+        monkeypatch.setattr(fs, "_job", job)
+        d.lister.hold()
+        d.lister.request()
+        time.sleep(0.3)
+        assert read == [] and d.lister.counts["listed"] == 0     # held before its first job
+        d.lister.release()
+        assert wait_until(lambda: d.lister.counts["listed"] == 1)
+        assert len(read) == 3
+        # the ranking (with where each job is in it) and the refault
+        # counters were made in the lister's thread
+        ranking, marks = d.lister.take()[4]
+        assert [c.job.name for c in ranking.candidates] == ["hog", "web", "db"]
+        assert "named" in ranking.__dict__ and marks is not None
+        monkeypatch.setattr(lister_mod, "HOLD_MAX_S", 0.05)
+        d.lister.hold()
+        t = time.monotonic()
+        d.lister.request()
+        assert wait_until(lambda: d.lister.counts["listed"] == 2)
+        assert time.monotonic() - t >= 0.1          # 3 jobs held 50 ms each, then read anyway
+    finally:
+        d.lister.release()
+        d.lister.close()
+
+
+def test_a_walk_takes_the_ranking_made_in_the_background(proc_tree, v2_tree, monkeypatch):
+    """The walk does not rank every job: the listing's ranking was made
+    in the lister's thread, and the walk places again only the jobs it
+    reads again."""
+    from oomkiller.core import rank as rank_mod
+    from trees import wait_until
+    d, clock = _bg_daemon(proc_tree, v2_tree, monkeypatch)
+    try:
+        snap = d.domain.snapshot(d.now_usec())
+        d.saw(snap)
+        d.lister.request()
+        assert wait_until(lambda: d.lister.counts["listed"] == 1)
+        ranked = []
+        real = rank_mod.rank
+        monkeypatch.setattr(daemon_mod, "rank", lambda *a, **kw: ranked.append(1) or real(*a, **kw))
+        jobs = d.walk_jobs([], snap.total_bytes, snap.free_bytes)
+        assert isinstance(jobs, Ranking) and ranked == []
+        assert [c.job.name for c in jobs.candidates] == ["hog", "web", "db"]
+        assert d.walk_listings["reused"] == 1 and d.walk_listings["read_again"] == 2
+    finally:
+        d.lister.close()

@@ -57,7 +57,7 @@ def term_target(ranking: Ranking, termed: Collection[Tuple[str, int]]) -> Tuple[
     """The job to send SIGTERM to: the top killable one, unless it was sent
     one already in this episode (``termed`` holds (path, inode) of those).
     (None, why) when there is none."""
-    top = next(iter(ranking.killable()), None)
+    top = next(ranking.walk(), None)
     if top is None:
         return None, "no killable job"
     if (top.job.path, top.job.inode) in termed:

@@ -32,9 +32,11 @@ has ``oom_score_adj=-1000``, is a kernel thread or a zombie.
 """
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Iterable, Sequence
 
 from ..model import Candidate, Importance, Job, Proc, Ranking, labels_text
 
@@ -175,31 +177,87 @@ def candidate(job: Job, policy: Policy, total_bytes: int) -> Candidate:
                               *reasons, *rule))
 
 
-# The candidates of the latest ranking, by the identity of their job: a
-# job read once and ranked again (a walk that reuses a recent listing and
-# reads again only the jobs it walks) is not classified and scored again.
-# Keyed by id() with the job itself kept, so an id is never taken for
-# another job's; a cache only: the result is the same without it.
-_latest: dict[int, tuple[Job, Policy, int, Candidate, tuple]] = {}
+def _key(c: Candidate) -> tuple:
+    """A candidate's place: class, then score, largest first. Equal scores
+    (a bias clamped at 0: the kubelet gives every Guaranteed pod
+    oom_score_adj -997) fall back on the charge, then the name (unique in a
+    listing)."""
+    return (c.importance, -c.score_bytes, -c.job.committed_bytes, c.job.name)
 
 
-def rank(jobs: list[Job], policy: Policy, total_bytes: int) -> Ranking:
-    """Order every job; skipped ones stay in the list, marked not killable."""
-    global _latest
-    seen, now = _latest, {}
+def _for(ranking: Ranking | None, policy: Policy, total_bytes: int) -> bool:
+    """Whether ``ranking`` was made for this policy and domain total."""
+    made = ranking.made_for if ranking is not None else None
+    return made is not None and made[1] == total_bytes and (made[0] is policy or made[0] == policy)
+
+
+def rank(jobs: Iterable[Job] | Ranking, policy: Policy, total_bytes: int, prior: Ranking | None = None) -> Ranking:
+    """Order every job; skipped ones stay in the list, marked not killable.
+
+    A ranking made for the same policy and total is its own answer. The
+    candidates of ``prior`` (the ranking of an earlier listing) are taken
+    for the very jobs it ranked: a listing gives back the same object for a
+    job that did not change (see ``Cgroupfs._job``), so only the jobs read
+    again are classified and scored again."""
+    if isinstance(jobs, Ranking):
+        if _for(jobs, policy, total_bytes):
+            return jobs
+        jobs = jobs.jobs()
+    seen = _by_job(prior) if _for(prior, policy, total_bytes) else {}
     keyed = []
     for job in jobs:
         hit = seen.get(id(job))
-        if hit is not None and hit[0] is job and hit[2] == total_bytes and (hit[1] is policy or hit[1] == policy):
-            c, key = hit[3], hit[4]
-        else:
+        if hit is None or hit[1].job is not job:
             c = candidate(job, policy, total_bytes)
-            # Equal scores (a bias clamped at 0: the kubelet gives every
-            # Guaranteed pod oom_score_adj -997) fall back on the charge,
-            # then the name.
-            key = (c.importance, -c.score_bytes, -job.committed_bytes, job.name)
-        now[id(job)] = (job, policy, total_bytes, c, key)
-        keyed.append((key, c))
-    _latest = now
-    keyed.sort(key=lambda kc: kc[0])
-    return Ranking(tuple(c for _, c in keyed))
+            hit = (_key(c), c)
+        keyed.append(hit)
+    keyed.sort(key=_first)
+    return Ranking(tuple(c for _, c in keyed), tuple(k for k, _ in keyed), (policy, total_bytes))
+
+
+def rerank(ranking: Ranking, replaced: Sequence[tuple[Job, Job | None]], policy: Policy,
+           total_bytes: int) -> Ranking:
+    """``ranking`` with each (old, new) job's old read replaced by the new
+    one, or dropped when new is None: only those are placed again (a binary
+    search each), the other candidates stay as they are. A ranking made for
+    another policy or total is ranked again whole."""
+    if not _for(ranking, policy, total_bytes):
+        jobs = {id(j): j for j in ranking.jobs()}
+        for old, new in replaced:
+            if new is None:
+                jobs.pop(id(old), None)
+            else:
+                jobs[id(old)] = new
+        return rank(list(jobs.values()), policy, total_bytes)
+    cands, keys = list(ranking.candidates), list(ranking.keys)
+    for old, new in replaced:
+        at = _place(cands, keys, old, policy, total_bytes)
+        if at is not None:
+            del cands[at], keys[at]
+        if new is not None:
+            c = candidate(new, policy, total_bytes)
+            k = _key(c)
+            at = bisect.bisect_left(keys, k)
+            cands.insert(at, c)
+            keys.insert(at, k)
+    return Ranking(tuple(cands), tuple(keys), (policy, total_bytes))
+
+
+def _place(cands: list[Candidate], keys: list[tuple], job: Job, policy: Policy, total_bytes: int) -> int | None:
+    """Where ``job`` is in the walk: found by its key (its candidate made
+    again the same way), else looked for one by one; None if not there."""
+    k = _key(candidate(job, policy, total_bytes))
+    at = bisect.bisect_left(keys, k)
+    while at < len(keys) and keys[at] == k:
+        if cands[at].job is job:
+            return at
+        at += 1
+    return next((i for i, c in enumerate(cands) if c.job is job), None)
+
+
+def _first(kc: tuple) -> tuple:
+    return kc[0]
+
+
+def _by_job(ranking: Ranking) -> dict[int, tuple[tuple, Candidate]]:
+    return {id(c.job): (k, c) for k, c in zip(ranking.keys, ranking.candidates)}

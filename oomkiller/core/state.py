@@ -5,7 +5,10 @@ snapshot, the events that caused it) and returns the new state and the
 actions to carry out. Listing the jobs is the costly read, so ``step`` first
 runs without them and says whether it needs them (``Need.JOBS``, or
 ``Need.ARMED_JOB`` for the one job that was armed); the daemon reads them
-and calls ``step`` again with the same state and wake. A daemon that lists
+and calls ``step`` again with the same state and wake; the jobs may come
+ranked already (a ``Ranking`` made for the same policy and total is taken as
+it is: the daemon keeps one per listing and places again only the jobs it
+reads again, see ``rank.rerank``). A daemon that lists
 jobs in the background may answer ``Need.JOBS`` with ``PENDING``: no listing
 recent enough yet; what needed the jobs (arming, the SIGTERM step, the PSI
 triggers) is then left for a later wake, as if not due yet. ``walked`` takes the
@@ -237,7 +240,7 @@ def _remember(victims: tuple[int, ...], pids: Sequence[int]) -> tuple[int, ...]:
     return (*victims, *pids)[-OUR_VICTIMS_KEPT:]
 
 
-def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None = None,
+def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Ranking | None = None,
          self_pid: int | None = None) -> Step:
     """One wake. See the module docstring."""
     snap = wake.snapshot
@@ -291,8 +294,8 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
         armed = s.armed
         actions.append(Disarm(armed))
         s = dataclasses.replace(s, armed=None, armed_ranked_usec=0)
-        ranking = rank(list(jobs or ()), policy, snap.total_bytes)
-        if not ranking.killable():
+        ranking = rank(jobs or (), policy, snap.total_bytes)
+        if not ranking.top(1):
             # The task the kernel killed was the job's last: it is empty already.
             actions.append(ArmedDone(armed.name, ranking))
             s = dataclasses.replace(s, kills=s.kills + 1, last_walk_usec=wake.now_usec, history=(),
@@ -310,13 +313,13 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Non
         return Step(s, tuple(actions), lowmem_consumed=True, **done)
     if jobs is None:
         return Step(None, need=Need.WALK_JOBS, **done)
-    ranking = rank(list(jobs), policy, snap.total_bytes)
+    ranking = rank(jobs, policy, snap.total_bytes)
     recheck = redline if det.reason == "free below redline" else None
     actions.append(Walk(ranking, dec.reason, recheck, past_gone=recheck is not None or det.simulated))
     return Step(s, tuple(actions), lowmem_consumed=True, **done)
 
 
-def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, policy: Policy,
+def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Ranking | None, policy: Policy,
           actions: list[Action], done: dict) -> Step:
     """Not low: keep the top victim armed between the redline and the arm
     line (disarmed above it), the biggest jobs' PSI triggers fresh, and,
@@ -327,7 +330,7 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
 
     def ranking() -> Ranking:
         if not ranked:
-            ranked.append(rank(list(jobs or ()), policy, snap.total_bytes))
+            ranked.append(rank(jobs or (), policy, snap.total_bytes))
         return ranked[0]
     if wake.can_arm:
         # Unlike a kill, arming is not held by the post-kill delay: the last
@@ -344,7 +347,7 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
             if jobs is None:
                 return Step(None, need=Need.JOBS, **done)
             s = dataclasses.replace(s, armed_ranked_usec=snap.taken_usec)
-            top = next(iter(ranking().killable()), None)
+            top = next(ranking().walk(), None)
             if (top is None or not top.job.v2_path
                     or top.job.committed_bytes * 10000 < snap.total_bytes * ARM_MIN_PERMYRIAD):
                 # The core chooses who: if the top victim cannot be armed, no one is.
@@ -364,10 +367,11 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | None, 
         if jobs is None:
             return Step(None, need=Need.JOBS, **done)
         s = dataclasses.replace(s, triggers_refreshed_usec=snap.taken_usec, triggers_free_bytes=snap.free_bytes)
-        biggest = sorted(jobs, key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
+        listed = jobs.jobs() if isinstance(jobs, Ranking) else jobs
+        biggest = sorted(listed, key=lambda j: -j.committed_bytes)[:JOB_PSI_TRIGGERS]
         actions.append(TrackTriggers(frozenset(os.path.join(j.v2_path, "memory.pressure")
                                                for j in biggest if j.v2_path),
-                                     frozenset(j.path for j in jobs)))
+                                     frozenset(j.path for j in listed)))
     term_line = config.term_line_bytes(snap.total_bytes)
     if term_line and snap.free_bytes >= term_line:
         if s.termed or s.term_ranked_usec:
