@@ -62,6 +62,8 @@ PUBLISH_USEC = 1_000_000
 # often while the domain is calm, and at least this often whatever it is.
 GC_CALM_EVERY_USEC = 60_000_000
 GC_EVERY_USEC = 600_000_000
+# The interpreter's switch interval while the loop runs (see ``run``).
+SWITCH_INTERVAL_S = 0.0005
 
 # Other OOM killers are looked for in /proc at most this often (for info).
 OTHERS_SCAN_S = 60.0
@@ -844,7 +846,9 @@ class Daemon:
             attempts=tuple(report.result_record(r) for _, r in attempts),
             timings_usec={"event_to_wake": t0 - first_event_usec, **timings, "recheck": t_act - t_rank,
                           "kill": t_done - t_act, "event_to_decision": t_act - first_event_usec,
-                          "total": t_done - t0}))
+                          "total": t_done - t0,
+                          # the record and the lines, made after the kill: the record is written this late
+                          "record": self.now_usec() - t_done}))
         if victim and not victim[1].dry_run:
             c, r = victim
             self._hook(hooklib.POST_KILL, "KILL", record, c, "armed" if armed else None,
@@ -1206,6 +1210,12 @@ class Daemon:
         gc.collect()
         gc.freeze()
         gc.disable()
+        # A thread that wants the GIL waits for the one holding it to give
+        # it away at most this long: the loop, woken by an event while the
+        # lister lists, waits so long for each of its reads until the
+        # listing is held (``wake``), 5 ms each by default.
+        switch_was = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_was, SWITCH_INTERVAL_S))
         self._collected_usec = deadline
         notifier = self.notifier if self.notifier is not None and self.notifier.enabled else None
         if notifier is not None:
@@ -1288,6 +1298,7 @@ class Daemon:
             gc.unfreeze()
             if gc_was:
                 gc.enable()
+            sys.setswitchinterval(switch_was)
             log.info("OOM: oomkiller stopped after %d kills", self.kills)
 
     def _collect(self) -> None:

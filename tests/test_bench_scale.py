@@ -118,3 +118,12 @@ def test_a_runs_daemon_records_are_kept_in_short():
                       "decision": "free below redline", "job": None, "woken_by": "memcg", "wake_usec": 100,
                       "timings_usec": {"rank": 1_900, "listing_age": 16}}
     assert out[1]["job"] == "hog" and out[1]["woken_by"] is None
+
+
+def test_a_kill_is_timed_at_its_signal_not_when_its_record_was_written():
+    """The record is written after the kill step and after its own making
+    (every process's line: some 10 ms at ten thousand jobs)."""
+    from oomkiller_bench import daemon as bench_daemon
+    rec = {"ts_usec": 10_000, "timings_usec": {"kill": 300, "record": 1_200, "total": 2_000}}
+    assert bench_daemon.decision_usec(rec) == 8_500
+    assert bench_daemon.decision_usec({"ts_usec": 10_000, "timings_usec": {"kill": 300}}) == 9_700

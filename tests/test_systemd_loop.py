@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -217,13 +218,14 @@ def test_the_collector_runs_on_the_loop_while_calm_and_is_given_back_after(tmp_p
     seen = []
 
     def check(d) -> None:
-        seen.append((gc.isenabled(), d.gc_passes))
+        seen.append((gc.isenabled(), d.gc_passes, sys.getswitchinterval()))
     assert gc.isenabled()
+    switch = sys.getswitchinterval()
     _got, _start, d = _run(tmp_path, proc_tree, v2_tree, sleep_ms=50, watchdog_usec=60_000_000,
                            actions=[(0.1, check), (1.5, check)])
-    assert seen[0] == (False, 0)
+    assert seen[0] == (False, 0, daemon_mod.SWITCH_INTERVAL_S)
     assert seen[1][0] is False and seen[1][1] >= 2
-    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and sys.getswitchinterval() == switch
     assert "garbage collected" in d.info()[0]
 
 
