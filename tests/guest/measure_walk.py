@@ -1,7 +1,7 @@
 """Wake → decision of the deployed daemon in the guest, kill after kill.
 
     python -m tests.vm.run --no-container-image --out build/vm-walk \\
-        --cmd 'python tests/guest/measure_walk.py --runs 6'
+        --cmd 'python tests/guest/measure_walk.py --runs 6 --services 30'
 
 Starts the daemon as deploy/oomkiller.service does, with the shipped config
 (every source), and lets ``--runs`` runaway services (4 MiB every 20 ms)
@@ -35,8 +35,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]
 
-from guestlib import (MIB, Daemon, kernel_oom_kills, mem_available_bytes, start_hog,  # noqa: E402
-                      stop_test_units, wait_for)
+from guestlib import (MIB, UNIT_PREFIX, Daemon, kernel_oom_kills, mem_available_bytes, sh,  # noqa: E402
+                      start_hog, stop_test_units, wait_for)
 
 
 def total_bytes() -> int:
@@ -113,6 +113,22 @@ def summary(xs: list[int]) -> str:
     return f"median {statistics.median(xs):.1f} ms, range {xs[0]:.1f}-{xs[-1]:.1f} ms, n={len(xs)}"
 
 
+def system_units() -> list[str]:
+    try:
+        return [u for u in os.listdir("/sys/fs/cgroup/system.slice") if u.endswith((".service", ".scope"))]
+    except FileNotFoundError:
+        return []
+
+
+def add_services(n: int) -> None:
+    """Idle services (``sleep infinity``, a few hundred KiB each) until
+    system.slice holds ``n`` services and scopes: the guest's own are
+    about 16, a server's some 30."""
+    for i in range(max(0, n - len(system_units()))):
+        sh("systemd-run", "--quiet", f"--unit={UNIT_PREFIX}idle-{i}", "--property=Restart=no", "--", "sleep",
+           "infinity")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=6)
@@ -123,13 +139,14 @@ def main() -> int:
     ap.add_argument("--early-listing", action="store_true",
                     help="with --trace: ask for the next background listing sooner (see walktrace.py)")
     ap.add_argument("--no-kills", dest="kills", action="store_false")
+    ap.add_argument("--services", type=int, default=0,
+                    help="start idle services (a sleep each) until system.slice holds this many")
     a = ap.parse_args()
     results = os.environ.get("OOMK_VM_RESULTS", ".")
     out: dict = {"services": None}
-    try:
-        units = [u for u in os.listdir("/sys/fs/cgroup/system.slice") if u.endswith((".service", ".scope"))]
-    except FileNotFoundError:
-        units = []
+    if a.services:
+        add_services(a.services)
+    units = system_units()
     out["services"] = len(units)
     print(f"{len(units)} services and scopes in system.slice", flush=True)
     if a.kills:
@@ -161,6 +178,8 @@ def main() -> int:
         for key in ("snapshot", "rank", "recheck", "listing_age"):
             print(f"  {key}: {summary([r['timings_usec'][key] for r in rows if key in r['timings_usec']])}")
         print(text[:6000])
+    if a.services:
+        stop_test_units()
     with open(os.path.join(results, "measure-walk.json"), "w") as f:
         json.dump(out, f, indent=2)
     return 0
