@@ -300,9 +300,10 @@ class Daemon:
         refault counters), made here, off the loop."""
         snap = self.last_snapshot
         ranking = None
+        between = self.lister.between_jobs if self.lister is not None else None
         if snap is not None:
-            ranking = rank(jobs, self.policy, snap.total_bytes, self._ranking or self._ranking_prior)
-            ranking.named       # noqa: B018 - made now, not by the walk that needs it
+            ranking = rank(jobs, self.policy, snap.total_bytes, self._ranking or self._ranking_prior, between)
+            ranking.named(between)      # made now, not by the walk that needs it
         return ranking, thrash_core.refault_marks(jobs, when)
 
     def _listed_ranking(self, total_bytes: int) -> Ranking:
@@ -445,11 +446,13 @@ class Daemon:
         if not self._young(max_age) and self.lister is not None and self.lister.busy:
             # the listing under way ends sooner than a new one would
             t1 = self.now_usec()
-            self.lister.release()       # (held while the loop wakes)
+            held = self.lister.held     # (held while the loop wakes)
+            self.lister.release()
             try:
                 self.lister.wait(LISTER_WAIT_S)
             finally:
-                self.lister.hold()
+                if held:
+                    self.lister.hold()
             self._walk_timings["listing_wait"] = self.now_usec() - t1
             self._adopt()
         jobs = self._take(events, total_bytes, free_bytes, t0) if self._usable(max_age) else None
@@ -519,9 +522,19 @@ class Daemon:
         # service's sub-cgroup): its process names the job too.
         named = {e.cgroup_id for e in events if e.cgroup_id}
         named_pids = {e.pid for e in events if e.pid}
-        if (named or named_pids) and not read_again(ranking.jobs_named(named, named_pids)[:WALK_MAX_READS // 2]):
-            return None
         allowed = WALK_MAX_READS
+        if named or named_pids:
+            jobs = ranking.jobs_named(named, named_pids)
+            if len(jobs) > WALK_MAX_READS // 2:
+                # More than a walk reads: those that grew since the listing
+                # (one small read each), which are why a named job is read
+                # again (its listed score may rank it anywhere).
+                jobs = self._grown(jobs)
+                if jobs is None or len(jobs) > SWEEP_MAX_READS:
+                    return None
+                allowed += len(jobs)
+            if not read_again(jobs):
+                return None
         swept = False
         while True:
             while True:
@@ -1201,22 +1214,7 @@ class Daemon:
                  self.domain.name, self.config.redline, self.config.sleep_ms, self._live,
                  ", dry run" if self.config.dry_run else "")
         deadline = self.now_usec()
-        # The collector runs on the loop, when memory is plenty (``_collect``),
-        # never in the middle of a walk, or of the lister's listing while an
-        # event waits for the GIL: with ten thousand jobs, one pass over the
-        # objects takes some 40 ms. What start-up made lives as long as the
-        # daemon, and is left out of every pass.
-        gc_was = gc.isenabled()
-        gc.collect()
-        gc.freeze()
-        gc.disable()
-        # A thread that wants the GIL waits for the one holding it to give
-        # it away at most this long: the loop, woken by an event while the
-        # lister lists, waits so long for each of its reads until the
-        # listing is held (``wake``), 5 ms each by default.
-        switch_was = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_was, SWITCH_INTERVAL_S))
-        self._collected_usec = deadline
+        gc_was, switch_was = gc.isenabled(), sys.getswitchinterval()
         notifier = self.notifier if self.notifier is not None and self.notifier.enabled else None
         if notifier is not None:
             # The sources are live and the control socket is served: ready,
@@ -1229,6 +1227,21 @@ class Daemon:
             self._status_sent = self._status()
             notifier.ready(self._status_sent, deadline)
         try:
+            # The collector runs on the loop, when memory is plenty
+            # (``_collect``), never in the middle of a walk, or of the
+            # lister's listing while an event waits for the GIL: with ten
+            # thousand jobs, one pass over the objects takes some 40 ms. What
+            # start-up made lives as long as the daemon, and is left out of
+            # every pass.
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+            self._collected_usec = self.now_usec()
+            # A thread that wants the GIL waits for the one holding it to
+            # give it away at most this long: the loop, woken by an event
+            # while the lister lists, waits so long for each of its reads
+            # until the listing is held (``wake``), 5 ms each by default.
+            sys.setswitchinterval(min(switch_was, SWITCH_INTERVAL_S))
             while not self._quit:
                 wake_at = deadline
                 if notifier is not None and notifier.next_ping_usec is not None:
@@ -1305,8 +1318,9 @@ class Daemon:
         """A pass of the garbage collector, on the loop, every
         GC_CALM_EVERY_USEC while the domain is calm (free memory above the
         arm line, nothing armed, no walk in that time), and at least every
-        GC_EVERY_USEC whatever it is: only cycles wait for it (everything
-        else is freed as it is dropped), and they are few."""
+        GC_EVERY_USEC unless free memory is below the redline: only cycles
+        wait for it (everything else is freed as it is dropped), and they
+        are few."""
         now = self.now_usec()
         since = now - self._collected_usec
         if since < GC_CALM_EVERY_USEC:
@@ -1314,7 +1328,10 @@ class Daemon:
         snap = self.last_snapshot
         calm = (snap is not None and snap.free_bytes >= self.config.arm_line_bytes(snap.total_bytes)
                 and self.state.armed is None and now - (self.state.last_walk_usec or 0) >= GC_CALM_EVERY_USEC)
-        if calm or since >= GC_EVERY_USEC:
+        # past GC_EVERY_USEC, whatever it is but short of memory (below the
+        # redline a walk may be due at any moment)
+        short = snap is None or snap.free_bytes < self.config.redline.resolve_bytes(snap.total_bytes)
+        if calm or (since >= GC_EVERY_USEC and not short):
             gc.collect()
             done = self.now_usec()
             self.gc_passes += 1

@@ -36,7 +36,7 @@ class Lister:
                  on_done: Callable[[], None] | None = None,
                  finish: Callable[[list[Job], int], Any] | None = None) -> None:
         self._fs = make_fs()
-        self._fs.between_jobs = self._between_jobs
+        self._fs.between_jobs = self.between_jobs
         self._args = (domain_path, tuple(jobs), tuple(keep_out))
         self._clock = clock_usec
         self._on_done = on_done     # called from this thread when a listing is ready
@@ -72,7 +72,13 @@ class Lister:
     def release(self) -> None:
         self._go.set()
 
-    def _between_jobs(self) -> None:
+    @property
+    def held(self) -> bool:
+        return not self._go.is_set()
+
+    def between_jobs(self) -> None:
+        """Called by this thread between jobs (the listing's reads, the
+        ranking made of it): waits while the loop holds it."""
         self._go.wait(HOLD_MAX_S)
 
     def request(self) -> None:

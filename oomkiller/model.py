@@ -202,6 +202,11 @@ class Candidate:
     reasons: tuple[str, ...] = ()
 
 
+# A ranking made in the lister's thread gives the loop its turn this often
+# (``Ranking.named``, ``core.rank.rank``'s ``between``), in jobs.
+BETWEEN_EVERY = 128
+
+
 @dataclass(frozen=True)
 class Ranking:
     """The ordered walk: killable candidates first to last, skipped ones where they fall.
@@ -234,25 +239,33 @@ class Ranking:
     def jobs(self) -> tuple[Job, ...]:
         return tuple(c.job for c in self.candidates)
 
-    @functools.cached_property
-    def named(self) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    def named(self, between: Any = None) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
         """Where each job is in the walk, by its v2 cgroup id and by each of
         its processes' pids: the jobs an event names are found without
-        looking at every job (made once per ranking)."""
+        looking at every job. Made once per ranking (the lister's thread
+        makes it for each listing's, calling ``between`` every
+        BETWEEN_EVERY jobs); kept without ``functools.cached_property``,
+        whose lock (before Python 3.12) all rankings share."""
+        got = self.__dict__.get("_named")
+        if got is not None:
+            return got
         by_id: dict[int, list[int]] = {}
         by_pid: dict[int, list[int]] = {}
         for i, c in enumerate(self.candidates):
+            if between is not None and i % BETWEEN_EVERY == 0:
+                between()
             job = c.job
             if job.v2_id:
                 by_id.setdefault(job.v2_id, []).append(i)
             for p in job.procs:
                 by_pid.setdefault(p.pid, []).append(i)
-        return by_id, by_pid
+        got = self.__dict__["_named"] = (by_id, by_pid)
+        return got
 
     def jobs_named(self, cgroup_ids, pids) -> list[Job]:
         """The jobs whose v2 cgroup is one of ``cgroup_ids`` or that hold
         one of ``pids``, in the walk's order."""
-        by_id, by_pid = self.named
+        by_id, by_pid = self.named()
         at = {i for cid in cgroup_ids for i in by_id.get(cid, ())}
         at.update(i for pid in pids for i in by_pid.get(pid, ()))
         return [self.candidates[i].job for i in sorted(at)]

@@ -206,3 +206,25 @@ def test_the_jobs_an_event_names_are_found_by_cgroup_and_by_pid():
     assert r.jobs_named({77}, ()) == [a]
     assert r.jobs_named((), {7, 5}) == [b, a]         # in the walk's order
     assert r.jobs_named({78}, {9}) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_JOB, max_size=25, unique_by=lambda j: j.name), st.data())
+def test_the_walks_rival_is_the_largest_job_of_its_class_not_read_again(jobs, data):
+    """The walk's check whether a job it did not read again may have grown
+    past the top (``daemon._rival``) looks only from the start of the top's
+    class in the ranking's keys: the same as the largest of every
+    candidate of the class not read again, killable or empty."""
+    from oomkiller.daemon import _rival
+    policy = Policy(prefer=("j1*",))
+    r = rank(jobs, policy, 8 * GiB)
+    picks = data.draw(st.lists(st.sampled_from(jobs), unique=True, max_size=6)) if jobs else []
+    changes = [(j, data.draw(st.one_of(st.none(), st.just(j)))) for j in picks]
+    r = rerank(r, changes, policy, 8 * GiB)
+    fresh = {id(n) for _, n in changes if n is not None}
+    for imp in Importance:
+        largest = max((c.score_bytes for c in r.candidates if id(c.job) not in fresh and c.importance is imp
+                       and (c.killable or not c.job.procs)), default=0)
+        assert _rival(r, imp, fresh) == largest
+        unkeyed = type(r)(r.candidates)
+        assert _rival(unkeyed, imp, fresh) == largest

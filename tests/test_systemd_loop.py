@@ -249,6 +249,12 @@ def test_the_collector_waits_while_memory_is_short_but_not_for_ever(tmp_path, pr
     now[0] += 600_000
     d._collect()
     assert d.gc_passes == 1                     # but at least every GC_EVERY_USEC
+    # 6 MiB free: below the redline a walk may be due at any moment
+    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{250 * MiB}\n", memory__stat="anon 1\n")
+    d.last_snapshot = d.domain.snapshot(d.now_usec())
+    now[0] += 3_000_000
+    d._collect()
+    assert d.gc_passes == 1
     v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{50 * MiB}\n", memory__stat="anon 1\n")
     d.last_snapshot = d.domain.snapshot(d.now_usec())
     now[0] += 150_000

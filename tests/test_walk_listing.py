@@ -589,7 +589,7 @@ def test_a_background_listing_waits_between_jobs_while_the_loop_wakes(proc_tree,
         # counters were made in the lister's thread
         ranking, marks = d.lister.take()[4]
         assert [c.job.name for c in ranking.candidates] == ["hog", "web", "db"]
-        assert "named" in ranking.__dict__ and marks is not None
+        assert "_named" in ranking.__dict__ and marks is not None
         monkeypatch.setattr(lister_mod, "HOLD_MAX_S", 0.05)
         d.lister.hold()
         t = time.monotonic()
@@ -620,5 +620,50 @@ def test_a_walk_takes_the_ranking_made_in_the_background(proc_tree, v2_tree, mon
         assert isinstance(jobs, Ranking) and ranked == []
         assert [c.job.name for c in jobs.candidates] == ["hog", "web", "db"]
         assert d.walk_listings["reused"] == 1 and d.walk_listings["read_again"] == 2
+    finally:
+        d.lister.close()
+
+
+def test_of_many_jobs_named_by_events_the_one_that_grew_is_read_again(proc_tree, v2_tree, monkeypatch):
+    """More jobs named by a wake's events than a walk reads: the job that
+    grew since the listing (ranked low by its listed score, the reason a
+    named job is read at all) is read again and killed, whatever its place."""
+    jobs = (("a-grower", "grower", 4100, 5), ("hog", "hog", 4101, 60), ("web", "web", 4102, 50),
+            ("db", "db", 4103, 40), ("q", "q", 4104, 30), ("r", "r", 4105, 20))
+    short_arena(proc_tree, v2_tree, jobs)
+    clock = Clock()
+    d = Daemon(short_config(proc_tree, v2_tree), json_out=io.StringIO(), clock=clock)
+    reads = []
+    real = d.cgroupfs.job
+    monkeypatch.setattr(d.cgroupfs, "job", lambda p, *a, **k: reads.append(os.path.basename(p)) or real(p, *a, **k))
+    monkeypatch.setattr(d.killer, "walk", killing_walk(v2_tree, 150 * MIB))
+    d.jobs()
+    # the grower takes 400 MiB since the listing (others gave back as much: free steady)
+    proc_tree.root.joinpath("4100").rename(proc_tree.root / "gone-4100")
+    proc_tree.proc(4100, "grower", anon_kb=400 << 10, shmem_kb=0, swap_kb=0, cgroup="0::/arena/a-grower\n")
+    v2_tree.cgroup("arena/a-grower", (4100,), memory__stat=f"anon {400 * MIB}\nshmem 0\n",
+                   memory__current=f"{400 * MIB}\n")
+    clock.advance_ms(50)
+    ids = [os.stat(v2_tree.root / "arena" / c).st_ino for c, *_ in jobs]
+    rec = d.wake([PressureEvent(Source.EBPF, EventKind.MEMCG_RECLAIM, cgroup_id=i) for i in ids])
+    assert reads[0] == "a-grower" and rec.victim["job"] == "a-grower"
+
+
+def test_a_walk_whose_total_moved_since_the_listing_ranks_for_the_new_total(proc_tree, v2_tree, monkeypatch):
+    """The total counts in the score (the oom_score_adj bias; with zram,
+    swap's share moves with its compression): a ranking made for another
+    total is made again, on the loop, for the walk's."""
+    from trees import wait_until
+    d, clock = _bg_daemon(proc_tree, v2_tree, monkeypatch)
+    try:
+        snap = d.domain.snapshot(d.now_usec())
+        d.saw(snap)
+        d.lister.request()
+        assert wait_until(lambda: d.lister.counts["listed"] == 1)
+        d.lister.release()
+        jobs = d.walk_jobs([], snap.total_bytes * 2, snap.free_bytes)
+        assert jobs.made_for[1] == snap.total_bytes * 2
+        assert [c.job.name for c in jobs.candidates] == ["hog", "web", "db"]
+        assert not d.lister.held
     finally:
         d.lister.close()

@@ -36,9 +36,9 @@ import bisect
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from ..model import Candidate, Importance, Job, Proc, Ranking, labels_text
+from ..model import BETWEEN_EVERY, Candidate, Importance, Job, Proc, Ranking, labels_text
 
 OOM_SCORE_ADJ_MIN = -1000
 # A user may make thousands of cgroups matching a protect glob: name a few.
@@ -191,21 +191,25 @@ def _for(ranking: Ranking | None, policy: Policy, total_bytes: int) -> bool:
     return made is not None and made[1] == total_bytes and (made[0] is policy or made[0] == policy)
 
 
-def rank(jobs: Iterable[Job] | Ranking, policy: Policy, total_bytes: int, prior: Ranking | None = None) -> Ranking:
+def rank(jobs: Iterable[Job] | Ranking, policy: Policy, total_bytes: int, prior: Ranking | None = None,
+         between: Callable[[], None] | None = None) -> Ranking:
     """Order every job; skipped ones stay in the list, marked not killable.
 
     A ranking made for the same policy and total is its own answer. The
     candidates of ``prior`` (the ranking of an earlier listing) are taken
     for the very jobs it ranked: a listing gives back the same object for a
     job that did not change (see ``Cgroupfs._job``), so only the jobs read
-    again are classified and scored again."""
+    again are classified and scored again. ``between`` is called every
+    BETWEEN_EVERY jobs (the lister's thread gives the loop its turn)."""
     if isinstance(jobs, Ranking):
         if _for(jobs, policy, total_bytes):
             return jobs
         jobs = jobs.jobs()
     seen = _by_job(prior) if _for(prior, policy, total_bytes) else {}
     keyed = []
-    for job in jobs:
+    for i, job in enumerate(jobs):
+        if between is not None and i % BETWEEN_EVERY == 0:
+            between()
         hit = seen.get(id(job))
         if hit is None or hit[1].job is not job:
             c = candidate(job, policy, total_bytes)
