@@ -919,15 +919,16 @@ class Cgroupfs:
             return None
 
     # -- memory -------------------------------------------------------------
-    def memory(self, path: str) -> tuple[int | None, int, dict[str, int]]:
+    def memory(self, path: str, read: Callable[[str], str] | None = None) -> tuple[int | None, int, dict[str, int]]:
         """(limit or None, usage, stat) of a memory cgroup, hierarchically.
-        Raises ``Vanished`` if the cgroup is gone."""
+        Raises ``Vanished`` if the cgroup is gone. ``read`` reads its files
+        instead of ``read_text`` (the domain's, held open: ``HeldFiles``)."""
         if self.layout.memory_v1:
-            stat = read_keyed(os.path.join(path, "memory.stat"))
-            usage = read_int(os.path.join(path, "memory.usage_in_bytes")) or 0
+            stat = read_keyed(os.path.join(path, "memory.stat"), read)
+            usage = read_int(os.path.join(path, "memory.usage_in_bytes"), read) or 0
             limit = stat.get("hierarchical_memory_limit")
             if limit is None:
-                limit = read_int(os.path.join(path, "memory.limit_in_bytes"))
+                limit = read_int(os.path.join(path, "memory.limit_in_bytes"), read)
             if limit is not None and limit >= V1_UNLIMITED:
                 limit = None
             memsw = stat.get("hierarchical_memsw_limit")
@@ -936,13 +937,13 @@ class Cgroupfs:
             if memsw is not None:
                 stat["memsw_limit"] = memsw     # kept for swap(): memory + swap, with swap accounting
             return limit, usage, stat
-        stat = read_keyed(os.path.join(path, "memory.stat"))
-        usage = read_int(os.path.join(path, "memory.current")) or 0
+        stat = read_keyed(os.path.join(path, "memory.stat"), read)
+        usage = read_int(os.path.join(path, "memory.current"), read) or 0
         limit = None
         p = path
         while True:     # the tightest memory.max on the way up is what binds
             try:
-                m = read_int(os.path.join(p, "memory.max"))
+                m = read_int(os.path.join(p, "memory.max"), read)
             except Vanished:
                 if p == path:
                     raise       # the cgroup itself is gone since its memory.stat was read

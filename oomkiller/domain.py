@@ -28,7 +28,7 @@ import re
 import time
 
 from .cgroupfs import MAX_DOMAIN_CGROUPS, Cgroupfs, reclaimable_bytes, walk_cgroups
-from .files import HeldFile, Vanished, parse_psi_totals, read_text, vanishing
+from .files import HeldFile, HeldFiles, Vanished, parse_psi_totals, read_text, vanishing
 from .model import MemorySnapshot
 from .procfs import Procfs
 
@@ -78,6 +78,11 @@ class Domain:
         self.is_host = spec == "host"
         self.pressure_path: str | None = None
         self._pressure: HeldFile | None = None      # pressure_path, kept open: read on every wake
+        # the domain's memory files (memory.stat, its usage and limits up
+        # the tree), kept open: read on every wake; only on the kernel's
+        # cgroup filesystem, where a removed cgroup's files fail their reads
+        # (ENODEV) and so are opened again by path (``HeldFile``)
+        self._held = HeldFiles() if not self.is_host and on_cgroupfs(self.path, procfs.root) else None
         self._name = ("", "")        # (path, name)
         # (when, v2 counterpart, its path as /proc/PID/cgroup shows it, the ids of its subtree)
         self._v2: tuple[float, str | None, str | None, frozenset[int]] | None = None
@@ -193,7 +198,7 @@ class Domain:
                                   now_usec, full, some, refaults, lru, swap_free, swap, activate_file_pages=activated,
                                   activate_of_pages=refaults)
         try:
-            limit, usage, stat = self.cgroupfs.memory(self.path)
+            limit, usage, stat = self.cgroupfs.memory(self.path, self._held.read if self._held else None)
             sw = self.cgroupfs.swap(self.path, stat, limit) if counted else None
         except Vanished as e:
             raise DomainGone(e.errno, self.path, e.strerror) from None
@@ -257,6 +262,27 @@ class Domain:
         except (OSError, ValueError):
             return -1, -1
         return vm.get("workingset_refault_file", vm.get("workingset_refault", -1)), activated_pages(vm)
+
+
+def on_cgroupfs(path: str, proc_root: str = "/proc") -> bool:
+    """Whether ``path`` is on a mount of the kernel's cgroup filesystem
+    (v1 or v2), by the longest mount point over it in ``mountinfo``; False
+    if that cannot be read."""
+    try:
+        text = read_text(os.path.join(proc_root, "self", "mountinfo"))
+    except (OSError, ValueError):
+        return False
+    best, fstype = "", ""
+    path = os.path.normpath(path)
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        point = fields[4].replace("\\040", " ")
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, fstype = point, right.split()[0]
+    return fstype in ("cgroup", "cgroup2")
 
 
 def activated_pages(stat: dict[str, int]) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 # What reading a file of a process or cgroup that is going away gives:
 # ENOENT (removed before the open), ENODEV (a cgroup's file opened before its
@@ -151,10 +151,12 @@ def lines(text: str) -> list[str]:
     return out
 
 
-def read_int(path: str) -> int | None:
+def read_int(path: str, read: Callable[[str], str] | None = None) -> int | None:
     """A file of one integer, such as ``memory.max`` or ``oom_score_adj``;
-    None for ``max`` (no limit). ValueError for anything else."""
-    text = read_text(path).strip()
+    None for ``max`` (no limit). ValueError for anything else. ``read``
+    reads it instead of ``read_text`` (a ``HeldFile``'s, for one read on
+    every wake)."""
+    text = (read or read_text)(path).strip()
     return None if text == "max" else int(text)
 
 
@@ -228,11 +230,33 @@ def pick_keyed(text: str, keys: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def read_keyed(path: str) -> dict[str, int]:
+def read_keyed(path: str, read: Callable[[str], str] | None = None) -> dict[str, int]:
     """``parse_keyed`` of a file such as ``memory.stat``, ``memory.events``,
     ``cgroup.events``, ``memory.oom_control`` or ``/proc/vmstat``; raises
-    ``Vanished`` if it is gone."""
-    return parse_keyed(read_text(path))
+    ``Vanished`` if it is gone. ``read`` as for ``read_int``."""
+    return parse_keyed((read or read_text)(path))
+
+
+class HeldFiles:
+    """``HeldFile``s by path, at most ``limit`` (past it, all are closed and
+    held afresh): ``read`` for the files one owner reads on every wake."""
+
+    def __init__(self, limit: int = 16) -> None:
+        self.limit = limit
+        self._held: dict[str, HeldFile] = {}
+
+    def read(self, path: str) -> str:
+        held = self._held.get(path)
+        if held is None:
+            if len(self._held) >= self.limit:
+                self.close()
+            held = self._held[path] = HeldFile(path)
+        return held.read()
+
+    def close(self) -> None:
+        held, self._held = self._held, {}
+        for h in held.values():
+            h.close()
 
 
 def read_pids(path: str) -> list[int]:

@@ -435,3 +435,46 @@ def test_zram_in_a_cgroup_domain_never_counts_more_than_the_host_has_beyond_it(p
     s = dom.snapshot(0)
     assert (s.swap_total_bytes, s.swap_free_bytes) == (0, 0)
     assert s.free_bytes == 12 * MiB
+
+
+def test_the_domains_memory_files_are_held_only_on_the_kernels_cgroup_filesystem(tmp_path):
+    """A held file of a removed cgroup fails its reads only on the kernel's
+    cgroup filesystem (ENODEV; then it is opened again by path and found
+    gone): elsewhere (a copy, a test tree) the domain's files are opened on
+    every read, as before."""
+    from oomkiller.domain import on_cgroupfs
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_text(
+        "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
+        "30 22 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755\n"
+        "31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+        "32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "40 22 0:30 / /srv/my\\040cgroups rw - cgroup2 none rw\n"
+        "41 22 0:31 / /srv/broken\n")
+    root = str(proc)
+    assert on_cgroupfs("/sys/fs/cgroup/unified/system.slice", root)
+    assert on_cgroupfs("/sys/fs/cgroup/memory/a/b", root)
+    assert not on_cgroupfs("/sys/fs/cgroup", root)                  # the tmpfs above them
+    assert not on_cgroupfs("/sys/fs/cgroup/unifiedx/a", root)       # a prefix of a name is no mount point
+    assert on_cgroupfs("/srv/my cgroups/pod", root)                 # mountinfo's \040 is a space
+    assert not on_cgroupfs("/srv/broken/x", root)
+    assert not on_cgroupfs("/sys/fs/cgroup/unified", str(tmp_path / "none"))
+
+
+def test_held_files_read_afresh_and_are_bounded(tmp_path):
+    from oomkiller.files import HeldFiles, Vanished
+    held = HeldFiles(limit=2)
+    a, b, c = (tmp_path / n for n in "abc")
+    for f in (a, b, c):
+        f.write_text(f"{f.name} 1\n")
+    assert held.read(str(a)) == "a 1\n"
+    a.write_text("a 2\n")                   # rewritten in place: the held descriptor reads it anew
+    assert held.read(str(a)) == "a 2\n"
+    held.read(str(b))
+    held.read(str(c))                       # past the limit: all closed, held afresh
+    assert list(held._held) == [str(c)]
+    with pytest.raises(Vanished):
+        held.read(str(tmp_path / "gone"))
+    held.close()
+    assert held._held == {}

@@ -177,3 +177,17 @@ def test_a_removed_domain_is_one_warning_and_the_daemon_comes_back_to_it(arena, 
     assert d.ctl("lowmem").returncode == 0
     assert p.wait(timeout=10) == -9
     assert "is back: watching it again" in d.stderr()
+
+
+def test_the_domains_memory_files_held_open_read_the_charge_of_now(arena, tmp_path):
+    """The domain's memory.stat and usage are read through descriptors kept
+    open (one pread each per wake): a real cgroup's file read again from
+    its start says what is charged now."""
+    d = _daemon(arena, tmp_path)
+    assert d.domain._held is not None
+    before = d.domain.snapshot(1).used_bytes
+    p = arena.spawn_idle(arena.job("grows"), 40 * MIB)
+    wait_for(lambda: d.domain.snapshot(2).used_bytes >= before + 30 * MIB, 10, "the new charge to show")
+    assert len(d.domain._held._held) >= 2
+    p.kill()
+    p.wait()
