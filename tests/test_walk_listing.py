@@ -601,18 +601,25 @@ def test_a_background_listing_waits_between_jobs_while_the_loop_wakes(proc_tree,
         d.lister.close()
 
 
+def _bg_listed(proc_tree, v2_tree, monkeypatch):
+    """A daemon listing in the background, with a snapshot seen and its
+    first listing made (and ranked) in the lister's thread."""
+    from trees import wait_until
+    d, _clock = _bg_daemon(proc_tree, v2_tree, monkeypatch)
+    snap = d.domain.snapshot(d.now_usec())
+    d.saw(snap)
+    d.lister.request()
+    assert wait_until(lambda: d.lister.counts["listed"] == 1)
+    return d, snap
+
+
 def test_a_walk_takes_the_ranking_made_in_the_background(proc_tree, v2_tree, monkeypatch):
     """The walk does not rank every job: the listing's ranking was made
     in the lister's thread, and the walk places again only the jobs it
     reads again."""
     from oomkiller.core import rank as rank_mod
-    from trees import wait_until
-    d, clock = _bg_daemon(proc_tree, v2_tree, monkeypatch)
+    d, snap = _bg_listed(proc_tree, v2_tree, monkeypatch)
     try:
-        snap = d.domain.snapshot(d.now_usec())
-        d.saw(snap)
-        d.lister.request()
-        assert wait_until(lambda: d.lister.counts["listed"] == 1)
         ranked = []
         real = rank_mod.rank
         monkeypatch.setattr(daemon_mod, "rank", lambda *a, **kw: ranked.append(1) or real(*a, **kw))
@@ -653,14 +660,8 @@ def test_a_walk_whose_total_moved_since_the_listing_ranks_for_the_new_total(proc
     """The total counts in the score (the oom_score_adj bias; with zram,
     swap's share moves with its compression): a ranking made for another
     total is made again, on the loop, for the walk's."""
-    from trees import wait_until
-    d, clock = _bg_daemon(proc_tree, v2_tree, monkeypatch)
+    d, snap = _bg_listed(proc_tree, v2_tree, monkeypatch)
     try:
-        snap = d.domain.snapshot(d.now_usec())
-        d.saw(snap)
-        d.lister.request()
-        assert wait_until(lambda: d.lister.counts["listed"] == 1)
-        d.lister.release()
         jobs = d.walk_jobs([], snap.total_bytes * 2, snap.free_bytes)
         assert jobs.made_for[1] == snap.total_bytes * 2
         assert [c.job.name for c in jobs.candidates] == ["hog", "web", "db"]
