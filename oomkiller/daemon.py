@@ -1076,6 +1076,7 @@ class Daemon:
         return {**figs.as_dict(), "limit_refault_permyriad_per_s": c.thrash_refault_limit_permyriad,
                 "limit_stall_permyriad": c.thrash_stall_limit_permyriad, "sustain_usec": c.thrash_sustain_ms * 1000,
                 "limit_activated_permyriad": thrash_core.MIN_ACTIVATED_PERMYRIAD,
+                "limit_activated_rate_permyriad_per_s": thrash_core.activated_limit(core.thrash_limits(c)),
                 "fired": self.state.thrash.fired}
 
     def swap_data(self) -> dict[str, Any]:

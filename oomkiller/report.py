@@ -220,6 +220,9 @@ def thrash_text(t: dict[str, Any] | None) -> str:
                else f", activated {t['activated_permyriad'] / 100:.1f}% of the "
                     + ("host's " if t.get("activated_host") else "")
                     + f"refaults (at least {t.get('limit_activated_permyriad', 0) / 100:g}%)")
+            + ("" if t.get("activated_rate_permyriad_per_s") is None or t.get("activated_permyriad") is None
+               else f", {t['activated_rate_permyriad_per_s'] / 100:.1f}%/s of the file cache "
+                    f"(limit {t.get('limit_activated_rate_permyriad_per_s', 0) / 100:g}%/s)")
             + f", free {t['free_permyriad'] / 100:.1f}%, fired {t['fired']}")
 
 

@@ -233,6 +233,84 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
     assert fig.firing and fig.activated_host and "2.0% of the host's activated" in fig.reason
 
 
+def test_on_slow_storage_activated_refaults_carry_the_episode_under_the_refault_limit():
+    """The guest's freeze with MGLRU on, its disk emulated: the service could
+    read its pages back only as fast as the disk gave them, 4-25%/s of its
+    cache (noisy, segment to segment), under the 20%/s limit, but 20-50% of
+    them activated, with the memory stall at 13-15%. Under the old rule each
+    episode ended at the next slower segment and the freeze was never ended
+    in 40 s."""
+    lru = 100 * MIB                     # 25,600 pages: the guest's cache while frozen (18% of 594 MiB)
+    f = Feed(activated=0.3, lru=lru)
+    f.tick(0, 0, 5)
+    for i in range(11):
+        # 1.8-6%/s of the cache activated; the first segment (6%/s, 154
+        # pages) too few for a rate: the episode starts at the second
+        f.tick((0.06, 0.2, 0.1, 0.15)[i % 4], 0.14)
+    assert "thrashing" not in f.states()
+    fig = f.tick(0.12, 0.14)
+    assert fig.firing and fig.episode_usec == 1_000_000
+    assert fig.activated_rate_permyriad_per_s == pytest.approx(360, abs=5)
+    assert fig.reason == ("thrashing: refaults 12%/s of the file cache (20% of the domain; 29.8% of them activated, "
+                          "3.7%/s of the file cache >= 1%/s) for 1000 ms, memory stall 14.0% >= 10%"), fig.reason
+    # In a smaller cache (64 MiB) 12%/s is under 256 pages a sample: each
+    # segment spans two samples, and it fires a sample later.
+    small = Feed(activated=0.3)
+    small.tick(0, 0, 5)
+    small.tick(0.12, 0.14, 14)
+    fired = small.states().index("thrashing") - 5
+    assert fired in (11, 12), small.states()
+    assert small.figs[5 + fired].episode_usec == 1_000_000
+    # the same without the stall: nobody suffers, no kill
+    calm = Feed(activated=0.3, lru=lru)
+    calm.tick(0, 0, 5)
+    calm.tick(0.12, 0.05, 30)
+    assert "thrashing" not in calm.states() and calm.figs[-1].state == "episode"
+    # nor a burst of it shorter than the sustain span
+    burst = Feed(activated=0.3, lru=lru)
+    burst.tick(0, 0, 5)
+    burst.tick(0.12, 0.3, 8)
+    burst.tick(0, 0, 30)
+    assert "thrashing" not in burst.states()
+    # A stream on the same slow disk: refaults at 12%/s, the stall at 30%,
+    # none activated: never an episode.
+    stream = Feed(activated=0.0, lru=lru)
+    stream.tick(0, 0, 5)
+    stream.tick(0.12, 0.3, 50)
+    assert set(stream.states()) == {"calm"}
+    # Activated refaults under 1%/s of the cache (5% of 12%/s): calm.
+    low = Feed(activated=0.05, lru=lru)
+    low.tick(0, 0, 5)
+    low.tick(0.12, 0.3, 50)
+    assert set(low.states()) == {"calm"}
+    # A v1 domain judged on the host's share: the host's activations over
+    # the domain's cache are no rate of the domain's, so under the refault
+    # limit nothing starts.
+    v1 = Feed(activated=0.3, lru=lru)
+    v1.host = True
+    v1.tick(0, 0, 5)
+    v1.tick(0.12, 0.3, 50)
+    assert set(v1.states()) == {"calm"}
+    assert v1.figs[-1].activated_rate_permyriad_per_s is None
+
+
+def test_one_activated_segment_at_the_end_of_a_streams_episode_does_not_fire():
+    """A stream's long episode (refaults over the limit, none activated,
+    the stall over its limit as at host level), then one segment under the
+    refault limit whose refaults are activated: the episode goes on, but
+    over its sustain span the activated refaults are far under 1%/s."""
+    f = Feed(activated=0.0, lru=100 * MIB)
+    f.tick(0, 0, 5)
+    f.tick(14, 0.15, 30)
+    assert f.figs[-1].state == "episode"
+    f.activated = 0.5
+    fig = f.tick(0.12, 0.15)
+    assert fig.state == "episode" and fig.activated_rate_permyriad_per_s == pytest.approx(600, abs=5)
+    f.activated = 0.0
+    f.tick(14, 0.15, 5)
+    assert "thrashing" not in f.states()
+
+
 def test_a_cache_that_fills_the_domain_is_not_squeezed():
     """Stalled and refaulting, but the cache holds 60% of the domain: its
     readers' own stream, nothing to kill for."""
@@ -278,7 +356,9 @@ def test_a_slower_segment_ends_the_episode():
     f = Feed()
     f.tick(0, 0, 2)
     f.tick(14, 0.2, 8)
-    f.tick(0.1, 0.2, 1)                 # moved, but under 20%/s
+    f.tick(0.1, 0.2, 1)                 # moved, by 163 pages: too few for a rate, says nothing
+    assert f.figs[-1].state == "episode"
+    f.tick(0.1, 0.2, 1)                 # 326 pages since the last segment, at 10%/s: under 20%/s
     assert f.figs[-1].state == "calm"
     f.tick(14, 0.2, 10)
     assert "thrashing" not in f.states()
@@ -425,6 +505,13 @@ def test_info_line():
     assert thrash_text({**t, "activated_permyriad": 290, "limit_activated_permyriad": 50}) == (
         "thrashing, refaults 1831.1%/s of the file cache (limit 20%/s), episode 1046 ms (sustain 1000 ms), memory "
         "stall 22.2% (limit 10%), activated 2.9% of the refaults (at least 0.5%), free 9.6%, fired 1")
+    # ... and, the domain's own, their rate against the limit that carries
+    # an episode by itself
+    assert thrash_text({**t, "activated_permyriad": 3000, "limit_activated_permyriad": 50,
+                        "activated_rate_permyriad_per_s": 362, "limit_activated_rate_permyriad_per_s": 100}) == (
+        "thrashing, refaults 1831.1%/s of the file cache (limit 20%/s), episode 1046 ms (sustain 1000 ms), memory "
+        "stall 22.2% (limit 10%), activated 30.0% of the refaults (at least 0.5%), 3.6%/s of the file cache "
+        "(limit 1%/s), free 9.6%, fired 1")
     assert "activated 0.0% of the host's refaults (at least 0.5%)" in thrash_text(
         {**t, "activated_permyriad": 0, "limit_activated_permyriad": 50, "activated_host": True})
     assert "memory stall - " in thrash_text({**t, "state": "calm", "stall_permyriad": None})

@@ -35,10 +35,10 @@ Signals, all from files the snapshot reads anyway:
   at least ``MIN_ACTIVATED_PERMYRIAD`` must be ones the kernel activated at
   once (``workingset_activate_file``: the page was evicted less than a
   working set's worth of evictions ago, so it would have stayed with a
-  little more memory); or the activated ones alone come at
-  ``MIN_ACTIVATED_RATE_PERMYRIAD_PER_S`` of the file cache per second (a
-  share anyone can dilute by streaming beside the freeze, a rate no one
-  can); or free memory fell by ``MIN_FALL_PERMYRIAD`` of the domain within
+  little more memory); or the activated ones alone come at the refault
+  limit over ``ACTIVATED_LIMIT_DIVISOR`` (1%/s) of the file cache per
+  second (a share anyone can dilute by streaming beside the freeze, a rate
+  no one can); or free memory fell by ``MIN_FALL_PERMYRIAD`` of the domain within
   the last ``FALL_SPANS`` sustain span and the flush delay. A stream that
   reads a file larger than its cache refaults each page a whole file's
   worth later: none is ever activated.
@@ -72,7 +72,14 @@ slower than the limit, ends the episode at once.
 
 An *episode* starts at the first sample whose refault rate (over the time
 since the previous sample that moved the counter) is at or above the limit,
-and ends at the first that moved it slower. The detector *fires* on a
+and ends at the first that moved it slower. A segment whose *activated*
+refaults alone come at the activated limit (1%/s of the file cache) starts
+or carries an episode too, whatever its refault rate: slow storage bounds
+how fast a frozen service reads its pages back (the guest's freeze with
+MGLRU on: 4-25%/s of its cache, 20-50% of it activated), and a stream's
+activated refaults are 0 on any disk. Such an episode fires only if the
+activated refaults held that rate over the whole sustain span, and never
+on a v1 domain (the host's activations are no rate of the domain's). The detector *fires* on a
 sample that moved the counter at or above the limit once the episode has
 lasted ``sustain_usec``, with the stall share over the last
 ``sustain_usec`` at or above its limit (or free memory under the arm line):
@@ -116,12 +123,15 @@ MAX_FREE_PERMYRIAD = 5000
 # ms is noise (one read-around of 32 pages).
 MIN_SEGMENT_USEC = 50_000
 
-# Nor is a rate over a handful of pages: a segment must refault at least
-# this many pages (1 MiB) to start or continue an episode. A service that
-# first read its file into an empty cache showed 2 refaults "over" the
-# LRU of the sample before (empty): 1239%/s, and the episode that started
-# there stood for the flush delay, until a 500 ms burst of pressure
-# completed it into a kill. A freeze refaults 30,000 pages in 100 ms.
+# Nor is a rate over a handful of pages: a segment ends at the first
+# sample at least this many pages (1 MiB) of refaults after the last one
+# that ended one; fewer say nothing, as a counter that stands still (up to
+# the flush delay). A service that first read its file into an empty cache
+# showed 2 refaults "over" the LRU of the sample before (empty): 1239%/s,
+# and the episode that started there stood for the flush delay, until a
+# 500 ms burst of pressure completed it into a kill. A freeze refaults
+# 30,000 pages in 100 ms in the arena; on slow storage (the VM guest's
+# emulated disk) 1-7 MiB a second, so a segment there spans a few samples.
 MIN_SEGMENT_REFAULTS = 256
 
 # Of the refaults over the last sustain span, at least this share
@@ -144,12 +154,25 @@ MIN_FALL_PERMYRIAD = 500
 # filled just before a stream's episode to the stall alone for longer.
 FALL_SPANS = 1
 
-# ... or unless the activated refaults alone come at this rate (permyriad of
-# the file LRU per second): a share can be diluted by anyone who streams a
-# big file beside the freeze (on the host, any user can), a rate cannot. The
-# arena's freeze: about 200%/s; at host level in the VM guest 1.6-12%/s; a
-# stream: 0.
-MIN_ACTIVATED_RATE_PERMYRIAD_PER_S = 100
+# ... or unless the activated refaults alone come at the refault limit over
+# this (permyriad of the file LRU per second; 1%/s at the shipped 20%/s): a
+# share can be diluted by anyone who streams a big file beside the freeze
+# (on the host, any user can), a rate cannot. The arena's freeze: about
+# 200%/s; at host level in the VM guest 1.6-12%/s; a stream: 0.
+#
+# The same rate also starts and carries an episode on its own, whatever the
+# refault rate: on slow storage the disk bounds how fast a frozen service
+# can read its pages back, not the cache's size. The guest's freeze with
+# MGLRU on refaulted at 4-25%/s of its cache, under the 20%/s limit, with
+# 20-50% of it activated (1-10%/s of the cache), and was not ended in 40 s.
+# A stream's activated refaults are 0, whatever its disk.
+ACTIVATED_LIMIT_DIVISOR = 20
+
+
+def activated_limit(limits: "ThrashLimits") -> int:
+    """The activated refault rate (permyriad of the file LRU per second)
+    that passes the working-set rule and carries an episode by itself."""
+    return max(1, limits.refault_permyriad_per_s // ACTIVATED_LIMIT_DIVISOR)
 
 
 @dataclass(frozen=True)
@@ -184,6 +207,7 @@ class ThrashState:
     moved: ThrashSample | None = None       # the latest sample whose refault counter moved
     onset: ThrashSample | None = None       # the first sample of the episode, None if none
     last_rate_permyriad_per_s: int = 0      # rate of the latest segment that moved the counter
+    last_activated_permyriad_per_s: int = 0     # ... and of its activated refaults (0 if unknown)
     fired: int = 0                          # episodes that fired, for info
     fired_onset_usec: int = -1              # the onset of the episode counted last in ``fired``
     # (taken_usec, free memory without swap) of the samples of the last
@@ -212,6 +236,10 @@ class ThrashFigures:
     reason: str = ""
     activated_permyriad: int | None = None  # of the refaults over the stall window, None if unknown
     activated_host: bool = False            # ... of the host's refaults (a v1 domain)
+    # the activated refaults of the latest segment that moved the counter,
+    # permyriad of the file cache per second; None where the domain counts
+    # no activations of its own (v1, or a kernel before 5.9)
+    activated_rate_permyriad_per_s: int | None = None
 
     @property
     def firing(self) -> bool:
@@ -221,7 +249,8 @@ class ThrashFigures:
         return {"state": self.state, "refault_permyriad_per_s": self.refault_permyriad_per_s,
                 "episode_usec": self.episode_usec, "stall_permyriad": self.stall_permyriad,
                 "free_permyriad": self.free_permyriad, "activated_permyriad": self.activated_permyriad,
-                "activated_host": self.activated_host}
+                "activated_host": self.activated_host,
+                "activated_rate_permyriad_per_s": self.activated_rate_permyriad_per_s}
 
 
 def sample_of(snap: MemorySnapshot) -> ThrashSample | None:
@@ -301,28 +330,34 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         # new to judge; the next segment is measured from ``prev``.
         return state, _figures(state, prev, limits, arm_line_bytes, snap, free_pm, fresh=False)
     onset, moved, last_rate = state.onset, state.moved, state.last_rate_permyriad_per_s
-    if cur.refault_pages != prev.refault_pages:
+    last_act = state.last_activated_permyriad_per_s
+    base = moved or prev
+    if cur.refault_pages - base.refault_pages >= MIN_SEGMENT_REFAULTS:
         # The counter moved: this segment's rate is fresh. Measured from the
         # latest sample that moved it, so that a jump after a flush is spread
-        # over the time it stood still.
-        last_rate = segment_rate(moved or prev, cur)
-        if cur.refault_pages - (moved or prev).refault_pages < MIN_SEGMENT_REFAULTS:
-            last_rate = min(last_rate, limits.refault_permyriad_per_s - 1)
+        # over the time it stood still, and a trickle of refaults (a few
+        # pages a sample: too few for a rate) adds up until it is enough.
+        last_rate = segment_rate(base, cur)
+        # its activated refaults: the domain's own only (the host's over a v1
+        # domain's cache would be no rate of the domain's)
+        last_act = 0 if snap.activations_host else activated_rate(base, cur) or 0
         moved = cur
-        if last_rate < limits.refault_permyriad_per_s:
+        if last_rate < limits.refault_permyriad_per_s and last_act < activated_limit(limits):
             onset = None
         elif onset is None:
             # The episode starts here, not at the previous sample: a rate
             # over a long gap (a slow tick, a flush delay) may be one burst,
             # so later samples must show it goes on for the sustain span.
             onset = cur
-    elif moved is None or cur.taken_usec - moved.taken_usec >= STATS_LAG_USEC:
-        # Still for longer than any flush delay: nothing refaults.
-        onset, last_rate = None, 0
+    elif cur.taken_usec - base.taken_usec >= STATS_LAG_USEC:
+        # Still (or all but) for longer than any flush delay: nothing
+        # refaults that counts.
+        onset, last_rate, last_act = None, 0, 0
     span = FALL_SPANS * limits.sustain_usec + STATS_LAG_USEC
     frees = tuple(f for f in state.frees if cur.taken_usec - f[0] <= span) + ((cur.taken_usec, cur.free_bytes),)
     new = dataclasses.replace(state, recent=_keep(state.recent, cur, limits.sustain_usec), moved=moved, onset=onset,
-                              last_rate_permyriad_per_s=last_rate, frees=frees)
+                              last_rate_permyriad_per_s=last_rate, last_activated_permyriad_per_s=last_act,
+                              frees=frees)
     figs = _figures(new, cur, limits, arm_line_bytes, snap, free_pm, fresh=moved is cur)
     if figs.firing and onset.taken_usec != state.fired_onset_usec:
         new = dataclasses.replace(new, fired=state.fired + 1, fired_onset_usec=onset.taken_usec)
@@ -332,15 +367,18 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
 def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_bytes: int,
              snap: MemorySnapshot, free_pm: int, fresh: bool) -> ThrashFigures:
     """``fresh``: the refault counter moved at ``cur``."""
+    own_act = None if snap.activations_host or cur.activate_pages < 0 else st.last_activated_permyriad_per_s
     if st.onset is None:
-        return ThrashFigures("calm", st.last_rate_permyriad_per_s, free_permyriad=free_pm)
+        return ThrashFigures("calm", st.last_rate_permyriad_per_s, free_permyriad=free_pm,
+                             activated_rate_permyriad_per_s=own_act)
     span = cur.taken_usec - st.onset.taken_usec
     # The stall over the last sustain span, not the whole episode: PSI does
     # not lag, so a burst the refault counter shows late is seen as over.
     stall = stall_share(st.recent[0], cur) if st.recent else None
     activated = activated_share(st.recent[0], cur) if st.recent else None
     base = dict(refault_permyriad_per_s=st.last_rate_permyriad_per_s, episode_usec=span, stall_permyriad=stall,
-                free_permyriad=free_pm, activated_permyriad=activated, activated_host=snap.activations_host)
+                free_permyriad=free_pm, activated_permyriad=activated, activated_host=snap.activations_host,
+                activated_rate_permyriad_per_s=own_act)
     if span < limits.sustain_usec or not fresh:
         # Not long enough yet, or this sample's counter did not move: an
         # unmoved counter cannot confirm the episode goes on.
@@ -357,16 +395,25 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     act_rate = 0 if snap.activations_host else activated_rate(start, cur) or 0
     whose = "the host's" if snap.activations_host else "them"
     ws = "" if activated is None else f"; {activated / 100:.1f}% of {whose} activated"
-    if activated is not None and activated < MIN_ACTIVATED_PERMYRIAD:
-        if act_rate >= MIN_ACTIVATED_RATE_PERMYRIAD_PER_S:
+    act_limit = activated_limit(limits)
+    if st.last_rate_permyriad_per_s < limits.refault_permyriad_per_s:
+        # Carried by the activated refaults alone (slow storage): over the
+        # whole sustain span too, not only the segment, so that one segment
+        # of them at the end of a stream's long episode does not fire it.
+        if act_rate < act_limit:
+            return ThrashFigures("episode", **base)
+        ws += f", {act_rate / 100:.1f}%/s of the file cache >= {act_limit / 100:g}%/s"
+    elif activated is not None and activated < MIN_ACTIVATED_PERMYRIAD:
+        if act_rate >= act_limit:
             ws += f", {act_rate / 100:.0f}%/s of the file cache"
         elif fell >= MIN_FALL_PERMYRIAD:
             ws += f", free memory fell {fell / 100:.0f}% of the domain"
         else:
             return ThrashFigures("episode", **base)
+    over = ("" if st.last_rate_permyriad_per_s < limits.refault_permyriad_per_s
+            else f" >= {limits.refault_permyriad_per_s / 100:g}%/s")
     rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
-            f"({cache_pm / 100:.0f}% of the domain{ws}) >= {limits.refault_permyriad_per_s / 100:g}%/s "
-            f"for {span // 1000} ms")
+            f"({cache_pm / 100:.0f}% of the domain{ws}){over} for {span // 1000} ms")
     if stall is not None:
         if stall < limits.stall_permyriad:
             return ThrashFigures("episode", **base)
