@@ -103,6 +103,9 @@ class Scenario:
     child_mib: int = 0        # fork storm: each child holds this much
     leave_percent: int = 0    # the freeze: the hog leaves this share of MemTotal available
     healthy: str = ""         # a healthy load (HEALTHY_LOADS): nobody should kill anything
+    # slow storage: the protected service's reads throttled to this (MiB/s,
+    # systemd's IOReadBandwidthMax on the disk of its file); 0: not throttled
+    read_mib_s: int = 0
 
     @property
     def freeze(self) -> bool:
@@ -131,7 +134,9 @@ class Scenario:
                     f"{FREEZE_FILE_BYTES // MIB} MiB file through mmap in {FREEZE_THREADS} threads (a file-backed "
                     f"working set, like program text); a hog (nice 19) fills anonymous memory as fast as it can until "
                     f"MemAvailable would be {self.leave_percent}% of MemTotal, and holds it; watched until "
-                    f"{FREEZE_WINDOW_S:g} s after the hog holds (or {FREEZE_AFTER_DEATH_S:g} s after it died)")
+                    f"{FREEZE_WINDOW_S:g} s after the hog holds (or {FREEZE_AFTER_DEATH_S:g} s after it died)"
+                    + (f"; the service's reads throttled to {self.read_mib_s} MiB/s (systemd's "
+                       f"IOReadBandwidthMax on its file's disk): slow storage" if self.read_mib_s else ""))
         if self.child_mib:
             return (f"a service forks a child every {STORM_INTERVAL_MS} ms that holds {self.child_mib} MiB, up to "
                     f"{HOG_CAP_SHARE:g}× MemTotal in all, beside the protected service; the job is dead when its "
@@ -217,6 +222,11 @@ SCENARIOS = {s.key: s for s in (
     # for this to be the freeze rather than a low-memory race).
     Scenario("freeze", "the freeze (mapped working set, anonymous hog holding)", 0,
              timeout_s=FREEZE_WINDOW_S + 60, leave_percent=13),
+    # The freeze on slow storage: the service reads its pages back no faster
+    # than a slow disk gives them (a laptop's, a throttled cloud volume's),
+    # so its refaults are few for the size of the cache.
+    Scenario("freeze-slow-disk", "the freeze on a slow disk (the service's reads at 8 MiB/s)", 0,
+             timeout_s=FREEZE_WINDOW_S + 60, leave_percent=13, read_mib_s=8),
     Scenario("healthy-stream", "healthy: a stream", 0, timeout_s=HEALTHY_WINDOW_S, healthy="stream"),
     # 40% left: the cache squeezed under half of memory, as the freeze's
     # detector gates want, with room for the stream's read-ahead.
@@ -1033,8 +1043,10 @@ class HostBench:
                         "--threads", str(FREEZE_THREADS)]
             else:
                 work = ["service", "--hold", str(SERVICE_HOLD_BYTES), "--file", self.service_file, "--direct"]
+            throttle = ([f"--property=IOReadBandwidthMax={self.freeze_file} {s.read_mib_s}M"]
+                        if s.read_mib_s else [])
             sh("systemd-run", "--quiet", f"--unit={svc}", "--property=Restart=no", "--property=Type=exec",
-               "--property=ManagedOOMPreference=avoid", f"--property=StandardOutput=file:{svc_out}",
+               "--property=ManagedOOMPreference=avoid", f"--property=StandardOutput=file:{svc_out}", *throttle,
                "--", sys.executable, "-S", WORKLOAD, *work, "--name", SERVICE_NAME, check=True)
             t_ready0 = time.monotonic()
             if not wait_for(lambda: "ready" in read(svc_out), FREEZE_READY_S if s.mapped else 60, 0.1):
@@ -1495,7 +1507,7 @@ def markdown(meta: dict, scens: list[dict], conts: list[dict], summary: dict) ->
                             healthy_rows(cell, [c["key"] for c in conts], labels), align="lllrrrrrrr")
             out.append("")
             continue
-        if s["key"] == "freeze":
+        if s["key"].startswith("freeze"):
             out += [FREEZE_TEXT, ""]
             out += md.table(["contender", "killed by", "right", "collapse", "kill", "relief", "collapse → relief",
                              "service after the collapse", "min MemAvailable %"],

@@ -73,7 +73,8 @@ def test_the_freeze_hog_leaves_its_share_available():
     assert hl.freeze_hog_bytes(total, total // 10, 13) == 0
     assert hl.freeze_hog_bytes(total, 10 * total, 13) == int(total * hl.HOG_CAP_SHARE)
     # the other scenarios are not freezes
-    assert [k for k, s in hl.SCENARIOS.items() if s.freeze] == ["freeze"]
+    assert [k for k, s in hl.SCENARIOS.items() if s.freeze] == ["freeze", "freeze-slow-disk"]
+    assert [k for k, s in hl.SCENARIOS.items() if s.read_mib_s] == ["freeze-slow-disk"]
 
 
 def _series(rates, step=0.1, start=-2.0):
