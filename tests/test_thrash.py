@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oomkiller import config as config_mod
 from oomkiller.config import ConfigError
@@ -309,6 +311,35 @@ def test_one_activated_segment_at_the_end_of_a_streams_episode_does_not_fire():
     f.activated = 0.0
     f.tick(14, 0.15, 5)
     assert "thrashing" not in f.states()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 0.199), st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=60))
+def test_under_the_refault_limit_only_a_second_of_activated_refaults_fires(segments):
+    """Refaults always under the 20%/s limit, each 100 ms segment with any
+    activated share and stall: a firing always has the activated refaults
+    of its whole sustain span at 1%/s of the cache or more, and the stall
+    at its limit; and without activations nothing ever starts."""
+    for host in (False, True):
+        f = Feed(activated=0.0, lru=100 * MIB)
+        f.host = host
+        f.tick(0, 0, 5)
+        marks = []                  # (t, activations) at each sample
+        for rate, share, stall in segments:
+            f.activated = share
+            fig = f.tick(rate, stall)
+            marks.append((f.t, f.activations))
+            if fig.firing:
+                assert not host, "a v1 domain's activations are the host's: no rate of its own"
+                t0, a0 = next(m for m in marks if f.t - m[0] <= 1_000_000)
+                back = [m for m in marks if f.t - m[0] >= 1_000_000]
+                if back:
+                    t0, a0 = back[-1]
+                rate_pm = (f.activations - a0) * 10_000 * 1_000_000 // ((f.t - t0) * (100 * MIB // 4096))
+                assert rate_pm >= 95, (rate_pm, fig.reason)
+                assert fig.stall_permyriad >= 1000
+        if all(share == 0 for _, share, _ in segments):
+            assert set(f.states()) == {"calm"}
 
 
 def test_a_cache_that_fills_the_domain_is_not_squeezed():
