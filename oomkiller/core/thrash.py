@@ -65,9 +65,10 @@ Signals, all from files the snapshot reads anyway:
 
 Counters lag: v1 memory cgroups (and v2 ones, between flushes) may show
 ``workingset_refault_file`` unchanged for up to two seconds while pages
-refault, then all of it at once. So a sample whose counter did not move at
-all says nothing (it neither starts nor ends an episode) until the counter
-has been still for ``STATS_LAG_USEC``; a sample whose counter moved, but
+refault, then all of it at once. So a sample whose counter did not move
+(or moved by fewer than ``MIN_SEGMENT_REFAULTS`` pages since the last
+segment) says nothing (it neither starts nor ends an episode) until that
+has lasted ``STATS_LAG_USEC``; a sample whose counter moved enough, but
 slower than the limit, ends the episode at once.
 
 An *episode* starts at the first sample whose refault rate (over the time
@@ -79,9 +80,11 @@ how fast a frozen service reads its pages back (the guest's freeze with
 MGLRU on: 4-25%/s of its cache, 20-50% of it activated), and a stream's
 activated refaults are 0 on any disk. Such an episode fires only if the
 activated refaults held that rate over the whole sustain span, and never
-on a v1 domain (the host's activations are no rate of the domain's). The detector *fires* on a
-sample that moved the counter at or above the limit once the episode has
-lasted ``sustain_usec``, with the stall share over the last
+on a v1 domain (the host's activations are no rate of the domain's).
+
+The detector *fires* on a sample that moved the counter at or above the
+limit (or its activated refaults at theirs) once the episode has lasted
+``sustain_usec``, with the stall share over the last
 ``sustain_usec`` at or above its limit (or free memory under the arm line):
 a burst shorter than the sustain never fires, nor does one that the counter
 shows only later in one jump, since PSI, which does not lag, shows the
