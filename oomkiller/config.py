@@ -385,6 +385,7 @@ class Config:
     # 15-25% of each second stalled; a stream through the cache twice the
     # arena's size 850-1,140%/s with up to 42% of a second stalled: the
     # cache's share of the domain (99% there, 12% frozen) tells them apart.
+    # A twentieth of it is the activated refaults' own limit (thrash.py).
     thrash_refault_limit_permyriad: int = 2000
     thrash_stall_limit_permyriad: int = 1000
     # A burst of refaults shorter than this never fires.
