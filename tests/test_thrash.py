@@ -313,6 +313,62 @@ def test_one_activated_segment_at_the_end_of_a_streams_episode_does_not_fire():
     assert "thrashing" not in f.states()
 
 
+def test_two_short_bursts_with_a_trickle_between_do_not_add_up():
+    """A burst of 0.2 s, a trickle of refaults for 1.7 s (too few pages to
+    end a segment), a burst of 0.1 s: the segment that ends at the second
+    burst spans the quiet gap, in which the domain did not stall, so the
+    episode starts over there rather than carrying the first burst's
+    onset. By the refault rate and by the activated path alike."""
+    for activated, rate_b in ((0.3, 0.6), (None, 14)):
+        f = Feed(activated=activated)
+        f.tick(0, 0, 5)
+        f.tick(14, 0.5, 2)
+        f.tick(0.005, 0.0, 17)
+        f.tick(rate_b, 1.0, 1)
+        f.tick(rate_b, 1.0, 3)
+        assert "thrashing" not in f.states(), (activated, f.figs[-1].reason)
+    # ... while a freeze whose counter shows late stalls through the gap
+    # and fires as before
+    g = Feed(activated=0.3)
+    g.tick(0, 0, 5)
+    g.tick(14, 0.3, 2)
+    g.tick(0.005, 0.3, 8)
+    g.tick(14, 0.3, 1)
+    assert g.figs[-1].firing
+
+
+def test_activations_count_no_more_than_the_refaults():
+    """MGLRU counts activations that are not refaults: a trickle of
+    refaults (0.6%/s of the cache) with three times as many activations
+    is not 1.8%/s of activated refaults."""
+    f = Feed(activated=3.0, lru=100 * MIB)
+    f.tick(0, 0, 5)
+    f.tick(0.006, 0.12, 40)
+    assert "thrashing" not in f.states()
+
+
+def test_the_activated_path_wants_memory_short_too():
+    """A user re-reading a file a little too big for their share of the
+    cache: every refault activated, 3%/s of the cache, stalled on them;
+    with 40% of the domain free that is not a freeze (with 8% free it
+    is)."""
+    roomy = Feed(activated=1.0, lru=100 * MIB, free=TOTAL * 40 // 100)
+    roomy.tick(0, 0, 5)
+    roomy.tick(0.03, 0.12, 30)
+    assert "thrashing" not in roomy.states()
+    short = Feed(activated=1.0, lru=100 * MIB)
+    short.tick(0, 0, 5)
+    short.tick(0.03, 0.12, 30)
+    assert "thrashing" in short.states()
+
+
+def test_the_activated_limit_follows_the_refault_limit_with_a_floor():
+    from oomkiller.core.thrash import activated_limit
+    assert activated_limit(LIMITS) == 100
+    assert activated_limit(ThrashLimits(refault_permyriad_per_s=10_000)) == 500
+    assert activated_limit(ThrashLimits(refault_permyriad_per_s=20)) == 10
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 0.199), st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=60))
 def test_under_the_refault_limit_only_a_second_of_activated_refaults_fires(segments):

@@ -79,8 +79,12 @@ or carries an episode too, whatever its refault rate: slow storage bounds
 how fast a frozen service reads its pages back (the guest's freeze with
 MGLRU on: 4-25%/s of its cache, 20-50% of it activated), and a stream's
 activated refaults are 0 on any disk. Such an episode fires only if the
-activated refaults held that rate over the whole sustain span, and never
-on a v1 domain (the host's activations are no rate of the domain's).
+activated refaults held that rate over the whole sustain span, with free
+memory at most ``MAX_FREE_ACTIVATED_PERMYRIAD`` of the domain, and never on
+a v1 domain (the host's activations are no rate of the domain's). A
+segment over a gap longer than half the sustain span, through which the
+domain stalled under the limit, starts the episode over: two short bursts
+with a quiet trickle between them are not one episode.
 
 The detector *fires* on a sample that moved the counter at or above the
 limit (or its activated refaults at theirs) once the episode has lasted
@@ -170,12 +174,22 @@ FALL_SPANS = 1
 # 20-50% of it activated (1-10%/s of the cache), and was not ended in 40 s.
 # A stream's activated refaults are 0, whatever its disk.
 ACTIVATED_LIMIT_DIVISOR = 20
+# ... never under 0.1%/s of the file cache, whatever the refault limit.
+MIN_ACTIVATED_LIMIT = 10
+
+# The activated refaults carry an episode by themselves only while free
+# memory is at most this share of the domain (permyriad): a working set
+# read back at 1%/s of the cache is cheap to make (a user re-reading a file
+# a little too big for its share of the cache activates every refault, and
+# stalls on them), so it counts only where memory is short as well. The
+# guest's slow-disk freezes held 11-14% free, the arena's freeze 7-13%.
+MAX_FREE_ACTIVATED_PERMYRIAD = 2500
 
 
 def activated_limit(limits: "ThrashLimits") -> int:
     """The activated refault rate (permyriad of the file LRU per second)
     that passes the working-set rule and carries an episode by itself."""
-    return max(1, limits.refault_permyriad_per_s // ACTIVATED_LIMIT_DIVISOR)
+    return max(MIN_ACTIVATED_LIMIT, limits.refault_permyriad_per_s // ACTIVATED_LIMIT_DIVISOR)
 
 
 @dataclass(frozen=True)
@@ -299,7 +313,13 @@ def activated_rate(start: ThrashSample, cur: ThrashSample) -> int | None:
     if min(start.activate_pages, cur.activate_pages) < 0 or dt <= 0:
         return None
     lru_pages = max(1, min(start.file_lru_bytes, cur.file_lru_bytes) // PAGE_BYTES)
-    return max(0, cur.activate_pages - start.activate_pages) * 10_000 * 1_000_000 // (dt * lru_pages)
+    n = max(0, cur.activate_pages - start.activate_pages)
+    if min(start.activate_of_pages, cur.activate_of_pages) >= 0:
+        # never more than the refaults they are a share of: MGLRU counts
+        # activations that are not refaults (seconds with more of them than
+        # refaults were seen in the guest)
+        n = min(n, max(0, cur.activate_of_pages - start.activate_of_pages))
+    return n * 10_000 * 1_000_000 // (dt * lru_pages)
 
 
 def _keep(recent: tuple[ThrashSample, ...], cur: ThrashSample, span_usec: int) -> tuple[ThrashSample, ...]:
@@ -345,13 +365,27 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         # domain's cache would be no rate of the domain's)
         last_act = 0 if snap.activations_host else activated_rate(base, cur) or 0
         moved = cur
-        if last_rate < limits.refault_permyriad_per_s and last_act < activated_limit(limits):
+        ram = snap.ram_total_bytes
+        if cur.free_bytes >= 0 and ram > 0 and cur.free_bytes * 10_000 // ram > MAX_FREE_ACTIVATED_PERMYRIAD:
+            last_act_counts = False
+        else:
+            last_act_counts = last_act >= activated_limit(limits)
+        if last_rate < limits.refault_permyriad_per_s and not last_act_counts:
             onset = None
         elif onset is None:
             # The episode starts here, not at the previous sample: a rate
             # over a long gap (a slow tick, a flush delay) may be one burst,
             # so later samples must show it goes on for the sustain span.
             onset = cur
+        elif cur.taken_usec - base.taken_usec > limits.sustain_usec // 2:
+            # A segment over a long gap (a flush delay, or a trickle of
+            # refaults too small to end one) carries the episode only if the
+            # domain stayed stalled through the gap: PSI does not lag, and a
+            # freeze whose counter shows late stalls all along. Otherwise two
+            # short bursts up to the flush delay apart would add up to one.
+            gap = stall_share(base, cur)
+            if gap is not None and gap < limits.stall_permyriad:
+                onset = cur
     elif cur.taken_usec - base.taken_usec >= STATS_LAG_USEC:
         # Still (or all but) for longer than any flush delay: nothing
         # refaults that counts.
@@ -402,8 +436,9 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     if st.last_rate_permyriad_per_s < limits.refault_permyriad_per_s:
         # Carried by the activated refaults alone (slow storage): over the
         # whole sustain span too, not only the segment, so that one segment
-        # of them at the end of a stream's long episode does not fire it.
-        if act_rate < act_limit:
+        # of them at the end of a stream's long episode does not fire it;
+        # and with free memory short (MAX_FREE_ACTIVATED_PERMYRIAD).
+        if act_rate < act_limit or free_pm > MAX_FREE_ACTIVATED_PERMYRIAD:
             return ThrashFigures("episode", **base)
         ws += f", {act_rate / 100:.1f}%/s of the file cache >= {act_limit / 100:g}%/s"
     elif activated is not None and activated < MIN_ACTIVATED_PERMYRIAD:
