@@ -218,6 +218,11 @@ def test_the_collector_runs_on_the_loop_while_calm_and_is_given_back_after(tmp_p
     seen = []
 
     def check(d) -> None:
+        # the loop has started (on a loaded machine its start-up may take
+        # longer than the first action's delay)
+        end = time.monotonic() + 10
+        while d.wakes < 1 and time.monotonic() < end:
+            time.sleep(0.01)
         seen.append((gc.isenabled(), d.gc_passes, sys.getswitchinterval()))
     assert gc.isenabled()
     switch = sys.getswitchinterval()
