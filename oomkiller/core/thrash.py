@@ -365,12 +365,8 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         # domain's cache would be no rate of the domain's)
         last_act = 0 if snap.activations_host else activated_rate(base, cur) or 0
         moved = cur
-        ram = snap.ram_total_bytes
-        if cur.free_bytes >= 0 and ram > 0 and cur.free_bytes * 10_000 // ram > MAX_FREE_ACTIVATED_PERMYRIAD:
-            last_act_counts = False
-        else:
-            last_act_counts = last_act >= activated_limit(limits)
-        if last_rate < limits.refault_permyriad_per_s and not last_act_counts:
+        act_counts = last_act >= activated_limit(limits) and free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
+        if last_rate < limits.refault_permyriad_per_s and not act_counts:
             onset = None
         elif onset is None:
             # The episode starts here, not at the previous sample: a rate
