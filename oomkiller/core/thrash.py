@@ -429,12 +429,15 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     whose = "the host's" if snap.activations_host else "them"
     ws = "" if activated is None else f"; {activated / 100:.1f}% of {whose} activated"
     act_limit = activated_limit(limits)
-    if st.last_rate_permyriad_per_s < limits.refault_permyriad_per_s:
+    # this fresh segment is under the refault limit: observe() kept the
+    # episode for its activated refaults, with free memory short
+    # (MAX_FREE_ACTIVATED_PERMYRIAD)
+    carried = st.last_rate_permyriad_per_s < limits.refault_permyriad_per_s
+    if carried:
         # Carried by the activated refaults alone (slow storage): over the
         # whole sustain span too, not only the segment, so that one segment
-        # of them at the end of a stream's long episode does not fire it;
-        # and with free memory short (MAX_FREE_ACTIVATED_PERMYRIAD).
-        if act_rate < act_limit or free_pm > MAX_FREE_ACTIVATED_PERMYRIAD:
+        # of them at the end of a stream's long episode does not fire it.
+        if act_rate < act_limit:
             return ThrashFigures("episode", **base)
         ws += f", {act_rate / 100:.1f}%/s of the file cache >= {act_limit / 100:g}%/s"
     elif activated is not None and activated < MIN_ACTIVATED_PERMYRIAD:
@@ -444,8 +447,7 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
             ws += f", free memory fell {fell / 100:.0f}% of the domain"
         else:
             return ThrashFigures("episode", **base)
-    over = ("" if st.last_rate_permyriad_per_s < limits.refault_permyriad_per_s
-            else f" >= {limits.refault_permyriad_per_s / 100:g}%/s")
+    over = "" if carried else f" >= {limits.refault_permyriad_per_s / 100:g}%/s"
     rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
             f"({cache_pm / 100:.0f}% of the domain{ws}){over} for {span // 1000} ms")
     if stall is not None:
