@@ -153,10 +153,41 @@ def _cgroup_of(pid: int) -> str:
 
 
 def _populated(cgroup: str) -> bool:
+    """Whether the cgroup holds a process; a cgroup removed, even between
+    the open and the read of its file (ENODEV), holds none."""
     try:
         return read_keyed(os.path.join(cgroup, "cgroup.events")).get("populated") == 1
-    except FileNotFoundError:
+    except OSError:
         return False
+
+
+def _pod_state(pod_cgroup: str, hog_cgroup: str, seen: dict, side: "Container", hog: "Container") -> str:
+    """What a failed wait for the kill says: the pod's and the hog's charge
+    and events, the hog's state, and the sidecar's last log lines."""
+    out = [f"watcher saw: { {k: v for k, v in seen.items() if k != 'peak'} }, peak {seen.get('peak', 0) >> 20} MiB"]
+    for cg in (pod_cgroup, hog_cgroup):
+        for name in ("memory.current", "memory.events", "memory.pressure", "memory.stat"):
+            try:
+                with open(os.path.join(cg, name)) as f:
+                    text = f.read()
+            except OSError as e:
+                text = repr(e)
+            if name == "memory.stat":
+                text = " ".join(ln for ln in text.splitlines()
+                                if ln.split(" ")[0] in ("anon", "file", "workingset_refault_file", "pgmajfault"))
+            out.append(f"{os.path.basename(cg)}/{name}: {' '.join(text.split())}")
+    try:
+        out.append(f"hog: {hog.inspect()['State']}")
+    except Exception as e:      # the diagnosis must not hide the failure
+        out.append(f"hog: {e!r}")
+    for what, argv in (("sidecar's last log lines", ("logs", "--tail", "40", side.name)),
+                       ("sidecar's last records", ("exec", side.name, "tail", "-n", "5", RECORDS))):
+        try:
+            p = podman(*argv, check=False, timeout=30)
+            out.append(f"{what}:\n" + (p.stdout + p.stderr)[-6000:])
+        except Exception as e:
+            out.append(f"{what}: {e!r}")
+    return "\n".join(out)
 
 
 def _read_int(path: str) -> int:
@@ -264,12 +295,21 @@ def test_sidecar_pod_kills_the_hogs_container_and_the_quiet_one_lives(sidecar_po
                 seen["empty"] = now
                 return
             time.sleep(0.005)
-    watcher = threading.Thread(target=watch, daemon=True)
+    def watching():
+        try:
+            watch()
+        except BaseException as e:      # said by the wait below, not lost in the thread
+            seen["error"] = e
+    watcher = threading.Thread(target=watching, daemon=True)
     watcher.start()
     try:
         t_go = time.monotonic()
         hog.exec("touch", GO_FILE)
-        wait_for(lambda: "empty" in seen, 120, "the hog's container to be empty", 0.1)
+        try:
+            wait_for(lambda: "empty" in seen or "error" in seen, 120, "the hog's container to be empty", 0.1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{_pod_state(pod_cgroup, hog_cgroup, seen, side, hog)}") from None
+        assert "error" not in seen, f"the watcher failed: {seen['error']!r}"
     finally:
         stop.set()
         watcher.join(5)
