@@ -30,6 +30,7 @@ from .config import SOURCES, Config
 from .control import ControlServer
 from .core import state as core
 from .core import thrash as thrash_core
+from .core.detect import DIRTY_HOLD_PERMYRIAD, waiting_on_disk
 from .core.thrash import ThrashFigures
 from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
@@ -1079,6 +1080,14 @@ class Daemon:
                 "limit_activated_rate_permyriad_per_s": thrash_core.activated_limit(core.thrash_limits(c)),
                 "fired": self.state.thrash.fired}
 
+    def pressure_data(self) -> dict[str, Any]:
+        """The pressure limit, and whether dirty pages hold it (core/detect.py)."""
+        snap = self.last_snapshot
+        return {"limit_permyriad": self.config.pressure_limit_permyriad,
+                "dirty_bytes": snap.dirty_bytes if snap is not None else -1,
+                "dirty_hold_permyriad": DIRTY_HOLD_PERMYRIAD,
+                "held_by_dirty": bool(snap is not None and waiting_on_disk(snap))}
+
     def swap_data(self) -> dict[str, Any]:
         """The swap counted in the domain's free and total memory (see domain.py)."""
         snap = self.last_snapshot
@@ -1140,7 +1149,8 @@ class Daemon:
                 "job_reads": self.job_reads(),
                 "sources": sources, "pid": self.self_pid,
                 "memory": {k.lower() + "_bytes": v for k, v in status_bytes().items()},
-                "pressure_file": self.domain.pressure_path, "thrash": self.thrash_data(self.last_thrash),
+                "pressure_file": self.domain.pressure_path, "pressure": self.pressure_data(),
+                "thrash": self.thrash_data(self.last_thrash),
                 "swap": self.swap_data(),
                 "other_oom_killers": self.other_oom_killers(),
                 "output": output}

@@ -53,7 +53,7 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
 # the other fifty lines are not parsed).
 REFAULT_KEYS = ("workingset_refault_file", "workingset_refault", "workingset_activate_file", "workingset_activate")
 MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)",
-                          "SwapTotal", "SwapFree"})
+                          "SwapTotal", "SwapFree", "Dirty", "Writeback"})
 
 # A swap area kept in memory, compressed (zram): /proc/swaps names its device
 _ZRAM = re.compile(r"/dev/(zram[0-9]+)")
@@ -194,9 +194,10 @@ class Domain:
             lru = mi.get("Active(file)", -1) + mi.get("Inactive(file)", 0) if "Active(file)" in mi else -1
             swap, swap_free = (host_swap, min(host_swap_free, host_swap)) if counted else (0, 0)
             refaults, activated = self._host_workingset()
+            dirty = mi.get("Dirty", 0) + mi.get("Writeback", 0) if "Dirty" in mi else -1
             return MemorySnapshot(self.name, total + swap, avail + swap_free, total - avail + swap - swap_free, 0,
                                   now_usec, full, some, refaults, lru, swap_free, swap, activate_file_pages=activated,
-                                  activate_of_pages=refaults)
+                                  activate_of_pages=refaults, dirty_bytes=dirty)
         try:
             limit, usage, stat = self.cgroupfs.memory(self.path, self._held.read if self._held else None)
             sw = self.cgroupfs.swap(self.path, stat, limit) if counted else None
@@ -221,9 +222,10 @@ class Domain:
             # refaults nobody activates to it; see core/thrash.py)
             of, activated = self._host_workingset()
             host = True
+        dirty = stat.get("dirty", 0) + stat.get("writeback", 0) if "dirty" in stat else -1
         return MemorySnapshot(self.name, limit + swap, free + swap_free, usage + swap_used, rec, now_usec, full,
                               some, refaults, lru, swap_free, swap, activate_file_pages=activated,
-                              activate_of_pages=of, activations_host=host)
+                              activate_of_pages=of, activations_host=host, dirty_bytes=dirty)
 
     def _swap_in_ram(self) -> tuple[int, int]:
         """The part of the host's swap (size, room) that is not memory to

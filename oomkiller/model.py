@@ -57,6 +57,9 @@ class MemorySnapshot:
     activate_file_pages: int = -1
     activate_of_pages: int = -1
     activations_host: bool = False
+    # file pages of the domain waiting for the disk: dirty and under
+    # writeback (the host's Dirty + Writeback), -1 if unknown
+    dirty_bytes: int = -1
 
     @property
     def ram_total_bytes(self) -> int:

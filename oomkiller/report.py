@@ -270,6 +270,25 @@ def swap_text(swap: dict[str, Any] | None) -> str:
     return "none for this domain"
 
 
+def pressure_text(p: dict[str, Any] | None, have_file: bool) -> str:
+    """The pressure limit's line of ``info``: the limit, and whether the
+    domain's dirty pages hold it (see core/detect.py)."""
+    if not p:
+        return "unknown"
+    limit = int(p.get("limit_permyriad") or 0)
+    if not limit:
+        return "off"
+    text = f"{limit / 100:g}% of full stall" + ("" if have_file else " (no pressure file: off)")
+    dirty = int(p.get("dirty_bytes", -1))
+    if dirty < 0:
+        return text
+    hold = int(p.get("dirty_hold_permyriad") or 0) / 100
+    if p.get("held_by_dirty"):
+        return f"{text}, held: {format_size(dirty)} dirty or under writeback >= {hold:g}% of the domain " \
+               "(the stall is the disk's)"
+    return f"{text}; {format_size(dirty)} dirty or under writeback (it holds at {hold:g}% of the domain)"
+
+
 def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
     """``oomkiller info`` as the seed's ``k oom info`` prints it, from the
     data ``info --json`` gives."""
@@ -286,6 +305,7 @@ def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:
              f"  dry run: {str(data['dry_run']).lower()}",
              "  pressure file: " + (printable(data["pressure_file"]) if data.get("pressure_file")
                                     else "none (no memory stall figures: the pressure limit is off)"),
+             "  pressure limit: " + pressure_text(data.get("pressure"), bool(data.get("pressure_file"))),
              "  thrash: " + thrash_text(data.get("thrash")),
              "  swap: " + swap_text(data.get("swap")),
              "  walks: " + walks_text(data.get("walk_listings")),

@@ -1,5 +1,9 @@
 from oomkiller.core.decide import decide
-from oomkiller.core.detect import SIMULATED_SHORTFALL_BYTES, detect
+import dataclasses
+
+from hypothesis import given, strategies as st
+
+from oomkiller.core.detect import DIRTY_HOLD_PERMYRIAD, SIMULATED_SHORTFALL_BYTES, detect, waiting_on_disk
 from oomkiller.model import MemorySnapshot
 
 
@@ -47,3 +51,33 @@ def test_pressure_limit_catches_thrashing_with_free_memory():
     assert not detect(too_close, 350, 900, pressure_ref=ref, pressure_limit_permyriad=10).low
     unknown = stalled(900, 3_000_000, -1)
     assert not detect(unknown, 350, 900, pressure_ref=ref, pressure_limit_permyriad=10).low
+
+
+def test_dirty_pages_hold_the_pressure_limit_but_not_the_redline():
+    """A writer on a slow disk: its reclaim waits for writeback, which the
+    kernel counts as memory stall; a kill would not shorten it."""
+    ref = stalled(500, 1_000_000, 5_000_000)
+    now = stalled(500, 3_000_000, 6_900_000)       # 95% stalled, half free
+    assert detect(now, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).low
+    held = dataclasses.replace(now, dirty_bytes=125)     # an eighth of the domain
+    assert not detect(held, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).low
+    under = dataclasses.replace(now, dirty_bytes=124)
+    assert detect(under, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).low
+    short = dataclasses.replace(held, free_bytes=300)
+    assert detect(short, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).reason == "free below redline"
+
+
+@given(total=st.integers(0, 1 << 50), swap=st.integers(0, 1 << 40), dirty=st.integers(-5, 1 << 50),
+       stall=st.integers(-1, 10 ** 7), span=st.integers(0, 10 ** 7))
+def test_the_dirty_hold_is_exactly_an_eighth_of_the_memory_and_never_raises(total, swap, dirty, stall, span):
+    swap = min(swap, total)
+    snap = MemorySnapshot("d", total, total, 0, 0, 1 + span, stall, swap_total_bytes=swap, dirty_bytes=dirty)
+    ram = total - swap
+    held = waiting_on_disk(snap)
+    assert held == (dirty >= 0 and ram > 0 and dirty * 10000 >= ram * DIRTY_HOLD_PERMYRIAD)
+    ref = MemorySnapshot("d", total, total, 0, 0, 1, 0)
+    d = detect(snap, 0, None, pressure_ref=ref, pressure_limit_permyriad=1)
+    if held:
+        assert not d.low
+    else:
+        assert d.low == (span >= 500_000 and stall > 0 and stall * 10000 // span >= 1)

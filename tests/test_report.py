@@ -119,3 +119,14 @@ def test_rank_lines_escape_what_a_cgroup_owner_named():
                   reasons=("user.oomd_omit of 'a\nforged line' ignored",))
     out = report.format_ranking(Ranking((c,)))
     assert len(out.splitlines()) == 1 and "\\n" in out
+
+
+def test_the_pressure_limit_line_says_when_dirty_pages_hold_it():
+    base = {"limit_permyriad": 6000, "dirty_hold_permyriad": 1250}
+    assert report.pressure_text(dict(base, dirty_bytes=200 << 20, held_by_dirty=True), True) == \
+        "60% of full stall, held: 200M dirty or under writeback >= 12.5% of the domain (the stall is the disk's)"
+    assert report.pressure_text(dict(base, dirty_bytes=1 << 20, held_by_dirty=False), True) == \
+        "60% of full stall; 1M dirty or under writeback (it holds at 12.5% of the domain)"
+    assert report.pressure_text(dict(base, dirty_bytes=-1), False) == "60% of full stall (no pressure file: off)"
+    assert report.pressure_text(dict(base, limit_permyriad=0), True) == "off"
+    assert report.pressure_text(None, True) == "unknown"

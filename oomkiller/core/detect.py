@@ -7,7 +7,13 @@ Three lines, any of which makes the domain low:
 * the pressure limit: the share of time every task of the domain was stalled
   on memory ("full" PSI) since a reference snapshot at least
   ``MIN_PRESSURE_SPAN_USEC`` old. This catches thrashing, where file cache
-  keeps "free" looking healthy while nothing gets done.
+  keeps "free" looking healthy while nothing gets done. It holds while the
+  domain's dirty and writeback pages are ``DIRTY_HOLD_PERMYRIAD`` of its
+  memory or more: then the stall is reclaim waiting for the disk, which a
+  kill does not shorten (a killed writer's dirty pages stay charged until
+  written). A writer alone in a v1 memory cgroup on a disk writing 4 MB/s
+  was "full" stalled 65-99% there, with half the cgroup free, and was
+  killed; the redline and the thrash detector still apply.
 """
 from __future__ import annotations
 
@@ -21,6 +27,18 @@ SIMULATED_SHORTFALL_BYTES = 512 * 1024
 
 # A stall share over less than half a second is noise: one long reclaim.
 MIN_PRESSURE_SPAN_USEC = 500_000
+
+# Dirty and writeback pages at this share of the domain's memory (in 1/10000)
+# or more hold the pressure limit (module docstring): an eighth. A host's
+# writers may dirty up to the kernel's default dirty_ratio, 20% of what is
+# available; a freeze's cache is clean pages read back, far under it.
+DIRTY_HOLD_PERMYRIAD = 1250
+
+
+def waiting_on_disk(snap: MemorySnapshot) -> bool:
+    """Whether the domain's dirty and writeback pages hold the pressure limit."""
+    ram = snap.ram_total_bytes
+    return snap.dirty_bytes >= 0 and ram > 0 and snap.dirty_bytes * 10000 >= ram * DIRTY_HOLD_PERMYRIAD
 
 
 def stall_permyriad(snap: MemorySnapshot, ref: MemorySnapshot | None) -> int | None:
@@ -42,7 +60,7 @@ def detect(snap: MemorySnapshot, redline_bytes: int, prev_free_bytes: int | None
                          reason="free below redline")
     if thrash is not None and thrash.firing:
         return Detection(True, 0, snap.free_bytes, delta, reason=thrash.reason)
-    if pressure_limit_permyriad:
+    if pressure_limit_permyriad and not waiting_on_disk(snap):
         share = stall_permyriad(snap, pressure_ref)
         if share is not None and share >= pressure_limit_permyriad:
             return Detection(True, 0, snap.free_bytes, delta,
