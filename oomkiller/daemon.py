@@ -180,6 +180,7 @@ class Daemon:
         self.keep_out = self.cgroupfs.keep_out((1, self.self_pid))
         self.last_snapshot: MemorySnapshot | None = None
         self.last_thrash: ThrashFigures | None = None
+        self._pressure_held = False     # the pressure limit held by dirty pages, said once per episode
         # the latest listing of every job: (when, jobs, the free memory it
         # saw, the cgroupfs listing kept for it); and how walks got theirs
         self._listed: tuple[int, list[Job], int | None, object] | None = None
@@ -685,6 +686,10 @@ class Daemon:
         if res.lowmem_consumed:
             self.simulate_lowmem = False
         det = res.detection
+        if det.held and not self._pressure_held:
+            log.warning("OOM: %s: the stall is reclaim waiting for the disk, which no kill shortens; "
+                        "no kill for it", det.held)
+        self._pressure_held = bool(det.held)
         level = logging.INFO if self.printing else logging.DEBUG
         if log.isEnabledFor(level):     # the line is not made on every tick for nothing
             log.log(level, report.free_line(snap, det.delta_bytes))

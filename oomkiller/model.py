@@ -284,6 +284,8 @@ class Detection:
     delta_bytes: int
     simulated: bool = False
     reason: str = ""
+    # the pressure limit would have fired but dirty pages held it: why
+    held: str = ""
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,9 @@ def pressure_text(p: dict[str, Any] | None, have_file: bool) -> str:
     limit = int(p.get("limit_permyriad") or 0)
     if not limit:
         return "off"
-    text = f"{limit / 100:g}% of full stall" + ("" if have_file else " (no pressure file: off)")
+    text = f"{limit / 100:g}% of full stall"
+    if not have_file:
+        return text + " (no pressure file: off)"
     dirty = int(p.get("dirty_bytes", -1))
     if dirty < 0:
         return text
@@ -286,7 +288,8 @@ def pressure_text(p: dict[str, Any] | None, have_file: bool) -> str:
     if p.get("held_by_dirty"):
         return f"{text}, held: {format_size(dirty)} dirty or under writeback >= {hold:g}% of the domain " \
                "(the stall is the disk's)"
-    return f"{text}; {format_size(dirty)} dirty or under writeback (it holds at {hold:g}% of the domain)"
+    return f"{text}; {format_size(dirty)} dirty or under writeback (it holds at {hold:g}% of the domain, " \
+           "with at most half of it not file cache)"
 
 
 def info_text(data: dict[str, Any], own_memory: dict[str, int]) -> str:

@@ -57,27 +57,57 @@ def test_dirty_pages_hold_the_pressure_limit_but_not_the_redline():
     """A writer on a slow disk: its reclaim waits for writeback, which the
     kernel counts as memory stall; a kill would not shorten it."""
     ref = stalled(500, 1_000_000, 5_000_000)
-    now = stalled(500, 3_000_000, 6_900_000)       # 95% stalled, half free
-    assert detect(now, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).low
+    now = dataclasses.replace(stalled(500, 3_000_000, 6_900_000), file_lru_bytes=480)   # 95% stalled, half free
+    d = detect(now, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000)
+    assert (d.low, d.held) == (True, "")
     held = dataclasses.replace(now, dirty_bytes=125)     # an eighth of the domain
-    assert not detect(held, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).low
+    d = detect(held, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000)
+    assert not d.low
+    assert d.held == "memory stall 95.0% >= 60%, held: 125 bytes dirty or under writeback of 1000"
     under = dataclasses.replace(now, dirty_bytes=124)
     assert detect(under, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).low
+    # no file LRU figure: nothing says the rest is file cache, so no hold
+    assert detect(dataclasses.replace(held, file_lru_bytes=-1), 350, 500, pressure_ref=ref,
+                  pressure_limit_permyriad=6000).low
     short = dataclasses.replace(held, free_bytes=300)
     assert detect(short, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).reason == "free below redline"
+    # under the limit: nothing to hold, nothing said
+    calm = dataclasses.replace(held, full_stall_usec=5_100_000)
+    assert detect(calm, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).held == ""
 
 
-@given(total=st.integers(0, 1 << 50), swap=st.integers(0, 1 << 40), dirty=st.integers(-5, 1 << 50),
+def test_dirty_pages_beside_a_freeze_hold_nothing():
+    """The freeze: most of the domain is memory reclaim cannot take (a hog's
+    anonymous pages, or what swap thrashes on); a writer's dirty pages
+    beside it do not make the stall the disk's."""
+    ref = stalled(150, 1_000_000, 5_000_000)
+    hog = MemorySnapshot("d", 1000, 150, 850, 100, 3_000_000, 6_900_000, file_lru_bytes=300, dirty_bytes=200)
+    assert not waiting_on_disk(hog)             # 550 of 1000 is not file cache
+    assert detect(hog, 50, 150, pressure_ref=ref, pressure_limit_permyriad=6000).low
+    # swap in use counts as not memory: 2000 of swap, 1500 of it used, in the domain's figures
+    swapping = MemorySnapshot("d", 3000, 650, 2350, 100, 3_000_000, 6_900_000, file_lru_bytes=300,
+                              swap_free_bytes=500, swap_total_bytes=2000, dirty_bytes=200)
+    assert not waiting_on_disk(swapping)        # 850 - 300 = 550 of 1000
+    assert waiting_on_disk(dataclasses.replace(swapping, used_bytes=2300))     # 500: half
+
+
+@given(total=st.integers(0, 1 << 50), swap=st.integers(0, 1 << 40), used=st.integers(0, 1 << 50),
+       lru=st.integers(-1, 1 << 50), dirty=st.integers(-5, 1 << 50),
        stall=st.integers(-1, 10 ** 7), span=st.integers(0, 10 ** 7))
-def test_the_dirty_hold_is_exactly_an_eighth_of_the_memory_and_never_raises(total, swap, dirty, stall, span):
+def test_a_held_pressure_limit_never_fires_and_dirty_pages_only_ever_hold_it(total, swap, used, lru, dirty,
+                                                                            stall, span):
     swap = min(swap, total)
-    snap = MemorySnapshot("d", total, total, 0, 0, 1 + span, stall, swap_total_bytes=swap, dirty_bytes=dirty)
-    ram = total - swap
-    held = waiting_on_disk(snap)
-    assert held == (dirty >= 0 and ram > 0 and dirty * 10000 >= ram * DIRTY_HOLD_PERMYRIAD)
+    snap = MemorySnapshot("d", total, total, used, 0, 1 + span, stall, file_lru_bytes=lru,
+                          swap_total_bytes=swap, swap_free_bytes=swap, dirty_bytes=dirty)
     ref = MemorySnapshot("d", total, total, 0, 0, 1, 0)
+    fires = span >= 500_000 and stall > 0 and stall * 10000 // span >= 1
     d = detect(snap, 0, None, pressure_ref=ref, pressure_limit_permyriad=1)
+    held = waiting_on_disk(snap)
     if held:
-        assert not d.low
-    else:
-        assert d.low == (span >= 500_000 and stall > 0 and stall * 10000 // span >= 1)
+        # never an eighth less than the memory, nor with over half of it not file cache
+        assert dirty * 8 >= total - swap and (used - lru) * 2 <= total - swap
+    assert d.low == (fires and not held)
+    assert bool(d.held) == (fires and held)
+    # more dirty pages never lift a hold; none (unknown, or 0) never holds
+    assert not held or waiting_on_disk(dataclasses.replace(snap, dirty_bytes=dirty + 1 + dirty // 3))
+    assert not waiting_on_disk(dataclasses.replace(snap, dirty_bytes=-1))

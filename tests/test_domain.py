@@ -34,7 +34,7 @@ def test_a_cgroup_full_of_dirty_cache_is_not_short(proc_tree, v1_tree):
     v1_tree.cgroup("build", memory__limit_in_bytes=f"{256 * MiB}\n", memory__usage_in_bytes=f"{255 * MiB}\n",
                    memory__stat=(f"hierarchical_memory_limit {256 * MiB}\ntotal_inactive_file {204 * MiB}\n"
                                  f"total_active_file {34 * MiB}\ntotal_dirty {174 * MiB}\n"
-                                 f"total_writeback {64 * MiB}\ntotal_rss {8 * MiB}\n"))
+                                 f"total_writeback {64 * MiB}\ntotal_rss {8 * MiB}\ndirty 0\nwriteback 0\n"))
     s = _domain(proc_tree, v1_tree, "build").snapshot(0)
     assert s.reclaimable_bytes == (204 + 17) * MiB
     assert s.free_bytes == 256 * MiB - (255 - 221) * MiB
@@ -47,6 +47,9 @@ def test_dirty_pages_of_v2_cgroups_and_of_the_host(proc_tree, v2_tree):
     v2_tree.cgroup("box", memory__max=f"{64 * MiB}\n", memory__current=f"{MiB}\n",
                    memory__stat="anon 1\nfile_dirty 3000\nfile_writeback 1000\n")
     assert _domain(proc_tree, v2_tree, "box").snapshot(1).dirty_bytes == 4000
+    # a kernel whose memory.stat has no file_dirty: none dirty, which holds nothing
+    v2_tree.cgroup("old", memory__max=f"{64 * MiB}\n", memory__current=f"{MiB}\n", memory__stat="anon 1\n")
+    assert _domain(proc_tree, v2_tree, "old").snapshot(1).dirty_bytes == 0
     # no Dirty line (a fake or an odd kernel): unknown, which holds nothing
     assert _domain(proc_tree, v2_tree, "host").snapshot(1).dirty_bytes == -1
     with open(proc_tree.root / "meminfo", "a") as f:

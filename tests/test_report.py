@@ -126,7 +126,11 @@ def test_the_pressure_limit_line_says_when_dirty_pages_hold_it():
     assert report.pressure_text(dict(base, dirty_bytes=200 << 20, held_by_dirty=True), True) == \
         "60% of full stall, held: 200M dirty or under writeback >= 12.5% of the domain (the stall is the disk's)"
     assert report.pressure_text(dict(base, dirty_bytes=1 << 20, held_by_dirty=False), True) == \
-        "60% of full stall; 1M dirty or under writeback (it holds at 12.5% of the domain)"
-    assert report.pressure_text(dict(base, dirty_bytes=-1), False) == "60% of full stall (no pressure file: off)"
+        "60% of full stall; 1M dirty or under writeback (it holds at 12.5% of the domain, " \
+        "with at most half of it not file cache)"
+    # no pressure file: off, whatever the dirty pages
+    assert report.pressure_text(dict(base, dirty_bytes=200 << 20, held_by_dirty=True), False) == \
+        "60% of full stall (no pressure file: off)"
+    assert report.pressure_text(dict(base, dirty_bytes=-1), True) == "60% of full stall"
     assert report.pressure_text(dict(base, limit_permyriad=0), True) == "off"
     assert report.pressure_text(None, True) == "unknown"

@@ -9,11 +9,16 @@ Three lines, any of which makes the domain low:
   ``MIN_PRESSURE_SPAN_USEC`` old. This catches thrashing, where file cache
   keeps "free" looking healthy while nothing gets done. It holds while the
   domain's dirty and writeback pages are ``DIRTY_HOLD_PERMYRIAD`` of its
-  memory or more: then the stall is reclaim waiting for the disk, which a
-  kill does not shorten (a killed writer's dirty pages stay charged until
-  written). A writer alone in a v1 memory cgroup on a disk writing 4 MB/s
-  was "full" stalled 65-99% there, with half the cgroup free, and was
-  killed; the redline and the thrash detector still apply.
+  memory or more and the rest of its memory, all but the file cache, is at
+  most half (``waiting_on_disk``): then the stall is reclaim waiting for the
+  disk, which a kill does not shorten (a killed writer's dirty pages stay
+  charged until written). A writer alone in a v1 memory cgroup on a disk
+  writing 4 MB/s was "full" stalled 65-99% there, with half the cgroup free
+  (and 4% of it not file cache), and was killed. A freeze is memory held by
+  something reclaim cannot take (anonymous pages, or pages swap thrashes
+  on): more than half, so dirty pages beside it hold nothing. Since free
+  memory counts dirty pages as reclaimable, the redline seldom fires while
+  the limit holds; the thrash detector and the pre-armed kill still act.
 """
 from __future__ import annotations
 
@@ -36,9 +41,14 @@ DIRTY_HOLD_PERMYRIAD = 1250
 
 
 def waiting_on_disk(snap: MemorySnapshot) -> bool:
-    """Whether the domain's dirty and writeback pages hold the pressure limit."""
+    """Whether the domain's dirty and writeback pages hold the pressure
+    limit: an eighth of its memory or more, and what is not file cache at
+    most half of it (module docstring). Unknown figures hold nothing."""
     ram = snap.ram_total_bytes
-    return snap.dirty_bytes >= 0 and ram > 0 and snap.dirty_bytes * 10000 >= ram * DIRTY_HOLD_PERMYRIAD
+    if snap.dirty_bytes < 0 or snap.file_lru_bytes < 0 or ram <= 0:
+        return False
+    not_file = snap.used_bytes - (snap.swap_total_bytes - snap.swap_free_bytes) - snap.file_lru_bytes
+    return snap.dirty_bytes * 10000 >= ram * DIRTY_HOLD_PERMYRIAD and not_file * 2 <= ram
 
 
 def stall_permyriad(snap: MemorySnapshot, ref: MemorySnapshot | None) -> int | None:
@@ -60,12 +70,15 @@ def detect(snap: MemorySnapshot, redline_bytes: int, prev_free_bytes: int | None
                          reason="free below redline")
     if thrash is not None and thrash.firing:
         return Detection(True, 0, snap.free_bytes, delta, reason=thrash.reason)
-    if pressure_limit_permyriad and not waiting_on_disk(snap):
+    held = ""
+    if pressure_limit_permyriad:
         share = stall_permyriad(snap, pressure_ref)
         if share is not None and share >= pressure_limit_permyriad:
-            return Detection(True, 0, snap.free_bytes, delta,
-                             reason=f"memory stall {share / 100:.1f}% >= {pressure_limit_permyriad / 100:g}%")
+            why = f"memory stall {share / 100:.1f}% >= {pressure_limit_permyriad / 100:g}%"
+            if not waiting_on_disk(snap):
+                return Detection(True, 0, snap.free_bytes, delta, reason=why)
+            held = f"{why}, held: {snap.dirty_bytes} bytes dirty or under writeback of {snap.ram_total_bytes}"
     if simulate_lowmem:
         return Detection(True, SIMULATED_SHORTFALL_BYTES, snap.free_bytes, delta, simulated=True,
-                         reason="simulated lowmem")
-    return Detection(False, 0, snap.free_bytes, delta)
+                         reason="simulated lowmem", held=held)
+    return Detection(False, 0, snap.free_bytes, delta, held=held)
