@@ -43,9 +43,12 @@ def test_redline_kills_the_growing_job_before_the_kernel(arena, daemon):
     assert rec["victim"]["job"] == "hog" and rec["attempts"][0]["pids"] == [grower.pid]
     assert rec["attempts"][0]["signal_to_empty_usec"] > 0 and rec["freed_bytes"] > 64 << 20
     assert [c["job"] for c in rec["ranking"]] == ["hog", "svc"] and rec["ranking"][1]["killable"] is False
-    err = d.stderr()
+    # the log is written off the loop: its walk lines may come after the record
+    kill_line = f"OOM:   *KILL* job {os.stat(hog.path).st_ino:6d} 'hog'"
+    err = wait_for(lambda: (lambda e: e if kill_line in e and "OOM:        = " in e else None)(d.stderr()), 5,
+                   "the walk in the log")
     assert "OOM: Finding a job to kill..." in err
-    assert f"OOM:   *KILL* job {os.stat(hog.path).st_ino:6d} 'hog'" in err
+    assert kill_line in err
     assert f"OOM:        + proc {grower.pid:5d}  run 'python" in err
     assert "OOM:        = 1 running procs (1 total), 0 jobs" in err
     assert d.stop() == 0
