@@ -376,6 +376,11 @@ class Config:
     # of the time ("full" PSI) over the last few seconds: thrashing, where file
     # cache keeps "free" looking fine. systemd-oomd's default limit is 60%.
     pressure_limit_permyriad: int = 6000
+    # The pressure limit holds while this share of the domain's memory (or
+    # more) is dirty or under writeback and at most half of it is not file
+    # cache (core/detect.py): that stall is reclaim waiting for the disk,
+    # which no kill shortens. 0 never holds it.
+    pressure_dirty_hold_permyriad: int = 1250
     # Thrashing (core/thrash.py): low when file pages refault at this rate
     # per second, as a share of the file cache (active + inactive file), for
     # thrash_sustain_ms, while some task of the domain is stalled on memory
@@ -463,7 +468,7 @@ class Config:
                 v = str(v)
             elif isinstance(v, tuple):
                 v = list(v)
-            elif name in ("pressure_limit_permyriad", "thrash_refault_limit_permyriad",
+            elif name in ("pressure_limit_permyriad", "pressure_dirty_hold_permyriad", "thrash_refault_limit_permyriad",
                           "thrash_stall_limit_permyriad"):
                 v = f"{v / 100:g}%"
             out[key] = v
@@ -580,6 +585,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "json_log": ("json_log", _log_path),
     "sources": ("sources", _sources),
     "pressure_limit": ("pressure_limit_permyriad", _percent),
+    "pressure_dirty_hold": ("pressure_dirty_hold_permyriad", _percent),
     "thrash_refault_limit": ("thrash_refault_limit_permyriad", _refault_rate),
     "thrash_stall_limit": ("thrash_stall_limit_permyriad", _percent),
     # Under 250 ms a single read-around burst would pass; over a minute the

@@ -30,7 +30,7 @@ from .config import SOURCES, Config
 from .control import ControlServer
 from .core import state as core
 from .core import thrash as thrash_core
-from .core.detect import DIRTY_HOLD_PERMYRIAD, waiting_on_disk
+from .core.detect import waiting_on_disk
 from .core.thrash import ThrashFigures
 from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
@@ -1088,10 +1088,11 @@ class Daemon:
     def pressure_data(self) -> dict[str, Any]:
         """The pressure limit, and whether dirty pages hold it (core/detect.py)."""
         snap = self.last_snapshot
+        hold = self.config.pressure_dirty_hold_permyriad
         return {"limit_permyriad": self.config.pressure_limit_permyriad,
                 "dirty_bytes": snap.dirty_bytes if snap is not None else -1,
-                "dirty_hold_permyriad": DIRTY_HOLD_PERMYRIAD,
-                "held_by_dirty": bool(snap is not None and waiting_on_disk(snap))}
+                "dirty_hold_permyriad": hold,
+                "held_by_dirty": bool(snap is not None and waiting_on_disk(snap, hold))}
 
     def swap_data(self) -> dict[str, Any]:
         """The swap counted in the domain's free and total memory (see domain.py)."""

@@ -282,6 +282,8 @@ def pressure_text(p: dict[str, Any] | None, have_file: bool) -> str:
     if not have_file:
         return text + " (no pressure file: off)"
     dirty = int(p.get("dirty_bytes", -1))
+    if not p.get("dirty_hold_permyriad"):
+        return text + "; dirty pages never hold it (pressure_dirty_hold 0)"
     if dirty < 0:
         return text
     hold = int(p.get("dirty_hold_permyriad") or 0) / 100

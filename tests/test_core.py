@@ -1,7 +1,10 @@
 from oomkiller.core.decide import decide
 import dataclasses
 
+import pytest
 from hypothesis import given, strategies as st
+
+from oomkiller import config as config_mod
 
 from oomkiller.core.detect import DIRTY_HOLD_PERMYRIAD, SIMULATED_SHORTFALL_BYTES, detect, waiting_on_disk
 from oomkiller.model import MemorySnapshot
@@ -74,6 +77,22 @@ def test_dirty_pages_hold_the_pressure_limit_but_not_the_redline():
     # under the limit: nothing to hold, nothing said
     calm = dataclasses.replace(held, full_stall_usec=5_100_000)
     assert detect(calm, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000).held == ""
+
+
+def test_the_dirty_hold_follows_its_setting_and_0_never_holds():
+    ref = stalled(500, 1_000_000, 5_000_000)
+    now = dataclasses.replace(stalled(500, 3_000_000, 6_900_000), file_lru_bytes=480, dirty_bytes=200)
+    for hold, low in ((0, True), (1250, False), (2000, False), (2001, True), (10000, True)):
+        d = detect(now, 350, 500, pressure_ref=ref, pressure_limit_permyriad=6000, dirty_hold_permyriad=hold)
+        assert (d.low, bool(d.held)) == (low, not low), hold
+        assert waiting_on_disk(now, hold) == (not low)
+    assert config_mod.load().pressure_dirty_hold_permyriad == 1250
+    c = config_mod.load(cli={"pressure_dirty_hold": "20%"})
+    assert c.pressure_dirty_hold_permyriad == 2000 and c.describe()["pressure_dirty_hold"] == "20%"
+    assert config_mod.load(cli={"pressure_dirty_hold": "0"}).pressure_dirty_hold_permyriad == 0
+    for bad in ("101%", "-1%", "12.5", "lots"):
+        with pytest.raises(config_mod.ConfigError, match="pressure_dirty_hold"):
+            config_mod.load(cli={"pressure_dirty_hold": bad})
 
 
 def test_dirty_pages_beside_a_freeze_hold_nothing():

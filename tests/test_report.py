@@ -134,3 +134,5 @@ def test_the_pressure_limit_line_says_when_dirty_pages_hold_it():
     assert report.pressure_text(dict(base, dirty_bytes=-1), True) == "60% of full stall"
     assert report.pressure_text(dict(base, limit_permyriad=0), True) == "off"
     assert report.pressure_text(None, True) == "unknown"
+    assert report.pressure_text(dict(base, dirty_hold_permyriad=0, dirty_bytes=200 << 20), True) == \
+        "60% of full stall; dirty pages never hold it (pressure_dirty_hold 0)"

@@ -8,8 +8,8 @@ Three lines, any of which makes the domain low:
   on memory ("full" PSI) since a reference snapshot at least
   ``MIN_PRESSURE_SPAN_USEC`` old. This catches thrashing, where file cache
   keeps "free" looking healthy while nothing gets done. It holds while the
-  domain's dirty and writeback pages are ``DIRTY_HOLD_PERMYRIAD`` of its
-  memory or more and the rest of its memory, all but the file cache, is at
+  domain's dirty and writeback pages are ``dirty_hold_permyriad`` of its
+  memory or more (the config's ``pressure_dirty_hold``, an eighth by default) and the rest of its memory, all but the file cache, is at
   most half (``waiting_on_disk``): then the stall is reclaim waiting for the
   disk, which a kill does not shorten (a killed writer's dirty pages stay
   charged until written). A writer alone in a v1 memory cgroup on a disk
@@ -40,15 +40,17 @@ MIN_PRESSURE_SPAN_USEC = 500_000
 DIRTY_HOLD_PERMYRIAD = 1250
 
 
-def waiting_on_disk(snap: MemorySnapshot) -> bool:
+def waiting_on_disk(snap: MemorySnapshot, hold_permyriad: int = DIRTY_HOLD_PERMYRIAD) -> bool:
     """Whether the domain's dirty and writeback pages hold the pressure
-    limit: an eighth of its memory or more, and what is not file cache at
-    most half of it (module docstring). Unknown figures hold nothing."""
+    limit: ``hold_permyriad`` of its memory or more (the config's
+    ``pressure_dirty_hold``, an eighth by default; 0 never holds), and what
+    is not file cache at most half of it (module docstring). Unknown figures
+    hold nothing."""
     ram = snap.ram_total_bytes
-    if snap.dirty_bytes < 0 or snap.file_lru_bytes < 0 or ram <= 0:
+    if hold_permyriad <= 0 or snap.dirty_bytes < 0 or snap.file_lru_bytes < 0 or ram <= 0:
         return False
     not_file = snap.used_bytes - (snap.swap_total_bytes - snap.swap_free_bytes) - snap.file_lru_bytes
-    return snap.dirty_bytes * 10000 >= ram * DIRTY_HOLD_PERMYRIAD and not_file * 2 <= ram
+    return snap.dirty_bytes * 10000 >= ram * hold_permyriad and not_file * 2 <= ram
 
 
 def stall_permyriad(snap: MemorySnapshot, ref: MemorySnapshot | None) -> int | None:
@@ -63,7 +65,8 @@ def stall_permyriad(snap: MemorySnapshot, ref: MemorySnapshot | None) -> int | N
 
 def detect(snap: MemorySnapshot, redline_bytes: int, prev_free_bytes: int | None,
            simulate_lowmem: bool = False, *, pressure_ref: MemorySnapshot | None = None,
-           pressure_limit_permyriad: int = 0, thrash: ThrashFigures | None = None) -> Detection:
+           pressure_limit_permyriad: int = 0, thrash: ThrashFigures | None = None,
+           dirty_hold_permyriad: int = DIRTY_HOLD_PERMYRIAD) -> Detection:
     delta = 0 if prev_free_bytes is None else snap.free_bytes - prev_free_bytes
     if snap.free_bytes < redline_bytes:
         return Detection(True, redline_bytes - snap.free_bytes, snap.free_bytes, delta,
@@ -75,7 +78,7 @@ def detect(snap: MemorySnapshot, redline_bytes: int, prev_free_bytes: int | None
         share = stall_permyriad(snap, pressure_ref)
         if share is not None and share >= pressure_limit_permyriad:
             why = f"memory stall {share / 100:.1f}% >= {pressure_limit_permyriad / 100:g}%"
-            if not waiting_on_disk(snap):
+            if not waiting_on_disk(snap, dirty_hold_permyriad):
                 return Detection(True, 0, snap.free_bytes, delta, reason=why)
             held = f"{why}, held: {snap.dirty_bytes} bytes dirty or under writeback of {snap.ram_total_bytes}"
     if simulate_lowmem:

@@ -248,7 +248,8 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Ran
     history = _pressure_history(state.history, snap)
     thrash_state, thrash = observe(state.thrash, snap, thrash_limits(config), config.arm_line_bytes(snap.total_bytes))
     det = detect(snap, redline, state.prev_free_bytes, wake.lowmem, pressure_ref=history[0],
-                 pressure_limit_permyriad=config.pressure_limit_permyriad, thrash=thrash)
+                 pressure_limit_permyriad=config.pressure_limit_permyriad, thrash=thrash,
+                 dirty_hold_permyriad=config.pressure_dirty_hold_permyriad)
     s = dataclasses.replace(state, prev_free_bytes=snap.free_bytes, history=history, thrash=thrash_state)
     actions: list[Action] = []
     policy = policy_for(config, os.getpid() if self_pid is None else self_pid)
