@@ -194,8 +194,11 @@ class RunningDaemon(Running):
         src = self._info.get("sources", {})
         out = {"sources": src, "sources_live": sorted(k for k, v in src.items() if v.get("state") == "live"),
                "start_s": round(self.start_s, 3), "argv": self.argv[1:]}
+        err = self.stderr()
+        # episodes in which dirty pages held the pressure limit (core/detect.py)
+        out["pressure_held"] = err.count("the stall is reclaim waiting for the disk")
         if self.p.poll() is not None:
-            out["stderr_tail"] = self.stderr().splitlines()[-20:]
+            out["stderr_tail"] = err.splitlines()[-20:]
         return out
 
     def kills(self, job_of_comm) -> list[Kill]:

@@ -12,6 +12,7 @@ The timeline of a run, all on CLOCK_MONOTONIC:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from . import measure, scenarios, throughput
 from .arena import Arena
 from .contenders import Contender, Kill, RunEnv
 from .scenarios import Cell, Launch
+from .slowdisk import SlowDisk
 from .stats import median
 
 WORKLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workload.py")
@@ -134,14 +136,22 @@ class Run:
         probe = None
         name = f"oomk-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         t_wall = time.monotonic()
-        with Arena(name, cell.limit_bytes) as arena:
+        # A cell's slow disk outlives the arena: its writer is killed before
+        # the file system is unmounted.
+        with contextlib.ExitStack() as outer, Arena(name, cell.limit_bytes) as arena:
             try:
                 jobs = {n: arena.job(n) for n in scenarios.job_names(cell)}
+                files = dict(self.files.cells)
+                if cell.params.get("write_bps"):
+                    # (entered on the outer stack: it closes after the arena)
+                    disk = outer.enter_context(SlowDisk(self.tmpdir, cell.params["write_bps"]))
+                    rec["slow_disk"] = disk.throttle(jobs[cell.victim_job].v2_path)
+                    files["slow_disk"] = disk.mount
                 env = RunEnv(arena, self.tmpdir, "svc", self.lxcfs_meminfo)
                 running = self.contender.start(env)
                 launch = Launch(spawn=lambda job, argv: self._spawn(arena, jobs, running, job, argv),
                                 usage_bytes=lambda: _usage(arena), service_file=self.files.service,
-                                tmpdir=self.tmpdir, files=self.files.cells)
+                                tmpdir=self.tmpdir, files=files)
                 self._start_and_wait(launch, "svc", scenarios.service_argv(cell, launch))
                 if cell.scenario == "many-jobs":
                     jobs["fleet"] = arena.side_job("fleet")

@@ -32,7 +32,10 @@ FREEZE_CONTENDERS = ("kernel", "oomk-defaults", "earlyoom", "nohang")
 
 # The healthy workloads of the false-positive suite (issue "End the freeze"),
 # in report order.
-HEALTHY = ("stream", "stream-held", "build", "fits", "cpu", "burst")
+HEALTHY = ("stream", "stream-held", "build", "slow-write", "fits", "cpu", "burst")
+# The slow disk of the "slow-write" load (slowdisk.py): what a throttled
+# volume or an old laptop's disk writes under load.
+SLOW_DISK_BPS = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,9 @@ HEALTHY_TEXT = {
                    "and refaults as in the freeze, but nothing waits on memory; the service beside it",
     "build": "a healthy load like a build with a big cache: writes {build_mib} MiB (twice the arena) as "
              "{piece_mib} MiB files, reads them all back, deletes them, in a loop; the service beside it",
+    "slow-write": "a healthy load that writes {write_mib} MiB files (more than the {limit} MiB arena) to a disk "
+                  "that writes {disk_mb_s:g} MB/s (an ext4 on a loop device of its own, throttled), in a loop: "
+                  "the arena fills with dirty pages and reclaim waits for the disk; the service beside it",
     "fits": "a healthy load whose working set fits: the service reads a {fits_mib} MiB file through mmap at "
             "random pages in 2 threads while a job holds {hold_percent}% of the {limit} MiB arena",
     "cpu": "a healthy load at 100% CPU: {procs} processes spinning, one per CPU; the service beside it",
@@ -178,6 +184,8 @@ def healthy_cells(mode: str) -> list[Cell]:
         "stream": ({"stream_mib": 2 * lim // MIB}, {"stream": 2 * lim}, "service", ""),
         "stream-held": ({"stream_mib": 2 * lim // MIB, "hold_percent": 60}, {"stream": 2 * lim}, "service", ""),
         "build": ({"build_mib": 2 * lim // MIB, "piece_mib": 2}, {}, "service", ""),
+        "slow-write": ({"write_mib": 5 * lim // 4 // MIB, "write_bps": SLOW_DISK_BPS,
+                        "disk_mb_s": round(SLOW_DISK_BPS / 1e6, 1)}, {}, "service", ""),
         "fits": ({"fits_mib": fits // MIB, "hold_percent": 60}, {"fits": fits}, "mapped", "fits"),
         "cpu": ({"procs": cpus}, {}, "service", ""),
         # 85% beside a 32 MiB cached working set fills the arena: the cache is
@@ -272,6 +280,8 @@ def healthy_argv(cell: Cell, launch: Launch) -> list[str]:
         os.makedirs(work, exist_ok=True)
         return ["build", "--dir", work, "--total", str(p["build_mib"] * MIB), "--piece", str(p["piece_mib"] * MIB),
                 *name]
+    if load == "slow-write":
+        return ["write", "--dir", launch.files["slow_disk"], "--total", str(p["write_mib"] * MIB), *name]
     if load == "fits":
         return ["hog", "--cap", str(cell.limit_bytes * p["hold_percent"] // 100), *name]
     if load == "cpu":

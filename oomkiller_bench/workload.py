@@ -247,6 +247,29 @@ def build(a: argparse.Namespace) -> None:
             os.unlink(p)
 
 
+WRITE_BLOCK_BYTES = 1 << 20
+
+
+def write(a: argparse.Namespace) -> None:
+    """Buffered writes of a ``--total`` file in ``--dir``, 1 MiB at a time,
+    then unlink it, in a loop: a backup or a download to a slow disk. An
+    op is a MiB written."""
+    set_name(a.name)
+    block = os.urandom(WRITE_BLOCK_BYTES)
+    path = os.path.join(a.dir, "written.dat")
+    say("ready")
+    c = Counter(a.report_ms)
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for _ in range(max(1, a.total // WRITE_BLOCK_BYTES)):
+                os.write(fd, block)
+                c.n += 1
+        finally:
+            os.close(fd)
+        os.unlink(path)
+
+
 SPIN_TURNS = 100_000
 
 
@@ -435,6 +458,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--piece", type=int, default=2 << 20)
     b.add_argument("--report-ms", type=int, default=100)
     b.add_argument("--name", default="oomk-load")
+    w = sub.add_parser("write")
+    w.add_argument("--dir", required=True)
+    w.add_argument("--total", type=int, required=True)
+    w.add_argument("--report-ms", type=int, default=100)
+    w.add_argument("--name", default="oomk-load")
     sp = sub.add_parser("spin")
     sp.add_argument("--procs", type=int, default=1)
     sp.add_argument("--report-ms", type=int, default=100)
@@ -451,7 +479,7 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     a = parser().parse_args()
     roles = {"hog": hog, "service": service, "mapped": mapped, "storm": storm, "fleet": fleet,
-             "stream": stream, "build": build, "spin": spin, "burst": burst}
+             "stream": stream, "build": build, "write": write, "spin": spin, "burst": burst}
     roles[a.role](a)
 
 

@@ -170,7 +170,7 @@ def test_the_freeze_cell_and_the_healthy_cells():
 
 def launch(tmp_path):
     return Launch(spawn=None, usage_bytes=lambda: 0, service_file="/svc.dat", tmpdir=str(tmp_path),
-                  files={"freeze": "/freeze.dat", "fits": "/fits.dat", "stream": "/stream.dat"})
+                  files={"freeze": "/freeze.dat", "fits": "/fits.dat", "stream": "/stream.dat", "slow_disk": "/slow"})
 
 
 def test_argv_of_the_freeze(tmp_path):
@@ -191,6 +191,10 @@ def test_argv_of_the_healthy_loads(tmp_path):
         "stream", "--file", "/stream.dat", "--hold", str((256 << 20) * 60 // 100), "--name", "oomk-load"]
     build = scenarios.victim_argv(cs["healthy-build"], la)
     assert build[:2] == ["build", "--dir"] and build[3:7] == ["--total", str(512 << 20), "--piece", str(2 << 20)]
+    assert scenarios.victim_argv(cs["healthy-slow-write"], la) == ["write", "--dir", "/slow", "--total",
+                                                                   str(320 << 20), "--name", "oomk-load"]
+    assert cs["healthy-slow-write"].params["write_bps"] == 4 << 20
+    assert "4.2 MB/s" in cs["healthy-slow-write"].describe()
     assert scenarios.victim_argv(cs["healthy-fits"], la)[:3] == ["hog", "--cap", str((256 << 20) * 60 // 100)]
     assert scenarios.service_argv(cs["healthy-fits"], la)[:3] == ["mapped", "--file", "/fits.dat"]
     assert scenarios.victim_argv(cs["healthy-cpu"], la)[:2] == ["spin", "--procs"]

@@ -17,64 +17,31 @@ full speed.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
 from oomkiller.files import parse_psi_totals
+from oomkiller_bench.slowdisk import SlowDisk, v1_throttle_available
 
-BLKIO_ROOT = "/sys/fs/cgroup/blkio"
 WRITE_BPS = 4 << 20
-IMAGE_BYTES = 1 << 30
 # more than the 256 MiB arena holds: reclaim must wait for the disk
 WRITE_MIB = 320
 
 
-def _run(*argv: str) -> str:
-    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
-    if p.returncode:
-        raise AssertionError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
-    return p.stdout.strip()
-
-
-def _throttle(rule: str, bps: int) -> None:
-    with open(os.path.join(BLKIO_ROOT, "blkio.throttle.write_bps_device"), "w") as f:
-        f.write(f"{rule} {bps}")
-
-
 @pytest.fixture
 def slow_disk():
-    """A mounted ext4 on a loop device whose writes are throttled; its mount
-    point. Every step of the cleanup runs, whatever an earlier one did."""
-    if not os.path.exists(os.path.join(BLKIO_ROOT, "blkio.throttle.write_bps_device")):
-        pytest.fail(f"no {BLKIO_ROOT}: this test throttles its loop device with the v1 blkio controller "
+    """A mounted ext4 on a loop device whose writes the root blkio cgroup
+    throttles; its mount point. Every step of the cleanup runs, whatever an
+    earlier one did (``oomkiller_bench/slowdisk.py``)."""
+    if not v1_throttle_available():
+        pytest.fail("no v1 blkio controller: this test throttles its loop device with the root blkio cgroup "
                     "of a hybrid host", pytrace=False)
-    with contextlib.ExitStack() as undo:
-        work = tempfile.mkdtemp(prefix="oomk-slowdisk-", dir="/var/tmp")
-        undo.callback(shutil.rmtree, work, ignore_errors=True)
-        image, mnt = os.path.join(work, "disk.img"), os.path.join(work, "mnt")
-        os.mkdir(mnt)
-        with open(image, "wb") as f:
-            f.truncate(IMAGE_BYTES)
-        dev = _run("losetup", "--find", "--show", image)
-        undo.callback(subprocess.run, ["losetup", "-d", dev], timeout=60)
-        st = os.stat(dev)
-        rule = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-        _throttle(rule, 0)      # a rule a killed run left on this device
-        _run("mkfs.ext4", "-q", dev)
-        _run("mount", dev, mnt)
-        # (last in, first out: the throttle is lifted, then the file system
-        # unmounted, lazily if a writer still holds it)
-        undo.callback(lambda: subprocess.run(["umount", mnt], timeout=120).returncode == 0
-                      or subprocess.run(["umount", "-l", mnt], timeout=60))
-        undo.callback(_throttle, rule, 0)
-        _throttle(rule, WRITE_BPS)
-        yield mnt
+    with SlowDisk("/var/tmp", WRITE_BPS) as disk:
+        disk.throttle()
+        yield disk.mount
 
 
 def _full_stall_usec(arena) -> int:
