@@ -318,6 +318,26 @@ def _percent(v: Any) -> int:
     return pm
 
 
+# The least share of dirty pages that may hold the pressure limit, but 0
+# (never): a lower share holds it more often, and a few dirty pages are
+# always there (a quiet host keeps 0.1-1% of its memory dirty).
+MIN_DIRTY_HOLD_PERMYRIAD = 500
+
+
+def _dirty_hold(v: Any) -> int:
+    """``"12.5%"`` -> 1250 permyriad; 0, ``"0"`` or ``"0%"`` never holds;
+    anything under 5% otherwise is refused (it would hold the pressure
+    limit through a freeze beside a little writing)."""
+    pm = _percent(v)
+    if pm == 0 and not (isinstance(v, str) and re.fullmatch(r"\s*0+(\.0+)?\s*%?\s*", v)) and v != 0:
+        raise ValueError(f"{_brief(v)} rounds to 0: write \"0\" to turn the hold off")
+    if 0 < pm < MIN_DIRTY_HOLD_PERMYRIAD:
+        raise ValueError(f"{_brief(v)} would hold the pressure limit whenever a few pages are dirty: "
+                         f"{MIN_DIRTY_HOLD_PERMYRIAD / 100:g}% is the least (\"0\" turns the hold off; a higher "
+                         "share holds it less often)")
+    return pm
+
+
 # A refault rate above 100 times the file cache per second is no limit: the
 # frozen arena measured 11 to 17 times.
 MAX_REFAULT_PERMYRIAD_PER_S = 1_000_000
@@ -585,7 +605,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "json_log": ("json_log", _log_path),
     "sources": ("sources", _sources),
     "pressure_limit": ("pressure_limit_permyriad", _percent),
-    "pressure_dirty_hold": ("pressure_dirty_hold_permyriad", _percent),
+    "pressure_dirty_hold": ("pressure_dirty_hold_permyriad", _dirty_hold),
     "thrash_refault_limit": ("thrash_refault_limit_permyriad", _refault_rate),
     "thrash_stall_limit": ("thrash_stall_limit_permyriad", _percent),
     # Under 250 ms a single read-around burst would pass; over a minute the

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from . import contenders as cmod
-from . import report, runner, scenarios
+from . import report, runner, scenarios, slowdisk
 from .measure import BpfStats
 from .records import load_results, stamp, write_results
 from .stats import median
@@ -177,6 +177,14 @@ class Bench:
               f"run(s) -> {self.out}", flush=True)
         for name, why in unavailable.items():
             print(f"  not run: {name}: {why}", flush=True)
+        if any(cell.params.get("write_bps") or cell.params.get("read_bps") for cell in self.cells):
+            for what in slowdisk.clean_leftovers():
+                print(f"  removed a slow disk an earlier run left: {what}", flush=True)
+        # OOMKILLER_* reaches every oomkiller contender's daemon: say so, and record it
+        self.daemon_env = {k: v for k, v in os.environ.items() if k.startswith("OOMKILLER_")}
+        for k, v in self.daemon_env.items():
+            self.notes.append(f"the environment set {k}={v} for every oomkiller contender")
+            print(f"  {self.notes[-1]}", flush=True)
         try:
             with BpfStats() as bpf:
                 if not bpf.enabled:
@@ -213,7 +221,7 @@ class Bench:
         meta = self._meta(started, time.monotonic() - t0, unavailable, live, leftovers)
         self._write(meta, live)
         if leftovers:
-            print(f"oomkiller bench: cgroups left behind: {', '.join(leftovers)}", file=sys.stderr)
+            print(f"oomkiller bench: left behind (cgroups, slow disks): {', '.join(leftovers)}", file=sys.stderr)
         failed = [r for r in self.records + self.idle if r.get("error")]
         for r in failed:
             print(f"oomkiller bench: {r.get('cell', 'idle')} / {r['contender']} run {r.get('run', 0)}: {r['error']}",
@@ -386,7 +394,8 @@ def tool_versions() -> dict[str, str]:
 
 
 def find_leftovers() -> list[str]:
-    """Arena cgroups of this process still present (there should be none)."""
+    """Arena cgroups of this process, and slow disks, still present (there
+    should be none)."""
     from oomkiller.cgroupfs import detect_layout, own_cgroup_paths
 
     from .arena import LEAF
@@ -406,4 +415,4 @@ def find_leftovers() -> list[str]:
             out += [os.path.join(r, d) for d in os.listdir(r) if d.startswith(prefix)]
         except OSError:
             pass
-    return out
+    return out + slowdisk.leftovers()

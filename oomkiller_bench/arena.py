@@ -159,6 +159,22 @@ class Arena:
                                "other processes share this process's cgroup; run it as the only process of "
                                "a delegated cgroup (systemd-run --scope -p Delegate=yes ...)") from None
 
+    def allow_io(self) -> None:
+        """Pure v2: let the arena's jobs have the io controller (``io.max``,
+        for a slow disk of the benchmark's, slowdisk.py), enabled in our own
+        cgroup and the arena like memory. Nothing to do on a hybrid host,
+        whose blkio is v1."""
+        if self.layout.memory_v1:
+            return
+        own = os.path.dirname(self.path)
+        for cg in (own, self.path):
+            if "io" in _read_words(os.path.join(cg, "cgroup.subtree_control")):
+                continue
+            if "io" not in _read_words(os.path.join(cg, "cgroup.controllers")):
+                raise RuntimeError(f"{cg}: the io controller is not available to this cgroup; run under a "
+                                   "delegated cgroup (systemd-run --scope -p Delegate=yes ...)")
+            _write(os.path.join(cg, "cgroup.subtree_control"), "+io")
+
     def _leave_leaf(self) -> None:
         """Pure v2, once no arena of ours is left: undo ``_enter_leaf``,
         moving every process of the leaf (this one and what it started
@@ -170,6 +186,8 @@ class Arena:
         if any(d != LEAF and os.path.isdir(os.path.join(own, d)) for d in os.listdir(own)):
             return      # another arena is still open
         try:
+            if "io" in _read_words(os.path.join(own, "cgroup.subtree_control")):
+                _write(os.path.join(own, "cgroup.subtree_control"), "-io")     # (allow_io)
             _write(os.path.join(own, "cgroup.subtree_control"), "-memory")
         except OSError:
             return      # a child still uses it: keep the leaf

@@ -118,7 +118,7 @@ def freeze_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         svc = r.get("service") or {}
         f = dict(r["freeze"], **throughput.headline(svc.get("series") or [], svc.get("baseline_ops_per_s"),
                                                     r.get("window_s") or 0.0, r["freeze"].get("kill_s")))
-        out.append(dict(f, contender=r["contender"], run=r["run"],
+        out.append(dict(f, contender=r["contender"], run=r["run"], cell=r.get("cell", "thrash"),
                         baseline_ops_per_s=(r.get("service") or {}).get("baseline_ops_per_s"),
                         service_alive=(r.get("service") or {}).get("alive"), window_s=r.get("window_s")))
     return out
@@ -199,14 +199,21 @@ started) ended. Times in seconds since the hog started. *Signal*: oomkiller's de
 (`decision`; its `thrash` field holds the figures)."""
 
 
-def freeze_markdown(rows: list[dict[str, Any]], cont_order: list[str]) -> list[str]:
-    """The freeze's headline: per contender, then per run."""
+def freeze_markdown(rows: list[dict[str, Any]], cont_order: list[str],
+                    titles: dict[str, str] | None = None) -> list[str]:
+    """The freeze's headline: per contender, then per run; a section per
+    freeze cell (the freeze, the freeze on a slow disk)."""
+    cells = list(dict.fromkeys(r.get("cell", "thrash") for r in rows))
+    if len(cells) > 1:
+        return [line for c in cells for line in freeze_markdown(
+            [r for r in rows if r.get("cell", "thrash") == c], cont_order, titles)]
     if not rows:
         return []
+    title = (titles or {}).get(cells[0], "")
     summ = {s["contender"]: s for s in freeze_summary(rows)}
     order = [c for c in cont_order if c in summ] + [c for c in summ if c not in cont_order]
     window = max(s["window_s"] for s in summ.values())
-    lines = ["## The freeze: collapse → relief", "",
+    lines = [f"## The freeze: collapse → relief{f' ({title})' if title and cells[0] != 'thrash' else ''}", "",
              FREEZE_TEXT.format(window=throughput.WINDOW_S, step=throughput.STEP_S, share=100 * throughput.SHARE,
                                 hold=throughput.HOLD_S, run_window=window), ""]
     trows = []
@@ -290,7 +297,7 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[di
              f"{meta['host']['mem_gib']} GiB, cgroups {meta['host']['cgroups']}; {meta['runs']} run(s) per cell, "
              f"{meta['duration_s'] / 60:.1f} min, {meta['started']}.", ""]
 
-    lines += freeze_markdown(freeze_runs(records or []), cont_order)
+    lines += freeze_markdown(freeze_runs(records or []), cont_order, {c["key"]: c["title"] for c in cells})
     lines += healthy_markdown(healthy_kills(records or []), cont_order, cells)
     # The false-positive suite has its own table: no onset, nothing to kill.
     cells = [c for c in cells if c["scenario"] != "healthy"]
@@ -435,6 +442,8 @@ def plots(out_dir: str, records: list[dict[str, Any]], summary: list[dict[str, A
     paths = []
     ok = [r for r in records if not r.get("error")]
     freeze = [r for r in ok if r.get("scenario") == "thrash" and r.get("freeze")]
+    # one plot: the freeze's own runs where there are any, else the slow disk's
+    freeze = [r for r in freeze if r.get("cell") == "thrash"] or freeze
     if freeze:
         paths.append(freeze_plot(out_dir, freeze, contender_keys))
     if len(scale_points(ok, cells)) >= 2:

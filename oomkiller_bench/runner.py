@@ -134,6 +134,7 @@ class Run:
             drop_cache(path)
         running = None
         probe = None
+        outer_lift = None
         name = f"oomk-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         t_wall = time.monotonic()
         # A cell's slow disk outlives the arena: its writer is killed before
@@ -142,10 +143,18 @@ class Run:
             try:
                 jobs = {n: arena.job(n) for n in scenarios.job_names(cell)}
                 files = dict(self.files.cells)
-                if cell.params.get("write_bps"):
+                if cell.params.get("write_bps") or cell.params.get("read_bps"):
                     # (entered on the outer stack: it closes after the arena)
-                    disk = outer.enter_context(SlowDisk(self.tmpdir, cell.params["write_bps"]))
-                    rec["slow_disk"] = disk.throttle(jobs[cell.victim_job].v2_path)
+                    disk = outer.enter_context(SlowDisk(self.tmpdir, cell.params.get("write_bps", 0),
+                                                        cell.params.get("read_bps", 0)))
+                    for key in cell.params.get("on_slow_disk", ()):   # the cell's files that live on it
+                        files[key] = os.path.join(disk.mount, f"{key}.dat")
+                        make_file(files[key], cell.files[key])
+                    throttled = jobs[cell.params.get("slow_disk_job", cell.victim_job)]
+                    arena.allow_io()
+                    rec["slow_disk"] = disk.throttle(throttled.v2_path)
+                    # lifted before the arena's close kills the writer: its dirty pages drain at full speed
+                    outer_lift = disk.unthrottle
                     files["slow_disk"] = disk.mount
                 env = RunEnv(arena, self.tmpdir, "svc", self.lxcfs_meminfo)
                 running = self.contender.start(env)
@@ -168,6 +177,8 @@ class Run:
             except Exception as e:      # one failed run must not end the benchmark
                 rec["error"] = f"{type(e).__name__}: {e}"
             finally:
+                if outer_lift:
+                    outer_lift()
                 if probe:
                     probe.stop()
                 if running:

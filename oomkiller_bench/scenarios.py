@@ -36,6 +36,9 @@ HEALTHY = ("stream", "stream-held", "build", "slow-write", "fits", "cpu", "burst
 # The slow disk of the "slow-write" load (slowdisk.py): what a throttled
 # volume or an old laptop's disk writes under load.
 SLOW_DISK_BPS = 4 << 20
+# The slow disk the freeze's service reads from in "thrash-slow-disk" (the
+# host-level suite's freeze-slow-disk reads at the same 8 MiB/s).
+SLOW_READ_BPS = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,10 @@ class Cell:
             return (f"one job allocates up to {p['lead_mib']} MiB below the redline at once, "
                     f"then leaks {p['rate']} MB/s")
         if s == "thrash":
+            disk = (f" on a disk that reads {p['read_bps'] / 1e6:.1f} MB/s (an ext4 on a loop device of its own, "
+                    "throttled)" if p.get("read_bps") else "")
             return (f"the freeze: the service reads one byte of a random page of a {p['file_bytes'] // MIB} MiB "
-                    f"file through mmap in {p['threads']} threads (a file-backed working set, like program "
+                    f"file{disk} through mmap in {p['threads']} threads (a file-backed working set, like program "
                     f"text); a hog fills anonymous memory to {p['fill_percent']}% of the "
                     f"{self.limit_bytes // MIB} MiB arena as fast as it can and holds it")
         if s == "healthy":
@@ -120,6 +125,15 @@ def cells(mode: str) -> list[Cell]:
                     40.0 if full else 20.0, "hog", {"file_bytes": FREEZE_FILE_BYTES, "threads": 2, "fill_percent": 85},
                     contenders=FREEZE_CONTENDERS, service_role="mapped", service_file="freeze",
                     files={"freeze": FREEZE_FILE_BYTES}, min_baseline_s=2.0))
+    # The freeze on slow storage (a laptop's disk, a throttled volume): the
+    # service's file on a disk that reads 8 MiB/s, so its refaults come as
+    # fast as the disk gives them, not as fast as it asks. Named, or --full.
+    out.append(Cell("thrash-slow-disk", "thrash", "the freeze on a slow disk (the service's reads at 8 MiB/s)", limit,
+                    40.0 if full else 20.0, "hog",
+                    {"file_bytes": FREEZE_FILE_BYTES, "threads": 2, "fill_percent": 85, "read_bps": SLOW_READ_BPS,
+                     "on_slow_disk": ("freeze",), "slow_disk_job": "svc"},
+                    contenders=FREEZE_CONTENDERS, service_role="mapped", service_file="freeze",
+                    files={"freeze": FREEZE_FILE_BYTES}, min_baseline_s=2.0, only_named=not full))
     out += healthy_cells(mode)
     out.append(Cell("fork-storm", "fork-storm", "fork storm", limit, 2.5, "storm",
                     {"child_bytes": 8 * MIB, "interval_ms": 10, "max_children": 2 * limit // (8 * MIB)}))
@@ -165,7 +179,8 @@ HEALTHY_TEXT = {
              "{piece_mib} MiB files, reads them all back, deletes them, in a loop; the service beside it",
     "slow-write": "a healthy load that writes {write_mib} MiB files (more than the {limit} MiB arena) to a disk "
                   "that writes {disk_mb_s:g} MB/s (an ext4 on a loop device of its own, throttled), in a loop: "
-                  "the arena fills with dirty pages and reclaim waits for the disk; the service beside it",
+                  "a v1 memory cgroup fills with dirty pages and its reclaim waits for the disk (v2 holds the "
+                  "writer to the disk's pace instead); the service beside it",
     "fits": "a healthy load whose working set fits: the service reads a {fits_mib} MiB file through mmap at "
             "random pages in 2 threads while a job holds {hold_percent}% of the {limit} MiB arena",
     "cpu": "a healthy load at 100% CPU: {procs} processes spinning, one per CPU; the service beside it",

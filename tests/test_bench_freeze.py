@@ -131,6 +131,30 @@ def test_freeze_summary_and_table_say_never():
     assert "`thrashing: x`" in text
 
 
+def test_each_freeze_cell_has_its_own_section():
+    """The freeze and the freeze on a slow disk are never one table: a slow
+    disk's runs would hide in the freeze's medians."""
+    rs = [run("oomk-defaults", 0, 1.5), dict(run("oomk-defaults", 0, None, "nobody"), cell="thrash-slow-disk")]
+    rows = report.freeze_runs(rs)
+    assert [r["cell"] for r in rows] == ["thrash", "thrash-slow-disk"]
+    text = "\n".join(report.freeze_markdown(rows, ["oomk-defaults"], {"thrash-slow-disk": "on a slow disk"}))
+    assert text.count("## The freeze: collapse → relief") == 2
+    assert "## The freeze: collapse → relief (on a slow disk)" in text
+    assert "| oomk-defaults | 1 | 1/1 | daemon | hog 1 | 0.20 / 0.20 | 1.50 / 1.50 | 1/1 |" in text
+    assert "| oomk-defaults | 1 | 1/1 | nobody | — | — | never | 0/1 |" in text
+    # one cell: as before
+    assert "\n".join(report.freeze_markdown(rows[:1], ["oomk-defaults"])).count("## The freeze") == 1
+
+
+def test_the_slow_disk_freeze_cell():
+    (cell,) = [c for c in scenarios.cells("full") if c.key == "thrash-slow-disk"]
+    assert cell.scenario == "thrash" and cell.params["read_bps"] == 8 << 20
+    assert cell.params["on_slow_disk"] == ("freeze",) and cell.params["slow_disk_job"] == "svc"
+    assert "on a disk that reads 8.4 MB/s" in cell.describe()
+    (short,) = [c for c in scenarios.cells("short") if c.key == "thrash-slow-disk"]
+    assert short.only_named and not cell.only_named
+
+
 def test_healthy_kills_count_everyone_and_the_kernel_by_its_count():
     kills = [{"by": "daemon", "job": "load", "detail": {"decision": "free below redline"}},
              {"by": "kernel", "job": "svc", "detail": {"count": 2}}]

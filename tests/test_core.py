@@ -90,8 +90,15 @@ def test_the_dirty_hold_follows_its_setting_and_0_never_holds():
     c = config_mod.load(cli={"pressure_dirty_hold": "20%"})
     assert c.pressure_dirty_hold_permyriad == 2000 and c.describe()["pressure_dirty_hold"] == "20%"
     assert config_mod.load(cli={"pressure_dirty_hold": "0"}).pressure_dirty_hold_permyriad == 0
-    for bad in ("101%", "-1%", "12.5", "lots"):
-        with pytest.raises(config_mod.ConfigError, match="pressure_dirty_hold"):
+    for zero in ("0%", "0.0%", 0):
+        assert config_mod.load(cli={"pressure_dirty_hold": zero}).pressure_dirty_hold_permyriad == 0
+    assert config_mod.load(cli={"pressure_dirty_hold": "5%"}).pressure_dirty_hold_permyriad == 500
+    # a lower share holds the limit more often: under 5% (and what rounds
+    # to 0 without being 0) would hold it beside any writing at all
+    for bad, why in (("101%", "out of range"), ("-1%", "percentage"), ("12.5", "percentage"),
+                     ("lots", "percentage"), ("1%", "5% is the least"), ("4.99%", "5% is the least"),
+                     ("0.004%", "rounds to 0")):
+        with pytest.raises(config_mod.ConfigError, match=f"pressure_dirty_hold.*{why}"):
             config_mod.load(cli={"pressure_dirty_hold": bad})
 
 
