@@ -78,6 +78,7 @@ class Domain:
         self.is_host = spec == "host"
         self.pressure_path: str | None = None
         self._pressure: HeldFile | None = None      # pressure_path, kept open: read on every wake
+        self._io_pressure: HeldFile | None = None   # the I/O pressure file beside it, likewise
         # the domain's memory files (memory.stat, its usage and limits up
         # the tree), kept open: read on every wake; only on the kernel's
         # cgroup filesystem, where a removed cgroup's files fail their reads
@@ -160,6 +161,24 @@ class Domain:
             return -1, -1
         return totals.get("some", -1), totals.get("full", -1)
 
+    def io_stall_usec(self) -> int:
+        """Cumulative "some" I/O stall of the domain: the ``io.pressure``
+        beside its ``memory.pressure`` (``/proc/pressure/io`` for the host);
+        -1 if unknown."""
+        if not self.pressure_path:
+            return -1
+        head, tail = os.path.split(self.pressure_path)
+        path = os.path.join(head, "io" if tail == "memory" else "io.pressure")
+        held = self._io_pressure
+        if held is None or held.path != path:
+            if held is not None:
+                held.close()
+            held = self._io_pressure = HeldFile(path)
+        try:
+            return parse_psi_totals(held.read()).get("some", -1)
+        except (OSError, ValueError):
+            return -1
+
     def full_stall_usec(self) -> int:
         return self.stall_usec()[1]
 
@@ -197,7 +216,8 @@ class Domain:
             dirty = mi.get("Dirty", 0) + mi.get("Writeback", 0) if "Dirty" in mi else -1
             return MemorySnapshot(self.name, total + swap, avail + swap_free, total - avail + swap - swap_free, 0,
                                   now_usec, full, some, refaults, lru, swap_free, swap, activate_file_pages=activated,
-                                  activate_of_pages=refaults, dirty_bytes=dirty)
+                                  activate_of_pages=refaults, dirty_bytes=dirty,
+                                  io_some_stall_usec=self.io_stall_usec())
         try:
             limit, usage, stat = self.cgroupfs.memory(self.path, self._held.read if self._held else None)
             sw = self.cgroupfs.swap(self.path, stat, limit) if counted else None
@@ -225,7 +245,8 @@ class Domain:
         dirty = stat.get("dirty", 0) + stat.get("writeback", 0) if "dirty" in stat else -1
         return MemorySnapshot(self.name, limit + swap, free + swap_free, usage + swap_used, rec, now_usec, full,
                               some, refaults, lru, swap_free, swap, activate_file_pages=activated,
-                              activate_of_pages=of, activations_host=host, dirty_bytes=dirty)
+                              activate_of_pages=of, activations_host=host, dirty_bytes=dirty,
+                              io_some_stall_usec=self.io_stall_usec())
 
     def _swap_in_ram(self) -> tuple[int, int]:
         """The part of the host's swap (size, room) that is not memory to

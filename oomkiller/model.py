@@ -60,6 +60,10 @@ class MemorySnapshot:
     # file pages of the domain waiting for the disk: dirty and under
     # writeback (the host's Dirty + Writeback), -1 if unknown
     dirty_bytes: int = -1
+    # cumulative "some" I/O stall of the domain (PSI total= of io.pressure
+    # beside its memory.pressure), -1 if unknown: a working set read back
+    # from a slow disk stalls on I/O more than on memory (core/thrash.py)
+    io_some_stall_usec: int = -1
 
     @property
     def ram_total_bytes(self) -> int:

@@ -122,6 +122,7 @@ class Run:
         self.rank_probe = rank_probe
         self.readers: dict[str, measure.LineReader] = {}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.before_victim = None       # called right before the victim starts
 
     def execute(self) -> dict[str, Any]:
         cell = self.cell
@@ -152,7 +153,10 @@ class Run:
                         make_file(files[key], cell.files[key])
                     throttled = jobs[cell.params.get("slow_disk_job", cell.victim_job)]
                     arena.allow_io()
-                    rec["slow_disk"] = disk.throttle(throttled.v2_path)
+                    # Slowed as the victim starts: the service's baseline is
+                    # taken with its working set cached, as a slow disk's
+                    # reader keeps it until something crowds it out.
+                    self.before_victim = lambda: rec.update(slow_disk=disk.throttle(throttled.v2_path))
                     # lifted before the arena's close kills the writer: its dirty pages drain at full speed
                     outer_lift = disk.unthrottle
                     files["slow_disk"] = disk.mount
@@ -229,6 +233,8 @@ class Run:
         cpu1 = measure.tree_cpu_ns(kp) if kp else None
         psi0, host0 = measure.read_psi_totals(psi_path), measure.read_psi_totals(PSI_FILE_HOST)
 
+        if self.before_victim:
+            self.before_victim()
         t_start = measure.now_usec()
         launch.spawn(cell.victim_job, scenarios.victim_argv(cell, launch))
         t_end = t_start + int(cell.window_s * 1e6)

@@ -124,6 +124,13 @@ def test_hybrid_v2_counterpart_and_pressure(proc_tree, v1_tree):
     assert d.cgroupfs.v2_counterpart(d.path) == str(unified / "arena")
     assert d.pressure_path == str(unified / "arena" / "memory.pressure")
     assert d.snapshot(1).full_stall_usec == 123457
+    # the I/O stall beside it: unknown until the file is there
+    assert d.snapshot(1).io_some_stall_usec == -1
+    (unified / "arena" / "io.pressure").write_text(
+        "some avg10=50.00 avg60=20.00 avg300=5.00 total=4444444\nfull avg10=40.00 avg60=0 avg300=0 total=3333\n")
+    assert d.snapshot(2).io_some_stall_usec == 4444444
+    (unified / "arena" / "io.pressure").write_text("garbage\n")
+    assert d.snapshot(3).io_some_stall_usec == -1
     hog_id = (unified / "arena" / "hog").stat().st_ino
     assert d.holds(9999, hog_id)            # the victim is gone; the invoker's cgroup is ours
     assert d.holds(501, 0)                  # the victim still shows as a member

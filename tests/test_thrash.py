@@ -36,10 +36,13 @@ class Feed:
         self.swap_total, self.swap_free = swap_total, swap_free
         self.state = ThrashState()
         self.figs = []
+        self.io_stall = -1      # cumulative I/O some stall; -1 until a tick gives one
 
-    def tick(self, rate: float, stall: float, n: int = 1, flushed: bool = True):
+    def tick(self, rate: float, stall: float, n: int = 1, flushed: bool = True, io: float | None = None):
         for _ in range(n):
             self.t += self.step
+            if io is not None:
+                self.io_stall = max(self.io_stall, 0) + int(io * self.step)
             n_ref = int(rate * self.lru / 4096 * self.step / 1e6)
             self.refaults += n_ref
             self.activations += int(n_ref * (self.activated or 0))
@@ -50,7 +53,7 @@ class Feed:
                                   self.swap_free, self.swap_total,
                                   activate_file_pages=-1 if self.activated is None else self.activations,
                                   activate_of_pages=-1 if self.activated is None else self.refaults,
-                                  activations_host=self.host)
+                                  activations_host=self.host, io_some_stall_usec=self.io_stall)
             self.state, f = observe(self.state, snap, LIMITS, ARM_LINE)
             self.figs.append(f)
         return self.figs[-1]
@@ -650,3 +653,63 @@ def test_sufferers_are_the_jobs_that_refaulted_most_since_the_listing_before():
                                               f"'web' {report.format_mib(1000 * 4096)} in 2.50 s")
     assert report.sufferers_text([{"job": "a\nb", "refault_pages": 1, "span_usec": 0}]).startswith(
         "refaulted most: 'a\\nb' ")
+
+
+# -- slow storage: the I/O stall carries an episode ------------------------------
+
+def slow_disk_feed(activated=0.1, free=40 * MIB):
+    """A v1 domain (the host's activations stand in) whose frozen service
+    reads its working set back from a slow disk."""
+    f = Feed(free=free, activated=activated)
+    f.host = True
+    return f
+
+
+def test_a_freeze_on_a_slow_disk_fires_on_its_io_stall():
+    """Measured in the arena (v1, the service's file read at 8 MiB/s):
+    refaults 10-18%/s of the cache, I/O stall 42-98%, memory stall 0.1-0.3%."""
+    f = slow_disk_feed()
+    f.tick(0.12, 0.002, n=10, io=0.6)
+    assert "thrashing" not in f.states()        # under the sustain span
+    f.tick(0.12, 0.002, n=10, io=0.6)
+    last = next(x for x in f.figs if x.firing)
+    assert 1_000_000 <= last.episode_usec < 1_300_000
+    assert "I/O stall 60.0% >= 40%" in last.reason and ">= 5%/s" in last.reason
+    assert "memory or I/O stall 60.0% >= 10%" in last.reason
+    assert "9.7% of the host's activated" in last.reason
+    # the same freeze with no I/O pressure file: as before, never
+    g = slow_disk_feed()
+    g.tick(0.12, 0.002, n=40)
+    assert "thrashing" not in g.states()
+
+
+@pytest.mark.parametrize("what, feed, rate, io", [
+    ("a stream from a slow disk: nothing activated, nothing falls", dict(activated=0.0), 0.12, 0.9),
+    ("too little I/O stall", dict(), 0.12, 0.3),
+    ("refaults under a quarter of the limit", dict(), 0.04, 0.9),
+    ("free memory over a quarter of the domain", dict(free=160 * MIB), 0.12, 0.9),
+])
+def test_what_the_io_stall_never_fires_on(what, feed, rate, io):
+    f = slow_disk_feed(**feed)
+    f.tick(rate, 0.002, n=60, io=io)
+    assert "thrashing" not in f.states(), what
+
+
+def test_a_short_burst_of_io_bound_refaults_never_fires():
+    f = slow_disk_feed()
+    for _ in range(6):
+        f.tick(0.12, 0.002, n=7, io=0.9)       # 700 ms
+        f.tick(0.0, 0.0, n=30, io=0.0)         # then calm for 3 s
+    assert "thrashing" not in f.states()
+
+
+def test_io_stall_counts_with_the_activated_path_only_when_it_carries_the_episode():
+    """The activated path (slow storage where the domain counts its own
+    activations) takes the I/O stall for its stall limit too; the regular
+    path, over the refault limit, still wants the memory stall."""
+    f = Feed(activated=0.3)
+    f.tick(0.12, 0.002, n=15, io=0.6)        # carried: activated 3.6%/s of the cache >= 1%/s
+    assert f.figs[-1].firing and "memory or I/O stall 60.0%" in f.figs[-1].reason
+    g = Feed(activated=0.3)
+    g.tick(0.5, 0.002, n=15, io=0.6)         # over the limit: memory stall 0.2% < 10%
+    assert "thrashing" not in g.states()

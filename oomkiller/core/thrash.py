@@ -186,6 +186,31 @@ MIN_ACTIVATED_LIMIT = 10
 MAX_FREE_ACTIVATED_PERMYRIAD = 2500
 
 
+# Slow storage, where the domain counts no activations of its own (a v1
+# memory cgroup) or its disk bounds them under their limit: a segment whose
+# refaults come at the refault limit over IO_LIMIT_DIVISOR (5%/s at the
+# shipped 20%/s) starts or carries an episode while the domain was stalled
+# on I/O (PSI "some" of its io.pressure) at least IO_STALL_PERMYRIAD of it,
+# with free memory at most MAX_FREE_ACTIVATED_PERMYRIAD. Such an episode
+# fires only if, over the whole sustain span, the refaults held that rate,
+# the I/O stall held that share, and the working-set rule passed (refaults
+# activated, or free memory falling): a stream from a slow disk stalls on
+# I/O all the time, and none of its refaults is activated. The stall limit
+# is then judged on the larger of the memory and the I/O stall: a frozen
+# service waits for the disk, and memory PSI counts little of it. The
+# arena's freeze with the service's file on a disk reading 8 MiB/s
+# (v1 memory cgroup, this host): refaults at 10-18%/s of the cache, I/O
+# stall 42-98% of each second, memory stall 0.1-0.3% of most seconds.
+IO_LIMIT_DIVISOR = 4
+IO_STALL_PERMYRIAD = 4000
+
+
+def io_limit(limits: "ThrashLimits") -> int:
+    """The refault rate (permyriad of the file LRU per second) at which a
+    domain stalled on I/O counts as thrashing (``IO_LIMIT_DIVISOR``)."""
+    return max(MIN_ACTIVATED_LIMIT, limits.refault_permyriad_per_s // IO_LIMIT_DIVISOR)
+
+
 def activated_limit(limits: "ThrashLimits") -> int:
     """The activated refault rate (permyriad of the file LRU per second)
     that passes the working-set rule and carries an episode by itself."""
@@ -211,6 +236,7 @@ class ThrashSample:
     activate_pages: int = -1    # cumulative workingset_activate_file, -1 if unknown
     activate_of_pages: int = -1     # the refault counter those are a share of
     free_bytes: int = -1        # the domain's free memory, swap left out
+    io_stall_usec: int = -1     # cumulative PSI "some" I/O stall of the domain, -1 if unknown
 
 
 @dataclass(frozen=True)
@@ -275,7 +301,8 @@ def sample_of(snap: MemorySnapshot) -> ThrashSample | None:
     if snap.refault_file_pages < 0 or snap.file_lru_bytes < 0:
         return None
     return ThrashSample(snap.taken_usec, snap.refault_file_pages, snap.file_lru_bytes, snap.some_stall_usec,
-                        snap.activate_file_pages, snap.activate_of_pages, snap.ram_free_bytes)
+                        snap.activate_file_pages, snap.activate_of_pages, snap.ram_free_bytes,
+                        snap.io_some_stall_usec)
 
 
 def segment_rate(prev: ThrashSample, cur: ThrashSample) -> int:
@@ -293,6 +320,15 @@ def stall_share(start: ThrashSample, cur: ThrashSample) -> int | None:
     if start.some_stall_usec < 0 or cur.some_stall_usec < 0 or dt <= 0:
         return None
     return max(0, cur.some_stall_usec - start.some_stall_usec) * 10_000 // dt
+
+
+def io_share(start: ThrashSample, cur: ThrashSample) -> int | None:
+    """PSI ``some`` I/O stall share between two samples in permyriad, None
+    if unknown."""
+    dt = cur.taken_usec - start.taken_usec
+    if start.io_stall_usec < 0 or cur.io_stall_usec < 0 or dt <= 0:
+        return None
+    return max(0, cur.io_stall_usec - start.io_stall_usec) * 10_000 // dt
 
 
 def activated_share(start: ThrashSample, cur: ThrashSample) -> int | None:
@@ -365,8 +401,11 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         # domain's cache would be no rate of the domain's)
         last_act = 0 if snap.activations_host else activated_rate(base, cur) or 0
         moved = cur
-        act_counts = last_act >= activated_limit(limits) and free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
-        if last_rate < limits.refault_permyriad_per_s and not act_counts:
+        short = free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
+        act_counts = last_act >= activated_limit(limits) and short
+        io_counts = (short and last_rate >= io_limit(limits)
+                     and (io_share(base, cur) or 0) >= IO_STALL_PERMYRIAD)
+        if last_rate < limits.refault_permyriad_per_s and not act_counts and not io_counts:
             onset = None
         elif onset is None:
             # The episode starts here, not at the previous sample: a rate
@@ -380,6 +419,9 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
             # freeze whose counter shows late stalls all along. Otherwise two
             # short bursts up to the flush delay apart would add up to one.
             gap = stall_share(base, cur)
+            if io_counts and last_rate < limits.refault_permyriad_per_s:
+                # carried by its I/O stall: the gap stalled on I/O, not memory
+                gap = max(gap or 0, io_share(base, cur) or 0)
             if gap is not None and gap < limits.stall_permyriad:
                 onset = cur
     elif cur.taken_usec - base.taken_usec >= STATS_LAG_USEC:
@@ -433,13 +475,30 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     # episode for its activated refaults, with free memory short
     # (MAX_FREE_ACTIVATED_PERMYRIAD)
     carried = st.last_rate_permyriad_per_s < limits.refault_permyriad_per_s
+    io = io_share(start, cur)
+    on_io = False
     if carried:
-        # Carried by the activated refaults alone (slow storage): over the
-        # whole sustain span too, not only the segment, so that one segment
-        # of them at the end of a stream's long episode does not fire it.
-        if act_rate < act_limit:
+        # Carried by the activated refaults alone, or by the I/O stall (slow
+        # storage): over the whole sustain span too, not only the segment,
+        # so that one segment of them at the end of a stream's long episode
+        # does not fire it.
+        if act_rate >= act_limit:
+            ws += f", {act_rate / 100:.1f}%/s of the file cache >= {act_limit / 100:g}%/s"
+        elif (io is not None and io >= IO_STALL_PERMYRIAD and free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
+              and segment_rate(start, cur) >= io_limit(limits)
+              and ((activated is not None and activated >= MIN_ACTIVATED_PERMYRIAD)
+                   or fell >= MIN_FALL_PERMYRIAD)):
+            # the working-set rule, always (a stream from a slow disk stalls
+            # on I/O too); "the host's" share on a v1 domain
+            if activated is None or activated < MIN_ACTIVATED_PERMYRIAD:
+                ws += f", free memory fell {fell / 100:.0f}% of the domain"
+            ws += f", I/O stall {io / 100:.1f}% >= {IO_STALL_PERMYRIAD / 100:g}%"
+            on_io = True
+        else:
             return ThrashFigures("episode", **base)
-        ws += f", {act_rate / 100:.1f}%/s of the file cache >= {act_limit / 100:g}%/s"
+        # a frozen service waits for the disk: the stall limit takes the I/O stall too
+        if stall is not None and io is not None and io > stall:
+            stall, on_io = io, True
     elif activated is not None and activated < MIN_ACTIVATED_PERMYRIAD:
         if act_rate >= act_limit:
             ws += f", {act_rate / 100:.0f}%/s of the file cache"
@@ -447,13 +506,15 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
             ws += f", free memory fell {fell / 100:.0f}% of the domain"
         else:
             return ThrashFigures("episode", **base)
-    over = "" if carried else f" >= {limits.refault_permyriad_per_s / 100:g}%/s"
+    over = (f" >= {io_limit(limits) / 100:g}%/s" if carried and "I/O stall" in ws
+            else "" if carried else f" >= {limits.refault_permyriad_per_s / 100:g}%/s")
     rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
             f"({cache_pm / 100:.0f}% of the domain{ws}){over} for {span // 1000} ms")
     if stall is not None:
         if stall < limits.stall_permyriad:
             return ThrashFigures("episode", **base)
-        why = f"{rate}, memory stall {stall / 100:.1f}% >= {limits.stall_permyriad / 100:g}%"
+        kind = "memory or I/O stall" if on_io else "memory stall"
+        why = f"{rate}, {kind} {stall / 100:.1f}% >= {limits.stall_permyriad / 100:g}%"
     else:
         if snap.free_bytes >= arm_line_bytes:
             return ThrashFigures("episode", **base)
