@@ -246,7 +246,7 @@ class Domain:
         return MemorySnapshot(self.name, limit + swap, free + swap_free, usage + swap_used, rec, now_usec, full,
                               some, refaults, lru, swap_free, swap, activate_file_pages=activated,
                               activate_of_pages=of, activations_host=host, dirty_bytes=dirty,
-                              io_some_stall_usec=self.io_stall_usec())
+                              io_some_stall_usec=self.io_stall_usec(), major_faults=stat.get("pgmajfault", -1))
 
     def _swap_in_ram(self) -> tuple[int, int]:
         """The part of the host's swap (size, room) that is not memory to

@@ -64,6 +64,10 @@ class MemorySnapshot:
     # beside its memory.pressure), -1 if unknown: a working set read back
     # from a slow disk stalls on I/O more than on memory (core/thrash.py)
     io_some_stall_usec: int = -1
+    # cumulative major faults of the domain's tasks (pgmajfault of its
+    # memory.stat: mapped file pages, program text among them, read from
+    # the disk), -1 if unknown and for the host
+    major_faults: int = -1
 
     @property
     def ram_total_bytes(self) -> int:

@@ -32,7 +32,7 @@ FREEZE_CONTENDERS = ("kernel", "oomk-defaults", "earlyoom", "nohang")
 
 # The healthy workloads of the false-positive suite (issue "End the freeze"),
 # in report order.
-HEALTHY = ("stream", "stream-held", "build", "slow-write", "fits", "cpu", "burst")
+HEALTHY = ("stream", "stream-held", "stream-held-slow", "build", "slow-write", "fits", "cpu", "burst")
 # The slow disk of the "slow-write" load (slowdisk.py): what a throttled
 # volume or an old laptop's disk writes under load.
 SLOW_DISK_BPS = 4 << 20
@@ -175,6 +175,12 @@ HEALTHY_TEXT = {
     "stream-held": "a healthy load that holds {hold_percent}% of the {limit} MiB arena (anonymous) and streams a "
                    "{stream_mib} MiB file through what is left of the page cache, in a loop: the cache is squeezed "
                    "and refaults as in the freeze, but nothing waits on memory; the service beside it",
+    "stream-held-slow": "a healthy load that holds {hold_percent}% of the {limit} MiB arena (anonymous) and "
+                        "streams a {stream_mib} MiB file from a disk that reads {disk_mb_s:g} MB/s (an ext4 on a "
+                        "loop device of its own, throttled), in a loop: the cache is squeezed, the refaults come "
+                        "as fast as the disk gives them and the load waits on I/O all the time, as a frozen "
+                        "service on a slow disk does, but none of its refaults is a working set's; the service "
+                        "beside it",
     "build": "a healthy load like a build with a big cache: writes {build_mib} MiB (twice the arena) as "
              "{piece_mib} MiB files, reads them all back, deletes them, in a loop; the service beside it",
     "slow-write": "a healthy load that writes {write_mib} MiB files (more than the {limit} MiB arena) to a disk "
@@ -198,6 +204,11 @@ def healthy_cells(mode: str) -> list[Cell]:
     per = {
         "stream": ({"stream_mib": 2 * lim // MIB}, {"stream": 2 * lim}, "service", ""),
         "stream-held": ({"stream_mib": 2 * lim // MIB, "hold_percent": 60}, {"stream": 2 * lim}, "service", ""),
+        # 80%: free memory at most a quarter of the arena, where the I/O
+        # stall may carry an episode (core/thrash.py)
+        "stream-held-slow": ({"stream_mib": 2 * lim // MIB, "hold_percent": 80, "read_bps": SLOW_READ_BPS,
+                              "disk_mb_s": round(SLOW_READ_BPS / 1e6, 1), "on_slow_disk": ("stream",),
+                              "slow_disk_job": "load"}, {"stream": 2 * lim}, "service", ""),
         "build": ({"build_mib": 2 * lim // MIB, "piece_mib": 2}, {}, "service", ""),
         "slow-write": ({"write_mib": 5 * lim // 4 // MIB, "write_bps": SLOW_DISK_BPS,
                         "disk_mb_s": round(SLOW_DISK_BPS / 1e6, 1)}, {}, "service", ""),
@@ -287,7 +298,7 @@ def healthy_argv(cell: Cell, launch: Launch) -> list[str]:
     load = p["load"]
     if load == "stream":
         return ["stream", "--file", launch.files["stream"], *name]
-    if load == "stream-held":
+    if load in ("stream-held", "stream-held-slow"):
         return ["stream", "--file", launch.files["stream"], "--hold",
                 str(cell.limit_bytes * p["hold_percent"] // 100), *name]
     if load == "build":

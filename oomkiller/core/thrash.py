@@ -71,6 +71,21 @@ segment) says nothing (it neither starts nor ends an episode) until that
 has lasted ``STATS_LAG_USEC``; a sample whose counter moved enough, but
 slower than the limit, ends the episode at once.
 
+Slow storage, I/O stall (``IO_LIMIT_DIVISOR``): a frozen service whose
+disk bounds its re-reads refaults at only a few percent of the cache a
+second and waits on I/O, not memory (memory PSI counts little of it). A
+segment whose refaults come at a quarter of the limit carries an episode
+while the domain is stalled on I/O 40% of the time with free memory short;
+it fires only if over the sustain span its own tasks also faulted mapped
+pages in from the disk (major faults, more than one a second: program
+text, a mapped working set; a backup or a copy reads with read()) and,
+where the domain counts its own activations, the working-set share
+passes. Never the host's share, nor a fall of free memory, which anyone
+on the host can supply; never for the host domain, whose every figure is
+anyone's. Where this path holds, the stall limit takes the larger of the
+memory and the I/O stall. A stretch carried by the I/O stall alone is no
+part of a later episode over the refault limit.
+
 An *episode* starts at the first sample whose refault rate (over the time
 since the previous sample that moved the counter) is at or above the limit,
 and ends at the first that moved it slower. A segment whose *activated*
@@ -193,16 +208,23 @@ MAX_FREE_ACTIVATED_PERMYRIAD = 2500
 # on I/O (PSI "some" of its io.pressure) at least IO_STALL_PERMYRIAD of it,
 # with free memory at most MAX_FREE_ACTIVATED_PERMYRIAD. Such an episode
 # fires only if, over the whole sustain span, the refaults held that rate,
-# the I/O stall held that share, and the working-set rule passed (refaults
-# activated, or free memory falling): a stream from a slow disk stalls on
-# I/O all the time, and none of its refaults is activated. The stall limit
-# is then judged on the larger of the memory and the I/O stall: a frozen
-# service waits for the disk, and memory PSI counts little of it. The
-# arena's freeze with the service's file on a disk reading 8 MiB/s
-# (v1 memory cgroup, this host): refaults at 10-18%/s of the cache, I/O
-# stall 42-98% of each second, memory stall 0.1-0.3% of most seconds.
+# the I/O stall held that share, and the domain's own tasks faulted mapped
+# pages in from the disk (MIN_MAJOR_FAULTS_PER_S: program text, a mapped
+# working set), with, where the domain counts its own activations, the
+# working-set share too. A stream from a slow disk (a backup, a copy)
+# stalls on I/O all the time, reads with read(), and none of its refaults
+# is activated. Not the host's share, nor a fall of free memory: on a
+# shared host anyone can supply either. Not for the host domain: every
+# figure there is anyone's (its major faults are not given). The stall
+# limit is then judged on the larger of the memory and the I/O stall (on
+# either path that is carried): a frozen service waits for the disk, and
+# memory PSI counts little of it. The arena's freeze with the service's
+# file on a disk reading 8 MiB/s (v1 memory cgroup, this host): refaults
+# at 10-18%/s of the cache, I/O stall 42-98% of each second, memory stall
+# 0.1-0.3% of most seconds, 3-5 major faults a second.
 IO_LIMIT_DIVISOR = 4
 IO_STALL_PERMYRIAD = 4000
+MIN_MAJOR_FAULTS_PER_S = 1
 
 
 def io_limit(limits: "ThrashLimits") -> int:
@@ -237,6 +259,7 @@ class ThrashSample:
     activate_of_pages: int = -1     # the refault counter those are a share of
     free_bytes: int = -1        # the domain's free memory, swap left out
     io_stall_usec: int = -1     # cumulative PSI "some" I/O stall of the domain, -1 if unknown
+    major_faults: int = -1      # cumulative major faults of the domain's tasks, -1 if unknown
 
 
 @dataclass(frozen=True)
@@ -251,6 +274,10 @@ class ThrashState:
     onset: ThrashSample | None = None       # the first sample of the episode, None if none
     last_rate_permyriad_per_s: int = 0      # rate of the latest segment that moved the counter
     last_activated_permyriad_per_s: int = 0     # ... and of its activated refaults (0 if unknown)
+    # the latest segment that moved the counter carried the episode by its
+    # I/O stall alone: such a stretch is no part of a later span over the
+    # refault limit (two bursts with I/O stall between them are not one)
+    last_io_only: bool = False
     fired: int = 0                          # episodes that fired, for info
     fired_onset_usec: int = -1              # the onset of the episode counted last in ``fired``
     # (taken_usec, free memory without swap) of the samples of the last
@@ -283,6 +310,8 @@ class ThrashFigures:
     # permyriad of the file cache per second; None where the domain counts
     # no activations of its own (v1, or a kernel before 5.9)
     activated_rate_permyriad_per_s: int | None = None
+    # PSI "some" I/O stall over the last sustain span, None if unknown
+    io_stall_permyriad: int | None = None
 
     @property
     def firing(self) -> bool:
@@ -293,7 +322,8 @@ class ThrashFigures:
                 "episode_usec": self.episode_usec, "stall_permyriad": self.stall_permyriad,
                 "free_permyriad": self.free_permyriad, "activated_permyriad": self.activated_permyriad,
                 "activated_host": self.activated_host,
-                "activated_rate_permyriad_per_s": self.activated_rate_permyriad_per_s}
+                "activated_rate_permyriad_per_s": self.activated_rate_permyriad_per_s,
+                "io_stall_permyriad": self.io_stall_permyriad}
 
 
 def sample_of(snap: MemorySnapshot) -> ThrashSample | None:
@@ -302,7 +332,7 @@ def sample_of(snap: MemorySnapshot) -> ThrashSample | None:
         return None
     return ThrashSample(snap.taken_usec, snap.refault_file_pages, snap.file_lru_bytes, snap.some_stall_usec,
                         snap.activate_file_pages, snap.activate_of_pages, snap.ram_free_bytes,
-                        snap.io_some_stall_usec)
+                        snap.io_some_stall_usec, snap.major_faults)
 
 
 def segment_rate(prev: ThrashSample, cur: ThrashSample) -> int:
@@ -390,6 +420,7 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         return state, _figures(state, prev, limits, arm_line_bytes, snap, free_pm, fresh=False)
     onset, moved, last_rate = state.onset, state.moved, state.last_rate_permyriad_per_s
     last_act = state.last_activated_permyriad_per_s
+    io_only = state.last_io_only
     base = moved or prev
     if cur.refault_pages - base.refault_pages >= MIN_SEGMENT_REFAULTS:
         # The counter moved: this segment's rate is fresh. Measured from the
@@ -403,11 +434,13 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         moved = cur
         short = free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
         act_counts = last_act >= activated_limit(limits) and short
-        io_counts = (short and last_rate >= io_limit(limits)
+        io_counts = (short and cur.major_faults >= 0 and last_rate >= io_limit(limits)
                      and (io_share(base, cur) or 0) >= IO_STALL_PERMYRIAD)
+        was_io_only = io_only
+        io_only = last_rate < limits.refault_permyriad_per_s and not act_counts and io_counts
         if last_rate < limits.refault_permyriad_per_s and not act_counts and not io_counts:
             onset = None
-        elif onset is None:
+        elif onset is None or (was_io_only and last_rate >= limits.refault_permyriad_per_s):
             # The episode starts here, not at the previous sample: a rate
             # over a long gap (a slow tick, a flush delay) may be one burst,
             # so later samples must show it goes on for the sustain span.
@@ -419,20 +452,17 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
             # freeze whose counter shows late stalls all along. Otherwise two
             # short bursts up to the flush delay apart would add up to one.
             gap = stall_share(base, cur)
-            if io_counts and last_rate < limits.refault_permyriad_per_s:
-                # carried by its I/O stall: the gap stalled on I/O, not memory
-                gap = max(gap or 0, io_share(base, cur) or 0)
             if gap is not None and gap < limits.stall_permyriad:
                 onset = cur
     elif cur.taken_usec - base.taken_usec >= STATS_LAG_USEC:
         # Still (or all but) for longer than any flush delay: nothing
         # refaults that counts.
-        onset, last_rate, last_act = None, 0, 0
+        onset, last_rate, last_act, io_only = None, 0, 0, False
     span = FALL_SPANS * limits.sustain_usec + STATS_LAG_USEC
     frees = tuple(f for f in state.frees if cur.taken_usec - f[0] <= span) + ((cur.taken_usec, cur.free_bytes),)
     new = dataclasses.replace(state, recent=_keep(state.recent, cur, limits.sustain_usec), moved=moved, onset=onset,
                               last_rate_permyriad_per_s=last_rate, last_activated_permyriad_per_s=last_act,
-                              frees=frees)
+                              frees=frees, last_io_only=io_only)
     figs = _figures(new, cur, limits, arm_line_bytes, snap, free_pm, fresh=moved is cur)
     if figs.firing and onset.taken_usec != state.fired_onset_usec:
         new = dataclasses.replace(new, fired=state.fired + 1, fired_onset_usec=onset.taken_usec)
@@ -451,9 +481,10 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     # not lag, so a burst the refault counter shows late is seen as over.
     stall = stall_share(st.recent[0], cur) if st.recent else None
     activated = activated_share(st.recent[0], cur) if st.recent else None
+    io = io_share(st.recent[0], cur) if st.recent else None
     base = dict(refault_permyriad_per_s=st.last_rate_permyriad_per_s, episode_usec=span, stall_permyriad=stall,
                 free_permyriad=free_pm, activated_permyriad=activated, activated_host=snap.activations_host,
-                activated_rate_permyriad_per_s=own_act)
+                activated_rate_permyriad_per_s=own_act, io_stall_permyriad=io)
     if span < limits.sustain_usec or not fresh:
         # Not long enough yet, or this sample's counter did not move: an
         # unmoved counter cannot confirm the episode goes on.
@@ -475,8 +506,14 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     # episode for its activated refaults, with free memory short
     # (MAX_FREE_ACTIVATED_PERMYRIAD)
     carried = st.last_rate_permyriad_per_s < limits.refault_permyriad_per_s
-    io = io_share(start, cur)
-    on_io = False
+    # the I/O path (IO_LIMIT_DIVISOR): over the whole sustain span
+    dt_s = (cur.taken_usec - start.taken_usec) / 1e6
+    faults = cur.major_faults - start.major_faults if min(cur.major_faults, start.major_faults) >= 0 else -1
+    io_bound = (io is not None and io >= IO_STALL_PERMYRIAD and free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
+                and faults > MIN_MAJOR_FAULTS_PER_S * dt_s > 0 and segment_rate(start, cur) >= io_limit(limits)
+                and (snap.activations_host or (activated is not None and activated >= MIN_ACTIVATED_PERMYRIAD)))
+    io_text = (f", {faults} major faults, I/O stall {io / 100:.1f}% >= {IO_STALL_PERMYRIAD / 100:g}%"
+               if io_bound else "")
     if carried:
         # Carried by the activated refaults alone, or by the I/O stall (slow
         # storage): over the whole sustain span too, not only the segment,
@@ -484,21 +521,10 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
         # does not fire it.
         if act_rate >= act_limit:
             ws += f", {act_rate / 100:.1f}%/s of the file cache >= {act_limit / 100:g}%/s"
-        elif (io is not None and io >= IO_STALL_PERMYRIAD and free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
-              and segment_rate(start, cur) >= io_limit(limits)
-              and ((activated is not None and activated >= MIN_ACTIVATED_PERMYRIAD)
-                   or fell >= MIN_FALL_PERMYRIAD)):
-            # the working-set rule, always (a stream from a slow disk stalls
-            # on I/O too); "the host's" share on a v1 domain
-            if activated is None or activated < MIN_ACTIVATED_PERMYRIAD:
-                ws += f", free memory fell {fell / 100:.0f}% of the domain"
-            ws += f", I/O stall {io / 100:.1f}% >= {IO_STALL_PERMYRIAD / 100:g}%"
-            on_io = True
+        elif io_bound:
+            ws += io_text
         else:
             return ThrashFigures("episode", **base)
-        # a frozen service waits for the disk: the stall limit takes the I/O stall too
-        if stall is not None and io is not None and io > stall:
-            stall, on_io = io, True
     elif activated is not None and activated < MIN_ACTIVATED_PERMYRIAD:
         if act_rate >= act_limit:
             ws += f", {act_rate / 100:.0f}%/s of the file cache"
@@ -506,8 +532,16 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
             ws += f", free memory fell {fell / 100:.0f}% of the domain"
         else:
             return ThrashFigures("episode", **base)
-    over = (f" >= {io_limit(limits) / 100:g}%/s" if carried and "I/O stall" in ws
+    over = (f" >= {io_limit(limits) / 100:g}%/s" if carried and act_rate < act_limit
             else "" if carried else f" >= {limits.refault_permyriad_per_s / 100:g}%/s")
+    on_io = False
+    if stall is not None and io_bound and io > stall:
+        # a frozen service waits for the disk: the stall limit takes the I/O
+        # stall too, where the I/O path holds (on any path: a freeze on a
+        # slow disk may also refault over the limit)
+        stall, on_io = io, True
+        if io_text not in ws:
+            ws += io_text
     rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
             f"({cache_pm / 100:.0f}% of the domain{ws}){over} for {span // 1000} ms")
     if stall is not None:

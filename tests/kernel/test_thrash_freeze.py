@@ -14,6 +14,8 @@ import thrash_scene
 from kproc import wait_for
 
 from oomkiller_bench.arena import Arena
+from oomkiller_bench.runner import make_file
+from oomkiller_bench.slowdisk import SlowDisk, v1_throttle_available
 
 MIB = 1 << 20
 
@@ -57,6 +59,32 @@ def test_the_freeze_ends_in_a_kill_of_the_hog(big_arena, daemon, files_dir):
     # evicted file back first (27-96% of the baseline by the third second).
     assert run.after_ops_s is not None and run.after_ops_s > 0.1 * run.baseline_ops_s, run.describe()
     assert big_arena.kernel_oom_kills() == 0
+
+
+def test_the_freeze_on_a_slow_disk_ends_in_a_kill_of_the_hog(daemon):
+    """The working set on a disk that reads 8 MiB/s once the hog starts: the
+    refaults come as fast as the disk gives them (10-18%/s of the cache,
+    under the 20%/s limit) and the service waits on I/O, not memory. The
+    I/O stall carries the episode (core/thrash.py); nobody ended this
+    freeze before it did."""
+    if not v1_throttle_available():
+        pytest.fail("no v1 blkio controller: this test throttles its loop device with the root blkio cgroup "
+                    "of a hybrid host", pytrace=False)
+    with SlowDisk("/var/tmp", read_bps=8 * MIB) as disk, \
+            Arena(f"oomk-thrash-{uuid.uuid4().hex[:8]}", 512 * MIB) as arena:
+        path = os.path.join(disk.mount, "working-set.dat")
+        make_file(path, 200 * MIB)
+        run = thrash_scene.freeze(arena, daemon, disk.mount, wait_s=30, path=path,
+                                  before_hog=lambda svc: disk.throttle(svc.v2_path))
+        print(run.describe())
+        assert run.collapse is not None, "the service never collapsed: no freeze to end"
+        assert run.hog_died is not None, f"the hog was never killed: {run.describe()}"
+        assert run.service_alive, "the service was killed"
+        kill = run.kill
+        assert kill is not None and kill["victim"]["job"] == "hog"
+        assert "I/O stall" in kill["decision"], kill["decision"]
+        assert run.hog_died - run.collapse <= 2 * COLLAPSE_TO_KILL_S, run.describe()
+        assert arena.kernel_oom_kills() == 0
 
 
 @pytest.mark.parametrize("kind", ["stream", "stream-held", "fits"])

@@ -101,11 +101,13 @@ class FreezeRun:
 
 
 def freeze(arena, start_daemon, tmpdir: str, *, file_bytes: int = 200 * MIB, fill_share: float = 0.85,
-           threads: int = 2, wait_s: float = 30.0, daemon_args: tuple[str, ...] = ()) -> FreezeRun:
+           threads: int = 2, wait_s: float = 30.0, daemon_args: tuple[str, ...] = (), path: str = "",
+           before_hog=None) -> FreezeRun:
     """Run the freeze in ``arena`` with a daemon from ``start_daemon(*args)``
     on it (explicit jobs, everything else its defaults), until the hog dies
-    or ``wait_s`` after it started."""
-    path = file_of(os.path.join(tmpdir, f"working-set-{file_bytes // MIB}M.dat"), file_bytes)
+    or ``wait_s`` after it started. ``path``: the working set's file (made
+    here by default); ``before_hog(svc_job)``: called as the hog starts."""
+    path = path or file_of(os.path.join(tmpdir, f"working-set-{file_bytes // MIB}M.dat"), file_bytes)
     svc, hog = arena.job("svc"), arena.job("hog")
     d = start_daemon("--domain", arena.path, "--jobs", "*", *daemon_args)
     service = arena.spawn(svc, workload("mapped", "--file", path, "--threads", str(threads)),
@@ -117,6 +119,8 @@ def freeze(arena, start_daemon, tmpdir: str, *, file_bytes: int = 200 * MIB, fil
     now = time.monotonic()
     run.baseline_ops_s = ops.rate(now - 2.0, now) or 0.0
     assert run.baseline_ops_s > 0, "the service reported no work"
+    if before_hog:
+        before_hog(svc)
     run.hog_started = time.monotonic()
     cap = int(arena.limit_bytes * fill_share)
     h = arena.spawn(hog, workload("hog", "--cap", str(cap)), stdout=subprocess.PIPE, text=True)
