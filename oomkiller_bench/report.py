@@ -213,7 +213,7 @@ def freeze_markdown(rows: list[dict[str, Any]], cont_order: list[str],
     summ = {s["contender"]: s for s in freeze_summary(rows)}
     order = [c for c in cont_order if c in summ] + [c for c in summ if c not in cont_order]
     window = max(s["window_s"] for s in summ.values())
-    lines = [f"## The freeze: collapse → relief{f' ({title})' if title and cells[0] != 'thrash' else ''}", "",
+    lines = [f"## The freeze: collapse → relief{f', {title}' if title and cells[0] != 'thrash' else ''}", "",
              FREEZE_TEXT.format(window=throughput.WINDOW_S, step=throughput.STEP_S, share=100 * throughput.SHARE,
                                 hold=throughput.HOLD_S, run_window=window), ""]
     trows = []

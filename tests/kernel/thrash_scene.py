@@ -56,10 +56,19 @@ class Ops:
                 self.points.append((int(parts[2]) / 1e6, int(parts[1])))
 
     def rate(self, t0: float, t1: float) -> float | None:
-        """Ops per second between t0 and t1, from the reports nearest inside."""
-        pts = [p for p in list(self.points) if t0 <= p[0] <= t1]
+        """Ops per second between t0 and t1, from the reports nearest inside;
+        with fewer than two there, over the span from the last report
+        before to the first after: a service frozen in a page fault (its
+        reader threads hold the interpreter's lock while they wait on the
+        disk) reports nothing until it moves again."""
+        points = list(self.points)
+        pts = [p for p in points if t0 <= p[0] <= t1]
         if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
-            return None
+            before = [p for p in points if p[0] < t0]
+            after = [p for p in points if p[0] > t1]
+            if not before or not after:
+                return None
+            pts = [before[-1], after[0]]
         return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
 
     def collapse(self, after: float, baseline: float, until: float) -> float | None:
