@@ -229,9 +229,14 @@ def test_disarmed_hog_meets_the_kernel_oom_killer_and_that_is_reported(source):
     assert reclaim and reclaim[0].timestamp_usec <= victims[0].timestamp_usec
 
 
-def test_event_struct_size_matches_the_header():
+def test_event_struct_size_matches_the_header(monkeypatch):
     import bcc
-    cflags = [f"-I{bpf.DEFAULT_BPF_DIR}"]
+    # the headers the daemon compiles against: on a host with no
+    # /lib/modules/RELEASE (nor kheaders), a tree under /usr/src
+    headers = bpf.find_kernel_headers()
+    if headers.source_dir:
+        monkeypatch.setenv("BCC_KERNEL_SOURCE", headers.source_dir)
+    cflags = [f"-I{bpf.DEFAULT_BPF_DIR}", *(f"-I{d}" for d in headers.include_dirs)]
     ok = bcc.BPF(text=bpf.layout_check_source().encode(), cflags=cflags)
     ok.cleanup()
     # The check can fail: a mirror 8 bytes short does not compile.
