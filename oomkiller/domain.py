@@ -162,9 +162,10 @@ class Domain:
         return totals.get("some", -1), totals.get("full", -1)
 
     def io_stall_usec(self) -> int:
-        """Cumulative "some" I/O stall of the domain: the ``io.pressure``
-        beside its ``memory.pressure`` (``/proc/pressure/io`` for the host);
-        -1 if unknown."""
+        """Cumulative "some" I/O stall of a cgroup domain: the
+        ``io.pressure`` beside its ``memory.pressure``; -1 if unknown. Not
+        read for the host, whose thrash detector has no I/O path
+        (core/thrash.py): no read on its kill loop for nothing."""
         if not self.pressure_path:
             return -1
         head, tail = os.path.split(self.pressure_path)
@@ -216,8 +217,7 @@ class Domain:
             dirty = mi.get("Dirty", 0) + mi.get("Writeback", 0) if "Dirty" in mi else -1
             return MemorySnapshot(self.name, total + swap, avail + swap_free, total - avail + swap - swap_free, 0,
                                   now_usec, full, some, refaults, lru, swap_free, swap, activate_file_pages=activated,
-                                  activate_of_pages=refaults, dirty_bytes=dirty,
-                                  io_some_stall_usec=self.io_stall_usec())
+                                  activate_of_pages=refaults, dirty_bytes=dirty)
         try:
             limit, usage, stat = self.cgroupfs.memory(self.path, self._held.read if self._held else None)
             sw = self.cgroupfs.swap(self.path, stat, limit) if counted else None
