@@ -68,6 +68,8 @@ MEMBER_READS = 5
 # times before calling it empty. A mover missed by 40% of
 # reads is missed by all of them once in 10^6 listings.
 MEMBER_READS_SUSPECT = 16
+# ... and of a job that is one cgroup with none below it (see recheck_empty).
+LEAF_READS = 2
 ANON_SUSPECT_BYTES = 1 << 20
 
 # An unexpected error reading one job is logged at most this often.
@@ -259,7 +261,7 @@ class Cgroupfs:
                 return cand
         return None
 
-    def recheck_empty(self, path: str, v2_path: str = "") -> tuple[list[int], bool]:
+    def recheck_empty(self, path: str, v2_path: str = "", leaf: bool = False) -> tuple[list[int], bool]:
         """(pids, populated) of a subtree whose read came back empty.
 
         Its pid lists are read one cgroup after another, so a process moved
@@ -274,13 +276,24 @@ class Cgroupfs:
         same processes (two empty reads do not count as agreeing: each is
         as likely to have missed the mover as the first): the pids are all
         any read saw, and a read that saw one means populated. Raises
-        ``Vanished`` if the cgroup itself is gone."""
+        ``Vanished`` if the cgroup itself is gone.
+
+        A ``leaf`` (no cgroup below it when it was stat'ed before its first
+        read, nor when walked after) is read once more, not up to
+        ``MEMBER_READS`` times: with one ``cgroup.procs`` there is no other
+        cgroup of the job for a process to be moved to between two reads.
+        The read again, which walks its subtree too, still catches a child
+        made, moved into and removed around the first read. Empty leaves
+        are what a domain collects (the cgroups of exited jobs), and their
+        reads made a listing of twenty of them take 20 ms on the loop."""
         v2 = v2_path or self.v2_mirror(path)
         events = self.events_populated(v2) if v2 else None
         if events is False and not self.layout.memory_v1:
             return [], False
         reads = MEMBER_READS
-        if not events and self.anon_bytes(path) >= ANON_SUSPECT_BYTES:
+        if leaf:
+            reads = LEAF_READS
+        elif not events and self.anon_bytes(path) >= ANON_SUSPECT_BYTES:
             reads = MEMBER_READS_SUSPECT
         seen: set[int] = set()
         prev: list[int] = []
@@ -710,7 +723,9 @@ class Cgroupfs:
             v2m = path if not self.layout.memory_v1 else self.v2_mirror(path)
             unseen = bool(v2m and self.events_populated(v2m))
         elif not pids:
-            pids, populated = self.recheck_empty(path)
+            # a leaf: nothing below when stat'ed (a kernfs directory's
+            # links are 2 and one per child) nor when walked
+            pids, populated = self.recheck_empty(path, leaf=read == 0 and mark[1] == 2)
             unseen = populated and not pids
         key = tuple(sorted(set(pids)))
         procs = adjs = None

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from oomkiller.cgroupfs import MAX_DEPTH, MEMBER_READS, Cgroupfs, detect_layout, walk_cgroups
+from oomkiller.cgroupfs import LEAF_READS, MAX_DEPTH, MEMBER_READS, Cgroupfs, detect_layout, walk_cgroups
 from oomkiller.procfs import Procfs
 from oomkiller.core.rank import Policy, rank
 
@@ -310,10 +310,12 @@ def test_a_job_the_kernel_counts_empty_is_empty(proc_tree, v2_tree):
 
 
 def test_v1_a_job_read_empty_is_read_again_until_two_reads_agree(proc_tree, v1_tree):
-    """v1 has no cgroup.events: the subtree is read again, and a read that
-    saw a process wins over those that did not."""
+    """v1 has no cgroup.events: the subtree (two cgroups, for a process to
+    be moved between) is read again, and a read that saw a process wins
+    over those that did not."""
     proc_tree.proc(501, "hopper", anon_kb=5, shmem_kb=0, swap_kb=0)
     v1_tree.cgroup("hopper")
+    v1_tree.cgroup("hopper/inner")
     fs = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
     reads = iter([[], [501], [501], [501]])
     fs.subtree_pids = lambda p: next(reads)
@@ -330,6 +332,29 @@ def test_v1_a_job_read_empty_is_read_again_until_two_reads_agree(proc_tree, v1_t
     fs.subtree_pids = lambda p: next(reads)
     (job,) = fs.jobs(fs.resolve("host"), ("*",))
     assert job.populated and [p.pid for p in job.procs] == [501]
+
+
+def test_v1_an_empty_leaf_is_read_once_more_and_a_read_that_saw_a_process_wins(proc_tree, v1_tree):
+    """A job of one cgroup has no other for a process to be moved to
+    between reads: read once more, not MEMBER_READS times (a domain's
+    exited jobs are such leaves, and their reads held the loop)."""
+    proc_tree.proc(501, "hopper", anon_kb=5, shmem_kb=0, swap_kb=0)
+    v1_tree.cgroup("hopper")
+    fs = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
+    count = []
+    fs.subtree_pids = lambda p: count.append(p) or []
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert not job.populated and not job.procs and len(count) == LEAF_READS - 1 < MEMBER_READS - 1
+    # a process seen in the read again: populated
+    fs.subtree_pids = lambda p: [501]
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert job.populated and [p.pid for p in job.procs] == [501]
+    # a child made since: no longer a leaf, read up to MEMBER_READS times
+    v1_tree.cgroup("hopper/inner")
+    count.clear()
+    fs.subtree_pids = lambda p: count.append(p) or []
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert not job.populated and len(count) == MEMBER_READS - 1
 
 
 def test_one_listing_reads_a_bounded_number_of_cgroups_below_jobs(proc_tree, v2_tree, monkeypatch):
