@@ -708,6 +708,37 @@ def test_a_freeze_on_a_slow_disk_fires_on_its_io_stall():
         assert "thrashing" not in g.states(), (io, majflt)
 
 
+@pytest.mark.parametrize("gap_ticks", [3, 6], ids=["300ms", "600ms"])
+def test_a_slow_disks_read_around_bursts_carry_the_episode_across_gaps_and_the_limit(gap_ticks):
+    """Traced in the arena (v1, the service's file read at 8 MiB/s): the
+    domain's refault counter moved a read-around (640 pages) at a time,
+    300 ms apart and 600 ms on a slower machine, each burst at 12-68%/s
+    of the cache, on either side of the 20%/s limit; memory stall 0-0.5%,
+    I/O stall 92-99%, a major fault a burst; the host's activated share
+    0.6% to 33%. Neither the gaps (judged on the memory stall) nor a burst
+    over the limit may start the episode over: the I/O stall holds it
+    through them. (A CI run took 12 s from the collapse to the kill.)"""
+    f = ExactFeed(activated=0.002)      # the host's share under MIN_ACTIVATED_PERMYRIAD
+    f.host = True
+    f.tick(0.0, 0.0, io=0.0, majflt=0)
+    for i in range(24 // gap_ticks):
+        rate = 0.3 if i % 2 else 0.12
+        f.tick(rate, 0.002, n=gap_ticks - 1, flushed=False, io=0.97, majflt=0)
+        f.tick(rate, 0.002, io=0.97, majflt=10)        # the burst's one major fault
+    fired = [x for x in f.figs if x.firing]
+    assert fired, [(x.state, x.episode_usec) for x in f.figs]
+    assert fired[0].episode_usec <= 1_000_000 + gap_ticks * 100_000
+    assert "I/O stall 97.0% >= 40%" in fired[0].reason
+    # the same bursts with the I/O stall under its share: the gaps still part them
+    g = ExactFeed(activated=0.002)
+    g.host = True
+    g.tick(0.0, 0.0, io=0.0, majflt=0)
+    for i in range(60 // gap_ticks):
+        g.tick(0.12, 0.002, n=gap_ticks - 1, flushed=False, io=0.3, majflt=0)
+        g.tick(0.12, 0.002, io=0.3, majflt=10)
+    assert "thrashing" not in g.states()
+
+
 @pytest.mark.parametrize("what, feed, rate, io, majflt", [
     ("a stream from a slow disk: read(), no major faults, the host's share 10%", dict(), 0.12, 0.9, 0),
     ("a stream, the host's share at 0.55% from anyone", dict(activated=0.0055), 0.06, 0.9, 0),

@@ -221,7 +221,11 @@ MAX_FREE_ACTIVATED_PERMYRIAD = 2500
 # memory PSI counts little of it. The arena's freeze with the service's
 # file on a disk reading 8 MiB/s (v1 memory cgroup, this host): refaults
 # at 10-18%/s of the cache, I/O stall 42-98% of each second, memory stall
-# 0.1-0.3% of most seconds, 3-5 major faults a second.
+# 0.1-0.3% of most seconds, 3-5 major faults a second. Traced at 100 ms:
+# the counter moved a read-around at a time (640 pages, 2.5 MiB, one major
+# fault), 300 ms apart, and slower runs leave more between them. A span of
+# a second still holds two such faults while they come under 900 ms apart;
+# the gaps, with memory PSI near 0, are held by the I/O stall (observe).
 IO_LIMIT_DIVISOR = 4
 IO_STALL_PERMYRIAD = 4000
 MIN_MAJOR_FAULTS_PER_S = 1
@@ -440,17 +444,24 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         io_only = last_rate < limits.refault_permyriad_per_s and not act_counts and io_counts
         if last_rate < limits.refault_permyriad_per_s and not act_counts and not io_counts:
             onset = None
-        elif onset is None or (was_io_only and last_rate >= limits.refault_permyriad_per_s):
+        elif onset is None or (was_io_only and last_rate >= limits.refault_permyriad_per_s and not io_counts):
             # The episode starts here, not at the previous sample: a rate
             # over a long gap (a slow tick, a flush delay) may be one burst,
             # so later samples must show it goes on for the sustain span.
+            # (A segment over the limit that the I/O stall carries too goes
+            # on with the stretch before it: a slow disk's refaults come in
+            # bursts of read-around on either side of the limit.)
             onset = cur
-        elif cur.taken_usec - base.taken_usec > limits.sustain_usec // 2:
+        elif cur.taken_usec - base.taken_usec > limits.sustain_usec // 2 and not io_counts:
             # A segment over a long gap (a flush delay, or a trickle of
             # refaults too small to end one) carries the episode only if the
             # domain stayed stalled through the gap: PSI does not lag, and a
             # freeze whose counter shows late stalls all along. Otherwise two
             # short bursts up to the flush delay apart would add up to one.
+            # A segment the I/O stall carries was stalled on I/O through the
+            # gap already (io_share over it): a service waiting on a slow
+            # disk's read-around moves the counter a burst at a time, 300-600
+            # ms apart, with memory PSI near 0.
             gap = stall_share(base, cur)
             if gap is not None and gap < limits.stall_permyriad:
                 onset = cur
@@ -530,6 +541,9 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
             ws += f", {act_rate / 100:.0f}%/s of the file cache"
         elif fell >= MIN_FALL_PERMYRIAD:
             ws += f", free memory fell {fell / 100:.0f}% of the domain"
+        elif io_bound:
+            # over the limit too, the I/O path holds over the whole span
+            ws += io_text
         else:
             return ThrashFigures("episode", **base)
     over = (f" >= {io_limit(limits) / 100:g}%/s" if carried and act_rate < act_limit
