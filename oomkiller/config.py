@@ -324,13 +324,36 @@ def _percent(v: Any) -> int:
 MIN_DIRTY_HOLD_PERMYRIAD = 500
 
 
+# The least I/O stall that may carry a thrash episode, but 0 (off): every
+# domain that reads its disk is stalled on I/O some of the time, and with a
+# lower share the slow-storage path fires on such a domain's refaults.
+MIN_IO_STALL_LIMIT_PERMYRIAD = 2000
+
+
+def _percent_or_off(v: Any, off: str) -> int:
+    """``_percent``, but a value that rounds to 0 without being 0 is refused
+    (``off`` says what "0" does)."""
+    pm = _percent(v)
+    if pm == 0 and not (isinstance(v, str) and re.fullmatch(r"\s*0+(\.0+)?\s*%?\s*", v)) and v != 0:
+        raise ValueError(f"{_brief(v)} rounds to 0: write \"0\" to {off}")
+    return pm
+
+
+def _io_stall_limit(v: Any) -> int:
+    """``"40%"`` -> 4000 permyriad; 0, ``"0"`` or ``"0%"`` turns the
+    slow-storage path of the thrash detector off; under 20% is refused."""
+    pm = _percent_or_off(v, "turn the I/O stall path off")
+    if 0 < pm < MIN_IO_STALL_LIMIT_PERMYRIAD:
+        raise ValueError(f"{_brief(v)} is under {MIN_IO_STALL_LIMIT_PERMYRIAD / 100:g}%: any domain reading its "
+                         "disk is stalled on I/O that much; \"0\" turns the I/O stall path off")
+    return pm
+
+
 def _dirty_hold(v: Any) -> int:
     """``"12.5%"`` -> 1250 permyriad; 0, ``"0"`` or ``"0%"`` never holds;
     anything under 5% otherwise is refused (it would hold the pressure
     limit through a freeze beside a little writing)."""
-    pm = _percent(v)
-    if pm == 0 and not (isinstance(v, str) and re.fullmatch(r"\s*0+(\.0+)?\s*%?\s*", v)) and v != 0:
-        raise ValueError(f"{_brief(v)} rounds to 0: write \"0\" to turn the hold off")
+    pm = _percent_or_off(v, "turn the hold off")
     if 0 < pm < MIN_DIRTY_HOLD_PERMYRIAD:
         raise ValueError(f"{_brief(v)} would hold the pressure limit whenever a few pages are dirty: "
                          f"{MIN_DIRTY_HOLD_PERMYRIAD / 100:g}% is the least (\"0\" turns the hold off; a higher "
@@ -413,6 +436,11 @@ class Config:
     # A twentieth of it is the activated refaults' own limit (thrash.py).
     thrash_refault_limit_permyriad: int = 2000
     thrash_stall_limit_permyriad: int = 1000
+    # On slow storage, refaults at a quarter of the refault limit carry an
+    # episode while the domain is stalled on I/O this share of the time (PSI
+    # "some" of its io.pressure), with its own major faults (core/thrash.py);
+    # 0 turns that path off.
+    thrash_io_stall_limit_permyriad: int = 4000
     # A burst of refaults shorter than this never fires.
     thrash_sustain_ms: int = 1000
     # PSI trigger: wake when "some" stall exceeds psi_stall_ms per psi_window_ms
@@ -489,7 +517,7 @@ class Config:
             elif isinstance(v, tuple):
                 v = list(v)
             elif name in ("pressure_limit_permyriad", "pressure_dirty_hold_permyriad", "thrash_refault_limit_permyriad",
-                          "thrash_stall_limit_permyriad"):
+                          "thrash_stall_limit_permyriad", "thrash_io_stall_limit_permyriad"):
                 v = f"{v / 100:g}%"
             out[key] = v
         return out
@@ -608,6 +636,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "pressure_dirty_hold": ("pressure_dirty_hold_permyriad", _dirty_hold),
     "thrash_refault_limit": ("thrash_refault_limit_permyriad", _refault_rate),
     "thrash_stall_limit": ("thrash_stall_limit_permyriad", _percent),
+    "thrash_io_stall_limit": ("thrash_io_stall_limit_permyriad", _io_stall_limit),
     # Under 250 ms a single read-around burst would pass; over a minute the
     # freeze is what the user already lives through.
     "thrash_sustain_ms": ("thrash_sustain_ms", _int(250, 60_000)),

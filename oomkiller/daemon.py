@@ -1083,7 +1083,7 @@ class Daemon:
                 "limit_stall_permyriad": c.thrash_stall_limit_permyriad, "sustain_usec": c.thrash_sustain_ms * 1000,
                 "limit_activated_permyriad": thrash_core.MIN_ACTIVATED_PERMYRIAD,
                 "limit_activated_rate_permyriad_per_s": thrash_core.activated_limit(core.thrash_limits(c)),
-                "limit_io_stall_permyriad": thrash_core.IO_STALL_PERMYRIAD,
+                "limit_io_stall_permyriad": c.thrash_io_stall_limit_permyriad,
                 "fired": self.state.thrash.fired}
 
     def pressure_data(self) -> dict[str, Any]:

@@ -217,8 +217,9 @@ def thrash_text(t: dict[str, Any] | None) -> str:
             + (f"{stall / 100:.1f}%" if stall is not None else "-" if t["state"] == "calm" else "unknown")
             + f" (limit {t['limit_stall_permyriad'] / 100:g}%)"
             + ("" if t.get("io_stall_permyriad") is None
-               else f", I/O stall {t['io_stall_permyriad'] / 100:.1f}% (it carries an episode at "
-                    f"{t.get('limit_io_stall_permyriad', 0) / 100:g}%)")
+               else f", I/O stall {t['io_stall_permyriad'] / 100:.1f}% "
+                    + (f"(it carries an episode at {t['limit_io_stall_permyriad'] / 100:g}%)"
+                       if t.get("limit_io_stall_permyriad") else "(it carries none: thrash_io_stall_limit 0)"))
             + ("" if t.get("activated_permyriad") is None
                else f", activated {t['activated_permyriad'] / 100:.1f}% of the "
                     + ("host's " if t.get("activated_host") else "")

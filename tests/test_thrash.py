@@ -36,6 +36,7 @@ class Feed:
         self.swap_total, self.swap_free = swap_total, swap_free
         self.state = ThrashState()
         self.figs = []
+        self.limits = LIMITS
         self.io_stall = -1      # cumulative I/O some stall; -1 until a tick gives one
         self.majflt = -1.0      # cumulative major faults, likewise
 
@@ -59,7 +60,7 @@ class Feed:
                                   activate_of_pages=-1 if self.activated is None else self.refaults,
                                   activations_host=self.host, io_some_stall_usec=self.io_stall,
                                   major_faults=int(self.majflt))
-            self.state, f = observe(self.state, snap, LIMITS, ARM_LINE)
+            self.state, f = observe(self.state, snap, self.limits, ARM_LINE)
             self.figs.append(f)
         return self.figs[-1]
 
@@ -611,6 +612,8 @@ def test_info_line():
         {**t, "activated_permyriad": 0, "limit_activated_permyriad": 50, "activated_host": True})
     assert "memory stall 22.2% (limit 10%), I/O stall 98.8% (it carries an episode at 40%), free" in thrash_text(
         {**t, "io_stall_permyriad": 9880, "limit_io_stall_permyriad": 4000})
+    assert "I/O stall 98.8% (it carries none: thrash_io_stall_limit 0), free" in thrash_text(
+        {**t, "io_stall_permyriad": 9880, "limit_io_stall_permyriad": 0})
     assert "memory stall - " in thrash_text({**t, "state": "calm", "stall_permyriad": None})
     assert "memory stall unknown " in thrash_text({**t, "state": "episode", "stall_permyriad": None})
     assert thrash_text({"state": "unknown"}) == "unknown (no refault or file cache figures)"
@@ -706,6 +709,30 @@ def test_a_freeze_on_a_slow_disk_fires_on_its_io_stall():
         g = slow_disk_feed()
         g.tick(0.12, 0.002, n=40, io=io, majflt=majflt)
         assert "thrashing" not in g.states(), (io, majflt)
+
+
+def test_thrash_io_stall_limit_moves_the_io_path_and_0_turns_it_off():
+    # at 80%: the freeze stalled 60% of the time on I/O carries nothing
+    f = slow_disk_feed()
+    f.limits = dataclasses.replace(LIMITS, io_stall_permyriad=8000)
+    f.tick(0.12, 0.002, n=40, io=0.6, majflt=4)
+    assert "thrashing" not in f.states()
+    # ... at 90% it does, and says so
+    f.tick(0.12, 0.002, n=15, io=0.9, majflt=4)
+    assert "I/O stall 90.0% >= 80%" in next(x for x in f.figs if x.firing).reason
+    # off: never, however stalled
+    g = slow_disk_feed()
+    g.limits = dataclasses.replace(LIMITS, io_stall_permyriad=0)
+    g.tick(0.12, 0.002, n=60, io=1.0, majflt=4)
+    assert "thrashing" not in g.states()
+    # the config key, the environment, and what it refuses
+    assert core.thrash_limits(config_mod.load()).io_stall_permyriad == 4000
+    c = config_mod.load(cli={"thrash_io_stall_limit": "55%"})
+    assert core.thrash_limits(c).io_stall_permyriad == 5500 and c.describe()["thrash_io_stall_limit"] == "55%"
+    assert config_mod.load(environ={"OOMKILLER_THRASH_IO_STALL_LIMIT": "0"}).thrash_io_stall_limit_permyriad == 0
+    for bad, why in (("19.9%", "under 20%"), ("0.001%", "rounds to 0"), ("101%", "out of range"), ("40", "percentage")):
+        with pytest.raises(config_mod.ConfigError, match=f"thrash_io_stall_limit.*{why}"):
+            config_mod.load(cli={"thrash_io_stall_limit": bad})
 
 
 @pytest.mark.parametrize("gap_ticks", [3, 6], ids=["300ms", "600ms"])

@@ -220,7 +220,7 @@ class Step:
 
 def thrash_limits(config: Config) -> ThrashLimits:
     return ThrashLimits(config.thrash_refault_limit_permyriad, config.thrash_stall_limit_permyriad,
-                        config.thrash_sustain_ms * 1000)
+                        config.thrash_sustain_ms * 1000, config.thrash_io_stall_limit_permyriad)
 
 
 def policy_for(config: Config, self_pid: int) -> Policy:

@@ -227,6 +227,7 @@ MAX_FREE_ACTIVATED_PERMYRIAD = 2500
 # a second still holds two such faults while they come under 900 ms apart;
 # the gaps, with memory PSI near 0, are held by the I/O stall (observe).
 IO_LIMIT_DIVISOR = 4
+# the default of thrash_io_stall_limit (ThrashLimits.io_stall_permyriad)
 IO_STALL_PERMYRIAD = 4000
 MIN_MAJOR_FAULTS_PER_S = 1
 
@@ -246,11 +247,15 @@ def activated_limit(limits: "ThrashLimits") -> int:
 @dataclass(frozen=True)
 class ThrashLimits:
     """The thresholds (Config: thrash_refault_limit, thrash_stall_limit,
-    thrash_sustain_ms). ``refault_permyriad_per_s`` 0 turns detection off."""
+    thrash_sustain_ms, thrash_io_stall_limit). ``refault_permyriad_per_s`` 0
+    turns detection off."""
 
     refault_permyriad_per_s: int = 2000
     stall_permyriad: int = 1000
     sustain_usec: int = 1_000_000
+    # thrash_io_stall_limit: the I/O stall that carries an episode on slow
+    # storage (IO_LIMIT_DIVISOR); 0 turns that path off
+    io_stall_permyriad: int = IO_STALL_PERMYRIAD
 
 
 @dataclass(frozen=True)
@@ -439,7 +444,8 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         short = free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
         act_counts = last_act >= activated_limit(limits) and short
         io_counts = (short and cur.major_faults >= 0 and last_rate >= io_limit(limits)
-                     and (io_share(base, cur) or 0) >= IO_STALL_PERMYRIAD)
+                     and limits.io_stall_permyriad > 0
+                     and (io_share(base, cur) or 0) >= limits.io_stall_permyriad)
         was_io_only = io_only
         io_only = last_rate < limits.refault_permyriad_per_s and not act_counts and io_counts
         if last_rate < limits.refault_permyriad_per_s and not act_counts and not io_counts:
@@ -520,10 +526,10 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     # the I/O path (IO_LIMIT_DIVISOR): over the whole sustain span
     dt_s = (cur.taken_usec - start.taken_usec) / 1e6
     faults = cur.major_faults - start.major_faults if min(cur.major_faults, start.major_faults) >= 0 else -1
-    io_bound = (io is not None and io >= IO_STALL_PERMYRIAD and free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
+    io_bound = (io is not None and limits.io_stall_permyriad > 0 and io >= limits.io_stall_permyriad and free_pm <= MAX_FREE_ACTIVATED_PERMYRIAD
                 and faults > MIN_MAJOR_FAULTS_PER_S * dt_s > 0 and segment_rate(start, cur) >= io_limit(limits)
                 and (snap.activations_host or (activated is not None and activated >= MIN_ACTIVATED_PERMYRIAD)))
-    io_text = (f", {faults} major faults, I/O stall {io / 100:.1f}% >= {IO_STALL_PERMYRIAD / 100:g}%"
+    io_text = (f", {faults} major faults, I/O stall {io / 100:.1f}% >= {limits.io_stall_permyriad / 100:g}%"
                if io_bound else "")
     if carried:
         # Carried by the activated refaults alone, or by the I/O stall (slow
