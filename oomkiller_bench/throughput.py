@@ -39,7 +39,11 @@ def rates(series: Sequence[Sequence[float]], window_s: float = WINDOW_S, step_s:
     one every ``step_s``, for the windows that hold two reports or more.
 
     A window whose reports are only its ends (a service that stopped
-    reporting while stalled) still gets a rate: what it did between them."""
+    reporting while stalled) still gets a rate: what it did between them.
+    A window wholly after the last report, up to ``t_until``, gets 0: the
+    service did not complete one report's batch in it (it reports every
+    100 ms while it works), so a service that froze and never reported
+    again collapsed, where it once had no rate at all and so no collapse."""
     if not series:
         return []
     start = series[0][0] if t_from is None else t_from
@@ -58,6 +62,8 @@ def rates(series: Sequence[Sequence[float]], window_s: float = WINDOW_S, step_s:
             after = [p for p in series if p[0] >= t]
             if before and after and after[0][0] > before[-1][0]:
                 r = (after[0][1] - before[-1][1]) / (after[0][0] - before[-1][0])
+            elif before and not after and t_until is not None and before[-1][0] == series[-1][0]:
+                r = 0.0
         if r is not None:
             out.append((round(t, 3), r))
         n += 1

@@ -73,8 +73,24 @@ def test_a_window_without_reports_takes_the_span_around_it():
     assert throughput.collapse_and_relief(s, 1000, 0.0, 3.5) == (1.1, 3.5)
 
 
+def test_a_service_that_stops_reporting_for_good_collapsed():
+    """A frozen service whose reporter never ran again before the run's
+    window ended (nohang's second slow-disk run): 0 after its last report,
+    not no rate, so the collapse is seen; the tail of a run that reported
+    to its end is not made 0."""
+    s = series((5, 1000))             # reports up to 3.0 s, then none
+    collapse, relief = throughput.collapse_and_relief(s, 1000, 0.0, 8.0)
+    assert 3.0 < collapse <= 3.6 and relief is None
+    assert dict(throughput.rates(s, 0.5, 0.1, 0.0, 8.0))[8.0] == 0.0
+    # without the run's end, nothing past the last report is made up
+    assert max(t for t, _ in throughput.rates(s, 0.5, 0.1)) <= 3.0
+    # a run that reported to its end: its last windows are its own rate
+    full = series((8, 1000))
+    assert min(r for _, r in throughput.rates(full, 0.5, 0.1, 0.0, full[-1][0])) > 900
+
+
 def test_normalised_is_percent_of_the_baseline():
-    pts = throughput.normalised(series((3, 500)), 1000, t_from=0.0, t_until=2.0)
+    pts = throughput.normalised(series((4, 500)), 1000, t_from=0.0, t_until=2.0)
     assert pts and all(p[1] == pytest.approx(50, abs=1) for p in pts)
 
 
