@@ -213,6 +213,20 @@ def stream(a: argparse.Namespace) -> None:
     set_name(a.name)
     held = filled(a.hold)   # noqa: F841 - held while streaming
     fd = os.open(a.file, os.O_RDONLY)
+    if a.mmap:
+        # a table scan: the file through a mapping, a page at a time, start
+        # to end, in a loop (each MiB one operation)
+        size = os.fstat(fd).st_size
+        m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        os.close(fd)
+        say("ready")
+        c = Counter(a.report_ms)
+        per = STREAM_READ_BYTES // PAGE
+        while True:
+            for p in range(size // PAGE):
+                m[p * PAGE]
+                if p % per == per - 1:
+                    c.n += 1
     say("ready")
     c = Counter(a.report_ms)
     while True:
@@ -450,6 +464,7 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stream")
     st.add_argument("--file", required=True)
     st.add_argument("--hold", type=int, default=0, help="anonymous memory to hold while streaming")
+    st.add_argument("--mmap", action="store_true", help="read the file through a mapping, a page at a time")
     st.add_argument("--report-ms", type=int, default=100)
     st.add_argument("--name", default="oomk-load")
     b = sub.add_parser("build")

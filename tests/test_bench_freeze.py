@@ -233,10 +233,15 @@ def test_argv_of_the_healthy_loads(tmp_path):
     assert build[:2] == ["build", "--dir"] and build[3:7] == ["--total", str(512 << 20), "--piece", str(2 << 20)]
     slow = cs["healthy-stream-held-slow"]
     assert scenarios.victim_argv(slow, la) == [
-        "stream", "--file", "/stream.dat", "--hold", str((256 << 20) * 65 // 100), "--name", "oomk-load"]
+        "stream", "--file", "/stream.dat", "--hold", str((256 << 20) * 70 // 100), "--name", "oomk-load"]
     assert (slow.params["read_bps"], slow.params["on_slow_disk"], slow.params["slow_disk_job"]) == (
         8 << 20, ("stream",), "load")
     assert "from a disk that reads 8.4 MB/s" in slow.describe()
+    scan = cs["healthy-scan-held-slow"]
+    assert scenarios.victim_argv(scan, la) == [
+        "stream", "--file", "/stream.dat", "--hold", str((256 << 20) * 65 // 100), "--mmap", "--name", "oomk-load"]
+    assert (scan.params["read_bps"], scan.params["on_slow_disk"]) == (8 << 20, ("stream",))
+    assert "through mmap" in scan.describe()
     assert scenarios.victim_argv(cs["healthy-slow-write"], la) == ["write", "--dir", "/slow", "--total",
                                                                    str(320 << 20), "--name", "oomk-load"]
     assert cs["healthy-slow-write"].params["write_bps"] == 4 << 20
