@@ -68,7 +68,8 @@ MEMBER_READS = 5
 # times before calling it empty. A mover missed by 40% of
 # reads is missed by all of them once in 10^6 listings.
 MEMBER_READS_SUSPECT = 16
-# ... and of a job that is one cgroup with none below it (see recheck_empty).
+# ... and of a job that is one cgroup with none below it and little charged
+# (see recheck_empty).
 LEAF_READS = 2
 ANON_SUSPECT_BYTES = 1 << 20
 
@@ -278,24 +279,29 @@ class Cgroupfs:
         any read saw, and a read that saw one means populated. Raises
         ``Vanished`` if the cgroup itself is gone.
 
-        A ``leaf`` (no cgroup below it when it was stat'ed before its first
-        read, nor when walked after) is read once more, not up to
-        ``MEMBER_READS`` times: with one ``cgroup.procs`` there is no other
-        cgroup of the job for a process to be moved to between two reads.
-        The read again, which walks its subtree too, still catches a child
-        made, moved into and removed around the first read. Empty leaves
-        are what a domain collects (the cgroups of exited jobs), and their
-        reads made a listing of twenty of them take 20 ms on the loop."""
+        A ``leaf`` (no cgroup below it when the listing looked) that holds
+        under ``ANON_SUSPECT_BYTES`` is read once more, not up to
+        ``MEMBER_READS`` times, if it has no cgroup below it when stat'ed
+        right before that read and right after it (a kernfs directory's
+        links are 2 and one per child): with one ``cgroup.procs`` there is
+        no other cgroup of the job for a process to be moved to between
+        two reads. Empty leaves are what a domain collects (the cgroups of
+        exited jobs), and their reads made a listing of twenty of them take
+        20 ms on the loop. A leaf charged with anonymous memory is read as
+        many times as any job: its process may be one moved back and forth
+        between it and a sibling job."""
         v2 = v2_path or self.v2_mirror(path)
         events = self.events_populated(v2) if v2 else None
         if events is False and not self.layout.memory_v1:
             return [], False
-        reads = MEMBER_READS
-        if leaf:
-            reads = LEAF_READS
-        elif not events and self.anon_bytes(path) >= ANON_SUSPECT_BYTES:
-            reads = MEMBER_READS_SUSPECT
+        suspect = not events and self._charged(path) and self.anon_bytes(path) >= ANON_SUSPECT_BYTES
         seen: set[int] = set()
+        if leaf and not suspect and self._still_leaf(path):
+            for _ in range(LEAF_READS - 1):
+                seen.update(self.subtree_pids(path))
+            if seen or self._still_leaf(path):
+                return sorted(seen), bool(seen) or bool(events)
+        reads = MEMBER_READS_SUSPECT if suspect else MEMBER_READS
         prev: list[int] = []
         for _ in range(reads - 1):
             pids = self.subtree_pids(path)
@@ -304,6 +310,21 @@ class Cgroupfs:
                 break
             prev = pids
         return sorted(seen), bool(seen) or bool(events)
+
+    def _still_leaf(self, path: str) -> bool:
+        """No cgroup below ``path`` now (its links). Raises ``Vanished``
+        if it is gone."""
+        with vanishing(path):
+            return os.stat(path).st_nlink == 2
+
+    def _charged(self, path: str) -> bool:
+        """Whether the cgroup's usage (one small read) could hold
+        ``ANON_SUSPECT_BYTES`` of anonymous memory: if not, its
+        ``memory.stat`` is not read. True if it cannot be read."""
+        try:
+            return self.usage(path) >= ANON_SUSPECT_BYTES
+        except (OSError, ValueError):
+            return True
 
     def anon_bytes(self, path: str) -> int:
         """Anonymous memory charged to the subtree (0 if unknown)."""
@@ -723,8 +744,9 @@ class Cgroupfs:
             v2m = path if not self.layout.memory_v1 else self.v2_mirror(path)
             unseen = bool(v2m and self.events_populated(v2m))
         elif not pids:
-            # a leaf: nothing below when stat'ed (a kernfs directory's
-            # links are 2 and one per child) nor when walked
+            # a leaf, as the listing saw it: nothing below when stat'ed (a
+            # kernfs directory's links are 2 and one per child) nor walked
+            # (recheck_empty stats it again)
             pids, populated = self.recheck_empty(path, leaf=read == 0 and mark[1] == 2)
             unseen = populated and not pids
         key = tuple(sorted(set(pids)))

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from oomkiller.cgroupfs import LEAF_READS, MAX_DEPTH, MEMBER_READS, Cgroupfs, detect_layout, walk_cgroups
+from oomkiller.cgroupfs import LEAF_READS, MAX_DEPTH, MEMBER_READS, MEMBER_READS_SUSPECT, Cgroupfs, detect_layout, walk_cgroups
 from oomkiller.procfs import Procfs
 from oomkiller.core.rank import Policy, rank
 
@@ -355,6 +355,39 @@ def test_v1_an_empty_leaf_is_read_once_more_and_a_read_that_saw_a_process_wins(p
     fs.subtree_pids = lambda p: count.append(p) or []
     (job,) = fs.jobs(fs.resolve("host"), ("*",))
     assert not job.populated and len(count) == MEMBER_READS - 1
+
+
+def test_v1_a_leaf_that_gains_a_child_or_holds_anonymous_memory_is_read_in_full(proc_tree, v1_tree):
+    """The leaf's shortcut is taken only while it is still a leaf right
+    before and right after its read again, and never for a leaf charged
+    with anonymous memory: its process may be moved back and forth between
+    it and a sibling job (each job read alone), which only many reads
+    catch."""
+    proc_tree.proc(501, "hopper", anon_kb=5, shmem_kb=0, swap_kb=0)
+    leaf = v1_tree.cgroup("hopper")
+    fs = Cgroupfs(str(v1_tree.root), Procfs(str(proc_tree.root)))
+    count = []
+    # a child made after the listing looked, before the read again
+    made = []
+    fs.v2_mirror = lambda p: made.append(os.mkdir(os.path.join(p, "c1"))) and None
+    fs.subtree_pids = lambda p: count.append(p) or []
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert made and not job.populated and len(count) == MEMBER_READS - 1
+    os.rmdir(os.path.join(leaf, "c1"))
+    # ... or during it
+    count.clear()
+    fs.v2_mirror = lambda p: None
+    fs.subtree_pids = lambda p: (len(count) == 0 and os.mkdir(os.path.join(p, "c2"))) or count.append(p) or []
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert not job.populated and len(count) == (LEAF_READS - 1) + (MEMBER_READS - 1)
+    os.rmdir(os.path.join(leaf, "c2"))
+    # a leaf charged with 8 MiB of anonymous memory: the suspect's reads
+    count.clear()
+    fs.subtree_pids = lambda p: count.append(p) or []
+    (leaf / "memory.usage_in_bytes").write_text(f"{8 << 20}\n")
+    (leaf / "memory.stat").write_text(f"total_rss {8 << 20}\ntotal_cache 0\n")
+    (job,) = fs.jobs(fs.resolve("host"), ("*",))
+    assert not job.populated and len(count) == MEMBER_READS_SUSPECT - 1
 
 
 def test_one_listing_reads_a_bounded_number_of_cgroups_below_jobs(proc_tree, v2_tree, monkeypatch):
