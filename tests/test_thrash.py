@@ -756,6 +756,10 @@ def test_a_slow_disks_read_around_bursts_carry_the_episode_across_gaps_and_the_l
     assert fired, [(x.state, x.episode_usec) for x in f.figs]
     assert fired[0].episode_usec <= 1_000_000 + gap_ticks * 100_000
     assert "I/O stall 97.0% >= 40%" in fired[0].reason
+    # ... and fired on a burst under the limit: over it, on a v1 domain
+    # whose host's activated share is under 0.5%, the I/O path is no reason
+    assert "%/s of the file cache (12% of the domain; 0.2% of the host's activated" in fired[0].reason
+    assert " >= 5%/s for " in fired[0].reason
     # the same bursts with the I/O stall under its share: the gaps still part them
     g = ExactFeed(activated=0.002)
     g.host = True
@@ -815,6 +819,34 @@ def test_two_bursts_with_io_stall_between_are_not_one_episode():
     f.tick(0.5, 0.25, n=4, io=0.2)
     f.tick(0.06, 0.0, n=6, io=0.9)
     f.tick(0.5, 0.25, n=4, io=0.2)
+    assert "thrashing" not in f.states()
+
+
+def test_an_unrelated_burst_after_a_gap_beside_a_backup_starts_its_own_episode():
+    """A backup keeps the domain's I/O stall at 90% with free memory short;
+    some refaults (no major fault), 1.4 s of nothing, then a program starts
+    (1000 refaults, 20 major faults in 100 ms). The gap is over the sustain
+    span and the first burst made no major fault: the program's burst is
+    an episode of its own, which goes no further."""
+    for first_faults in (0, 10):
+        f = ExactFeed(activated=0.002)
+        f.host = True
+        f.tick(0.0, 0.0, io=0.9, majflt=0)
+        f.tick(0.25, 0.002, n=2, io=0.9, majflt=first_faults)     # burst A
+        f.tick(0.0, 0.002, n=14, flushed=False, io=0.9, majflt=0)
+        f.tick(6.0, 0.002, io=0.9, majflt=200)                     # burst B
+        f.tick(0.0, 0.002, n=30, flushed=False, io=0.9, majflt=0)
+        assert "thrashing" not in f.states(), first_faults
+
+
+def test_a_v1_stream_over_the_limit_with_a_few_major_faults_never_fires():
+    """On a v1 domain the host's activated share is the over-limit rule's
+    guard (0.2% here: nobody's working set): refaults at 30%/s, I/O stall
+    90%, 3 major faults a second (swap-ins, a program start) do not stand
+    in for it."""
+    f = ExactFeed(activated=0.002)
+    f.host = True
+    f.tick(0.3, 0.002, n=60, io=0.9, majflt=3)
     assert "thrashing" not in f.states()
 
 

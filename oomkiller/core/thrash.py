@@ -446,28 +446,38 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         io_counts = (short and cur.major_faults >= 0 and last_rate >= io_limit(limits)
                      and limits.io_stall_permyriad > 0
                      and (io_share(base, cur) or 0) >= limits.io_stall_permyriad)
+        # ... and holds the episode through the gap before it, or a flip over
+        # the refault limit, only if the domain's own tasks faulted pages in
+        # during it and its gap is under the sustain span: a slow disk's
+        # read-around bursts come 0.3-1 s apart, each with a major fault, and
+        # an unrelated burst (a program starting beside a backup that keeps
+        # the I/O stall up) more than a sustain span after the last refaults
+        # starts its own episode, which must then go on
+        seg_faults = (cur.major_faults - base.major_faults
+                      if min(cur.major_faults, base.major_faults) >= 0 else 0)
+        io_holds = io_counts and seg_faults >= 1 and cur.taken_usec - base.taken_usec < limits.sustain_usec
         was_io_only = io_only
         io_only = last_rate < limits.refault_permyriad_per_s and not act_counts and io_counts
         if last_rate < limits.refault_permyriad_per_s and not act_counts and not io_counts:
             onset = None
-        elif onset is None or (was_io_only and last_rate >= limits.refault_permyriad_per_s and not io_counts):
+        elif onset is None or (was_io_only and last_rate >= limits.refault_permyriad_per_s and not io_holds):
             # The episode starts here, not at the previous sample: a rate
             # over a long gap (a slow tick, a flush delay) may be one burst,
             # so later samples must show it goes on for the sustain span.
-            # (A segment over the limit that the I/O stall carries too goes
-            # on with the stretch before it: a slow disk's refaults come in
-            # bursts of read-around on either side of the limit.)
+            # (A segment over the limit that the I/O path holds goes on with
+            # the stretch before it: a slow disk's refaults come in bursts of
+            # read-around on either side of the limit.)
             onset = cur
-        elif cur.taken_usec - base.taken_usec > limits.sustain_usec // 2 and not io_counts:
+        elif cur.taken_usec - base.taken_usec > limits.sustain_usec // 2 and not io_holds:
             # A segment over a long gap (a flush delay, or a trickle of
             # refaults too small to end one) carries the episode only if the
             # domain stayed stalled through the gap: PSI does not lag, and a
             # freeze whose counter shows late stalls all along. Otherwise two
             # short bursts up to the flush delay apart would add up to one.
-            # A segment the I/O stall carries was stalled on I/O through the
-            # gap already (io_share over it): a service waiting on a slow
-            # disk's read-around moves the counter a burst at a time, 300-600
-            # ms apart, with memory PSI near 0.
+            # A segment the I/O stall carries (io_holds) was stalled on I/O
+            # through the gap already (io_share over it): a service waiting
+            # on a slow disk's read-around moves the counter a burst at a
+            # time, 300 ms to a second apart, with memory PSI near 0.
             gap = stall_share(base, cur)
             if gap is not None and gap < limits.stall_permyriad:
                 onset = cur
@@ -547,9 +557,6 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
             ws += f", {act_rate / 100:.0f}%/s of the file cache"
         elif fell >= MIN_FALL_PERMYRIAD:
             ws += f", free memory fell {fell / 100:.0f}% of the domain"
-        elif io_bound:
-            # over the limit too, the I/O path holds over the whole span
-            ws += io_text
         else:
             return ThrashFigures("episode", **base)
     over = (f" >= {io_limit(limits) / 100:g}%/s" if carried and act_rate < act_limit
