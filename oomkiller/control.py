@@ -29,6 +29,7 @@ import selectors
 import socket
 import stat
 import struct
+import threading
 import time
 from typing import Any, Callable
 
@@ -46,6 +47,13 @@ CLIENT_DEADLINE_S = 0.2
 PER_UID_CONNECTIONS = 4
 ROOT_CONNECTIONS = 32
 LISTEN_BACKLOG = 1024       # the kernel caps it at net.core.somaxconn
+# While the kill loop wakes (``hold``), the server waits before its next
+# round, at most this long a round: the loop's reads each give the GIL away,
+# and a flood of connections the server accepts and refuses could keep it
+# up to the interpreter's switch interval every time (a user flooding the
+# socket cost 1-4 of 20 races against the kernel). Under a client's
+# deadline, so that root is still answered while the loop kills.
+HOLD_MAX_S = 0.05
 # Connections a user other than root may open per second; more are closed
 # as they are accepted, before any work is done for them.
 PER_UID_RATE = 100
@@ -117,6 +125,10 @@ class ControlServer:
         self._sel.register(self._stop_r, selectors.EVENT_READ)
         self._thread = None
         self._stopping = False
+        # cleared while the kill loop wakes (``hold``)
+        self._go = threading.Event()
+        self._go.set()
+        self._yield = False     # this round gives way to a hold that starts in it
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -125,21 +137,40 @@ class ControlServer:
         return {"served": self.served, "refused": self.refused, "timed_out": self.timed_out,
                 "open": len(self._conns)}
 
+    def hold(self) -> None:
+        """The kill loop wakes: the server finishes what it is reading or
+        writing and waits (at most HOLD_MAX_S a round) until ``release``."""
+        self._go.clear()
+
+    def release(self) -> None:
+        self._go.set()
+
+    @property
+    def held(self) -> bool:
+        return not self._go.is_set()
+
     # -- the server thread ----------------------------------------------------------
     def start(self) -> None:
         self._thread = start_thread(self.serve_forever, "oomkiller-control")
 
     def serve_forever(self) -> None:
         while not self._stopping:
+            # released: this round gives way again to the next hold; held
+            # past HOLD_MAX_S: this round runs whole, so that the server
+            # goes on while the loop kills
+            released = self._go.wait(HOLD_MAX_S)
             try:
-                self.serve_once(self._next_timeout())
+                self.serve_once(self._next_timeout(), yield_to_hold=released)
             except Exception:
                 # Nothing a client sends may end the server: log and go on.
                 log.exception("OOM: control server error")
                 time.sleep(0.01)
 
-    def serve_once(self, timeout_s: float | None) -> None:
+    def serve_once(self, timeout_s: float | None, yield_to_hold: bool = False) -> None:
+        self._yield = yield_to_hold
         for key, mask in self._sel.select(timeout_s):
+            if self._yield and self.held:
+                break       # the loop woke: what is ready is ready again next round
             if key.fileobj is self.sock:
                 self._accept()
             elif key.fileobj == self._stop_r:
@@ -162,6 +193,8 @@ class ControlServer:
 
     def _accept(self) -> None:
         for _ in range(LISTEN_BACKLOG):
+            if self._yield and self.held:
+                return
             try:
                 sock, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):

@@ -203,6 +203,7 @@ class Daemon:
         # a need of the core's waits for a listing (core.PENDING): the loop is
         # woken when it is ready, to finish it
         self._awaiting_listing = False
+        self._listed_on_loop_usec = 0   # this wake's listings made on the loop (armed records)
         # how long the latest listing took (0: none yet, so the first is on the loop)
         self._listing_usec = 0
         self.walk_listings = {"listed": 0, "reused": 0, "read_again": 0, "swept": 0}
@@ -279,6 +280,7 @@ class Daemon:
         out = self.cgroupfs.jobs(self.domain.path, self.config.jobs, self.keep_out, kept)
         now = self.now_usec()
         self._listing_usec = now - t0
+        self._listed_on_loop_usec += now - t0
         self._set_listed(now, out, self._free_now(now), kept[0] if kept else None)
         return out
 
@@ -630,17 +632,25 @@ class Daemon:
     def wake(self, events: list[PressureEvent]) -> DecisionRecord | None:
         """Snapshot, step the core, carry out what it says. Returns the
         decision record when a walk happened (or was held back). A listing
-        in the background waits meanwhile (``Lister.hold``)."""
-        if self.lister is None:
-            return self._wake(events)
-        self.lister.hold()
+        in the background waits meanwhile (``Lister.hold``), and so does the
+        control server (``ControlServer.hold``), also while a listing the
+        core waits for is made (it is released by the wake that takes it)."""
+        control = self.control if hasattr(self.control, "hold") else None
+        if control is not None:
+            control.hold()
+        if self.lister is not None:
+            self.lister.hold()
         try:
             return self._wake(events)
         finally:
-            self.lister.release()
+            if self.lister is not None:
+                self.lister.release()
+            if control is not None and not self._awaiting_listing:
+                control.release()
 
     def _wake(self, events: list[PressureEvent]) -> DecisionRecord | None:
         t0 = self.now_usec()
+        self._listed_on_loop_usec = 0
         self.wakes += 1
         for src in {str(e.source) for e in events}:
             self.wakes_by_source[src] = self.wakes_by_source.get(src, 0) + 1
@@ -702,7 +712,8 @@ class Daemon:
             elif isinstance(action, core.Disarm):
                 self._disarm(action.job)
             elif isinstance(action, core.Arm):
-                self._arm(action, snap, events, t0)
+                self._arm(action, snap, events, t0, {"snapshot": t_detect - t0, "rank": t_rank - t_detect,
+                                                     "listing": self._listed_on_loop_usec})
             elif isinstance(action, core.TrackTriggers):
                 self._track(action)
             elif isinstance(action, core.Term):
@@ -980,7 +991,10 @@ class Daemon:
                               thrash_episode=self.state.thrash.onset is not None)
 
     # -- carrying out the core's actions ------------------------------------------------
-    def _arm(self, action: core.Arm, snap: MemorySnapshot, events: list[PressureEvent], t0: int) -> None:
+    def _arm(self, action: core.Arm, snap: MemorySnapshot, events: list[PressureEvent], t0: int,
+             timings: dict[str, int] | None = None) -> None:
+        """``timings``: the wake's steps before it (the snapshot; the
+        ranking, with the listing it made on the loop), for the record."""
         job = action.job
         try:
             self.arm.arm(job.v2_path, job.v2_id)
@@ -989,12 +1003,14 @@ class Daemon:
             self.state = core.arm_failed(self.state, action)
             return
         t_armed = self.now_usec()
+        t_map = t_armed - t0 - sum((timings or {}).get(k, 0) for k in ("snapshot", "rank"))
         log.info("OOM: armed job %d '%s' (cgroup id %d) in the kernel", job.inode, report.printable(job.name), job.v2_id)
         first_event_usec = min((e.timestamp_usec for e in events if e.timestamp_usec), default=t0)
         self._emit(ArmedRecord(snap.domain, job.name, job.v2_id, snap.free_bytes,
                                self.config.arm_line_bytes(snap.total_bytes),
                                woken_by=tuple(dataclasses.asdict(e) for e in events[:8]),
-                               timings_usec={"event_to_wake": t0 - first_event_usec, "wake_to_armed": t_armed - t0}))
+                               timings_usec={"event_to_wake": t0 - first_event_usec, "wake_to_armed": t_armed - t0,
+                                             **(timings or {}), **({"arm": t_map} if timings else {})}))
 
     def _disarm(self, job: Job | None = None) -> None:
         if self.arm and self.arm.armed:

@@ -266,3 +266,34 @@ def test_a_reply_that_trickles_ends_at_one_deadline(tmp_path):
     stop.set()
     t.join()
     srv.close()
+
+
+def test_while_the_loop_wakes_the_server_waits_a_round_at_most_hold_max(tmp_path):
+    """``hold`` (the kill loop woke): a round already under way gives way
+    before its next accept, the next waits for ``release``, and a hold
+    longer than HOLD_MAX_S still lets a round through, so root is answered
+    while the loop kills."""
+    seen = []
+    srv = ControlServer(str(tmp_path / "ctl.sock"), lambda cmd: seen.append(cmd) or (True, cmd, {}))
+    try:
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(srv.path)
+        c.sendall(b'{"cmd": "info"}\n')
+        srv.hold()
+        srv.serve_once(0.5, yield_to_hold=True)     # a round that gives way: nothing accepted
+        assert not srv._conns and seen == []
+        srv.release()
+        srv.serve_once(0.5, yield_to_hold=True)     # accepted
+        srv.serve_once(0.5, yield_to_hold=True)     # read and answered
+        assert seen == ["info"] and c.recv(4096).startswith(b'{"ok": true')
+        c.close()
+        # the thread: held, a request waits about HOLD_MAX_S, not for the release
+        srv.hold()
+        srv.start()
+        t = time.monotonic()
+        assert request(srv.path, "info")["ok"]
+        assert time.monotonic() - t < control.CLIENT_DEADLINE_S + 5 * control.HOLD_MAX_S
+        assert srv.held
+    finally:
+        srv.release()
+        srv.close()
