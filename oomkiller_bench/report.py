@@ -117,7 +117,8 @@ def freeze_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # results.json follows the current definitions.
         svc = r.get("service") or {}
         f = dict(r["freeze"], **throughput.headline(svc.get("series") or [], svc.get("baseline_ops_per_s"),
-                                                    r.get("window_s") or 0.0, r["freeze"].get("kill_s")))
+                                                    r.get("window_s") or 0.0, r["freeze"].get("kill_s"),
+                                                    svc.get("alive")))
         out.append(dict(f, contender=r["contender"], run=r["run"], cell=r.get("cell", "thrash"),
                         baseline_ops_per_s=(r.get("service") or {}).get("baseline_ops_per_s"),
                         service_alive=(r.get("service") or {}).get("alive"), window_s=r.get("window_s")))
@@ -595,13 +596,15 @@ def freeze_plot(out_dir: str, runs: list[dict[str, Any]], contender_keys: list[s
         for j, r in enumerate(sorted((r for r in runs if r["contender"] == cont), key=lambda r: r["run"])):
             svc = r.get("service") or {}
             base = svc.get("baseline_ops_per_s") or 0
-            pts = throughput.normalised(svc.get("series") or [], base, t_from=-1.5, t_until=r["window_s"])
+            pts = throughput.normalised(svc.get("series") or [], base, t_from=-1.5,
+                                        t_until=throughput.observed_until(svc.get("series") or [], r["window_s"],
+                                                                          svc.get("alive")))
             color = cmap(j % 10)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linewidth=0.9,
                         label=f"run {r['run'] + 1}")
             f = dict(r["freeze"], **throughput.headline(svc.get("series") or [], base, r["window_s"],
-                                                        r["freeze"].get("kill_s")))
+                                                        r["freeze"].get("kill_s"), svc.get("alive")))
             if f.get("collapse_s") is not None:
                 ax.axvline(f["collapse_s"], color=color, linestyle=":", linewidth=0.8)
             if f.get("kill_s") is not None:

@@ -320,7 +320,8 @@ class Run:
             "series": [[round((t - t_start) / 1e6, 3), n] for t, n in series if t >= tb0],
         }
         if cell.scenario == "thrash":
-            out["freeze"] = freeze_figures(out["service"]["series"], base_rate, t_start, window_s, kills, emptied)
+            out["freeze"] = freeze_figures(out["service"]["series"], base_rate, t_start, window_s, kills, emptied,
+                                           svc_rc is None)
         out["killer"] = {
             "pids": kp,
             "cpu_ms": round((cpu2 - cpu1) / 1e6, 3) if cpu1 is not None and cpu2 is not None else None,
@@ -337,7 +338,7 @@ class Run:
 
 
 def freeze_figures(series: list, baseline_ops_s: float | None, t_start_usec: int, window_s: float,
-                   kills: list[Kill], emptied_usec: int | None) -> dict[str, Any]:
+                   kills: list[Kill], emptied_usec: int | None, alive: bool | None = True) -> dict[str, Any]:
     """The freeze's headline for one run, times in seconds since the hog
     started: the service's collapse (under half its baseline rate), its
     relief (back above half) within the window, the first kill, and the
@@ -351,7 +352,7 @@ def freeze_figures(series: list, baseline_ops_s: float | None, t_start_usec: int
            "victim_emptied_s": since(emptied_usec),
            "decision": first.detail.get("decision") if first else None,
            "thrash": first.detail.get("thrash") if first else None}
-    out.update(throughput.headline(series, baseline_ops_s, window_s, kill_s))
+    out.update(throughput.headline(series, baseline_ops_s, window_s, kill_s, alive))
     return out
 
 

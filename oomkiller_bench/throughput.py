@@ -101,12 +101,25 @@ def collapse_and_relief(series: Sequence[Sequence[float]], baseline_ops_s: float
     return collapse, None
 
 
+def observed_until(series: Sequence[Sequence[float]], window_s: float, alive: bool | None = True) -> float:
+    """How far a run's series speaks for the service: the run's window if
+    it was alive at the end (a silence in it is a freeze, ``rates``), else
+    its last report (what came after is its death, not a collapse: a
+    killer that killed the service is not to be credited with a collapse
+    after its kill)."""
+    if alive is False and series:
+        return min(window_s, series[-1][0])
+    return window_s
+
+
 def headline(series: Sequence[Sequence[float]], baseline_ops_s: float | None, window_s: float,
-             kill_s: float | None) -> dict:
+             kill_s: float | None, alive: bool | None = True) -> dict:
     """The freeze's figures from a run's series: ``collapse_s``,
     ``relief_s``, and from the collapse to the relief and to the first kill
-    (``kill_s``), in seconds since the hog started; None where there was none."""
-    collapse, relief = (collapse_and_relief(series, baseline_ops_s, 0.0, window_s) if baseline_ops_s
+    (``kill_s``), in seconds since the hog started; None where there was none.
+    ``alive``: whether the service lived to the run's end (``observed_until``)."""
+    until = observed_until(series, window_s, alive)
+    collapse, relief = (collapse_and_relief(series, baseline_ops_s, 0.0, until) if baseline_ops_s
                         else (None, None))
 
     def gap(a: float | None, b: float | None) -> float | None:

@@ -84,6 +84,10 @@ def test_a_service_that_stops_reporting_for_good_collapsed():
     assert dict(throughput.rates(s, 0.5, 0.1, 0.0, 8.0))[8.0] == 0.0
     # without the run's end, nothing past the last report is made up
     assert max(t for t, _ in throughput.rates(s, 0.5, 0.1)) <= 3.0
+    # a service killed at 3.0 s: its death is no collapse (a killer that
+    # killed it would get a collapse after its own kill)
+    assert throughput.headline(s, 1000, 8.0, 3.0, alive=False)["collapse_s"] is None
+    assert throughput.headline(s, 1000, 8.0, 3.0, alive=True)["collapse_to_kill_s"] < 0
     # a run that reported to its end: its last windows are its own rate
     full = series((8, 1000))
     assert min(r for _, r in throughput.rates(full, 0.5, 0.1, 0.0, full[-1][0])) > 900
