@@ -53,4 +53,6 @@ def test_every_field_the_readme_names_for_the_record_exists():
     attempt_keys = {"method", "pids", "signal_to_exit_usec", "signal_to_empty_usec", "freed_bytes",
                     "emptied", "left_pids", "thawed", "evaded_pids", "still_populated"}
     timing_keys = {"event_to_wake", "snapshot", "rank", "recheck", "kill", "event_to_decision", "total", "record"}
-    assert named - ALL_RECORD_FIELDS - attempt_keys - timing_keys == set()
+    # an armed record's steps, and its event's name
+    armed_keys = {"armed", "wake_to_armed", "listing", "arm"}
+    assert named - ALL_RECORD_FIELDS - attempt_keys - timing_keys - armed_keys == set()

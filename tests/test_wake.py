@@ -96,6 +96,10 @@ def test_a_wake_below_the_arm_line_arms_before_any_trigger_is_made(proc_tree, v2
     rec = json.loads(out.getvalue().splitlines()[-1])
     assert (rec["event"], rec["job"], rec["free_bytes"]) == ("armed", "hog", 26 * MiB)
     assert rec["woken_by"][0]["source"] == "timer"
+    # the steps of the wake, as the README names them
+    t = rec["timings_usec"]
+    assert set(t) == {"event_to_wake", "wake_to_armed", "snapshot", "rank", "listing", "arm"}
+    assert t["listing"] <= t["rank"] and t["snapshot"] + t["rank"] + t["arm"] == t["wake_to_armed"]
 
 
 def test_job_triggers_are_refreshed_on_calm_timer_ticks_only(proc_tree, v2_tree):
