@@ -987,8 +987,11 @@ class Daemon:
                               woken_by=tuple(dataclasses.asdict(e) for e in events[:8]), events=len(events))
 
     def next_tick_usec(self) -> int:
+        onset = self.state.thrash.onset
         return next_tick_usec(self.state.history, self.config, running=self.running, can_arm=self.arm is not None,
-                              thrash_episode=self.state.thrash.onset is not None)
+                              thrash_episode=onset is not None,
+                              episode_due_usec=None if onset is None
+                              else onset.taken_usec + self.config.thrash_sustain_ms * 1000)
 
     # -- carrying out the core's actions ------------------------------------------------
     def _arm(self, action: core.Arm, snap: MemorySnapshot, events: list[PressureEvent], t0: int,

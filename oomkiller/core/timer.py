@@ -13,18 +13,26 @@ MIN_TICK_USEC = 10_000
 # every 100 ms (a snapshot costs ~0.1 ms: the files it reads are the
 # redline's), so the sustain span is judged on ten segments; below the arm
 # line, every 250 ms, so an episode's start is seen within a quarter second
-# where a freeze leaves free memory (7-13% of the arena).
+# where a freeze leaves free memory (7-13% of the arena). An episode's
+# sample also falls when it will have lasted the sustain span, not up to a
+# tick later: the freeze's kills came 35-170 ms past it at a 100 ms cadence.
 THRASH_EPISODE_TICK_USEC = 100_000
 THRASH_WATCH_TICK_USEC = 250_000
 
 
-def thrash_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, in_episode: bool) -> int | None:
+def thrash_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, in_episode: bool,
+                     episode_due_usec: int | None = None) -> int | None:
     """How soon the thrash detector wants its next sample, None if it has no
-    wish (off, or calm with free memory above the arm line)."""
+    wish (off, or calm with free memory above the arm line).
+    ``episode_due_usec``: when the episode will have lasted the sustain span
+    (its onset's sample time plus ``thrash_sustain_ms``), if one runs."""
     if not config.thrash_refault_limit_permyriad or not history:
         return None
     if in_episode:
-        return THRASH_EPISODE_TICK_USEC
+        left = episode_due_usec - history[-1].taken_usec if episode_due_usec is not None else 0
+        # measured from the last sample, which the loop took before its work
+        # on it: the next one falls at the due time or just after, never before
+        return max(MIN_TICK_USEC, left) if 0 < left < THRASH_EPISODE_TICK_USEC else THRASH_EPISODE_TICK_USEC
     last = history[-1]
     if last.refault_file_pages >= 0 and last.free_bytes < config.arm_line_bytes(last.total_bytes):
         return THRASH_WATCH_TICK_USEC
@@ -32,11 +40,12 @@ def thrash_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, in_ep
 
 
 def next_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, running: bool, can_arm: bool,
-                   thrash_episode: bool = False) -> int:
+                   thrash_episode: bool = False, episode_due_usec: int | None = None) -> int:
     """The sooner of the redline timer's tick (``redline_tick_usec``) and
     the thrash detector's (``thrash_tick_usec``)."""
     tick = redline_tick_usec(history, config, running=running, can_arm=can_arm)
-    thrash = thrash_tick_usec(history, config, in_episode=thrash_episode) if running else None
+    thrash = (thrash_tick_usec(history, config, in_episode=thrash_episode, episode_due_usec=episode_due_usec)
+              if running else None)
     return tick if thrash is None else min(tick, thrash)
 
 
