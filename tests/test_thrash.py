@@ -438,14 +438,49 @@ def test_counter_standing_still_does_not_end_the_episode_within_the_flush_delay(
     f = Feed()
     f.tick(0, 0, 2)
     f.tick(14, 0.2, 5)
-    f.tick(14, 0.2, 10, flushed=False)  # 1 s with no movement: unknown, not over
-    assert f.figs[-1].state == "episode"
-    assert f.tick(14, 0.2).firing       # the flush shows it went on
+    f.tick(0, 0, 10, flushed=False)     # 1 s with no movement and no stall: unknown, not over
+    assert f.figs[-1].state == "episode" and "thrashing" not in f.states()
     g = Feed()
     g.tick(0, 0, 2)
     g.tick(14, 0.2, 5)
     g.tick(0, 0, STATS_LAG_USEC // g.step + 1, flushed=False)
     assert g.figs[-1].state == "calm"
+
+
+def test_a_still_counter_fires_while_psi_shows_the_stall_go_on():
+    # a v1 counter stood still 0.45-1 s at a time in the arena's freeze: the
+    # episode fires when it has lasted the sustain span if the domain is
+    # stalled since the previous sample, not at the counter's next move
+    f = Feed()
+    f.tick(0, 0, 2)
+    f.tick(14, 0.2, 5)
+    f.tick(14, 0.25, 5, flushed=False)
+    assert "thrashing" not in f.states()
+    fired = f.tick(14, 0.25, 1, flushed=False)
+    assert fired.firing and fired.episode_usec == 1_000_000
+    assert "the counter still for 600 ms, the domain stalled 25% since the last sample" in fired.reason
+    # a burst that ended: the stall over the sustain span is still over the
+    # limit (60% for its half second), but nothing stalls since: no kill
+    b = Feed()
+    b.tick(0, 0, 2)
+    b.tick(14, 0.6, 5)
+    b.tick(0, 0, 15, flushed=False)
+    assert "thrashing" not in b.states()
+    assert any(x.episode_usec >= LIMITS.sustain_usec and x.stall_permyriad >= LIMITS.stall_permyriad for x in b.figs)
+    # ... nor a counter still for longer than the flush delay
+    c = Feed()
+    c.tick(0, 0, 2)
+    c.tick(14, 0.2, 5)
+    c.tick(0, 0.05, STATS_LAG_USEC // c.step, flushed=False)
+    assert "thrashing" not in c.states()
+    # ... nor an episode carried under the refault limit (slow storage),
+    # which fires only on a counter that moved
+    d = Feed(activated=0.5, free=TOTAL // 10)
+    d.tick(0, 0, 2)
+    d.tick(0.1, 0.3, 5)
+    d.tick(0.1, 0.3, 10, flushed=False)
+    assert "episode" in d.states() and "thrashing" not in d.states()
+    assert d.tick(0.1, 0.3).firing      # the counter moved
 
 
 def test_a_slower_segment_ends_the_episode():
@@ -557,8 +592,18 @@ def test_the_timer_samples_faster_in_an_episode_and_under_the_arm_line():
     assert next_tick_usec((calm,), conf, running=True, can_arm=False) == 1_000_000
     assert next_tick_usec((low,), conf, running=True, can_arm=False) == THRASH_WATCH_TICK_USEC
     assert next_tick_usec((calm,), conf, running=True, can_arm=False, thrash_episode=True) == THRASH_EPISODE_TICK_USEC
+    # the sample that completes the sustain span falls when it is due, not
+    # up to a tick later; never before it, nor sooner than the timer's least
+    t = calm.taken_usec
+    due = lambda d: next_tick_usec((calm,), conf, running=True, can_arm=False, thrash_episode=True,
+                                   episode_due_usec=t + d)
+    assert due(40_000) == 40_000
+    assert due(1_000) == 10_000
+    assert due(0) == due(-5_000) == due(100_000) == due(900_000) == THRASH_EPISODE_TICK_USEC
     off = config_mod.load(cli={"thrash_refault_limit": "0"})
     assert next_tick_usec((low,), off, running=True, can_arm=False, thrash_episode=True) == 1_000_000
+    assert next_tick_usec((low,), off, running=True, can_arm=False, thrash_episode=True,
+                          episode_due_usec=low.taken_usec + 40_000) == 1_000_000
     unknown = dataclasses.replace(low, refault_file_pages=-1)
     assert next_tick_usec((unknown,), conf, running=True, can_arm=False) == 1_000_000
 

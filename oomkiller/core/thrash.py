@@ -107,7 +107,12 @@ limit (or its activated refaults at theirs) once the episode has lasted
 ``sustain_usec`` at or above its limit (or free memory under the arm line):
 a burst shorter than the sustain never fires, nor does one that the counter
 shows only later in one jump, since PSI, which does not lag, shows the
-stall over by then.
+stall over by then. It also fires on a sample at which the counter stands
+still, if it last moved at or above the limit within the flush delay and
+PSI shows the domain stalled at the stall limit since the previous sample
+(not only over the sustain span, which a burst that just ended still
+fills): a v1 counter stood still for 0.45 to 1 s at a time through the
+arena's freeze.
 
 Cause and sufferer: the refaults say who suffers (the service whose file
 pages are evicted), not who causes it. The kill goes to the ranker's top
@@ -490,15 +495,32 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
     new = dataclasses.replace(state, recent=_keep(state.recent, cur, limits.sustain_usec), moved=moved, onset=onset,
                               last_rate_permyriad_per_s=last_rate, last_activated_permyriad_per_s=last_act,
                               frees=frees, last_io_only=io_only)
-    figs = _figures(new, cur, limits, arm_line_bytes, snap, free_pm, fresh=moved is cur)
+    # The counter stands still, but the episode goes on: PSI, which does not
+    # lag, shows the domain stalled since the previous sample (not only over
+    # the sustain span, which a burst that just ended still fills), and the
+    # counter last moved over the limit within the flush delay. Traced in
+    # the arena's freeze (v1): the counter stood still 0.45 s and 1 s at a
+    # time with the service stalled 22-28% of every 50 ms, and the kills
+    # waited for its next move, 0.2-1.3 s past the sustain span.
+    still = None
+    if (moved is not cur and onset is not None and base is not None
+            and last_rate >= limits.refault_permyriad_per_s
+            and cur.taken_usec - base.taken_usec < STATS_LAG_USEC):
+        now_stall = stall_share(prev, cur)
+        if now_stall is not None and now_stall >= limits.stall_permyriad:
+            still = (cur.taken_usec - base.taken_usec, now_stall)
+    figs = _figures(new, cur, limits, arm_line_bytes, snap, free_pm, fresh=moved is cur, still=still)
     if figs.firing and onset.taken_usec != state.fired_onset_usec:
         new = dataclasses.replace(new, fired=state.fired + 1, fired_onset_usec=onset.taken_usec)
     return new, figs
 
 
 def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_bytes: int,
-             snap: MemorySnapshot, free_pm: int, fresh: bool) -> ThrashFigures:
-    """``fresh``: the refault counter moved at ``cur``."""
+             snap: MemorySnapshot, free_pm: int, fresh: bool,
+             still: tuple[int, int] | None = None) -> ThrashFigures:
+    """``fresh``: the refault counter moved at ``cur``; else ``still``: how
+    long it has stood still (usec) and the stall since the previous sample
+    (permyriad), where that stall says the episode goes on (``observe``)."""
     own_act = None if snap.activations_host or cur.activate_pages < 0 else st.last_activated_permyriad_per_s
     if st.onset is None:
         return ThrashFigures("calm", st.last_rate_permyriad_per_s, free_permyriad=free_pm,
@@ -512,9 +534,9 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     base = dict(refault_permyriad_per_s=st.last_rate_permyriad_per_s, episode_usec=span, stall_permyriad=stall,
                 free_permyriad=free_pm, activated_permyriad=activated, activated_host=snap.activations_host,
                 activated_rate_permyriad_per_s=own_act, io_stall_permyriad=io)
-    if span < limits.sustain_usec or not fresh:
-        # Not long enough yet, or this sample's counter did not move: an
-        # unmoved counter cannot confirm the episode goes on.
+    if span < limits.sustain_usec or not (fresh or still):
+        # Not long enough yet, or this sample's counter did not move and
+        # nothing else says the episode goes on.
         return ThrashFigures("episode", **base)
     ram = snap.ram_total_bytes
     cache_pm = cur.file_lru_bytes * 10_000 // ram if ram > 0 else 10_000
@@ -541,6 +563,9 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
                 and (snap.activations_host or (activated is not None and activated >= MIN_ACTIVATED_PERMYRIAD)))
     io_text = (f", {faults} major faults, I/O stall {io / 100:.1f}% >= {limits.io_stall_permyriad / 100:g}%"
                if io_bound else "")
+    if carried and not fresh:
+        # only an episode over the refault limit goes on on a still counter
+        return ThrashFigures("episode", **base)
     if carried:
         # Carried by the activated refaults alone, or by the I/O stall (slow
         # storage): over the whole sustain span too, not only the segment,
@@ -569,6 +594,9 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
         stall, on_io = io, True
         if io_text not in ws:
             ws += io_text
+    if still and not fresh:
+        ws += (f"; the counter still for {still[0] // 1000} ms, the domain stalled {still[1] / 100:.0f}% "
+               f"since the last sample")
     rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
             f"({cache_pm / 100:.0f}% of the domain{ws}){over} for {span // 1000} ms")
     if stall is not None:
