@@ -29,12 +29,11 @@ import selectors
 import socket
 import stat
 import struct
-import threading
 import time
 from typing import Any, Callable
 
 from .client import ControlError, request  # noqa: F401 - the client side, for whoever imports it from here
-from .output import start_thread
+from .output import LoopHold, start_thread
 
 log = logging.getLogger("oomkiller")
 
@@ -102,7 +101,7 @@ class _Conn:
         self.outbuf = b""
 
 
-class ControlServer:
+class ControlServer(LoopHold):
     """Listens on ``path``; ``handle(cmd) -> (ok, text, data)`` does the work,
     in the server's thread (``start()``), so it must only read the daemon's
     state or set its flags."""
@@ -125,9 +124,9 @@ class ControlServer:
         self._sel.register(self._stop_r, selectors.EVENT_READ)
         self._thread = None
         self._stopping = False
-        # cleared while the kill loop wakes (``hold``)
-        self._go = threading.Event()
-        self._go.set()
+        # the kill loop's hold: the server finishes what it is reading or
+        # writing and waits, at most HOLD_MAX_S a round
+        LoopHold.__init__(self)
         self._yield = False     # this round gives way to a hold that starts in it
 
     def fileno(self) -> int:
@@ -136,18 +135,6 @@ class ControlServer:
     def stats(self) -> dict[str, int]:
         return {"served": self.served, "refused": self.refused, "timed_out": self.timed_out,
                 "open": len(self._conns)}
-
-    def hold(self) -> None:
-        """The kill loop wakes: the server finishes what it is reading or
-        writing and waits (at most HOLD_MAX_S a round) until ``release``."""
-        self._go.clear()
-
-    def release(self) -> None:
-        self._go.set()
-
-    @property
-    def held(self) -> bool:
-        return not self._go.is_set()
 
     # -- the server thread ----------------------------------------------------------
     def start(self) -> None:

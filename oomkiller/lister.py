@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from .cgroupfs import Cgroupfs
 from .model import Job
+from .output import LoopHold
 
 log = logging.getLogger("oomkiller")
 
@@ -30,7 +31,7 @@ FAILURE_LOG_S = 60.0
 HOLD_MAX_S = 1.0
 
 
-class Lister:
+class Lister(LoopHold):
     def __init__(self, make_fs: Callable[[], Cgroupfs], domain_path: str, jobs: tuple[str, ...],
                  keep_out: tuple[str, ...], clock_usec: Callable[[], int],
                  on_done: Callable[[], None] | None = None,
@@ -44,9 +45,9 @@ class Lister:
         # (the daemon's ranking of it): given the jobs and when they were
         # listed; its failure costs only that (the loop makes it then)
         self._finish = finish
-        # set while the loop wakes: the listing waits between jobs (``hold``)
-        self._go = threading.Event()
-        self._go.set()
+        # the loop's hold: a listing under way waits before its next job, at
+        # most HOLD_MAX_S a job
+        LoopHold.__init__(self)
         self._want = threading.Event()
         self._finished = threading.Event()
         self._lock = threading.Lock()
@@ -60,21 +61,6 @@ class Lister:
         self.counts = {"listed": 0, "failed": 0}
         self._thread = threading.Thread(target=self._run, name="oomkiller-lister", daemon=True)
         self._thread.start()
-
-    def hold(self) -> None:
-        """The loop wakes: a listing under way waits before its next job
-        until ``release`` (at most HOLD_MAX_S a job), so that the loop's
-        reads do not queue for the GIL behind the listing's (each read the
-        loop makes gives the GIL away, and the listing could keep it up to
-        the interpreter's switch interval, 5 ms, every time)."""
-        self._go.clear()
-
-    def release(self) -> None:
-        self._go.set()
-
-    @property
-    def held(self) -> bool:
-        return not self._go.is_set()
 
     def between_jobs(self) -> None:
         """Called by this thread between jobs (the listing's reads, the

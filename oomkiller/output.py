@@ -46,6 +46,30 @@ def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
     return t
 
 
+class LoopHold:
+    """A thread that gives way while the kill loop wakes: the loop calls
+    ``hold`` when it wakes and ``release`` when it is done; the thread waits
+    on ``_go`` (with a bound of its own) where it can stop. Its reads would
+    otherwise queue the loop's for the GIL: each read the loop makes gives
+    the GIL away, and the other thread could keep it up to the interpreter's
+    switch interval, 5 ms, every time."""
+
+    def __init__(self) -> None:
+        # cleared while the loop wakes
+        self._go = threading.Event()
+        self._go.set()
+
+    def hold(self) -> None:
+        self._go.clear()
+
+    def release(self) -> None:
+        self._go.set()
+
+    @property
+    def held(self) -> bool:
+        return not self._go.is_set()
+
+
 class LineWriter:
     """Writes lines to one file descriptor from its own thread.
 
