@@ -832,6 +832,7 @@ class FreezeWatch:
         self.available: list[tuple[float, int]] = []
         self.psi_max: dict[str, float] = {}
         self.detector = DetectorTrace(t_start)
+        self.t_end: float | None = None     # when ``run`` returned
 
     def series(self, ops: list[tuple[int, int]]) -> list[tuple[float, int]]:
         return [(round(t / 1e6 - self.t_start, 3), n) for t, n in ops]
@@ -877,16 +878,29 @@ class FreezeWatch:
             dead = self.sampler.t_dead
             if dead is not None:
                 if now >= dead + FREEZE_AFTER_DEATH_S or self.settled(now, dead):
+                    self.t_end = now
                     return False
             elif (self.t_held is not None and now >= self.t_held + FREEZE_WINDOW_S) or now >= deadline:
+                self.t_end = now
                 return True
             time.sleep(WATCH_STEP_S)
 
-    def figures(self, ops: list[tuple[int, int]], t_dead: float | None, mem_total: int) -> dict[str, Any]:
+    def end_s(self, series: list[tuple[float, int]], svc_alive: bool) -> float:
+        """Where the series ends, in seconds since the hog started: when the
+        watch ended if the service still ran then (a silence up to it is a
+        freeze, ``throughput.rates``), else at its last report (what came
+        after is its death, ``throughput.observed_until``)."""
+        end = series[-1][0] if series else 0.0
+        if svc_alive and series and self.t_end is not None:
+            end = max(end, round(self.t_end - self.t_start, 3))
+        return end
+
+    def figures(self, ops: list[tuple[int, int]], t_dead: float | None, mem_total: int,
+                svc_alive: bool = True) -> dict[str, Any]:
         series = self.series(ops)
         held_s = None if self.t_held is None else round(self.t_held - self.t_start, 3)
         kill_s = None if t_dead is None else round(t_dead - self.t_start, 3)
-        end_s = series[-1][0] if series else 0.0
+        end_s = self.end_s(series, svc_alive)
         if held_s is not None:
             end_s = min(end_s, held_s + FREEZE_WINDOW_S)
         out = freeze_figures(series, self.baseline(series), held_s, kill_s, end_s)
@@ -910,17 +924,20 @@ class HealthyWatch(FreezeWatch):
         while True:
             now = time.monotonic()
             self.take(now)
-            if self.sampler.t_dead is not None:
-                return False
-            if now >= deadline:
-                return True
+            if self.sampler.t_dead is not None or now >= deadline:
+                self.t_end = now
+                return self.sampler.t_dead is None
             time.sleep(WATCH_STEP_S)
 
-    def figures(self, ops: list[tuple[int, int]], t_dead: float | None, mem_total: int) -> dict[str, Any]:
+    def figures(self, ops: list[tuple[int, int]], t_dead: float | None, mem_total: int,
+                svc_alive: bool = True) -> dict[str, Any]:
         series = self.series(ops)
         base = self.baseline(series)
-        end_s = series[-1][0] if series else 0.0
-        rate = throughput.rate(series, 0.0, end_s) if series else None
+        end_s = self.end_s(series, svc_alive)
+        # over the whole window: a silence before its end did no work
+        pts = [p for p in series if 0.0 <= p[0] <= end_s]
+        rate = ((pts[-1][1] - pts[0][1]) / (end_s - pts[0][0])
+                if len(pts) >= 2 and end_s > pts[0][0] else None)
         avail = [a for t, a in self.available if t >= self.t_start]
         det = self.detector.summary(None)
         return {"baseline_ops_s": None if base is None else round(base, 1),
@@ -1109,8 +1126,9 @@ class HostBench:
             rec["service_ops_s"] = {"baseline": base and round(base, 1), "during": during and round(during, 1)}
             rec["service_work"] = round(during / base, 3) if base and during is not None else None
             if watch is not None:
-                rec["healthy" if s.healthy else "freeze"] = watch.figures(ops, None if timed_out else t_dead,
-                                                                          self.mem_total)
+                rec["healthy" if s.healthy else "freeze"] = watch.figures(
+                    ops, None if timed_out else t_dead, self.mem_total,
+                    svc_alive=svc_state.get("ActiveState") == "active")
             if s.healthy:
                 rec.update(healthy_verdict(rec, c.key if c.unit else None, timed_out, bool(lines), oom))
         except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError, OSError) as e:

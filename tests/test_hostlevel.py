@@ -115,6 +115,24 @@ def test_freeze_figures_of_a_freeze_nobody_ends():
     assert hl.freeze_figures(s, None, 0.6, None, 39.0)["collapse_s"] is None
 
 
+def test_a_service_silent_to_the_end_collapsed_unless_it_died():
+    # the service reports 1000 ops/s, then nothing from 2 s after the hog
+    # started: frozen in a fault if it still ran when the watch ended, dead
+    # (nothing to judge after its last report) if it did not
+    t0 = 100.0
+    ops = [(int((t0 + t) * 1e6), n) for t, n in _series([(2.0, 1000)])]
+    for watch_cls in (hl.FreezeWatch, hl.HealthyWatch):
+        w = watch_cls(None, "/nonexistent", "/nonexistent", t0)
+        w.t_held, w.t_end = t0 + 0.5, t0 + 30.0
+        frozen = w.figures(ops, None, 1 << 30, svc_alive=True)
+        dead = w.figures(ops, None, 1 << 30, svc_alive=False)
+        if watch_cls is hl.FreezeWatch:
+            assert 2.0 <= frozen["collapse_s"] <= 3.0 and frozen["never"] is True
+            assert dead["collapse_s"] is None and dead["never"] is False
+        else:
+            assert frozen["service_share"] < 0.1 < 0.9 < dead["service_share"]
+
+
 def test_verdict_wants_the_hog_dead_and_the_service_alive():
     ok = dict(timed_out=False, service_lived=True, killer_lived=True, system_changed=[], contender="earlyoom")
     assert hl.verdict(**ok) == {"collateral": [], "right": True}
