@@ -333,9 +333,12 @@ def rerender(path: str, out: str, with_plots: bool) -> int:
 
 
 def runs_in(cell: scenarios.Cell, c: cmod.Contender) -> bool:
-    """Whether contender ``c`` faces ``cell``: the cell's own list, else every
-    contender that runs everywhere."""
-    return c.key in cell.contenders if cell.contenders is not None else c.everywhere
+    """Whether contender ``c`` faces ``cell``: the cell's own list (a variant
+    of a contender named there too: ``stands_for``), else every contender
+    that runs everywhere."""
+    if cell.contenders is None:
+        return c.everywhere
+    return c.key in cell.contenders or getattr(c, "stands_for", None) in cell.contenders
 
 
 def idle_line(r: dict[str, Any]) -> str:
@@ -367,9 +370,10 @@ def progress_line(n: int, total: int, r: dict[str, Any]) -> str:
     if f:
         def s(v):
             return "never" if v is None else f"{v:.2f} s"
+        relief = (f"relief {s(f['relief_s'])}  collapse->relief {s(f['collapse_to_relief_s'])}"
+                  if f["collapse_s"] is not None else "(no collapse: no relief needed)")
         return (f"{head}  acted: {f['acted']}{' (' + f['kill_job'] + ')' if f.get('kill_job') else ''}"
-                f"  collapse {s(f['collapse_s'])}  kill {s(f['kill_s'])}  relief {s(f['relief_s'])}"
-                f"  collapse->relief {s(f['collapse_to_relief_s'])}"
+                f"  collapse {s(f['collapse_s'])}  kill {s(f['kill_s'])}  {relief}"
                 + (f"  signal: {f['decision']}" if f.get("decision") else "") + f"  [{r.get('wall_s', 0):.1f} s]{died}")
     return (f"{head}  killed by {who}{mark}{coll}{early}  onset->decision {ms(r.get('onset_to_decision_ms'))}"
             f"  ->empty {ms(r.get('signal_to_empty_ms'))}  stall {ms((r.get('psi_ms') or {}).get('some'))}"

@@ -138,6 +138,10 @@ class Oomkiller(Contender):
     def describe(self) -> str:
         return f"oomkiller run --sources {self.sources} --sleep-ms {self.sleep_ms} --redline {REDLINE_PERCENT}%"
 
+    def env(self) -> dict[str, str]:
+        """Variables the daemon gets beside the harness's own."""
+        return {}
+
     def start(self, env: RunEnv) -> Running:
         return RunningDaemon(self, env)
 
@@ -162,6 +166,26 @@ class OomkillerDefaults(Oomkiller):
                 "source, sleep 1000 ms, jobs auto, nothing protected, the thrash detector on)")
 
 
+class OomkillerQuick(OomkillerDefaults):
+    """The shipped defaults but a sustain span of 500 ms (``thrash_sustain_ms``):
+    what a shorter span buys on the freeze and costs on bursts of pressure.
+    Runs only where it is named (``--contenders``), in the cells of the
+    shipped defaults."""
+
+    SUSTAIN_MS = 500
+    stands_for = "oomk-defaults"
+
+    def __init__(self) -> None:
+        Oomkiller.__init__(self, "oomk-quick", ALL_SOURCES, 1000,
+                           f"oomkiller, shipped defaults but thrash_sustain_ms {self.SUSTAIN_MS}")
+
+    def env(self) -> dict[str, str]:
+        return {"OOMKILLER_THRASH_SUSTAIN_MS": str(self.SUSTAIN_MS)}
+
+    def describe(self) -> str:
+        return super().describe() + f"; OOMKILLER_THRASH_SUSTAIN_MS={self.SUSTAIN_MS}"
+
+
 class RunningDaemon(Running):
     # bcc compiles the BPF program at start (0.3-0.5 s here); allow for a slow CI host.
     START_TIMEOUT_S = 60
@@ -177,7 +201,8 @@ class RunningDaemon(Running):
         self.argv = c.argv(env, self.sock, self.json_log)
         t0 = time.monotonic()
         with open(self.err_path, "w") as err:
-            self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+            self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                      env={**os.environ, **c.env()})
         self._info = daemon.wait_info(self.sock, lambda: self.p.poll() is None, self.START_TIMEOUT_S) or {}
         if not self._info:
             self.stop()
@@ -509,6 +534,7 @@ def contenders() -> dict[str, Contender]:
         Oomkiller("oomk-ebpf", "ebpf,timer", 1000, "oomkiller, eBPF events"),
         Oomkiller("oomk-prearm", ALL_SOURCES, 1000, "oomkiller, pre-armed kill (all sources)"),
         OomkillerDefaults(),
+        OomkillerQuick(),
         Earlyoom(),
         Nohang(),
     ]

@@ -222,7 +222,9 @@ def freeze_markdown(rows: list[dict[str, Any]], cont_order: list[str],
         s = summ[c]
         rel = s["collapse_to_relief_s"]
         relieved = s["collapsed"] - s["never"]
-        text = (f"{_s(rel['median'])} / {_s(rel['worst'])}" if relieved else "never")
+        # a service that never collapsed (the kill came first) needed no relief
+        text = (f"{_s(rel['median'])} / {_s(rel['worst'])}" if relieved
+                else "never" if s["collapsed"] else "no collapse")
         if relieved and s["never"]:
             text += f" (never in {s['never']})"
         kill = s["collapse_to_kill_s"]
@@ -230,7 +232,7 @@ def freeze_markdown(rows: list[dict[str, Any]], cont_order: list[str],
                       _killed_by(s["acted"], None, s["runs"]),
                       ", ".join(f"{k} {n}" for k, n in s["victims"].items()) or md.DASH,
                       f"{_s(kill['median'])} / {_s(kill['worst'])}" if kill["median"] is not None else md.DASH,
-                      text, f"{relieved}/{s['collapsed']}"])
+                      text, f"{relieved}/{s['collapsed']}" if s["collapsed"] else md.DASH])
     lines += md.table(["contender", "runs", "collapsed", "who acted", "killed job",
                        "collapse → kill s, median / worst", "collapse → relief s, median / worst",
                        "relieved"], trows)
@@ -240,7 +242,8 @@ def freeze_markdown(rows: list[dict[str, Any]], cont_order: list[str],
         for r in sorted((r for r in rows if r["contender"] == c), key=lambda r: r["run"]):
             prow.append([c, r["run"] + 1, _s(r.get("collapse_s")), r.get("acted") or "nobody",
                          r.get("kill_job") or md.DASH, _s(r.get("kill_s")),
-                         _s(r.get("relief_s")) if r.get("relief_s") is not None else "never",
+                         _s(r.get("relief_s")) if r.get("relief_s") is not None
+                         else ("never" if r.get("collapse_s") is not None else "no collapse"),
                          _s(r.get("collapse_to_relief_s")) if r.get("collapse_to_relief_s") is not None
                          else ("never" if r.get("collapse_s") is not None else md.DASH),
                          f"`{r['decision']}`" if r.get("decision") else md.DASH])

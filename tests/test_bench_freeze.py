@@ -151,6 +151,19 @@ def test_freeze_summary_and_table_say_never():
     assert "`thrashing: x`" in text
 
 
+def test_a_kill_before_the_collapse_is_no_collapse_not_never():
+    # the service under half its rate for 0.3 s only: the kill came first
+    rs = [run("oomk-quick", i, 0.3) for i in (0, 1)]
+    for r in rs:
+        r["service"]["series"] = series((3, 1000), (0.3, 5), (40, 900))
+    rows = report.freeze_runs(rs)
+    assert [r["collapse_s"] for r in rows] == [None, None]
+    text = "\n".join(report.freeze_markdown(rows, ["oomk-quick"]))
+    assert "| oomk-quick | 2 | 0/2 | daemon 2 | hog 2 | — | no collapse | — |" in text
+    assert "| oomk-quick | 1 | — | daemon | hog | 1.50 | no collapse | — |" in text
+    assert "never" not in text.split("Per run:")[1]
+
+
 def test_each_freeze_cell_has_its_own_section():
     """The freeze and the freeze on a slow disk are never one table: a slow
     disk's runs would hide in the freeze's medians."""
