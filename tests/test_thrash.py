@@ -12,7 +12,7 @@ from oomkiller import config as config_mod
 from oomkiller.config import ConfigError
 from oomkiller.core import state as core
 from oomkiller.core.detect import detect
-from oomkiller.core.thrash import STATS_LAG_USEC, ThrashLimits, ThrashState, observe
+from oomkiller.core.thrash import MIN_SEGMENT_USEC, STATS_LAG_USEC, ThrashLimits, ThrashState, observe
 from oomkiller.core.timer import THRASH_EPISODE_TICK_USEC, THRASH_WATCH_TICK_USEC, next_tick_usec
 from oomkiller.model import Importance, Job, MemorySnapshot, Proc
 
@@ -38,6 +38,7 @@ class Feed:
         self.figs = []
         self.limits = LIMITS
         self.io_stall = -1      # cumulative I/O some stall; -1 until a tick gives one
+        self.domain = "d"       # "host": the host domain
         self.majflt = -1.0      # cumulative major faults, likewise
 
     def tick(self, rate: float, stall: float, n: int = 1, flushed: bool = True, io: float | None = None,
@@ -53,7 +54,7 @@ class Feed:
             self.activations += int(n_ref * (self.activated or 0))
             self.stall += int(stall * self.step)
             shown = self.refaults if flushed else self.state.last.refault_pages
-            snap = MemorySnapshot("d", TOTAL + self.swap_total, self.free + self.swap_free, TOTAL - self.free, 0,
+            snap = MemorySnapshot(self.domain, TOTAL + self.swap_total, self.free + self.swap_free, TOTAL - self.free, 0,
                                   self.t, -1, self.stall if self.psi else -1, shown, self.lru,
                                   self.swap_free, self.swap_total,
                                   activate_file_pages=-1 if self.activated is None else self.activations,
@@ -440,6 +441,10 @@ def test_counter_standing_still_does_not_end_the_episode_within_the_flush_delay(
     f.tick(14, 0.2, 5)
     f.tick(0, 0, 10, flushed=False)     # 1 s with no movement and no stall: unknown, not over
     assert f.figs[-1].state == "episode" and "thrashing" not in f.states()
+    # the counter catches up: the domain did not stall through the gap, so
+    # the episode starts over there
+    caught = f.tick(14, 0.2)
+    assert caught.state == "episode" and caught.episode_usec == 0
     g = Feed()
     g.tick(0, 0, 2)
     g.tick(14, 0.2, 5)
@@ -458,7 +463,15 @@ def test_a_still_counter_fires_while_psi_shows_the_stall_go_on():
     assert "thrashing" not in f.states()
     fired = f.tick(14, 0.25, 1, flushed=False)
     assert fired.firing and fired.episode_usec == 1_000_000
-    assert "the counter still for 600 ms, the domain stalled 25% since the last sample" in fired.reason
+    assert (">= 20%/s for 1000 ms (until 600 ms ago; the counter still since, the domain stalled 25% of "
+            "that time)") in fired.reason
+    # not for the host domain: /proc/vmstat does not lag, its stall is anyone's
+    h = Feed()
+    h.domain = "host"
+    h.tick(0, 0, 2)
+    h.tick(14, 0.2, 5)
+    h.tick(14, 0.25, 8, flushed=False)
+    assert "thrashing" not in h.states()
     # a burst that ended: the stall over the sustain span is still over the
     # limit (60% for its half second), but nothing stalls since: no kill
     b = Feed()
@@ -473,6 +486,29 @@ def test_a_still_counter_fires_while_psi_shows_the_stall_go_on():
     c.tick(14, 0.2, 5)
     c.tick(0, 0.05, STATS_LAG_USEC // c.step, flushed=False)
     assert "thrashing" not in c.states()
+    # ... nor a burst that ended, then a stall blip at the due sample: the
+    # domain must have stalled all the time the counter stood still
+    e = Feed()
+    e.tick(0, 0, 2)
+    e.tick(14, 0.6, 3)
+    e.tick(0, 0, 7)
+    assert e.tick(0, 0.3).episode_usec == 1_000_000 and "thrashing" not in e.states()
+    # ... nor one segment of a stream (none activated) and then a stall with
+    # no refault at all: the sustain span must show enough refaults for the
+    # working-set share to be judged
+    w = Feed(activated=0.0)
+    w.tick(0, 0, 2)
+    w.tick(14, 0.3)
+    w.tick(0, 0.12, 12)
+    assert "thrashing" not in w.states()
+    # ... nor an episode that the I/O path carried, then one segment over
+    # the limit it held, then a still counter with memory stall
+    io = Feed(activated=0.05)
+    io.tick(0, 0, 5, io=0.0, majflt=0)
+    io.tick(0.16, 0.01, 4, io=0.6, majflt=20)
+    io.tick(0.5, 0.2, 1, io=0.6, majflt=20)
+    io.tick(0, 0.2, 10, io=0.2, majflt=0)
+    assert "episode" in io.states() and "thrashing" not in io.states()
     # ... nor an episode carried under the refault limit (slow storage),
     # which fires only on a counter that moved
     d = Feed(activated=0.5, free=TOTAL // 10)
@@ -593,12 +629,13 @@ def test_the_timer_samples_faster_in_an_episode_and_under_the_arm_line():
     assert next_tick_usec((low,), conf, running=True, can_arm=False) == THRASH_WATCH_TICK_USEC
     assert next_tick_usec((calm,), conf, running=True, can_arm=False, thrash_episode=True) == THRASH_EPISODE_TICK_USEC
     # the sample that completes the sustain span falls when it is due, not
-    # up to a tick later; never before it, nor sooner than the timer's least
+    # up to a tick later; never before it, nor so soon after the last that
+    # the detector would not take it as a segment of its own
     t = calm.taken_usec
     due = lambda d: next_tick_usec((calm,), conf, running=True, can_arm=False, thrash_episode=True,
                                    episode_due_usec=t + d)
-    assert due(40_000) == 40_000
-    assert due(1_000) == 10_000
+    assert due(70_000) == 70_000
+    assert due(1_000) == due(40_000) == MIN_SEGMENT_USEC
     assert due(0) == due(-5_000) == due(100_000) == due(900_000) == THRASH_EPISODE_TICK_USEC
     off = config_mod.load(cli={"thrash_refault_limit": "0"})
     assert next_tick_usec((low,), off, running=True, can_arm=False, thrash_episode=True) == 1_000_000

@@ -108,11 +108,12 @@ limit (or its activated refaults at theirs) once the episode has lasted
 a burst shorter than the sustain never fires, nor does one that the counter
 shows only later in one jump, since PSI, which does not lag, shows the
 stall over by then. It also fires on a sample at which the counter stands
-still, if it last moved at or above the limit within the flush delay and
-PSI shows the domain stalled at the stall limit since the previous sample
-(not only over the sustain span, which a burst that just ended still
-fills): a v1 counter stood still for 0.45 to 1 s at a time through the
-arena's freeze.
+still, if it last moved at or above the limit within the flush delay, in
+an episode no segment of which was carried under the limit, and PSI shows
+the domain stalled at the stall limit all the time since that move and
+since the previous sample (not only over the sustain span, which a burst
+that just ended still fills): a v1 counter stood still for 0.45 to 1 s at
+a time through the arena's freeze. Never for the host domain.
 
 Cause and sufferer: the refaults say who suffers (the service whose file
 pages are evicted), not who causes it. The kill goes to the ranker's top
@@ -292,6 +293,9 @@ class ThrashState:
     # I/O stall alone: such a stretch is no part of a later span over the
     # refault limit (two bursts with I/O stall between them are not one)
     last_io_only: bool = False
+    # a segment of this episode was carried under the refault limit (the
+    # activated or the I/O path): its still counter then proves nothing
+    carried_in_episode: bool = False
     fired: int = 0                          # episodes that fired, for info
     fired_onset_usec: int = -1              # the onset of the episode counted last in ``fired``
     # (taken_usec, free memory without swap) of the samples of the last
@@ -435,6 +439,7 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
     onset, moved, last_rate = state.onset, state.moved, state.last_rate_permyriad_per_s
     last_act = state.last_activated_permyriad_per_s
     io_only = state.last_io_only
+    carried_in = state.carried_in_episode
     base = moved or prev
     if cur.refault_pages - base.refault_pages >= MIN_SEGMENT_REFAULTS:
         # The counter moved: this segment's rate is fresh. Measured from the
@@ -486,29 +491,38 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
             gap = stall_share(base, cur)
             if gap is not None and gap < limits.stall_permyriad:
                 onset = cur
+        under = last_rate < limits.refault_permyriad_per_s
+        carried_in = onset is not None and ((carried_in and onset is not cur) or under)
     elif cur.taken_usec - base.taken_usec >= STATS_LAG_USEC:
         # Still (or all but) for longer than any flush delay: nothing
         # refaults that counts.
-        onset, last_rate, last_act, io_only = None, 0, 0, False
+        onset, last_rate, last_act, io_only, carried_in = None, 0, 0, False, False
     span = FALL_SPANS * limits.sustain_usec + STATS_LAG_USEC
     frees = tuple(f for f in state.frees if cur.taken_usec - f[0] <= span) + ((cur.taken_usec, cur.free_bytes),)
     new = dataclasses.replace(state, recent=_keep(state.recent, cur, limits.sustain_usec), moved=moved, onset=onset,
                               last_rate_permyriad_per_s=last_rate, last_activated_permyriad_per_s=last_act,
-                              frees=frees, last_io_only=io_only)
+                              frees=frees, last_io_only=io_only, carried_in_episode=carried_in)
     # The counter stands still, but the episode goes on: PSI, which does not
-    # lag, shows the domain stalled since the previous sample (not only over
-    # the sustain span, which a burst that just ended still fills), and the
-    # counter last moved over the limit within the flush delay. Traced in
-    # the arena's freeze (v1): the counter stood still 0.45 s and 1 s at a
-    # time with the service stalled 22-28% of every 50 ms, and the kills
-    # waited for its next move, 0.2-1.3 s past the sustain span.
+    # lag, shows the domain stalled all the time the counter stood still and
+    # since the previous sample (not only over the sustain span, which a
+    # burst that just ended still fills), and the counter last moved over
+    # the limit within the flush delay, in an episode no segment of which
+    # was carried under the limit. Traced in the arena's freeze (v1): the
+    # counter stood still 0.45 s and 1 s at a time with the service stalled
+    # 22-28% of every 50 ms, and the kills waited for its next move, 0.2-1.3
+    # s past the sustain span. Over the sustain span the counter must still
+    # show enough refaults for the working-set share to be judged. Never
+    # for the host domain: /proc/vmstat does not lag, and the host's stall
+    # is anyone's.
     still = None
-    if (moved is not cur and onset is not None and base is not None
-            and last_rate >= limits.refault_permyriad_per_s
-            and cur.taken_usec - base.taken_usec < STATS_LAG_USEC):
+    if (moved is not cur and onset is not None and base is not None and snap.domain != "host"
+            and last_rate >= limits.refault_permyriad_per_s and not carried_in
+            and cur.taken_usec - base.taken_usec < STATS_LAG_USEC
+            and new.recent and cur.refault_pages - new.recent[0].refault_pages >= MIN_SEGMENT_REFAULTS):
+        since = stall_share(base, cur)
         now_stall = stall_share(prev, cur)
-        if now_stall is not None and now_stall >= limits.stall_permyriad:
-            still = (cur.taken_usec - base.taken_usec, now_stall)
+        if since is not None and now_stall is not None and min(since, now_stall) >= limits.stall_permyriad:
+            still = (cur.taken_usec - base.taken_usec, since)
     figs = _figures(new, cur, limits, arm_line_bytes, snap, free_pm, fresh=moved is cur, still=still)
     if figs.firing and onset.taken_usec != state.fired_onset_usec:
         new = dataclasses.replace(new, fired=state.fired + 1, fired_onset_usec=onset.taken_usec)
@@ -563,9 +577,6 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
                 and (snap.activations_host or (activated is not None and activated >= MIN_ACTIVATED_PERMYRIAD)))
     io_text = (f", {faults} major faults, I/O stall {io / 100:.1f}% >= {limits.io_stall_permyriad / 100:g}%"
                if io_bound else "")
-    if carried and not fresh:
-        # only an episode over the refault limit goes on on a still counter
-        return ThrashFigures("episode", **base)
     if carried:
         # Carried by the activated refaults alone, or by the I/O stall (slow
         # storage): over the whole sustain span too, not only the segment,
@@ -594,11 +605,11 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
         stall, on_io = io, True
         if io_text not in ws:
             ws += io_text
-    if still and not fresh:
-        ws += (f"; the counter still for {still[0] // 1000} ms, the domain stalled {still[1] / 100:.0f}% "
-               f"since the last sample")
     rate = (f"refaults {st.last_rate_permyriad_per_s / 100:.0f}%/s of the file cache "
             f"({cache_pm / 100:.0f}% of the domain{ws}){over} for {span // 1000} ms")
+    if still and not fresh:
+        rate += (f" (until {still[0] // 1000} ms ago; the counter still since, the domain stalled "
+                 f"{still[1] / 100:.0f}% of that time)")
     if stall is not None:
         if stall < limits.stall_permyriad:
             return ThrashFigures("episode", **base)

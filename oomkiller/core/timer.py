@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from ..config import Config
 from ..model import MemorySnapshot
+from .thrash import MIN_SEGMENT_USEC
 
 # The adaptive timer (config adaptive_sleep) never wakes sooner than this.
 MIN_TICK_USEC = 10_000
@@ -31,8 +32,11 @@ def thrash_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, in_ep
     if in_episode:
         left = episode_due_usec - history[-1].taken_usec if episode_due_usec is not None else 0
         # measured from the last sample, which the loop took before its work
-        # on it: the next one falls at the due time or just after, never before
-        return max(MIN_TICK_USEC, left) if 0 < left < THRASH_EPISODE_TICK_USEC else THRASH_EPISODE_TICK_USEC
+        # on it: the next one falls at the due time or just after, never
+        # before, and never so close to the last that the detector would
+        # not take it as a segment of its own (MIN_SEGMENT_USEC)
+        return (max(MIN_SEGMENT_USEC, left) if 0 < left < THRASH_EPISODE_TICK_USEC
+                else THRASH_EPISODE_TICK_USEC)
     last = history[-1]
     if last.refault_file_pages >= 0 and last.free_bytes < config.arm_line_bytes(last.total_bytes):
         return THRASH_WATCH_TICK_USEC
