@@ -203,6 +203,17 @@ def test_refaults_none_of_which_the_kernel_activates_are_a_stream():
         decoy.tick(70, 0.3)
     decoy.tick(70, 0.3, 6)
     assert decoy.figs[-1].firing and "free memory fell 42% of the domain" in decoy.figs[-1].reason
+    # A build writing new files into a domain it had emptied: free memory
+    # falls as fast, but into file cache (1% of the domain to 13%), and its
+    # re-reads of what its own writes evicted refault, none activated
+    build = Feed(activated=0.0, free=TOTAL * 81 // 100, lru=TOTAL // 100)
+    build.tick(0, 0, 5)
+    for _ in range(5):
+        build.free -= TOTAL * 7 // 100
+        build.lru += TOTAL * 24 // 1000
+        build.tick(14, 0.3)
+    build.tick(14, 0.3, 6)
+    assert "thrashing" not in build.states() and build.figs[-1].state == "episode"
     slow = Feed(activated=0.0, free=TOTAL // 2)
     slow.tick(0, 0, 5)
     for _ in range(40):

@@ -39,7 +39,8 @@ Signals, all from files the snapshot reads anyway:
   limit over ``ACTIVATED_LIMIT_DIVISOR`` (1%/s) of the file cache per
   second (a share anyone can dilute by streaming beside the freeze, a rate
   no one can); or free memory fell by ``MIN_FALL_PERMYRIAD`` of the domain within
-  the last ``FALL_SPANS`` sustain span and the flush delay. A stream that
+  the last ``FALL_SPANS`` sustain span and the flush delay, into something
+  other than file cache (``FALL_CACHE_SLACK_PERMYRIAD``). A stream that
   reads a file larger than its cache refaults each page a whole file's
   worth later: none is ever activated.
   Measured in this host's arena: the freeze 1.8 to 23% of its refaults
@@ -181,6 +182,13 @@ MIN_FALL_PERMYRIAD = 500
 # on top, for an onset a v1 counter shows late. Longer would leave a heap
 # filled just before a stream's episode to the stall alone for longer.
 FALL_SPANS = 1
+# ... and only while the file cache did not grow by more than this share of
+# the domain (permyriad) since: a freeze's fill squeezes the cache as it
+# takes free memory (the arena's from 40% of it to 12%), a build that
+# writes new files into an emptied domain fills it (free memory from 81%
+# to 45% of the arena while its cache grew from 1% to 13%, and its re-reads
+# of what its own writes evicted refaulted at 1,400%/s, none activated).
+FALL_CACHE_SLACK_PERMYRIAD = 100
 
 # ... or unless the activated refaults alone come at the refault limit over
 # this (permyriad of the file LRU per second; 1%/s at the shipped 20%/s): a
@@ -298,9 +306,9 @@ class ThrashState:
     carried_in_episode: bool = False
     fired: int = 0                          # episodes that fired, for info
     fired_onset_usec: int = -1              # the onset of the episode counted last in ``fired``
-    # (taken_usec, free memory without swap) of the samples of the last
+    # (taken_usec, free memory without swap, file LRU) of the samples of the last
     # FALL_SPANS sustain span and the flush delay, oldest first
-    frees: tuple[tuple[int, int], ...] = ()
+    frees: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def last(self) -> ThrashSample | None:
@@ -498,7 +506,8 @@ def observe(state: ThrashState, snap: MemorySnapshot, limits: ThrashLimits,
         # refaults that counts.
         onset, last_rate, last_act, io_only, carried_in = None, 0, 0, False, False
     span = FALL_SPANS * limits.sustain_usec + STATS_LAG_USEC
-    frees = tuple(f for f in state.frees if cur.taken_usec - f[0] <= span) + ((cur.taken_usec, cur.free_bytes),)
+    frees = (tuple(f for f in state.frees if cur.taken_usec - f[0] <= span)
+             + ((cur.taken_usec, cur.free_bytes, cur.file_lru_bytes),))
     new = dataclasses.replace(state, recent=_keep(state.recent, cur, limits.sustain_usec), moved=moved, onset=onset,
                               last_rate_permyriad_per_s=last_rate, last_activated_permyriad_per_s=last_act,
                               frees=frees, last_io_only=io_only, carried_in_episode=carried_in)
@@ -557,7 +566,10 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
     if cache_pm > MAX_CACHE_PERMYRIAD or free_pm > MAX_FREE_PERMYRIAD:
         return ThrashFigures("episode", **base)
     start = st.recent[0] if st.recent else cur
-    most = max((f for _, f in st.frees), default=-1)
+    # memory taken, not filled with file cache: only from a sample whose
+    # cache was not smaller than now (FALL_CACHE_SLACK_PERMYRIAD)
+    slack = ram * FALL_CACHE_SLACK_PERMYRIAD // 10_000 if ram > 0 else 0
+    most = max((f for _, f, lru in st.frees if lru + slack >= cur.file_lru_bytes), default=-1)
     fell = (most - cur.free_bytes) * 10_000 // ram if most >= 0 and cur.free_bytes >= 0 and ram > 0 else 0
     # the host's activations over the domain's cache would be no rate of
     # the domain's: a v1 domain has the share and the fall only
