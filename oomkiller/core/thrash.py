@@ -542,8 +542,8 @@ def _figures(st: ThrashState, cur: ThrashSample, limits: ThrashLimits, arm_line_
              snap: MemorySnapshot, free_pm: int, fresh: bool,
              still: tuple[int, int] | None = None) -> ThrashFigures:
     """``fresh``: the refault counter moved at ``cur``; else ``still``: how
-    long it has stood still (usec) and the stall since the previous sample
-    (permyriad), where that stall says the episode goes on (``observe``)."""
+    long it has stood still (usec) and the stall over that time
+    (permyriad), where the stall says the episode goes on (``observe``)."""
     own_act = None if snap.activations_host or cur.activate_pages < 0 else st.last_activated_permyriad_per_s
     if st.onset is None:
         return ThrashFigures("calm", st.last_rate_permyriad_per_s, free_permyriad=free_pm,
