@@ -40,6 +40,12 @@ class DaemonProc:
             self.err.flush()
         return self.err_path.read_text()
 
+    def wait_log(self, text: str, timeout_s: float = 5) -> str:
+        """Wait for ``text`` in the daemon's log, and return the log. The log
+        lines and the JSON records leave by different writer threads, so a
+        record on disk does not mean its lines are."""
+        return wait_for(lambda: (lambda e: e if text in e else None)(self.stderr()), timeout_s, repr(text))
+
     def stop(self) -> int:
         if self.p.poll() is None:
             self.p.terminate()

@@ -107,7 +107,7 @@ def test_dry_run_kills_nothing(arena, daemon):
     rec = d.records()[-1]
     assert rec["result"] == "dry_run" and rec["victim"]["job"] == "victim" and rec["dry_run"]
     assert v.poll() is None
-    assert "OOM:        (dry run: nothing was killed)" in d.stderr()
+    d.wait_log("OOM:        (dry run: nothing was killed)")
     assert json.loads(d.ctl("info", "--json").stdout)["kills"] == 0
 
 

@@ -27,7 +27,7 @@ def test_no_bcc_falls_back_to_psi_and_the_timer(arena, tmp_path, monkeypatch):
         assert src["memcg"]["state"] == "live"
         text = d.ctl("info").stdout
         assert "    ebpf: unavailable (why=python module bcc not importable" in text
-        err = d.stderr()
+        err = d.wait_log("source ebpf unavailable")
         assert err.count("source ebpf unavailable") == 1
         # and it still kills
         assert d.ctl("lowmem").returncode == 0

@@ -79,5 +79,5 @@ def test_a_writer_stalled_on_a_slow_disk_is_not_killed(arena, daemon, slow_disk)
           f"info: {line.strip()}")
     if stall_share >= 0.6:
         assert pressure["held_by_dirty"] and "held: " in line, (pressure, line)
-        assert "the stall is reclaim waiting for the disk" in d.stderr(), d.stderr()
+        d.wait_log("the stall is reclaim waiting for the disk")
     assert d.stop() == 0

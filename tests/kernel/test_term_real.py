@@ -62,7 +62,7 @@ def test_a_job_that_exits_on_sigterm_is_not_killed(arena, daemon, tmp_path):
     assert rec.snapshot["free_bytes"] < 128 << 20 and rec.redline_bytes == 32 << 20
     assert not [r for r in d.records() if r.get("result") == "killed"]
     assert arena.kernel_oom_kills() == 0
-    assert "OOM: sent SIGTERM to job 'polite' (1 procs)" in d.stderr()
+    d.wait_log("OOM: sent SIGTERM to job 'polite' (1 procs)")
     info = d.ctl("info").stdout
     assert "SIGTERM step: term_redline 128M, grace 1000 ms, SIGTERMs 1" in info and "kills: 0 " in info
     wait_for(lambda: env_out.exists() and "OOMKILLER_RESULT" in env_out.read_text(), 10, "post_kill")

@@ -176,7 +176,7 @@ def test_a_removed_domain_is_one_warning_and_the_daemon_comes_back_to_it(arena, 
     p = arena.spawn_idle(victim, 8 * MIB)
     assert d.ctl("lowmem").returncode == 0
     assert p.wait(timeout=10) == -9
-    assert "is back: watching it again" in d.stderr()
+    d.wait_log("is back: watching it again")
 
 
 def test_the_domains_memory_files_held_open_read_the_charge_of_now(arena, tmp_path):
