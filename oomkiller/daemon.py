@@ -181,6 +181,7 @@ class Daemon:
         self.last_snapshot: MemorySnapshot | None = None
         self.last_thrash: ThrashFigures | None = None
         self._pressure_held = False     # the pressure limit held by dirty pages, said once per episode
+        self._lag_held = False          # the redline held for lagging statistics, said once per episode
         # the latest listing of every job: (when, jobs, the free memory it
         # saw, the cgroupfs listing kept for it); and how walks got theirs
         self._listed: tuple[int, list[Job], int | None, object] | None = None
@@ -700,6 +701,10 @@ class Daemon:
             log.warning("OOM: %s: the stall is reclaim waiting for the disk, which no kill shortens; "
                         "no kill for it", det.held)
         self._pressure_held = bool(det.held)
+        if det.lag_held and not self._lag_held:
+            log.log(NOTICE, "OOM: %s: waiting up to %d ms for the kernel's statistics before the redline acts",
+                    det.lag_held, core.STAT_LAG_HOLD_USEC // 1000)
+        self._lag_held = bool(det.lag_held)
         level = logging.INFO if self.printing else logging.DEBUG
         if log.isEnabledFor(level):     # the line is not made on every tick for nothing
             log.log(level, report.free_line(snap, det.delta_bytes))
@@ -991,7 +996,8 @@ class Daemon:
         return next_tick_usec(self.state.history, self.config, running=self.running, can_arm=self.arm is not None,
                               thrash_episode=onset is not None,
                               episode_due_usec=None if onset is None
-                              else onset.taken_usec + self.config.thrash_sustain_ms * 1000)
+                              else onset.taken_usec + self.config.thrash_sustain_ms * 1000,
+                              stat_lag=self.state.stat_lag_since_usec is not None)
 
     # -- carrying out the core's actions ------------------------------------------------
     def _arm(self, action: core.Arm, snap: MemorySnapshot, events: list[PressureEvent], t0: int,

@@ -27,7 +27,7 @@ import os
 import re
 import time
 
-from .cgroupfs import MAX_DOMAIN_CGROUPS, Cgroupfs, reclaimable_bytes, walk_cgroups
+from .cgroupfs import MAX_DOMAIN_CGROUPS, Cgroupfs, reclaimable_bytes, stat_lag_bytes, walk_cgroups
 from .files import HeldFile, HeldFiles, Vanished, parse_psi_totals, read_text, vanishing
 from .model import MemorySnapshot
 from .procfs import Procfs
@@ -246,7 +246,8 @@ class Domain:
         return MemorySnapshot(self.name, limit + swap, free + swap_free, usage + swap_used, rec, now_usec, full,
                               some, refaults, lru, swap_free, swap, activate_file_pages=activated,
                               activate_of_pages=of, activations_host=host, dirty_bytes=dirty,
-                              io_some_stall_usec=self.io_stall_usec(), major_faults=stat.get("pgmajfault", -1))
+                              io_some_stall_usec=self.io_stall_usec(), major_faults=stat.get("pgmajfault", -1),
+                              stat_lag_bytes=stat_lag_bytes(usage, stat, limit))
 
     def _swap_in_ram(self) -> tuple[int, int]:
         """The part of the host's swap (size, room) that is not memory to

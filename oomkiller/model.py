@@ -68,6 +68,11 @@ class MemorySnapshot:
     # memory.stat: mapped file pages, program text among them, read from
     # the disk), -1 if unknown and for the host
     major_faults: int = -1
+    # the domain's charge its memory.stat does not account for yet, beyond
+    # a slack (cgroupfs.stat_lag_bytes): the kernel sums the statistics
+    # late, so a fast fill shows in the usage before it shows as cache or
+    # anonymous memory; 0 if none, and for the host
+    stat_lag_bytes: int = 0
 
     @property
     def ram_total_bytes(self) -> int:
@@ -294,6 +299,9 @@ class Detection:
     reason: str = ""
     # the pressure limit would have fired but dirty pages held it: why
     held: str = ""
+    # the redline would have fired but the domain's statistics lag its
+    # charge (MemorySnapshot.stat_lag_bytes): why
+    lag_held: str = ""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 import oomkiller.files as files_mod
-from oomkiller.cgroupfs import Cgroupfs
+from oomkiller.cgroupfs import STAT_LAG_SLACK_BYTES, Cgroupfs, stat_lag_bytes
 from oomkiller.domain import Domain, DomainGone, reclaimable_bytes
 from oomkiller.procfs import Procfs
 
@@ -25,6 +25,38 @@ def test_reclaimable_counts_the_file_cache_dirty_pages_included():
     assert reclaimable_bytes({"inactive_file": 1000, "active_file": 600, "dirty": 70, "writeback": 30}) == 1300
     assert reclaimable_bytes({"inactive_file": 10, "dirty": 50}) == 10
     assert reclaimable_bytes({"anon": 12345}) == 0
+
+
+def test_a_charge_the_statistics_do_not_show_yet_is_their_lag(proc_tree, v1_tree):
+    """Seen on a 6.18 host: a v1 domain's memory.stat showed no cache at all
+    while usage_in_bytes showed a stream's 255 MiB of it (the kernel sums
+    the statistics up to 2 s late). The snapshot says how much it lacks."""
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    v1_tree.cgroup("stream", memory__limit_in_bytes=f"{256 * MiB}\n", memory__usage_in_bytes=f"{255 * MiB}\n",
+                   memory__stat=(f"hierarchical_memory_limit {256 * MiB}\ntotal_cache 0\ntotal_rss {MiB}\n"
+                                 "total_inactive_file 0\ntotal_active_file 0\n"))
+    s = _domain(proc_tree, v1_tree, "stream").snapshot(0)
+    assert s.free_bytes == MiB and s.stat_lag_bytes == 254 * MiB
+    # caught up: nothing lags, and the cache is free memory again
+    v1_tree.cgroup("stream", memory__stat=(f"hierarchical_memory_limit {256 * MiB}\ntotal_cache {254 * MiB}\n"
+                                           f"total_rss {MiB}\ntotal_inactive_file {254 * MiB}\n"
+                                           "total_active_file 0\n"))
+    s = _domain(proc_tree, v1_tree, "stream").snapshot(1)
+    assert s.stat_lag_bytes == 0 and s.free_bytes == 255 * MiB
+
+
+def test_the_lag_counts_what_v2_names_and_not_a_slack():
+    v2 = {"anon": 100 * MiB, "file": 50 * MiB, "kernel": 20 * MiB, "sock": MiB, "zswap": 0}
+    assert stat_lag_bytes(171 * MiB, v2, 256 * MiB) == 0
+    assert stat_lag_bytes(171 * MiB + STAT_LAG_SLACK_BYTES, v2, 256 * MiB) == 0     # within the slack
+    assert stat_lag_bytes(300 * MiB, v2, 1 << 40) == 0                            # a 64th of a big limit
+    assert stat_lag_bytes(250 * MiB, v2, 256 * MiB) == 79 * MiB
+    # an older kernel without "kernel": its parts
+    old = {"anon": 100 * MiB, "file": 50 * MiB, "slab": 10 * MiB, "kernel_stack": MiB, "pagetables": MiB}
+    assert stat_lag_bytes(162 * MiB, old, 256 * MiB) == 0
+    # statistics that cannot tell, and a stat that shows more than the usage
+    assert stat_lag_bytes(250 * MiB, {"inactive_file": 0}, 256 * MiB) == 0
+    assert stat_lag_bytes(MiB, {"rss": 100 * MiB, "cache": 0}, 256 * MiB) == 0
 
 
 def test_a_cgroup_full_of_dirty_cache_is_not_short(proc_tree, v1_tree):

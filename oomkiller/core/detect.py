@@ -63,14 +63,27 @@ def stall_permyriad(snap: MemorySnapshot, ref: MemorySnapshot | None) -> int | N
     return max(0, snap.full_stall_usec - ref.full_stall_usec) * 10000 // span
 
 
+def lag_explains(snap: MemorySnapshot, redline_bytes: int) -> bool:
+    """Free memory is under the redline only by a charge the domain's
+    statistics do not account for yet (``stat_lag_bytes``): a stream's page
+    cache, or a hog's anonymous memory, they cannot yet say which."""
+    return snap.free_bytes < redline_bytes <= snap.free_bytes + snap.stat_lag_bytes
+
+
 def detect(snap: MemorySnapshot, redline_bytes: int, prev_free_bytes: int | None,
            simulate_lowmem: bool = False, *, pressure_ref: MemorySnapshot | None = None,
            pressure_limit_permyriad: int = 0, thrash: ThrashFigures | None = None,
-           dirty_hold_permyriad: int = DIRTY_HOLD_PERMYRIAD) -> Detection:
+           dirty_hold_permyriad: int = DIRTY_HOLD_PERMYRIAD, lag_hold: bool = False) -> Detection:
+    """``lag_hold``: the redline waits while ``lag_explains`` (the core
+    allows it for STAT_LAG_HOLD_USEC of a lag, core/state.py)."""
     delta = 0 if prev_free_bytes is None else snap.free_bytes - prev_free_bytes
+    lag_held = ""
     if snap.free_bytes < redline_bytes:
-        return Detection(True, redline_bytes - snap.free_bytes, snap.free_bytes, delta,
-                         reason="free below redline")
+        if not (lag_hold and lag_explains(snap, redline_bytes)):
+            return Detection(True, redline_bytes - snap.free_bytes, snap.free_bytes, delta,
+                             reason="free below redline")
+        lag_held = (f"free {snap.free_bytes} bytes below the redline, but {snap.stat_lag_bytes} bytes of the "
+                    "charge are not in memory.stat yet")
     if thrash is not None and thrash.firing:
         return Detection(True, 0, snap.free_bytes, delta, reason=thrash.reason)
     held = ""
@@ -84,4 +97,4 @@ def detect(snap: MemorySnapshot, redline_bytes: int, prev_free_bytes: int | None
     if simulate_lowmem:
         return Detection(True, SIMULATED_SHORTFALL_BYTES, snap.free_bytes, delta, simulated=True,
                          reason="simulated lowmem", held=held)
-    return Detection(False, 0, snap.free_bytes, delta, held=held)
+    return Detection(False, 0, snap.free_bytes, delta, held=held, lag_held=lag_held)

@@ -33,7 +33,7 @@ from typing import Union
 
 from ..config import Config
 from .decide import decide, decide_term, term_target
-from .detect import detect
+from .detect import detect, lag_explains
 from ..model import (Candidate, Detection, EventKind, Job, KillResult, MemorySnapshot, PressureEvent, Ranking,
                      Source)
 from .rank import Policy, rank
@@ -91,6 +91,12 @@ class Need(enum.Enum):
     ARMED_JOB = "armed_job"     # the armed job, read again ([] if it is gone)
 
 
+# How long the redline waits for the domain's statistics to catch up with
+# its charge: the kernel sums them every 2 s at the latest (the longest lag
+# seen here: 2.0 s).
+STAT_LAG_HOLD_USEC = 2_500_000
+
+
 @dataclass(frozen=True)
 class CoreState:
     prev_free_bytes: int | None = None
@@ -111,6 +117,9 @@ class CoreState:
     termed: tuple[tuple[str, int], ...] = ()
     term_ranked_usec: int = 0
     terms: int = 0
+    # since when free memory has been under the redline only by a charge the
+    # domain's statistics do not account for yet (detect.lag_explains)
+    stat_lag_since_usec: int | None = None
 
 
 @dataclass(frozen=True)
@@ -247,10 +256,18 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Ran
     redline = config.redline.resolve_bytes(snap.total_bytes)
     history = _pressure_history(state.history, snap)
     thrash_state, thrash = observe(state.thrash, snap, thrash_limits(config), config.arm_line_bytes(snap.total_bytes))
+    # The redline waits for statistics that lag the charge, for as long as
+    # the kernel takes to sum them (STAT_LAG_HOLD_USEC), then acts on what
+    # it has: the pre-armed kill and the kernel's own OOM killer do not
+    # wait on them meanwhile.
+    lag_since = ((state.stat_lag_since_usec if state.stat_lag_since_usec is not None else snap.taken_usec)
+                 if lag_explains(snap, redline) else None)
     det = detect(snap, redline, state.prev_free_bytes, wake.lowmem, pressure_ref=history[0],
                  pressure_limit_permyriad=config.pressure_limit_permyriad, thrash=thrash,
-                 dirty_hold_permyriad=config.pressure_dirty_hold_permyriad)
-    s = dataclasses.replace(state, prev_free_bytes=snap.free_bytes, history=history, thrash=thrash_state)
+                 dirty_hold_permyriad=config.pressure_dirty_hold_permyriad,
+                 lag_hold=lag_since is not None and snap.taken_usec - lag_since < STAT_LAG_HOLD_USEC)
+    s = dataclasses.replace(state, prev_free_bytes=snap.free_bytes, history=history, thrash=thrash_state,
+                            stat_lag_since_usec=lag_since)
     actions: list[Action] = []
     policy = policy_for(config, os.getpid() if self_pid is None else self_pid)
 

@@ -19,6 +19,10 @@ MIN_TICK_USEC = 10_000
 # tick later: the freeze's kills came 35-170 ms past it at a 100 ms cadence.
 THRASH_EPISODE_TICK_USEC = 100_000
 THRASH_WATCH_TICK_USEC = 250_000
+# While the redline waits for the domain's statistics (core/state.py,
+# STAT_LAG_HOLD_USEC): a sample every 50 ms, so that the kill, if it is one,
+# comes as soon as they catch up.
+STAT_LAG_TICK_USEC = 50_000
 
 
 def thrash_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, in_episode: bool,
@@ -44,10 +48,14 @@ def thrash_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, in_ep
 
 
 def next_tick_usec(history: Sequence[MemorySnapshot], config: Config, *, running: bool, can_arm: bool,
-                   thrash_episode: bool = False, episode_due_usec: int | None = None) -> int:
+                   thrash_episode: bool = False, episode_due_usec: int | None = None,
+                   stat_lag: bool = False) -> int:
     """The sooner of the redline timer's tick (``redline_tick_usec``) and
-    the thrash detector's (``thrash_tick_usec``)."""
+    the thrash detector's (``thrash_tick_usec``); ``stat_lag``: the redline
+    waits for the domain's statistics (STAT_LAG_TICK_USEC)."""
     tick = redline_tick_usec(history, config, running=running, can_arm=can_arm)
+    if stat_lag and running:
+        tick = min(tick, STAT_LAG_TICK_USEC)
     thrash = (thrash_tick_usec(history, config, in_episode=thrash_episode, episode_due_usec=episode_due_usec)
               if running else None)
     return tick if thrash is None else min(tick, thrash)

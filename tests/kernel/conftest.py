@@ -26,6 +26,14 @@ def arena():
 
 
 @pytest.fixture
+def files_dir():
+    """Where the tests keep their large data files, made once per machine."""
+    d = "/var/tmp/oomkiller-tests"
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+@pytest.fixture
 def daemon(tmp_path):
     started = []
 

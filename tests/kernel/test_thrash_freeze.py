@@ -31,13 +31,6 @@ def big_arena():
         yield a
 
 
-@pytest.fixture
-def files_dir():
-    d = "/var/tmp/oomkiller-tests"
-    os.makedirs(d, exist_ok=True)
-    return d
-
-
 def test_the_freeze_ends_in_a_kill_of_the_hog(big_arena, daemon, files_dir):
     run = thrash_scene.freeze(big_arena, daemon, files_dir, wait_s=30)
     print(run.describe())
