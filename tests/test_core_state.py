@@ -208,6 +208,15 @@ def test_the_redline_waits_for_statistics_that_lag_the_charge_but_not_for_long()
     assert last.detection.reason == "free below redline" and "Walk" in kinds(last)
 
 
+def test_without_the_pre_armed_kill_the_redline_does_not_wait_for_the_statistics():
+    # the lag may be a fast hog's: with nothing armed in the kernel, a wait
+    # hands the race to the kernel's OOM killer
+    s = lagging(1, 200, 1_000_000)
+    w = core.Wake(s.taken_usec, s, (ev(),), can_arm=False, can_track=True)
+    r = core.step(core.CoreState(), CONF, w, JOBS, SELF)
+    assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and r.state.stat_lag_since_usec is None
+
+
 def test_a_shortage_the_lag_cannot_explain_is_not_held():
     # 1 MiB free and 5 MiB unaccounted: under the 12.8 MiB redline either way
     r = wake(core.CoreState(), lagging(1, 5, 1_000_000))

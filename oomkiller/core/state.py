@@ -258,10 +258,12 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Ran
     thrash_state, thrash = observe(state.thrash, snap, thrash_limits(config), config.arm_line_bytes(snap.total_bytes))
     # The redline waits for statistics that lag the charge, for as long as
     # the kernel takes to sum them (STAT_LAG_HOLD_USEC), then acts on what
-    # it has: the pre-armed kill and the kernel's own OOM killer do not
-    # wait on them meanwhile.
+    # it has; and only while the pre-armed kill is live, which does not
+    # wait on them: the lag may be a fast hog's memory, and without it the
+    # kernel's OOM killer would win that race (a sidecar without eBPF lost
+    # its hog to the kernel when it waited).
     lag_since = ((state.stat_lag_since_usec if state.stat_lag_since_usec is not None else snap.taken_usec)
-                 if lag_explains(snap, redline) else None)
+                 if wake.can_arm and lag_explains(snap, redline) else None)
     det = detect(snap, redline, state.prev_free_bytes, wake.lowmem, pressure_ref=history[0],
                  pressure_limit_permyriad=config.pressure_limit_permyriad, thrash=thrash,
                  dirty_hold_permyriad=config.pressure_dirty_hold_permyriad,
