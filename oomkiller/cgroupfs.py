@@ -1059,8 +1059,8 @@ def stat_lag_bytes(usage: int, stat: dict[str, int], limit: int) -> int:
     ``memory.usage_in_bytes`` showed a stream's 255 MiB of it, so that
     free memory looked gone. Anonymous memory, page cache (shmem in it) and,
     on v2, kernel memory and sockets count; v1 names no kernel memory, so
-    a v1 cgroup's large slab counts as lag (the core holds a kill for the
-    lag only so long: core/detect.py)."""
+    a v1 cgroup's large slab counts as lag (the core holds the redline for
+    the lag only so long: STAT_LAG_HOLD_USEC, core/state.py)."""
     if "anon" in stat and "file" in stat:
         kernel = stat["kernel"] if "kernel" in stat else sum(stat.get(k, 0) for k in V2_KERNEL_KEYS)
         known = stat["anon"] + stat["file"] + kernel + stat.get("sock", 0) + stat.get("zswap", 0)
