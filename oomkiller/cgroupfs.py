@@ -1069,7 +1069,19 @@ def stat_lag_bytes(usage: int, stat: dict[str, int], limit: int) -> int:
     else:
         return 0
     lag = usage - known
-    return lag if lag > max(STAT_LAG_SLACK_BYTES, limit // 64) else 0
+    return lag if lag > stat_lag_slack_bytes(limit) else 0
+
+
+def stat_lag_slack_bytes(limit: int) -> int:
+    """What a memory cgroup's statistics may leave out of its charge for
+    good, or miscount, without it being a lag (STAT_LAG_SLACK_BYTES)."""
+    return max(STAT_LAG_SLACK_BYTES, limit // 64)
+
+
+def stat_anon_bytes(stat: dict[str, int]) -> int:
+    """The anonymous memory a memory cgroup's ``stat`` names (v2 ``anon``,
+    v1 ``rss``; neither counts shmem), -1 if it names none."""
+    return stat.get("anon", stat.get("rss", -1))
 
 
 def _relative_name(path: str, domain_path: str) -> str:

@@ -27,7 +27,8 @@ import os
 import re
 import time
 
-from .cgroupfs import MAX_DOMAIN_CGROUPS, Cgroupfs, reclaimable_bytes, stat_lag_bytes, walk_cgroups
+from .cgroupfs import (MAX_DOMAIN_CGROUPS, Cgroupfs, reclaimable_bytes, stat_anon_bytes, stat_lag_bytes,
+                       walk_cgroups)
 from .files import HeldFile, HeldFiles, Vanished, parse_psi_totals, read_text, vanishing
 from .model import MemorySnapshot
 from .procfs import Procfs
@@ -104,6 +105,21 @@ class Domain:
         self._v2 = None     # a domain that came back is a new cgroup
         self.pressure_path = cand if cand and os.path.exists(cand) else None
         return self.pressure_path
+
+    def fresh_anon_bytes(self) -> int | None:
+        """The anonymous memory the domain's processes map now
+        (``Procfs.anon_bytes`` of every process in its subtree), where its
+        memory.stat may lag; None for the host, or if it cannot be read.
+        One read of each cgroup.procs and of each process's statm: made
+        only while the redline would act on lagging statistics
+        (``Daemon._lag_not_anon``)."""
+        if self.is_host:
+            return None
+        try:
+            pids = self.cgroupfs.subtree_pids(self.path)
+        except OSError:
+            return None
+        return self.procfs.anon_bytes(pids)
 
     def holds(self, pid: int, cgroup_id: int) -> bool:
         """Whether the kernel's OOM victim ``pid``, chosen by a task of cgroup
@@ -247,7 +263,7 @@ class Domain:
                               some, refaults, lru, swap_free, swap, activate_file_pages=activated,
                               activate_of_pages=of, activations_host=host, dirty_bytes=dirty,
                               io_some_stall_usec=self.io_stall_usec(), major_faults=stat.get("pgmajfault", -1),
-                              stat_lag_bytes=stat_lag_bytes(usage, stat, limit))
+                              stat_lag_bytes=stat_lag_bytes(usage, stat, limit), stat_anon_bytes=stat_anon_bytes(stat))
 
     def _swap_in_ram(self) -> tuple[int, int]:
         """The part of the host's swap (size, room) that is not memory to

@@ -73,6 +73,11 @@ class MemorySnapshot:
     # late, so a fast fill shows in the usage before it shows as cache or
     # anonymous memory; 0 if none, and for the host
     stat_lag_bytes: int = 0
+    # the anonymous memory the domain's memory.stat names (v2 anon, v1
+    # rss), -1 if unknown and for the host: what a fresh count of the
+    # processes' own anonymous memory is held against, to tell a lag of a
+    # hog's memory from one of page cache (Daemon._lag_not_anon)
+    stat_anon_bytes: int = -1
 
     @property
     def ram_total_bytes(self) -> int:

@@ -217,6 +217,21 @@ def test_without_the_pre_armed_kill_the_redline_does_not_wait_for_the_statistics
     assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and r.state.stat_lag_since_usec is None
 
 
+def test_without_the_pre_armed_kill_the_redline_waits_when_the_lag_is_no_processs_anonymous_memory():
+    # the daemon counted the processes' own anonymous memory afresh: the
+    # lag is none of it (a stream's cache), so no hog races the kernel
+    t0 = 1_000_000
+    s = lagging(1, 200, t0)
+    w = core.Wake(s.taken_usec, s, (ev(),), can_arm=False, can_track=True, lag_not_anon=True)
+    r = core.step(core.CoreState(), CONF, w, JOBS, SELF)
+    assert "Walk" not in kinds(r) and not r.detection.low and r.state.stat_lag_since_usec == t0
+    # for no longer than with the pre-armed kill
+    s2 = lagging(1, 200, t0 + core.STAT_LAG_HOLD_USEC)
+    w2 = core.Wake(s2.taken_usec, s2, (ev(),), can_arm=False, can_track=True, lag_not_anon=True)
+    r2 = core.step(r.state, CONF, w2, JOBS, SELF)
+    assert r2.detection.reason == "free below redline" and "Walk" in kinds(r2)
+
+
 def test_a_shortage_the_lag_cannot_explain_is_not_held():
     # 1 MiB free and 5 MiB unaccounted: under the 12.8 MiB redline either way
     r = wake(core.CoreState(), lagging(1, 5, 1_000_000))

@@ -45,6 +45,21 @@ def test_a_charge_the_statistics_do_not_show_yet_is_their_lag(proc_tree, v1_tree
     assert s.stat_lag_bytes == 0 and s.free_bytes == 255 * MiB
 
 
+def test_a_domains_fresh_anonymous_memory_is_its_processes(proc_tree, v1_tree):
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    proc_tree.proc(4101, "hog", anon_kb=150 << 10, shmem_kb=0, swap_kb=0)
+    proc_tree.proc(4102, "cat", anon_kb=1 << 10, shmem_kb=0, swap_kb=0, file_kb=200 << 10)
+    proc_tree.proc(4103, "elsewhere", anon_kb=500 << 10, shmem_kb=0, swap_kb=0)
+    v1_tree.cgroup("arena", (4102,), memory__limit_in_bytes=f"{256 * MiB}\n", memory__usage_in_bytes=f"{MiB}\n",
+                   memory__stat="total_cache 0\ntotal_rss 0\n")
+    v1_tree.cgroup("arena/hog", (4101,))
+    d = _domain(proc_tree, v1_tree, "arena")
+    assert d.fresh_anon_bytes() == 151 * MiB
+    assert d.snapshot(0).stat_anon_bytes == 0
+    # the host's memory.stat does not lag: nothing to count
+    assert Domain("host", d.procfs, d.cgroupfs).fresh_anon_bytes() is None
+
+
 def test_the_lag_counts_what_v2_names_and_not_a_slack():
     v2 = {"anon": 100 * MiB, "file": 50 * MiB, "kernel": 20 * MiB, "sock": MiB, "zswap": 0}
     assert stat_lag_bytes(171 * MiB, v2, 256 * MiB) == 0

@@ -9,6 +9,32 @@ import oomkiller.files as files_mod
 from oomkiller.procfs import CMDLINE_MAX_BYTES, Procfs
 
 
+def test_anon_bytes_sums_what_the_processes_map_now(proc_tree):
+    proc_tree.proc(10, "hog", anon_kb=150 << 10, shmem_kb=4 << 10, swap_kb=0, file_kb=2 << 10)
+    proc_tree.proc(11, "cat", anon_kb=1 << 10, shmem_kb=0, swap_kb=0, file_kb=300 << 10)
+    proc_tree.proc(12, "kworker", anon_kb=0, shmem_kb=0, swap_kb=0, kernel=True)
+    p = Procfs(str(proc_tree.root))
+    # shmem and file pages are not anonymous
+    assert p.anon_bytes([10, 11, 12]) == 151 << 20
+    assert p.anon_bytes([]) == 0
+    # unknown, not a part of them: more processes than it may read, one
+    # gone or of another pid namespace (cgroup.procs shows it as 0), a
+    # statm that makes no sense
+    assert p.anon_bytes([10, 11, 12], max_procs=2) is None
+    assert p.anon_bytes([10, 99]) is None and p.anon_bytes([10, 0]) is None
+    for text in ("12 x 3\n", "", "12\n"):
+        (proc_tree.root / "11" / "statm").write_text(text)
+        assert p.anon_bytes([10, 11]) is None, text
+
+
+def test_anon_bytes_of_real_processes_is_their_rss_anon():
+    p = Procfs()
+    me = p.proc(os.getpid())
+    got = p.anon_bytes([os.getpid()])
+    # the same counters as RssAnon, read a moment apart
+    assert got is not None and abs(got - me.private_bytes) < 4 << 20
+
+
 def test_meminfo_bytes(proc_tree):
     proc_tree.meminfo(total_kb=8265625, available_kb=6057779, free_kb=5123)
     mi = Procfs(str(proc_tree.root)).meminfo()

@@ -6,6 +6,8 @@ import io
 import json
 import select
 
+import pytest
+
 from oomkiller.config import Config
 from oomkiller.core.state import JOB_PSI_REFRESH_USEC
 from oomkiller.daemon import Daemon
@@ -188,3 +190,34 @@ def test_a_failure_that_repeats_is_logged_once_a_minute(proc_tree, v2_tree, capl
     assert msgs[0] == "OOM: wake failed" and caplog.records[0].exc_info
     assert msgs[1:] == ["OOM: wake failed: OSError: [Errno 19] No such device "
                         "(299 more times in the last minute)"] * 3, msgs
+
+
+def _lagging_arena(proc_tree, v2_tree, load: str, anon_kb: int, file_kb: int) -> None:
+    # 250 MiB charged of 256, and memory.stat names 1 MiB of it: the kernel
+    # has not summed the rest yet (up to 2 s on a 6.18 host)
+    proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
+    proc_tree.proc(4201, load, anon_kb=anon_kb, shmem_kb=0, swap_kb=0, file_kb=file_kb, cgroup="0::/arena/load\n")
+    v2_tree.cgroup("arena", memory__max=f"{256 * MiB}\n", memory__current=f"{250 * MiB}\n",
+                   memory__stat=f"anon {MiB}\nfile 0\ninactive_file 0\nactive_file 0\n")
+    v2_tree.cgroup("arena/load", (4201,), memory__stat=f"anon {MiB}\nfile 0\n")
+
+
+@pytest.mark.parametrize("load, anon_kb, file_kb, waits", [
+    ("cat", 1 << 10, 240 << 10, True),       # a stream: the lag is page cache
+    ("hog", 240 << 10, 0, False),            # a fast hog: the lag is its own memory
+])
+def test_without_the_pre_armed_kill_the_redline_waits_only_for_a_lag_no_process_maps(
+        proc_tree, v2_tree, load, anon_kb, file_kb, waits):
+    _lagging_arena(proc_tree, v2_tree, load, anon_kb, file_kb)
+    now = [1_000_000_000]
+    conf = Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root),
+                  protect_self=False, dry_run=True)
+    out = io.StringIO()
+    d = Daemon(conf, json_out=out, sources=[FakePsi()], arm=None, clock=lambda: now[0])
+    d._ep = object()
+    d.wake([PressureEvent("timer", "tick", timestamp_usec=now[0] // 1000)])
+    decisions = [r for r in map(json.loads, out.getvalue().splitlines()) if r["event"] == "oom_decision"]
+    if waits:
+        assert decisions == [] and d.state.stat_lag_since_usec == now[0] // 1000
+    else:
+        assert [r["decision"] for r in decisions] == ["free below redline"], decisions

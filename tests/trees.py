@@ -35,6 +35,11 @@ class ProcTree:
             status += (f"VmRSS:\t{anon_kb + shmem_kb + file_kb} kB\nRssAnon:\t{anon_kb} kB\n"
                        f"RssFile:\t{file_kb} kB\nRssShmem:\t{shmem_kb} kB\nVmSwap:\t{swap_kb} kB\n")
         (d / "status").write_text(status)
+        # statm: size resident shared text lib data dt, in pages (shared is
+        # file and shmem pages; a kernel thread's are all 0)
+        page = os.sysconf("SC_PAGE_SIZE") >> 10
+        res, shared = (0, 0) if kernel else ((anon_kb + shmem_kb + file_kb) // page, (shmem_kb + file_kb) // page)
+        (d / "statm").write_text(f"{res + 100} {res} {shared} 10 0 {res} 0\n")
         (d / "oom_score_adj").write_text(f"{adj}\n")
         (d / "cgroup").write_text(cgroup)
 
