@@ -236,6 +236,22 @@ class Cgroupfs:
             pids.extend(inner)
         return sorted(set(pids))
 
+    def subtree_pids_within(self, path: str, max_cgroups: int, max_pids: int) -> list[int] | None:
+        """Every process of the cgroup and its descendants, in no order
+        and perhaps twice; None unless all of them were read within the
+        bounds: no more than ``max_cgroups`` cgroups below, or
+        ``max_pids`` processes, or ``MAX_DEPTH`` levels, and every cgroup
+        readable. Raises FileNotFoundError (``Vanished``) if the cgroup
+        itself is gone; descendants that vanish while being read are
+        skipped."""
+        pids = read_pids(os.path.join(path, "cgroup.procs"))
+        cut: list[str] = []
+        for _, inner in _descendants(path, cut, max_cgroups):
+            pids.extend(inner)
+            if len(pids) > max_pids:
+                return None
+        return None if cut or len(pids) > max_pids else pids
+
     def events_populated(self, v2_path: str) -> bool | None:
         """``populated`` of a v2 cgroup's ``cgroup.events``: whether any
         process is in its subtree, from the kernel's own count, in one read

@@ -649,20 +649,23 @@ class Daemon:
             if control is not None and not self._awaiting_listing:
                 control.release()
 
-    def _lag_not_anon(self, snap: MemorySnapshot) -> bool:
-        """Whether the charge the domain's memory.stat lags is none of its
-        processes' anonymous memory (``core.Wake.lag_not_anon``), so that
-        the redline may wait for the statistics without the pre-armed kill:
+    def _lag_is_anon(self, snap: MemorySnapshot) -> bool | None:
+        """Whether the charge the domain's memory.stat lags is, at least in
+        part, its processes' anonymous memory (``core.Wake.lag_is_anon``):
         their own counts are fresh, and a fast hog's memory shows in them
-        at once. Read only when the redline would act on a lag without
-        it; with the pre-armed kill live, the core waits anyway. A process
-        of the domain that maps memory charged elsewhere (it moved in) only
-        makes the wait less likely."""
-        if (self.arm is not None or not snap.stat_lag_bytes or snap.stat_anon_bytes < 0
+        at once. None if it cannot be told, and where it is not asked:
+        no lag that explains a shortage, or one the redline has waited for
+        as long as it may. A process of the domain that maps memory charged
+        elsewhere (it moved in) only makes a wait less likely."""
+        since = self.state.stat_lag_since_usec
+        if (not snap.stat_lag_bytes or snap.stat_anon_bytes < 0
+                or (since is not None and snap.taken_usec - since >= core.STAT_LAG_HOLD_USEC)
                 or not lag_explains(snap, self.config.redline.resolve_bytes(snap.total_bytes))):
-            return False
+            return None
         anon = self.domain.fresh_anon_bytes()
-        return anon is not None and anon - snap.stat_anon_bytes <= stat_lag_slack_bytes(snap.ram_total_bytes)
+        if anon is None:
+            return None
+        return anon - snap.stat_anon_bytes > stat_lag_slack_bytes(snap.ram_total_bytes)
 
     def _wake(self, events: list[PressureEvent]) -> DecisionRecord | None:
         t0 = self.now_usec()
@@ -692,7 +695,7 @@ class Daemon:
         self._jobs_changed = (changed() if changed is not None else True) or self._watch_stale
         wake = core.Wake(t0, snap, tuple(events), lowmem=self.simulate_lowmem,
                          foreign_pids=self._foreign_victims(events), can_arm=self.arm is not None,
-                         lag_not_anon=self._lag_not_anon(snap),
+                         lag_is_anon=self._lag_is_anon(snap),
                          can_track=psi is not None and self._ep is not None,
                          jobs_changed=self._jobs_changed)
         t_detect = self.now_usec()

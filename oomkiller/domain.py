@@ -31,7 +31,7 @@ from .cgroupfs import (MAX_DOMAIN_CGROUPS, Cgroupfs, reclaimable_bytes, stat_ano
                        walk_cgroups)
 from .files import HeldFile, HeldFiles, Vanished, parse_psi_totals, read_text, vanishing
 from .model import MemorySnapshot
-from .procfs import Procfs
+from .procfs import MAX_ANON_PROCS, Procfs
 
 
 class DomainGone(OSError):
@@ -52,6 +52,9 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
 
 # What a snapshot reads of /proc/meminfo (the timer reads it every second:
 # the other fifty lines are not parsed).
+# Cgroups below the domain whose processes ``Domain.fresh_anon_bytes``
+# reads, at most (a cgroup.procs and its folder's listing: some 20 us each).
+MAX_ANON_CGROUPS = 1024
 REFAULT_KEYS = ("workingset_refault_file", "workingset_refault", "workingset_activate_file", "workingset_activate")
 MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)",
                           "SwapTotal", "SwapFree", "Dirty", "Writeback"})
@@ -110,16 +113,17 @@ class Domain:
         """The anonymous memory the domain's processes map now
         (``Procfs.anon_bytes`` of every process in its subtree), where its
         memory.stat may lag; None for the host, or if it cannot be read.
-        One read of each cgroup.procs and of each process's statm: made
-        only while the redline would act on lagging statistics
-        (``Daemon._lag_not_anon``)."""
+        One read of each cgroup.procs and of each process's statm, within
+        bounds (``MAX_ANON_CGROUPS``, ``MAX_ANON_PROCS``: None past them, as
+        for a subtree that cannot all be read): made only while the
+        redline would act on lagging statistics (``Daemon._lag_is_anon``)."""
         if self.is_host:
             return None
         try:
-            pids = self.cgroupfs.subtree_pids(self.path)
+            pids = self.cgroupfs.subtree_pids_within(self.path, MAX_ANON_CGROUPS, MAX_ANON_PROCS)
         except OSError:
             return None
-        return self.procfs.anon_bytes(pids)
+        return None if pids is None else self.procfs.anon_bytes(set(pids))
 
     def holds(self, pid: int, cgroup_id: int) -> bool:
         """Whether the kernel's OOM victim ``pid``, chosen by a task of cgroup

@@ -76,7 +76,7 @@ class MemorySnapshot:
     # the anonymous memory the domain's memory.stat names (v2 anon, v1
     # rss), -1 if unknown and for the host: what a fresh count of the
     # processes' own anonymous memory is held against, to tell a lag of a
-    # hog's memory from one of page cache (Daemon._lag_not_anon)
+    # hog's memory from one of page cache (Daemon._lag_is_anon)
     stat_anon_bytes: int = -1
 
     @property

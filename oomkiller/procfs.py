@@ -42,6 +42,14 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MAX_ANON_PROCS = 4096
 
 
+def _max_gone(n: int) -> int:
+    """Of ``n`` processes, how many may be gone when read (exited since
+    their cgroup.procs was read: they map nothing) before the count is
+    unknown: more is not churn but a procfs that does not show them."""
+    return max(4, n // 8)
+
+
+
 def boot_ticks() -> int:
     """Now, in whole clock ticks since boot: a process whose ``starttime``
     is below it started before now (``starttime`` is its start rounded
@@ -114,15 +122,20 @@ class Procfs:
     def anon_bytes(self, pids: Iterable[int], max_procs: int = MAX_ANON_PROCS) -> int | None:
         """The anonymous memory the processes ``pids`` map now, summed, from
         ``/proc/PID/statm`` (resident less shared pages; shmem is among the
-        shared): counters the kernel keeps per process and reads without a
-        lock, fresh where a cgroup's memory.stat may lag. None, not a part
-        of the sum, if there are over ``max_procs``, or one cannot be read
-        (gone, or not in this procfs: a pid 0 is a process of another pid
-        namespace) or makes no sense: the caller then knows nothing."""
-        total, n = 0, 0
+        shared): counters the kernel keeps per process, fresh where a
+        cgroup's memory.stat may lag (since 6.2 they are per-CPU and read
+        within a batch per CPU: far less than STAT_LAG_SLACK_BYTES). A
+        process gone counts nothing. None, not a part of the sum, if there
+        are over ``max_procs``; if one is of another pid namespace
+        (``cgroup.procs`` shows it as 0), cannot be read or makes no
+        sense; or if more are gone than churn explains (``_max_gone``): the
+        caller then knows nothing."""
+        pids = list(pids)
+        if len(pids) > max_procs:
+            return None
+        total = gone = 0
         for pid in pids:
-            n += 1
-            if n > max_procs or pid <= 0:
+            if pid <= 0:
                 return None
             try:
                 fd = os.open(os.path.join(self.root, str(pid), "statm"), os.O_RDONLY)
@@ -130,12 +143,15 @@ class Procfs:
                     fields = os.read(fd, 256).split()
                 finally:
                     os.close(fd)
+            except (FileNotFoundError, ProcessLookupError):
+                gone += 1
+                continue
             except OSError:
                 return None
             if len(fields) < 3 or not fields[1].isdigit() or not fields[2].isdigit():
                 return None
             total += max(0, int(fields[1]) - int(fields[2])) * _PAGE_SIZE
-        return total
+        return None if gone > _max_gone(len(pids)) else total
 
     def proc(self, pid: int) -> Proc | None:
         """One process, or None if it is gone (or turned out to be another)."""

@@ -175,26 +175,28 @@ def lagging(free_mib: float, lag_mib: float, t_usec: int) -> MemorySnapshot:
     return dataclasses.replace(snap(free_mib, t_usec), stat_lag_bytes=int(lag_mib * MiB))
 
 
-def wake(state, s: MemorySnapshot):
-    w = core.Wake(s.taken_usec, s, (ev(),), can_arm=True, can_track=True)
+def wake(state, s: MemorySnapshot, lag_is_anon: bool | None = False, can_arm: bool = True):
+    w = core.Wake(s.taken_usec, s, (ev(),), can_arm=can_arm, can_track=True, lag_is_anon=lag_is_anon)
     res = core.step(state, CONF, w, None, SELF)
     return core.step(state, CONF, w, JOBS, SELF) if res.need is not core.Need.NOTHING else res
 
 
 def test_the_redline_waits_for_statistics_that_lag_the_charge_but_not_for_long():
-    # 1 MiB free, but 200 MiB of the charge not in memory.stat yet: a
-    # stream's cache or a hog's memory, the statistics cannot yet say
+    # 1 MiB free, but 200 MiB of the charge not in memory.stat yet, and the
+    # processes' own counts show none of it is their anonymous memory: a
+    # stream's cache, which the statistics will name once summed
     t0 = 1_000_000
     r = wake(core.CoreState(), lagging(1, 200, t0))
     assert "Walk" not in kinds(r) and not r.detection.low and "not in memory.stat yet" in r.detection.lag_held
     assert r.state.stat_lag_since_usec == t0
-    # ... while the arming does not wait: the pre-armed kill stays the fast hog's
+    # ... while the arming does not wait
     assert "Arm" in kinds(r)
     assert next_tick_usec(r.state.history, CONF, running=True, can_arm=True, stat_lag=True) == 50_000
     # they caught up: it was cache, free memory is back, and nothing is killed
     r2 = wake(r.state, snap(150, t0 + 50_000))
     assert not r2.detection.low and r2.state.stat_lag_since_usec is None
-    # they caught up: it was the hog's, and the redline acts at once
+    # they caught up: it was not cache after all (kernel memory, say), and
+    # the redline acts at once
     r3 = wake(r.state, snap(1, t0 + 50_000))
     assert r3.detection.reason == "free below redline" and "Walk" in kinds(r3)
     # they never catch up (a v1 domain's slab, which its memory.stat does
@@ -208,27 +210,34 @@ def test_the_redline_waits_for_statistics_that_lag_the_charge_but_not_for_long()
     assert last.detection.reason == "free below redline" and "Walk" in kinds(last)
 
 
-def test_without_the_pre_armed_kill_the_redline_does_not_wait_for_the_statistics():
-    # the lag may be a fast hog's: with nothing armed in the kernel, a wait
-    # hands the race to the kernel's OOM killer
-    s = lagging(1, 200, 1_000_000)
-    w = core.Wake(s.taken_usec, s, (ev(),), can_arm=False, can_track=True)
-    r = core.step(core.CoreState(), CONF, w, JOBS, SELF)
+def test_a_lag_the_processes_own_counts_show_as_a_hogs_is_not_waited_for():
+    # even with a job armed in the kernel: the statistics would only say so later
+    armed = wake(core.CoreState(), snap(40, 1_000_000)).state
+    assert armed.armed is not None
+    r = wake(armed, lagging(1, 200, 1_050_000), lag_is_anon=True)
+    assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and r.state.stat_lag_since_usec is None
+
+
+def test_where_the_counts_cannot_tell_the_redline_waits_only_while_a_job_is_armed():
+    # a job armed in the kernel ends a fast hog at its failed reclaims
+    armed = wake(core.CoreState(), snap(40, 1_000_000)).state
+    r = wake(armed, lagging(1, 200, 1_050_000), lag_is_anon=None)
+    assert "Walk" not in kinds(r) and r.state.stat_lag_since_usec == 1_050_000
+    # none armed (the first wake of a fast fill, a dry run, a top job that
+    # cannot be armed): a wait would hand the race to the kernel's OOM killer
+    r = wake(core.CoreState(), lagging(1, 200, 1_000_000), lag_is_anon=None)
+    assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and r.state.stat_lag_since_usec is None
+    # without the pre-armed kill at all
+    r = wake(core.CoreState(), lagging(1, 200, 1_000_000), lag_is_anon=None, can_arm=False)
     assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and r.state.stat_lag_since_usec is None
 
 
 def test_without_the_pre_armed_kill_the_redline_waits_when_the_lag_is_no_processs_anonymous_memory():
-    # the daemon counted the processes' own anonymous memory afresh: the
-    # lag is none of it (a stream's cache), so no hog races the kernel
     t0 = 1_000_000
-    s = lagging(1, 200, t0)
-    w = core.Wake(s.taken_usec, s, (ev(),), can_arm=False, can_track=True, lag_not_anon=True)
-    r = core.step(core.CoreState(), CONF, w, JOBS, SELF)
+    r = wake(core.CoreState(), lagging(1, 200, t0), can_arm=False)
     assert "Walk" not in kinds(r) and not r.detection.low and r.state.stat_lag_since_usec == t0
-    # for no longer than with the pre-armed kill
-    s2 = lagging(1, 200, t0 + core.STAT_LAG_HOLD_USEC)
-    w2 = core.Wake(s2.taken_usec, s2, (ev(),), can_arm=False, can_track=True, lag_not_anon=True)
-    r2 = core.step(r.state, CONF, w2, JOBS, SELF)
+    # for no longer than with it
+    r2 = wake(r.state, lagging(1, 200, t0 + core.STAT_LAG_HOLD_USEC), can_arm=False)
     assert r2.detection.reason == "free below redline" and "Walk" in kinds(r2)
 
 

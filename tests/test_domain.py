@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 import oomkiller.files as files_mod
-from oomkiller.cgroupfs import STAT_LAG_SLACK_BYTES, Cgroupfs, stat_lag_bytes
+from oomkiller.cgroupfs import MAX_DEPTH, STAT_LAG_SLACK_BYTES, Cgroupfs, stat_lag_bytes
 from oomkiller.domain import Domain, DomainGone, reclaimable_bytes
 from oomkiller.procfs import Procfs
 
@@ -56,6 +56,17 @@ def test_a_domains_fresh_anonymous_memory_is_its_processes(proc_tree, v1_tree):
     d = _domain(proc_tree, v1_tree, "arena")
     assert d.fresh_anon_bytes() == 151 * MiB
     assert d.snapshot(0).stat_anon_bytes == 0
+    # a subtree it cannot read whole within its bounds: unknown, never a
+    # part of it (a hog kept below the bound would go uncounted)
+    v1_tree.cgroup("arena/hog/a")
+    assert d.cgroupfs.subtree_pids_within(d.path, 1, 100) is None
+    assert d.cgroupfs.subtree_pids_within(d.path, 2, 1) is None
+    assert sorted(d.cgroupfs.subtree_pids_within(d.path, 2, 2)) == [4101, 4102]
+    deep = v1_tree.mem / "arena" / "hog"
+    for i in range(MAX_DEPTH + 1):
+        deep = deep / "d"
+        deep.mkdir()
+    assert d.fresh_anon_bytes() is None
     # the host's memory.stat does not lag: nothing to count
     assert Domain("host", d.procfs, d.cgroupfs).fresh_anon_bytes() is None
 

@@ -202,22 +202,28 @@ def _lagging_arena(proc_tree, v2_tree, load: str, anon_kb: int, file_kb: int) ->
     v2_tree.cgroup("arena/load", (4201,), memory__stat=f"anon {MiB}\nfile 0\n")
 
 
+@pytest.mark.parametrize("prearm", [False, True])
 @pytest.mark.parametrize("load, anon_kb, file_kb, waits", [
     ("cat", 1 << 10, 240 << 10, True),       # a stream: the lag is page cache
     ("hog", 240 << 10, 0, False),            # a fast hog: the lag is its own memory
 ])
-def test_without_the_pre_armed_kill_the_redline_waits_only_for_a_lag_no_process_maps(
-        proc_tree, v2_tree, load, anon_kb, file_kb, waits):
+def test_the_redline_waits_only_for_a_lag_no_process_maps(proc_tree, v2_tree, load, anon_kb, file_kb, waits,
+                                                         prearm):
     _lagging_arena(proc_tree, v2_tree, load, anon_kb, file_kb)
     now = [1_000_000_000]
     conf = Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root),
-                  protect_self=False, dry_run=True)
+                  protect_self=False, dry_run=not prearm)
     out = io.StringIO()
-    d = Daemon(conf, json_out=out, sources=[FakePsi()], arm=None, clock=lambda: now[0])
+    arm = FakeArm() if prearm else None
+    d = Daemon(conf, json_out=out, sources=[FakePsi()], arm=arm, clock=lambda: now[0])
+    walks = []
+    # the fake jobs' pids may be anybody's here: nothing is signalled
+    d.killer.walk = lambda ranking, *a, **k: walks.append(ranking) or []
     d._ep = object()
     d.wake([PressureEvent("timer", "tick", timestamp_usec=now[0] // 1000)])
     decisions = [r for r in map(json.loads, out.getvalue().splitlines()) if r["event"] == "oom_decision"]
     if waits:
-        assert decisions == [] and d.state.stat_lag_since_usec == now[0] // 1000
+        assert decisions == [] and walks == [] and d.state.stat_lag_since_usec == now[0] // 1000
     else:
         assert [r["decision"] for r in decisions] == ["free below redline"], decisions
+        assert len(walks) == 1

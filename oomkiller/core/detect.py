@@ -67,7 +67,7 @@ def lag_explains(snap: MemorySnapshot, redline_bytes: int) -> bool:
     """Free memory is under the redline only by a charge the domain's
     statistics do not account for yet (``stat_lag_bytes``): a stream's page
     cache, or a hog's anonymous memory; they cannot yet say which, the
-    processes' own counts can (``Wake.lag_not_anon``)."""
+    processes' own counts can (``Wake.lag_is_anon``)."""
     return snap.free_bytes < redline_bytes <= snap.free_bytes + snap.stat_lag_bytes
 
 

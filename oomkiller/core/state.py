@@ -132,10 +132,11 @@ class Wake:
     # outside the domain (it asks the kernel; the core cannot)
     foreign_pids: frozenset[int] = frozenset()
     can_arm: bool = False                   # the pre-armed kill is live
-    # the daemon counted the domain's processes' anonymous memory afresh
-    # (Procfs.anon_bytes) and it is no more than memory.stat names, within
-    # the slack: what the statistics lag is not a hog's memory
-    lag_not_anon: bool = False
+    # while memory.stat lags: whether the domain's processes, counted
+    # afresh (Procfs.anon_bytes), map more anonymous memory than it names,
+    # past the slack (the lag is, at least in part, a hog's memory); None
+    # if not counted or unknown
+    lag_is_anon: bool | None = None
     can_track: bool = False                 # job PSI triggers can be kept
     # cgroups came or went in the domain since the triggers were last
     # refreshed (True when nothing watches for that)
@@ -262,13 +263,16 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Ran
     thrash_state, thrash = observe(state.thrash, snap, thrash_limits(config), config.arm_line_bytes(snap.total_bytes))
     # The redline waits for statistics that lag the charge, for as long as
     # the kernel takes to sum them (STAT_LAG_HOLD_USEC), then acts on what
-    # it has; and only while the pre-armed kill is live, which does not
-    # wait on them, or while the processes' own counts show the lag is not
-    # anonymous memory: the lag may be a fast hog's memory, and with
-    # neither the kernel's OOM killer would win that race (a sidecar
-    # without eBPF lost its hog to the kernel when it waited).
+    # it has. The lag may be a fast hog's memory, and a wait for it would
+    # hand the race to the kernel's OOM killer (a sidecar without eBPF lost
+    # its hog so): so only while the processes' own counts show it is no
+    # anonymous memory of theirs, or, where they cannot tell, while a job
+    # is armed in the kernel, which ends a hog at the kernel's own failed
+    # reclaims without waiting.
+    may_wait = wake.lag_is_anon is False or (wake.lag_is_anon is None and wake.can_arm
+                                             and state.armed is not None)
     lag_since = ((state.stat_lag_since_usec if state.stat_lag_since_usec is not None else snap.taken_usec)
-                 if (wake.can_arm or wake.lag_not_anon) and lag_explains(snap, redline) else None)
+                 if may_wait and lag_explains(snap, redline) else None)
     det = detect(snap, redline, state.prev_free_bytes, wake.lowmem, pressure_ref=history[0],
                  pressure_limit_permyriad=config.pressure_limit_permyriad, thrash=thrash,
                  dirty_hold_permyriad=config.pressure_dirty_hold_permyriad,
