@@ -660,7 +660,7 @@ class Daemon:
         since = self.state.stat_lag_since_usec
         if (not snap.stat_lag_bytes or snap.stat_anon_bytes < 0
                 or (since is not None and snap.taken_usec - since >= core.STAT_LAG_HOLD_USEC)
-                or not lag_explains(snap, self.config.redline.resolve_bytes(snap.total_bytes))):
+                or not lag_explains(snap, core.lag_line_bytes(self.config, snap.total_bytes))):
             return None
         anon = self.domain.fresh_anon_bytes()
         if anon is None:

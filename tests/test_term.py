@@ -267,3 +267,26 @@ def test_the_daemon_sends_the_sigterm_records_it_and_counts_it(proc_tree, v2_tre
     # both results from the start, at 0 until they happen (an increase() sees the first)
     assert sorted((s.labels["result"], s.value) for s in fams["oomkiller_terms"].samples
                   if s.name.endswith("_total")) == [("failed", 0), ("signalled", 1)]
+
+
+def test_no_sigterm_while_free_memory_is_under_the_line_only_by_lagging_statistics():
+    # 40 MiB free, under the 64 MiB term line; 200 MiB of the charge not in
+    # memory.stat yet, and the processes map none of it: a stream's cache
+    t0 = 1_000_000
+
+    def lagging_run(state, t_usec):
+        s = dataclasses.replace(snap(40, t_usec), stat_lag_bytes=200 * MiB)
+        w = core.Wake(t_usec, s, (PressureEvent(Source.TIMER, EventKind.TICK),), lag_is_anon=False)
+        res = core.step(state, CONF, w, None, SELF)
+        return core.step(state, CONF, w, JOBS, SELF) if res.need is not core.Need.NOTHING else res
+
+    r = lagging_run(core.CoreState(), t0)
+    assert terms(r) == [] and any("memory.stat does not account for yet" in n for n in notes(r))
+    assert r.state.stat_lag_since_usec == t0
+    # ... for no longer than the redline would wait
+    late = lagging_run(r.state, t0 + core.STAT_LAG_HOLD_USEC)
+    assert terms(late) == ["hog"]
+    # a lag the processes' own counts show as a hog's does not hold it
+    s = dataclasses.replace(snap(40, t0), stat_lag_bytes=200 * MiB)
+    w = core.Wake(t0, s, (PressureEvent(Source.TIMER, EventKind.TICK),), lag_is_anon=True)
+    assert terms(core.step(core.CoreState(), CONF, w, JOBS, SELF)) == ["hog"]
