@@ -30,7 +30,7 @@ from .config import SOURCES, Config
 from .control import ControlServer
 from .core import state as core
 from .core import thrash as thrash_core
-from .core.detect import lag_explains, waiting_on_disk
+from .core.detect import waiting_on_disk
 from .core.thrash import ThrashFigures
 from .core.timer import next_tick_usec
 from .domain import Domain, DomainGone
@@ -659,13 +659,10 @@ class Daemon:
         elsewhere (it moved in) only makes a wait less likely."""
         since = self.state.stat_lag_since_usec
         if (not snap.stat_lag_bytes or snap.stat_anon_bytes < 0
-                or (since is not None and snap.taken_usec - since >= core.STAT_LAG_HOLD_USEC)
-                or not lag_explains(snap, core.lag_line_bytes(self.config, snap.total_bytes))):
+                or (since is not None and not core.lag_held(since, snap.taken_usec))
+                or not core.lag_explains_a_line(self.config, snap)):
             return None
-        anon = self.domain.fresh_anon_bytes()
-        if anon is None:
-            return None
-        return anon - snap.stat_anon_bytes > stat_lag_slack_bytes(snap.ram_total_bytes)
+        return self.domain.lag_is_anon(snap.stat_anon_bytes, stat_lag_slack_bytes(snap.ram_total_bytes))
 
     def _wake(self, events: list[PressureEvent]) -> DecisionRecord | None:
         t0 = self.now_usec()
@@ -1016,7 +1013,7 @@ class Daemon:
                               thrash_episode=onset is not None,
                               episode_due_usec=None if onset is None
                               else onset.taken_usec + self.config.thrash_sustain_ms * 1000,
-                              stat_lag=self.state.stat_lag_since_usec is not None)
+                              stat_lag=self.state.stat_lag_waiting)
 
     # -- carrying out the core's actions ------------------------------------------------
     def _arm(self, action: core.Arm, snap: MemorySnapshot, events: list[PressureEvent], t0: int,

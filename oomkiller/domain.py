@@ -23,6 +23,7 @@ raises ``DomainGone``, and ``exists()`` tells, cheaply, when it is back.
 """
 from __future__ import annotations
 
+import collections
 import os
 import re
 import time
@@ -52,12 +53,19 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
 
 # What a snapshot reads of /proc/meminfo (the timer reads it every second:
 # the other fifty lines are not parsed).
-# Cgroups below the domain whose processes ``Domain.fresh_anon_bytes``
-# reads, at most (a cgroup.procs and its folder's listing: some 20 us each).
+# Cgroups below the domain whose processes ``Domain.lag_is_anon`` reads,
+# at most (a cgroup.procs and its folder's listing: some 20 us each).
 MAX_ANON_CGROUPS = 1024
+# The host's memory that is neither anonymous in a process's statm nor page
+# cache that reclaim can drop: shmem (tmpfs, memfd, shared mappings) and
+# kernel memory a process makes the kernel charge. Its growth over the
+# last PINNED_WINDOW_USEC (/proc/meminfo is fresh) tells whether a lag of a
+# domain's memory.stat may be such memory.
+PINNED_KEYS = ("Shmem", "SUnreclaim", "KernelStack", "PageTables")
+PINNED_WINDOW_USEC = 2_500_000
 REFAULT_KEYS = ("workingset_refault_file", "workingset_refault", "workingset_activate_file", "workingset_activate")
 MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)",
-                          "SwapTotal", "SwapFree", "Dirty", "Writeback"})
+                          "SwapTotal", "SwapFree", "Dirty", "Writeback", *PINNED_KEYS})
 
 # A swap area kept in memory, compressed (zram): /proc/swaps names its device
 _ZRAM = re.compile(r"/dev/(zram[0-9]+)")
@@ -91,6 +99,9 @@ class Domain:
         self._name = ("", "")        # (path, name)
         # (when, v2 counterpart, its path as /proc/PID/cgroup shows it, the ids of its subtree)
         self._v2: tuple[float, str | None, str | None, frozenset[int]] | None = None
+        # (taken, the host's PINNED_KEYS summed) of the snapshots of the
+        # last PINNED_WINDOW_USEC, and the one before them
+        self._pinned: collections.deque[tuple[int, int]] = collections.deque()
         self.find_pressure()
 
     def find_pressure(self) -> str | None:
@@ -109,21 +120,56 @@ class Domain:
         self.pressure_path = cand if cand and os.path.exists(cand) else None
         return self.pressure_path
 
-    def fresh_anon_bytes(self) -> int | None:
-        """The anonymous memory the domain's processes map now
-        (``Procfs.anon_bytes`` of every process in its subtree), where its
-        memory.stat may lag; None for the host, or if it cannot be read.
-        One read of each cgroup.procs and of each process's statm, within
-        bounds (``MAX_ANON_CGROUPS``, ``MAX_ANON_PROCS``: None past them, as
-        for a subtree that cannot all be read): made only while the
-        redline would act on lagging statistics (``Daemon._lag_is_anon``)."""
-        if self.is_host:
+    def lag_is_anon(self, named_anon_bytes: int, slack_bytes: int) -> bool | None:
+        """Whether the domain's processes map more anonymous memory now than
+        its lagging memory.stat names (``named_anon_bytes``), past
+        ``slack_bytes``: then the charge the statistics lag is, at least in
+        part, a hog's. None if that cannot be told:
+        * the host's shmem or kernel memory grew by more than the slack
+          over the last PINNED_WINDOW_USEC: the lag may be such memory,
+          which no statm shows as anonymous and reclaim cannot drop;
+        * the processes cannot all be read (``Cgroupfs.subtree_pids_within``
+          past MAX_ANON_CGROUPS or MAX_ANON_PROCS or a cut; ``Procfs.anon_bytes``);
+        * a process came while they were counted (a fork, a move between
+          cgroups: its cgroup.procs is read again after) and is gone.
+        One read of each cgroup.procs and of each process's statm, twice
+        the cgroup.procs: made only while a lag explains a shortfall
+        (``Daemon._lag_is_anon``), and no further than the answer."""
+        if self.is_host or self.pinned_growth_bytes() > slack_bytes:
             return None
+        line = named_anon_bytes + slack_bytes
         try:
-            pids = self.cgroupfs.subtree_pids_within(self.path, MAX_ANON_CGROUPS, MAX_ANON_PROCS)
+            first = self.cgroupfs.subtree_pids_within(self.path, MAX_ANON_CGROUPS, MAX_ANON_PROCS)
+            if first is None:
+                return None
+            seen = set(first)
+            anon = self.procfs.anon_bytes(seen, stop_above=line)
+            if anon is None:
+                return None
+            if anon > line:
+                return True
+            again = self.cgroupfs.subtree_pids_within(self.path, MAX_ANON_CGROUPS, MAX_ANON_PROCS)
         except OSError:
             return None
-        return None if pids is None else self.procfs.anon_bytes(set(pids))
+        if again is None:
+            return None
+        came = set(again) - seen
+        more = self.procfs.anon_bytes(came, stop_above=line - anon, max_gone=0) if came else 0
+        return None if more is None else anon + more > line
+
+    def _saw_pinned(self, now_usec: int, pinned: int) -> None:
+        p = self._pinned
+        p.append((now_usec, pinned))
+        while len(p) >= 2 and now_usec - p[1][0] >= PINNED_WINDOW_USEC:
+            p.popleft()
+
+    def pinned_growth_bytes(self) -> int:
+        """How much the host's shmem and unreclaimable kernel memory
+        (PINNED_KEYS) grew over the last PINNED_WINDOW_USEC, as the
+        snapshots saw it: the newest less the least since the window began
+        (and the snapshot before it)."""
+        p = self._pinned
+        return p[-1][1] - min(v for _, v in p) if p else 0
 
     def holds(self, pid: int, cgroup_id: int) -> bool:
         """Whether the kernel's OOM victim ``pid``, chosen by a task of cgroup
@@ -223,6 +269,8 @@ class Domain:
         cgroup has been removed."""
         mi = self.procfs.meminfo(MEMINFO_KEYS)
         total, avail = mi["MemTotal"], mi.get("MemAvailable", mi.get("MemFree", 0))
+        if not self.is_host:
+            self._saw_pinned(now_usec, sum(mi.get(k, 0) for k in PINNED_KEYS))
         some, full = self.stall_usec()
         host_swap, host_swap_free = mi.get("SwapTotal", 0), mi.get("SwapFree", 0)
         if self.count_swap and host_swap > 0:

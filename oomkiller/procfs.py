@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from .files import HeldFile, Vanished, lines, parse_kb_fields, parse_keyed, pick_keyed, read_kb_fields, read_text
 from .model import Proc
@@ -40,6 +40,15 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # read of /proc/PID/statm costs some 5 us here, so this bounds the count
 # to some 20 ms of the loop.
 MAX_ANON_PROCS = 4096
+
+
+def _read_small(path: str, size: int = 256) -> bytes:
+    """The first ``size`` bytes of a small kernel file, in one read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
 def _max_gone(n: int) -> int:
@@ -119,39 +128,57 @@ class Procfs:
         except (OSError, ValueError):
             return None
 
-    def anon_bytes(self, pids: Iterable[int], max_procs: int = MAX_ANON_PROCS) -> int | None:
+    def anon_bytes(self, pids: Collection[int], max_procs: int = MAX_ANON_PROCS, *,
+                   stop_above: int | None = None, max_gone: int | None = None) -> int | None:
         """The anonymous memory the processes ``pids`` map now, summed, from
         ``/proc/PID/statm`` (resident less shared pages; shmem is among the
         shared): counters the kernel keeps per process, fresh where a
-        cgroup's memory.stat may lag (since 6.2 they are per-CPU and read
-        within a batch per CPU: far less than STAT_LAG_SLACK_BYTES). A
-        process gone counts nothing. None, not a part of the sum, if there
-        are over ``max_procs``; if one is of another pid namespace
-        (``cgroup.procs`` shows it as 0), cannot be read or makes no
-        sense; or if more are gone than churn explains (``_max_gone``): the
-        caller then knows nothing."""
-        pids = list(pids)
+        cgroup's memory.stat may lag. Since 6.2 they are per-CPU, and some
+        kernels read them without the CPUs' unsummed parts: a process may
+        read low by up to max(32, 2 x CPUs) pages a CPU (256 KiB on 2 CPUs,
+        32 MiB on 64). The sum so far as soon as it is over ``stop_above``.
+
+        A process gone counts nothing (it exited since its cgroup.procs was
+        read). None, never a part of the sum, if there are over
+        ``max_procs``; if one is of another pid namespace (``cgroup.procs``
+        shows it as 0), cannot be read or makes no sense; if one maps
+        nothing while other threads of it run on (its first thread exited:
+        its statm reads 0); or if more are gone than ``max_gone`` (by
+        default more than churn explains, ``_max_gone``: a procfs that
+        does not show them)."""
         if len(pids) > max_procs:
             return None
+        allowed = _max_gone(len(pids)) if max_gone is None else max_gone
         total = gone = 0
         for pid in pids:
             if pid <= 0:
                 return None
+            base = os.path.join(self.root, str(pid))
             try:
-                fd = os.open(os.path.join(self.root, str(pid), "statm"), os.O_RDONLY)
-                try:
-                    fields = os.read(fd, 256).split()
-                finally:
-                    os.close(fd)
+                fields = _read_small(os.path.join(base, "statm")).split()
             except (FileNotFoundError, ProcessLookupError):
                 gone += 1
+                if gone > allowed:
+                    return None
                 continue
             except OSError:
                 return None
-            if len(fields) < 3 or not fields[1].isdigit() or not fields[2].isdigit():
+            if len(fields) < 3 or not fields[0].isdigit() or not fields[1].isdigit() or not fields[2].isdigit():
+                return None
+            if fields[0] == b"0" and self._threads(base) != 1:
                 return None
             total += max(0, int(fields[1]) - int(fields[2])) * _PAGE_SIZE
-        return None if gone > _max_gone(len(pids)) else total
+            if stop_above is not None and total > stop_above:
+                return total
+        return total
+
+    def _threads(self, base: str) -> int | None:
+        """``num_threads`` of a process's stat; None if unknown."""
+        try:
+            stat = _read_small(os.path.join(base, "stat"), 1024)
+            return int(stat[stat.rindex(b")") + 2:].split()[17])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def proc(self, pid: int) -> Proc | None:
         """One process, or None if it is gone (or turned out to be another)."""

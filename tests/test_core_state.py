@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from oomkiller.config import Config
+from oomkiller.config import Config, Redline
 from oomkiller.core import state as core
 from oomkiller.core.timer import MIN_TICK_USEC, next_tick_usec
 from oomkiller.model import (Candidate, EventKind, Importance, Job, KillResult, MemorySnapshot, PressureEvent, Proc,
@@ -215,21 +215,21 @@ def test_a_lag_the_processes_own_counts_show_as_a_hogs_is_not_waited_for():
     armed = wake(core.CoreState(), snap(40, 1_000_000)).state
     assert armed.armed is not None
     r = wake(armed, lagging(1, 200, 1_050_000), lag_is_anon=True)
-    assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and r.state.stat_lag_since_usec is None
+    assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and not r.state.stat_lag_waiting
 
 
 def test_where_the_counts_cannot_tell_the_redline_waits_only_while_a_job_is_armed():
     # a job armed in the kernel ends a fast hog at its failed reclaims
     armed = wake(core.CoreState(), snap(40, 1_000_000)).state
     r = wake(armed, lagging(1, 200, 1_050_000), lag_is_anon=None)
-    assert "Walk" not in kinds(r) and r.state.stat_lag_since_usec == 1_050_000
+    assert "Walk" not in kinds(r) and r.state.stat_lag_waiting and r.state.stat_lag_since_usec == 1_050_000
     # none armed (the first wake of a fast fill, a dry run, a top job that
     # cannot be armed): a wait would hand the race to the kernel's OOM killer
     r = wake(core.CoreState(), lagging(1, 200, 1_000_000), lag_is_anon=None)
-    assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and r.state.stat_lag_since_usec is None
+    assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and not r.state.stat_lag_waiting
     # without the pre-armed kill at all
     r = wake(core.CoreState(), lagging(1, 200, 1_000_000), lag_is_anon=None, can_arm=False)
-    assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and r.state.stat_lag_since_usec is None
+    assert r.detection.reason == "free below redline" and "Walk" in kinds(r) and not r.state.stat_lag_waiting
 
 
 def test_without_the_pre_armed_kill_the_redline_waits_when_the_lag_is_no_processs_anonymous_memory():
@@ -239,6 +239,43 @@ def test_without_the_pre_armed_kill_the_redline_waits_when_the_lag_is_no_process
     # for no longer than with it
     r2 = wake(r.state, lagging(1, 200, t0 + core.STAT_LAG_HOLD_USEC), can_arm=False)
     assert r2.detection.reason == "free below redline" and "Walk" in kinds(r2)
+
+
+def test_a_spent_wait_does_not_start_again_until_memory_is_back_over_the_line():
+    # the daemon stops counting once the wait is spent (it answers None):
+    # with nothing armed that must not start a new wait while free memory
+    # stays short, nor must a count that says "not anonymous" again
+    t0 = 1_000_000
+    s = wake(core.CoreState(), lagging(1, 200, t0), can_arm=False).state
+    for t, says in ((t0 + core.STAT_LAG_HOLD_USEC, None), (t0 + core.STAT_LAG_HOLD_USEC + 100_000, None),
+                    (t0 + core.STAT_LAG_HOLD_USEC + 200_000, False)):
+        r = wake(s, lagging(1, 200, t), lag_is_anon=says, can_arm=False)
+        assert r.detection.reason == "free below redline" and not r.state.stat_lag_waiting, t
+        assert r.state.stat_lag_since_usec == t0
+        s = core.walked(r.state, t, [])[0]
+    # back over the line: the next shortfall may wait again
+    s = wake(s, snap(100, t0 + 3_000_000), can_arm=False).state
+    assert s.stat_lag_since_usec is None
+    assert wake(s, lagging(1, 200, t0 + 3_100_000), can_arm=False).state.stat_lag_waiting
+
+
+def test_the_term_line_does_not_take_the_redlines_wait_away():
+    # free 4 MiB, 20 MiB lagging: the lag explains the redline's 12.8 MiB
+    # shortfall, not the 64 MiB term line's; the redline waits as it would
+    # without the term line
+    conf = dataclasses.replace(CONF, term_redline=Redline(permyriad=2500))
+    s = dataclasses.replace(snap(4, 1_000_000), stat_lag_bytes=20 * MiB)
+    w = core.Wake(s.taken_usec, s, (ev(),), can_arm=False, can_track=True, lag_is_anon=False)
+    r = core.step(core.CoreState(), conf, w, JOBS, SELF)
+    assert "Walk" not in kinds(r) and not r.detection.low and r.state.stat_lag_waiting
+
+
+def test_the_timer_samples_fast_only_while_the_lines_wait():
+    t0 = 1_000_000
+    r = wake(core.CoreState(), lagging(1, 200, t0), can_arm=False)
+    assert r.state.stat_lag_waiting
+    spent = wake(r.state, lagging(1, 200, t0 + core.STAT_LAG_HOLD_USEC), lag_is_anon=None, can_arm=False)
+    assert spent.state.stat_lag_since_usec == t0 and not spent.state.stat_lag_waiting
 
 
 def test_a_shortage_the_lag_cannot_explain_is_not_held():

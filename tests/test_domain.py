@@ -45,7 +45,7 @@ def test_a_charge_the_statistics_do_not_show_yet_is_their_lag(proc_tree, v1_tree
     assert s.stat_lag_bytes == 0 and s.free_bytes == 255 * MiB
 
 
-def test_a_domains_fresh_anonymous_memory_is_its_processes(proc_tree, v1_tree):
+def _hog_and_cat(proc_tree, v1_tree):
     proc_tree.meminfo(total_kb=24 << 20, available_kb=20 << 20)
     proc_tree.proc(4101, "hog", anon_kb=150 << 10, shmem_kb=0, swap_kb=0)
     proc_tree.proc(4102, "cat", anon_kb=1 << 10, shmem_kb=0, swap_kb=0, file_kb=200 << 10)
@@ -53,22 +53,61 @@ def test_a_domains_fresh_anonymous_memory_is_its_processes(proc_tree, v1_tree):
     v1_tree.cgroup("arena", (4102,), memory__limit_in_bytes=f"{256 * MiB}\n", memory__usage_in_bytes=f"{MiB}\n",
                    memory__stat="total_cache 0\ntotal_rss 0\n")
     v1_tree.cgroup("arena/hog", (4101,))
-    d = _domain(proc_tree, v1_tree, "arena")
-    assert d.fresh_anon_bytes() == 151 * MiB
+    return _domain(proc_tree, v1_tree, "arena")
+
+
+def test_a_lag_is_a_hogs_when_the_processes_map_more_than_the_statistics_name(proc_tree, v1_tree):
+    d = _hog_and_cat(proc_tree, v1_tree)
     assert d.snapshot(0).stat_anon_bytes == 0
-    # a subtree it cannot read whole within its bounds: unknown, never a
-    # part of it (a hog kept below the bound would go uncounted)
+    # 151 MiB mapped, 0 named: a hog's; 151 MiB named: none of it is anonymous
+    assert d.lag_is_anon(0, 16 * MiB) is True
+    assert d.lag_is_anon(151 * MiB, 16 * MiB) is False
+    assert d.lag_is_anon(140 * MiB, 16 * MiB) is False          # within the slack
+    # the host's domain: its memory.stat does not lag, nothing to count
+    assert Domain("host", d.procfs, d.cgroupfs).lag_is_anon(0, 16 * MiB) is None
+
+
+def test_a_subtree_it_cannot_read_whole_is_unknown_never_a_part(proc_tree, v1_tree):
+    # a hog kept below a bound would go uncounted
+    d = _hog_and_cat(proc_tree, v1_tree)
     v1_tree.cgroup("arena/hog/a")
     assert d.cgroupfs.subtree_pids_within(d.path, 1, 100) is None
     assert d.cgroupfs.subtree_pids_within(d.path, 2, 1) is None
     assert sorted(d.cgroupfs.subtree_pids_within(d.path, 2, 2)) == [4101, 4102]
     deep = v1_tree.mem / "arena" / "hog"
-    for i in range(MAX_DEPTH + 1):
+    for _ in range(MAX_DEPTH + 1):
         deep = deep / "d"
         deep.mkdir()
-    assert d.fresh_anon_bytes() is None
-    # the host's memory.stat does not lag: nothing to count
-    assert Domain("host", d.procfs, d.cgroupfs).fresh_anon_bytes() is None
+    assert d.lag_is_anon(151 * MiB, 16 * MiB) is None
+
+
+def test_a_process_that_came_while_they_were_counted_is_counted(proc_tree, v1_tree, monkeypatch):
+    # a hog forked and its parent exited, or it moved to a cgroup read already
+    d = _hog_and_cat(proc_tree, v1_tree)
+    reads = iter([[4102], [4102, 4101]])
+    monkeypatch.setattr(d.cgroupfs, "subtree_pids_within", lambda *a: next(reads))
+    assert d.lag_is_anon(MiB, 16 * MiB) is True
+    # ... and gone again before its statm was read: unknown
+    reads = iter([[4102], [4102, 4199]])
+    assert d.lag_is_anon(MiB, 16 * MiB) is None
+
+
+def test_shmem_or_kernel_memory_growing_on_the_host_leaves_the_lag_unknown(proc_tree, v1_tree):
+    # a tmpfs writer's charge lags as page cache does, and no statm shows it
+    # as anonymous: but reclaim cannot drop it
+    d = _hog_and_cat(proc_tree, v1_tree)
+    meminfo = proc_tree.root / "meminfo"
+    base = meminfo.read_text()
+    meminfo.write_text(base + "Shmem:     1000 kB\nSUnreclaim:  2000 kB\n")
+    d.snapshot(0)
+    assert d.lag_is_anon(151 * MiB, 16 * MiB) is False
+    meminfo.write_text(base + f"Shmem:     {1000 + (100 << 10)} kB\nSUnreclaim:  2000 kB\n")
+    d.snapshot(1_000_000)
+    assert d.pinned_growth_bytes() == 100 * MiB and d.lag_is_anon(151 * MiB, 16 * MiB) is None
+    # the growth is judged over the last 2.5 s
+    d.snapshot(3_000_000)
+    d.snapshot(4_000_000)
+    assert d.pinned_growth_bytes() == 0 and d.lag_is_anon(151 * MiB, 16 * MiB) is False
 
 
 def test_the_lag_counts_what_v2_names_and_not_a_slack():

@@ -8,6 +8,8 @@ import pytest
 import oomkiller.files as files_mod
 from oomkiller.procfs import CMDLINE_MAX_BYTES, Procfs
 
+MiB = 1 << 20
+
 
 def test_anon_bytes_sums_what_the_processes_map_now(proc_tree):
     proc_tree.proc(10, "hog", anon_kb=150 << 10, shmem_kb=4 << 10, swap_kb=0, file_kb=2 << 10)
@@ -29,6 +31,20 @@ def test_anon_bytes_sums_what_the_processes_map_now(proc_tree):
     for text in ("12 x 3\n", "", "12\n"):
         (proc_tree.root / "11" / "statm").write_text(text)
         assert p.anon_bytes([10, 11]) is None, text
+    (proc_tree.root / "11" / "statm").write_text("0 0 0 0 0 0 0\n")
+    # its first thread exited and others run on (statm reads 0): unknown;
+    # a zombie (one thread, not reaped) maps nothing
+    stat = (proc_tree.root / "11" / "stat").read_text().split()
+    stat[19] = "3"
+    (proc_tree.root / "11" / "stat").write_text(" ".join(stat) + "\n")
+    assert p.anon_bytes([10, 11]) is None
+    stat[19] = "1"
+    (proc_tree.root / "11" / "stat").write_text(" ".join(stat) + "\n")
+    assert p.anon_bytes([10, 11]) == 150 << 20
+    # it stops as soon as the sum is past what the caller asks
+    (proc_tree.root / "11" / "statm").write_text("junk\n")
+    assert p.anon_bytes([10, 11]) is None and p.anon_bytes([10, 11], stop_above=MiB) == 150 << 20
+    assert p.anon_bytes([10, 99], max_gone=0) is None
 
 
 def test_anon_bytes_of_real_processes_is_their_rss_anon():

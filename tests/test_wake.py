@@ -9,7 +9,7 @@ import select
 import pytest
 
 from oomkiller.config import Config
-from oomkiller.core.state import JOB_PSI_REFRESH_USEC
+from oomkiller.core.state import JOB_PSI_REFRESH_USEC, STAT_LAG_HOLD_USEC
 from oomkiller.daemon import Daemon
 from oomkiller.model import PressureEvent
 
@@ -227,3 +227,44 @@ def test_the_redline_waits_only_for_a_lag_no_process_maps(proc_tree, v2_tree, lo
     else:
         assert [r["decision"] for r in decisions] == ["free below redline"], decisions
         assert len(walks) == 1
+
+
+def test_the_daemon_counts_only_while_the_wait_lasts(proc_tree, v2_tree):
+    _lagging_arena(proc_tree, v2_tree, "cat", 1 << 10, 240 << 10)
+    now = [1_000_000_000]
+    conf = Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root),
+                  protect_self=False, dry_run=True)
+    out = io.StringIO()
+    d = Daemon(conf, json_out=out, sources=[FakePsi()], arm=None, clock=lambda: now[0])
+    d.killer.walk = lambda ranking, *a, **k: []
+    d._ep = object()
+    counted = []
+    count = d.domain.lag_is_anon
+    d.domain.lag_is_anon = lambda *a: counted.append(now[0]) or count(*a)
+    d.wake([PressureEvent("timer", "tick", timestamp_usec=now[0] // 1000)])
+    assert counted and d.state.stat_lag_waiting
+    # the wait spent: no count, and the redline acts on what it has
+    now[0] += STAT_LAG_HOLD_USEC * 1000
+    counted.clear()
+    d.wake([PressureEvent("timer", "tick", timestamp_usec=now[0] // 1000)])
+    decisions = [r for r in map(json.loads, out.getvalue().splitlines()) if r["event"] == "oom_decision"]
+    assert counted == [] and [r["decision"] for r in decisions] == ["free below redline"]
+
+
+def test_with_a_job_armed_the_redline_waits_where_the_counts_cannot_tell(proc_tree, v2_tree):
+    _lagging_arena(proc_tree, v2_tree, "hog", 240 << 10, 0)
+    v2_tree.cgroup("arena", memory__current=f"{220 * MiB}\n")      # 36 MiB free: under the arm line
+    now = [1_000_000_000]
+    conf = Config(domain="arena", proc_root=str(proc_tree.root), cgroup_root=str(v2_tree.root), protect_self=False)
+    out, arm = io.StringIO(), FakeArm()
+    d = Daemon(conf, json_out=out, sources=[FakePsi()], arm=arm, clock=lambda: now[0])
+    walks = []
+    d.killer.walk = lambda ranking, *a, **k: walks.append(ranking) or []
+    d._ep = object()
+    d.domain.lag_is_anon = lambda *a: None      # a pid of another namespace, a subtree too big, ...
+    d.wake([PressureEvent("timer", "tick", timestamp_usec=now[0] // 1000)])
+    assert arm.armed and d.state.armed is not None
+    v2_tree.cgroup("arena", memory__current=f"{250 * MiB}\n")
+    now[0] += 50_000_000
+    d.wake([PressureEvent("timer", "tick", timestamp_usec=now[0] // 1000)])
+    assert walks == [] and d.state.stat_lag_waiting

@@ -117,9 +117,11 @@ class CoreState:
     termed: tuple[tuple[str, int], ...] = ()
     term_ranked_usec: int = 0
     terms: int = 0
-    # since when free memory has been under the redline only by a charge the
-    # domain's statistics do not account for yet (detect.lag_explains)
+    # since when free memory has been under the redline (or the term line)
+    # only by a charge the domain's statistics do not account for yet
+    # (detect.lag_explains), and whether the lines wait for them now
     stat_lag_since_usec: int | None = None
+    stat_lag_waiting: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,10 +234,13 @@ class Step:
     thrash: ThrashFigures | None = None
 
 
-def lag_line_bytes(config: Config, total_bytes: int) -> int:
-    """The highest line whose shortfall a lag of the statistics may hold:
-    the SIGTERM step's if it is on, else the redline."""
-    return max(config.redline.resolve_bytes(total_bytes), config.term_line_bytes(total_bytes))
+def lag_explains_a_line(config: Config, snap: MemorySnapshot) -> bool:
+    """Whether free memory is under the redline, or the SIGTERM step's line
+    if it is on, only by a charge the statistics do not account for yet
+    (``detect.lag_explains``)."""
+    term = config.term_line_bytes(snap.total_bytes)
+    return (lag_explains(snap, config.redline.resolve_bytes(snap.total_bytes))
+            or bool(term) and lag_explains(snap, term))
 
 
 def lag_held(since_usec: int | None, now_usec: int) -> bool:
@@ -281,17 +286,21 @@ def step(state: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Ran
     # anonymous memory of theirs, or, where they cannot tell, while a job
     # is armed in the kernel, which ends a hog at the kernel's own failed
     # reclaims without waiting.
-    # The SIGTERM step's line, above the redline, waits the same way.
+    # The SIGTERM step's line, above the redline, waits the same way. One
+    # clock for both, kept while the lag explains a shortfall whatever the
+    # counts say: a wait never starts again until memory is back over the
+    # lines (so a shortfall that began at the term line leaves the redline
+    # less of the wait).
     may_wait = wake.lag_is_anon is False or (wake.lag_is_anon is None and wake.can_arm
                                              and state.armed is not None)
     lag_since = ((state.stat_lag_since_usec if state.stat_lag_since_usec is not None else snap.taken_usec)
-                 if may_wait and lag_explains(snap, lag_line_bytes(config, snap.total_bytes)) else None)
+                 if lag_explains_a_line(config, snap) else None)
+    waiting = may_wait and lag_held(lag_since, snap.taken_usec)
     det = detect(snap, redline, state.prev_free_bytes, wake.lowmem, pressure_ref=history[0],
                  pressure_limit_permyriad=config.pressure_limit_permyriad, thrash=thrash,
-                 dirty_hold_permyriad=config.pressure_dirty_hold_permyriad,
-                 lag_hold=lag_held(lag_since, snap.taken_usec))
+                 dirty_hold_permyriad=config.pressure_dirty_hold_permyriad, lag_hold=waiting)
     s = dataclasses.replace(state, prev_free_bytes=snap.free_bytes, history=history, thrash=thrash_state,
-                            stat_lag_since_usec=lag_since)
+                            stat_lag_since_usec=lag_since, stat_lag_waiting=waiting)
     actions: list[Action] = []
     policy = policy_for(config, os.getpid() if self_pid is None else self_pid)
 
@@ -418,7 +427,7 @@ def _calm(s: CoreState, config: Config, wake: Wake, jobs: Sequence[Job] | Rankin
     if term_line and snap.free_bytes >= term_line:
         if s.termed or s.term_ranked_usec:
             s = dataclasses.replace(s, termed=(), term_ranked_usec=0)     # the episode is over
-    elif term_line and lag_held(s.stat_lag_since_usec, snap.taken_usec):
+    elif term_line and s.stat_lag_waiting and lag_explains(snap, term_line):
         actions.append(Note("OOM: no SIGTERM now: free memory is under the term line only by a charge "
                             "memory.stat does not account for yet"))
     elif term_line:
