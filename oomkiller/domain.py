@@ -51,8 +51,6 @@ def cgroup_free_bytes(limit_bytes: int, usage_bytes: int, reclaimable: int) -> i
     return max(0, min(limit_bytes, limit_bytes - (usage_bytes - reclaimable)))
 
 
-# What a snapshot reads of /proc/meminfo (the timer reads it every second:
-# the other fifty lines are not parsed).
 # Cgroups below the domain whose processes ``Domain.lag_is_anon`` reads,
 # at most (a cgroup.procs and its folder's listing: some 20 us each).
 MAX_ANON_CGROUPS = 1024
@@ -64,6 +62,8 @@ MAX_ANON_CGROUPS = 1024
 PINNED_KEYS = ("Shmem", "SUnreclaim", "KernelStack", "PageTables")
 PINNED_WINDOW_USEC = 2_500_000
 REFAULT_KEYS = ("workingset_refault_file", "workingset_refault", "workingset_activate_file", "workingset_activate")
+# What a snapshot reads of /proc/meminfo (the timer reads it every second:
+# the other fifty lines are not parsed).
 MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Active(file)", "Inactive(file)",
                           "SwapTotal", "SwapFree", "Dirty", "Writeback", *PINNED_KEYS})
 

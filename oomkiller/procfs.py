@@ -58,7 +58,6 @@ def _max_gone(n: int) -> int:
     return max(4, n // 8)
 
 
-
 def boot_ticks() -> int:
     """Now, in whole clock ticks since boot: a process whose ``starttime``
     is below it started before now (``starttime`` is its start rounded
